@@ -1,0 +1,110 @@
+/* Private declarations shared by the runtime's source files. Not installed. */
+#ifndef EDGEKIT_INTERNAL_H
+#define EDGEKIT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edgekit/edgekit.h"
+
+#if defined(__GNUC__)
+#define EK_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define EK_PRINTF(f, a)
+#endif
+
+/* ---- status.c ---- */
+/* Set this thread's last-error message and return `status`, so callers write
+ * `return ek_fail(EK_ERR_..., "...", ...);`. */
+ek_status_t ek_fail(ek_status_t status, const char *fmt, ...) EK_PRINTF(2, 3);
+
+/* ---- handles.c: generation-checked handles, so stale and forged ones are errors ---- */
+enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2 };
+
+/* A new live handle for `obj`, owned by device `owner`; 0 when the table cannot grow. */
+uint64_t ek_handle_new(enum ek_handle_kind kind, void *obj, int owner);
+/* Look a handle up. On success sets *obj and *owner (either may be NULL). */
+ek_status_t ek_handle_get(uint64_t handle, enum ek_handle_kind kind, void **obj, int *owner);
+/* Retire a handle: later lookups report EK_ERR_FREED_HANDLE, a second retire EK_ERR_DOUBLE_FREE. */
+ek_status_t ek_handle_retire(uint64_t handle, enum ek_handle_kind kind);
+
+/* ---- heap.c: the allocator over a device pool (offsets only; it never touches the pool) ---- */
+struct ek_heap;
+struct ek_block;
+struct ek_heap *ek_heap_create(size_t total, size_t alignment);
+void ek_heap_destroy(struct ek_heap *heap);
+/* Best-fit allocation of `size` bytes, rounded up to the alignment. NULL when no block fits. */
+struct ek_block *ek_heap_alloc(struct ek_heap *heap, size_t size);
+/* Return a block; neighbours that are free merge with it. */
+void ek_heap_free(struct ek_heap *heap, struct ek_block *block);
+size_t ek_block_offset(const struct ek_block *block);
+void ek_heap_stats(const struct ek_heap *heap, ek_heap_stats_t *stats);
+
+/* ---- pool.c: the memory a device heap lives in ---- */
+struct ek_pool {
+    ek_backing_t kind;
+    int fd;       /* memfd or dma-buf fd; -1 for anonymous memory */
+    uint8_t *base;
+    size_t size;
+};
+ek_status_t ek_pool_create(struct ek_pool *pool, ek_backing_t kind, size_t size);
+void ek_pool_destroy(struct ek_pool *pool);
+/* dma-buf begin/end CPU access around flush and invalidate; no-ops for other kinds. */
+ek_status_t ek_pool_sync(const struct ek_pool *pool, bool to_device);
+
+/* ---- cache.c: CPU data-cache maintenance on a virtual-address range ---- */
+/* Write dirty lines back to the point of coherency (aarch64: dc cvac; dsb). */
+void ek_cache_clean(const void *addr, size_t size);
+/* Write back and drop the lines, so the next load comes from memory (aarch64: dc civac; dsb). */
+void ek_cache_clean_invalidate(const void *addr, size_t size);
+
+/* ---- memory records and devices ---- */
+struct ek_shadow; /* coherence.c: the strict-mode CPU view of one mapped memory */
+
+struct ek_mem_rec {
+    uint64_t handle;
+    struct ek_block *block;
+    size_t offset; /* of the block in the device pool */
+    size_t size;   /* as requested */
+    int map_count;
+    struct ek_shadow *shadow; /* strict mode, while mapped */
+    struct ek_mem_rec *prev, *next; /* the device's live memories */
+};
+
+#define EK_MAX_VIOLATIONS 1024
+
+struct ek_device {
+    pthread_rwlock_t lock; /* copies take it shared; malloc/free/map/open/close exclusive */
+    int index;
+    int open_handles;
+    ek_coherence_t coherence;
+    struct ek_pool pool;
+    struct ek_heap *heap;
+    struct ek_mem_rec *mems;
+    pthread_mutex_t coh_lock; /* strict-mode shadows and the violations, under the shared device lock */
+    ek_coh_violation_t *violations; /* the first EK_MAX_VIOLATIONS */
+    size_t violation_count;          /* all that were recorded */
+};
+
+/* The device at `index` (0 .. EK_MAX_DEVICES-1); the table is static, so the pointer is stable. */
+struct ek_device *ek_device_at(int index);
+/* Validate `handle` and lock its device, shared or exclusive. The device stays open while locked. */
+ek_status_t ek_device_lock(ek_dev_t handle, bool exclusive, struct ek_device **device);
+void ek_device_unlock(struct ek_device *device);
+/* Release every memory and the heap of a device whose last handle closed (device locked). */
+void ek_device_release_memory(struct ek_device *device);
+
+/* ---- coherence.c: the strict (non-coherent SoC) emulation and its checker ---- */
+ek_status_t ek_coh_map(struct ek_device *device, struct ek_mem_rec *mem);
+void ek_coh_unmap(struct ek_device *device, struct ek_mem_rec *mem, const char *call);
+void ek_coh_flush(struct ek_device *device, struct ek_mem_rec *mem, size_t offset, size_t size);
+void ek_coh_invalidate(struct ek_device *device, struct ek_mem_rec *mem, size_t offset, size_t size);
+/* The device is about to read / has written [offset, offset+size) of `mem`. */
+void ek_coh_device_read(struct ek_device *device, struct ek_mem_rec *mem, size_t offset, size_t size,
+                        const char *call);
+void ek_coh_device_wrote(struct ek_device *device, struct ek_mem_rec *mem, size_t offset, size_t size);
+void *ek_coh_cpu_address(struct ek_mem_rec *mem);
+
+#endif /* EDGEKIT_INTERNAL_H */

@@ -1,0 +1,273 @@
+/* Device memory: allocation, host<->device and device<->device copies, mapping, cache maintenance.
+ * Every entry point validates its handles and ranges before touching a byte; copies hold the
+ * device lock shared (they run in parallel), allocation, free and mapping hold it exclusive. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static uint8_t *device_address(struct ek_device *device, const struct ek_mem_rec *mem) {
+    return device->pool.base + mem->offset;
+}
+
+/* Lock the device of `dev` and find `mem` on it. */
+static ek_status_t lock_memory(ek_dev_t dev, ek_mem_t mem, bool exclusive, struct ek_device **device,
+                               struct ek_mem_rec **rec) {
+    ek_status_t status = ek_device_lock(dev, exclusive, device);
+    if (status != EK_OK)
+        return status;
+    void *obj;
+    int owner;
+    if ((status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner)) == EK_OK && owner != (*device)->index)
+        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to device %d, but the device "
+                         "handle is for device %d", mem.id, owner, (*device)->index);
+    if (status != EK_OK) {
+        ek_device_unlock(*device);
+        return status;
+    }
+    *rec = obj;
+    return EK_OK;
+}
+
+static ek_status_t check_range(const struct ek_mem_rec *mem, size_t offset, size_t size, const char *call) {
+    if (size == 0)
+        return ek_fail(EK_ERR_INVALID_ARG, "%s: size is 0; give at least one byte", call);
+    if (offset > mem->size || size > mem->size - offset)
+        return ek_fail(EK_ERR_OUT_OF_RANGE, "%s: bytes [%zu, %zu%s) are outside memory 0x%016" PRIx64
+                       " of %zu bytes", call, offset, offset + size < offset ? SIZE_MAX : offset + size,
+                       offset + size < offset ? " (overflow)" : "", mem->handle, mem->size);
+    return EK_OK;
+}
+
+ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size) {
+    if (!mem)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_malloc_device: mem is NULL");
+    if (size == 0)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_malloc_device: size is 0; give at least one byte");
+    struct ek_device *device;
+    ek_status_t status = ek_device_lock(dev, true, &device);
+    if (status != EK_OK)
+        return status;
+    struct ek_mem_rec *rec = calloc(1, sizeof *rec);
+    struct ek_block *block = rec ? ek_heap_alloc(device->heap, size) : NULL;
+    if (!block) {
+        ek_heap_stats_t stats;
+        ek_heap_stats(device->heap, &stats);
+        free(rec);
+        ek_device_unlock(device);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "ek_malloc_device: no block of %zu bytes on device %d (heap %zu bytes, "
+                       "%zu free, largest free block %zu)", size, device->index, stats.total, stats.free,
+                       stats.largest_free);
+    }
+    rec->block = block;
+    rec->offset = ek_block_offset(block);
+    rec->size = size;
+    rec->handle = ek_handle_new(EK_HANDLE_MEMORY, rec, device->index);
+    if (!rec->handle) {
+        ek_heap_free(device->heap, block);
+        free(rec);
+        ek_device_unlock(device);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "ek_malloc_device: no room for another handle");
+    }
+    rec->next = device->mems;
+    if (rec->next)
+        rec->next->prev = rec;
+    device->mems = rec;
+    ek_device_unlock(device);
+    mem->id = rec->handle;
+    return EK_OK;
+}
+
+ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem) {
+    struct ek_device *device;
+    struct ek_mem_rec *rec;
+    ek_status_t status = lock_memory(dev, mem, true, &device, &rec);
+    if (status == EK_ERR_FREED_HANDLE)
+        return ek_handle_retire(mem.id, EK_HANDLE_MEMORY); /* says double free */
+    if (status != EK_OK)
+        return status;
+    if (rec->map_count)
+        ek_coh_unmap(device, rec, "ek_free_device");
+    ek_handle_retire(rec->handle, EK_HANDLE_MEMORY);
+    if (rec->prev)
+        rec->prev->next = rec->next;
+    else
+        device->mems = rec->next;
+    if (rec->next)
+        rec->next->prev = rec->prev;
+    ek_heap_free(device->heap, rec->block);
+    free(rec);
+    ek_device_unlock(device);
+    return EK_OK;
+}
+
+ek_status_t ek_mem_size(ek_mem_t mem, size_t *size) {
+    if (!size)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_mem_size: size is NULL");
+    int owner;
+    ek_status_t status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, NULL, &owner);
+    if (status != EK_OK)
+        return status;
+    struct ek_device *device = ek_device_at(owner);
+    pthread_rwlock_rdlock(&device->lock);
+    void *obj;
+    if ((status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, NULL)) == EK_OK)
+        *size = ((struct ek_mem_rec *)obj)->size;
+    ek_device_unlock(device);
+    return status;
+}
+
+/* ---- host <-> device ---- */
+
+/* `whole`: copy the full memory (size is ignored). */
+static ek_status_t copy_s2d(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size, size_t offset, bool whole,
+                            const char *call) {
+    if (!src)
+        return ek_fail(EK_ERR_INVALID_ARG, "%s: src is NULL", call);
+    struct ek_device *device;
+    struct ek_mem_rec *rec;
+    ek_status_t status = lock_memory(dev, dst, false, &device, &rec);
+    if (status != EK_OK)
+        return status;
+    if (whole)
+        size = rec->size;
+    if ((status = check_range(rec, offset, size, call)) == EK_OK) {
+        memcpy(device_address(device, rec) + offset, src, size);
+        ek_coh_device_wrote(device, rec, offset, size);
+    }
+    ek_device_unlock(device);
+    return status;
+}
+
+static ek_status_t copy_d2s(ek_dev_t dev, void *dst, ek_mem_t src, size_t size, size_t offset, bool whole,
+                            const char *call) {
+    if (!dst)
+        return ek_fail(EK_ERR_INVALID_ARG, "%s: dst is NULL", call);
+    struct ek_device *device;
+    struct ek_mem_rec *rec;
+    ek_status_t status = lock_memory(dev, src, false, &device, &rec);
+    if (status != EK_OK)
+        return status;
+    if (whole)
+        size = rec->size;
+    if ((status = check_range(rec, offset, size, call)) == EK_OK) {
+        ek_coh_device_read(device, rec, offset, size, call);
+        memcpy(dst, device_address(device, rec) + offset, size);
+    }
+    ek_device_unlock(device);
+    return status;
+}
+
+ek_status_t ek_memcpy_s2d(ek_dev_t dev, ek_mem_t dst, const void *src) {
+    return copy_s2d(dev, dst, src, 0, 0, true, "ek_memcpy_s2d");
+}
+ek_status_t ek_memcpy_s2d_partial(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size) {
+    return copy_s2d(dev, dst, src, size, 0, false, "ek_memcpy_s2d_partial");
+}
+ek_status_t ek_memcpy_s2d_partial_offset(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size, size_t offset) {
+    return copy_s2d(dev, dst, src, size, offset, false, "ek_memcpy_s2d_partial_offset");
+}
+ek_status_t ek_memcpy_d2s(ek_dev_t dev, void *dst, ek_mem_t src) {
+    return copy_d2s(dev, dst, src, 0, 0, true, "ek_memcpy_d2s");
+}
+ek_status_t ek_memcpy_d2s_partial(ek_dev_t dev, void *dst, ek_mem_t src, size_t size) {
+    return copy_d2s(dev, dst, src, size, 0, false, "ek_memcpy_d2s_partial");
+}
+ek_status_t ek_memcpy_d2s_partial_offset(ek_dev_t dev, void *dst, ek_mem_t src, size_t size, size_t offset) {
+    return copy_d2s(dev, dst, src, size, offset, false, "ek_memcpy_d2s_partial_offset");
+}
+
+ek_status_t ek_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_t src, size_t src_offset,
+                          size_t size) {
+    struct ek_device *device;
+    struct ek_mem_rec *to;
+    ek_status_t status = lock_memory(dev, dst, false, &device, &to);
+    if (status != EK_OK)
+        return status;
+    void *obj;
+    int owner;
+    if ((status = ek_handle_get(src.id, EK_HANDLE_MEMORY, &obj, &owner)) == EK_OK && owner != device->index)
+        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "ek_memcpy_d2d: source memory 0x%016" PRIx64 " is on device %d, "
+                         "the destination on device %d; copy through the host", src.id, owner, device->index);
+    struct ek_mem_rec *from = obj;
+    if (status == EK_OK && (status = check_range(from, src_offset, size, "ek_memcpy_d2d (source)")) == EK_OK &&
+        (status = check_range(to, dst_offset, size, "ek_memcpy_d2d (destination)")) == EK_OK) {
+        ek_coh_device_read(device, from, src_offset, size, "ek_memcpy_d2d");
+        memmove(device_address(device, to) + dst_offset, device_address(device, from) + src_offset, size);
+        ek_coh_device_wrote(device, to, dst_offset, size);
+    }
+    ek_device_unlock(device);
+    return status;
+}
+
+/* ---- mapping and cache maintenance ---- */
+
+ek_status_t ek_mem_mmap(ek_dev_t dev, ek_mem_t mem, void **addr) {
+    if (!addr)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_mem_mmap: addr is NULL");
+    struct ek_device *device;
+    struct ek_mem_rec *rec;
+    ek_status_t status = lock_memory(dev, mem, true, &device, &rec);
+    if (status != EK_OK)
+        return status;
+    if (device->coherence == EK_COHERENCE_STRICT && rec->map_count == 0)
+        status = ek_coh_map(device, rec);
+    if (status == EK_OK) {
+        rec->map_count++;
+        *addr = rec->shadow ? ek_coh_cpu_address(rec) : device_address(device, rec);
+    }
+    ek_device_unlock(device);
+    return status;
+}
+
+ek_status_t ek_mem_unmap(ek_dev_t dev, ek_mem_t mem) {
+    struct ek_device *device;
+    struct ek_mem_rec *rec;
+    ek_status_t status = lock_memory(dev, mem, true, &device, &rec);
+    if (status != EK_OK)
+        return status;
+    if (rec->map_count == 0)
+        status = ek_fail(EK_ERR_NOT_MAPPED, "ek_mem_unmap: memory 0x%016" PRIx64 " is not mapped", mem.id);
+    else if (--rec->map_count == 0)
+        ek_coh_unmap(device, rec, "ek_mem_unmap");
+    ek_device_unlock(device);
+    return status;
+}
+
+static ek_status_t sync_range(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size, bool whole, bool to_device,
+                              const char *call) {
+    struct ek_device *device;
+    struct ek_mem_rec *rec;
+    ek_status_t status = lock_memory(dev, mem, false, &device, &rec);
+    if (status != EK_OK)
+        return status;
+    if (whole)
+        size = rec->size;
+    if ((status = check_range(rec, offset, size, call)) == EK_OK) {
+        uint8_t *addr = (rec->shadow ? (uint8_t *)ek_coh_cpu_address(rec) : device_address(device, rec)) + offset;
+        if (to_device) {
+            ek_cache_clean(addr, size);
+            ek_coh_flush(device, rec, offset, size);
+        } else {
+            ek_coh_invalidate(device, rec, offset, size);
+            ek_cache_clean_invalidate(addr, size);
+        }
+        status = ek_pool_sync(&device->pool, to_device);
+    }
+    ek_device_unlock(device);
+    return status;
+}
+
+ek_status_t ek_mem_flush(ek_dev_t dev, ek_mem_t mem) {
+    return sync_range(dev, mem, 0, 0, true, true, "ek_mem_flush");
+}
+ek_status_t ek_mem_flush_partial(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size) {
+    return sync_range(dev, mem, offset, size, false, true, "ek_mem_flush_partial");
+}
+ek_status_t ek_mem_invalidate(ek_dev_t dev, ek_mem_t mem) {
+    return sync_range(dev, mem, 0, 0, true, false, "ek_mem_invalidate");
+}
+ek_status_t ek_mem_invalidate_partial(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size) {
+    return sync_range(dev, mem, offset, size, false, false, "ek_mem_invalidate_partial");
+}
