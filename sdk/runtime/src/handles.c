@@ -82,7 +82,7 @@ static ek_status_t find_locked(uint64_t handle, enum ek_handle_kind kind, bool r
 }
 
 ek_status_t ek_handle_get(uint64_t handle, enum ek_handle_kind kind, void **obj, int *owner) {
-    struct slot *s;
+    struct slot *s = NULL;
     pthread_mutex_lock(&table_lock);
     ek_status_t status = find_locked(handle, kind, false, &s);
     if (status == EK_OK) {
@@ -96,7 +96,7 @@ ek_status_t ek_handle_get(uint64_t handle, enum ek_handle_kind kind, void **obj,
 }
 
 ek_status_t ek_handle_retire(uint64_t handle, enum ek_handle_kind kind) {
-    struct slot *s;
+    struct slot *s = NULL;
     pthread_mutex_lock(&table_lock);
     ek_status_t status = find_locked(handle, kind, true, &s);
     if (status == EK_OK) {

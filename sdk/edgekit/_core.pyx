@@ -1,0 +1,346 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""edgekit._core: the low-level layer, one method per C call of libedgekit.
+
+Buffers travel through the buffer protocol (no numpy C-API): any C-contiguous bytes-like object
+can be written from or read into, and a mapped memory exports its bytes zero-copy. Copies of at
+least NOGIL_THRESHOLD bytes release the GIL. The Pythonic layer (edgekit.device) subclasses these
+types, so the hot methods stay single Cython calls.
+"""
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+
+from edgekit.libedgekit cimport *
+
+from edgekit.errors import BusyError, InvalidArgumentError, NotMappedError, error_for_status
+
+# Below this many bytes a copy takes less time than releasing and re-taking the GIL.
+NOGIL_THRESHOLD = 64 * 1024
+cdef size_t _nogil_threshold = NOGIL_THRESHOLD
+
+COHERENCE_MODES = {"coherent": EK_COHERENCE_COHERENT, "strict": EK_COHERENCE_STRICT}
+BACKINGS = {"auto": EK_BACKING_DEFAULT, "memfd": EK_BACKING_MEMFD, "dmabuf": EK_BACKING_DMABUF,
+            "anonymous": EK_BACKING_ANONYMOUS}
+_COHERENCE_NAMES = {v: k for k, v in COHERENCE_MODES.items()}
+_BACKING_NAMES = {v: k for k, v in BACKINGS.items()}
+
+
+cdef inline int check(ek_status_t status) except -1:
+    if status != EK_OK:
+        raise error_for_status(<int>status, ek_last_error().decode("utf-8", "replace"))
+    return 0
+
+
+cdef size_t as_size(object value, str name) except *:
+    """A Python int as size_t. Values too large for size_t become SIZE_MAX, so the runtime reports
+    them as out of range / out of memory the same way it reports any other too-large value."""
+    try:
+        return value
+    except OverflowError:
+        if value < 0:
+            raise InvalidArgumentError(f"{name} must be >= 0, got {value}") from None
+        return <size_t>-1
+    except TypeError:
+        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+cdef int get_buffer(object obj, Py_buffer *view, bint writable, str role) except -1:
+    cdef int flags = PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0)
+    try:
+        PyObject_GetBuffer(obj, view, flags)
+    except (BufferError, TypeError, ValueError) as exc:
+        kind = "writable C-contiguous" if writable else "C-contiguous"
+        raise InvalidArgumentError(f"{role} must be a {kind} bytes-like object "
+                                   f"(bytes, bytearray, numpy array...): {exc}") from None
+    return 0
+
+
+def device_count() -> int:
+    """Number of devices (EDGEKIT_DEVICES, default 1)."""
+    cdef int count = 0
+    check(ek_dev_count(&count))
+    return count
+
+
+def version() -> str:
+    """Version of the libedgekit this module is linked to."""
+    return ek_version().decode()
+
+
+def status_name(int code) -> str:
+    return ek_status_name(<ek_status_t>code).decode()
+
+
+cdef class Device:
+    """An open handle to device `id`. close() (or garbage collection) releases it."""
+    cdef ek_dev_t _handle
+    cdef readonly int id
+    cdef bint _open
+    cdef Py_ssize_t _exports  # live buffer exports of mappings on this device
+
+    def __cinit__(self, int id=0, coherence=None, heap_size=None, backing=None):
+        cdef ek_dev_config_t config
+        config.coherence = EK_COHERENCE_DEFAULT
+        config.backing = EK_BACKING_DEFAULT
+        config.heap_size = 0
+        if coherence is not None:
+            if coherence not in COHERENCE_MODES:
+                raise InvalidArgumentError(f"coherence must be one of {sorted(COHERENCE_MODES)}, got {coherence!r}")
+            config.coherence = COHERENCE_MODES[coherence]
+        if backing is not None:
+            if backing not in BACKINGS:
+                raise InvalidArgumentError(f"backing must be one of {sorted(BACKINGS)}, got {backing!r}")
+            config.backing = BACKINGS[backing]
+        if heap_size is not None:
+            config.heap_size = as_size(heap_size, "heap_size")
+            if config.heap_size == 0:
+                raise InvalidArgumentError("heap_size must be > 0 (or None for the default)")
+        check(ek_dev_request_ex(&self._handle, id, &config))
+        self.id = id
+        self._open = True
+
+    def __dealloc__(self):
+        if self._open:
+            ek_dev_free(self._handle)
+
+    @property
+    def handle(self) -> int:
+        """The C ek_dev_t value."""
+        return self._handle.id
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+    def close(self) -> None:
+        """Release this handle. Refused while numpy views of this device's memory are alive."""
+        if self._exports:
+            raise BusyError(f"device {self.id} still has {self._exports} live view(s) of mapped memory; "
+                            "delete them before closing the device")
+        cdef ek_status_t status = ek_dev_free(self._handle)
+        self._open = False
+        check(status)
+
+    def sync(self) -> None:
+        """Wait for all work queued on the device."""
+        with nogil:
+            status = ek_dev_sync(self._handle)
+        check(status)
+
+    def malloc(self, size) -> Memory:
+        """Allocate `size` bytes of device memory."""
+        return Memory(self, size)
+
+    def copy(self, Memory dst not None, dst_offset, Memory src not None, src_offset, nbytes) -> None:
+        """Device-to-device copy of `nbytes` bytes (ranges may overlap)."""
+        cdef size_t doff = as_size(dst_offset, "dst_offset"), soff = as_size(src_offset, "src_offset")
+        cdef size_t n = as_size(nbytes, "nbytes")
+        cdef ek_status_t status
+        if n >= _nogil_threshold:
+            with nogil:
+                status = ek_memcpy_d2d(self._handle, dst._mem, doff, src._mem, soff, n)
+        else:
+            status = ek_memcpy_d2d(self._handle, dst._mem, doff, src._mem, soff, n)
+        check(status)
+
+    @property
+    def stats(self) -> dict:
+        """Heap statistics: total, used, peak, free, largest_free, allocations, alignment, coherence, backing."""
+        cdef ek_heap_stats_t s
+        check(ek_dev_heap_stats(self._handle, &s))
+        return {"total": s.total, "used": s.used, "peak": s.peak, "free": s.free,
+                "largest_free": s.largest_free, "allocations": s.allocations, "alignment": s.alignment,
+                "coherence": _COHERENCE_NAMES[s.coherence], "backing": _BACKING_NAMES.get(s.backing, "auto")}
+
+    def coherence_report(self, bint clear=False) -> list:
+        """Recorded strict-coherence violations as (kind, memory handle, offset, size, message) tuples."""
+        cdef size_t count = 0, i
+        check(ek_dev_coherence_report(self._handle, NULL, 0, &count))
+        cdef ek_coh_violation_t *items = <ek_coh_violation_t *>malloc(max(count, 1) * sizeof(ek_coh_violation_t))
+        if items == NULL:
+            raise MemoryError()
+        try:
+            check(ek_dev_coherence_report(self._handle, items, count, &count))
+            kept = min(count, 1024)
+            result = [(ek_coh_kind_name(items[i].kind).decode(), items[i].mem, items[i].offset, items[i].size,
+                       items[i].what.decode("utf-8", "replace")) for i in range(kept)]
+        finally:
+            free(items)
+        if clear:
+            check(ek_dev_coherence_clear(self._handle))
+        return result
+
+
+cdef class Memory:
+    """A block of device memory; free() (or garbage collection) returns it to the heap."""
+    cdef ek_mem_t _mem
+    cdef readonly Device device
+    cdef readonly size_t size
+    cdef bint _freed
+    cdef void *_addr          # the CPU mapping while mapped through Python
+    cdef Py_ssize_t _exports  # live buffer exports of that mapping
+
+    def __cinit__(self, Device device not None, size):
+        cdef size_t n = as_size(size, "size")
+        check(ek_malloc_device(device._handle, &self._mem, n))
+        self.device = device
+        self.size = n
+
+    def __dealloc__(self):
+        if not self._freed and self.device is not None:
+            ek_free_device(self.device._handle, self._mem)  # an error here means the device is gone
+
+    @property
+    def handle(self) -> int:
+        """The C ek_mem_t value."""
+        return self._mem.id
+
+    @property
+    def mapped(self) -> bool:
+        return self._addr != NULL
+
+    def write(self, buf, offset=0) -> None:
+        """Copy all bytes of `buf` to the device at byte `offset`."""
+        cdef size_t off = as_size(offset, "offset")
+        cdef Py_buffer view
+        cdef ek_status_t status
+        get_buffer(buf, &view, False, "buf")
+        if <size_t>view.len >= _nogil_threshold:
+            with nogil:
+                status = ek_memcpy_s2d_partial_offset(self.device._handle, self._mem, view.buf, view.len, off)
+        else:
+            status = ek_memcpy_s2d_partial_offset(self.device._handle, self._mem, view.buf, view.len, off)
+        PyBuffer_Release(&view)
+        check(status)
+
+    def read(self, nbytes=None, offset=0, out=None):
+        """Copy `nbytes` bytes from device `offset` (default: to the end, or len(out)) into `out`, a
+        writable buffer, and return it; without `out`, return new bytes."""
+        cdef size_t off = as_size(offset, "offset"), n
+        cdef Py_buffer view
+        cdef ek_status_t status
+        cdef char *dst
+        if out is not None:
+            get_buffer(out, &view, True, "out")
+            n = view.len if nbytes is None else as_size(nbytes, "nbytes")
+            if n > <size_t>view.len:
+                PyBuffer_Release(&view)
+                raise InvalidArgumentError(f"nbytes={n} is larger than out ({view.len} bytes)")
+            dst = <char *>view.buf
+            result = out
+        else:
+            n = (self.size - off if off < self.size else 0) if nbytes is None else as_size(nbytes, "nbytes")
+            if n > self.size:
+                n = self.size + 1  # let the runtime say what is out of range, without a huge bytes object
+            result = PyBytes_FromStringAndSize(NULL, n if n else 0)
+            dst = PyBytes_AS_STRING(result)
+        if n >= _nogil_threshold:
+            with nogil:
+                status = ek_memcpy_d2s_partial_offset(self.device._handle, dst, self._mem, n, off)
+        else:
+            status = ek_memcpy_d2s_partial_offset(self.device._handle, dst, self._mem, n, off)
+        if out is not None:
+            PyBuffer_Release(&view)
+        check(status)
+        return result
+
+    cdef ek_status_t _sync(self, object offset, object nbytes, bint to_device) except *:
+        cdef size_t off = as_size(offset, "offset")
+        cdef size_t n = (self.size - off if off < self.size else 0) if nbytes is None else as_size(nbytes, "nbytes")
+        if nbytes is None and off == 0:
+            return ek_mem_flush(self.device._handle, self._mem) if to_device else \
+                ek_mem_invalidate(self.device._handle, self._mem)
+        if nbytes is None and off >= self.size:
+            n = 1  # the range [off, off+1) is what is out of range
+        return ek_mem_flush_partial(self.device._handle, self._mem, off, n) if to_device else \
+            ek_mem_invalidate_partial(self.device._handle, self._mem, off, n)
+
+    def flush(self, offset=0, nbytes=None) -> None:
+        """Make CPU writes through the mapping in [offset, offset+nbytes) visible to the device."""
+        check(self._sync(offset, nbytes, True))
+
+    def invalidate(self, offset=0, nbytes=None) -> None:
+        """Make device writes in [offset, offset+nbytes) visible through the CPU mapping."""
+        check(self._sync(offset, nbytes, False))
+
+    def _map_as(self, cls):
+        """Map the memory (once) and return a new `cls` (a Mapping type) viewing it."""
+        cdef void *addr
+        if self._addr == NULL:
+            check(ek_mem_mmap(self.device._handle, self._mem, &addr))
+            self._addr = addr
+        return cls(self)
+
+    def map(self) -> Mapping:
+        """Map the memory for the CPU; the result exports its bytes through the buffer protocol."""
+        return self._map_as(Mapping)
+
+    def unmap(self) -> None:
+        """End the CPU mapping. Refused while buffer exports (numpy views) of it are alive."""
+        if self._addr == NULL:
+            check(ek_mem_unmap(self.device._handle, self._mem))  # the runtime says why
+        if self._exports:
+            raise BusyError(f"memory 0x{self._mem.id:016x} has {self._exports} live view(s) of its mapping; "
+                            "delete them before unmapping")
+        self._addr = NULL
+        check(ek_mem_unmap(self.device._handle, self._mem))
+
+    def free(self) -> None:
+        """Return the memory to the device heap (unmapping it first)."""
+        if self._exports:
+            raise BusyError(f"memory 0x{self._mem.id:016x} has {self._exports} live view(s) of its mapping; "
+                            "delete them before freeing")
+        status = ek_free_device(self.device._handle, self._mem)
+        self._freed = self._freed or status == EK_OK
+        self._addr = NULL
+        check(status)
+
+
+cdef class Mapping:
+    """The CPU view of a mapped Memory: a writable, 1-D unsigned-byte buffer (zero-copy)."""
+    cdef readonly Memory memory
+    cdef Py_ssize_t _shape[1]
+    cdef Py_ssize_t _strides[1]
+
+    def __cinit__(self, Memory memory not None):
+        self.memory = memory
+        self._shape[0] = memory.size
+        self._strides[0] = 1
+
+    @property
+    def address(self) -> int:
+        """The CPU address of the mapping (0 once unmapped)."""
+        return <size_t>self.memory._addr
+
+    def __len__(self) -> int:
+        return self.memory.size
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        cdef size_t size
+        if self.memory._addr == NULL:
+            raise NotMappedError(f"memory 0x{self.memory._mem.id:016x} is not mapped; call map() again")
+        check(ek_mem_size(self.memory._mem, &size))  # raises if the memory or its device is gone
+        buffer.buf = self.memory._addr
+        buffer.obj = self
+        buffer.len = self.memory.size
+        buffer.readonly = 0
+        buffer.itemsize = 1
+        buffer.format = <char *>"B" if flags & PyBUF_FORMAT else NULL
+        buffer.ndim = 1
+        buffer.shape = self._shape
+        buffer.strides = self._strides
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self.memory._exports += 1
+        self.memory.device._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self.memory._exports -= 1
+        self.memory.device._exports -= 1
+
+
+cdef class _Noop:
+    """For `invoke bench`: a Cython method call that does nothing, to price a call's overhead."""
+    def write(self, buf, offset=0) -> None:
+        pass

@@ -1,0 +1,78 @@
+# Cython declarations of the libedgekit C API (sdk/runtime/include/edgekit/*.h), for cimport.
+from libc.stdint cimport uint64_t
+
+cdef extern from "edgekit/edgekit.h" nogil:
+    ctypedef enum ek_status_t:
+        EK_OK
+    const char *ek_status_name(ek_status_t status)
+    const char *ek_status_str(ek_status_t status)
+    const char *ek_last_error()
+    const char *ek_version()
+
+    int EK_MAX_DEVICES
+    ctypedef struct ek_dev_t:
+        uint64_t id
+    ctypedef enum ek_coherence_t:
+        EK_COHERENCE_DEFAULT
+        EK_COHERENCE_COHERENT
+        EK_COHERENCE_STRICT
+    ctypedef enum ek_backing_t:
+        EK_BACKING_DEFAULT
+        EK_BACKING_MEMFD
+        EK_BACKING_DMABUF
+        EK_BACKING_ANONYMOUS
+    ctypedef struct ek_dev_config_t:
+        size_t heap_size
+        ek_coherence_t coherence
+        ek_backing_t backing
+    ek_status_t ek_dev_count(int *count)
+    ek_status_t ek_dev_request(ek_dev_t *handle, int id)
+    ek_status_t ek_dev_request_ex(ek_dev_t *handle, int id, const ek_dev_config_t *config)
+    ek_status_t ek_dev_free(ek_dev_t handle)
+    ek_status_t ek_dev_sync(ek_dev_t handle)
+    ek_status_t ek_dev_id(ek_dev_t handle, int *id)
+    ctypedef struct ek_heap_stats_t:
+        size_t total
+        size_t used
+        size_t peak
+        size_t free
+        size_t largest_free
+        size_t allocations
+        size_t alignment
+        ek_coherence_t coherence
+        ek_backing_t backing
+    ek_status_t ek_dev_heap_stats(ek_dev_t handle, ek_heap_stats_t *stats)
+    ctypedef enum ek_coh_kind_t:
+        EK_COH_UNFLUSHED_READ
+    ctypedef struct ek_coh_violation_t:
+        ek_coh_kind_t kind
+        uint64_t mem
+        size_t offset
+        size_t size
+        char what[160]
+    ek_status_t ek_dev_coherence_report(ek_dev_t handle, ek_coh_violation_t *out, size_t capacity,
+                                        size_t *count)
+    ek_status_t ek_dev_coherence_clear(ek_dev_t handle)
+    const char *ek_coh_kind_name(ek_coh_kind_t kind)
+
+    ctypedef struct ek_mem_t:
+        uint64_t id
+    ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size)
+    ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem)
+    ek_status_t ek_mem_size(ek_mem_t mem, size_t *size)
+    ek_status_t ek_memcpy_s2d(ek_dev_t dev, ek_mem_t dst, const void *src)
+    ek_status_t ek_memcpy_s2d_partial(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size)
+    ek_status_t ek_memcpy_s2d_partial_offset(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size,
+                                             size_t offset)
+    ek_status_t ek_memcpy_d2s(ek_dev_t dev, void *dst, ek_mem_t src)
+    ek_status_t ek_memcpy_d2s_partial(ek_dev_t dev, void *dst, ek_mem_t src, size_t size)
+    ek_status_t ek_memcpy_d2s_partial_offset(ek_dev_t dev, void *dst, ek_mem_t src, size_t size,
+                                             size_t offset)
+    ek_status_t ek_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_t src,
+                              size_t src_offset, size_t size)
+    ek_status_t ek_mem_mmap(ek_dev_t dev, ek_mem_t mem, void **addr)
+    ek_status_t ek_mem_unmap(ek_dev_t dev, ek_mem_t mem)
+    ek_status_t ek_mem_flush(ek_dev_t dev, ek_mem_t mem)
+    ek_status_t ek_mem_flush_partial(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size)
+    ek_status_t ek_mem_invalidate(ek_dev_t dev, ek_mem_t mem)
+    ek_status_t ek_mem_invalidate_partial(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size)
