@@ -1,8 +1,8 @@
 """EdgeKit: deploy models to edge SoCs. This package is the Python API of the libedgekit runtime.
 
-    import edgekit as ek
-    with ek.Device(0) as dev, dev.malloc(4096) as mem:
-        mem.write(b"...")
+import edgekit as ek
+with ek.Device(0) as dev, dev.malloc(4096) as mem:
+    mem.write(b"...")
 """
 
 from edgekit._core import version as runtime_version

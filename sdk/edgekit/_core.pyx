@@ -6,7 +6,7 @@ can be written from or read into, and a mapped memory exports its bytes zero-cop
 least NOGIL_THRESHOLD bytes release the GIL. The Pythonic layer (edgekit.device) subclasses these
 types, so the hot methods stay single Cython calls.
 """
-from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
@@ -32,9 +32,25 @@ cdef inline int check(ek_status_t status) except -1:
     return 0
 
 
-cdef size_t as_size(object value, str name) except *:
+cdef extern from "Python.h":
+    # Declared without Cython's automatic exception check, so the fast paths below need no try block.
+    size_t PyLong_AsSize_t(object value)
+    int PyObject_GetBuffer_nocheck "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
+    void *PyErr_Occurred()
+
+
+cdef size_t as_size(object value, str name) except? <size_t>-1:
     """A Python int as size_t. Values too large for size_t become SIZE_MAX, so the runtime reports
     them as out of range / out of memory the same way it reports any other too-large value."""
+    cdef size_t result
+    if type(value) is int:
+        result = PyLong_AsSize_t(value)
+        if result != <size_t>-1 or PyErr_Occurred() == NULL:
+            return result
+    return as_size_slow(value, name)
+
+
+cdef size_t as_size_slow(object value, str name) except? <size_t>-1:
     try:
         return value
     except OverflowError:
@@ -47,13 +63,14 @@ cdef size_t as_size(object value, str name) except *:
 
 cdef int get_buffer(object obj, Py_buffer *view, bint writable, str role) except -1:
     cdef int flags = PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0)
+    if PyObject_GetBuffer_nocheck(obj, view, flags) == 0:
+        return 0
     try:
-        PyObject_GetBuffer(obj, view, flags)
+        raise  # the exception PyObject_GetBuffer set
     except (BufferError, TypeError, ValueError) as exc:
         kind = "writable C-contiguous" if writable else "C-contiguous"
         raise InvalidArgumentError(f"{role} must be a {kind} bytes-like object "
                                    f"(bytes, bytearray, numpy array...): {exc}") from None
-    return 0
 
 
 def device_count() -> int:

@@ -86,18 +86,18 @@ class DeviceMemory(_core.Memory):
     def __repr__(self) -> str:
         return f"<edgekit.DeviceMemory 0x{self.handle:016x}: {self.size} bytes on device {self.device.id}>"
 
-    def map(self) -> MappedView:  # type: ignore[override]
+    def map(self) -> MappedView:
         """Map the memory for the CPU. Unmapped by ``unmap()``, ``free()`` or the context manager exit."""
-        view = self._map_as(MappedView)
-        assert isinstance(view, MappedView)
-        return view
+        return self._map_as(MappedView)
 
 
 class MappedView(_core.Mapping):
     """The CPU view of a mapped DeviceMemory. Its bytes are the device memory itself in coherent mode
     and the CPU-cache shadow in strict mode. As a context manager it unmaps on exit."""
 
-    def ndarray(self, dtype: npt.DTypeLike, shape: int | tuple[int, ...], offset: int = 0) -> npt.NDArray[Any]:
+    def ndarray(
+        self, dtype: npt.DTypeLike, shape: int | tuple[int, ...], offset: int = 0
+    ) -> npt.NDArray[Any]:
         """A numpy array over the mapping (zero-copy): ``shape`` items of ``dtype`` from byte ``offset``."""
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
         dt = np.dtype(dtype)
@@ -107,7 +107,8 @@ class MappedView(_core.Mapping):
                 f"{count} x {dt} ({count * dt.itemsize} bytes) from offset {offset} does not fit the "
                 f"{len(self)}-byte mapping"
             )
-        return np.frombuffer(self, dtype=dt, count=count, offset=offset).reshape(dims)
+        flat: npt.NDArray[Any] = np.frombuffer(memoryview(self), dtype=dt, count=count, offset=offset)
+        return flat.reshape(dims)
 
     def __enter__(self) -> MappedView:
         return self

@@ -34,9 +34,8 @@ static ek_status_t check_range(const struct ek_mem_rec *mem, size_t offset, size
     if (size == 0)
         return ek_fail(EK_ERR_INVALID_ARG, "%s: size is 0; give at least one byte", call);
     if (offset > mem->size || size > mem->size - offset)
-        return ek_fail(EK_ERR_OUT_OF_RANGE, "%s: bytes [%zu, %zu%s) are outside memory 0x%016" PRIx64
-                       " of %zu bytes", call, offset, offset + size < offset ? SIZE_MAX : offset + size,
-                       offset + size < offset ? " (overflow)" : "", mem->handle, mem->size);
+        return ek_fail(EK_ERR_OUT_OF_RANGE, "%s: %zu bytes at offset %zu go past the end of memory 0x%016" PRIx64
+                       " (%zu bytes)", call, size, offset, mem->handle, mem->size);
     return EK_OK;
 }
 
