@@ -50,7 +50,7 @@ ek_status_t ek_dev_count(int *count) {
     return status;
 }
 
-/* "512M", "1G", "65536", "64KiB" -> bytes. */
+/* "512M", "1G", "65536", "64KiB" -> bytes (> 0). */
 static bool parse_size(const char *text, size_t *out) {
     char *end;
     errno = 0;
@@ -68,7 +68,7 @@ static bool parse_size(const char *text, size_t *out) {
         end++;
     if (*end == 'B' || *end == 'b')
         end++;
-    if (*end || n > (SIZE_MAX >> 1) >> shift)
+    if (*end || n == 0 || n > (SIZE_MAX >> 1) >> shift)
         return false;
     *out = (size_t)n << shift;
     return true;

@@ -11,15 +11,18 @@ static uint8_t *device_address(struct ek_device *device, const struct ek_mem_rec
     return device->pool.base + mem->offset;
 }
 
-/* Lock the device of `dev` and find `mem` on it. */
-static ek_status_t lock_memory(ek_dev_t dev, ek_mem_t mem, bool exclusive, struct ek_device **device,
-                               struct ek_mem_rec **rec) {
+/* Lock the device of `dev` and find `mem` on it. `freeing`: a freed `mem` is a double free. */
+static ek_status_t lock_memory(ek_dev_t dev, ek_mem_t mem, bool exclusive, bool freeing,
+                               struct ek_device **device, struct ek_mem_rec **rec) {
     ek_status_t status = ek_device_lock(dev, exclusive, device);
     if (status != EK_OK)
         return status;
     void *obj;
     int owner;
-    if ((status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner)) == EK_OK && owner != (*device)->index)
+    status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner);
+    if (status == EK_ERR_FREED_HANDLE && freeing)
+        status = ek_handle_retire(mem.id, EK_HANDLE_MEMORY); /* fails, saying double free */
+    else if (status == EK_OK && owner != (*device)->index)
         status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to device %d, but the device "
                          "handle is for device %d", mem.id, owner, (*device)->index);
     if (status != EK_OK) {
@@ -81,9 +84,7 @@ ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size) {
 ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem) {
     struct ek_device *device;
     struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, mem, true, &device, &rec);
-    if (status == EK_ERR_FREED_HANDLE)
-        return ek_handle_retire(mem.id, EK_HANDLE_MEMORY); /* says double free */
+    ek_status_t status = lock_memory(dev, mem, true, true, &device, &rec);
     if (status != EK_OK)
         return status;
     if (rec->map_count)
@@ -126,7 +127,7 @@ static ek_status_t copy_s2d(ek_dev_t dev, ek_mem_t dst, const void *src, size_t 
         return ek_fail(EK_ERR_INVALID_ARG, "%s: src is NULL", call);
     struct ek_device *device;
     struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, dst, false, &device, &rec);
+    ek_status_t status = lock_memory(dev, dst, false, false, &device, &rec);
     if (status != EK_OK)
         return status;
     if (whole)
@@ -145,7 +146,7 @@ static ek_status_t copy_d2s(ek_dev_t dev, void *dst, ek_mem_t src, size_t size, 
         return ek_fail(EK_ERR_INVALID_ARG, "%s: dst is NULL", call);
     struct ek_device *device;
     struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, src, false, &device, &rec);
+    ek_status_t status = lock_memory(dev, src, false, false, &device, &rec);
     if (status != EK_OK)
         return status;
     if (whole)
@@ -181,7 +182,7 @@ ek_status_t ek_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_
                           size_t size) {
     struct ek_device *device;
     struct ek_mem_rec *to;
-    ek_status_t status = lock_memory(dev, dst, false, &device, &to);
+    ek_status_t status = lock_memory(dev, dst, false, false, &device, &to);
     if (status != EK_OK)
         return status;
     void *obj;
@@ -207,7 +208,7 @@ ek_status_t ek_mem_mmap(ek_dev_t dev, ek_mem_t mem, void **addr) {
         return ek_fail(EK_ERR_INVALID_ARG, "ek_mem_mmap: addr is NULL");
     struct ek_device *device;
     struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, mem, true, &device, &rec);
+    ek_status_t status = lock_memory(dev, mem, true, false, &device, &rec);
     if (status != EK_OK)
         return status;
     if (device->coherence == EK_COHERENCE_STRICT && rec->map_count == 0)
@@ -223,7 +224,7 @@ ek_status_t ek_mem_mmap(ek_dev_t dev, ek_mem_t mem, void **addr) {
 ek_status_t ek_mem_unmap(ek_dev_t dev, ek_mem_t mem) {
     struct ek_device *device;
     struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, mem, true, &device, &rec);
+    ek_status_t status = lock_memory(dev, mem, true, false, &device, &rec);
     if (status != EK_OK)
         return status;
     if (rec->map_count == 0)
@@ -238,7 +239,7 @@ static ek_status_t sync_range(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t 
                               const char *call) {
     struct ek_device *device;
     struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, mem, false, &device, &rec);
+    ek_status_t status = lock_memory(dev, mem, false, false, &device, &rec);
     if (status != EK_OK)
         return status;
     if (whole)
