@@ -23,8 +23,11 @@ def _say(message: str) -> None:
 
 @task
 def build(c: Context) -> None:
-    """Build libedgekit and the Cython modules for this host and install the edgekit package into
-    the Python running invoke (incremental: CMake keeps its tree in build/py-*)."""
+    """Build libedgekit + edgekit._core for this host and install the edgekit package.
+
+    Installs into the Python running invoke (.venv when started by quickstart.sh). Incremental:
+    CMake keeps its tree in build/py-*.
+    """
     _say("Building libedgekit + edgekit._core (CMake via scikit-build-core) and installing edgekit")
     with c.cd(str(ROOT)):
         c.run(f"{PYTHON} -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps .")
@@ -33,7 +36,7 @@ def build(c: Context) -> None:
 
 @task
 def lint(c: Context) -> None:
-    """Check formatting and lint with ruff, and types with mypy (settings in pyproject.toml)."""
+    """Check formatting and lint with ruff, and types with mypy (settings: pyproject.toml)."""
     with c.cd(str(ROOT)):
         _say("ruff check")
         c.run(f"{PYTHON} -m ruff check .")
@@ -50,8 +53,11 @@ def lint(c: Context) -> None:
     }
 )
 def test(c: Context, k: str = "", no_lint: bool = False) -> None:
-    """Build, lint, then run the whole test suite with pytest (C runtime tests under ASan/UBSan,
-    conan packaging, the Python API)."""
+    """Build, lint, and run the whole test suite with pytest (what CI runs).
+
+    The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc and the
+    aarch64 cross gcc, the conan package, the Python API, the docs' examples.
+    """
     build(c)
     if not no_lint:
         lint(c)
@@ -63,8 +69,11 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
 
 @task(help={"quick": "smaller sizes and fewer repeats (a smoke run)"})
 def bench(c: Context, quick: bool = False) -> None:
-    """Build, then print copy/flush bandwidth against numpy and the Python call overhead, measured in
-    one run (python -m edgekit.bench)."""
+    """Build, then benchmark memory bandwidth and call overhead against numpy in one run.
+
+    Runs python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size,
+    and a small DeviceMemory.write against a no-op Cython call.
+    """
     build(c)
     _say("edgekit.bench")
     c.run(f"{PYTHON} -m edgekit.bench{' --quick' if quick else ''}")
@@ -72,8 +81,11 @@ def bench(c: Context, quick: bool = False) -> None:
 
 @task
 def demo(c: Context) -> None:
-    """The main job: build EdgeKit for this host and run the memory demo (zero-copy mapping, device
-    copies, and the strict-coherence checker catching a missed flush)."""
+    """The main job: build EdgeKit and run the memory demo on this host.
+
+    The demo (python -m edgekit.examples.memory_demo) shows zero-copy mapping, device copies, and the
+    strict-coherence checker catching a missed flush. It exits non-zero if a result is wrong.
+    """
     build(c)
     _say("edgekit memory demo")
     c.run(f"{PYTHON} -m edgekit.examples.memory_demo")

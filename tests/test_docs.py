@@ -1,0 +1,46 @@
+"""The documentation's examples run as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_blocks(markdown: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown.read_text(), flags=re.DOTALL)
+
+
+def test_readme_python_example_runs() -> None:
+    blocks = python_blocks(ROOT / "README.md")
+    assert blocks, "README.md has no python example"
+    for code in blocks:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"README example failed:\n{code}\n{result.stderr}"
+        assert "'coherence': 'coherent'" in result.stdout, result.stdout
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "exec ./quickstart.sh test\n" in ci
+    assert "./quickstart.sh test" in readme and "./quickstart.sh demo" in readme
+
+
+def test_every_invoke_task_is_explained() -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "invoke", "--list"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    summaries: dict[str, str] = {}
+    for line in listing.splitlines()[1:]:
+        if re.match(r"^  \S", line):  # a task: "  name   summary..."
+            name, _, summary = line.strip().partition(" ")
+            summaries[name] = summary.strip()
+        elif line.strip():  # the summary, wrapped
+            summaries[name] += " " + line.strip()
+    assert {"build", "test", "bench", "demo", "lint", "clean"} <= set(summaries), listing
+    for name, summary in summaries.items():
+        assert summary.rstrip().endswith("."), f"task {name}: summary cut short or missing: {summary!r}"
