@@ -247,9 +247,11 @@ cdef class Memory:
             dst = <char *>view.buf
             result = out
         else:
-            n = (self.size - off if off < self.size else 0) if nbytes is None else as_size(nbytes, "nbytes")
+            # Past the end (or a default length at an offset past it): ask for one byte more than fits,
+            # so the runtime reports the range, without allocating a huge bytes object first.
+            n = (self.size - off if off < self.size else 1) if nbytes is None else as_size(nbytes, "nbytes")
             if n > self.size:
-                n = self.size + 1  # let the runtime say what is out of range, without a huge bytes object
+                n = self.size + 1
             result = PyBytes_FromStringAndSize(NULL, n if n else 0)
             dst = PyBytes_AS_STRING(result)
         if n >= _nogil_threshold:

@@ -37,8 +37,9 @@ static ek_status_t check_range(const struct ek_mem_rec *mem, size_t offset, size
     if (size == 0)
         return ek_fail(EK_ERR_INVALID_ARG, "%s: size is 0; give at least one byte", call);
     if (offset > mem->size || size > mem->size - offset)
-        return ek_fail(EK_ERR_OUT_OF_RANGE, "%s: %zu bytes at offset %zu go past the end of memory 0x%016" PRIx64
-                       " (%zu bytes)", call, size, offset, mem->handle, mem->size);
+        return ek_fail(EK_ERR_OUT_OF_RANGE, "%s: %zu byte%s at offset %zu go%s past the end of memory 0x%016" PRIx64
+                       " (%zu bytes)", call, size, size == 1 ? "" : "s", offset, size == 1 ? "es" : "",
+                       mem->handle, mem->size);
     return EK_OK;
 }
 
