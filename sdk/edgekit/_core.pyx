@@ -6,14 +6,21 @@ can be written from or read into, and a mapped memory exports its bytes zero-cop
 least NOGIL_THRESHOLD bytes release the GIL. The Pythonic layer (edgekit.device) subclasses these
 types, so the hot methods stay single Cython calls.
 """
-from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 
 from edgekit.libedgekit cimport *
 
-from edgekit.errors import BusyError, InvalidArgumentError, NotMappedError, error_for_status
+import operator
+
+from edgekit.errors import (
+    BusyError, InvalidArgumentError, InvalidTypeError, NotMappedError, OutOfMemoryError, OutOfRangeError,
+    error_for_status,
+)
 
 # Below this many bytes a copy takes less time than releasing and re-taking the GIL.
 NOGIL_THRESHOLD = 64 * 1024
@@ -37,40 +44,49 @@ cdef extern from "Python.h":
     size_t PyLong_AsSize_t(object value)
     int PyObject_GetBuffer_nocheck "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
     void *PyErr_Occurred()
+    void PyErr_Clear()
 
 
-cdef size_t as_size(object value, str name) except? <size_t>-1:
-    """A Python int as size_t. Values too large for size_t become SIZE_MAX, so the runtime reports
-    them as out of range / out of memory the same way it reports any other too-large value."""
+cdef size_t SIZE_MAX = <size_t>-1
+
+
+cdef size_t as_size(object value, str name, type too_large) except? <size_t>-1:
+    """A non-negative Python int (or anything with __index__) as size_t. Floats, strings and negative
+    numbers are InvalidArgumentError; a value beyond size_t is `too_large`, naming the value."""
     cdef size_t result
     if type(value) is int:
         result = PyLong_AsSize_t(value)
-        if result != <size_t>-1 or PyErr_Occurred() == NULL:
+        if result != SIZE_MAX or PyErr_Occurred() == NULL:
             return result
-    return as_size_slow(value, name)
+        PyErr_Clear()
+    return as_size_slow(value, name, too_large)
 
 
-cdef size_t as_size_slow(object value, str name) except? <size_t>-1:
+cdef size_t as_size_slow(object value, str name, type too_large) except? <size_t>-1:
     try:
-        return value
-    except OverflowError:
-        if value < 0:
-            raise InvalidArgumentError(f"{name} must be >= 0, got {value}") from None
-        return <size_t>-1
+        number = operator.index(value)
     except TypeError:
-        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__}") from None
+        raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if number < 0:
+        raise InvalidArgumentError(f"{name} must be >= 0, got {number}")
+    if number > SIZE_MAX:
+        raise too_large(f"{name}={number} is larger than any size this platform can address ({SIZE_MAX})")
+    return number
 
 
 cdef int get_buffer(object obj, Py_buffer *view, bint writable, str role) except -1:
     cdef int flags = PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0)
     if PyObject_GetBuffer_nocheck(obj, view, flags) == 0:
         return 0
+    PyErr_Clear()
     try:
-        raise  # the exception PyObject_GetBuffer set
+        PyObject_GetBuffer(obj, view, flags)  # again, with Cython's check, to raise what it says
     except (BufferError, TypeError, ValueError) as exc:
         kind = "writable C-contiguous" if writable else "C-contiguous"
-        raise InvalidArgumentError(f"{role} must be a {kind} bytes-like object "
-                                   f"(bytes, bytearray, numpy array...): {exc}") from None
+        error = InvalidArgumentError if isinstance(exc, (BufferError, ValueError)) else InvalidTypeError
+        raise error(f"{role} must be a {kind} bytes-like object (bytes, bytearray, numpy array...): {exc}") \
+            from None
+    return 0  # the exporter changed its mind: the buffer is ours now
 
 
 def device_count() -> int:
@@ -110,7 +126,7 @@ cdef class Device:
                 raise InvalidArgumentError(f"backing must be one of {sorted(BACKINGS)}, got {backing!r}")
             config.backing = BACKINGS[backing]
         if heap_size is not None:
-            config.heap_size = as_size(heap_size, "heap_size")
+            config.heap_size = as_size(heap_size, "heap_size", OutOfMemoryError)
             if config.heap_size == 0:
                 raise InvalidArgumentError("heap_size must be > 0 (or None for the default)")
         check(ek_dev_request_ex(&self._handle, id, &config))
@@ -151,8 +167,9 @@ cdef class Device:
 
     def copy(self, Memory dst not None, dst_offset, Memory src not None, src_offset, nbytes) -> None:
         """Device-to-device copy of `nbytes` bytes (ranges may overlap)."""
-        cdef size_t doff = as_size(dst_offset, "dst_offset"), soff = as_size(src_offset, "src_offset")
-        cdef size_t n = as_size(nbytes, "nbytes")
+        cdef size_t doff = as_size(dst_offset, "dst_offset", OutOfRangeError)
+        cdef size_t soff = as_size(src_offset, "src_offset", OutOfRangeError)
+        cdef size_t n = as_size(nbytes, "nbytes", OutOfRangeError)
         cdef ek_status_t status
         if n >= _nogil_threshold:
             with nogil:
@@ -199,7 +216,7 @@ cdef class Memory:
     cdef Py_ssize_t _exports  # live buffer exports of that mapping
 
     def __cinit__(self, Device device not None, size):
-        cdef size_t n = as_size(size, "size")
+        cdef size_t n = as_size(size, "size", OutOfMemoryError)
         check(ek_malloc_device(device._handle, &self._mem, n))
         self.device = device
         self.size = n
@@ -219,7 +236,7 @@ cdef class Memory:
 
     def write(self, buf, offset=0) -> None:
         """Copy all bytes of `buf` to the device at byte `offset`."""
-        cdef size_t off = as_size(offset, "offset")
+        cdef size_t off = as_size(offset, "offset", OutOfRangeError)
         cdef Py_buffer view
         cdef ek_status_t status
         get_buffer(buf, &view, False, "buf")
@@ -234,25 +251,26 @@ cdef class Memory:
     def read(self, nbytes=None, offset=0, out=None):
         """Copy `nbytes` bytes from device `offset` (default: to the end, or len(out)) into `out`, a
         writable buffer, and return it; without `out`, return new bytes."""
-        cdef size_t off = as_size(offset, "offset"), n
+        cdef size_t off = as_size(offset, "offset", OutOfRangeError), n
         cdef Py_buffer view
         cdef ek_status_t status
         cdef char *dst
+        cdef char probe
         if out is not None:
             get_buffer(out, &view, True, "out")
-            n = view.len if nbytes is None else as_size(nbytes, "nbytes")
+            n = view.len if nbytes is None else as_size(nbytes, "nbytes", OutOfRangeError)
             if n > <size_t>view.len:
                 PyBuffer_Release(&view)
                 raise InvalidArgumentError(f"nbytes={n} is larger than out ({view.len} bytes)")
             dst = <char *>view.buf
             result = out
         else:
-            # Past the end (or a default length at an offset past it): ask for one byte more than fits,
-            # so the runtime reports the range, without allocating a huge bytes object first.
-            n = (self.size - off if off < self.size else 1) if nbytes is None else as_size(nbytes, "nbytes")
-            if n > self.size:
-                n = self.size + 1
-            result = PyBytes_FromStringAndSize(NULL, n if n else 0)
+            n = (self.size - off if off < self.size else 1) if nbytes is None else \
+                as_size(nbytes, "nbytes", OutOfRangeError)
+            if n > self.size or off > self.size - n:
+                # Let the runtime report the range (it checks before it copies), before allocating `n` bytes.
+                check(ek_memcpy_d2s_partial_offset(self.device._handle, &probe, self._mem, n, off))
+            result = PyBytes_FromStringAndSize(NULL, n)
             dst = PyBytes_AS_STRING(result)
         if n >= _nogil_threshold:
             with nogil:
@@ -265,8 +283,9 @@ cdef class Memory:
         return result
 
     cdef ek_status_t _sync(self, object offset, object nbytes, bint to_device) except *:
-        cdef size_t off = as_size(offset, "offset")
-        cdef size_t n = (self.size - off if off < self.size else 0) if nbytes is None else as_size(nbytes, "nbytes")
+        cdef size_t off = as_size(offset, "offset", OutOfRangeError)
+        cdef size_t n = (self.size - off if off < self.size else 0) if nbytes is None else \
+            as_size(nbytes, "nbytes", OutOfRangeError)
         if nbytes is None and off == 0:
             return ek_mem_flush(self.device._handle, self._mem) if to_device else \
                 ek_mem_invalidate(self.device._handle, self._mem)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
 
 from edgekit import _core
-from edgekit.errors import OutOfRangeError
+from edgekit.errors import InvalidArgumentError, OutOfRangeError
 
 
 def device_count() -> int:
@@ -60,7 +60,7 @@ class Device(_core.Device):
     def coherence(self) -> str:
         return str(self.stats["coherence"])
 
-    def malloc(self, size: int) -> DeviceMemory:
+    def malloc(self, size: SupportsIndex) -> DeviceMemory:
         """Allocate ``size`` bytes of device memory (64-byte aligned)."""
         return DeviceMemory(self, size)
 
@@ -100,9 +100,11 @@ class MappedView(_core.Mapping):
     ) -> npt.NDArray[Any]:
         """A numpy array over the mapping (zero-copy): ``shape`` items of ``dtype`` from byte ``offset``."""
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        if any(d < 0 for d in dims) or offset < 0:
+            raise InvalidArgumentError(f"shape {dims} and offset {offset} must not be negative")
         dt = np.dtype(dtype)
         count = math.prod(dims)
-        if offset < 0 or offset + count * dt.itemsize > len(self):
+        if offset + count * dt.itemsize > len(self):
             raise OutOfRangeError(
                 f"{count} x {dt} ({count * dt.itemsize} bytes) from offset {offset} does not fit the "
                 f"{len(self)}-byte mapping"

@@ -27,6 +27,10 @@ class InvalidArgumentError(EdgeKitError, ValueError):
     code, status_name = 1, "EK_ERR_INVALID_ARG"
 
 
+class InvalidTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong Python type (still EK_ERR_INVALID_ARG, and a TypeError)."""
+
+
 class InvalidHandleError(EdgeKitError, ValueError):
     code, status_name = 2, "EK_ERR_INVALID_HANDLE"
 

@@ -1,0 +1,99 @@
+"""Shared fixtures of the Python test suite.
+
+Every device fixture opens a *fresh* device (its configuration is fixed when the first handle opens it,
+and asking for another one while it is open is ``BusyError``), closes it at teardown, and asserts that
+the test freed everything it allocated, so a leak in any test fails that test.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+# The C runtime reads EDGEKIT_DEVICES exactly once per process, the first time any device call runs,
+# and never again. The tests that copy between devices need device 1, so the variable must be set
+# before edgekit is first used by anything in this process, i.e. here, at conftest import time, which
+# pytest does before importing any test module. Everything else assumes exactly 2 devices.
+os.environ["EDGEKIT_DEVICES"] = "2"
+# A developer's shell setting must not change what the tests see (subprocess tests set their own).
+for _name in ("EDGEKIT_COHERENCE", "EDGEKIT_HEAP_SIZE", "EDGEKIT_BACKING"):
+    os.environ.pop(_name, None)
+
+import edgekit as ek  # noqa: E402  (must follow the environment setup)
+import pytest  # noqa: E402
+
+MiB = 1 << 20
+HEAP_SIZE = 16 * MiB
+LINE = 64  # EK_CACHE_LINE, the allocator alignment and the strict-coherence granularity
+
+REPO = Path(__file__).resolve().parents[1]
+STATUS_H = REPO / "sdk" / "runtime" / "include" / "edgekit" / "status.h"
+
+
+def parse_status_codes(header: Path = STATUS_H) -> dict[str, int]:
+    """The ``ek_status_t`` enum of the C header, as {"EK_ERR_OUT_OF_RANGE": 6, ...}."""
+    text = header.read_text()
+    body = re.search(r"typedef enum ek_status \{(.*?)\} ek_status_t;", text, re.S)
+    assert body, f"no ek_status_t enum in {header}"
+    codes = {name: int(value) for name, value in re.findall(r"\b(EK_\w+)\s*=\s*(\d+)", body.group(1))}
+    assert codes.get("EK_OK") == 0 and len(codes) >= 10, codes
+    return codes
+
+
+STATUS = parse_status_codes()
+
+
+def _open(device_id: int, **config: Any) -> Iterator[ek.Device]:
+    device = ek.Device(device_id, heap_size=HEAP_SIZE, **config)
+    try:
+        yield device
+    finally:
+        gc.collect()  # a failed test's traceback may still hold numpy views of a mapping
+        if not device.closed:
+            leftover = device.stats
+            device.close()
+            assert leftover["allocations"] == 0, f"the test leaked device memory: {leftover}"
+            assert leftover["used"] == 0, f"the test leaked device memory: {leftover}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """Once a failure is reported, drop the locals of its traceback's frames: a numpy view of a mapping
+    held there would make the fixtures' unmap/free/close fail with BusyError and every later test that
+    opens the same device fail with it, hiding the one real failure."""
+    report = yield
+    if call.excinfo is not None:
+        tb: TracebackType | None = call.excinfo.tb
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code.co_filename.startswith(str(REPO / "tests")):
+                try:
+                    frame.f_locals.clear()  # the snapshot dict pytest's report materialised
+                    frame.clear()
+                except RuntimeError:  # a frame still executing: leave it
+                    pass
+            tb = tb.tb_next
+    return report
+
+
+@pytest.fixture
+def dev() -> Iterator[ek.Device]:
+    """Device 0, coherent, with a 16 MiB heap."""
+    yield from _open(0, coherence="coherent")
+
+
+@pytest.fixture
+def strict_dev() -> Iterator[ek.Device]:
+    """Device 0 in strict coherence (an emulated non-coherent SoC), with a 16 MiB heap."""
+    yield from _open(0, coherence="strict")
+
+
+@pytest.fixture
+def dev1() -> Iterator[ek.Device]:
+    """Device 1 (coherent, 16 MiB heap), for cross-device tests."""
+    yield from _open(1, coherence="coherent")
