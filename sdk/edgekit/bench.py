@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         f"EdgeKit {ek.__version__} memory benchmark on {platform.machine()}, "
         f"Python {platform.python_version()}, numpy {np.__version__}; best of {repeats}"
     )
-    print(f"{'operation':<27}{'size':>10}{'GB/s':>10}{'numpy GB/s':>12}{'ratio':>8}")
+    print(f"{'operation':<27}{'size':>8}{'GB/s':>12}{'numpy GB/s':>12}{'ratio':>11}")
     rows = [row for size in sizes for row in bandwidth_rows(size, repeats)]
     for name, size, rate, numpy_rate in rows:
         label = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
-        print(f"{name:<27}{label:>10}{rate:>10.2f}{numpy_rate:>12.2f}{rate / numpy_rate:>7.2f}x")
+        print(f"{name:<27}{label:>8}{rate:>12.2f}{numpy_rate:>12.2f}{rate / numpy_rate:>10.2f}x")
     print("(coherent flush on a cache-coherent host is a memory fence; on aarch64 it is dc cvac per line)")
 
     write_ns, noop_ns = call_overhead(20_000 if args.quick else 200_000)

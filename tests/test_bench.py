@@ -1,0 +1,19 @@
+"""`invoke bench` keeps working: a quick run prints every row and the target line. Speed itself is
+never asserted here (figures belong in the benchmark's output, not in a test's pass/fail)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_quick_bench_prints_the_whole_table() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgekit.bench", "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for row in ("write (s2d)", "read (d2s)", "copy (d2d)", "flush, coherent", "flush, strict (all dirty)"):
+        assert out.count(row) == 2, f"{row!r} should appear once per size:\n{out}"
+    assert "DeviceMemory.write(64 bytes, 0)" in out and "no-op Cython method" in out
+    assert "targets:" in out
