@@ -901,3 +901,23 @@ def test_non_integer_offsets_and_lengths(
     dev: ek.Device, mem: ek.DeviceMemory, call: Callable[[Any], object], name: str
 ) -> None:
     check_fails(dev, ek.InvalidTypeError, "EK_ERR_INVALID_ARG", lambda: call(mem), name, "int")
+
+
+def test_no_view_through_a_closed_device_handle() -> None:
+    # Two handles on device 1: the memory's own handle closes while the other keeps the device open.
+    keeper, other = ek.Device(1, heap_size=1 << 20), ek.Device(1)
+    mem = other.malloc(4096)
+    mem.map()
+    other.close()  # allowed: no views yet
+    with pytest.raises(ek.FreedHandleError) as info:
+        mem.map().ndarray(np.uint8, 4096)  # a view would outlive `other`, whose close() can't wait for it
+    assert "device handle" in info.value.message
+    with pytest.raises(ek.FreedHandleError):
+        memoryview(mem.map())
+    del mem
+    gc.collect()
+    # Its handle is gone, so the block is released with the device, when the last handle closes.
+    assert keeper.stats["allocations"] == 1
+    keeper.close()
+    with ek.Device(1) as reopened:
+        assert reopened.stats["allocations"] == 0

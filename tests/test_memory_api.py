@@ -667,3 +667,25 @@ def test_export_after_unmap_is_not_mapped(dev: ek.Device) -> None:
         assert info.value.code == ek.NotMappedError.code
         with pytest.raises(ek.NotMappedError):
             memoryview(view)
+
+
+# ---- lifetimes under the garbage collector -------------------------------------------------------------
+
+
+def test_a_memory_in_a_reference_cycle_is_freed_by_the_collector(dev: ek.Device) -> None:
+    mem = dev.malloc(4096)
+    mem.me = mem  # type: ignore[attr-defined]  # a cycle through the instance dict
+    del mem
+    gc.collect()
+    assert dev.stats["allocations"] == 0
+
+
+def test_collecting_a_cycle_that_holds_a_view_does_not_crash(dev: ek.Device) -> None:
+    def make_garbage() -> None:
+        mem = dev.malloc(4096)
+        held: list[object] = [memoryview(mem.map())]
+        held.append(held)  # an ordinary garbage cycle that happens to hold a buffer export
+
+    make_garbage()
+    gc.collect()  # used to crash in __releasebuffer__ after the collector cleared `memory`
+    assert dev.stats["allocations"] == 0

@@ -10,6 +10,7 @@ from cpython.buffer cimport (
     PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer,
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+cimport cython
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 
@@ -189,16 +190,17 @@ cdef class Device:
 
     def coherence_report(self, bint clear=False) -> list:
         """Recorded strict-coherence violations as (kind, memory handle, offset, size, message) tuples."""
-        cdef size_t count = 0, i
+        cdef size_t count = 0, capacity, i
         check(ek_dev_coherence_report(self._handle, NULL, 0, &count))
-        cdef ek_coh_violation_t *items = <ek_coh_violation_t *>malloc(max(count, 1) * sizeof(ek_coh_violation_t))
+        capacity = min(count, 1024)  # the runtime keeps the first 1024
+        cdef ek_coh_violation_t *items = <ek_coh_violation_t *>malloc(max(capacity, 1) * sizeof(ek_coh_violation_t))
         if items == NULL:
             raise MemoryError()
         try:
-            check(ek_dev_coherence_report(self._handle, items, count, &count))
-            kept = min(count, 1024)
+            # Other threads may record more in between: only the `capacity` entries copied are read.
+            check(ek_dev_coherence_report(self._handle, items, capacity, &count))
             result = [(ek_coh_kind_name(items[i].kind).decode(), items[i].mem, items[i].offset, items[i].size,
-                       items[i].what.decode("utf-8", "replace")) for i in range(kept)]
+                       items[i].what.decode("utf-8", "replace")) for i in range(min(count, capacity))]
         finally:
             free(items)
         if clear:
@@ -206,6 +208,9 @@ cdef class Device:
         return result
 
 
+# no_gc_clear: __dealloc__ and __releasebuffer__ need `device` / `memory` even when the garbage
+# collector breaks a reference cycle through these objects.
+@cython.no_gc_clear
 cdef class Memory:
     """A block of device memory; free() (or garbage collection) returns it to the heap."""
     cdef ek_mem_t _mem
@@ -305,6 +310,8 @@ cdef class Memory:
     def _map_as(self, cls):
         """Map the memory (once) and return a new `cls` (a Mapping type) viewing it."""
         cdef void *addr
+        cdef int device_id
+        check(ek_dev_id(self.device._handle, &device_id))  # a view must pin an open device handle
         if self._addr == NULL:
             check(ek_mem_mmap(self.device._handle, self._mem, &addr))
             self._addr = addr
@@ -335,6 +342,7 @@ cdef class Memory:
         check(status)
 
 
+@cython.no_gc_clear
 cdef class Mapping:
     """The CPU view of a mapped Memory: a writable, 1-D unsigned-byte buffer (zero-copy)."""
     cdef readonly Memory memory
@@ -358,7 +366,11 @@ cdef class Mapping:
         cdef size_t size
         if self.memory._addr == NULL:
             raise NotMappedError(f"memory 0x{self.memory._mem.id:016x} is not mapped; call map() again")
-        check(ek_mem_size(self.memory._mem, &size))  # raises if the memory or its device is gone
+        cdef int device_id
+        # The view pins self.memory.device, whose close() waits for views to go: so that handle must be
+        # open now (another handle keeping the device alive is not enough), and the memory alive.
+        check(ek_dev_id(self.memory.device._handle, &device_id))
+        check(ek_mem_size(self.memory._mem, &size))
         buffer.buf = self.memory._addr
         buffer.obj = self
         buffer.len = self.memory.size

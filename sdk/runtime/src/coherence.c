@@ -45,7 +45,9 @@ static void record_locked(struct ek_device *device, ek_coh_kind_t kind, const st
                           size_t offset, size_t size, const char *fmt, ...) {
     if (!device->violations)
         device->violations = calloc(EK_MAX_VIOLATIONS, sizeof *device->violations);
-    if (device->violations && device->violation_count < EK_MAX_VIOLATIONS) {
+    if (!device->violations)
+        return; /* the host is out of memory: nothing to record into */
+    if (device->violation_count < EK_MAX_VIOLATIONS) {
         ek_coh_violation_t *v = &device->violations[device->violation_count];
         v->kind = kind;
         v->mem = mem->handle;

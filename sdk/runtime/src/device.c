@@ -17,11 +17,17 @@ static int device_count;
 static char device_count_error[160]; /* set when EDGEKIT_DEVICES is malformed */
 
 static void init_devices(void) {
+    /* Copies take the lock shared and may run back to back from many threads: prefer writers, so
+     * malloc/free/map/close are not starved (glibc's default prefers readers). */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     for (int i = 0; i < EK_MAX_DEVICES; i++) {
-        pthread_rwlock_init(&devices[i].lock, NULL);
+        pthread_rwlock_init(&devices[i].lock, &attr);
         pthread_mutex_init(&devices[i].coh_lock, NULL);
         devices[i].index = i;
     }
+    pthread_rwlockattr_destroy(&attr);
     device_count = 1;
     const char *env = getenv("EDGEKIT_DEVICES");
     if (env && *env) {
@@ -221,11 +227,12 @@ void ek_device_release_memory(struct ek_device *device) {
 
 ek_status_t ek_dev_free(ek_dev_t handle) {
     int index;
-    if (ek_handle_get(handle.id, EK_HANDLE_DEVICE, NULL, &index) != EK_OK)
-        return ek_handle_retire(handle.id, EK_HANDLE_DEVICE); /* says double free or invalid */
+    ek_status_t status = ek_handle_lookup(handle.id, EK_HANDLE_DEVICE, true, NULL, &index);
+    if (status != EK_OK)
+        return status;
     struct ek_device *device = &devices[index];
     pthread_rwlock_wrlock(&device->lock);
-    ek_status_t status = ek_handle_retire(handle.id, EK_HANDLE_DEVICE);
+    status = ek_handle_retire(handle.id, EK_HANDLE_DEVICE);
     if (status == EK_OK && --device->open_handles == 0)
         ek_device_release_memory(device);
     pthread_rwlock_unlock(&device->lock);
@@ -270,7 +277,8 @@ ek_status_t ek_dev_coherence_report(ek_dev_t handle, ek_coh_violation_t *out, si
     if (status != EK_OK)
         return status;
     pthread_mutex_lock(&device->coh_lock);
-    size_t kept = device->violation_count < EK_MAX_VIOLATIONS ? device->violation_count : EK_MAX_VIOLATIONS;
+    size_t kept = !device->violations ? 0
+                  : device->violation_count < EK_MAX_VIOLATIONS ? device->violation_count : EK_MAX_VIOLATIONS;
     if (kept > capacity)
         kept = capacity;
     if (kept)

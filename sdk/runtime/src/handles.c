@@ -106,10 +106,10 @@ static ek_status_t check_handle(uint64_t handle, enum ek_handle_kind kind, bool 
     return EK_OK;
 }
 
-ek_status_t ek_handle_get(uint64_t handle, enum ek_handle_kind kind, void **obj, int *owner) {
+ek_status_t ek_handle_lookup(uint64_t handle, enum ek_handle_kind kind, bool freeing, void **obj, int *owner) {
     struct slot *s = NULL;
     uint64_t st = 0;
-    ek_status_t status = check_handle(handle, kind, false, &s, &st);
+    ek_status_t status = check_handle(handle, kind, freeing, &s, &st);
     if (status == EK_OK) {
         if (obj)
             *obj = atomic_load_explicit(&s->obj, memory_order_relaxed);
@@ -119,17 +119,22 @@ ek_status_t ek_handle_get(uint64_t handle, enum ek_handle_kind kind, void **obj,
     return status;
 }
 
+ek_status_t ek_handle_get(uint64_t handle, enum ek_handle_kind kind, void **obj, int *owner) {
+    return ek_handle_lookup(handle, kind, false, obj, owner);
+}
+
 ek_status_t ek_handle_retire(uint64_t handle, enum ek_handle_kind kind) {
     struct slot *s = NULL;
     uint64_t st = 0;
     pthread_mutex_lock(&table_lock);
     ek_status_t status = check_handle(handle, kind, true, &s, &st);
     if (status == EK_OK) {
+        /* A slot that reaches the last generation is retired for good (never reused), so every
+         * handle it ever issued keeps reporting "freed" rather than wrapping to "never issued". */
         uint32_t next = STATE_GEN(st) + 1;
         atomic_store_explicit(&s->state, STATE(next, kind, STATE_OWNER(st), 0), memory_order_release);
         atomic_store_explicit(&s->obj, NULL, memory_order_relaxed);
-        /* A slot whose generation would wrap is never reused, so an old handle can't come back. */
-        if (next != 0) {
+        if (next != UINT32_MAX) {
             s->next_free = free_head;
             free_head = (uint32_t)(handle >> 32) & (SLOT_LIMIT - 1);
         }

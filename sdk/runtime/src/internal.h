@@ -27,6 +27,8 @@ enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2 };
 uint64_t ek_handle_new(enum ek_handle_kind kind, void *obj, int owner);
 /* Look a handle up. On success sets *obj and *owner (either may be NULL). */
 ek_status_t ek_handle_get(uint64_t handle, enum ek_handle_kind kind, void **obj, int *owner);
+/* The same; with `freeing`, a freed handle is reported as EK_ERR_DOUBLE_FREE. Changes nothing. */
+ek_status_t ek_handle_lookup(uint64_t handle, enum ek_handle_kind kind, bool freeing, void **obj, int *owner);
 /* Retire a handle: later lookups report EK_ERR_FREED_HANDLE, a second retire EK_ERR_DOUBLE_FREE. */
 ek_status_t ek_handle_retire(uint64_t handle, enum ek_handle_kind kind);
 
@@ -68,7 +70,7 @@ struct ek_mem_rec {
     struct ek_block *block;
     size_t offset; /* of the block in the device pool */
     size_t size;   /* as requested */
-    int map_count;
+    int map_count; /* below INT_MAX: ek_mem_mmap refuses past it */
     struct ek_shadow *shadow; /* strict mode, while mapped */
     struct ek_mem_rec *prev, *next; /* the device's live memories */
 };

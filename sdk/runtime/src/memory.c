@@ -2,6 +2,7 @@
  * Every entry point validates its handles and ranges before touching a byte; copies hold the
  * device lock shared (they run in parallel), allocation, free and mapping hold it exclusive. */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,10 +20,8 @@ static ek_status_t lock_memory(ek_dev_t dev, ek_mem_t mem, bool exclusive, bool 
         return status;
     void *obj;
     int owner;
-    status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner);
-    if (status == EK_ERR_FREED_HANDLE && freeing)
-        status = ek_handle_retire(mem.id, EK_HANDLE_MEMORY); /* fails, saying double free */
-    else if (status == EK_OK && owner != (*device)->index)
+    status = ek_handle_lookup(mem.id, EK_HANDLE_MEMORY, freeing, &obj, &owner);
+    if (status == EK_OK && owner != (*device)->index)
         status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to device %d, but the device "
                          "handle is for device %d", mem.id, owner, (*device)->index);
     if (status != EK_OK) {
@@ -52,11 +51,21 @@ ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size) {
     ek_status_t status = ek_device_lock(dev, true, &device);
     if (status != EK_OK)
         return status;
+    /* The handle first: if the table cannot grow, nothing has touched the heap (not even its peak).
+     * Nobody can use the handle before we return: every use takes the device lock we hold. */
     struct ek_mem_rec *rec = calloc(1, sizeof *rec);
-    struct ek_block *block = rec ? ek_heap_alloc(device->heap, size) : NULL;
+    if (rec)
+        rec->handle = ek_handle_new(EK_HANDLE_MEMORY, rec, device->index);
+    if (!rec || !rec->handle) {
+        free(rec);
+        ek_device_unlock(device);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "ek_malloc_device: no host memory for another memory handle");
+    }
+    struct ek_block *block = ek_heap_alloc(device->heap, size);
     if (!block) {
         ek_heap_stats_t stats;
         ek_heap_stats(device->heap, &stats);
+        ek_handle_retire(rec->handle, EK_HANDLE_MEMORY);
         free(rec);
         ek_device_unlock(device);
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "ek_malloc_device: no block of %zu bytes on device %d (heap %zu bytes, "
@@ -66,13 +75,6 @@ ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size) {
     rec->block = block;
     rec->offset = ek_block_offset(block);
     rec->size = size;
-    rec->handle = ek_handle_new(EK_HANDLE_MEMORY, rec, device->index);
-    if (!rec->handle) {
-        ek_heap_free(device->heap, block);
-        free(rec);
-        ek_device_unlock(device);
-        return ek_fail(EK_ERR_OUT_OF_MEMORY, "ek_malloc_device: no room for another handle");
-    }
     rec->next = device->mems;
     if (rec->next)
         rec->next->prev = rec;
@@ -134,7 +136,8 @@ static ek_status_t copy_s2d(ek_dev_t dev, ek_mem_t dst, const void *src, size_t 
     if (whole)
         size = rec->size;
     if ((status = check_range(rec, offset, size, call)) == EK_OK) {
-        memcpy(device_address(device, rec) + offset, src, size);
+        /* memmove: the source may be this memory's own mapping. */
+        memmove(device_address(device, rec) + offset, src, size);
         ek_coh_device_wrote(device, rec, offset, size);
     }
     ek_device_unlock(device);
@@ -154,7 +157,7 @@ static ek_status_t copy_d2s(ek_dev_t dev, void *dst, ek_mem_t src, size_t size, 
         size = rec->size;
     if ((status = check_range(rec, offset, size, call)) == EK_OK) {
         ek_coh_device_read(device, rec, offset, size, call);
-        memcpy(dst, device_address(device, rec) + offset, size);
+        memmove(dst, device_address(device, rec) + offset, size);
     }
     ek_device_unlock(device);
     return status;
@@ -212,7 +215,10 @@ ek_status_t ek_mem_mmap(ek_dev_t dev, ek_mem_t mem, void **addr) {
     ek_status_t status = lock_memory(dev, mem, true, false, &device, &rec);
     if (status != EK_OK)
         return status;
-    if (device->coherence == EK_COHERENCE_STRICT && rec->map_count == 0)
+    if (rec->map_count == INT_MAX)
+        status = ek_fail(EK_ERR_BUSY, "ek_mem_mmap: memory 0x%016" PRIx64 " is mapped %d times already", mem.id,
+                         INT_MAX);
+    else if (device->coherence == EK_COHERENCE_STRICT && rec->map_count == 0)
         status = ek_coh_map(device, rec);
     if (status == EK_OK) {
         rec->map_count++;
