@@ -13,25 +13,24 @@ static size_t dcache_line(void) {
     return (size_t)4 << ((ctr >> 16) & 0xf);
 }
 
-void ek_cache_clean(const void *addr, size_t size) {
+/* `dc cvac` (clean) or `dc civac` (clean and invalidate) on every line of the range, then `dsb sy`. */
+static void dc_range(const void *addr, size_t size, bool invalidate) {
     if (size == 0)
         return;
     size_t line = dcache_line();
     uintptr_t p = (uintptr_t)addr & ~(uintptr_t)(line - 1), end = (uintptr_t)addr + size;
-    for (; p < end; p += line)
-        __asm__ volatile("dc cvac, %0" : : "r"(p) : "memory");
+    for (; p < end; p += line) {
+        if (invalidate)
+            __asm__ volatile("dc civac, %0" : : "r"(p) : "memory");
+        else
+            __asm__ volatile("dc cvac, %0" : : "r"(p) : "memory");
+    }
     __asm__ volatile("dsb sy" : : : "memory");
 }
 
-void ek_cache_clean_invalidate(const void *addr, size_t size) {
-    if (size == 0)
-        return;
-    size_t line = dcache_line();
-    uintptr_t p = (uintptr_t)addr & ~(uintptr_t)(line - 1), end = (uintptr_t)addr + size;
-    for (; p < end; p += line)
-        __asm__ volatile("dc civac, %0" : : "r"(p) : "memory");
-    __asm__ volatile("dsb sy" : : : "memory");
-}
+void ek_cache_clean(const void *addr, size_t size) { dc_range(addr, size, false); }
+
+void ek_cache_clean_invalidate(const void *addr, size_t size) { dc_range(addr, size, true); }
 #else
 void ek_cache_clean(const void *addr, size_t size) {
     (void)addr;

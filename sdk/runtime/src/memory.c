@@ -121,65 +121,52 @@ ek_status_t ek_mem_size(ek_mem_t mem, size_t *size) {
     return status;
 }
 
-/* ---- host <-> device ---- */
+/* ---- copies ---- */
 
-/* `whole`: copy the full memory (size is ignored). */
-static ek_status_t copy_s2d(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size, size_t offset, bool whole,
-                            const char *call) {
-    if (!src)
-        return ek_fail(EK_ERR_INVALID_ARG, "%s: src is NULL", call);
+/* Host <-> device. `whole`: the full memory (size is ignored). `host` is only read when to_device. */
+static ek_status_t copy_host(ek_dev_t dev, ek_mem_t mem, void *host, size_t size, size_t offset, bool whole,
+                             bool to_device, const char *call) {
+    if (!host)
+        return ek_fail(EK_ERR_INVALID_ARG, "%s: %s is NULL", call, to_device ? "src" : "dst");
     struct ek_device *device;
     struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, dst, false, false, &device, &rec);
+    ek_status_t status = lock_memory(dev, mem, false, false, &device, &rec);
     if (status != EK_OK)
         return status;
     if (whole)
         size = rec->size;
     if ((status = check_range(rec, offset, size, call)) == EK_OK) {
-        /* memmove: the source may be this memory's own mapping. */
-        memmove(device_address(device, rec) + offset, src, size);
-        ek_coh_device_wrote(device, rec, offset, size);
-    }
-    ek_device_unlock(device);
-    return status;
-}
-
-static ek_status_t copy_d2s(ek_dev_t dev, void *dst, ek_mem_t src, size_t size, size_t offset, bool whole,
-                            const char *call) {
-    if (!dst)
-        return ek_fail(EK_ERR_INVALID_ARG, "%s: dst is NULL", call);
-    struct ek_device *device;
-    struct ek_mem_rec *rec;
-    ek_status_t status = lock_memory(dev, src, false, false, &device, &rec);
-    if (status != EK_OK)
-        return status;
-    if (whole)
-        size = rec->size;
-    if ((status = check_range(rec, offset, size, call)) == EK_OK) {
-        ek_coh_device_read(device, rec, offset, size, call);
-        memmove(dst, device_address(device, rec) + offset, size);
+        uint8_t *bytes = device_address(device, rec) + offset;
+        /* memmove: the host buffer may be this memory's own mapping. */
+        if (to_device) {
+            memmove(bytes, host, size);
+            ek_coh_device_wrote(device, rec, offset, size);
+        } else {
+            ek_coh_device_read(device, rec, offset, size, call);
+            memmove(host, bytes, size);
+        }
     }
     ek_device_unlock(device);
     return status;
 }
 
 ek_status_t ek_memcpy_s2d(ek_dev_t dev, ek_mem_t dst, const void *src) {
-    return copy_s2d(dev, dst, src, 0, 0, true, "ek_memcpy_s2d");
+    return copy_host(dev, dst, (void *)src, 0, 0, true, true, "ek_memcpy_s2d");
 }
 ek_status_t ek_memcpy_s2d_partial(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size) {
-    return copy_s2d(dev, dst, src, size, 0, false, "ek_memcpy_s2d_partial");
+    return copy_host(dev, dst, (void *)src, size, 0, false, true, "ek_memcpy_s2d_partial");
 }
 ek_status_t ek_memcpy_s2d_partial_offset(ek_dev_t dev, ek_mem_t dst, const void *src, size_t size, size_t offset) {
-    return copy_s2d(dev, dst, src, size, offset, false, "ek_memcpy_s2d_partial_offset");
+    return copy_host(dev, dst, (void *)src, size, offset, false, true, "ek_memcpy_s2d_partial_offset");
 }
 ek_status_t ek_memcpy_d2s(ek_dev_t dev, void *dst, ek_mem_t src) {
-    return copy_d2s(dev, dst, src, 0, 0, true, "ek_memcpy_d2s");
+    return copy_host(dev, src, dst, 0, 0, true, false, "ek_memcpy_d2s");
 }
 ek_status_t ek_memcpy_d2s_partial(ek_dev_t dev, void *dst, ek_mem_t src, size_t size) {
-    return copy_d2s(dev, dst, src, size, 0, false, "ek_memcpy_d2s_partial");
+    return copy_host(dev, src, dst, size, 0, false, false, "ek_memcpy_d2s_partial");
 }
 ek_status_t ek_memcpy_d2s_partial_offset(ek_dev_t dev, void *dst, ek_mem_t src, size_t size, size_t offset) {
-    return copy_d2s(dev, dst, src, size, offset, false, "ek_memcpy_d2s_partial_offset");
+    return copy_host(dev, src, dst, size, offset, false, false, "ek_memcpy_d2s_partial_offset");
 }
 
 ek_status_t ek_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_t src, size_t src_offset,
