@@ -270,8 +270,7 @@ cdef class Memory:
             dst = <char *>view.buf
             result = out
         else:
-            n = (self.size - off if off < self.size else 1) if nbytes is None else \
-                as_size(nbytes, "nbytes", OutOfRangeError)
+            n = self._length(off, nbytes)
             if n > self.size or off > self.size - n:
                 # Let the runtime report the range (it checks before it copies), before allocating `n` bytes.
                 check(ek_memcpy_d2s_partial_offset(self.device._handle, &probe, self._mem, n, off))
@@ -287,15 +286,19 @@ cdef class Memory:
         check(status)
         return result
 
+    cdef size_t _length(self, size_t off, object nbytes) except? <size_t>-1:
+        """`nbytes`, or by default the rest of the memory from `off`; from an offset past the end, one
+        byte, so the runtime reports that range as out of bounds."""
+        if nbytes is not None:
+            return as_size(nbytes, "nbytes", OutOfRangeError)
+        return self.size - off if off < self.size else 1
+
     cdef ek_status_t _sync(self, object offset, object nbytes, bint to_device) except *:
         cdef size_t off = as_size(offset, "offset", OutOfRangeError)
-        cdef size_t n = (self.size - off if off < self.size else 0) if nbytes is None else \
-            as_size(nbytes, "nbytes", OutOfRangeError)
+        cdef size_t n = self._length(off, nbytes)
         if nbytes is None and off == 0:
             return ek_mem_flush(self.device._handle, self._mem) if to_device else \
                 ek_mem_invalidate(self.device._handle, self._mem)
-        if nbytes is None and off >= self.size:
-            n = 1  # the range [off, off+1) is what is out of range
         return ek_mem_flush_partial(self.device._handle, self._mem, off, n) if to_device else \
             ek_mem_invalidate_partial(self.device._handle, self._mem, off, n)
 
@@ -321,21 +324,23 @@ cdef class Memory:
         """Map the memory for the CPU; the result exports its bytes through the buffer protocol."""
         return self._map_as(Mapping)
 
+    cdef int _refuse_while_viewed(self, str action) except -1:
+        if self._exports:
+            raise BusyError(f"memory 0x{self._mem.id:016x} has {self._exports} live view(s) of its mapping; "
+                            f"delete them before {action}")
+        return 0
+
     def unmap(self) -> None:
         """End the CPU mapping. Refused while buffer exports (numpy views) of it are alive."""
         if self._addr == NULL:
             check(ek_mem_unmap(self.device._handle, self._mem))  # the runtime says why
-        if self._exports:
-            raise BusyError(f"memory 0x{self._mem.id:016x} has {self._exports} live view(s) of its mapping; "
-                            "delete them before unmapping")
+        self._refuse_while_viewed("unmapping")
         self._addr = NULL
         check(ek_mem_unmap(self.device._handle, self._mem))
 
     def free(self) -> None:
         """Return the memory to the device heap (unmapping it first)."""
-        if self._exports:
-            raise BusyError(f"memory 0x{self._mem.id:016x} has {self._exports} live view(s) of its mapping; "
-                            "delete them before freeing")
+        self._refuse_while_viewed("freeing")
         status = ek_free_device(self.device._handle, self._mem)
         self._freed = self._freed or status == EK_OK
         self._addr = NULL

@@ -277,8 +277,8 @@ ek_status_t ek_dev_coherence_report(ek_dev_t handle, ek_coh_violation_t *out, si
     if (status != EK_OK)
         return status;
     pthread_mutex_lock(&device->coh_lock);
-    size_t kept = !device->violations ? 0
-                  : device->violation_count < EK_MAX_VIOLATIONS ? device->violation_count : EK_MAX_VIOLATIONS;
+    /* A count above 0 means the array exists: violations are counted only once stored. */
+    size_t kept = device->violation_count < EK_MAX_VIOLATIONS ? device->violation_count : EK_MAX_VIOLATIONS;
     if (kept > capacity)
         kept = capacity;
     if (kept)

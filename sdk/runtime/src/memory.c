@@ -12,24 +12,28 @@ static uint8_t *device_address(struct ek_device *device, const struct ek_mem_rec
     return device->pool.base + mem->offset;
 }
 
-/* Lock the device of `dev` and find `mem` on it. `freeing`: a freed `mem` is a double free. */
+/* Find `mem` on `device`, which the caller has locked. `freeing`: a freed `mem` is a double free. */
+static ek_status_t find_memory(const struct ek_device *device, ek_mem_t mem, bool freeing, struct ek_mem_rec **rec) {
+    *rec = NULL;
+    void *obj;
+    int owner;
+    ek_status_t status = ek_handle_lookup(mem.id, EK_HANDLE_MEMORY, freeing, &obj, &owner);
+    if (status != EK_OK)
+        return status;
+    if (owner != device->index)
+        return ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to device %d, but this call works "
+                       "on device %d; copy between devices through the host", mem.id, owner, device->index);
+    *rec = obj;
+    return EK_OK;
+}
+
+/* Lock the device of `dev` and find `mem` on it. */
 static ek_status_t lock_memory(ek_dev_t dev, ek_mem_t mem, bool exclusive, bool freeing,
                                struct ek_device **device, struct ek_mem_rec **rec) {
     ek_status_t status = ek_device_lock(dev, exclusive, device);
-    if (status != EK_OK)
-        return status;
-    void *obj;
-    int owner;
-    status = ek_handle_lookup(mem.id, EK_HANDLE_MEMORY, freeing, &obj, &owner);
-    if (status == EK_OK && owner != (*device)->index)
-        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to device %d, but the device "
-                         "handle is for device %d", mem.id, owner, (*device)->index);
-    if (status != EK_OK) {
+    if (status == EK_OK && (status = find_memory(*device, mem, freeing, rec)) != EK_OK)
         ek_device_unlock(*device);
-        return status;
-    }
-    *rec = obj;
-    return EK_OK;
+    return status;
 }
 
 static ek_status_t check_range(const struct ek_mem_rec *mem, size_t offset, size_t size, const char *call) {
@@ -176,13 +180,9 @@ ek_status_t ek_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_
     ek_status_t status = lock_memory(dev, dst, false, false, &device, &to);
     if (status != EK_OK)
         return status;
-    void *obj;
-    int owner;
-    if ((status = ek_handle_get(src.id, EK_HANDLE_MEMORY, &obj, &owner)) == EK_OK && owner != device->index)
-        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "ek_memcpy_d2d: source memory 0x%016" PRIx64 " is on device %d, "
-                         "the destination on device %d; copy through the host", src.id, owner, device->index);
-    struct ek_mem_rec *from = obj;
-    if (status == EK_OK && (status = check_range(from, src_offset, size, "ek_memcpy_d2d (source)")) == EK_OK &&
+    struct ek_mem_rec *from;
+    if ((status = find_memory(device, src, false, &from)) == EK_OK &&
+        (status = check_range(from, src_offset, size, "ek_memcpy_d2d (source)")) == EK_OK &&
         (status = check_range(to, dst_offset, size, "ek_memcpy_d2d (destination)")) == EK_OK) {
         ek_coh_device_read(device, from, src_offset, size, "ek_memcpy_d2d");
         memmove(device_address(device, to) + dst_offset, device_address(device, from) + src_offset, size);
