@@ -61,12 +61,13 @@ def _open(device_id: int, **config: Any) -> Iterator[ek.Device]:
             assert leftover["used"] == 0, f"the test leaked device memory: {leftover}"
 
 
-@pytest.hookimpl(wrapper=True)
+# hookwrapper, not wrapper=True: the same conftest runs on the emulated board under Debian's pytest 7.
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     """Once a failure is reported, drop the locals of its traceback's frames: a numpy view of a mapping
     held there would make the fixtures' unmap/free/close fail with BusyError and every later test that
     opens the same device fail with it, hiding the one real failure."""
-    report = yield
+    yield
     if call.excinfo is not None:
         tb: TracebackType | None = call.excinfo.tb
         while tb is not None:
@@ -78,7 +79,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 except RuntimeError:  # a frame still executing: leave it
                     pass
             tb = tb.tb_next
-    return report
 
 
 @pytest.fixture
