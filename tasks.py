@@ -1,48 +1,258 @@
 """EdgeKit's developer tasks, run with pyinvoke: ``invoke --list``, ``invoke --help TASK``.
 
-Each task drives a tool that owns the logic: CMake/scikit-build-core build, pytest tests, ruff and
-mypy lint, ``edgekit.bench`` measures. ``./quickstart.sh TASK`` runs a task after setting up.
+Each task drives code that owns the logic: toolchains/ (toolchains, board profiles, cross-build, the
+emulated board), packaging/edgekit_packaging (packages, devices, flashing), CMake/scikit-build-core,
+pytest, ruff/mypy, edgekit.bench. ``./quickstart.sh TASK`` runs a task after setting up.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from invoke.collection import Collection
 from invoke.context import Context
+from invoke.exceptions import Exit
 from invoke.tasks import task
 
 ROOT = Path(__file__).resolve().parent
 PYTHON = sys.executable  # the interpreter invoke runs in: .venv's when started by quickstart.sh
+# packaging/ holds the edgekit_packaging package (a folder named 'packaging' must not shadow PyPI's).
+sys.path.insert(0, str(ROOT / "packaging"))
+
+from edgekit_packaging import devices  # noqa: E402
+from edgekit_packaging.bundle import PackageError  # noqa: E402
+from edgekit_packaging.package import make_packages, parse_formats  # noqa: E402
+
+from toolchains import boards, detect  # noqa: E402
+from toolchains.crossbuild import BuildError, BuildResult, board_rootfs, cross_build  # noqa: E402
+from toolchains.rootfs import RootfsError  # noqa: E402
+from toolchains.steps import Steps, detail, say  # noqa: E402
+
+# The errors a task reports as one clear message (exit 1), not a traceback.
+USER_ERRORS = (
+    boards.BoardError,
+    detect.ToolchainError,
+    BuildError,
+    PackageError,
+    devices.DeviceError,
+    RootfsError,
+)
 
 
-def _say(message: str) -> None:
-    print(f"\033[1m==> {message}\033[0m", flush=True)
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    try:
+        yield
+    except USER_ERRORS as exc:
+        raise Exit(f"error: {exc}", code=1) from None
 
 
-@task
-def build(c: Context) -> None:
-    """Build libedgekit + edgekit._core for this host and install the edgekit package.
+def _board_for(arch: str, board: str) -> boards.Board:
+    if arch not in boards.ARCHES:
+        raise Exit(f"error: --arch must be one of {', '.join(boards.ARCHES)}, not {arch!r}", code=2)
+    profile = boards.load_board(board or boards.default_board(arch))
+    if profile.arch != arch:
+        raise boards.BoardError(
+            f"board {profile.name} is {profile.arch}, not {arch}: pick a board with --board"
+        )
+    return profile
 
-    Installs into the Python running invoke (.venv when started by quickstart.sh). Incremental:
-    CMake keeps its tree in build/py-*.
-    """
-    _say("Building libedgekit + edgekit._core (CMake via scikit-build-core) and installing edgekit")
+
+def _toolchain_for(profile: boards.Board, kind: str) -> detect.Toolchain:
+    if kind:
+        return detect.require_toolchain(kind, profile.arch, profile.glibc)
+    chosen, skipped = detect.choose_toolchain(profile.arch, profile.glibc)
+    for reason in skipped:
+        detail(f"not {reason}")
+    return chosen
+
+
+def _cross_build(arch: str, board: str, toolchain: str, jobs: int) -> BuildResult:
+    profile = _board_for(arch, board)
+    chosen = _toolchain_for(profile, toolchain)
+    say(f"Building EdgeKit for {profile.name} ({arch}, glibc >= {profile.glibc}) with {chosen.label}")
+    steps = Steps(f"build {arch}-{profile.name}")
+    try:
+        result = cross_build(profile, chosen, steps=steps, ensure_rootfs=board_rootfs, jobs=jobs)
+    finally:
+        print(steps.summary(), flush=True)
+    say(f"Built into {result.stage}")
+    return result
+
+
+def _install_for_host(c: Context) -> None:
+    say("Building libedgekit + edgekit._core (CMake via scikit-build-core) and installing edgekit")
     with c.cd(str(ROOT)):
         c.run(f"{PYTHON} -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps .")
     c.run(f"{PYTHON} -c \"import edgekit; print('edgekit', edgekit.__version__, 'installed')\"")
+
+
+BUILD_HELP = {
+    "arch": "cross-build for this architecture: aarch64 or x86_64 (default: install into this Python)",
+    "toolchain": "linaro, debian or zig (default: the first found whose glibc fits the board)",
+    "board": "board profile from toolchains/boards (default: emu-debian12 for aarch64, host for x86_64)",
+    "jobs": "parallel compile jobs (default: all cores)",
+}
+
+
+@task(help=BUILD_HELP)
+def build(c: Context, arch: str = "", toolchain: str = "", board: str = "", jobs: int = 0) -> None:
+    """Build EdgeKit: for this Python (no --arch), or cross-build for a board into build/<arch>-<board>/.
+
+    A cross-build makes libedgekit, the edge programs and the Cython modules for the board's Python,
+    then checks every ELF against the board's glibc floor. See invoke toolchains for what is found.
+    """
+    if not arch:
+        if toolchain or board:
+            raise Exit("error: --toolchain and --board need --arch (aarch64 or x86_64)", code=2)
+        _install_for_host(c)
+        return
+    with _clear_errors():
+        _cross_build(arch, board, toolchain, jobs)
+
+
+@task(help={"arch": "target architecture (default aarch64)", "board": "board whose glibc zig targets"})
+def toolchains(c: Context, arch: str = "aarch64", board: str = "") -> None:
+    """List the toolchain kinds and board profiles, what was found of each, and why a kind is unusable."""
+    with _clear_errors():
+        profile = _board_for(arch, board)
+        say(f"Toolchains for {arch} (zig targets glibc {profile.glibc}, from board {profile.name})")
+        for kind, found, why in detect.describe_all(arch, profile.glibc):
+            if found is None:
+                print(f"  {kind:<7} unusable: {why}")
+                continue
+            print(f"  {kind:<7} {found.version}, links against glibc {found.glibc}")
+            print(f"          compiler: {' '.join(found.cc)}")
+            print(f"          sysroot:  {found.sysroot or '(the compiler default)'}")
+        say("Board profiles (toolchains/boards)")
+        for name in boards.board_names():
+            b = boards.load_board(name)
+            python = f"Python {b.python}" if b.python else "no Python"
+            print(f"  {name:<18} {b.arch:<8} glibc >= {b.glibc:<5} {python:<12} {b.description}")
+
+
+PACKAGE_HELP = {
+    **{key: BUILD_HELP[key] for key in ("toolchain", "board", "jobs")},
+    "arch": "aarch64 (default) or x86_64",
+    "formats": "all (default) or a comma list of bundle, deb, wheel, image",
+}
+
+
+@task(help=PACKAGE_HELP)
+def package(
+    c: Context,
+    arch: str = "aarch64",
+    board: str = "",
+    toolchain: str = "",
+    formats: str = "all",
+    jobs: int = 0,
+) -> None:
+    """Cross-build (incrementally), then make the packages in dist/: bundle, .deb, wheel, ext4 image."""
+    with _clear_errors():
+        chosen = parse_formats(formats)
+        result = _cross_build(arch, board, toolchain, jobs)
+        steps = Steps("package")
+        try:
+            made = make_packages(result.stage, ROOT / "dist", result.build_dir / "package", chosen, steps)
+        finally:
+            print(steps.summary(), flush=True)
+        for kind, path in made.items():
+            say(f"{kind:<6} {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@task(
+    help={
+        "board": "board profile (default emu-debian12)",
+        "force": "make it again (what was flashed is lost)",
+    }
+)
+def device_create(c: Context, board: str = "emu-debian12", force: bool = False) -> None:
+    """Make the emulated board: an arm64 Debian rootfs (mmdebstrap), cached in ~/.cache/edgekit."""
+    with _clear_errors():
+        profile = boards.load_board(board)
+        steps = Steps(f"device.create {profile.name}")
+        with steps("rootfs"):
+            old = boards.rootfs_dir(profile)
+            if force and old.exists():
+                detail(f"removing {old}")
+                shutil.rmtree(old)
+            rootfs = board_rootfs(profile)
+        with steps("check: uname -m and python3 on the board"):
+            devices.check_emulated(profile, rootfs)
+        print(steps.summary(), flush=True)
+        say(f"The emulated board {profile.name} is ready: {rootfs}")
+
+
+DEVICE_HELP = "emu (the emulated board) or ssh://user@host[:port][/prefix][,ssh://...] (default emu)"
+
+
+@task(
+    help={"device": DEVICE_HELP, **{key: PACKAGE_HELP[key] for key in ("arch", "board", "toolchain", "jobs")}}
+)
+def flash(
+    c: Context,
+    device: str = "emu",
+    arch: str = "aarch64",
+    board: str = "",
+    toolchain: str = "",
+    jobs: int = 0,
+) -> None:
+    """Build and package (incrementally), then install the bundle on the device(s): emulated or over SSH."""
+    with _clear_errors():
+        result = _cross_build(arch, board, toolchain, jobs)
+        steps = Steps("flash")
+        try:
+            with steps("bundle"):
+                made = make_packages(
+                    result.stage, ROOT / "dist", result.build_dir / "package", ["bundle"], Steps("package")
+                )
+            fleet = devices.open_fleet(device, result.info.board)
+            with fleet:
+                devices.flash(fleet, made["bundle"], steps)
+        finally:
+            print(steps.summary(), flush=True)
+
+
+BOARD_HELP = "the board profile the device runs (default emu-debian12)"
+
+
+@task(
+    name="run",
+    help={"device": DEVICE_HELP, "command": "shell command to run on the board", "board": BOARD_HELP},
+)
+def run_on_device(
+    c: Context, device: str = "emu", command: str = "python3 -m edgekit.examples.memory_demo", board: str = ""
+) -> None:
+    """Run a command on the device(s) (default: the memory demo), with the installed EdgeKit on PATH."""
+    with _clear_errors():
+        with devices.open_fleet(device, board or boards.default_board("aarch64")) as fleet:
+            if not devices.run(fleet, command):
+                raise Exit("error: the command failed on a board", code=1)
+
+
+@task(help={"device": DEVICE_HELP, "board": BOARD_HELP})
+def doctor(c: Context, device: str = "emu", board: str = "") -> None:
+    """Check a board: arch, glibc, libstdc++, Python and numpy, installed EdgeKit; say what to fix."""
+    with _clear_errors():
+        profile = boards.load_board(board or boards.default_board("aarch64"))
+        with devices.open_fleet(device, profile.name) as fleet:
+            if not devices.doctor(fleet, profile):
+                raise Exit("error: the board needs fixing (see above)", code=1)
 
 
 @task
 def lint(c: Context) -> None:
     """Check formatting and lint with ruff, and types with mypy (settings: pyproject.toml)."""
     with c.cd(str(ROOT)):
-        _say("ruff check")
+        say("ruff check")
         c.run(f"{PYTHON} -m ruff check .")
-        _say("ruff format --check")
+        say("ruff format --check")
         c.run(f"{PYTHON} -m ruff format --check .")
-        _say("mypy")
+        say("mypy")
         c.run(f"{PYTHON} -m mypy")
 
 
@@ -55,13 +265,14 @@ def lint(c: Context) -> None:
 def test(c: Context, k: str = "", no_lint: bool = False) -> None:
     """Build, lint, and run the whole test suite with pytest (what CI runs).
 
-    The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc and the
-    aarch64 cross gcc, the conan package, the Python API, the docs' examples.
+    The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc, the aarch64
+    cross gcc and zig, the cross-build, packages and flashing to the emulated board and over SSH, the
+    conan package, the Python API, the docs' examples.
     """
-    build(c)
+    _install_for_host(c)
     if not no_lint:
         lint(c)
-    _say("pytest")
+    say("pytest")
     selection = f"-k '{k}'" if k else ""
     with c.cd(str(ROOT)):
         c.run(f"{PYTHON} -m pytest {selection}", pty=False)
@@ -74,28 +285,36 @@ def bench(c: Context, quick: bool = False) -> None:
     Runs python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size,
     and a small DeviceMemory.write against a no-op Cython call.
     """
-    build(c)
-    _say("edgekit.bench")
+    _install_for_host(c)
+    say("edgekit.bench")
     c.run(f"{PYTHON} -m edgekit.bench{' --quick' if quick else ''}")
 
 
 @task
 def demo(c: Context) -> None:
-    """The main job: build EdgeKit and run the memory demo on this host.
+    """The main job: cross-build for aarch64, package, flash to the emulated board, run the demo there.
 
-    The demo (python -m edgekit.examples.memory_demo) shows zero-copy mapping, device copies, and the
-    strict-coherence checker catching a missed flush. It exits non-zero if a result is wrong.
+    Each step is timed; the demo (python3 -m edgekit.examples.memory_demo) runs in the board's own
+    Python 3.11 under qemu-aarch64, and exits non-zero if a result is wrong.
     """
-    build(c)
-    _say("edgekit memory demo")
-    c.run(f"{PYTHON} -m edgekit.examples.memory_demo")
+    with _clear_errors():
+        package(c, arch="aarch64")
+        flash(c, device="emu", arch="aarch64")
+        run_on_device(c, device="emu")
 
 
 @task
 def clean(c: Context) -> None:
-    """Remove build/ and dist/ (the virtualenv .venv stays)."""
+    """Remove build/ and dist/ (the virtualenv .venv and the board cache ~/.cache/edgekit stay)."""
     for name in ("build", "dist"):
         path = ROOT / name
         if path.exists():
-            _say(f"removing {path}")
+            say(f"removing {path}")
             shutil.rmtree(path)
+
+
+device = Collection("device")
+device.add_task(device_create, name="create")
+ns = Collection(
+    build, toolchains, package, flash, run_on_device, doctor, lint, test, bench, demo, clean, device
+)
