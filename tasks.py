@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "packaging"))
 from edgekit_packaging import devices  # noqa: E402
 from edgekit_packaging.bundle import PackageError  # noqa: E402
 from edgekit_packaging.package import make_packages, parse_formats  # noqa: E402
-
 from toolchains import boards, detect  # noqa: E402
 from toolchains.crossbuild import BuildError, BuildResult, board_rootfs, cross_build  # noqa: E402
 from toolchains.rootfs import RootfsError  # noqa: E402
@@ -190,9 +189,14 @@ def device_create(c: Context, board: str = "emu-debian12", force: bool = False) 
 DEVICE_HELP = "emu (the emulated board) or ssh://user@host[:port][/prefix][,ssh://...] (default emu)"
 
 
-@task(
-    help={"device": DEVICE_HELP, **{key: PACKAGE_HELP[key] for key in ("arch", "board", "toolchain", "jobs")}}
-)
+FLASH_HELP = {
+    "device": DEVICE_HELP,
+    **{key: PACKAGE_HELP[key] for key in ("arch", "board", "toolchain", "jobs")},
+    "no_python_link": "do not add EdgeKit to the board's python3 (no edgekit.pth)",
+}
+
+
+@task(help=FLASH_HELP)
 def flash(
     c: Context,
     device: str = "emu",
@@ -200,8 +204,13 @@ def flash(
     board: str = "",
     toolchain: str = "",
     jobs: int = 0,
+    no_python_link: bool = False,
 ) -> None:
-    """Build and package (incrementally), then install the bundle on the device(s): emulated or over SSH."""
+    """Build and package (incrementally), then install the bundle on the device(s): emulated or over SSH.
+
+    Each board gets $PREFIX/releases/<bundle> and $PREFIX/current pointing at it (PREFIX: the ssh
+    URL's path, default /opt/edgekit); a board where it fails keeps its previous release.
+    """
     with _clear_errors():
         result = _cross_build(arch, board, toolchain, jobs)
         steps = Steps("flash")
@@ -210,11 +219,12 @@ def flash(
                 made = make_packages(
                     result.stage, ROOT / "dist", result.build_dir / "package", ["bundle"], Steps("package")
                 )
-            fleet = devices.open_fleet(device, result.info.board)
-            with fleet:
-                devices.flash(fleet, made["bundle"], steps)
+            with devices.open_fleet(device, result.info.board) as fleet:
+                flashed = devices.flash(fleet, made["bundle"], steps, python_link=not no_python_link)
         finally:
             print(steps.summary(), flush=True)
+        if not flashed:
+            raise Exit("error: flashing failed on a board (see the table above)", code=1)
 
 
 BOARD_HELP = "the board profile the device runs (default emu-debian12)"

@@ -24,8 +24,9 @@ os.environ["EDGEKIT_DEVICES"] = "2"
 for _name in ("EDGEKIT_COHERENCE", "EDGEKIT_HEAP_SIZE", "EDGEKIT_BACKING"):
     os.environ.pop(_name, None)
 
-import edgekit as ek  # noqa: E402  (must follow the environment setup)
 import pytest  # noqa: E402
+
+import edgekit as ek  # noqa: E402  (must follow the environment setup)
 
 MiB = 1 << 20
 HEAP_SIZE = 16 * MiB
@@ -97,3 +98,51 @@ def strict_dev() -> Iterator[ek.Device]:
 def dev1() -> Iterator[ek.Device]:
     """Device 1 (coherent, 16 MiB heap), for cross-device tests."""
     yield from _open(1, coherence="coherent")
+
+
+# --- Cross-built boards: built once per session, shared by the cross-build, packaging, board tests ---
+
+
+@pytest.fixture(scope="session")
+def emu_build() -> Any:
+    """EdgeKit cross-built with Debian's gcc for the emulated board (build/aarch64-emu-debian12)."""
+    from toolchains.boards import load_board
+    from toolchains.crossbuild import board_rootfs, cross_build
+    from toolchains.detect import require_toolchain
+    from toolchains.steps import Steps
+
+    board = load_board("emu-debian12")
+    toolchain = require_toolchain("debian", board.arch, board.glibc)
+    return cross_build(board, toolchain, steps=Steps("test build"), ensure_rootfs=board_rootfs)
+
+
+@pytest.fixture(scope="session")
+def emu_rootfs() -> Path:
+    """The emulated board's rootfs (made on first use, cached in ~/.cache/edgekit)."""
+    from toolchains.boards import load_board
+    from toolchains.crossbuild import board_rootfs
+
+    return board_rootfs(load_board("emu-debian12"))
+
+
+@pytest.fixture(scope="session")
+def emu_bundle(emu_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The emulated board's bundle tarball."""
+    from edgekit_packaging.package import make_packages
+    from toolchains.steps import Steps
+
+    dist = tmp_path_factory.mktemp("emu-dist")
+    made = make_packages(emu_build.stage, dist, dist / "work", ["bundle"], Steps("test package"))
+    return Path(made["bundle"])
+
+
+@pytest.fixture(scope="session")
+def flashed_emu(emu_bundle: Path, emu_rootfs: Path) -> Any:
+    """The emulated board with the bundle installed by flash (as invoke flash --device emu does)."""
+    from edgekit_packaging import devices
+    from toolchains.boards import load_board
+    from toolchains.steps import Steps
+
+    fleet = devices.EmulatedFleet(load_board("emu-debian12"), emu_rootfs)
+    assert devices.flash(fleet, emu_bundle, Steps("test flash"))
+    return fleet

@@ -157,8 +157,11 @@ def _report(results: Mapping[str, RunResult | BaseException | None]) -> bool:
     return all(value is None or (isinstance(value, RunResult) and value.ok) for value in results.values())
 
 
-def flash(fleet: Fleet, bundle: Path, steps: Steps) -> bool:
-    """Copy the bundle tarball to every board and run its install.sh there (into $EDGEKIT_PREFIX)."""
+def flash(fleet: Fleet, bundle: Path, steps: Steps, *, python_link: bool = True) -> bool:
+    """Copy the bundle tarball to every board and run its install.sh there (into $EDGEKIT_PREFIX).
+
+    python_link: let install.sh add the package to the board's python3 (edgekit.pth), when it fits.
+    """
     name = bundle.name.removesuffix(".tar.gz")
     remote = f"/tmp/{bundle.name}"
     with steps(
@@ -171,6 +174,7 @@ def flash(fleet: Fleet, bundle: Path, steps: Steps) -> bool:
         "set -e; work=$(mktemp -d /tmp/edgekit-flash.XXXXXX); trap 'rm -rf \"$work\"' EXIT; "
         f'tar -xzf {shlex.quote(remote)} -C "$work"; rm -f {shlex.quote(remote)}; '
         f'sh "$work"/{shlex.quote(name)}/install.sh --prefix "${{EDGEKIT_PREFIX:-{DEFAULT_PREFIX}}}"'
+        + ("" if python_link else " --no-python-link")
     )
     with steps("install.sh on the board(s)"):
         installed = fleet.run(install, timeout=600)

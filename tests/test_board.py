@@ -1,0 +1,136 @@
+"""EdgeKit on the emulated aarch64 board: the cross-built Cython module in the board's own Python, the
+foundation's memory-API tests there, and C test programs linked to the flashed aarch64 libedgekit."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from toolchains.rootfs import run_on_board
+
+ROOT = Path(__file__).resolve().parents[1]
+C_TESTS = ("test_device", "test_memory", "test_allocator", "test_coherence", "test_concurrency")
+
+
+def on_board(rootfs: Path, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    done = run_on_board(rootfs, argv, timeout=900, **kwargs)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    )
+
+
+def test_cython_module_imports_in_the_boards_python(flashed_emu: Any) -> None:
+    code = (
+        "import platform, sys, edgekit, edgekit._core as core; "
+        "print(platform.machine(), sys.version_info[:2], edgekit.__version__, core.__file__)"
+    )
+    done = on_board(flashed_emu.rootfs, ["python3", "-c", code])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("aarch64 (3, 11) 0.1.0 ")
+    # The flashed package, through the edgekit.pth that install.sh wrote.
+    assert "/opt/edgekit/current/python/edgekit/_core.cpython-311-aarch64-linux-gnu.so" in done.stdout
+
+
+def test_memory_api_suite_passes_on_the_board(flashed_emu: Any) -> None:
+    """The foundation's memory-API, coherence and bad-input tests, run by the board's pytest."""
+    tests = ["tests/test_memory_api.py", "tests/test_coherence.py", "tests/test_bad_input.py"]
+    done = on_board(
+        flashed_emu.rootfs,
+        ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd="/src",
+        binds=[(ROOT, "/src")],
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", done.stdout)
+    assert passed and int(passed.group(1)) >= 200, done.stdout[-2000:]
+    assert "failed" not in done.stdout and "error" not in done.stdout.lower().split("passed")[-1]
+
+
+@pytest.fixture(scope="module")
+def c_tests_on_board(emu_build: Any, flashed_emu: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c cross-built with the board's toolchain file against the built libedgekit, copied onto the
+    board in /opt/edgekit-ctests."""
+    build = tmp_path_factory.mktemp("ctests-aarch64")
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(ROOT / "tests" / "c"),
+            "-B",
+            str(build),
+            "-G",
+            "Ninja",
+            f"-DCMAKE_TOOLCHAIN_FILE={emu_build.cmake_toolchain_file}",
+            f"-DEDGEKIT_PREBUILT_DIR={emu_build.stage / 'lib' / 'cmake' / 'EdgeKit'}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
+    on_board_dir = flashed_emu.rootfs / "opt" / "edgekit-ctests"
+    on_board_dir.mkdir(exist_ok=True)
+    for name in C_TESTS:
+        shutil.copy2(build / name, on_board_dir / name)
+    return on_board_dir
+
+
+@pytest.mark.parametrize("coherence", ["coherent", "strict"])
+@pytest.mark.parametrize("name", C_TESTS)
+def test_c_tests_run_on_the_board(
+    c_tests_on_board: Path, flashed_emu: Any, name: str, coherence: str
+) -> None:
+    done = on_board(
+        flashed_emu.rootfs,
+        [f"/opt/edgekit-ctests/{name}"],
+        # The flashed library, not the build tree the RUNPATH names.
+        env={
+            "LD_LIBRARY_PATH": "/opt/edgekit/current/lib",
+            "EDGEKIT_DEVICES": "2",
+            "EDGEKIT_COHERENCE": coherence,
+        },
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    header = subprocess.run(
+        ["aarch64-linux-gnu-readelf", "-h", str(c_tests_on_board / name)], capture_output=True, text=True
+    )
+    assert "AArch64" in header.stdout
+
+
+def test_flush_and_invalidate_execute_dc_cvac_and_dc_civac(c_tests_on_board: Path, flashed_emu: Any) -> None:
+    """qemu logs every aarch64 instruction it translates: the flushes of the coherence test ran the real
+    dc cvac / dc civac of the flashed libedgekit (the emulator executes them as the no-ops a coherent
+    core's are; what matters is that this is the code path a board runs)."""
+    rootfs = flashed_emu.rootfs
+    log = rootfs / "tmp" / "qemu-in_asm.log"
+    log.unlink(missing_ok=True)
+    done = subprocess.run(
+        [
+            "qemu-aarch64",
+            "-L",
+            str(rootfs),
+            "-E",
+            "LD_LIBRARY_PATH=/opt/edgekit/current/lib",
+            "-E",
+            "EDGEKIT_COHERENCE=strict",
+            "-d",
+            "in_asm",
+            "-D",
+            str(log),
+            str(c_tests_on_board / "test_coherence"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    asm = log.read_text(errors="replace")
+    log.unlink()
+    assert re.search(r"\bdc\s+cvac\b", asm), "no dc cvac was executed"
+    assert re.search(r"\bdc\s+civac\b", asm), "no dc civac was executed"
+    assert re.search(r"\bdsb\s+sy\b", asm)
