@@ -10,9 +10,10 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import edgekit as ek
 import numpy as np
 import pytest
+
+import edgekit as ek
 from conftest import HEAP_SIZE, STATUS
 
 SIZE = 100  # the size of the `mem` fixture

@@ -73,7 +73,8 @@ def c_tests_on_board(emu_build: Any, flashed_emu: Any, tmp_path_factory: pytest.
         capture_output=True,
     )
     subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
-    on_board_dir = flashed_emu.rootfs / "opt" / "edgekit-ctests"
+    rootfs: Path = flashed_emu.rootfs
+    on_board_dir = rootfs / "opt" / "edgekit-ctests"
     on_board_dir.mkdir(exist_ok=True)
     for name in C_TESTS:
         shutil.copy2(build / name, on_board_dir / name)

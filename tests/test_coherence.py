@@ -12,9 +12,10 @@ import textwrap
 from collections.abc import Iterator
 from typing import Any
 
-import edgekit as ek
 import numpy as np
 import pytest
+
+import edgekit as ek
 from conftest import LINE
 
 N = 4 * LINE  # four cache lines

@@ -10,8 +10,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-import edgekit as ek
 import numpy as np
+
+import edgekit as ek
 
 THREADS = 8
 SECONDS = 3.0

@@ -7,10 +7,11 @@ import gc
 import os
 from typing import Any
 
-import edgekit as ek
 import numpy as np
 import numpy.typing as npt
 import pytest
+
+import edgekit as ek
 from conftest import HEAP_SIZE, MiB
 
 # ---- module level ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import threading
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Protocol
 
@@ -31,7 +31,18 @@ from toolchains.crossbuild import board_rootfs, runtime_version
 from toolchains.rootfs import RootfsError, run_on_board
 from toolchains.steps import Steps, detail, say
 
-__all__ = ["DeviceError", "Fleet", "doctor", "flash", "open_fleet", "run"]
+__all__ = [
+    "DeviceError",
+    "EmulatedFleet",
+    "Fleet",
+    "RunResult",
+    "SshFleet",
+    "doctor",
+    "flash",
+    "open_fleet",
+    "parse_ssh_urls",
+    "run",
+]
 
 
 class Fleet(Protocol):
@@ -64,9 +75,11 @@ class EmulatedFleet:
         return [f"emu:{self.board.name}"]
 
     def _host_path(self, remote: str) -> Path:
-        if not remote.startswith("/"):
-            raise DeviceError(f"{remote}: give an absolute path on the board")
-        return self.rootfs / remote.lstrip("/")
+        """Where a board path is on the host; a relative one is taken from the prefix, as for SSH boards."""
+        board_path = PurePosixPath(self.prefix, remote)
+        if ".." in board_path.parts:
+            raise DeviceError(f"{remote}: no '..' in board paths")
+        return self.rootfs / str(board_path).lstrip("/")
 
     def run(self, command: str, *, timeout: float | None = None) -> dict[str, RunResult | Exception]:
         name = self.names[0]
@@ -160,21 +173,27 @@ def _report(results: Mapping[str, RunResult | BaseException | None]) -> bool:
 def flash(fleet: Fleet, bundle: Path, steps: Steps, *, python_link: bool = True) -> bool:
     """Copy the bundle tarball to every board and run its install.sh there (into $EDGEKIT_PREFIX).
 
-    python_link: let install.sh add the package to the board's python3 (edgekit.pth), when it fits.
+    The tarball goes under the prefix, not /tmp: boards may share a /tmp, and often have a small
+    tmpfs there. python_link: let install.sh add the package to the board's python3 (edgekit.pth).
     """
     name = bundle.name.removesuffix(".tar.gz")
-    remote = f"/tmp/{bundle.name}"
-    with steps(
-        f"copy {bundle.name} ({bundle.stat().st_size / 2**20:.1f} MiB) to {len(fleet.names)} board(s)"
-    ):
+    remote = f".incoming/{bundle.name}"  # relative: under each board's prefix
+    size = f"{bundle.stat().st_size / 2**20:.1f} MiB"
+    with steps(f"copy {bundle.name} ({size}) to {len(fleet.names)} board(s)"):
         copied = fleet.put(bundle, remote, progress=_ProgressPrinter())
     if not _report(copied):
         return False
-    install = (
-        "set -e; work=$(mktemp -d /tmp/edgekit-flash.XXXXXX); trap 'rm -rf \"$work\"' EXIT; "
-        f'tar -xzf {shlex.quote(remote)} -C "$work"; rm -f {shlex.quote(remote)}; '
-        f'sh "$work"/{shlex.quote(name)}/install.sh --prefix "${{EDGEKIT_PREFIX:-{DEFAULT_PREFIX}}}"'
-        + ("" if python_link else " --no-python-link")
+    install = "\n".join(
+        [
+            "set -e",
+            f'prefix="${{EDGEKIT_PREFIX:-{DEFAULT_PREFIX}}}"',
+            f'tarball="$prefix"/{shlex.quote(remote)}',
+            'work=$(mktemp -d "$prefix/.incoming/unpack.XXXXXX")',
+            """trap 'rm -rf "$work" "$tarball"' EXIT""",
+            'tar -xzf "$tarball" -C "$work"',
+            f'sh "$work"/{shlex.quote(name)}/install.sh --prefix "$prefix"'
+            + ("" if python_link else " --no-python-link"),
+        ]
     )
     with steps("install.sh on the board(s)"):
         installed = fleet.run(install, timeout=600)

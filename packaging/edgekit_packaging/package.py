@@ -21,7 +21,8 @@ def parse_formats(text: str) -> list[str]:
     unknown = [name for name in chosen if name not in FORMATS]
     if unknown or not chosen:
         raise PackageError(
-            f"unknown package format {', '.join(unknown) or text!r}: choose from all, {', '.join(FORMATS)}"
+            f"unknown package format: {', '.join(unknown) or repr(text)} "
+            f"(choose from all, {', '.join(FORMATS)})"
         )
     return chosen
 
