@@ -307,10 +307,16 @@ def demo(c: Context) -> None:
     Each step is timed; the demo (python3 -m edgekit.examples.memory_demo) runs in the board's own
     Python 3.11 under qemu-aarch64, and exits non-zero if a result is wrong.
     """
-    with _clear_errors():
-        package(c, arch="aarch64")
-        flash(c, device="emu", arch="aarch64")
-        run_on_device(c, device="emu")
+    steps = Steps("demo")
+    try:
+        with steps("cross-build + package"):
+            package(c, arch="aarch64")
+        with steps("flash the emulated board"):
+            flash(c, device="emu", arch="aarch64")
+        with steps("run the memory demo on the board"):
+            run_on_device(c, device="emu")
+    finally:
+        print(steps.summary(), flush=True)
 
 
 @task

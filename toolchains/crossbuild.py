@@ -132,7 +132,7 @@ def cross_build(
 
     python_args: list[str] = []
     if board.python is not None:
-        with steps(f"board Python {board.python} headers"):
+        with steps(f"board rootfs + Python {board.python} headers"):
             includes = board_python_includes(board, ensure_rootfs, build_dir)
             detail(f"headers: {' '.join(includes)}")
             python_args = [
