@@ -511,13 +511,15 @@ def test_find_elfs_skips_symlinks_and_non_elfs(gcc_build: Path, tmp_path: Path) 
 def test_format_report_groups_by_file_and_says_how_to_fix(gcc_build: Path, cxx_lib: Path) -> None:
     files = [*find_elfs(gcc_build), cxx_lib]
     violations = check_floor(files, glibc="2.17", machine="EM_AARCH64")
-    report = format_report(violations, board="aarch64-generic-glibc2.17")
+    report = format_report(violations, board="generic-glibc2.17")
     lib = gcc_build / "lib" / "libprobe.so.1.0.0"
     for path in {v.path for v in violations}:
         assert report.count(f"{path}:") == 1, report  # one block per file
     assert re.search(rf"^{re.escape(str(lib))}:\n  needs GLIBC_2.27 .*memfd_create", report, re.M), report
     assert re.search(r"^  needs GLIBC_2.34 .*\(board floor 2\.17\) for .*pthread_create", report, re.M)
-    assert "invoke build --arch aarch64 --toolchain zig --board aarch64-generic-glibc2.17" in report
+    assert "invoke build --arch aarch64 --toolchain zig --board generic-glibc2.17" in report
+    on_host = format_report(violations, board="host", arch="x86_64")
+    assert "invoke build --arch x86_64 --toolchain zig --board host" in on_host
     assert "libstdc++" in report and "EM_X86_64" in report
     assert format_report([]) == ""
     single = format_report(

@@ -197,7 +197,7 @@ def cross_build(
             stage.rename(rejected)
             raise BuildError(
                 f"the build does not fit board {board.name} (binaries kept in {rejected}):\n"
-                f"{elfcheck.format_report(violations, board=board.name)}"
+                f"{elfcheck.format_report(violations, board=board.name, arch=board.arch)}"
             )
         for elf in elfs:
             detail(f"ok: {elf.relative_to(stage)}")

@@ -8,7 +8,7 @@ so comparing those needs with a board's glibc floor catches, at build time, the
 
     violations = check_floor(find_elfs(stage), glibc="2.17", machine="EM_AARCH64")
     if violations:
-        raise SystemExit(format_report(violations, board="aarch64-generic-glibc2.17"))
+        raise SystemExit(format_report(violations, board="generic-glibc2.17", arch="aarch64"))
 """
 
 from __future__ import annotations
@@ -381,8 +381,9 @@ def find_elfs(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
-def format_report(violations: Iterable[Violation], *, board: str | None = None) -> str:
-    """A human report, one block per file, ending with how to fix it; empty when there is nothing."""
+def format_report(violations: Iterable[Violation], *, board: str | None = None, arch: str = "aarch64") -> str:
+    """A human report, one block per file, ending with how to fix it (a build for board and arch); empty
+    when there is nothing."""
     by_file: dict[Path, list[Violation]] = {}
     for violation in violations:
         by_file.setdefault(violation.path, []).append(violation)
@@ -400,7 +401,7 @@ def format_report(violations: Iterable[Violation], *, board: str | None = None) 
     if kinds & {"glibc", "libstdc++"}:
         lines.append(
             "To fix: build with the zig toolchain, which links against the floor's own glibc: "
-            f"invoke build --arch aarch64 --toolchain zig --board {board or '<board>'}; "
+            f"invoke build --arch {arch} --toolchain zig --board {board or '<board>'}; "
             "or raise the board's floor (glibc/glibcxx in its profile) if the board really is newer."
         )
     if "libstdc++" in kinds:
