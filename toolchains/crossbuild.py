@@ -49,6 +49,19 @@ class BuildInfo:
     cpu_flags: tuple[str, ...]
 
 
+# Where a build's stage/ says what it is (install.sh and invoke doctor read it on the board too).
+BUILD_INFO = Path("share") / "edgekit" / "build-info.json"
+
+
+def read_build_info(stage: Path) -> BuildInfo | None:
+    """The BuildInfo a finished build wrote into stage/, or None if there is none."""
+    path = stage / BUILD_INFO
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return BuildInfo(**{**data, "cpu_flags": tuple(data["cpu_flags"])})
+
+
 @dataclass(frozen=True)
 class BuildResult:
     build_dir: Path
@@ -181,7 +194,7 @@ def cross_build(
             python_ext_suffix=board.python_ext_suffix,
             cpu_flags=tuple(toolchain.cpu_flags(board.march, board.mcpu)),
         )
-        info_file = stage / "share" / "edgekit" / "build-info.json"
+        info_file = stage / BUILD_INFO
         info_file.parent.mkdir(parents=True, exist_ok=True)
         info_file.write_text(json.dumps(asdict(info), indent=2) + "\n")
     with steps(f"check every ELF against {board.name} (glibc {board.glibc})"):

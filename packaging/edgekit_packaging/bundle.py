@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from toolchains.crossbuild import BUILD_INFO, BuildInfo, read_build_info
 
 PACKAGING_DIR = Path(__file__).resolve().parent.parent
 ROOT = PACKAGING_DIR.parent
@@ -33,17 +34,10 @@ class PackageError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class BuildTree:
-    """A build's stage/ folder and what build-info.json says about it."""
+class BuildTree(BuildInfo):
+    """A build's stage/ folder, with what its build-info.json says."""
 
     stage: Path
-    version: str
-    arch: str
-    board: str
-    glibc_floor: str
-    toolchain: str
-    python: str | None
-    python_ext_suffix: str | None
 
     @property
     def name(self) -> str:
@@ -51,20 +45,10 @@ class BuildTree:
 
 
 def read_build(stage: Path) -> BuildTree:
-    info_file = stage / "share" / "edgekit" / "build-info.json"
-    if not info_file.is_file():
-        raise PackageError(f"{stage} is not a finished build (no {info_file.name}): run invoke build first")
-    info = json.loads(info_file.read_text())
-    return BuildTree(
-        stage=stage,
-        version=info["version"],
-        arch=info["arch"],
-        board=info["board"],
-        glibc_floor=info["glibc_floor"],
-        toolchain=info["toolchain"],
-        python=info["python"],
-        python_ext_suffix=info["python_ext_suffix"],
-    )
+    info = read_build_info(stage)
+    if info is None:
+        raise PackageError(f"{stage} is not a finished build (no {BUILD_INFO}): run invoke build first")
+    return BuildTree(**asdict(info), stage=stage)
 
 
 def source_date_epoch() -> int:
