@@ -103,17 +103,22 @@ def dev1() -> Iterator[ek.Device]:
 # --- Cross-built boards: built once per session, shared by the cross-build, packaging, board tests ---
 
 
-@pytest.fixture(scope="session")
-def emu_build() -> Any:
-    """EdgeKit cross-built with Debian's gcc for the emulated board (build/aarch64-emu-debian12)."""
+def build_for(board_name: str, kind: str) -> Any:
+    """EdgeKit cross-built for a board profile with a toolchain kind (as invoke build does)."""
     from toolchains.boards import load_board
     from toolchains.crossbuild import board_rootfs, cross_build
     from toolchains.detect import require_toolchain
     from toolchains.steps import Steps
 
-    board = load_board("emu-debian12")
-    toolchain = require_toolchain("debian", board.arch, board.glibc)
+    board = load_board(board_name)
+    toolchain = require_toolchain(kind, board.arch, board.glibc)
     return cross_build(board, toolchain, steps=Steps("test build"), ensure_rootfs=board_rootfs)
+
+
+@pytest.fixture(scope="session")
+def emu_build() -> Any:
+    """EdgeKit cross-built with Debian's gcc for the emulated board (build/aarch64-emu-debian12)."""
+    return build_for("emu-debian12", "debian")
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from conftest import build_for
 from toolchains import detect
 from toolchains.boards import load_board, version_tuple
 from toolchains.conan import host_profile, write_wrappers
-from toolchains.crossbuild import BuildError, board_rootfs, build_dir_for, cross_build
-from toolchains.steps import Steps
+from toolchains.crossbuild import BuildError, build_dir_for
 
 ROOT = Path(__file__).resolve().parents[1]
 READELF = "aarch64-linux-gnu-readelf"
@@ -40,18 +40,12 @@ def file_says(path: Path) -> str:
     return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True, check=True).stdout
 
 
-def build(board_name: str, kind: str) -> Any:
-    board = load_board(board_name)
-    toolchain = detect.require_toolchain(kind, board.arch, board.glibc)
-    return cross_build(board, toolchain, steps=Steps("test"), ensure_rootfs=board_rootfs)
-
-
 @pytest.fixture(scope="module")
 def glibc217_builds() -> tuple[BuildError, Any]:
     """generic-glibc2.17 built with Debian's gcc (must be refused), then with zig (must pass)."""
     with pytest.raises(BuildError) as refused:
-        build("generic-glibc2.17", "debian")
-    return refused.value, build("generic-glibc2.17", "zig")
+        build_for("generic-glibc2.17", "debian")
+    return refused.value, build_for("generic-glibc2.17", "zig")
 
 
 def test_debian_build_for_the_emulated_board(emu_build: Any) -> None:
@@ -97,7 +91,7 @@ def test_zig_build_meets_glibc_2_17(glibc217_builds: tuple[BuildError, Any]) -> 
 
 
 def test_x86_64_builds_for_the_host_the_same_way() -> None:
-    result = build("host", "debian")
+    result = build_for("host", "debian")
     module = result.stage / "python" / "edgekit" / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
     assert "x86-64" in file_says(module)
     assert "x86-64" in file_says(result.stage / "lib" / "libedgekit.so.0.1.0")

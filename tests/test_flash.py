@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
+from conftest import build_for
 from edgekit_packaging import devices
 from edgekit_packaging.package import make_packages
 from sshd import Sshd, available, sshd_server
 from toolchains.boards import load_board
-from toolchains.crossbuild import board_rootfs, cross_build
-from toolchains.detect import require_toolchain
 from toolchains.steps import Steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def host_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    board = load_board("host")
-    result = cross_build(
-        board,
-        require_toolchain("debian", board.arch, board.glibc),
-        steps=Steps("t"),
-        ensure_rootfs=board_rootfs,
-    )
+    result = build_for("host", "debian")
     dist = tmp_path_factory.mktemp("host-dist")
     return Path(make_packages(result.stage, dist, dist / "work", ["bundle"], Steps("t"))["bundle"])
 
