@@ -5,5 +5,6 @@
 #include "edgekit/status.h"
 #include "edgekit/device.h"
 #include "edgekit/memory.h"
+#include "edgekit/runtime.h"
 
 #endif /* EDGEKIT_EDGEKIT_H */
