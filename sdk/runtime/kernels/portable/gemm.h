@@ -1,0 +1,90 @@
+/* The portable SGEMM (matmul.c) that CONV, CONV_TRANSPOSE, FULLY_CONNECTED and MATMUL share, and
+ * small checked-arithmetic and validation helpers of the spatial kernels. Not installed.
+ *
+ * The right-hand operand is packed once into panels of EK_GEMM_NR columns: panel j holds, for each
+ * p in [0, k), the NR values B[p][j*NR .. j*NR+NR) (zero past the last column). Constant weights are
+ * packed by prepare(); others into the thread's scratch at run time. */
+#ifndef EDGEKIT_PORTABLE_GEMM_H
+#define EDGEKIT_PORTABLE_GEMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernel.h"
+
+#define EK_GEMM_MR 4 /* rows of the register tile */
+#define EK_GEMM_NR 8 /* columns of the register tile and of a packed panel */
+
+/* Floats of a packed k x n operand; false on overflow. */
+bool ek_gemm_packed_size(size_t k, size_t n, size_t *floats);
+/* Pack B given as B^T: n rows of k values, row stride ldb (weights W[N][K]). */
+void ek_gemm_pack_bt(size_t n, size_t k, const float *bt, size_t ldb, float *packed);
+/* Pack B given row-major: k rows of n values, row stride ldb. */
+void ek_gemm_pack_b(size_t k, size_t n, const float *b, size_t ldb, float *packed);
+/* C[m][n] = act(A[m][k] * B[k][n] + bias[n]), A with row stride lda, C with row stride ldc, B packed
+ * for exactly these n columns; bias may be NULL; the result is clamped to [lo, hi]. */
+void ek_gemm(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *packed, float *c, size_t ldc,
+             const float *bias, float lo, float hi);
+
+/* GNU C vector types (gcc, clang): four floats, which every SIMD ISA we target has (SSE2, NEON),
+ * so accumulators stay in registers whatever the optimisation level (loops over small arrays left
+ * that to the vectoriser, which at -O2 kept them in memory and at -O3 vectorised the wrong loop). */
+#if defined(__GNUC__) && !defined(EK_NO_VECTOR_EXT) /* -DEK_NO_VECTOR_EXT tests the plain path */
+#include <string.h>
+#define EK_HAVE_V4F 1
+typedef float ek_v4f __attribute__((vector_size(16)));
+
+static inline ek_v4f ek_v4f_load(const float *p) {
+    ek_v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void ek_v4f_store(float *p, ek_v4f v) { memcpy(p, &v, sizeof v); }
+#else
+#define EK_HAVE_V4F 0
+#endif
+
+/* ---- helpers ---- */
+static inline bool ek_size_mul(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a)
+        return false;
+    *out = a * b;
+    return true;
+}
+
+static inline bool ek_size_add(size_t a, size_t b, size_t *out) {
+    if (b > SIZE_MAX - a)
+        return false;
+    *out = a + b;
+    return true;
+}
+
+/* Non-negative int64 products and sums without overflow. */
+static inline bool ek_i64_mul(int64_t a, int64_t b, int64_t *out) {
+    if (a < 0 || b < 0 || (a != 0 && b > INT64_MAX / a))
+        return false;
+    *out = a * b;
+    return true;
+}
+
+static inline bool ek_i64_add(int64_t a, int64_t b, int64_t *out) {
+    if (a < 0 || b < 0 || b > INT64_MAX - a)
+        return false;
+    *out = a + b;
+    return true;
+}
+
+static inline size_t ek_round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+/* Input/output `index` of `op` as float32 of `rank` (rank < 0: any rank >= -rank), with dims whose
+ * product is its element count. NULL descriptors and absent operands are errors. */
+ek_status_t ek_check_float_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what,
+                                  int rank);
+/* The fused activation attributes act_min / act_max (default -inf, +inf; min <= max). */
+ek_status_t ek_parse_act(const struct ek_op *op, float *lo, float *hi);
+/* The op has n_in in [min_in, max_in] and exactly one output, all present but optional ones. */
+ek_status_t ek_check_arity(const struct ek_op *op, int min_in, int max_in);
+
+#endif /* EDGEKIT_PORTABLE_GEMM_H */

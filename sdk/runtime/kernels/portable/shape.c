@@ -1,0 +1,571 @@
+/* Data-movement kernels: TRANSPOSE, CONCAT, PAD, SLICE, RESHAPE.
+ *
+ * TRANSPOSE and SLICE are both a "gather": the output is contiguous and each output dim walks the
+ * input with a (signed) element stride from a base offset. prepare() builds that view, drops dims of
+ * size 1 and merges dims the view walks contiguously, so run() copies whole rows with memcpy when the
+ * innermost stride is 1, and otherwise copies in square tiles (the NCHW <-> NHWC case) or element by
+ * element. All index math is validated in prepare(), so run() never leaves the buffers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "portable.h"
+
+#ifndef EK_KERNEL_PAR_MIN
+#define EK_KERNEL_PAR_MIN 16384
+#endif
+
+/* ---- helpers ---- */
+
+static const char *shape_str(const struct ek_tensor_desc *t, char *buf, size_t size) {
+    size_t used = 0;
+    buf[0] = '\0';
+    used += (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < t->rank && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, i ? ",%lld" : "%lld", (long long)t->dims[i]);
+    if (used < size)
+        snprintf(buf + used, size - used, "]");
+    return buf;
+}
+
+static ek_status_t check_tensor(const struct ek_op *op, const struct ek_tensor_desc *t, const char *role) {
+    if (!t)
+        return ek_op_invalid(op, "%s is missing", role);
+    if (t->dtype != EK_DTYPE_FLOAT32)
+        return ek_op_invalid(op, "%s '%s' has dtype code %d; this op computes in float32 (1) only", role,
+                             t->name ? t->name : "", (int)t->dtype);
+    if (t->rank < 0 || t->rank > EK_MAX_DIMS)
+        return ek_op_invalid(op, "%s has rank %d (0..%d)", role, t->rank, EK_MAX_DIMS);
+    size_t count = 1;
+    for (int i = 0; i < t->rank; i++) {
+        if (t->dims[i] < 1 || (uint64_t)t->dims[i] > SIZE_MAX / count)
+            return ek_op_invalid(op, "%s has a bad dim %lld at axis %d", role, (long long)t->dims[i], i);
+        count *= (size_t)t->dims[i];
+    }
+    if (count != t->count || count > SIZE_MAX / sizeof(float))
+        return ek_op_invalid(op, "%s has %zu elements but its dims give %zu", role, t->count, count);
+    return EK_OK;
+}
+
+/* n_in inputs (any number >= 1 when n_in is 0) and one output, all checked tensors. */
+static ek_status_t check_io(const struct ek_op *op, int n_in) {
+    if ((n_in ? op->n_in != n_in : op->n_in < 1) || op->n_out != 1 || !op->in || !op->out)
+        return ek_op_invalid(op, "has %d inputs and %d outputs; it takes %s%d and 1", op->n_in, op->n_out,
+                             n_in ? "" : "at least ", n_in ? n_in : 1);
+    char role[32];
+    for (int i = 0; i < op->n_in; i++) {
+        snprintf(role, sizeof role, "input %d", i);
+        ek_status_t st = check_tensor(op, op->in[i], role);
+        if (st != EK_OK)
+            return st;
+    }
+    return check_tensor(op, op->out[0], "output Y");
+}
+
+static ek_status_t out_of_memory(const struct ek_op *op) {
+    return ek_fail(EK_ERR_OUT_OF_MEMORY, "out of memory preparing op '%.120s'", op->name ? op->name : "");
+}
+
+/* Run fn over [0, count) on the team when there is enough work (`work` elements) to share. */
+static void run_ranges(struct ek_exec *exec, size_t count, size_t work, ek_range_fn fn, void *arg) {
+    if (count == 0)
+        return;
+    if (exec && count > 1 && work >= EK_KERNEL_PAR_MIN && ek_exec_threads(exec) > 1)
+        ek_parallel_for(exec, count, fn, arg);
+    else
+        fn(arg, 0, count, 0);
+}
+
+static void release_params(struct ek_op *op) {
+    free(op->params);
+    op->params = NULL;
+}
+
+static void contiguous_strides(const struct ek_tensor_desc *t, size_t *strides) {
+    size_t s = 1;
+    for (int i = t->rank - 1; i >= 0; i--) {
+        strides[i] = s;
+        s *= (size_t)t->dims[i];
+    }
+}
+
+/* ---- gather: a strided view of X copied to a contiguous Y (TRANSPOSE, SLICE) ---- */
+
+#define TILE 32
+
+struct gather {
+    int rank;                    /* >= 1 */
+    size_t dims[EK_MAX_DIMS];    /* output dims */
+    ptrdiff_t steps[EK_MAX_DIMS]; /* input element stride per output dim */
+    ptrdiff_t base;              /* input element offset of output element 0 */
+    size_t count;
+    bool tiled; /* dim rank-2 walks the input contiguously: copy in TILE x TILE tiles */
+    size_t tasks;
+};
+
+/* Build the view from per-output-dim dims and steps: drop unit dims, merge contiguous walks. */
+static void gather_init(struct gather *g, int rank, const size_t *dims, const ptrdiff_t *steps,
+                        ptrdiff_t base) {
+    int m = 0;
+    g->count = 1;
+    for (int k = 0; k < rank; k++) {
+        g->count *= dims[k];
+        if (dims[k] == 1)
+            continue;
+        if (m > 0 && g->steps[m - 1] == steps[k] * (ptrdiff_t)dims[k]) {
+            g->dims[m - 1] *= dims[k];
+            g->steps[m - 1] = steps[k];
+        } else {
+            g->dims[m] = dims[k];
+            g->steps[m] = steps[k];
+            m++;
+        }
+    }
+    if (m == 0) {
+        g->dims[0] = 1;
+        g->steps[0] = 1;
+        m = 1;
+    }
+    g->rank = m;
+    g->base = base;
+    g->tiled = m >= 2 && g->steps[m - 1] != 1 && g->steps[m - 2] == 1;
+    size_t rows = g->count / g->dims[m - 1];
+    /* tiled: one task per TILE rows of dim rank-2 (within one outer index) */
+    g->tasks = g->tiled ? rows / g->dims[m - 2] * ((g->dims[m - 2] + TILE - 1) / TILE) : rows;
+}
+
+struct gather_job {
+    const struct gather *g;
+    const float *x;
+    float *y;
+};
+
+/* The input offset of the output row (all dims but the innermost `keep`) number `row`. */
+static ptrdiff_t gather_row_offset(const struct gather *g, int outer_rank, size_t row, size_t *idx) {
+    ptrdiff_t off = g->base;
+    for (int d = outer_rank - 1; d >= 0; d--) {
+        idx[d] = row % g->dims[d];
+        row /= g->dims[d];
+        off += (ptrdiff_t)idx[d] * g->steps[d];
+    }
+    return off;
+}
+
+static ptrdiff_t gather_row_next(const struct gather *g, int outer_rank, size_t *idx, ptrdiff_t off) {
+    for (int d = outer_rank - 1; d >= 0; d--) {
+        off += g->steps[d];
+        if (++idx[d] < g->dims[d])
+            break;
+        off -= (ptrdiff_t)idx[d] * g->steps[d];
+        idx[d] = 0;
+    }
+    return off;
+}
+
+static void gather_rows(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct gather_job *job = arg;
+    const struct gather *g = job->g;
+    const int last = g->rank - 1;
+    const size_t n = g->dims[last];
+    const ptrdiff_t step = g->steps[last];
+    size_t idx[EK_MAX_DIMS];
+    ptrdiff_t off = gather_row_offset(g, last, begin, idx);
+    for (size_t row = begin; row < end; row++) {
+        const float *src = job->x + off;
+        float *dst = job->y + row * n;
+        if (step == 1) {
+            memcpy(dst, src, n * sizeof(float));
+        } else {
+            for (size_t i = 0; i < n; i++)
+                dst[i] = src[(ptrdiff_t)i * step];
+        }
+        off = gather_row_next(g, last, idx, off);
+    }
+}
+
+/* Tiled: the output's last two dims (J, I) read the input at j * 1 + i * step, so a TILE x TILE
+ * block reads TILE contiguous input runs and writes TILE contiguous output runs. */
+static void gather_tiles(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct gather_job *job = arg;
+    const struct gather *g = job->g;
+    const int r = g->rank;
+    const size_t ni = g->dims[r - 1], nj = g->dims[r - 2];
+    const ptrdiff_t step = g->steps[r - 1];
+    const size_t blocks = (nj + TILE - 1) / TILE;
+    size_t idx[EK_MAX_DIMS];
+    for (size_t task = begin; task < end; task++) {
+        size_t outer = task / blocks, j0 = task % blocks * TILE;
+        size_t j1 = j0 + TILE < nj ? j0 + TILE : nj;
+        ptrdiff_t off = gather_row_offset(g, r - 2, outer, idx);
+        const float *src = job->x + off;
+        float *dst = job->y + outer * nj * ni;
+        for (size_t i0 = 0; i0 < ni; i0 += TILE) {
+            size_t i1 = i0 + TILE < ni ? i0 + TILE : ni;
+            for (size_t j = j0; j < j1; j++)
+                for (size_t i = i0; i < i1; i++)
+                    dst[j * ni + i] = src[(ptrdiff_t)j + (ptrdiff_t)i * step];
+        }
+    }
+}
+
+static void gather_run(const struct gather *g, const float *x, float *y, struct ek_exec *exec) {
+    struct gather_job job = {g, x, y};
+    run_ranges(exec, g->tasks, g->count, g->tiled ? gather_tiles : gather_rows, &job);
+}
+
+static ek_status_t run_gather(const struct ek_op *op, const void *const *in, void *const *out,
+                              struct ek_exec *exec) {
+    gather_run(op->params, in[0], out[0], exec);
+    return EK_OK;
+}
+
+/* ---- TRANSPOSE ---- */
+
+static ek_status_t prepare_transpose(struct ek_op *op) {
+    ek_status_t st = check_io(op, 1);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    int64_t perm[EK_MAX_DIMS], identity[EK_MAX_DIMS];
+    for (int i = 0; i < EK_MAX_DIMS; i++)
+        identity[i] = i;
+    /* rank 0 has an empty perm, which a writer may leave out */
+    st = ek_attr_ints(op, "perm", (uint32_t)x->rank, x->rank == 0 ? identity : NULL, perm);
+    if (st != EK_OK)
+        return st;
+    bool seen[EK_MAX_DIMS] = {false};
+    for (int i = 0; i < x->rank; i++) {
+        if (perm[i] < 0 || perm[i] >= x->rank || seen[perm[i]])
+            return ek_op_invalid(op, "attribute 'perm' is not a permutation of 0..%d (entry %d is %lld)",
+                                 x->rank - 1, i, (long long)perm[i]);
+        seen[perm[i]] = true;
+    }
+    bool ok = y->rank == x->rank;
+    for (int i = 0; ok && i < x->rank; i++)
+        ok = y->dims[i] == x->dims[perm[i]];
+    if (!ok) {
+        char s1[200], s2[200];
+        return ek_op_invalid(op, "output Y is %s; X %s permuted by 'perm' differs", shape_str(y, s1, sizeof s1),
+                             shape_str(x, s2, sizeof s2));
+    }
+    size_t xs[EK_MAX_DIMS], dims[EK_MAX_DIMS];
+    ptrdiff_t steps[EK_MAX_DIMS];
+    contiguous_strides(x, xs);
+    for (int i = 0; i < x->rank; i++) {
+        dims[i] = (size_t)x->dims[perm[i]];
+        steps[i] = (ptrdiff_t)xs[perm[i]];
+    }
+    struct gather *g = calloc(1, sizeof *g);
+    if (!g)
+        return out_of_memory(op);
+    gather_init(g, x->rank, dims, steps, 0);
+    op->params = g;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+const struct ek_kernel ek_kernel_transpose = {EK_OP_TRANSPOSE, 1, 1, 1, prepare_transpose, run_gather,
+                                              release_params};
+
+/* ---- SLICE ---- */
+
+static ek_status_t prepare_slice(struct ek_op *op) {
+    ek_status_t st = check_io(op, 1);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    char s1[200], s2[200];
+    if (y->rank != x->rank)
+        return ek_op_invalid(op, "output Y %s and input X %s differ in rank", shape_str(y, s1, sizeof s1),
+                             shape_str(x, s2, sizeof s2));
+    int64_t starts[EK_MAX_DIMS], steps[EK_MAX_DIMS], zeros[EK_MAX_DIMS] = {0}, ones[EK_MAX_DIMS];
+    for (int i = 0; i < EK_MAX_DIMS; i++)
+        ones[i] = 1;
+    st = ek_attr_ints(op, "starts", (uint32_t)x->rank, x->rank == 0 ? zeros : NULL, starts);
+    if (st == EK_OK)
+        st = ek_attr_ints(op, "steps", (uint32_t)x->rank, ones, steps);
+    if (st != EK_OK)
+        return st;
+    size_t xs[EK_MAX_DIMS], dims[EK_MAX_DIMS];
+    ptrdiff_t vsteps[EK_MAX_DIMS], base = 0;
+    contiguous_strides(x, xs);
+    for (int k = 0; k < x->rank; k++) {
+        int64_t d = x->dims[k], n = y->dims[k], s = starts[k], t = steps[k];
+        if (t == 0)
+            return ek_op_invalid(op, "attribute 'steps' is 0 at axis %d", k);
+        if (s < 0 || s >= d)
+            return ek_op_invalid(op, "start %lld at axis %d is outside X's dim %lld", (long long)s, k,
+                                 (long long)d);
+        /* the last index s + (n-1) t must stay in [0, d); divide rather than multiply (no overflow) */
+        bool inside = n == 1 || (t > 0 ? (n - 1) <= (d - 1 - s) / t
+                                       : t != INT64_MIN && (n - 1) <= s / -t);
+        if (!inside)
+            return ek_op_invalid(op, "output dim %lld at axis %d with start %lld and step %lld reads outside "
+                                 "X's dim %lld",
+                                 (long long)n, k, (long long)s, (long long)t, (long long)d);
+        dims[k] = (size_t)n;
+        /* a dim of 1 is dropped, and its step may be anything: keep the view's math in range */
+        vsteps[k] = n == 1 ? 0 : (ptrdiff_t)t * (ptrdiff_t)xs[k];
+        base += (ptrdiff_t)s * (ptrdiff_t)xs[k];
+    }
+    struct gather *g = calloc(1, sizeof *g);
+    if (!g)
+        return out_of_memory(op);
+    gather_init(g, x->rank, dims, vsteps, base);
+    op->params = g;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+const struct ek_kernel ek_kernel_slice = {EK_OP_SLICE, 1, 1, 1, prepare_slice, run_gather, release_params};
+
+/* ---- CONCAT ---- */
+
+struct concat_params {
+    size_t outer;     /* product of the dims before the axis */
+    size_t out_block; /* elements of Y per outer index */
+    size_t count;
+    int n;
+    size_t block[]; /* elements of input i per outer index */
+};
+
+static ek_status_t prepare_concat(struct ek_op *op) {
+    ek_status_t st = check_io(op, 0);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *y = op->out[0];
+    int64_t axis;
+    st = ek_attr_int(op, "axis", 0, &axis);
+    if (st != EK_OK)
+        return st;
+    if (axis < 0 || axis >= y->rank)
+        return ek_op_invalid(op, "attribute 'axis' is %lld; output Y has rank %d", (long long)axis, y->rank);
+    int a = (int)axis;
+    char s1[200], s2[200];
+    uint64_t total = 0;
+    for (int i = 0; i < op->n_in; i++) {
+        const struct ek_tensor_desc *x = op->in[i];
+        bool ok = x->rank == y->rank;
+        for (int d = 0; ok && d < y->rank; d++)
+            ok = d == a || x->dims[d] == y->dims[d];
+        if (!ok)
+            return ek_op_invalid(op, "input %d is %s; with output Y %s every dim but axis %d must match", i,
+                                 shape_str(x, s1, sizeof s1), shape_str(y, s2, sizeof s2), a);
+        /* each dim < 2^62 (a checked count of floats) and the sum stops past Y's: no overflow */
+        total += (uint64_t)x->dims[a];
+        if (total > (uint64_t)y->dims[a])
+            break;
+    }
+    if (total != (uint64_t)y->dims[a])
+        return ek_op_invalid(op, "inputs add up to %llu along axis %d, output Y %s has %lld",
+                             (unsigned long long)total, a, shape_str(y, s1, sizeof s1), (long long)y->dims[a]);
+    struct concat_params *p = calloc(1, sizeof *p + (size_t)op->n_in * sizeof p->block[0]);
+    if (!p)
+        return out_of_memory(op);
+    size_t inner = 1;
+    for (int d = a + 1; d < y->rank; d++)
+        inner *= (size_t)y->dims[d];
+    p->outer = 1;
+    for (int d = 0; d < a; d++)
+        p->outer *= (size_t)y->dims[d];
+    p->out_block = (size_t)y->dims[a] * inner;
+    p->count = y->count;
+    p->n = op->n_in;
+    for (int i = 0; i < op->n_in; i++)
+        p->block[i] = (size_t)op->in[i]->dims[a] * inner;
+    op->params = p;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+struct concat_job {
+    const struct concat_params *p;
+    const void *const *in;
+    float *y;
+};
+
+static void concat_rows(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct concat_job *job = arg;
+    const struct concat_params *p = job->p;
+    for (size_t o = begin; o < end; o++) {
+        float *dst = job->y + o * p->out_block;
+        for (int i = 0; i < p->n; i++) {
+            const float *src = (const float *)job->in[i] + o * p->block[i];
+            memcpy(dst, src, p->block[i] * sizeof(float));
+            dst += p->block[i];
+        }
+    }
+}
+
+static ek_status_t run_concat(const struct ek_op *op, const void *const *in, void *const *out,
+                              struct ek_exec *exec) {
+    struct concat_job job = {op->params, in, out[0]};
+    run_ranges(exec, job.p->outer, job.p->count, concat_rows, &job);
+    return EK_OK;
+}
+
+const struct ek_kernel ek_kernel_concat = {EK_OP_CONCAT, 1, 65535, 1, prepare_concat, run_concat,
+                                           release_params};
+
+/* ---- PAD ---- */
+
+enum pad_mode { PAD_CONSTANT = 0, PAD_REFLECT = 1, PAD_EDGE = 2 };
+
+struct pad_params {
+    int rank; /* >= 1 (a scalar is padded as one element of rank 1) */
+    enum pad_mode mode;
+    float value;
+    size_t xd[EK_MAX_DIMS], yd[EK_MAX_DIMS], begin[EK_MAX_DIMS], xs[EK_MAX_DIMS];
+    size_t rows, count;
+};
+
+static ek_status_t prepare_pad(struct ek_op *op) {
+    ek_status_t st = check_io(op, 1);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    int r = x->rank;
+    int64_t pads[2 * EK_MAX_DIMS] = {0}, mode;
+    float value;
+    st = ek_attr_ints(op, "pads", (uint32_t)(2 * r), r == 0 ? pads : NULL, pads);
+    if (st == EK_OK)
+        st = ek_attr_int(op, "mode", PAD_CONSTANT, &mode);
+    if (st == EK_OK)
+        st = ek_attr_float(op, "value", 0.0f, &value);
+    if (st != EK_OK)
+        return st;
+    if (mode < PAD_CONSTANT || mode > PAD_EDGE)
+        return ek_op_invalid(op, "attribute 'mode' is %lld (0 constant, 1 reflect, 2 edge)", (long long)mode);
+    char s1[200], s2[200];
+    if (y->rank != r)
+        return ek_op_invalid(op, "output Y %s and input X %s differ in rank", shape_str(y, s1, sizeof s1),
+                             shape_str(x, s2, sizeof s2));
+    for (int k = 0; k < r; k++) {
+        int64_t pb = pads[k], pe = pads[r + k], d = x->dims[k];
+        if (pb < 0 || pe < 0)
+            return ek_op_invalid(op, "attribute 'pads' has a negative pad at axis %d", k);
+        if (mode == PAD_REFLECT && (pb >= d || pe >= d))
+            return ek_op_invalid(op, "reflect pads %lld, %lld at axis %d must be below X's dim %lld",
+                                 (long long)pb, (long long)pe, k, (long long)d);
+        if (pb > INT64_MAX - d || pe > INT64_MAX - d - pb || d + pb + pe != y->dims[k])
+            return ek_op_invalid(op, "output Y %s: axis %d should be %lld + %lld + %lld",
+                                 shape_str(y, s1, sizeof s1), k, (long long)d, (long long)pb, (long long)pe);
+    }
+    struct pad_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return out_of_memory(op);
+    p->mode = (enum pad_mode)mode;
+    p->value = value;
+    p->rank = r ? r : 1;
+    p->xd[0] = p->yd[0] = p->xs[0] = 1;
+    size_t xs[EK_MAX_DIMS];
+    contiguous_strides(x, xs);
+    for (int k = 0; k < r; k++) {
+        p->xd[k] = (size_t)x->dims[k];
+        p->yd[k] = (size_t)y->dims[k];
+        p->begin[k] = (size_t)pads[k];
+        p->xs[k] = xs[k];
+    }
+    p->count = y->count;
+    p->rows = y->count / p->yd[p->rank - 1];
+    op->params = p;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+/* The source index along one axis of output index o, or false for constant padding. */
+static bool pad_source(enum pad_mode mode, size_t o, size_t begin, size_t dim, size_t *src) {
+    if (o >= begin && o - begin < dim) {
+        *src = o - begin;
+        return true;
+    }
+    if (mode == PAD_CONSTANT)
+        return false;
+    if (o < begin) /* before: edge -> 0; reflect -> begin - o (< dim, checked in prepare) */
+        *src = mode == PAD_EDGE ? 0 : begin - o;
+    else /* after: edge -> dim-1; reflect mirrors about dim-1 */
+        *src = mode == PAD_EDGE ? dim - 1 : 2 * (dim - 1) - (o - begin);
+    return true;
+}
+
+struct pad_job {
+    const struct pad_params *p;
+    const float *x;
+    float *y;
+};
+
+static void pad_rows(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct pad_job *job = arg;
+    const struct pad_params *p = job->p;
+    const int last = p->rank - 1;
+    const size_t n = p->yd[last], xn = p->xd[last], pb = p->begin[last];
+    for (size_t row = begin; row < end; row++) {
+        float *dst = job->y + row * n;
+        size_t rest = row, off = 0;
+        bool inside = true;
+        for (int d = last - 1; d >= 0 && inside; d--) {
+            size_t src;
+            inside = pad_source(p->mode, rest % p->yd[d], p->begin[d], p->xd[d], &src);
+            if (inside)
+                off += src * p->xs[d];
+            rest /= p->yd[d];
+        }
+        if (!inside) {
+            for (size_t j = 0; j < n; j++)
+                dst[j] = p->value;
+            continue;
+        }
+        const float *src = job->x + off;
+        for (size_t j = 0; j < pb; j++) {
+            size_t s;
+            dst[j] = pad_source(p->mode, j, pb, xn, &s) ? src[s] : p->value;
+        }
+        memcpy(dst + pb, src, xn * sizeof(float));
+        for (size_t j = pb + xn; j < n; j++) {
+            size_t s;
+            dst[j] = pad_source(p->mode, j, pb, xn, &s) ? src[s] : p->value;
+        }
+    }
+}
+
+static ek_status_t run_pad(const struct ek_op *op, const void *const *in, void *const *out,
+                           struct ek_exec *exec) {
+    struct pad_job job = {op->params, in[0], out[0]};
+    run_ranges(exec, job.p->rows, job.p->count, pad_rows, &job);
+    return EK_OK;
+}
+
+const struct ek_kernel ek_kernel_pad = {EK_OP_PAD, 1, 1, 1, prepare_pad, run_pad, release_params};
+
+/* ---- RESHAPE ---- */
+
+static ek_status_t prepare_reshape(struct ek_op *op) {
+    ek_status_t st = check_io(op, 1);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    if (x->count != y->count || x->nbytes != y->nbytes) {
+        char s1[200], s2[200];
+        return ek_op_invalid(op, "output Y %s and input X %s hold different element counts (%zu, %zu)",
+                             shape_str(y, s1, sizeof s1), shape_str(x, s2, sizeof s2), y->count, x->count);
+    }
+    op->params = NULL;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+static ek_status_t run_reshape(const struct ek_op *op, const void *const *in, void *const *out,
+                               struct ek_exec *exec) {
+    (void)exec;
+    /* a planner may place Y on X's bytes: then there is nothing to copy */
+    if (out[0] != in[0])
+        memmove(out[0], in[0], op->out[0]->count * sizeof(float));
+    return EK_OK;
+}
+
+const struct ek_kernel ek_kernel_reshape = {EK_OP_RESHAPE, 1, 1, 1, prepare_reshape, run_reshape, NULL};
