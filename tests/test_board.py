@@ -14,7 +14,17 @@ import pytest
 from toolchains.rootfs import run_on_board
 
 ROOT = Path(__file__).resolve().parents[1]
-C_TESTS = ("test_device", "test_memory", "test_allocator", "test_coherence", "test_concurrency")
+C_TESTS = (
+    "test_device",
+    "test_memory",
+    "test_allocator",
+    "test_coherence",
+    "test_concurrency",
+    "test_model",
+    "test_runtime",
+    "test_kernels_generic",
+    "test_kernels_spatial",
+)
 
 
 def on_board(rootfs: Path, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

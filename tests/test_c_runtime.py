@@ -18,7 +18,18 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 C_TESTS_DIR = REPO_ROOT / "tests" / "c"
-BINARIES = ("test_device", "test_memory", "test_allocator", "test_coherence", "test_concurrency")
+BINARIES = (
+    "test_device",
+    "test_memory",
+    "test_allocator",
+    "test_coherence",
+    "test_concurrency",
+    "test_model",
+    "test_runtime",
+    "test_kernels_generic",
+    "test_kernels_generic_rt",
+    "test_kernels_spatial",
+)
 JOBS = "2"
 BUILD_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 120

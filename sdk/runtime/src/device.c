@@ -25,6 +25,7 @@ static void init_devices(void) {
     for (int i = 0; i < EK_MAX_DEVICES; i++) {
         pthread_rwlock_init(&devices[i].lock, &attr);
         pthread_mutex_init(&devices[i].coh_lock, NULL);
+        ek_worker_init(&devices[i].worker);
         devices[i].index = i;
     }
     pthread_rwlockattr_destroy(&attr);
@@ -125,7 +126,10 @@ static ek_status_t resolve_config(ek_dev_config_t *config) {
 }
 
 static ek_status_t open_device(struct ek_device *device, const ek_dev_config_t *config) {
-    ek_status_t status = ek_pool_create(&device->pool, config->backing, config->heap_size);
+    /* One spare page past the heap: vectorised kernels (XNNPACK) may read up to 16 bytes past the
+     * end of an input, which must stay mapped even for the last block of the heap. */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    ek_status_t status = ek_pool_create(&device->pool, config->backing, config->heap_size + page);
     if (status != EK_OK)
         return status;
     device->heap = ek_heap_create(config->heap_size, HEAP_ALIGNMENT);
@@ -134,6 +138,7 @@ static ek_status_t open_device(struct ek_device *device, const ek_dev_config_t *
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for the heap bookkeeping of device %d",
                        device->index);
     }
+    device->heap_size = config->heap_size;
     device->coherence = config->coherence;
     device->violation_count = 0;
     return EK_OK;
@@ -160,12 +165,12 @@ ek_status_t ek_dev_request_ex(ek_dev_t *handle, int id, const ek_dev_config_t *c
     pthread_rwlock_wrlock(&device->lock);
     if (device->open_handles > 0) {
         if ((wanted.coherence && wanted.coherence != device->coherence) ||
-            (wanted.heap_size && resolved.heap_size != device->pool.size) ||
+            (wanted.heap_size && resolved.heap_size != device->heap_size) ||
             (wanted.backing && wanted.backing != device->pool.kind)) {
             pthread_rwlock_unlock(&device->lock);
             return ek_fail(EK_ERR_BUSY, "device %d is already open with another configuration (coherence %s, "
                            "heap %zu bytes); close its other handles first", id,
-                           device->coherence == EK_COHERENCE_STRICT ? "strict" : "coherent", device->pool.size);
+                           device->coherence == EK_COHERENCE_STRICT ? "strict" : "coherent", device->heap_size);
         }
     } else if ((status = open_device(device, &resolved)) != EK_OK) {
         pthread_rwlock_unlock(&device->lock);
@@ -240,13 +245,12 @@ ek_status_t ek_dev_free(ek_dev_t handle) {
 }
 
 ek_status_t ek_dev_sync(ek_dev_t handle) {
-    struct ek_device *device;
-    ek_status_t status = ek_device_lock(handle, false, &device);
+    int index;
+    ek_status_t status = ek_handle_get(handle.id, EK_HANDLE_DEVICE, NULL, &index);
     if (status != EK_OK)
         return status;
-    /* Every call so far completes before it returns, so there is nothing queued to wait for. */
-    ek_device_unlock(device);
-    return EK_OK;
+    /* Without the device lock: the launches we wait for take it themselves. */
+    return ek_worker_sync(&devices[index]);
 }
 
 ek_status_t ek_dev_id(ek_dev_t handle, int *id) {

@@ -1,1 +1,822 @@
-/* placeholder: being written */
+/* The inference engine: device workers, execution contexts, thread teams, launch completion.
+ *
+ * Each device has a worker: a FIFO of launches and EK_WORKER_THREADS threads, started with the first
+ * launch and kept for the process (idle on a condition variable), so launches of different requests
+ * run concurrently. A launch runs in an *execution context* of its stage, taken from the stage's
+ * pool (a new one when none is free): the stage's arena (device memory, so it shows in the heap
+ * statistics), per-thread scratch, the provider's per-op states and a team of threads. Concurrent
+ * launches of one network therefore never share intermediate tensors or scratch, and contexts are
+ * reused, so the hot path allocates nothing.
+ *
+ * A team is the launching worker thread plus threads-1 helpers owned by the context; ek_parallel_for
+ * is a fork-join on the team's mutex and condition variables.
+ *
+ * Locks, outermost first: the runtime's lock (pools, never held while running), the device lock
+ * (shared while a launch touches device memory, as copies hold it), the worker lock, the launch
+ * lock. A launch never calls ek_malloc_device/ek_free_device while it holds the device lock. */
+#include <errno.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+
+#define ALIGN ((size_t)64)
+/* Bytes past the arena's end that a provider may read (XNNPACK reads up to XNN_EXTRA_BYTES = 16
+ * past a tensor); device memories are 64-byte blocks, so their tails are covered too. */
+#define ARENA_SLACK ((size_t)64)
+
+static pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+static pthread_condattr_t monotonic_attr;
+static cpu_set_t process_cpus; /* what threads are unpinned to */
+static bool process_cpus_known;
+static uint64_t online_mask;
+
+static _Thread_local bool tls_worker;                 /* a device worker thread */
+static _Thread_local struct ek_launch_rec *tls_callback; /* its on_done callback runs on this thread */
+static _Thread_local struct ek_exec *tls_exec;       /* inside a range of this context's team */
+static _Thread_local int tls_thread;
+
+static void engine_init(void) {
+    pthread_condattr_init(&monotonic_attr);
+    pthread_condattr_setclock(&monotonic_attr, CLOCK_MONOTONIC);
+    CPU_ZERO(&process_cpus);
+    if (sched_getaffinity(0, sizeof process_cpus, &process_cpus) == 0) {
+        process_cpus_known = true;
+        for (int i = 0; i < 64 && i < CPU_SETSIZE; i++)
+            if (CPU_ISSET(i, &process_cpus))
+                online_mask |= (uint64_t)1 << i;
+    }
+}
+
+uint64_t ek_engine_online_mask(void) {
+    pthread_once(&engine_once, engine_init);
+    return online_mask;
+}
+
+bool ek_engine_on_worker(void) { return tls_worker; }
+
+bool ek_engine_in_callback_of(const struct ek_runtime *rt) { return tls_callback && tls_callback->rt == rt; }
+
+/* Start a thread with every signal blocked, so signals go to the application's threads. */
+static int start_thread(pthread_t *thread, void *(*fn)(void *), void *arg, bool detached) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (detached)
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(thread, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+static void mask_to_set(uint64_t mask, cpu_set_t *set) {
+    if (!mask && process_cpus_known) {
+        *set = process_cpus;
+        return;
+    }
+    CPU_ZERO(set);
+    for (int i = 0; i < 64 && i < CPU_SETSIZE; i++)
+        if (mask >> i & 1)
+            CPU_SET(i, set);
+}
+
+/* ---- execution contexts and their teams ---- */
+
+struct helper_start {
+    struct ek_exec *exec;
+    int index;
+    uint64_t seen; /* the team's generation when the helper was started */
+};
+
+struct ek_team {
+    pthread_mutex_t lock;
+    pthread_cond_t start, done;
+    pthread_t *helpers;
+    struct helper_start *starts;
+    int helper_count;
+    uint64_t generation; /* bumped per ek_parallel_for */
+    int pending;         /* helpers still running their range */
+    bool quit;
+    ek_range_fn fn;
+    void *arg;
+    size_t count;
+    int ranges;
+};
+
+struct ek_exec {
+    struct ek_stage *stage;
+    struct ek_exec *next_free, *next_all;
+    int want_threads; /* what the team was configured for */
+    int threads;      /* the team's size: 1 + helpers started */
+    uint64_t cpu_mask;
+    ek_mem_t arena;
+    uint8_t *scratch;
+    size_t scratch_stride;
+    void **states; /* per op: the provider's state, or NULL for the portable kernel */
+    const struct ek_provider *provider;
+    void **tensor_ptrs;      /* per stage tensor, resolved per launch */
+    const void **in_ptrs;    /* all ops' inputs, flat */
+    void **out_ptrs;         /* all ops' outputs, flat */
+    struct ek_mem_rec **io_recs; /* per network input, then output */
+    struct ek_team team;
+};
+
+struct ek_stage_engine {
+    struct ek_exec *free_list;
+    struct ek_exec *all;
+};
+
+static void range_of(size_t count, int ranges, int index, size_t *begin, size_t *end) {
+    size_t base = count / (size_t)ranges, rem = count % (size_t)ranges, i = (size_t)index;
+    *begin = i * base + (i < rem ? i : rem);
+    *end = *begin + base + (i < rem ? 1 : 0);
+}
+
+static void *helper_main(void *p) {
+    struct helper_start *hs = p;
+    struct ek_exec *exec = hs->exec;
+    struct ek_team *t = &exec->team;
+    uint64_t seen = hs->seen;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        while (t->generation == seen && !t->quit)
+            pthread_cond_wait(&t->start, &t->lock);
+        if (t->quit)
+            break;
+        seen = t->generation;
+        if (hs->index < t->ranges) {
+            ek_range_fn fn = t->fn;
+            void *arg = t->arg;
+            size_t begin, end;
+            range_of(t->count, t->ranges, hs->index, &begin, &end);
+            pthread_mutex_unlock(&t->lock);
+            tls_exec = exec;
+            tls_thread = hs->index;
+            fn(arg, begin, end, hs->index);
+            tls_exec = NULL;
+            pthread_mutex_lock(&t->lock);
+            if (--t->pending == 0)
+                pthread_cond_signal(&t->done);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static void team_stop(struct ek_exec *exec) {
+    struct ek_team *t = &exec->team;
+    if (t->helper_count) {
+        pthread_mutex_lock(&t->lock);
+        t->quit = true;
+        pthread_cond_broadcast(&t->start);
+        pthread_mutex_unlock(&t->lock);
+        for (int i = 0; i < t->helper_count; i++)
+            pthread_join(t->helpers[i], NULL);
+        t->quit = false;
+    }
+    free(t->helpers);
+    free(t->starts);
+    t->helpers = NULL;
+    t->starts = NULL;
+    t->helper_count = 0;
+    exec->threads = 1;
+}
+
+void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *arg) {
+    if (count == 0 || !fn)
+        return;
+    if (!exec) {
+        fn(arg, 0, count, 0);
+        return;
+    }
+    if (tls_exec == exec) { /* nested inside one of this team's ranges: run it on this thread */
+        fn(arg, 0, count, tls_thread);
+        return;
+    }
+    struct ek_team *t = &exec->team;
+    int ranges = exec->threads;
+    if ((size_t)ranges > count)
+        ranges = (int)count;
+    if (ranges <= 1) {
+        tls_exec = exec;
+        tls_thread = 0;
+        fn(arg, 0, count, 0);
+        tls_exec = NULL;
+        return;
+    }
+    pthread_mutex_lock(&t->lock);
+    t->fn = fn;
+    t->arg = arg;
+    t->count = count;
+    t->ranges = ranges;
+    t->pending = ranges - 1;
+    t->generation++;
+    pthread_cond_broadcast(&t->start);
+    pthread_mutex_unlock(&t->lock);
+    size_t begin, end;
+    range_of(count, ranges, 0, &begin, &end);
+    tls_exec = exec;
+    tls_thread = 0;
+    fn(arg, begin, end, 0);
+    tls_exec = NULL;
+    pthread_mutex_lock(&t->lock);
+    while (t->pending > 0)
+        pthread_cond_wait(&t->done, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+}
+
+int ek_exec_threads(const struct ek_exec *exec) { return exec ? exec->threads : 1; }
+
+void *ek_exec_scratch(struct ek_exec *exec, int thread) {
+    if (!exec || !exec->scratch || thread < 0 || thread >= exec->threads)
+        return NULL;
+    return exec->scratch + (size_t)thread * exec->scratch_stride;
+}
+
+static void exec_free(struct ek_runtime *rt, struct ek_exec *exec) {
+    team_stop(exec);
+    pthread_mutex_destroy(&exec->team.lock);
+    pthread_cond_destroy(&exec->team.start);
+    pthread_cond_destroy(&exec->team.done);
+    if (exec->states) {
+        for (uint32_t i = 0; i < exec->stage->op_count; i++)
+            if (exec->states[i])
+                exec->provider->destroy(exec->states[i]);
+        free(exec->states);
+    }
+    if (exec->arena.id)
+        (void)ek_free_device(rt->dev, exec->arena);
+    free(exec->scratch);
+    free(exec->tensor_ptrs);
+    free(exec->in_ptrs);
+    free(exec->out_ptrs);
+    free(exec->io_recs);
+    free(exec);
+}
+
+static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, struct ek_stage *stage,
+                               struct ek_exec **out) {
+    struct ek_exec *exec = calloc(1, sizeof *exec);
+    if (!exec)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for an execution context of network '%s'",
+                       net->info.name);
+    exec->stage = stage;
+    exec->threads = 1;
+    pthread_mutex_init(&exec->team.lock, NULL);
+    pthread_cond_init(&exec->team.start, NULL);
+    pthread_cond_init(&exec->team.done, NULL);
+
+    ek_status_t status = EK_OK;
+    size_t in_total = 0, out_total = 0;
+    for (uint32_t i = 0; i < stage->op_count; i++) {
+        in_total += (size_t)stage->ops[i].n_in; /* each below 65536, op_count below 2^32: no overflow */
+        out_total += (size_t)stage->ops[i].n_out;
+    }
+    size_t ios = (size_t)net->info.input_count + (size_t)net->info.output_count;
+    exec->tensor_ptrs = calloc(stage->tensor_count ? stage->tensor_count : 1, sizeof *exec->tensor_ptrs);
+    exec->in_ptrs = calloc(in_total ? in_total : 1, sizeof *exec->in_ptrs);
+    exec->out_ptrs = calloc(out_total ? out_total : 1, sizeof *exec->out_ptrs);
+    exec->io_recs = calloc(ios ? ios : 1, sizeof *exec->io_recs);
+    if (!exec->tensor_ptrs || !exec->in_ptrs || !exec->out_ptrs || !exec->io_recs) {
+        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for an execution context of network '%s'",
+                         net->info.name);
+        goto fail;
+    }
+
+    /* The arena: its size rounded up to the alignment, at least one block, plus the slack. */
+    if (stage->arena_size > SIZE_MAX - 2 * ALIGN - ARENA_SLACK) {
+        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "network '%s': arena of %zu bytes is too large", net->info.name,
+                         stage->arena_size);
+        goto fail;
+    }
+    size_t arena = (stage->arena_size + ALIGN - 1) / ALIGN * ALIGN;
+    if (arena < ALIGN)
+        arena = ALIGN;
+    if ((status = ek_malloc_device(rt->dev, &exec->arena, arena + ARENA_SLACK)) != EK_OK) {
+        char why[400];
+        snprintf(why, sizeof why, "%s", ek_last_error());
+        status = ek_fail(status, "network '%s': no device memory for its %zu-byte arena: %s", net->info.name, arena,
+                         why);
+        goto fail;
+    }
+
+    exec->provider = rt->provider;
+    if (rt->provider && stage->op_count) {
+        exec->states = calloc(stage->op_count, sizeof *exec->states);
+        if (!exec->states) {
+            status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for the provider states of network '%s'",
+                             net->info.name);
+            goto fail;
+        }
+        for (uint32_t i = 0; i < stage->op_count; i++) {
+            const struct ek_op *op = &stage->ops[i];
+            void *state = NULL;
+            ek_status_t s = rt->provider->create(op, &state);
+            if (s == EK_ERR_UNSUPPORTED) {
+                continue; /* the portable kernel runs this op */
+            } else if (s != EK_OK) {
+                status = ek_fail(s, "network '%s': the %s provider failed to set up op '%s' (%s): %s", net->info.name,
+                                 rt->provider->name, op->name, ek_op_type_name(op->type), ek_status_str(s));
+                goto fail;
+            }
+            exec->states[i] = state;
+        }
+    }
+    *out = exec;
+    return EK_OK;
+fail:
+    exec_free(rt, exec);
+    return status;
+}
+
+/* Size the team and scratch for `threads`, pin them to `mask`. */
+static ek_status_t exec_configure(struct ek_exec *exec, const struct ek_network *net, int threads, uint64_t mask) {
+    struct ek_team *t = &exec->team;
+    if (threads != exec->want_threads) {
+        team_stop(exec);
+        free(exec->scratch);
+        exec->scratch = NULL;
+        exec->want_threads = 0;
+        size_t per = exec->stage->scratch_per_thread;
+        if (per > SIZE_MAX - ALIGN)
+            return ek_fail(EK_ERR_OUT_OF_MEMORY, "network '%s': %zu bytes of scratch per thread are too many",
+                           net->info.name, per);
+        size_t stride = (per + ALIGN - 1) / ALIGN * ALIGN;
+        if (stride && (size_t)threads > SIZE_MAX / stride)
+            return ek_fail(EK_ERR_OUT_OF_MEMORY, "network '%s': scratch of %d x %zu bytes is too large",
+                           net->info.name, threads, stride);
+        if (stride) {
+            exec->scratch = aligned_alloc(ALIGN, stride * (size_t)threads);
+            if (!exec->scratch)
+                return ek_fail(EK_ERR_OUT_OF_MEMORY, "network '%s': no host memory for %d x %zu bytes of scratch",
+                               net->info.name, threads, stride);
+        }
+        exec->scratch_stride = stride;
+        if (threads > 1) {
+            t->helpers = calloc((size_t)threads - 1, sizeof *t->helpers);
+            t->starts = calloc((size_t)threads - 1, sizeof *t->starts);
+            if (!t->helpers || !t->starts) {
+                team_stop(exec);
+                return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a team of %d threads", threads);
+            }
+            for (int i = 0; i < threads - 1; i++) {
+                t->starts[i] = (struct helper_start){exec, i + 1, t->generation};
+                /* Fewer helpers than asked for is not an error: the team is just smaller. */
+                if (start_thread(&t->helpers[i], helper_main, &t->starts[i], false) != 0)
+                    break;
+                t->helper_count++;
+            }
+        }
+        exec->threads = 1 + t->helper_count;
+        exec->want_threads = threads;
+        exec->cpu_mask = 0;
+    }
+    if (mask != exec->cpu_mask) {
+        cpu_set_t set;
+        mask_to_set(mask, &set);
+        for (int i = 0; i < t->helper_count; i++) {
+            int rc = pthread_setaffinity_np(t->helpers[i], sizeof set, &set);
+            if (rc != 0 && mask)
+                return ek_fail(EK_ERR_SYSTEM, "could not pin a launch thread to cpu_mask 0x%" PRIx64 ": %s", mask,
+                               strerror(rc));
+        }
+        exec->cpu_mask = mask;
+    }
+    return EK_OK;
+}
+
+static void exec_release(struct ek_runtime *rt, struct ek_exec *exec) {
+    struct ek_stage_engine *pool = exec->stage->engine;
+    pthread_mutex_lock(&rt->lock);
+    exec->next_free = pool->free_list;
+    pool->free_list = exec;
+    pthread_mutex_unlock(&rt->lock);
+}
+
+static ek_status_t exec_acquire(struct ek_runtime *rt, struct ek_network *net, struct ek_stage *stage, int threads,
+                                uint64_t mask, struct ek_exec **out) {
+    pthread_mutex_lock(&rt->lock);
+    if (!stage->engine && !(stage->engine = calloc(1, sizeof *stage->engine))) {
+        pthread_mutex_unlock(&rt->lock);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for the contexts of network '%s'", net->info.name);
+    }
+    struct ek_stage_engine *pool = stage->engine;
+    /* Prefer a context already set up for this thread count and mask. */
+    struct ek_exec **pick = NULL;
+    for (struct ek_exec **p = &pool->free_list; *p; p = &(*p)->next_free) {
+        if (!pick)
+            pick = p;
+        if ((*p)->want_threads == threads && (*p)->cpu_mask == mask) {
+            pick = p;
+            break;
+        }
+    }
+    struct ek_exec *exec = NULL;
+    if (pick) {
+        exec = *pick;
+        *pick = exec->next_free;
+        exec->next_free = NULL;
+    }
+    pthread_mutex_unlock(&rt->lock);
+    if (!exec) {
+        ek_status_t status = exec_create(rt, net, stage, &exec);
+        if (status != EK_OK)
+            return status;
+        pthread_mutex_lock(&rt->lock);
+        exec->next_all = pool->all;
+        pool->all = exec;
+        pthread_mutex_unlock(&rt->lock);
+    }
+    ek_status_t status = exec_configure(exec, net, threads, mask);
+    if (status != EK_OK) {
+        exec_release(rt, exec);
+        return status;
+    }
+    *out = exec;
+    return EK_OK;
+}
+
+void ek_engine_release_stage(struct ek_runtime *rt, struct ek_stage *stage) {
+    struct ek_stage_engine *pool = stage->engine;
+    if (!pool)
+        return;
+    struct ek_exec *exec = pool->all;
+    while (exec) {
+        struct ek_exec *next = exec->next_all;
+        exec_free(rt, exec);
+        exec = next;
+    }
+    free(pool);
+    stage->engine = NULL;
+}
+
+/* ---- running a launch ---- */
+
+static ek_status_t op_failed(const struct ek_network *net, const struct ek_op *op, ek_status_t status,
+                             const char *provider) {
+    char why[400];
+    if (provider)
+        snprintf(why, sizeof why, "the %s provider returned %s", provider, ek_status_name(status));
+    else
+        snprintf(why, sizeof why, "%s", ek_last_error()[0] ? ek_last_error() : ek_status_str(status));
+    return ek_fail(status, "network '%s', op '%s' (%s): %s", net->info.name, op->name ? op->name : "",
+                   ek_op_type_name(op->type), why);
+}
+
+/* Find the memories of the launch's tensors again (they may have been freed since it was queued). */
+static ek_status_t resolve_memories(struct ek_device *device, struct ek_launch_rec *rec, struct ek_exec *exec,
+                                    uint8_t **arena) {
+    const ek_net_info_t *info = &rec->net->info;
+    for (int i = 0; i < rec->n_in + rec->n_out; i++) {
+        bool is_in = i < rec->n_in;
+        const ek_io_info_t *io = is_in ? &info->inputs[i] : &info->outputs[i - rec->n_in];
+        const struct ek_tensor_desc *desc =
+            is_in ? rec->stage->input_tensors[i] : rec->stage->output_tensors[i - rec->n_in];
+        void *obj;
+        int owner;
+        ek_status_t status = ek_handle_get(rec->tensors[i].mem.id, EK_HANDLE_MEMORY, &obj, &owner);
+        if (status != EK_OK)
+            return ek_fail(status, "network '%s': the memory of %s '%s' (0x%016" PRIx64 ") %s before the launch ran",
+                           info->name, is_in ? "input" : "output", io->name, rec->tensors[i].mem.id,
+                           status == EK_ERR_FREED_HANDLE ? "was freed" : "is not valid");
+        struct ek_mem_rec *mem = obj;
+        if (owner != device->index || rec->tensors[i].offset > mem->size ||
+            desc->nbytes > mem->size - rec->tensors[i].offset)
+            return ek_fail(EK_ERR_FREED_HANDLE, "network '%s': the memory of %s '%s' changed before the launch ran",
+                           info->name, is_in ? "input" : "output", io->name);
+        exec->io_recs[i] = mem;
+    }
+    void *obj;
+    ek_status_t status = ek_handle_get(exec->arena.id, EK_HANDLE_MEMORY, &obj, NULL);
+    if (status != EK_OK)
+        return ek_fail(EK_ERR_INTERNAL, "network '%s': its arena memory 0x%016" PRIx64 " was freed by someone else",
+                       info->name, exec->arena.id);
+    *arena = device->pool.base + ((struct ek_mem_rec *)obj)->offset;
+    return EK_OK;
+}
+
+static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec) {
+    const struct ek_stage *stage = rec->stage;
+    size_t in_at = 0, out_at = 0;
+    for (uint32_t k = 0; k < stage->op_count; k++) {
+        const struct ek_op *op = &stage->ops[k];
+        const void **in = exec->in_ptrs + in_at;
+        void **out = exec->out_ptrs + out_at;
+        for (int i = 0; i < op->n_in; i++)
+            in[i] = op->in[i] ? exec->tensor_ptrs[op->in[i] - stage->tensors] : NULL;
+        for (int i = 0; i < op->n_out; i++)
+            out[i] = exec->tensor_ptrs[op->out[i] - stage->tensors];
+        in_at += (size_t)op->n_in;
+        out_at += (size_t)op->n_out;
+        ek_status_t status;
+        if (exec->states && exec->states[k]) {
+            status = exec->provider->run(exec->states[k], in, out, exec->threads);
+            if (status != EK_OK)
+                return op_failed(rec->net, op, status, exec->provider->name);
+        } else {
+            const struct ek_kernel *kernel = ek_portable_kernel(op->type);
+            if (!kernel || !kernel->run)
+                return ek_fail(EK_ERR_INTERNAL, "network '%s', op '%s': no kernel for op type %d", rec->net->info.name,
+                               op->name ? op->name : "", (int)op->type);
+            status = kernel->run(op, in, out, exec);
+            if (status != EK_OK)
+                return op_failed(rec->net, op, status, NULL);
+        }
+    }
+    return EK_OK;
+}
+
+static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
+    const struct ek_stage *stage = rec->stage;
+    struct ek_device *device;
+    /* Shared, like a copy: a concurrent ek_free_device of an input waits for the launch. */
+    ek_status_t status = ek_device_lock(rec->rt->dev, false, &device);
+    if (status != EK_OK)
+        return status;
+    uint8_t *arena = NULL;
+    if ((status = resolve_memories(device, rec, exec, &arena)) != EK_OK) {
+        ek_device_unlock(device);
+        return status;
+    }
+    char call[200];
+    for (int i = 0; i < rec->n_in; i++) {
+        snprintf(call, sizeof call, "launch of network '%s' (input '%s')", rec->net->info.name,
+                 rec->net->info.inputs[i].name);
+        ek_coh_device_read(device, exec->io_recs[i], rec->tensors[i].offset, stage->input_tensors[i]->nbytes, call);
+    }
+    for (uint32_t t = 0; t < stage->tensor_count; t++) {
+        const struct ek_tensor_desc *desc = &stage->tensors[t];
+        void *p = NULL;
+        int io = (int)desc->io_index;
+        switch (desc->storage) {
+        case EK_STORAGE_ARENA:
+            p = arena + desc->offset;
+            break;
+        case EK_STORAGE_CONSTANT:
+            p = (void *)desc->constant; /* kernels only read inputs */
+            break;
+        case EK_STORAGE_INPUT:
+            p = device->pool.base + exec->io_recs[io]->offset + rec->tensors[io].offset;
+            break;
+        case EK_STORAGE_OUTPUT:
+            p = device->pool.base + exec->io_recs[rec->n_in + io]->offset + rec->tensors[rec->n_in + io].offset;
+            break;
+        }
+        exec->tensor_ptrs[t] = p;
+    }
+
+    /* The launching thread is thread 0 of the team: pin it too, for this launch only. */
+    cpu_set_t old_set;
+    bool repin = false;
+    if (rec->cpu_mask) {
+        cpu_set_t set;
+        mask_to_set(rec->cpu_mask, &set);
+        if (pthread_getaffinity_np(pthread_self(), sizeof old_set, &old_set) == 0 &&
+            pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0)
+            repin = true;
+    }
+    status = run_ops(rec, exec);
+    if (repin)
+        pthread_setaffinity_np(pthread_self(), sizeof old_set, &old_set);
+
+    if (status == EK_OK)
+        for (int i = 0; i < rec->n_out; i++)
+            ek_coh_device_wrote(device, exec->io_recs[rec->n_in + i], rec->tensors[rec->n_in + i].offset,
+                                stage->output_tensors[i]->nbytes);
+    ek_device_unlock(device);
+    return status;
+}
+
+static void rec_unref_locked(struct ek_launch_rec *rec) {
+    if (--rec->refs == 0) {
+        pthread_cond_destroy(&rec->cond);
+        free(rec->tensors);
+        free(rec);
+    }
+}
+
+/* Run a launch and publish its result; `rec` may be gone when this returns. */
+static void execute(struct ek_launch_rec *rec) {
+    struct ek_runtime *rt = rec->rt;
+    struct ek_exec *exec = NULL;
+    ek_status_t status = exec_acquire(rt, rec->net, rec->stage, rec->threads, rec->cpu_mask, &exec);
+    if (status == EK_OK) {
+        status = exec_run(rec, exec);
+        if (status != EK_OK)
+            snprintf(rec->error, sizeof rec->error, "%s", ek_last_error());
+        exec_release(rt, exec);
+    } else {
+        snprintf(rec->error, sizeof rec->error, "%s", ek_last_error());
+    }
+    rec->status = status;
+    if (status != EK_OK && !rec->handle) {
+        struct ek_dev_worker *w = &ek_device_at(rt->device_index)->worker;
+        pthread_mutex_lock(&w->lock);
+        if (w->error == EK_OK) {
+            w->error = status;
+            snprintf(w->error_text, sizeof w->error_text, "%s", rec->error);
+        }
+        pthread_mutex_unlock(&w->lock);
+    }
+    if (rec->on_done) {
+        /* The status is final: waiting on this launch from its own callback returns it at once. */
+        if (status != EK_OK)
+            ek_fail(status, "%s", rec->error);
+        struct ek_launch_rec *outer = tls_callback; /* a launch_data run inline from a callback */
+        tls_callback = rec;
+        rec->on_done(rec->user_data, status);
+        tls_callback = outer;
+    }
+    pthread_mutex_lock(&launch_lock);
+    rec->done = true;
+    pthread_cond_broadcast(&rec->cond);
+    rec_unref_locked(rec);
+    pthread_mutex_unlock(&launch_lock);
+    ek_runtime_unref(rt);
+}
+
+/* ---- device workers ---- */
+
+void ek_worker_init(struct ek_dev_worker *w) {
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    pthread_cond_init(&w->idle, NULL);
+    w->head = w->tail = NULL;
+    w->threads = 0;
+    w->running = 0;
+    w->error = EK_OK;
+    w->error_text[0] = '\0';
+}
+
+static void *worker_main(void *arg) {
+    struct ek_dev_worker *w = arg;
+    tls_worker = true;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->head)
+            pthread_cond_wait(&w->wake, &w->lock);
+        struct ek_launch_rec *rec = w->head;
+        w->head = rec->next;
+        if (!w->head)
+            w->tail = NULL;
+        w->running++;
+        pthread_mutex_unlock(&w->lock);
+        execute(rec);
+        pthread_mutex_lock(&w->lock);
+        if (--w->running == 0 && !w->head)
+            pthread_cond_broadcast(&w->idle);
+    }
+    return NULL;
+}
+
+ek_status_t ek_worker_sync(struct ek_device *device) {
+    struct ek_dev_worker *w = &device->worker;
+    if (tls_worker)
+        return ek_fail(EK_ERR_BUSY, "ek_dev_sync on a device worker thread (in an on_done callback) would wait "
+                       "for itself");
+    pthread_mutex_lock(&w->lock);
+    while (w->head || w->running)
+        pthread_cond_wait(&w->idle, &w->lock);
+    ek_status_t status = w->error;
+    char text[sizeof w->error_text];
+    memcpy(text, w->error_text, sizeof text);
+    w->error = EK_OK;
+    w->error_text[0] = '\0';
+    pthread_mutex_unlock(&w->lock);
+    if (status != EK_OK)
+        return ek_fail(status, "%s", text);
+    return EK_OK;
+}
+
+/* ---- launch records ---- */
+
+ek_status_t ek_launch_new(struct ek_runtime *rt, int n_in, int n_out, bool with_handle, struct ek_launch_rec **out) {
+    pthread_once(&engine_once, engine_init);
+    struct ek_launch_rec *rec = calloc(1, sizeof *rec);
+    if (rec)
+        rec->tensors = calloc((size_t)n_in + (size_t)n_out, sizeof *rec->tensors);
+    if (!rec || !rec->tensors) {
+        if (rec)
+            free(rec->tensors);
+        free(rec);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+    }
+    if (with_handle && !(rec->handle = ek_handle_new(EK_HANDLE_LAUNCH, rec, rt->device_index))) {
+        free(rec->tensors);
+        free(rec);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no room for another launch handle");
+    }
+    pthread_cond_init(&rec->cond, &monotonic_attr);
+    rec->rt = rt;
+    rec->n_in = n_in;
+    rec->n_out = n_out;
+    rec->refs = with_handle ? 2 : 1;
+    ek_runtime_ref(rt);
+    *out = rec;
+    return EK_OK;
+}
+
+void ek_launch_discard(struct ek_launch_rec *rec) {
+    struct ek_runtime *rt = rec->rt;
+    pthread_mutex_lock(&launch_lock);
+    if (rec->handle)
+        ek_handle_retire(rec->handle, EK_HANDLE_LAUNCH);
+    pthread_cond_destroy(&rec->cond);
+    free(rec->tensors);
+    free(rec);
+    pthread_mutex_unlock(&launch_lock);
+    ek_runtime_unref(rt);
+}
+
+ek_status_t ek_launch_submit(struct ek_launch_rec *rec, bool run_here_on_worker) {
+    if (run_here_on_worker && tls_worker) {
+        /* A synchronous launch from a callback: queueing it could wait for this very thread. */
+        execute(rec);
+        return EK_OK;
+    }
+    struct ek_device *device = ek_device_at(rec->rt->device_index);
+    struct ek_dev_worker *w = &device->worker;
+    pthread_mutex_lock(&w->lock);
+    while (w->threads < EK_WORKER_THREADS) {
+        pthread_t thread;
+        int rc = start_thread(&thread, worker_main, w, true);
+        if (rc != 0) {
+            if (w->threads > 0)
+                break; /* one worker is enough to make progress */
+            pthread_mutex_unlock(&w->lock);
+            ek_launch_discard(rec);
+            return ek_fail(EK_ERR_SYSTEM, "could not start the worker thread of device %d: %s", device->index,
+                           strerror(rc));
+        }
+        w->threads++;
+    }
+    rec->next = NULL;
+    if (w->tail)
+        w->tail->next = rec;
+    else
+        w->head = rec;
+    w->tail = rec;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    return EK_OK;
+}
+
+ek_status_t ek_launch_wait(ek_launch_t launch, int timeout_ms) {
+    pthread_once(&engine_once, engine_init);
+    struct timespec deadline;
+    if (timeout_ms > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&launch_lock);
+    void *obj;
+    /* Handles are retired only under launch_lock, so the record stays while we hold a reference. */
+    ek_status_t status = ek_handle_get(launch.id, EK_HANDLE_LAUNCH, &obj, NULL);
+    if (status != EK_OK) {
+        pthread_mutex_unlock(&launch_lock);
+        return status;
+    }
+    struct ek_launch_rec *rec = obj;
+    rec->refs++;
+    while (!rec->done && rec != tls_callback) {
+        if (timeout_ms == 0)
+            break;
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&rec->cond, &launch_lock);
+        } else if (pthread_cond_timedwait(&rec->cond, &launch_lock, &deadline) == ETIMEDOUT) {
+            break;
+        }
+    }
+    char text[sizeof rec->error];
+    text[0] = '\0';
+    if (!rec->done && rec != tls_callback) {
+        status = ek_fail(EK_ERR_TIMEOUT, "launch of network '%s' still running after %d ms", rec->net->info.name,
+                         timeout_ms);
+    } else if ((status = ek_handle_retire(launch.id, EK_HANDLE_LAUNCH)) == EK_OK) {
+        /* Another waiter may have retired it meanwhile: then the retire above failed as a double free. */
+        rec->refs--;
+        status = rec->status;
+        memcpy(text, rec->error, sizeof text);
+    } else {
+        status = ek_fail(EK_ERR_FREED_HANDLE, "launch 0x%016" PRIx64 " was already waited for", launch.id);
+    }
+    rec_unref_locked(rec);
+    pthread_mutex_unlock(&launch_lock);
+    if (status != EK_OK && status != EK_ERR_TIMEOUT && text[0])
+        return ek_fail(status, "%s", text);
+    return status;
+}

@@ -21,7 +21,7 @@
 ek_status_t ek_fail(ek_status_t status, const char *fmt, ...) EK_PRINTF(2, 3);
 
 /* ---- handles.c: generation-checked handles, so stale and forged ones are errors ---- */
-enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2 };
+enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2, EK_HANDLE_RUNTIME = 3, EK_HANDLE_LAUNCH = 4 };
 
 /* A new live handle for `obj`, owned by device `owner`; 0 when the table cannot grow. */
 uint64_t ek_handle_new(enum ek_handle_kind kind, void *obj, int owner);
@@ -77,17 +77,32 @@ struct ek_mem_rec {
 
 #define EK_MAX_VIOLATIONS 1024
 
+/* engine.c: a device's worker, the FIFO of launches and the threads that run them. */
+struct ek_launch_rec;
+struct ek_dev_worker {
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* workers: the queue is not empty */
+    pthread_cond_t idle; /* ek_dev_sync: the queue is empty and nothing runs */
+    struct ek_launch_rec *head, *tail;
+    int threads; /* started (they live for the process, idle on `wake`) */
+    int running; /* launches taken off the queue and not finished */
+    ek_status_t error; /* the first failure of a handle-less launch since the last ek_dev_sync */
+    char error_text[512];
+};
+
 struct ek_device {
     pthread_rwlock_t lock; /* copies take it shared; malloc/free/map/open/close exclusive */
     int index;
     int open_handles;
     ek_coherence_t coherence;
-    struct ek_pool pool;
+    struct ek_pool pool; /* heap_size bytes and a spare page (see open_device) */
+    size_t heap_size;
     struct ek_heap *heap;
     struct ek_mem_rec *mems;
     pthread_mutex_t coh_lock; /* strict-mode shadows and the violations, under the shared device lock */
     ek_coh_violation_t *violations; /* the first EK_MAX_VIOLATIONS */
     size_t violation_count;          /* all that were recorded */
+    struct ek_dev_worker worker;     /* engine.c; under its own lock, not `lock` */
 };
 
 /* The device at `index` (0 .. EK_MAX_DEVICES-1); the table is static, so the pointer is stable. */
@@ -108,5 +123,11 @@ void ek_coh_device_read(struct ek_device *device, struct ek_mem_rec *mem, size_t
                         const char *call);
 void ek_coh_device_wrote(struct ek_device *device, struct ek_mem_rec *mem, size_t offset, size_t size);
 void *ek_coh_cpu_address(struct ek_mem_rec *mem);
+
+/* ---- engine.c: the device worker ---- */
+void ek_worker_init(struct ek_dev_worker *worker);
+/* Wait until the device's queue is empty and nothing runs; return (and clear) the first error of a
+ * handle-less launch since the last sync. Call without holding the device lock. */
+ek_status_t ek_worker_sync(struct ek_device *device);
 
 #endif /* EDGEKIT_INTERNAL_H */

@@ -1,1 +1,688 @@
-/* placeholder: being written */
+/* The ek_rt_* API: runtimes (generation-checked handles), loading models, network information and
+ * the validation of launches before they are queued on the device's worker (engine.c).
+ *
+ * A runtime is freed only when nothing uses it: every API call on it and every queued launch holds a
+ * reference (`users`, under the runtime table lock); ek_rt_destroy retires the handle first, so no
+ * new reference can be taken, then waits for the count to drop to zero. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+#define DEFAULT_MAX_THREADS 8
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t released = PTHREAD_COND_INITIALIZER;
+
+size_t ek_dtype_size(ek_dtype_t dtype) {
+    switch (dtype) {
+    case EK_DTYPE_FLOAT32: return 4;
+    case EK_DTYPE_FLOAT16: return 2;
+    case EK_DTYPE_INT8: return 1;
+    case EK_DTYPE_UINT8: return 1;
+    case EK_DTYPE_INT32: return 4;
+    case EK_DTYPE_INT64: return 8;
+    }
+    return 0;
+}
+
+const char *ek_dtype_name(ek_dtype_t dtype) {
+    switch (dtype) {
+    case EK_DTYPE_FLOAT32: return "float32";
+    case EK_DTYPE_FLOAT16: return "float16";
+    case EK_DTYPE_INT8: return "int8";
+    case EK_DTYPE_UINT8: return "uint8";
+    case EK_DTYPE_INT32: return "int32";
+    case EK_DTYPE_INT64: return "int64";
+    }
+    return "unknown";
+}
+
+/* ---- a bounded string builder for messages ---- */
+struct text {
+    char buf[400];
+    size_t len;
+};
+
+static void text_add(struct text *t, const char *fmt, ...) EK_PRINTF(2, 3);
+static void text_add(struct text *t, const char *fmt, ...) {
+    if (t->len >= sizeof t->buf - 1)
+        return;
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(t->buf + t->len, sizeof t->buf - t->len, fmt, args);
+    va_end(args);
+    if (n > 0)
+        t->len = t->len + (size_t)n < sizeof t->buf ? t->len + (size_t)n : sizeof t->buf - 1;
+    if (t->len == sizeof t->buf - 1)
+        memcpy(t->buf + sizeof t->buf - 4, "...", 4); /* truncated: say so */
+}
+
+static void text_shape(struct text *t, const ek_shape_t *shape) {
+    if (shape->num_dims == 0) {
+        text_add(t, "scalar");
+        return;
+    }
+    for (int d = 0; d < shape->num_dims && d < EK_MAX_DIMS; d++)
+        text_add(t, "%s%" PRId64, d ? "x" : "", shape->dims[d]);
+}
+
+static void desc_shape(const struct ek_tensor_desc *desc, ek_shape_t *shape) {
+    memset(shape, 0, sizeof *shape);
+    shape->num_dims = desc->rank;
+    for (int d = 0; d < desc->rank; d++)
+        shape->dims[d] = desc->dims[d];
+}
+
+/* ---- runtime handles and references ---- */
+
+static ek_status_t rt_acquire(ek_rt_t handle, struct ek_runtime **out) {
+    pthread_mutex_lock(&table_lock);
+    void *obj;
+    ek_status_t status = ek_handle_get(handle.id, EK_HANDLE_RUNTIME, &obj, NULL);
+    if (status == EK_OK) {
+        *out = obj;
+        (*out)->users++;
+    }
+    pthread_mutex_unlock(&table_lock);
+    return status;
+}
+
+void ek_runtime_ref(struct ek_runtime *rt) {
+    pthread_mutex_lock(&table_lock);
+    rt->users++;
+    pthread_mutex_unlock(&table_lock);
+}
+
+void ek_runtime_unref(struct ek_runtime *rt) {
+    pthread_mutex_lock(&table_lock);
+    if (--rt->users == 0)
+        pthread_cond_broadcast(&released);
+    pthread_mutex_unlock(&table_lock);
+}
+
+static ek_status_t default_threads(int *threads) {
+    const char *env = getenv("EDGEKIT_THREADS");
+    if (env && *env) {
+        char *end;
+        errno = 0;
+        long n = strtol(env, &end, 10);
+        if (errno || *end || n < 1 || n > EK_MAX_LAUNCH_THREADS)
+            return ek_fail(EK_ERR_INVALID_ARG, "EDGEKIT_THREADS='%.40s' is not a whole number from 1 to %d", env,
+                           EK_MAX_LAUNCH_THREADS);
+        *threads = (int)n;
+        return EK_OK;
+    }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    *threads = cpus < 1 ? 1 : cpus > DEFAULT_MAX_THREADS ? DEFAULT_MAX_THREADS : (int)cpus;
+    return EK_OK;
+}
+
+ek_status_t ek_rt_create(ek_rt_t *rt, ek_dev_t dev) { return ek_rt_create_ex(rt, dev, NULL); }
+
+ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t *config) {
+    if (!handle)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_create: rt is NULL");
+    ek_rt_config_t cfg = config ? *config : (ek_rt_config_t){EK_KERNELS_DEFAULT, 0};
+    if (cfg.threads < 0 || cfg.threads > EK_MAX_LAUNCH_THREADS)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_create: threads %d is outside 0 .. %d", cfg.threads,
+                       EK_MAX_LAUNCH_THREADS);
+    int threads = cfg.threads;
+    ek_status_t status;
+    if (threads == 0 && (status = default_threads(&threads)) != EK_OK)
+        return status;
+    ek_kernels_t kernels;
+    const struct ek_provider *provider;
+    if ((status = ek_provider_select(cfg.kernels, &kernels, &provider)) != EK_OK)
+        return status;
+    int id;
+    if ((status = ek_dev_id(dev, &id)) != EK_OK)
+        return status;
+    struct ek_runtime *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a runtime");
+    if ((status = ek_dev_request(&rt->dev, id)) != EK_OK) {
+        free(rt);
+        return status;
+    }
+    rt->device_index = id;
+    rt->kernels = kernels;
+    rt->provider = provider;
+    rt->threads = threads;
+    pthread_mutex_init(&rt->lock, NULL);
+    if (!(rt->handle = ek_handle_new(EK_HANDLE_RUNTIME, rt, id))) {
+        ek_dev_free(rt->dev);
+        pthread_mutex_destroy(&rt->lock);
+        free(rt);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no room for another runtime handle");
+    }
+    handle->id = rt->handle;
+    return EK_OK;
+}
+
+ek_status_t ek_rt_destroy(ek_rt_t handle) {
+    pthread_mutex_lock(&table_lock);
+    void *obj;
+    ek_status_t status = ek_handle_lookup(handle.id, EK_HANDLE_RUNTIME, true, &obj, NULL);
+    if (status != EK_OK) {
+        pthread_mutex_unlock(&table_lock);
+        return status;
+    }
+    struct ek_runtime *rt = obj;
+    if (ek_engine_in_callback_of(rt)) {
+        pthread_mutex_unlock(&table_lock);
+        return ek_fail(EK_ERR_BUSY, "ek_rt_destroy from an on_done callback of the runtime's own launch would wait "
+                       "for itself");
+    }
+    ek_handle_retire(handle.id, EK_HANDLE_RUNTIME);
+    /* Wait for the calls in progress and every queued or running launch. */
+    while (rt->users > 0)
+        pthread_cond_wait(&released, &table_lock);
+    pthread_mutex_unlock(&table_lock);
+
+    for (int i = 0; i < rt->network_count; i++) {
+        struct ek_network *net = rt->networks[i];
+        for (int s = 0; s < net->info.stage_count; s++)
+            ek_engine_release_stage(rt, &net->stages[s]);
+    }
+    for (size_t i = 0; i < rt->model_count; i++)
+        ek_model_free(rt->models[i]);
+    free(rt->models);
+    free(rt->networks);
+    ek_dev_free(rt->dev);
+    pthread_mutex_destroy(&rt->lock);
+    free(rt);
+    return EK_OK;
+}
+
+ek_status_t ek_rt_kernels(ek_rt_t handle, const char **name) {
+    if (!name)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_kernels: name is NULL");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    *name = rt->provider ? "xnnpack" : "portable";
+    ek_runtime_unref(rt);
+    return EK_OK;
+}
+
+/* ---- models and networks ---- */
+
+static ek_status_t add_model(struct ek_runtime *rt, struct ek_model *model) {
+    pthread_mutex_lock(&rt->lock);
+    ek_status_t status = EK_OK;
+    for (uint32_t i = 0; i < model->network_count && status == EK_OK; i++)
+        for (int j = 0; j < rt->network_count; j++)
+            if (strcmp(model->networks[i].info.name, rt->networks[j]->info.name) == 0) {
+                status = ek_fail(EK_ERR_BUSY, "network '%s' is already loaded in this runtime; a runtime holds "
+                                 "each network name once", model->networks[i].info.name);
+                break;
+            }
+    if (status == EK_OK && rt->model_count == rt->model_cap) {
+        size_t cap = rt->model_cap ? rt->model_cap * 2 : 4;
+        struct ek_model **models = realloc(rt->models, cap * sizeof *models);
+        if (models) {
+            rt->models = models;
+            rt->model_cap = cap;
+        } else {
+            status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for another model");
+        }
+    }
+    if (status == EK_OK && (size_t)rt->network_count + model->network_count > (size_t)rt->network_cap) {
+        size_t need = (size_t)rt->network_count + model->network_count;
+        if (need > INT32_MAX / 2) {
+            status = ek_fail(EK_ERR_OUT_OF_MEMORY, "too many networks in one runtime");
+        } else {
+            int cap = (int)need * 2;
+            struct ek_network **nets = realloc(rt->networks, (size_t)cap * sizeof *nets);
+            if (nets) {
+                rt->networks = nets;
+                rt->network_cap = cap;
+            } else {
+                status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for more networks");
+            }
+        }
+    }
+    if (status == EK_OK) {
+        rt->models[rt->model_count++] = model;
+        for (uint32_t i = 0; i < model->network_count; i++)
+            rt->networks[rt->network_count++] = &model->networks[i];
+    }
+    pthread_mutex_unlock(&rt->lock);
+    return status;
+}
+
+ek_status_t ek_rt_load_model(ek_rt_t handle, const char *path) {
+    if (!path)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_load_model: path is NULL");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    struct ek_model *model;
+    if ((status = ek_model_load_file(path, &model)) == EK_OK && (status = add_model(rt, model)) != EK_OK)
+        ek_model_free(model);
+    ek_runtime_unref(rt);
+    return status;
+}
+
+ek_status_t ek_rt_load_model_data(ek_rt_t handle, const void *data, size_t size) {
+    if (!data || size == 0)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_load_model_data: %s", data ? "size is 0" : "data is NULL");
+    if (size > SIZE_MAX - 64)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "ek_rt_load_model_data: %zu bytes is too large", size);
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    /* 64-byte aligned, so the constants inside are too (the format aligns them in the file). */
+    uint8_t *copy = aligned_alloc(64, (size + 63) / 64 * 64);
+    if (!copy) {
+        ek_runtime_unref(rt);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a %zu-byte copy of the model", size);
+    }
+    memcpy(copy, data, size);
+    struct ek_model *model;
+    if ((status = ek_model_load(copy, size, false, &model)) != EK_OK)
+        free(copy);
+    else if ((status = add_model(rt, model)) != EK_OK)
+        ek_model_free(model);
+    ek_runtime_unref(rt);
+    return status;
+}
+
+ek_status_t ek_rt_network_count(ek_rt_t handle, int *count) {
+    if (!count)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_count: count is NULL");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    pthread_mutex_lock(&rt->lock);
+    *count = rt->network_count;
+    pthread_mutex_unlock(&rt->lock);
+    ek_runtime_unref(rt);
+    return EK_OK;
+}
+
+ek_status_t ek_rt_network_name(ek_rt_t handle, int index, const char **name) {
+    if (!name)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_name: name is NULL");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    pthread_mutex_lock(&rt->lock);
+    if (index < 0 || index >= rt->network_count)
+        status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_name: index %d is outside 0 .. %d (%d network%s loaded)",
+                         index, rt->network_count - 1, rt->network_count, rt->network_count == 1 ? "" : "s");
+    else
+        *name = rt->networks[index]->info.name;
+    pthread_mutex_unlock(&rt->lock);
+    ek_runtime_unref(rt);
+    return status;
+}
+
+static ek_status_t find_network(struct ek_runtime *rt, const char *name, struct ek_network **out) {
+    if (!name)
+        return ek_fail(EK_ERR_INVALID_ARG, "network name is NULL");
+    pthread_mutex_lock(&rt->lock);
+    for (int i = 0; i < rt->network_count; i++)
+        if (strcmp(rt->networks[i]->info.name, name) == 0) {
+            *out = rt->networks[i];
+            pthread_mutex_unlock(&rt->lock);
+            return EK_OK;
+        }
+    struct text loaded = {.len = 0};
+    loaded.buf[0] = '\0';
+    for (int i = 0; i < rt->network_count; i++)
+        text_add(&loaded, "%s%s", i ? ", " : "", rt->networks[i]->info.name);
+    pthread_mutex_unlock(&rt->lock);
+    return ek_fail(EK_ERR_INVALID_ARG, "no network '%.100s' in this runtime; loaded: %s", name,
+                   loaded.len ? loaded.buf : "none");
+}
+
+ek_status_t ek_rt_network_info(ek_rt_t handle, const char *name, const ek_net_info_t **info) {
+    if (!info)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_info: info is NULL");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    struct ek_network *net;
+    if ((status = find_network(rt, name, &net)) == EK_OK)
+        *info = &net->info;
+    ek_runtime_unref(rt);
+    return status;
+}
+
+/* ---- launches ---- */
+
+static bool same_shape(const ek_shape_t *a, const ek_shape_t *b) {
+    if (a->num_dims != b->num_dims)
+        return false;
+    for (int d = 0; d < a->num_dims; d++)
+        if (a->dims[d] != b->dims[d])
+            return false;
+    return true;
+}
+
+/* The stage whose input shapes are `shapes` (input_count of them). */
+static ek_status_t pick_stage(const struct ek_network *net, const ek_shape_t *shapes, int *stage) {
+    const ek_net_info_t *info = &net->info;
+    for (int i = 0; i < info->input_count; i++)
+        if (shapes[i].num_dims < 0 || shapes[i].num_dims > EK_MAX_DIMS)
+            return ek_fail(EK_ERR_INVALID_ARG, "input '%s' of network '%s' has %d dims; a shape has 0 .. %d",
+                           info->inputs[i].name, info->name, shapes[i].num_dims, EK_MAX_DIMS);
+    for (int s = 0; s < info->stage_count; s++) {
+        int i = 0;
+        while (i < info->input_count && same_shape(&shapes[i], &info->stages[s].input_shapes[i]))
+            i++;
+        if (i == info->input_count) {
+            *stage = s;
+            return EK_OK;
+        }
+    }
+    struct text t = {.len = 0};
+    t.buf[0] = '\0';
+    for (int i = 0; i < info->input_count; i++) {
+        text_add(&t, "%sinput '%s' is ", i ? ", " : "", info->inputs[i].name);
+        text_shape(&t, &shapes[i]);
+    }
+    text_add(&t, "; network '%s' takes ", info->name);
+    for (int s = 0; s < info->stage_count; s++) {
+        text_add(&t, "%s", s ? " | " : "");
+        for (int i = 0; i < info->input_count; i++) {
+            text_add(&t, "%s", i ? ", " : "");
+            text_shape(&t, &info->stages[s].input_shapes[i]);
+        }
+    }
+    return ek_fail(EK_ERR_INVALID_ARG, "%s", t.buf);
+}
+
+static ek_status_t check_options(const ek_launch_options_t *options, int *threads, uint64_t *mask,
+                                 const struct ek_runtime *rt) {
+    *threads = rt->threads;
+    *mask = 0;
+    if (!options)
+        return EK_OK;
+    if (options->threads < 0 || options->threads > EK_MAX_LAUNCH_THREADS)
+        return ek_fail(EK_ERR_INVALID_ARG, "launch options: threads %d is outside 0 .. %d", options->threads,
+                       EK_MAX_LAUNCH_THREADS);
+    if (options->threads)
+        *threads = options->threads;
+    if (options->cpu_mask) {
+        uint64_t online = ek_engine_online_mask();
+        if (online && !(options->cpu_mask & online))
+            return ek_fail(EK_ERR_INVALID_ARG, "launch options: cpu_mask 0x%" PRIx64 " has no CPU this process may "
+                           "run on (those are 0x%" PRIx64 ")", options->cpu_mask, online);
+        *mask = online ? options->cpu_mask & online : options->cpu_mask;
+    }
+    return EK_OK;
+}
+
+/* Check one tensor's memory under the (shared) device lock. */
+static ek_status_t check_memory(struct ek_device *device, const struct ek_network *net, const char *kind,
+                                const char *name, const ek_tensor_t *t, size_t nbytes) {
+    void *obj;
+    int owner;
+    ek_status_t status = ek_handle_get(t->mem.id, EK_HANDLE_MEMORY, &obj, &owner);
+    if (status != EK_OK) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", ek_last_error());
+        return ek_fail(status, "network '%s' %s '%s': %s", net->info.name, kind, name, why);
+    }
+    if (owner != device->index)
+        return ek_fail(EK_ERR_DEVICE_MISMATCH, "network '%s' %s '%s': memory 0x%016" PRIx64 " is on device %d, this "
+                       "runtime on device %d", net->info.name, kind, name, t->mem.id, owner, device->index);
+    const struct ek_mem_rec *mem = obj;
+    if (t->offset > mem->size || nbytes > mem->size - t->offset)
+        return ek_fail(EK_ERR_OUT_OF_RANGE, "network '%s' %s '%s': %zu bytes at offset %zu go past the end of memory "
+                       "0x%016" PRIx64 " (%zu bytes)", net->info.name, kind, name, nbytes, t->offset, t->mem.id,
+                       mem->size);
+    return EK_OK;
+}
+
+static bool overlap(const ek_tensor_t *a, size_t an, const ek_tensor_t *b, size_t bn) {
+    return a->mem.id == b->mem.id && a->offset < b->offset + bn && b->offset < a->offset + an;
+}
+
+/* Validate and queue a launch on an acquired runtime. `sync_caller`: ek_rt_launch_data. */
+static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_tensor_t *inputs, int input_count,
+                          ek_tensor_t *outputs, int output_count, bool user_mem, const ek_launch_options_t *options,
+                          ek_launch_t *launch_out, bool sync_caller) {
+    int threads;
+    uint64_t mask;
+    struct ek_network *net;
+    ek_status_t status = check_options(options, &threads, &mask, rt);
+    if (status != EK_OK || (status = find_network(rt, net_name, &net)) != EK_OK)
+        return status;
+    const ek_net_info_t *info = &net->info;
+    if (input_count != info->input_count || output_count != info->output_count)
+        return ek_fail(EK_ERR_INVALID_ARG, "network '%s' has %d input%s and %d output%s; the launch gives %d and %d",
+                       info->name, info->input_count, info->input_count == 1 ? "" : "s", info->output_count,
+                       info->output_count == 1 ? "" : "s", input_count, output_count);
+    if (!inputs || !outputs)
+        return ek_fail(EK_ERR_INVALID_ARG, "launch of network '%s': %s is NULL", info->name,
+                       inputs ? "outputs" : "inputs");
+    ek_shape_t *shapes = malloc((size_t)input_count * sizeof *shapes);
+    if (!shapes)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+    for (int i = 0; i < input_count; i++) {
+        if (inputs[i].dtype != info->inputs[i].dtype) {
+            free(shapes);
+            return ek_fail(EK_ERR_INVALID_ARG, "input '%s' of network '%s' is %s; the launch gives %s (%d)",
+                           info->inputs[i].name, info->name, ek_dtype_name(info->inputs[i].dtype),
+                           ek_dtype_name(inputs[i].dtype), (int)inputs[i].dtype);
+        }
+        shapes[i] = inputs[i].shape;
+    }
+    int s;
+    status = pick_stage(net, shapes, &s);
+    free(shapes);
+    if (status != EK_OK)
+        return status;
+    struct ek_stage *stage = &net->stages[s];
+
+    /* The memories: valid, on this device, large enough; outputs overlap nothing else. */
+    struct ek_device *device;
+    if ((status = ek_device_lock(rt->dev, false, &device)) != EK_OK)
+        return status;
+    for (int i = 0; i < input_count && status == EK_OK; i++)
+        status = check_memory(device, net, "input", info->inputs[i].name, &inputs[i], stage->input_tensors[i]->nbytes);
+    for (int i = 0; user_mem && i < output_count && status == EK_OK; i++) {
+        size_t n = stage->output_tensors[i]->nbytes;
+        status = check_memory(device, net, "output", info->outputs[i].name, &outputs[i], n);
+        for (int j = 0; j < input_count && status == EK_OK; j++)
+            if (overlap(&outputs[i], n, &inputs[j], stage->input_tensors[j]->nbytes))
+                status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': output '%s' overlaps input '%s' in memory "
+                                 "0x%016" PRIx64, info->name, info->outputs[i].name, info->inputs[j].name,
+                                 outputs[i].mem.id);
+        for (int j = 0; j < i && status == EK_OK; j++)
+            if (overlap(&outputs[i], n, &outputs[j], stage->output_tensors[j]->nbytes))
+                status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': outputs '%s' and '%s' overlap in memory "
+                                 "0x%016" PRIx64, info->name, info->outputs[j].name, info->outputs[i].name,
+                                 outputs[i].mem.id);
+    }
+    ek_device_unlock(device);
+    if (status != EK_OK)
+        return status;
+
+    struct ek_launch_rec *rec;
+    if ((status = ek_launch_new(rt, input_count, output_count, launch_out != NULL, &rec)) != EK_OK)
+        return status;
+    rec->net = net;
+    rec->stage = stage;
+    rec->threads = threads;
+    rec->cpu_mask = mask;
+    if (options) {
+        rec->on_done = options->on_done;
+        rec->user_data = options->user_data;
+    }
+    memcpy(rec->tensors, inputs, (size_t)input_count * sizeof *inputs);
+    int allocated = 0;
+    for (int i = 0; i < output_count; i++) {
+        ek_tensor_t *t = &rec->tensors[input_count + i];
+        const struct ek_tensor_desc *desc = stage->output_tensors[i];
+        if (user_mem) {
+            t->mem = outputs[i].mem;
+            t->offset = outputs[i].offset;
+        } else {
+            if ((status = ek_malloc_device(rt->dev, &t->mem, desc->nbytes)) != EK_OK) {
+                char why[300];
+                snprintf(why, sizeof why, "%s", ek_last_error());
+                status = ek_fail(status, "network '%s': no device memory for output '%s': %s", info->name,
+                                 info->outputs[i].name, why);
+                break;
+            }
+            t->offset = 0;
+            allocated++;
+        }
+        t->dtype = desc->dtype;
+        desc_shape(desc, &t->shape);
+    }
+    ek_tensor_t *out_copy = NULL;
+    if (status == EK_OK && !(out_copy = malloc((size_t)output_count * sizeof *out_copy)))
+        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+    if (status != EK_OK) {
+        for (int i = 0; i < allocated; i++)
+            ek_free_device(rt->dev, rec->tensors[input_count + i].mem);
+        ek_launch_discard(rec);
+        return status;
+    }
+    /* Copy before submitting: the record may be finished and freed by the time submit returns. */
+    memcpy(out_copy, rec->tensors + input_count, (size_t)output_count * sizeof *out_copy);
+    uint64_t handle = rec->handle;
+    if ((status = ek_launch_submit(rec, sync_caller)) != EK_OK) {
+        for (int i = 0; i < allocated; i++)
+            ek_free_device(rt->dev, out_copy[i].mem);
+        free(out_copy);
+        return status;
+    }
+    memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
+    free(out_copy);
+    if (launch_out)
+        launch_out->id = handle;
+    return EK_OK;
+}
+
+ek_status_t ek_rt_launch_tensor(ek_rt_t handle, const char *net_name, const ek_tensor_t *inputs, int input_count,
+                                ek_tensor_t *outputs, int output_count, bool user_mem,
+                                const ek_launch_options_t *options, ek_launch_t *launch_out) {
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    status = launch(rt, net_name, inputs, input_count, outputs, output_count, user_mem, options, launch_out, false);
+    ek_runtime_unref(rt);
+    return status;
+}
+
+ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *const *inputs,
+                              const ek_shape_t *input_shapes, int input_count, void *const *outputs,
+                              const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,
+                              const ek_launch_options_t *options) {
+    if (!inputs || !input_shapes || !outputs || !output_capacity || !output_shapes)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_data: %s is NULL",
+                       !inputs ? "inputs" : !input_shapes ? "input_shapes" : !outputs ? "outputs"
+                       : !output_capacity ? "output_capacity" : "output_shapes");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    struct ek_network *net;
+    int s = 0;
+    if ((status = find_network(rt, net_name, &net)) != EK_OK)
+        goto done;
+    const ek_net_info_t *info = &net->info;
+    if (input_count != info->input_count || output_count != info->output_count) {
+        status = ek_fail(EK_ERR_INVALID_ARG, "network '%s' has %d input%s and %d output%s; the launch gives %d and %d",
+                         info->name, info->input_count, info->input_count == 1 ? "" : "s", info->output_count,
+                         info->output_count == 1 ? "" : "s", input_count, output_count);
+        goto done;
+    }
+    if ((status = pick_stage(net, input_shapes, &s)) != EK_OK)
+        goto done;
+    struct ek_stage *stage = &net->stages[s];
+    for (int i = 0; i < input_count; i++)
+        if (!inputs[i]) {
+            status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_data: inputs[%d] ('%s') is NULL", i, info->inputs[i].name);
+            goto done;
+        }
+    for (int i = 0; i < output_count; i++) {
+        const struct ek_tensor_desc *desc = stage->output_tensors[i];
+        if (!outputs[i]) {
+            status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_data: outputs[%d] ('%s') is NULL", i,
+                             info->outputs[i].name);
+            goto done;
+        }
+        if (output_capacity[i] < desc->nbytes) {
+            struct text t = {.len = 0};
+            ek_shape_t shape;
+            desc_shape(desc, &shape);
+            t.buf[0] = '\0';
+            text_shape(&t, &shape);
+            status = ek_fail(EK_ERR_INVALID_ARG, "output '%s' of network '%s' needs %zu bytes (%s %s); "
+                             "output_capacity[%d] is %zu", info->outputs[i].name, info->name, desc->nbytes, t.buf,
+                             ek_dtype_name(desc->dtype), i, output_capacity[i]);
+            goto done;
+        }
+    }
+
+    /* Device copies of the inputs, a runtime-memory launch, then the outputs back. */
+    size_t n = (size_t)input_count + (size_t)output_count;
+    ek_tensor_t *tensors = calloc(n, sizeof *tensors);
+    if (!tensors) {
+        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+        goto done;
+    }
+    ek_tensor_t *outs = tensors + input_count;
+    int staged = 0;
+    for (; staged < input_count && status == EK_OK; staged++) {
+        const struct ek_tensor_desc *desc = stage->input_tensors[staged];
+        ek_tensor_t *t = &tensors[staged];
+        t->dtype = info->inputs[staged].dtype;
+        t->shape = input_shapes[staged];
+        if ((status = ek_malloc_device(rt->dev, &t->mem, desc->nbytes)) != EK_OK)
+            break;
+        if ((status = ek_memcpy_s2d_partial(rt->dev, t->mem, inputs[staged], desc->nbytes)) != EK_OK) {
+            staged++; /* allocated: free it below */
+            break;
+        }
+    }
+    bool launched = false;
+    if (status == EK_OK) {
+        ek_launch_t l;
+        status = launch(rt, net_name, tensors, input_count, outs, output_count, false, options, &l, true);
+        if (status == EK_OK) {
+            launched = true;
+            status = ek_launch_wait(l, -1);
+        }
+    }
+    for (int i = 0; launched && i < output_count; i++) {
+        if (status == EK_OK)
+            status = ek_memcpy_d2s_partial(rt->dev, outputs[i], outs[i].mem, stage->output_tensors[i]->nbytes);
+        if (status == EK_OK)
+            output_shapes[i] = outs[i].shape;
+    }
+    /* Free without losing the first error's message. */
+    char why[512];
+    snprintf(why, sizeof why, "%s", ek_last_error());
+    for (int i = 0; launched && i < output_count; i++)
+        ek_free_device(rt->dev, outs[i].mem);
+    for (int i = 0; i < staged; i++)
+        if (tensors[i].mem.id)
+            ek_free_device(rt->dev, tensors[i].mem);
+    free(tensors);
+    if (status != EK_OK)
+        ek_fail(status, "%s", why);
+done:
+    ek_runtime_unref(rt);
+    return status;
+}

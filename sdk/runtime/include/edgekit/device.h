@@ -57,7 +57,9 @@ EK_API ek_status_t ek_dev_request_ex(ek_dev_t *handle, int id, const ek_dev_conf
 /* Close a handle. When the last handle of a device closes, its heap and every memory still
  * allocated on it are released; their handles then report EK_ERR_FREED_HANDLE. */
 EK_API ek_status_t ek_dev_free(ek_dev_t handle);
-/* Wait until all work queued on the device has finished. */
+/* Wait until all work queued on the device (launches) has finished. Returns, and forgets, the first
+ * error of a launch made without a launch handle since the last sync; EK_ERR_BUSY when called from a
+ * launch's on_done callback (it would wait for itself). */
 EK_API ek_status_t ek_dev_sync(ek_dev_t handle);
 /* The device id (0-based) a handle refers to. */
 EK_API ek_status_t ek_dev_id(ek_dev_t handle, int *id);

@@ -1,0 +1,85 @@
+/* Internal declarations between runtime.c (the ek_rt_* API and launch validation), engine.c (the
+ * device workers, execution contexts and thread teams) and provider.c (kernel providers). Not
+ * installed. */
+#ifndef EDGEKIT_ENGINE_H
+#define EDGEKIT_ENGINE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+#include "model.h"
+
+/* Most threads one launch may use (options->threads, EDGEKIT_THREADS). */
+#define EK_MAX_LAUNCH_THREADS 64
+/* Worker threads per device: launches of different requests run concurrently on them. */
+#define EK_WORKER_THREADS 2
+
+/* ---- runtime.c ---- */
+struct ek_runtime {
+    uint64_t handle;
+    ek_dev_t dev; /* the runtime's own device handle */
+    int device_index;
+    ek_kernels_t kernels;              /* resolved: EK_KERNELS_PORTABLE, _AUTO or _XNNPACK */
+    const struct ek_provider *provider; /* NULL: the portable kernels only */
+    int threads;                        /* a launch's default */
+    pthread_mutex_t lock;               /* the model and network lists, the stages' context pools */
+    struct ek_model **models;
+    size_t model_count, model_cap;
+    struct ek_network **networks;
+    int network_count, network_cap;
+    int users; /* API calls in progress and launches not finished (under the runtime table lock) */
+};
+
+/* A reference that keeps the runtime from being destroyed (each queued launch holds one). */
+void ek_runtime_ref(struct ek_runtime *rt);
+void ek_runtime_unref(struct ek_runtime *rt);
+
+/* ---- engine.c ---- */
+struct ek_launch_rec {
+    uint64_t handle; /* 0: handle-less, its error goes to ek_dev_sync */
+    struct ek_runtime *rt;
+    struct ek_network *net;
+    struct ek_stage *stage;
+    int n_in, n_out;
+    ek_tensor_t *tensors; /* inputs, then outputs */
+    int threads;
+    uint64_t cpu_mask;
+    void (*on_done)(void *user_data, ek_status_t status);
+    void *user_data;
+    /* completion, under the engine's launch lock */
+    ek_status_t status;
+    char error[512];
+    bool done;
+    int refs; /* the worker, the live handle, and the waiters */
+    pthread_cond_t cond;
+    struct ek_launch_rec *next; /* the device queue */
+};
+
+/* A new record (refs 1, for the worker; +1 when `with_handle`, whose handle it issues). The
+ * tensors array is allocated for n_in + n_out. */
+ek_status_t ek_launch_new(struct ek_runtime *rt, int n_in, int n_out, bool with_handle,
+                          struct ek_launch_rec **rec);
+/* Free a record that was never submitted (retires its handle). */
+void ek_launch_discard(struct ek_launch_rec *rec);
+/* Queue a launch on its device's worker. On failure the record is discarded. With
+ * `run_here_on_worker`, a launch submitted from a worker thread (an on_done callback) runs at once on
+ * that thread instead, so a synchronous launch there cannot wait for itself. */
+ek_status_t ek_launch_submit(struct ek_launch_rec *rec, bool run_here_on_worker);
+/* True on a device worker thread (inside a launch or its on_done callback). */
+bool ek_engine_on_worker(void);
+/* True when the calling thread runs an on_done callback of a launch of `rt`. */
+bool ek_engine_in_callback_of(const struct ek_runtime *rt);
+/* Free the execution contexts of a stage (arena memory via ek_free_device on `rt`'s device). */
+void ek_engine_release_stage(struct ek_runtime *rt, struct ek_stage *stage);
+/* The CPUs (bits) a launch may be pinned to; 0 when unknown. */
+uint64_t ek_engine_online_mask(void);
+
+/* ---- provider.c ---- */
+/* Resolve `requested` (EK_KERNELS_DEFAULT reads EDGEKIT_KERNELS) to the kernels used and the
+ * provider, if any (loaded once per process). */
+ek_status_t ek_provider_select(ek_kernels_t requested, ek_kernels_t *resolved, const struct ek_provider **provider);
+
+#endif /* EDGEKIT_ENGINE_H */

@@ -1,0 +1,1080 @@
+/* The ek_rt_* API and the engine: loading models, network info, launches with runtime and user
+ * memory, waits, launch_data, validation messages, freed memories, ek_dev_sync errors, many threads,
+ * several runtimes, strict coherence. Models are built in memory by a small .ekm writer below. */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ek_test.h"
+#include "ek_helpers.h"
+
+/* ---- a minimal .ekm writer (docs/model-format.md) ---- */
+struct buf {
+    uint8_t *p;
+    size_t n, cap;
+};
+
+static void put(struct buf *b, const void *data, size_t n)
+{
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n)
+            cap *= 2;
+        b->p = realloc(b->p, cap);
+        if (!b->p)
+            abort(); /* test helper: the host is out of memory */
+        b->cap = cap;
+    }
+    if (data)
+        memcpy(b->p + b->n, data, n);
+    else
+        memset(b->p + b->n, 0, n);
+    b->n += n;
+}
+static void put_u8(struct buf *b, uint8_t v) { put(b, &v, 1); }
+static void put_u16(struct buf *b, uint16_t v) { put(b, &v, 2); }
+static void put_u32(struct buf *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(struct buf *b, uint64_t v) { put(b, &v, 8); }
+static void pad_to(struct buf *b, size_t align)
+{
+    while (b->n % align)
+        put_u8(b, 0);
+}
+
+enum { S_STRINGS, S_NETWORKS, S_IOS, S_STAGES, S_TENSORS, S_OPS, S_OPERANDS, S_BINDINGS, S_ATTRS, S_ATTR_DATA,
+       S_CONSTANTS, S_COUNT };
+static const uint32_t record_sizes[S_COUNT] = {1, 32, 32, 48, 96, 24, 4, 4, 24, 1, 1};
+
+struct ekb {
+    struct buf s[S_COUNT];
+};
+
+static void ekb_init(struct ekb *b)
+{
+    memset(b, 0, sizeof *b);
+    put_u8(&b->s[S_STRINGS], 0);
+}
+
+static uint32_t ekb_str(struct ekb *b, const char *text)
+{
+    uint32_t at = (uint32_t)b->s[S_STRINGS].n;
+    put(&b->s[S_STRINGS], text, strlen(text) + 1);
+    return at;
+}
+
+static uint32_t count_of(struct ekb *b, int section) { return (uint32_t)(b->s[section].n / record_sizes[section]); }
+
+static void ekb_network(struct ekb *b, const char *name, uint32_t n_in, uint32_t n_out, uint32_t stages,
+                        uint32_t first_io, uint32_t first_stage)
+{
+    struct buf *r = &b->s[S_NETWORKS];
+    put_u32(r, ekb_str(b, name));
+    put_u32(r, n_in);
+    put_u32(r, n_out);
+    put_u32(r, stages);
+    put_u32(r, first_io);
+    put_u32(r, first_stage);
+    put_u64(r, 0);
+}
+
+static void ekb_io(struct ekb *b, const char *name, uint64_t max_bytes)
+{
+    struct buf *r = &b->s[S_IOS];
+    float scale = 1.0f;
+    put_u32(r, ekb_str(b, name));
+    put_u8(r, EK_DTYPE_FLOAT32);
+    put(r, NULL, 3);
+    put(r, &scale, 4);
+    put_u32(r, 0); /* zero_point; max_bytes is at byte 16 (as the loader reads it) */
+    put_u64(r, max_bytes);
+    put_u64(r, 0);
+}
+
+static void ekb_stage(struct ekb *b, uint32_t network, uint32_t first_tensor, uint32_t tensor_count,
+                      uint32_t first_op, uint32_t op_count, uint32_t first_binding, uint64_t arena)
+{
+    struct buf *r = &b->s[S_STAGES];
+    put_u32(r, network);
+    put_u32(r, first_tensor);
+    put_u32(r, tensor_count);
+    put_u32(r, first_op);
+    put_u32(r, op_count);
+    put_u32(r, first_binding);
+    put_u64(r, arena);
+    put(r, NULL, 16);
+}
+
+/* A float32 tensor; returns its index in TENSORS. */
+static uint32_t ekb_tensor(struct ekb *b, const char *name, int storage, uint32_t io_index, uint64_t offset,
+                           int rank, const int64_t *dims)
+{
+    struct buf *r = &b->s[S_TENSORS];
+    uint32_t index = count_of(b, S_TENSORS);
+    uint64_t count = 1;
+    for (int d = 0; d < rank; d++)
+        count *= (uint64_t)dims[d];
+    put_u32(r, ekb_str(b, name));
+    put_u8(r, EK_DTYPE_FLOAT32);
+    put_u8(r, (uint8_t)storage);
+    put_u8(r, (uint8_t)rank);
+    put_u8(r, 0);
+    put_u32(r, io_index);
+    put_u32(r, 0);
+    put_u64(r, offset);
+    put_u64(r, count * 4);
+    for (int d = 0; d < 8; d++)
+        put_u64(r, d < rank ? (uint64_t)dims[d] : 0);
+    return index;
+}
+
+/* An op; operands are stage-relative tensor indices. */
+static void ekb_op(struct ekb *b, const char *name, int type, int n_in, const uint32_t *in, int n_out,
+                   const uint32_t *out)
+{
+    struct buf *r = &b->s[S_OPS];
+    put_u32(r, ekb_str(b, name));
+    put_u16(r, (uint16_t)type);
+    put_u16(r, 0);
+    put_u32(r, count_of(b, S_OPERANDS));
+    put_u16(r, (uint16_t)n_in);
+    put_u16(r, (uint16_t)n_out);
+    put_u32(r, count_of(b, S_ATTRS));
+    put_u32(r, 0);
+    for (int i = 0; i < n_in; i++)
+        put_u32(&b->s[S_OPERANDS], in[i]);
+    for (int i = 0; i < n_out; i++)
+        put_u32(&b->s[S_OPERANDS], out[i]);
+}
+
+static uint64_t ekb_constant(struct ekb *b, const float *data, size_t count)
+{
+    pad_to(&b->s[S_CONSTANTS], 64);
+    uint64_t at = b->s[S_CONSTANTS].n;
+    put(&b->s[S_CONSTANTS], data, count * 4);
+    return at;
+}
+
+static uint8_t *ekb_finish(struct ekb *b, size_t *size)
+{
+    struct buf file = {0};
+    put(&file, NULL, 64);
+    uint64_t table = file.n;
+    put(&file, NULL, 24 * S_COUNT);
+    uint64_t offsets[S_COUNT];
+    for (int k = 0; k < S_COUNT; k++) {
+        pad_to(&file, k == S_CONSTANTS ? 64 : 8);
+        offsets[k] = file.n;
+        put(&file, b->s[k].p, b->s[k].n);
+        put(&file, NULL, 8); /* keep empty sections apart */
+    }
+    pad_to(&file, 8);
+    for (int k = 0; k < S_COUNT; k++) {
+        uint8_t *e = file.p + table + 24 * (size_t)k;
+        uint32_t kind = (uint32_t)k + 1;
+        uint64_t sz = b->s[k].n;
+        memcpy(e, &kind, 4);
+        memcpy(e + 4, &record_sizes[k], 4);
+        memcpy(e + 8, &offsets[k], 8);
+        memcpy(e + 16, &sz, 8);
+    }
+    uint16_t major = 1, minor = 0;
+    uint32_t header = 64, nsec = S_COUNT;
+    uint64_t fsize = file.n;
+    memcpy(file.p, "EDGEKIT\0", 8);
+    memcpy(file.p + 8, &major, 2);
+    memcpy(file.p + 10, &minor, 2);
+    memcpy(file.p + 12, &header, 4);
+    memcpy(file.p + 16, &fsize, 8);
+    memcpy(file.p + 24, &table, 8);
+    memcpy(file.p + 32, &nsec, 4);
+    for (int k = 0; k < S_COUNT; k++)
+        free(b->s[k].p);
+    *size = file.n;
+    return file.p;
+}
+
+/* ---- the test model ----
+ * net_a: x -> y = relu(x + c), c a constant [8]; stages x = 1x8 and 2x8 (c broadcast).
+ * net_b: a, b -> y = reshape(a + b) from 2x3 to 6.
+ * big:   x [BIG] -> y = relu((x + x) + x): large enough that kernels split it across threads. */
+#define BIG 65536
+#define OP_ADD 5
+#define OP_RELU 9
+#define OP_RESHAPE 27
+static float c_data[8] = {1, -2, 3, -4, 5, -6, 7, -8};
+
+static uint8_t *build_model(size_t *size)
+{
+    struct ekb b;
+    ekb_init(&b);
+    uint64_t c_off = ekb_constant(&b, c_data, 8);
+
+    /* net_a: IOS 0 (x), 1 (y); stages 0, 1 */
+    ekb_network(&b, "net_a", 1, 1, 2, 0, 0);
+    ekb_io(&b, "x", 64);
+    ekb_io(&b, "y", 64);
+    for (int s = 0; s < 2; s++) {
+        int64_t xd[2] = {s + 1, 8}, cd[1] = {8};
+        uint32_t first = count_of(&b, S_TENSORS), first_op = count_of(&b, S_OPS);
+        uint32_t first_binding = count_of(&b, S_BINDINGS);
+        ekb_tensor(&b, "x", 2, 0, 0, 2, xd);         /* 0 */
+        ekb_tensor(&b, "c", 1, 0, c_off, 1, cd);      /* 1 */
+        ekb_tensor(&b, "t", 0, 0, 0, 2, xd);          /* 2 */
+        ekb_tensor(&b, "y", 3, 0, 0, 2, xd);          /* 3 */
+        uint32_t add_in[2] = {0, 1}, add_out[1] = {2}, relu_in[1] = {2}, relu_out[1] = {3};
+        ekb_op(&b, "add", OP_ADD, 2, add_in, 1, add_out);
+        ekb_op(&b, "relu", OP_RELU, 1, relu_in, 1, relu_out);
+        put_u32(&b.s[S_BINDINGS], 0);
+        put_u32(&b.s[S_BINDINGS], 3);
+        ekb_stage(&b, 0, first, 4, first_op, 2, first_binding, 64);
+    }
+
+    /* net_b: IOS 2 (a), 3 (b), 4 (y); stage 2 */
+    ekb_network(&b, "net_b", 2, 1, 1, 2, 2);
+    ekb_io(&b, "a", 24);
+    ekb_io(&b, "b", 24);
+    ekb_io(&b, "y", 24);
+    {
+        int64_t ad[2] = {2, 3}, yd[1] = {6};
+        uint32_t first = count_of(&b, S_TENSORS), first_op = count_of(&b, S_OPS);
+        uint32_t first_binding = count_of(&b, S_BINDINGS);
+        ekb_tensor(&b, "a", 2, 0, 0, 2, ad);
+        ekb_tensor(&b, "b", 2, 1, 0, 2, ad);
+        ekb_tensor(&b, "sum", 0, 0, 0, 2, ad);
+        ekb_tensor(&b, "y", 3, 0, 0, 1, yd);
+        uint32_t add_in[2] = {0, 1}, add_out[1] = {2}, r_in[1] = {2}, r_out[1] = {3};
+        ekb_op(&b, "add", OP_ADD, 2, add_in, 1, add_out);
+        ekb_op(&b, "flatten", OP_RESHAPE, 1, r_in, 1, r_out);
+        put_u32(&b.s[S_BINDINGS], 0);
+        put_u32(&b.s[S_BINDINGS], 1);
+        put_u32(&b.s[S_BINDINGS], 3);
+        ekb_stage(&b, 1, first, 4, first_op, 2, first_binding, 64);
+    }
+
+    /* big: IOS 5 (x), 6 (y); stage 3 */
+    ekb_network(&b, "big", 1, 1, 1, 5, 3);
+    ekb_io(&b, "x", BIG * 4);
+    ekb_io(&b, "y", BIG * 4);
+    {
+        int64_t d[1] = {BIG};
+        uint32_t first = count_of(&b, S_TENSORS), first_op = count_of(&b, S_OPS);
+        uint32_t first_binding = count_of(&b, S_BINDINGS);
+        ekb_tensor(&b, "x", 2, 0, 0, 1, d);
+        ekb_tensor(&b, "t1", 0, 0, 0, 1, d);
+        ekb_tensor(&b, "t2", 0, 0, BIG * 4, 1, d);
+        ekb_tensor(&b, "y", 3, 0, 0, 1, d);
+        uint32_t i1[2] = {0, 0}, o1[1] = {1}, i2[2] = {1, 0}, o2[1] = {2}, i3[1] = {2}, o3[1] = {3};
+        ekb_op(&b, "double", OP_ADD, 2, i1, 1, o1);
+        ekb_op(&b, "triple", OP_ADD, 2, i2, 1, o2);
+        ekb_op(&b, "relu", OP_RELU, 1, i3, 1, o3);
+        put_u32(&b.s[S_BINDINGS], 0);
+        put_u32(&b.s[S_BINDINGS], 3);
+        ekb_stage(&b, 2, first, 4, first_op, 3, first_binding, 2 * BIG * 4);
+    }
+    return ekb_finish(&b, size);
+}
+
+static uint8_t *model_bytes;
+static size_t model_size;
+
+static float expect_a(float x, int i) { float v = x + c_data[i % 8]; return v > 0 ? v : 0; }
+static float expect_big(float x) { return 3 * x > 0 ? 3 * x : 0; }
+
+static ek_shape_t shape2(int64_t a, int64_t b)
+{
+    ek_shape_t s;
+    memset(&s, 0, sizeof s);
+    s.num_dims = 2;
+    s.dims[0] = a;
+    s.dims[1] = b;
+    return s;
+}
+
+static ek_shape_t shape1(int64_t a)
+{
+    ek_shape_t s;
+    memset(&s, 0, sizeof s);
+    s.num_dims = 1;
+    s.dims[0] = a;
+    return s;
+}
+
+/* A device and a runtime with the test model loaded. */
+static int setup(ek_dev_t *dev, ek_rt_t *rt, ek_coherence_t coherence)
+{
+    if (!CHECK_OK(ekt_open(dev, 0, 64 * MIB, coherence)))
+        return 0;
+    if (!CHECK_OK(ek_rt_create(rt, *dev))) {
+        ekt_close(*dev);
+        return 0;
+    }
+    if (!CHECK_OK(ek_rt_load_model_data(*rt, model_bytes, model_size))) {
+        ek_rt_destroy(*rt);
+        ekt_close(*dev);
+        return 0;
+    }
+    return 1;
+}
+
+static void teardown(ek_dev_t dev, ek_rt_t rt)
+{
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_OK(ekt_close(dev));
+}
+
+/* An input tensor of net_a in fresh device memory. */
+static ek_tensor_t input_a(ek_dev_t dev, int rows, float seed)
+{
+    ek_tensor_t t;
+    memset(&t, 0, sizeof t);
+    float x[16];
+    for (int i = 0; i < rows * 8; i++)
+        x[i] = seed + (float)i - 7.5f;
+    CHECK_OK(ek_malloc_device(dev, &t.mem, (size_t)rows * 32));
+    CHECK_OK(ek_memcpy_s2d(dev, t.mem, x));
+    t.dtype = EK_DTYPE_FLOAT32;
+    t.shape = shape2(rows, 8);
+    return t;
+}
+
+static int check_output_a(ek_dev_t dev, const ek_tensor_t *y, int rows, float seed)
+{
+    float out[16];
+    if (!CHECK_OK(ek_memcpy_d2s_partial_offset(dev, out, y->mem, (size_t)rows * 32, y->offset)))
+        return 0;
+    for (int i = 0; i < rows * 8; i++)
+        if (out[i] != expect_a(seed + (float)i - 7.5f, i)) {
+            printf("    y[%d] = %g, expected %g\n", i, out[i], expect_a(seed + (float)i - 7.5f, i));
+            return 0;
+        }
+    return 1;
+}
+
+/* ---- blocking the device workers, for deterministic queueing ---- */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_open, gate_waiting;
+
+static void blocking_done(void *user, ek_status_t status)
+{
+    (void)user;
+    (void)status;
+    pthread_mutex_lock(&gate_lock);
+    gate_waiting++;
+    pthread_cond_broadcast(&gate_cv);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cv, &gate_lock);
+    gate_waiting--;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_lock);
+}
+
+/* Occupy both workers of the device with launches whose callbacks block until gate_release(). */
+static int gate_block(ek_dev_t dev, ek_rt_t rt, ek_tensor_t *x, ek_tensor_t *y)
+{
+    gate_open = 0;
+    memset(x, 0, 2 * sizeof *x);
+    memset(y, 0, 2 * sizeof *y);
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.on_done = blocking_done;
+    for (int i = 0; i < 2; i++) {
+        x[i] = input_a(dev, 1, 0);
+        if (!CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x[i], 1, &y[i], 1, false, &opt, NULL)))
+            return 0;
+    }
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&gate_lock);
+    while (gate_waiting < 2 && pthread_cond_timedwait(&gate_cv, &gate_lock, &deadline) == 0) {
+    }
+    int ok = gate_waiting == 2;
+    pthread_mutex_unlock(&gate_lock);
+    CHECK(ok);
+    return ok;
+}
+
+static void gate_release(ek_dev_t dev, ek_tensor_t *x, ek_tensor_t *y)
+{
+    pthread_mutex_lock(&gate_lock);
+    gate_open = 1;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_lock);
+    CHECK_OK(ek_dev_sync(dev));
+    for (int i = 0; i < 2; i++) {
+        if (x[i].mem.id)
+            CHECK_OK(ek_free_device(dev, x[i].mem));
+        if (y[i].mem.id)
+            CHECK_OK(ek_free_device(dev, y[i].mem));
+    }
+}
+
+/* ---- tests ---- */
+
+static void test_dtypes(void)
+{
+    CHECK(ek_dtype_size(EK_DTYPE_FLOAT32) == 4);
+    CHECK(ek_dtype_size(EK_DTYPE_INT64) == 8);
+    CHECK(ek_dtype_size((ek_dtype_t)99) == 0);
+    CHECK(strcmp(ek_dtype_name(EK_DTYPE_UINT8), "uint8") == 0);
+    CHECK(strcmp(ek_dtype_name((ek_dtype_t)0), "unknown") == 0);
+}
+
+static void test_load_and_info(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    int count = 0;
+    CHECK_OK(ek_rt_network_count(rt, &count));
+    CHECK(count == 3);
+    const char *name = NULL;
+    CHECK_OK(ek_rt_network_name(rt, 1, &name));
+    CHECK(name && strcmp(name, "net_b") == 0);
+    CHECK_STATUS(ek_rt_network_name(rt, 3, &name), EK_ERR_INVALID_ARG);
+    const ek_net_info_t *info = NULL;
+    if (CHECK_OK(ek_rt_network_info(rt, "net_a", &info))) {
+        CHECK(strcmp(info->name, "net_a") == 0);
+        CHECK(info->input_count == 1 && info->output_count == 1 && info->stage_count == 2);
+        CHECK(strcmp(info->inputs[0].name, "x") == 0 && info->inputs[0].dtype == EK_DTYPE_FLOAT32);
+        CHECK(info->outputs[0].max_bytes == 64);
+        CHECK(info->stages[1].input_shapes[0].num_dims == 2 && info->stages[1].input_shapes[0].dims[0] == 2);
+    }
+    CHECK_STATUS(ek_rt_network_info(rt, "nope", &info), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("no network 'nope' in this runtime; loaded: net_a, net_b, big");
+    /* the same names again */
+    CHECK_STATUS(ek_rt_load_model_data(rt, model_bytes, model_size), EK_ERR_BUSY);
+    CHECK_ERROR_MENTIONS("net_a");
+    CHECK_OK(ek_rt_network_count(rt, &count));
+    CHECK(count == 3);
+    const char *kernels = NULL;
+    CHECK_OK(ek_rt_kernels(rt, &kernels));
+    CHECK(kernels && (strcmp(kernels, "portable") == 0 || strcmp(kernels, "xnnpack") == 0));
+    /* a corrupt buffer is the loader's error */
+    uint8_t bad[64];
+    memset(bad, 0, sizeof bad);
+    CHECK_STATUS(ek_rt_load_model_data(rt, bad, sizeof bad), EK_ERR_MODEL_INVALID);
+    CHECK_STATUS(ek_rt_load_model(rt, "/nonexistent/model.ekm"), EK_ERR_SYSTEM);
+    teardown(dev, rt);
+    CHECK_STATUS(ek_rt_destroy(rt), EK_ERR_DOUBLE_FREE);
+    CHECK_STATUS(ek_rt_network_count(rt, &count), EK_ERR_FREED_HANDLE);
+}
+
+static void test_config(void)
+{
+    ek_dev_t dev;
+    REQUIRE_OK(ekt_open(&dev, 0, 16 * MIB, EK_COHERENCE_DEFAULT));
+    ek_rt_t rt;
+    ek_rt_config_t cfg = {EK_KERNELS_PORTABLE, 2};
+    if (CHECK_OK(ek_rt_create_ex(&rt, dev, &cfg))) {
+        const char *k = NULL;
+        CHECK_OK(ek_rt_kernels(rt, &k));
+        CHECK(k && strcmp(k, "portable") == 0);
+        CHECK_OK(ek_rt_destroy(rt));
+    }
+    cfg.kernels = (ek_kernels_t)42;
+    CHECK_STATUS(ek_rt_create_ex(&rt, dev, &cfg), EK_ERR_INVALID_ARG);
+    cfg.kernels = EK_KERNELS_DEFAULT;
+    cfg.threads = -1;
+    CHECK_STATUS(ek_rt_create_ex(&rt, dev, &cfg), EK_ERR_INVALID_ARG);
+    ek_dev_t bogus = {12345};
+    CHECK_STATUS(ek_rt_create(&rt, bogus), EK_ERR_INVALID_HANDLE);
+    /* the runtime keeps the device open after the caller's handle closes */
+    REQUIRE_OK(ek_rt_create(&rt, dev));
+    CHECK_OK(ekt_close(dev));
+    CHECK_OK(ek_rt_load_model_data(rt, model_bytes, model_size));
+    float x[8] = {0, 1, 2, 3, 4, 5, 6, 7}, y[8];
+    void *outs[1] = {y};
+    const void *ins[1] = {x};
+    ek_shape_t in_shape = shape2(1, 8), out_shape;
+    size_t cap = sizeof y;
+    CHECK_OK(ek_rt_launch_data(rt, "net_a", ins, &in_shape, 1, outs, &cap, &out_shape, 1, NULL));
+    CHECK(y[1] == expect_a(1, 1) && y[7] == expect_a(7, 7));
+    CHECK_OK(ek_rt_destroy(rt));
+}
+
+static void test_launch_runtime_memory(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    for (int rows = 1; rows <= 2; rows++) {
+        ek_tensor_t x = input_a(dev, rows, (float)rows), y;
+        memset(&y, 0, sizeof y);
+        ek_launch_t l = {0};
+        if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, NULL, &l))) {
+            CHECK(y.dtype == EK_DTYPE_FLOAT32 && y.shape.num_dims == 2 && y.shape.dims[0] == rows);
+            CHECK_OK(ek_launch_wait(l, -1));
+            CHECK(check_output_a(dev, &y, rows, (float)rows));
+            CHECK_STATUS(ek_launch_wait(l, -1), EK_ERR_FREED_HANDLE); /* waited already */
+            size_t size = 0;
+            CHECK_OK(ek_mem_size(y.mem, &size));
+            CHECK(size == (size_t)rows * 32);
+            CHECK_OK(ek_free_device(dev, y.mem));
+        }
+        CHECK_OK(ek_free_device(dev, x.mem));
+    }
+    /* two inputs, a reshape */
+    float a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {10, 20, 30, 40, 50, 60}, out[6];
+    ek_tensor_t in[2], y;
+    memset(in, 0, sizeof in);
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(ek_malloc_device(dev, &in[i].mem, 24));
+        CHECK_OK(ek_memcpy_s2d(dev, in[i].mem, i ? b : a));
+        in[i].dtype = EK_DTYPE_FLOAT32;
+        in[i].shape = shape2(2, 3);
+    }
+    ek_launch_t l;
+    if (CHECK_OK(ek_rt_launch_tensor(rt, "net_b", in, 2, &y, 1, false, NULL, &l))) {
+        CHECK(y.shape.num_dims == 1 && y.shape.dims[0] == 6);
+        CHECK_OK(ek_launch_wait(l, 1000));
+        CHECK_OK(ek_memcpy_d2s(dev, out, y.mem));
+        for (int i = 0; i < 6; i++)
+            CHECK(out[i] == a[i] + b[i]);
+        CHECK_OK(ek_free_device(dev, y.mem));
+    }
+    for (int i = 0; i < 2; i++)
+        CHECK_OK(ek_free_device(dev, in[i].mem));
+    teardown(dev, rt);
+}
+
+static void test_launch_user_memory(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_tensor_t x = input_a(dev, 2, 3), y;
+    memset(&y, 0, sizeof y);
+    REQUIRE_OK(ek_malloc_device(dev, &y.mem, 256));
+    y.offset = 100;
+    ek_launch_t l;
+    if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, true, NULL, &l))) {
+        CHECK(y.offset == 100 && y.shape.dims[0] == 2 && y.dtype == EK_DTYPE_FLOAT32);
+        CHECK_OK(ek_launch_wait(l, -1));
+        CHECK(check_output_a(dev, &y, 2, 3));
+    }
+    /* too small: 64 bytes at offset 200 of 256 */
+    y.offset = 200;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, true, NULL, &l), EK_ERR_OUT_OF_RANGE);
+    CHECK_ERROR_MENTIONS("output 'y'");
+    /* an output over its own input */
+    ek_tensor_t alias = x;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, &alias, 1, true, NULL, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("overlaps input 'x'");
+    CHECK_OK(ek_free_device(dev, y.mem));
+    CHECK_OK(ek_free_device(dev, x.mem));
+    teardown(dev, rt);
+}
+
+static void test_validation_messages(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_heap_stats_t before = STATS(dev);
+    ek_tensor_t x = input_a(dev, 1, 0), y[2];
+    ek_launch_t l;
+    before = STATS(dev);
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "zzz", &x, 1, y, 1, false, NULL, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("no network 'zzz' in this runtime; loaded: net_a, net_b, big");
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, y, 2, false, NULL, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("has 1 input and 1 output");
+    ek_tensor_t bad = x;
+    bad.dtype = EK_DTYPE_INT8;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &bad, 1, y, 1, false, NULL, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("input 'x' of network 'net_a' is float32; the launch gives int8");
+    bad = x;
+    bad.shape = shape2(1, 9);
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &bad, 1, y, 1, false, NULL, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("input 'x' is 1x9; network 'net_a' takes 1x8 | 2x8");
+    bad = x;
+    bad.shape = shape2(2, 8); /* a stage, but the memory is 32 bytes */
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &bad, 1, y, 1, false, NULL, &l), EK_ERR_OUT_OF_RANGE);
+    CHECK_ERROR_MENTIONS("input 'x'");
+    bad = x;
+    bad.mem.id = 77;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &bad, 1, y, 1, false, NULL, &l), EK_ERR_INVALID_HANDLE);
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.threads = 1000;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, y, 1, false, &opt, &l), EK_ERR_INVALID_ARG);
+    opt.threads = 0;
+    opt.cpu_mask = (uint64_t)1 << 63;
+    ek_status_t st = ek_rt_launch_tensor(rt, "net_a", &x, 1, y, 1, false, &opt, &l);
+    if (st == EK_OK) { /* a machine with 64 CPUs */
+        CHECK_OK(ek_launch_wait(l, -1));
+        CHECK_OK(ek_free_device(dev, y[0].mem));
+    } else {
+        CHECK(st == EK_ERR_INVALID_ARG);
+        CHECK_ERROR_MENTIONS("cpu_mask");
+    }
+    CHECK_STATUS(ek_launch_wait((ek_launch_t){0}, 0), EK_ERR_INVALID_HANDLE);
+    CHECK_STATS_SAME(dev, before); /* failed launches allocated nothing */
+    /* launch_data: output capacity */
+    float in[8] = {0}, out[8];
+    const void *ins[1] = {in};
+    void *outs[1] = {out};
+    ek_shape_t s = shape2(1, 8), os;
+    size_t cap = 16;
+    CHECK_STATUS(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("output 'y' of network 'net_a' needs 32 bytes (1x8 float32); output_capacity[0] is 16");
+    s = shape2(3, 8);
+    cap = 32;
+    CHECK_STATUS(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("input 'x' is 3x8");
+    CHECK_OK(ek_free_device(dev, x.mem));
+    teardown(dev, rt);
+}
+
+static void test_launch_data(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_heap_stats_t before = STATS(dev);
+    float x[16], y[16];
+    for (int i = 0; i < 16; i++)
+        x[i] = (float)i - 8;
+    const void *ins[1] = {x};
+    void *outs[1] = {y};
+    ek_shape_t s = shape2(2, 8), os;
+    size_t cap = sizeof y;
+    CHECK_OK(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL));
+    CHECK(os.num_dims == 2 && os.dims[0] == 2 && os.dims[1] == 8);
+    for (int i = 0; i < 16; i++)
+        CHECK(y[i] == expect_a(x[i], i));
+    ek_heap_stats_t after = STATS(dev);
+    /* only the arena stays (the execution context is reused) */
+    CHECK(after.allocations == before.allocations + 1);
+    CHECK_OK(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL));
+    CHECK(STATS(dev).allocations == after.allocations);
+    teardown(dev, rt);
+}
+
+static void test_wait_timeout_and_callbacks(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_tensor_t bx[2], by[2];
+    if (gate_block(dev, rt, bx, by)) {
+        ek_tensor_t x = input_a(dev, 1, 5), y;
+        ek_launch_t l;
+        if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, NULL, &l))) {
+            CHECK_STATUS(ek_launch_wait(l, 0), EK_ERR_TIMEOUT);
+            CHECK_STATUS(ek_launch_wait(l, 50), EK_ERR_TIMEOUT);
+            CHECK_ERROR_MENTIONS("still running");
+            gate_release(dev, bx, by);
+            CHECK_OK(ek_launch_wait(l, 5000));
+            CHECK(check_output_a(dev, &y, 1, 5));
+            CHECK_OK(ek_free_device(dev, y.mem));
+        } else {
+            gate_release(dev, bx, by);
+        }
+        CHECK_OK(ek_free_device(dev, x.mem));
+    } else {
+        gate_release(dev, bx, by);
+    }
+    teardown(dev, rt);
+}
+
+struct own_wait {
+    ek_launch_t launch;
+    atomic_int calls;
+    ek_status_t seen, waited;
+};
+
+static void wait_in_callback(void *user, ek_status_t status)
+{
+    struct own_wait *w = user;
+    w->seen = status;
+    while (w->launch.id == 0) { /* the launcher has not stored the handle yet */
+    }
+    w->waited = ek_launch_wait(w->launch, -1);
+    atomic_fetch_add(&w->calls, 1);
+}
+
+static void test_callback_waits_for_its_launch(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_tensor_t bx[2], by[2];
+    if (!gate_block(dev, rt, bx, by)) { /* keep the launch queued until its handle is stored */
+        gate_release(dev, bx, by);
+        teardown(dev, rt);
+        return;
+    }
+    static struct own_wait w;
+    memset(&w, 0, sizeof w);
+    w.seen = w.waited = EK_ERR_INTERNAL;
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.on_done = wait_in_callback;
+    opt.user_data = &w;
+    ek_tensor_t x = input_a(dev, 1, 0), y;
+    ek_launch_t l;
+    ek_status_t st = ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, &opt, &l);
+    if (CHECK_OK(st))
+        w.launch = l;
+    gate_release(dev, bx, by);
+    if (st == EK_OK) {
+        CHECK(atomic_load(&w.calls) == 1);
+        CHECK(w.seen == EK_OK && w.waited == EK_OK);
+        CHECK_STATUS(ek_launch_wait(l, 0), EK_ERR_FREED_HANDLE);
+        CHECK_OK(ek_free_device(dev, y.mem));
+    }
+    CHECK_OK(ek_free_device(dev, x.mem));
+    teardown(dev, rt);
+}
+
+struct nested {
+    ek_rt_t rt;
+    ek_dev_t dev;
+    ek_status_t data_status, sync_status;
+    float y[8];
+};
+
+static void launch_data_in_callback(void *user, ek_status_t status)
+{
+    struct nested *n = user;
+    (void)status;
+    float x[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    const void *ins[1] = {x};
+    void *outs[1] = {n->y};
+    ek_shape_t s = shape2(1, 8), os;
+    size_t cap = sizeof n->y;
+    n->data_status = ek_rt_launch_data(n->rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL);
+    n->sync_status = ek_dev_sync(n->dev); /* would wait for itself */
+}
+
+static void test_sync_calls_from_callbacks(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    static struct nested n;
+    memset(&n, 0, sizeof n);
+    n.rt = rt;
+    n.dev = dev;
+    n.data_status = n.sync_status = EK_ERR_INTERNAL;
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.on_done = launch_data_in_callback;
+    opt.user_data = &n;
+    ek_tensor_t x = input_a(dev, 1, 0), y;
+    ek_launch_t l;
+    if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, &opt, &l))) {
+        CHECK_OK(ek_launch_wait(l, -1));
+        CHECK(n.data_status == EK_OK);
+        CHECK(n.sync_status == EK_ERR_BUSY);
+        for (int i = 0; i < 8; i++)
+            CHECK(n.y[i] == expect_a((float)i, i));
+        CHECK_OK(ek_free_device(dev, y.mem));
+    }
+    CHECK_OK(ek_free_device(dev, x.mem));
+    teardown(dev, rt);
+}
+
+static void test_freed_input_and_dev_sync(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    /* freed before the call */
+    ek_tensor_t x = input_a(dev, 1, 0), y;
+    ek_launch_t l;
+    CHECK_OK(ek_free_device(dev, x.mem));
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, NULL, &l), EK_ERR_FREED_HANDLE);
+    CHECK_ERROR_MENTIONS("input 'x'");
+
+    /* freed while queued: the launch fails, and a handle-less one is reported by ek_dev_sync */
+    ek_tensor_t bx[2], by[2];
+    CHECK_OK(ek_dev_sync(dev));
+    if (gate_block(dev, rt, bx, by)) {
+        ek_tensor_t x1 = input_a(dev, 1, 0), y1, x2 = input_a(dev, 1, 0), y2;
+        int ok1 = CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x1, 1, &y1, 1, false, NULL, &l));
+        int ok2 = CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x2, 1, &y2, 1, false, NULL, NULL));
+        CHECK_OK(ek_free_device(dev, x1.mem));
+        CHECK_OK(ek_free_device(dev, x2.mem));
+        pthread_mutex_lock(&gate_lock);
+        gate_open = 1;
+        pthread_cond_broadcast(&gate_cv);
+        pthread_mutex_unlock(&gate_lock);
+        if (ok1) {
+            CHECK_STATUS(ek_launch_wait(l, -1), EK_ERR_FREED_HANDLE);
+            CHECK_ERROR_MENTIONS("input 'x'");
+            CHECK_OK(ek_free_device(dev, y1.mem));
+        }
+        if (ok2) {
+            CHECK_STATUS(ek_dev_sync(dev), EK_ERR_FREED_HANDLE);
+            CHECK_ERROR_MENTIONS("was freed before the launch ran");
+            CHECK_OK(ek_dev_sync(dev)); /* reported once */
+            CHECK_OK(ek_free_device(dev, y2.mem));
+        }
+    }
+    gate_release(dev, bx, by);
+    teardown(dev, rt);
+}
+
+static void test_threads_and_mask(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    float *x = malloc(BIG * 4), *y = malloc(BIG * 4);
+    REQUIRE(x && y);
+    for (int i = 0; i < BIG; i++)
+        x[i] = (float)((i * 7919) % 201 - 100) / 8;
+    const void *ins[1] = {x};
+    void *outs[1] = {y};
+    ek_shape_t s = shape1(BIG), os;
+    size_t cap = BIG * 4;
+    int thread_counts[] = {1, 3, 8, 2};
+    for (int k = 0; k < 4; k++) {
+        ek_launch_options_t opt;
+        memset(&opt, 0, sizeof opt);
+        opt.threads = thread_counts[k];
+        opt.cpu_mask = k == 3 ? 1 : 0; /* CPU 0 */
+        memset(y, 0xFF, BIG * 4);
+        if (CHECK_OK(ek_rt_launch_data(rt, "big", ins, &s, 1, outs, &cap, &os, 1, &opt))) {
+            int bad = 0;
+            for (int i = 0; i < BIG && !bad; i++)
+                if (y[i] != expect_big(x[i])) {
+                    printf("    threads %d: y[%d] = %g, expected %g\n", thread_counts[k], i, y[i], expect_big(x[i]));
+                    bad = 1;
+                }
+            CHECK(!bad);
+        }
+    }
+    free(x);
+    free(y);
+    teardown(dev, rt);
+}
+
+/* Many threads share runtimes: each launch's output must be its own input's result. */
+struct hammer {
+    ek_dev_t dev;
+    ek_rt_t rt;
+    int index;
+    int iterations;
+    atomic_int *failures;
+};
+
+static void *hammer_main(void *p)
+{
+    struct hammer *h = p;
+    float *x = malloc(BIG * 4), *y = malloc(BIG * 4);
+    if (!x || !y) {
+        atomic_fetch_add(h->failures, 1);
+        free(x);
+        free(y);
+        return NULL;
+    }
+    memset(x, 0, BIG * 4);
+    for (int it = 0; it < h->iterations; it++) {
+        float seed = (float)(h->index * 1000 + it);
+        if (it % 2 == 0) { /* small, through device tensors */
+            ek_tensor_t t = input_a(h->dev, 1 + it % 4 / 2, seed), out;
+            ek_launch_t l;
+            int rows = (int)t.shape.dims[0];
+            if (ek_rt_launch_tensor(h->rt, "net_a", &t, 1, &out, 1, false, NULL, &l) != EK_OK ||
+                ek_launch_wait(l, -1) != EK_OK || !check_output_a(h->dev, &out, rows, seed)) {
+                printf("    thread %d iteration %d: %s\n", h->index, it, ek_last_error());
+                atomic_fetch_add(h->failures, 1);
+            } else {
+                ek_free_device(h->dev, out.mem);
+            }
+            ek_free_device(h->dev, t.mem);
+        } else { /* big, through host buffers, several threads per launch */
+            for (int i = 0; i < BIG; i += 97)
+                x[i] = seed - (float)i / 1000;
+            ek_launch_options_t opt;
+            memset(&opt, 0, sizeof opt);
+            opt.threads = 1 + it % 3;
+            const void *ins[1] = {x};
+            void *outs[1] = {y};
+            ek_shape_t s = shape1(BIG), os;
+            size_t cap = BIG * 4;
+            if (ek_rt_launch_data(h->rt, "big", ins, &s, 1, outs, &cap, &os, 1, &opt) != EK_OK) {
+                printf("    thread %d iteration %d: %s\n", h->index, it, ek_last_error());
+                atomic_fetch_add(h->failures, 1);
+                continue;
+            }
+            for (int i = 0; i < BIG; i += 97)
+                if (y[i] != expect_big(x[i])) {
+                    printf("    thread %d iteration %d: y[%d] = %g, expected %g\n", h->index, it, i, y[i],
+                           expect_big(x[i]));
+                    atomic_fetch_add(h->failures, 1);
+                    break;
+                }
+        }
+    }
+    free(x);
+    free(y);
+    return NULL;
+}
+
+static void run_hammer(int runtimes)
+{
+    enum { THREADS = 8 };
+    ek_dev_t dev;
+    REQUIRE_OK(ekt_open(&dev, 0, 64 * MIB, EK_COHERENCE_DEFAULT));
+    ek_heap_stats_t before = STATS(dev);
+    ek_rt_t rts[THREADS];
+    int made = 0;
+    for (; made < runtimes; made++) {
+        if (!CHECK_OK(ek_rt_create(&rts[made], dev)))
+            break;
+        if (!CHECK_OK(ek_rt_load_model_data(rts[made], model_bytes, model_size))) {
+            made++;
+            break;
+        }
+    }
+    atomic_int failures = 0;
+    struct hammer h[THREADS];
+    pthread_t threads[THREADS];
+    if (made == runtimes) {
+        for (int i = 0; i < THREADS; i++) {
+            h[i] = (struct hammer){dev, rts[i % runtimes], i, 24, &failures};
+            CHECK(pthread_create(&threads[i], NULL, hammer_main, &h[i]) == 0);
+        }
+        for (int i = 0; i < THREADS; i++)
+            pthread_join(threads[i], NULL);
+    }
+    CHECK(atomic_load(&failures) == 0);
+    for (int i = 0; i < made; i++)
+        CHECK_OK(ek_rt_destroy(rts[i]));
+    ek_heap_stats_t after = STATS(dev);
+    CHECK(after.allocations == before.allocations && after.used == before.used); /* arenas freed */
+    CHECK_OK(ekt_close(dev));
+}
+
+static void test_threads_share_one_runtime(void) { run_hammer(1); }
+static void test_threads_share_several_runtimes(void) { run_hammer(3); }
+
+static void test_destroy_waits_for_launches(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_heap_stats_t before = STATS(dev);
+    enum { N = 6 };
+    ek_tensor_t x[N], y[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = input_a(dev, 2, (float)i);
+        CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x[i], 1, &y[i], 1, false, NULL, NULL));
+    }
+    CHECK_OK(ek_rt_destroy(rt)); /* waits for all six */
+    for (int i = 0; i < N; i++) {
+        CHECK(check_output_a(dev, &y[i], 2, (float)i));
+        CHECK_OK(ek_free_device(dev, y[i].mem));
+        CHECK_OK(ek_free_device(dev, x[i].mem));
+    }
+    ek_heap_stats_t after = STATS(dev);
+    CHECK(after.allocations == before.allocations && after.used == before.used); /* the arena too */
+    CHECK_OK(ek_dev_sync(dev));
+    CHECK_OK(ekt_close(dev));
+}
+
+static void test_strict_coherence(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_STRICT))
+        return;
+    ek_heap_stats_t st = STATS(dev);
+    if (st.coherence != EK_COHERENCE_STRICT) {
+        teardown(dev, rt);
+        SKIP("device 0 is not in strict mode");
+    }
+    CHECK_OK(ek_dev_coherence_clear(dev));
+    ek_tensor_t x, y;
+    memset(&x, 0, sizeof x);
+    REQUIRE_OK(ek_malloc_device(dev, &x.mem, 32));
+    x.dtype = EK_DTYPE_FLOAT32;
+    x.shape = shape2(1, 8);
+    float zeros[8] = {0};
+    CHECK_OK(ek_memcpy_s2d(dev, x.mem, zeros));
+    float *map = NULL;
+    REQUIRE_OK(ek_mem_mmap(dev, x.mem, (void **)&map));
+    for (int i = 0; i < 8; i++)
+        map[i] = (float)i - 7.5f + 2;
+    /* not flushed: the device sees zeros and the checker reports it */
+    ek_launch_t l;
+    if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, NULL, &l))) {
+        CHECK_OK(ek_launch_wait(l, -1));
+        float out[8];
+        CHECK_OK(ek_memcpy_d2s(dev, out, y.mem));
+        CHECK(out[0] == expect_a(0, 0)); /* stale zeros were read */
+        ek_coh_violation_t v[4];
+        size_t count = 0;
+        CHECK_OK(ek_dev_coherence_report(dev, v, 4, &count));
+        CHECK(count >= 1 && v[0].kind == EK_COH_UNFLUSHED_READ && v[0].mem == x.mem.id);
+        CHECK(count >= 1 && strstr(v[0].what, "net_a") != NULL);
+        CHECK_OK(ek_free_device(dev, y.mem));
+    }
+    /* flushed: correct, nothing new reported */
+    CHECK_OK(ek_mem_flush(dev, x.mem));
+    CHECK_OK(ek_dev_coherence_clear(dev));
+    ek_tensor_t out_t;
+    memset(&out_t, 0, sizeof out_t);
+    CHECK_OK(ek_malloc_device(dev, &out_t.mem, 32));
+    float *omap = NULL;
+    CHECK_OK(ek_mem_mmap(dev, out_t.mem, (void **)&omap));
+    if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &out_t, 1, true, NULL, &l))) {
+        CHECK_OK(ek_launch_wait(l, -1));
+        CHECK_OK(ek_mem_invalidate(dev, out_t.mem));
+        CHECK(check_output_a(dev, &out_t, 1, 2));
+        CHECK(omap && omap[7] == expect_a(2 + 7 - 7.5f, 7));
+        size_t count = 99;
+        CHECK_OK(ek_dev_coherence_report(dev, NULL, 0, &count));
+        CHECK(count == 0);
+    }
+    CHECK_OK(ek_mem_unmap(dev, out_t.mem));
+    CHECK_OK(ek_free_device(dev, out_t.mem));
+    CHECK_OK(ek_mem_unmap(dev, x.mem));
+    CHECK_OK(ek_free_device(dev, x.mem));
+    teardown(dev, rt);
+}
+
+int main(void)
+{
+    ekt_init();
+    model_bytes = build_model(&model_size);
+    RUN(test_dtypes);
+    RUN(test_load_and_info);
+    RUN(test_config);
+    RUN(test_launch_runtime_memory);
+    RUN(test_launch_user_memory);
+    RUN(test_validation_messages);
+    RUN(test_launch_data);
+    RUN(test_wait_timeout_and_callbacks);
+    RUN(test_callback_waits_for_its_launch);
+    RUN(test_sync_calls_from_callbacks);
+    RUN(test_freed_input_and_dev_sync);
+    RUN(test_threads_and_mask);
+    RUN(test_threads_share_one_runtime);
+    RUN(test_threads_share_several_runtimes);
+    RUN(test_destroy_waits_for_launches);
+    RUN(test_strict_coherence);
+    free(model_bytes);
+    return ek_test_summary();
+}
