@@ -3,7 +3,9 @@
 A profile is a TOML file in toolchains/boards/: the CPU architecture and core (march/mcpu), the glibc floor
 (every built ELF is checked against it), the libstdc++ the board has (if any), the board's Python
 version (None: no Python assumed, so no extension modules), and for Debian-based boards the Debian
-suite and packages that make its emulated rootfs and give the board's Python headers.
+suite and packages that make its emulated rootfs and give the board's Python headers, and whether
+the build includes the XNNPACK kernel provider (``xnnpack = true``: its arm64 headers and libraries
+come from that rootfs, so its packages must include libxnnpack-dev and libpthreadpool-dev).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Board:
     debian: DebianRootfs | None
     # Only for the host profile: the running Python's header folders (others get theirs from the rootfs).
     host_python_includes: tuple[str, ...] = ()
+    # Build libedgekit_xnnpack.so against the XNNPACK of the board's [debian] rootfs.
+    xnnpack: bool = False
 
     @property
     def triplet(self) -> str:
@@ -122,6 +126,13 @@ def _board_from(name: str, data: dict[str, object]) -> Board:
         debian = DebianRootfs(str(debian_data["suite"]), tuple(str(p) for p in debian_data["packages"]))
     glibcxx = data.get("glibcxx")
     march, mcpu = data.get("march"), data.get("mcpu")
+    xnnpack = data.get("xnnpack", False)
+    if not isinstance(xnnpack, bool):
+        raise BoardError(f"xnnpack must be true or false, not {xnnpack!r}")
+    if xnnpack and debian is None:
+        raise BoardError(
+            "xnnpack = true needs a [debian] rootfs to take XNNPACK's headers and libraries from"
+        )
     return Board(
         name=name,
         description=str(data.get("description", "")),
@@ -133,6 +144,7 @@ def _board_from(name: str, data: dict[str, object]) -> Board:
         python=None if python is None else str(python),
         debian=debian,
         host_python_includes=includes,
+        xnnpack=xnnpack,
     )
 
 

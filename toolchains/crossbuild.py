@@ -5,6 +5,7 @@
       tools/      wrapper scripts for toolchains that are commands (zig)
       cmake/      the CMake build tree
       stage/      the result: lib/ bin/ include/ python/edgekit/ share/edgekit/build-info.json
+                  (lib/ also holds libedgekit_xnnpack.so for boards with xnnpack = true)
 
 Every ELF in stage/ is then checked against the board: its machine, and its GLIBC_*/GLIBCXX_*
 needs against the board's floors. A violation fails the build and names the file and symbols.
@@ -115,6 +116,32 @@ def board_python_includes(board: Board, ensure_rootfs: Callable[[Board], Path], 
     return folders
 
 
+def xnnpack_cmake_args(board: Board, ensure_rootfs: Callable[[Board], Path], steps: Steps) -> list[str]:
+    """CMake options for the XNNPACK kernel provider: built (ON, so a missing XNNPACK fails the build)
+    against the board rootfs's XNNPACK when the board profile says xnnpack = true, else OFF."""
+    if not board.xnnpack:
+        detail(f"board {board.name} has no XNNPACK: the portable kernels only")
+        return ["-DEDGEKIT_XNNPACK=OFF"]
+    with steps("board rootfs: XNNPACK headers + libraries"):
+        usr = ensure_rootfs(board) / "usr"
+        missing = [
+            str(path)
+            for path in (usr / "include" / "xnnpack.h", usr / "include" / "pthreadpool.h")
+            if not path.is_file()
+        ]
+        for name in ("libXNNPACK.so", "libpthreadpool.so"):
+            if not (usr / "lib" / board.triplet / name).exists():
+                missing.append(str(usr / "lib" / board.triplet / name))
+        if missing:
+            raise BuildError(
+                f"board {board.name} builds the XNNPACK provider, but its rootfs lacks {', '.join(missing)}: "
+                "add libxnnpack-dev and libpthreadpool-dev to the board's [debian] packages "
+                f"(then: invoke device.create --board {board.name} --force)"
+            )
+        detail(f"XNNPACK from {usr}")
+    return ["-DEDGEKIT_XNNPACK=ON", f"-DEDGEKIT_XNNPACK_ROOT={usr}"]
+
+
 def cross_build(
     board: Board,
     toolchain: Toolchain,
@@ -157,6 +184,8 @@ def cross_build(
     else:
         detail(f"board {board.name} has no Python: building the C runtime and programs only")
 
+    xnnpack_args = xnnpack_cmake_args(board, ensure_rootfs, steps)
+
     cmake_dir = build_dir / "cmake"
     with steps("cmake configure"):
         _run(
@@ -175,6 +204,7 @@ def cross_build(
                 "-DEDGEKIT_INSTALL_LIBDIR=lib",
                 "-DEDGEKIT_BUILD_PYTHON=OFF",
                 *python_args,
+                *xnnpack_args,
             ]
         )
     with steps("compile"):

@@ -1,6 +1,7 @@
 """The board's .deb: the bundle's files under /opt/edgekit, for boards that run Debian or Ubuntu.
 
 /opt/edgekit/{bin,lib,include,python,share,examples,README.md}
+                                                  (lib/libedgekit_xnnpack.so: Recommends libxnnpack0)
 /usr/lib/python3/dist-packages/edgekit.pth        (when the board has Python: 'import edgekit')
 /lib/systemd/system/edgekit-remote-server.service (when remote_server is built; installed disabled:
                                                    the package has no maintainer scripts)
@@ -19,6 +20,21 @@ from edgekit_packaging.bundle import PACKAGING_DIR, BuildTree, PackageError, sou
 DEB_ARCH = {"aarch64": "arm64", "x86_64": "amd64"}
 PREFIX = "opt/edgekit"
 UNIT = "edgekit-remote-server.service"
+
+
+# The XNNPACK kernel provider, when the build has it: libedgekit dlopens it and falls back to its
+# portable kernels when it does not load, so the XNNPACK libraries it links are recommended, not required.
+PROVIDER = "libedgekit_xnnpack.so"
+PROVIDER_RECOMMENDS = ("libxnnpack0", "libpthreadpool0")
+
+
+def has_provider(build: BuildTree) -> bool:
+    return (build.stage / "lib" / PROVIDER).is_file()
+
+
+def recommends(build: BuildTree) -> str:
+    """The control file's Recommends line ("" when there is nothing to recommend)."""
+    return f"Recommends: {', '.join(PROVIDER_RECOMMENDS)}\n" if has_provider(build) else ""
 
 
 def depends(build: BuildTree) -> str:
@@ -61,6 +77,7 @@ def make_deb(build: BuildTree, bundle_folder: Path, dist: Path, work: Path) -> P
         "@DEB_ARCH@": DEB_ARCH[build.arch],
         "@INSTALLED_SIZE@": str(installed_kib),
         "@DEPENDS@": depends(build),
+        "@RECOMMENDS_LINE@\n": recommends(build),
         "@BOARD@": build.board,
         "@TOOLCHAIN@": build.toolchain,
         "@GLIBC@": build.glibc_floor,

@@ -4,6 +4,11 @@ The tag is ``cp3XY-cp3XY-manylinux_<glibc floor>_<arch>``: every ELF in it passe
 against the board's glibc floor, and it links nothing but libc/libm/libpthread/libdl and its own
 libedgekit (next to the module, found through rpath $ORIGIN). So ``pip install`` takes it on any board
 with that Python and at least that glibc. ``wheel pack`` (the wheel package) writes RECORD.
+
+When the build has the XNNPACK kernel provider, libedgekit_xnnpack.so goes next to libedgekit too (that
+is where libedgekit looks for it). It links the board's libXNNPACK.so.0 (Debian's libxnnpack0), which the
+wheel does not carry: only libedgekit dlopens the provider, and without libxnnpack0 the dlopen fails and
+the portable kernels run, so the wheel still imports everywhere its tag says.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ def make_wheel(build: BuildTree, dist: Path, work: Path) -> Path:
     if soname is None:
         raise PackageError(f"no libedgekit.so.* in {build.stage / 'lib'}")
     shutil.copyfile(soname.resolve(), package / soname.name)
+    provider = build.stage / "lib" / "libedgekit_xnnpack.so"
+    if provider.is_file():
+        shutil.copyfile(provider, package / provider.name)
 
     major, minor = build.python.split(".")[:2]
     dist_info = unpacked / f"edgekit-{build.version}.dist-info"

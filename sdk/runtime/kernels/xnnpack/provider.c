@@ -1,0 +1,732 @@
+/* The XNNPACK kernel provider: libedgekit_xnnpack.so, which libedgekit dlopens at run time.
+ *
+ * For each op it is offered, create() builds an XNNPACK operator (the weights are packed there, once)
+ * when XNNPACK computes exactly what docs/model-format.md says the op computes; anything else is
+ * EK_ERR_UNSUPPORTED, and the portable kernel runs the op. run() is XNNPACK's setup + run on the
+ * buffers of one launch, on a process-wide pthreadpool of the asked thread count.
+ *
+ * This library does not link libedgekit and calls nothing of it: it reads the op's attributes and
+ * tensor descriptions itself (op->params belongs to the portable kernel). It is built against the
+ * XNNPACK of Debian 12 (libxnnpack-dev 0.0~git20220216): the operator API with batch sizes and a
+ * pthreadpool at setup, XNN_MAX_TENSOR_DIMS 6, no tanh.
+ *
+ * Buffers: XNNPACK may read up to XNN_EXTRA_BYTES (16) bytes past the end of an input (never write).
+ * Constants read at run time (binary-op operands) are copied here into padded buffers; arena and
+ * user buffers must have that slack (the engine pads the arena; device blocks are rounded to 64). */
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <xnnpack.h>
+
+#include "kernel.h"
+
+#if defined(__GNUC__)
+#define EKX_EXPORT __attribute__((visibility("default")))
+#else
+#define EKX_EXPORT
+#endif
+
+/* ---- process-wide XNNPACK state: initialised once, one pthreadpool per thread count ---- */
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static enum xnn_status init_status = xnn_status_uninitialized;
+
+static void init_xnnpack(void) {
+    init_status = xnn_initialize(NULL);
+}
+
+/* Pools are created lazily and kept for the life of the process (the library is linked
+ * -z nodelete, so a dlclose cannot unmap code their idle workers wait in). A pool serializes
+ * concurrent parallel calls itself, so runs on different threads may share one. */
+#define EKX_MAX_THREADS 64
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthreadpool_t pools[EKX_MAX_THREADS + 1];
+
+/* NULL (XNNPACK runs on the calling thread) for 1 thread, or when a pool cannot be made. */
+static pthreadpool_t pool_for(int threads) {
+    if (threads <= 1)
+        return NULL;
+    if (threads > EKX_MAX_THREADS)
+        threads = EKX_MAX_THREADS;
+    pthread_mutex_lock(&pools_lock);
+    if (!pools[threads])
+        pools[threads] = pthreadpool_create((size_t)threads);
+    pthreadpool_t pool = pools[threads];
+    pthread_mutex_unlock(&pools_lock);
+    return pool;
+}
+
+/* ---- one op's state ---- */
+
+enum ekx_kind {
+    EKX_CONV,
+    EKX_DECONV,
+    EKX_FC,
+    EKX_POOL2D, /* max and average pooling */
+    EKX_GLOBAL_AVG,
+    EKX_BINARY,
+    EKX_NC, /* unary ops and softmax: [batch, channels] */
+    EKX_RESIZE
+};
+
+typedef enum xnn_status (*ekx_setup_nc_fn)(xnn_operator_t, size_t, const float *, float *, pthreadpool_t);
+typedef enum xnn_status (*ekx_setup_pool_fn)(xnn_operator_t, size_t, size_t, size_t, const float *, float *,
+                                             pthreadpool_t);
+typedef enum xnn_status (*ekx_setup_binary_fn)(xnn_operator_t, size_t, const size_t *, size_t, const size_t *,
+                                               const float *, const float *, float *, pthreadpool_t);
+
+struct ekx_state {
+    enum ekx_kind kind;
+    xnn_operator_t op;
+    size_t batch;              /* N, or the rows of an NC / FC op */
+    size_t height, width;      /* spatial input size */
+    size_t out_height, out_width; /* RESIZE */
+    uint32_t adj_h, adj_w;     /* DECONV */
+    ekx_setup_nc_fn setup_nc;
+    ekx_setup_pool_fn setup_pool;
+    ekx_setup_binary_fn setup_binary;
+    size_t rank_a, rank_b;     /* BINARY: the folded shapes */
+    size_t shape_a[XNN_MAX_TENSOR_DIMS], shape_b[XNN_MAX_TENSOR_DIMS];
+    float *constant[2];        /* BINARY: padded copies of constant operands (else NULL) */
+    float *slope;              /* PRELU: the slopes, expanded to the channels */
+};
+
+static void state_free(struct ekx_state *s) {
+    if (!s)
+        return;
+    if (s->op)
+        xnn_delete_operator(s->op);
+    free(s->constant[0]);
+    free(s->constant[1]);
+    free(s->slope);
+    free(s);
+}
+
+/* Status of a failed create: the op stays with the portable kernel unless memory ran out. */
+static ek_status_t create_failed(enum xnn_status status) {
+    return status == xnn_status_out_of_memory ? EK_ERR_OUT_OF_MEMORY : EK_ERR_UNSUPPORTED;
+}
+
+/* ---- reading the op (already validated by the portable kernel's prepare) ---- */
+
+static const struct ek_attr *find_attr(const struct ek_op *op, const char *name) {
+    for (int i = 0; i < op->n_attrs; i++)
+        if (op->attrs[i].name && strcmp(op->attrs[i].name, name) == 0)
+            return &op->attrs[i];
+    return NULL;
+}
+
+/* false on a wrong type: the caller declines the op. */
+static bool attr_int(const struct ek_op *op, const char *name, int64_t def, int64_t *out) {
+    const struct ek_attr *a = find_attr(op, name);
+    if (!a) {
+        *out = def;
+        return true;
+    }
+    if (a->type != EK_ATTR_INT)
+        return false;
+    *out = a->i;
+    return true;
+}
+
+static bool attr_float(const struct ek_op *op, const char *name, float def, float *out) {
+    const struct ek_attr *a = find_attr(op, name);
+    if (!a) {
+        *out = def;
+        return true;
+    }
+    if (a->type != EK_ATTR_FLOAT)
+        return false;
+    *out = a->f;
+    return true;
+}
+
+/* Exactly `count` ints, each in [lo, UINT32_MAX]; absent: every one is `def`. */
+static bool attr_u32s(const struct ek_op *op, const char *name, uint32_t count, int64_t def, int64_t lo,
+                      uint32_t *out) {
+    const struct ek_attr *a = find_attr(op, name);
+    if (!a) {
+        if (def < lo || def > (int64_t)UINT32_MAX)
+            return false;
+        for (uint32_t i = 0; i < count; i++)
+            out[i] = (uint32_t)def;
+        return true;
+    }
+    if (a->type != EK_ATTR_INTS || a->count != count || (count && !a->ints))
+        return false;
+    for (uint32_t i = 0; i < count; i++) {
+        if (a->ints[i] < lo || a->ints[i] > (int64_t)UINT32_MAX)
+            return false;
+        out[i] = (uint32_t)a->ints[i];
+    }
+    return true;
+}
+
+/* The fused activation bounds (act_min, act_max); false when XNNPACK cannot take them. */
+static bool attr_act(const struct ek_op *op, float *lo, float *hi) {
+    if (!attr_float(op, "act_min", -INFINITY, lo) || !attr_float(op, "act_max", INFINITY, hi))
+        return false;
+    return !isnan(*lo) && !isnan(*hi) && *lo < *hi;
+}
+
+static bool is_f32(const struct ek_tensor_desc *t) {
+    return t && t->dtype == EK_DTYPE_FLOAT32;
+}
+
+static bool is_constant(const struct ek_tensor_desc *t) {
+    return t && t->storage == EK_STORAGE_CONSTANT && t->constant;
+}
+
+static bool fits_u32(int64_t v) {
+    return v >= 0 && v <= (int64_t)UINT32_MAX;
+}
+
+/* An optional constant bias of `n` elements: *bias is NULL when absent. false: declined. */
+static bool optional_bias(const struct ek_op *op, int index, int64_t n, const float **bias) {
+    *bias = NULL;
+    if (op->n_in <= index || !op->in[index])
+        return true;
+    const struct ek_tensor_desc *b = op->in[index];
+    if (!is_f32(b) || !is_constant(b) || (int64_t)b->count != n)
+        return false;
+    *bias = (const float *)b->constant;
+    return true;
+}
+
+/* ---- ops ---- */
+
+static ek_status_t create_conv(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *x = op->in[0], *w = op->n_in > 1 ? op->in[1] : NULL, *y = op->out[0];
+    if (!w || x->rank != 4 || w->rank != 4 || y->rank != 4 || !is_constant(w))
+        return EK_ERR_UNSUPPORTED;
+    uint32_t pads[4], strides[2], dilations[2];
+    int64_t group;
+    float lo, hi;
+    if (!attr_u32s(op, "pads", 4, 0, 0, pads) || !attr_u32s(op, "strides", 2, 1, 1, strides) ||
+        !attr_u32s(op, "dilations", 2, 1, 1, dilations) || !attr_int(op, "group", 1, &group) ||
+        !attr_act(op, &lo, &hi))
+        return EK_ERR_UNSUPPORTED;
+    const int64_t c = x->dims[3], m = w->dims[0], kh = w->dims[1], kw = w->dims[2], cg = w->dims[3];
+    if (group < 1 || !fits_u32(group) || c != group * cg || m % group != 0 || y->dims[3] != m ||
+        !fits_u32(kh) || !fits_u32(kw) || y->dims[0] != x->dims[0])
+        return EK_ERR_UNSUPPORTED;
+    /* XNNPACK's output size is the op's (floor); check it so a setup can never disagree. */
+    const int64_t ekh = (kh - 1) * dilations[0] + 1, ekw = (kw - 1) * dilations[1] + 1;
+    const int64_t ph = x->dims[1] + pads[0] + pads[2], pw = x->dims[2] + pads[1] + pads[3];
+    if (ph < ekh || pw < ekw || (ph - ekh) / strides[0] + 1 != y->dims[1] ||
+        (pw - ekw) / strides[1] + 1 != y->dims[2])
+        return EK_ERR_UNSUPPORTED;
+    const float *bias;
+    if (!optional_bias(op, 2, m, &bias))
+        return EK_ERR_UNSUPPORTED;
+    /* W[M,KH,KW,C/group] is XNNPACK's [groups, group_output_channels, kh, kw, group_input_channels]. */
+    enum xnn_status st = xnn_create_convolution2d_nhwc_f32(
+        pads[0], pads[3], pads[2], pads[1], (uint32_t)kh, (uint32_t)kw, strides[0], strides[1], dilations[0],
+        dilations[1], (uint32_t)group, (size_t)cg, (size_t)(m / group), (size_t)c, (size_t)m,
+        (const float *)w->constant, bias, lo, hi, 0, &s->op);
+    if (st != xnn_status_success)
+        return create_failed(st);
+    s->kind = EKX_CONV;
+    s->batch = (size_t)x->dims[0];
+    s->height = (size_t)x->dims[1];
+    s->width = (size_t)x->dims[2];
+    return EK_OK;
+}
+
+static ek_status_t create_deconv(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *x = op->in[0], *w = op->n_in > 1 ? op->in[1] : NULL, *y = op->out[0];
+    if (!w || x->rank != 4 || w->rank != 4 || y->rank != 4 || !is_constant(w))
+        return EK_ERR_UNSUPPORTED;
+    uint32_t pads[4], strides[2], dilations[2], adj[2];
+    int64_t group;
+    float lo, hi;
+    if (!attr_u32s(op, "pads", 4, 0, 0, pads) || !attr_u32s(op, "strides", 2, 1, 1, strides) ||
+        !attr_u32s(op, "dilations", 2, 1, 1, dilations) || !attr_u32s(op, "adjustments", 2, 0, 0, adj) ||
+        !attr_int(op, "group", 1, &group) || !attr_act(op, &lo, &hi))
+        return EK_ERR_UNSUPPORTED;
+    const int64_t c = x->dims[3], m = w->dims[0], kh = w->dims[1], kw = w->dims[2], cg = w->dims[3];
+    if (group < 1 || !fits_u32(group) || c != group * cg || m % group != 0 || y->dims[3] != m ||
+        !fits_u32(kh) || !fits_u32(kw) || y->dims[0] != x->dims[0])
+        return EK_ERR_UNSUPPORTED;
+    /* XNNPACK's setup refuses an adjustment that is not below the stride. */
+    if (adj[0] >= strides[0] || adj[1] >= strides[1])
+        return EK_ERR_UNSUPPORTED;
+    const int64_t oh = (x->dims[1] - 1) * strides[0] + (kh - 1) * dilations[0] + 1 - pads[0] - pads[2] + adj[0];
+    const int64_t ow = (x->dims[2] - 1) * strides[1] + (kw - 1) * dilations[1] + 1 - pads[1] - pads[3] + adj[1];
+    if (oh != y->dims[1] || ow != y->dims[2])
+        return EK_ERR_UNSUPPORTED;
+    const float *bias;
+    if (!optional_bias(op, 2, m, &bias))
+        return EK_ERR_UNSUPPORTED;
+    enum xnn_status st = xnn_create_deconvolution2d_nhwc_f32(
+        pads[0], pads[3], pads[2], pads[1], (uint32_t)kh, (uint32_t)kw, strides[0], strides[1], dilations[0],
+        dilations[1], (uint32_t)group, (size_t)cg, (size_t)(m / group), (size_t)c, (size_t)m,
+        (const float *)w->constant, bias, lo, hi, 0, &s->op);
+    if (st != xnn_status_success)
+        return create_failed(st);
+    s->kind = EKX_DECONV;
+    s->batch = (size_t)x->dims[0];
+    s->height = (size_t)x->dims[1];
+    s->width = (size_t)x->dims[2];
+    s->adj_h = adj[0];
+    s->adj_w = adj[1];
+    return EK_OK;
+}
+
+static ek_status_t create_fc(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *x = op->in[0], *w = op->n_in > 1 ? op->in[1] : NULL, *y = op->out[0];
+    if (!w || x->rank < 1 || w->rank != 2 || !is_constant(w))
+        return EK_ERR_UNSUPPORTED;
+    const int64_t k = w->dims[1], n = w->dims[0];
+    if (x->dims[x->rank - 1] != k || y->rank < 1 || y->dims[y->rank - 1] != n || x->count / (size_t)k !=
+        y->count / (size_t)n)
+        return EK_ERR_UNSUPPORTED;
+    float lo, hi;
+    const float *bias;
+    if (!attr_act(op, &lo, &hi) || !optional_bias(op, 2, n, &bias))
+        return EK_ERR_UNSUPPORTED;
+    /* W[N,K] is XNNPACK's default kernel layout [output_channels, input_channels]. */
+    enum xnn_status st = xnn_create_fully_connected_nc_f32((size_t)k, (size_t)n, (size_t)k, (size_t)n,
+                                                           (const float *)w->constant, bias, lo, hi, 0, &s->op);
+    if (st != xnn_status_success)
+        return create_failed(st);
+    s->kind = EKX_FC;
+    s->batch = x->count / (size_t)k;
+    return EK_OK;
+}
+
+/* MAX_POOL and AVERAGE_POOL. XNNPACK's output size is floor((H + pads - window) / stride) + 1; a
+ * ceil-mode partial window is reached by padding the end more, which is exact where XNNPACK's
+ * padding rule is ours: max pooling clamps an outside tap to the nearest edge row/column, which is
+ * a tap of the same window only without dilation; average pooling with padding divides by the taps
+ * inside the input (count_include_pad 0), without padding by the window size. */
+static ek_status_t create_pool(const struct ek_op *op, struct ekx_state *s, bool max) {
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    if (x->rank != 4 || y->rank != 4 || y->dims[0] != x->dims[0] || y->dims[3] != x->dims[3])
+        return EK_ERR_UNSUPPORTED;
+    uint32_t kernel[2], strides[2], pads[4], dilations[2] = {1, 1};
+    int64_t include_pad = 0;
+    if (!find_attr(op, "kernel") || !attr_u32s(op, "kernel", 2, 1, 1, kernel) ||
+        !attr_u32s(op, "strides", 2, 1, 1, strides) || !attr_u32s(op, "pads", 4, 0, 0, pads))
+        return EK_ERR_UNSUPPORTED;
+    if (!attr_u32s(op, "dilations", 2, 1, 1, dilations) ||
+        (!max && !attr_int(op, "count_include_pad", 0, &include_pad)))
+        return EK_ERR_UNSUPPORTED;
+    /* XNNPACK's average pooling has no dilation. */
+    if (!max && (dilations[0] != 1 || dilations[1] != 1))
+        return EK_ERR_UNSUPPORTED;
+    const int64_t h = x->dims[1], w = x->dims[2], oh = y->dims[1], ow = y->dims[2];
+    const int64_t ekh = ((int64_t)kernel[0] - 1) * dilations[0] + 1;
+    const int64_t ekw = ((int64_t)kernel[1] - 1) * dilations[1] + 1;
+    /* The end padding that gives exactly OH x OW windows: more than the op's for a ceil-mode
+     * partial window, less when the op's last rows of padding hold no window. */
+    int64_t bottom = (oh - 1) * strides[0] + ekh - h - pads[0];
+    int64_t right = (ow - 1) * strides[1] + ekw - w - pads[1];
+    bottom = bottom < 0 ? 0 : bottom;
+    right = right < 0 ? 0 : right;
+    if (!fits_u32(bottom) || !fits_u32(right) || (h + pads[0] + bottom - ekh) / strides[0] + 1 != oh ||
+        (w + pads[1] + right - ekw) / strides[1] + 1 != ow)
+        return EK_ERR_UNSUPPORTED;
+    /* Every window has a tap inside the input (else XNNPACK's average divides by zero). */
+    if ((oh - 1) * strides[0] - pads[0] > h - 1 || (ow - 1) * strides[1] - pads[1] > w - 1 ||
+        pads[0] >= ekh || pads[1] >= ekw)
+        return EK_ERR_UNSUPPORTED;
+    const bool padded = pads[0] || pads[1] || bottom || right;
+    if (max && padded && (dilations[0] != 1 || dilations[1] != 1))
+        return EK_ERR_UNSUPPORTED;
+    if (!max && include_pad && padded)
+        return EK_ERR_UNSUPPORTED;
+    const size_t c = (size_t)x->dims[3];
+    enum xnn_status st;
+    if (max) {
+        st = xnn_create_max_pooling2d_nhwc_f32(pads[0], (uint32_t)right, (uint32_t)bottom, pads[1], kernel[0],
+                                               kernel[1], strides[0], strides[1], dilations[0], dilations[1], c,
+                                               c, c, -INFINITY, INFINITY, 0, &s->op);
+        s->setup_pool = xnn_setup_max_pooling2d_nhwc_f32;
+    } else {
+        st = xnn_create_average_pooling2d_nhwc_f32(pads[0], (uint32_t)right, (uint32_t)bottom, pads[1],
+                                                   kernel[0], kernel[1], strides[0], strides[1], c, c, c,
+                                                   -INFINITY, INFINITY, 0, &s->op);
+        s->setup_pool = xnn_setup_average_pooling2d_nhwc_f32;
+    }
+    if (st != xnn_status_success)
+        return create_failed(st);
+    s->kind = EKX_POOL2D;
+    s->batch = (size_t)x->dims[0];
+    s->height = (size_t)h;
+    s->width = (size_t)w;
+    return EK_OK;
+}
+
+static ek_status_t create_global_avg(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    if (x->rank != 4 || y->count != (size_t)(x->dims[0] * x->dims[3]))
+        return EK_ERR_UNSUPPORTED;
+    const size_t c = (size_t)x->dims[3];
+    enum xnn_status st = xnn_create_global_average_pooling_nwc_f32(c, c, c, -INFINITY, INFINITY, 0, &s->op);
+    if (st != xnn_status_success)
+        return create_failed(st);
+    s->kind = EKX_GLOBAL_AVG;
+    s->batch = (size_t)x->dims[0];
+    s->width = (size_t)(x->dims[1] * x->dims[2]);
+    return EK_OK;
+}
+
+/* A padded private copy of a constant XNNPACK reads at run time (it may read past the end). */
+static ek_status_t padded_copy(const struct ek_tensor_desc *t, float **copy) {
+    if (t->nbytes > SIZE_MAX - XNN_EXTRA_BYTES)
+        return EK_ERR_UNSUPPORTED;
+    *copy = calloc(1, t->nbytes + XNN_EXTRA_BYTES);
+    if (!*copy)
+        return EK_ERR_OUT_OF_MEMORY;
+    memcpy(*copy, t->constant, t->nbytes);
+    return EK_OK;
+}
+
+/* Numpy broadcasting of a and b to y, folded into the fewest dims: the output's axes are grouped
+ * into runs where each input is either full or broadcast, and each run becomes one dim. XNNPACK
+ * takes at most XNN_MAX_TENSOR_DIMS. */
+static bool fold_broadcast(const struct ek_tensor_desc *a, const struct ek_tensor_desc *b,
+                           const struct ek_tensor_desc *y, struct ekx_state *s) {
+    size_t n = 0;
+    int last = -1; /* bit 0: a is full on this run, bit 1: b is */
+    for (int i = 0; i < y->rank; i++) {
+        const int64_t dy = y->dims[i];
+        const int ia = i - (y->rank - a->rank), ib = i - (y->rank - b->rank);
+        const int64_t da = ia >= 0 ? a->dims[ia] : 1, db = ib >= 0 ? b->dims[ib] : 1;
+        if ((da != dy && da != 1) || (db != dy && db != 1))
+            return false;
+        if (dy == 1)
+            continue;
+        const int kind = (da == dy ? 1 : 0) | (db == dy ? 2 : 0);
+        if (kind == last) {
+            s->shape_a[n - 1] *= (size_t)da;
+            s->shape_b[n - 1] *= (size_t)db;
+            continue;
+        }
+        if (n == XNN_MAX_TENSOR_DIMS)
+            return false;
+        s->shape_a[n] = (size_t)da;
+        s->shape_b[n] = (size_t)db;
+        n++;
+        last = kind;
+    }
+    if (n == 0) { /* every dim 1: one element */
+        s->shape_a[0] = s->shape_b[0] = 1;
+        n = 1;
+    }
+    s->rank_a = s->rank_b = n;
+    return true;
+}
+
+static ek_status_t create_binary(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *a = op->in[0], *b = op->n_in > 1 ? op->in[1] : NULL, *y = op->out[0];
+    float lo, hi;
+    if (!b || !attr_act(op, &lo, &hi) || !fold_broadcast(a, b, y, s))
+        return EK_ERR_UNSUPPORTED;
+    enum xnn_status st;
+    switch (op->type) {
+    case EK_OP_ADD:
+        st = xnn_create_add_nd_f32(lo, hi, 0, &s->op);
+        s->setup_binary = xnn_setup_add_nd_f32;
+        break;
+    case EK_OP_SUB:
+        st = xnn_create_subtract_nd_f32(lo, hi, 0, &s->op);
+        s->setup_binary = xnn_setup_subtract_nd_f32;
+        break;
+    case EK_OP_MUL:
+        st = xnn_create_multiply_nd_f32(lo, hi, 0, &s->op);
+        s->setup_binary = xnn_setup_multiply_nd_f32;
+        break;
+    case EK_OP_DIV:
+        st = xnn_create_divide_nd_f32(lo, hi, 0, &s->op);
+        s->setup_binary = xnn_setup_divide_nd_f32;
+        break;
+    default:
+        return EK_ERR_UNSUPPORTED;
+    }
+    if (st != xnn_status_success)
+        return create_failed(st);
+    for (int i = 0; i < 2; i++) {
+        if (is_constant(op->in[i])) {
+            ek_status_t status = padded_copy(op->in[i], &s->constant[i]);
+            if (status != EK_OK)
+                return status;
+        }
+    }
+    s->kind = EKX_BINARY;
+    return EK_OK;
+}
+
+/* Element-wise unary ops, PRELU and SOFTMAX: XNNPACK's [batch, channels] operators. */
+static ek_status_t create_nc(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    if (x->count != y->count)
+        return EK_ERR_UNSUPPORTED;
+    /* Element-wise ops see the tensor as one row: XNNPACK splits contiguous rows into blocks. */
+    size_t channels = x->count;
+    enum xnn_status st;
+    switch (op->type) {
+    case EK_OP_RELU:
+        st = xnn_create_clamp_nc_f32(channels, channels, channels, 0.0f, INFINITY, 0, &s->op);
+        s->setup_nc = xnn_setup_clamp_nc_f32;
+        break;
+    case EK_OP_CLIP: {
+        float lo, hi;
+        if (!attr_float(op, "min", -INFINITY, &lo) || !attr_float(op, "max", INFINITY, &hi) || isnan(lo) ||
+            isnan(hi) || !(lo < hi))
+            return EK_ERR_UNSUPPORTED;
+        st = xnn_create_clamp_nc_f32(channels, channels, channels, lo, hi, 0, &s->op);
+        s->setup_nc = xnn_setup_clamp_nc_f32;
+        break;
+    }
+    case EK_OP_LEAKY_RELU: {
+        float alpha;
+        /* ONNX's default, as the portable kernel's. */
+        if (!attr_float(op, "alpha", 0.01f, &alpha) || !isfinite(alpha))
+            return EK_ERR_UNSUPPORTED;
+        st = xnn_create_leaky_relu_nc_f32(channels, channels, channels, alpha, 0, &s->op);
+        s->setup_nc = xnn_setup_leaky_relu_nc_f32;
+        break;
+    }
+    case EK_OP_SIGMOID:
+        st = xnn_create_sigmoid_nc_f32(channels, channels, channels, 0, &s->op);
+        s->setup_nc = xnn_setup_sigmoid_nc_f32;
+        break;
+    case EK_OP_HARD_SWISH:
+        st = xnn_create_hardswish_nc_f32(channels, channels, channels, 0, &s->op);
+        s->setup_nc = xnn_setup_hardswish_nc_f32;
+        break;
+    case EK_OP_PRELU: {
+        /* A constant slope per channel (the last axis), or one slope for all. */
+        const struct ek_tensor_desc *slope = op->n_in > 1 ? op->in[1] : NULL;
+        if (!slope || !is_f32(slope) || !is_constant(slope) || x->rank < 1)
+            return EK_ERR_UNSUPPORTED;
+        channels = (size_t)x->dims[x->rank - 1];
+        if (slope->count != 1) {
+            if (slope->count != channels || slope->rank > x->rank || slope->dims[slope->rank - 1] != (int64_t)channels)
+                return EK_ERR_UNSUPPORTED;
+        }
+        if (channels > (SIZE_MAX - XNN_EXTRA_BYTES) / sizeof(float))
+            return EK_ERR_UNSUPPORTED;
+        s->slope = calloc(1, channels * sizeof(float) + XNN_EXTRA_BYTES);
+        if (!s->slope)
+            return EK_ERR_OUT_OF_MEMORY;
+        const float *v = (const float *)slope->constant;
+        for (size_t i = 0; i < channels; i++)
+            s->slope[i] = slope->count == 1 ? v[0] : v[i];
+        st = xnn_create_prelu_nc_f32(channels, channels, channels, s->slope, 0, &s->op);
+        s->setup_nc = xnn_setup_prelu_nc_f32;
+        break;
+    }
+    case EK_OP_SOFTMAX: {
+        int64_t axis;
+        if (!attr_int(op, "axis", x->rank - 1, &axis) || axis < 0 || axis >= x->rank)
+            return EK_ERR_UNSUPPORTED;
+        /* XNNPACK normalises rows; the axis must be the last one that is not 1. */
+        for (int i = (int)axis + 1; i < x->rank; i++)
+            if (x->dims[i] != 1)
+                return EK_ERR_UNSUPPORTED;
+        channels = (size_t)x->dims[axis];
+        st = xnn_create_softmax_nc_f32(channels, channels, channels, 0, &s->op);
+        s->setup_nc = xnn_setup_softmax_nc_f32;
+        break;
+    }
+    default:
+        return EK_ERR_UNSUPPORTED;
+    }
+    if (st != xnn_status_success)
+        return create_failed(st);
+    s->kind = EKX_NC;
+    s->batch = x->count / channels;
+    return EK_OK;
+}
+
+/* Does the op's scale give XNNPACK's in/out ratio (relative 1e-6)? */
+static bool scale_matches(float scale, int64_t in, int64_t out) {
+    const double want = (double)out / (double)in;
+    return isfinite(scale) && fabs((double)scale - want) <= 1e-6 * want;
+}
+
+/* RESIZE, linear only. XNNPACK's modes: default is half_pixel with the source coordinate clamped
+ * to the image (the scale being in/out), ALIGN_CORNERS is align_corners, TENSORFLOW_LEGACY_MODE is
+ * asymmetric. pytorch_half_pixel is half_pixel except for an output size of 1. */
+static ek_status_t create_resize(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    if (x->rank != 4 || y->rank != 4 || y->dims[0] != x->dims[0] || y->dims[3] != x->dims[3])
+        return EK_ERR_UNSUPPORTED;
+    int64_t mode, coordinate;
+    const struct ek_attr *scales = find_attr(op, "scales");
+    /* Defaults as the portable kernel's: nearest, half_pixel. */
+    if (!attr_int(op, "mode", 0, &mode) || !attr_int(op, "coordinate", 0, &coordinate) || mode != 1)
+        return EK_ERR_UNSUPPORTED;
+    const int64_t h = x->dims[1], w = x->dims[2], oh = y->dims[1], ow = y->dims[2];
+    uint32_t flags = 0;
+    if (coordinate == 2) {
+        if (oh == 1 || ow == 1)
+            return EK_ERR_UNSUPPORTED;
+        flags = XNN_FLAG_ALIGN_CORNERS;
+    } else if (coordinate == 0 || coordinate == 1 || coordinate == 3) {
+        /* Absent scales are the size ratio, which is XNNPACK's. */
+        if (scales && (scales->type != EK_ATTR_FLOATS || scales->count != 2 || !scales->floats ||
+                       !scale_matches(scales->floats[0], h, oh) || !scale_matches(scales->floats[1], w, ow)))
+            return EK_ERR_UNSUPPORTED;
+        if (coordinate == 3 && (oh == 1 || ow == 1))
+            return EK_ERR_UNSUPPORTED;
+        if (coordinate == 1)
+            flags = XNN_FLAG_TENSORFLOW_LEGACY_MODE;
+    } else {
+        return EK_ERR_UNSUPPORTED;
+    }
+    const size_t c = (size_t)x->dims[3];
+    enum xnn_status st = xnn_create_resize_bilinear2d_nhwc_f32(c, c, c, flags, &s->op);
+    if (st != xnn_status_success)
+        return create_failed(st);
+    s->kind = EKX_RESIZE;
+    s->batch = (size_t)x->dims[0];
+    s->height = (size_t)h;
+    s->width = (size_t)w;
+    s->out_height = (size_t)oh;
+    s->out_width = (size_t)ow;
+    return EK_OK;
+}
+
+static ek_status_t ekx_create(const struct ek_op *op, void **state) {
+    if (!op || !state)
+        return EK_ERR_INVALID_ARG;
+    *state = NULL;
+    pthread_once(&init_once, init_xnnpack);
+    if (init_status != xnn_status_success)
+        return EK_ERR_UNSUPPORTED; /* e.g. a CPU XNNPACK does not support */
+    if (op->n_in < 1 || op->n_out != 1 || !op->in[0] || !op->out[0])
+        return EK_ERR_UNSUPPORTED;
+    /* Every tensor a 1.0 kernel touches is float32; anything else is not for this provider. */
+    for (int i = 0; i < op->n_in; i++)
+        if (op->in[i] && !is_f32(op->in[i]))
+            return EK_ERR_UNSUPPORTED;
+    if (!is_f32(op->out[0]))
+        return EK_ERR_UNSUPPORTED;
+
+    struct ekx_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return EK_ERR_OUT_OF_MEMORY;
+    ek_status_t status;
+    switch (op->type) {
+    case EK_OP_CONV:
+        status = create_conv(op, s);
+        break;
+    case EK_OP_CONV_TRANSPOSE:
+        status = create_deconv(op, s);
+        break;
+    case EK_OP_FULLY_CONNECTED:
+        status = create_fc(op, s);
+        break;
+    case EK_OP_MAX_POOL:
+        status = create_pool(op, s, true);
+        break;
+    case EK_OP_AVERAGE_POOL:
+        status = create_pool(op, s, false);
+        break;
+    case EK_OP_GLOBAL_AVERAGE_POOL:
+        status = create_global_avg(op, s);
+        break;
+    case EK_OP_ADD:
+    case EK_OP_SUB:
+    case EK_OP_MUL:
+    case EK_OP_DIV:
+        status = create_binary(op, s);
+        break;
+    case EK_OP_RELU:
+    case EK_OP_CLIP:
+    case EK_OP_LEAKY_RELU:
+    case EK_OP_PRELU:
+    case EK_OP_SIGMOID:
+    case EK_OP_HARD_SWISH:
+    case EK_OP_SOFTMAX:
+        status = create_nc(op, s);
+        break;
+    case EK_OP_RESIZE:
+        status = create_resize(op, s);
+        break;
+    default: /* MATMUL, TANH (not in this XNNPACK), HARD_SIGMOID, shape ops: portable */
+        status = EK_ERR_UNSUPPORTED;
+        break;
+    }
+    if (status != EK_OK) {
+        state_free(s);
+        return status;
+    }
+    *state = s;
+    return EK_OK;
+}
+
+static ek_status_t ekx_run(void *state, const void *const *in, void *const *out, int threads) {
+    struct ekx_state *s = state;
+    if (!s || !in || !out || !out[0] || (!in[0] && !(s->kind == EKX_BINARY && s->constant[0])))
+        return EK_ERR_INVALID_ARG;
+    pthreadpool_t pool = pool_for(threads);
+    const float *x = in[0];
+    float *y = out[0];
+    enum xnn_status st;
+    switch (s->kind) {
+    case EKX_CONV:
+        st = xnn_setup_convolution2d_nhwc_f32(s->op, s->batch, s->height, s->width, x, y, pool);
+        break;
+    case EKX_DECONV:
+        st = xnn_setup_deconvolution2d_nhwc_f32(s->op, s->batch, s->height, s->width, s->adj_h, s->adj_w, x, y,
+                                                pool);
+        break;
+    case EKX_FC:
+        st = xnn_setup_fully_connected_nc_f32(s->op, s->batch, x, y, pool);
+        break;
+    case EKX_POOL2D:
+        st = s->setup_pool(s->op, s->batch, s->height, s->width, x, y, pool);
+        break;
+    case EKX_GLOBAL_AVG:
+        st = xnn_setup_global_average_pooling_nwc_f32(s->op, s->batch, s->width, x, y, pool);
+        break;
+    case EKX_BINARY: {
+        const float *a = s->constant[0] ? s->constant[0] : x;
+        const float *b = s->constant[1] ? s->constant[1] : (const float *)in[1];
+        if (!b)
+            return EK_ERR_INVALID_ARG;
+        st = s->setup_binary(s->op, s->rank_a, s->shape_a, s->rank_b, s->shape_b, a, b, y, pool);
+        break;
+    }
+    case EKX_NC:
+        st = s->setup_nc(s->op, s->batch, x, y, pool);
+        break;
+    case EKX_RESIZE:
+        st = xnn_setup_resize_bilinear2d_nhwc_f32(s->op, s->batch, s->height, s->width, s->out_height,
+                                                  s->out_width, x, y, pool);
+        break;
+    default:
+        return EK_ERR_INTERNAL;
+    }
+    if (st == xnn_status_success)
+        st = xnn_run_operator(s->op, pool);
+    if (st == xnn_status_success)
+        return EK_OK;
+    return st == xnn_status_out_of_memory ? EK_ERR_OUT_OF_MEMORY : EK_ERR_INTERNAL;
+}
+
+static void ekx_destroy(void *state) {
+    state_free(state);
+}
+
+static const struct ek_provider provider = {
+    .abi = EK_PROVIDER_ABI,
+    .name = "xnnpack",
+    .create = ekx_create,
+    .run = ekx_run,
+    .destroy = ekx_destroy,
+};
+
+/* The one symbol this library exports (EK_PROVIDER_ENTRY). */
+EKX_EXPORT const struct ek_provider *ek_kernel_provider(void);
+EKX_EXPORT const struct ek_provider *ek_kernel_provider(void) {
+    return &provider;
+}

@@ -1,0 +1,726 @@
+/* The XNNPACK kernel provider (libedgekit_xnnpack.so), loaded as the runtime loads it (dlopen +
+ * EK_PROVIDER_ENTRY), on ops built by hand: each op it takes is compared with a naive loop of the
+ * op's semantics (docs/model-format.md), with 1 and several threads; ops whose semantics XNNPACK
+ * does not match must be EK_ERR_UNSUPPORTED. Built only when the provider is (tests/c/CMakeLists.txt
+ * passes its path as EKX_PROVIDER_PATH). */
+#define _POSIX_C_SOURCE 200809L
+#include <dlfcn.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ek_test.h"
+#include "kernel.h"
+
+#define PAD_BYTES 64 /* every buffer has XNN_EXTRA_BYTES (16) of readable slack, and more */
+
+static const struct ek_provider *prov;
+
+/* ---- building ops ---- */
+
+struct tensor {
+    struct ek_tensor_desc desc;
+    float *data;
+};
+
+static void tensor_init(struct tensor *t, int rank, const int64_t *dims, bool constant, unsigned seed)
+{
+    memset(t, 0, sizeof *t);
+    t->desc.name = "t";
+    t->desc.dtype = EK_DTYPE_FLOAT32;
+    t->desc.rank = rank;
+    t->desc.count = 1;
+    for (int i = 0; i < rank; i++) {
+        t->desc.dims[i] = dims[i];
+        t->desc.count *= (size_t)dims[i];
+    }
+    t->desc.nbytes = t->desc.count * sizeof(float);
+    t->desc.storage = constant ? EK_STORAGE_CONSTANT : EK_STORAGE_ARENA;
+    t->data = calloc(1, t->desc.nbytes + PAD_BYTES);
+    /* Small pseudo-random values in [-1, 1). */
+    unsigned x = seed * 2654435761u + 12345u;
+    for (size_t i = 0; i < t->desc.count; i++) {
+        x = x * 1103515245u + 12345u;
+        t->data[i] = (float)((x >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+    if (constant)
+        t->desc.constant = t->data;
+}
+
+static void tensor_free(struct tensor *t)
+{
+    free(t->data);
+    t->data = NULL;
+}
+
+static struct ek_attr attr_ints(const char *name, uint32_t count, const int64_t *v)
+{
+    struct ek_attr a = {0};
+    a.name = name;
+    a.type = EK_ATTR_INTS;
+    a.count = count;
+    a.ints = v;
+    return a;
+}
+
+static struct ek_attr attr_int(const char *name, int64_t v)
+{
+    struct ek_attr a = {0};
+    a.name = name;
+    a.type = EK_ATTR_INT;
+    a.count = 1;
+    a.i = v;
+    return a;
+}
+
+static struct ek_attr attr_float(const char *name, float v)
+{
+    struct ek_attr a = {0};
+    a.name = name;
+    a.type = EK_ATTR_FLOAT;
+    a.count = 1;
+    a.f = v;
+    return a;
+}
+
+static struct ek_attr attr_floats(const char *name, uint32_t count, const float *v)
+{
+    struct ek_attr a = {0};
+    a.name = name;
+    a.type = EK_ATTR_FLOATS;
+    a.count = count;
+    a.floats = v;
+    return a;
+}
+
+struct opdef {
+    struct ek_op op;
+    const struct ek_tensor_desc *in[4];
+    const struct ek_tensor_desc *out[1];
+    const void *in_data[4];
+    void *out_data[1];
+};
+
+static void opdef_init(struct opdef *d, enum ek_op_type type, int n_in, struct tensor **ins, struct tensor *out,
+                       int n_attrs, const struct ek_attr *attrs)
+{
+    memset(d, 0, sizeof *d);
+    for (int i = 0; i < n_in; i++) {
+        d->in[i] = ins[i] ? &ins[i]->desc : NULL;
+        d->in_data[i] = ins[i] ? ins[i]->data : NULL;
+    }
+    d->out[0] = &out->desc;
+    d->out_data[0] = out->data;
+    d->op.type = type;
+    d->op.name = "test_op";
+    d->op.n_in = n_in;
+    d->op.n_out = 1;
+    d->op.in = d->in;
+    d->op.out = d->out;
+    d->op.n_attrs = n_attrs;
+    d->op.attrs = attrs;
+}
+
+/* Create, run with 1 and 3 threads, compare with `ref` (count floats); destroy. */
+static void check_against(struct opdef *d, const float *ref, size_t count, const char *what)
+{
+    void *state = NULL;
+    ek_status_t status = prov->create(&d->op, &state);
+    if (status != EK_OK) {
+        printf("    %s: create returned %s\n", what, ek_status_name(status));
+        CHECK(status == EK_OK);
+        return;
+    }
+    float *y = d->out_data[0];
+    for (int threads = 1; threads <= 3; threads += 2) {
+        memset(y, 0xff, count * sizeof(float)); /* NaN: every element must be written */
+        CHECK_OK(prov->run(state, d->in_data, d->out_data, threads));
+        size_t bad = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (!(fabsf(y[i] - ref[i]) <= 1e-4f * (1.0f + fabsf(ref[i])))) {
+                if (bad++ < 3)
+                    printf("    %s (%d threads): [%zu] = %.7g, expected %.7g\n", what, threads, i, y[i], ref[i]);
+            }
+        }
+        if (bad)
+            printf("    %s (%d threads): %zu of %zu differ\n", what, threads, bad, count);
+        CHECK(bad == 0);
+    }
+    prov->destroy(state);
+}
+
+static void check_unsupported(struct opdef *d, const char *what)
+{
+    void *state = NULL;
+    ek_status_t status = prov->create(&d->op, &state);
+    if (status != EK_ERR_UNSUPPORTED)
+        printf("    %s: create returned %s, expected EK_ERR_UNSUPPORTED\n", what, ek_status_name(status));
+    CHECK(status == EK_ERR_UNSUPPORTED);
+    CHECK(state == NULL);
+    if (status == EK_OK)
+        prov->destroy(state);
+}
+
+static float clampf(float v, float lo, float hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* ---- CONV ---- */
+
+struct conv_case {
+    int64_t n, h, w, c, m, kh, kw, group;
+    int64_t pads[4], strides[2], dilations[2];
+    bool bias;
+    float lo, hi;
+};
+
+static void run_conv_case(const struct conv_case *k, const char *what)
+{
+    const int64_t cg = k->c / k->group, mg = k->m / k->group;
+    const int64_t ekh = (k->kh - 1) * k->dilations[0] + 1, ekw = (k->kw - 1) * k->dilations[1] + 1;
+    const int64_t oh = (k->h + k->pads[0] + k->pads[2] - ekh) / k->strides[0] + 1;
+    const int64_t ow = (k->w + k->pads[1] + k->pads[3] - ekw) / k->strides[1] + 1;
+    struct tensor x, w, b, y;
+    tensor_init(&x, 4, (int64_t[]){k->n, k->h, k->w, k->c}, false, 1);
+    tensor_init(&w, 4, (int64_t[]){k->m, k->kh, k->kw, cg}, true, 2);
+    tensor_init(&b, 1, (int64_t[]){k->m}, true, 3);
+    tensor_init(&y, 4, (int64_t[]){k->n, oh, ow, k->m}, false, 0);
+    float *ref = calloc(y.desc.count, sizeof(float));
+    for (int64_t n = 0; n < k->n; n++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++)
+                for (int64_t m = 0; m < k->m; m++) {
+                    const int64_t g = m / mg;
+                    double acc = k->bias ? b.data[m] : 0.0;
+                    for (int64_t ky = 0; ky < k->kh; ky++)
+                        for (int64_t kx = 0; kx < k->kw; kx++) {
+                            const int64_t iy = oy * k->strides[0] - k->pads[0] + ky * k->dilations[0];
+                            const int64_t ix = ox * k->strides[1] - k->pads[1] + kx * k->dilations[1];
+                            if (iy < 0 || iy >= k->h || ix < 0 || ix >= k->w)
+                                continue;
+                            for (int64_t ci = 0; ci < cg; ci++)
+                                acc += (double)x.data[((n * k->h + iy) * k->w + ix) * k->c + g * cg + ci] *
+                                       w.data[((m * k->kh + ky) * k->kw + kx) * cg + ci];
+                        }
+                    ref[((n * oh + oy) * ow + ox) * k->m + m] = clampf((float)acc, k->lo, k->hi);
+                }
+    struct ek_attr attrs[6] = {attr_ints("pads", 4, k->pads),       attr_ints("strides", 2, k->strides),
+                               attr_ints("dilations", 2, k->dilations), attr_int("group", k->group),
+                               attr_float("act_min", k->lo),         attr_float("act_max", k->hi)};
+    struct opdef d;
+    opdef_init(&d, EK_OP_CONV, 3, (struct tensor *[]){&x, &w, k->bias ? &b : NULL}, &y, 6, attrs);
+    check_against(&d, ref, y.desc.count, what);
+
+    /* Weights that are not constants: XNNPACK packs them at create, so it declines. */
+    w.desc.storage = EK_STORAGE_ARENA;
+    w.desc.constant = NULL;
+    check_unsupported(&d, "conv with non-constant weights");
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&b);
+    tensor_free(&y);
+}
+
+static void test_conv(void)
+{
+    const struct conv_case plain = {2, 7, 6, 4, 6, 3, 3, 1, {1, 0, 2, 1}, {2, 1}, {1, 2}, true, -0.5f, 0.7f};
+    run_conv_case(&plain, "conv 3x3, asymmetric pads, stride 2x1, dilation 1x2, clamp");
+    const struct conv_case pointwise = {1, 5, 5, 8, 3, 1, 1, 1, {0, 0, 0, 0}, {1, 1}, {1, 1}, false, -INFINITY,
+                                        INFINITY};
+    run_conv_case(&pointwise, "conv 1x1, no bias");
+    const struct conv_case grouped = {1, 6, 5, 4, 6, 3, 2, 2, {1, 1, 1, 0}, {1, 2}, {1, 1}, true, 0.0f, INFINITY};
+    run_conv_case(&grouped, "grouped conv (2 groups), relu");
+    const struct conv_case depthwise = {2, 8, 7, 5, 5, 3, 3, 5, {1, 1, 1, 1}, {1, 1}, {1, 1}, true, -INFINITY,
+                                        INFINITY};
+    run_conv_case(&depthwise, "depthwise conv 3x3");
+    const struct conv_case multiplier = {1, 9, 9, 3, 6, 3, 3, 3, {0, 1, 2, 1}, {2, 2}, {1, 1}, true, 0.0f, 6.0f};
+    run_conv_case(&multiplier, "depthwise conv, multiplier 2, stride 2, relu6");
+}
+
+/* ---- CONV_TRANSPOSE ---- */
+
+static void run_deconv_case(int64_t h, int64_t wd, int64_t c, int64_t m, int64_t group, int64_t kh, int64_t kw,
+                            const int64_t *pads, const int64_t *strides, const int64_t *dil, const int64_t *adj,
+                            const char *what)
+{
+    const int64_t cg = c / group, mg = m / group, n_batch = 2;
+    const int64_t oh = (h - 1) * strides[0] + (kh - 1) * dil[0] + 1 - pads[0] - pads[2] + adj[0];
+    const int64_t ow = (wd - 1) * strides[1] + (kw - 1) * dil[1] + 1 - pads[1] - pads[3] + adj[1];
+    struct tensor x, w, b, y;
+    tensor_init(&x, 4, (int64_t[]){n_batch, h, wd, c}, false, 4);
+    tensor_init(&w, 4, (int64_t[]){m, kh, kw, cg}, true, 5);
+    tensor_init(&b, 1, (int64_t[]){m}, true, 6);
+    tensor_init(&y, 4, (int64_t[]){n_batch, oh, ow, m}, false, 0);
+    double *acc = calloc(y.desc.count, sizeof(double));
+    float *ref = calloc(y.desc.count, sizeof(float));
+    /* Scatter: input pixel (iy, ix) of group g adds W[m][ky][kx][ci] x X to output (iy*s + ky*d - pad). */
+    for (int64_t n = 0; n < n_batch; n++)
+        for (int64_t iy = 0; iy < h; iy++)
+            for (int64_t ix = 0; ix < wd; ix++)
+                for (int64_t ky = 0; ky < kh; ky++)
+                    for (int64_t kx = 0; kx < kw; kx++) {
+                        const int64_t oy = iy * strides[0] + ky * dil[0] - pads[0];
+                        const int64_t ox = ix * strides[1] + kx * dil[1] - pads[1];
+                        if (oy < 0 || oy >= oh || ox < 0 || ox >= ow)
+                            continue;
+                        for (int64_t mo = 0; mo < m; mo++) {
+                            const int64_t g = mo / mg;
+                            for (int64_t ci = 0; ci < cg; ci++)
+                                acc[((n * oh + oy) * ow + ox) * m + mo] +=
+                                    (double)x.data[((n * h + iy) * wd + ix) * c + g * cg + ci] *
+                                    w.data[((mo * kh + ky) * kw + kx) * cg + ci];
+                        }
+                    }
+    for (size_t i = 0; i < y.desc.count; i++)
+        ref[i] = (float)(acc[i] + b.data[i % (size_t)m]);
+    struct ek_attr attrs[5] = {attr_ints("pads", 4, pads), attr_ints("strides", 2, strides),
+                               attr_ints("dilations", 2, dil), attr_ints("adjustments", 2, adj),
+                               attr_int("group", group)};
+    struct opdef d;
+    opdef_init(&d, EK_OP_CONV_TRANSPOSE, 3, (struct tensor *[]){&x, &w, &b}, &y, 5, attrs);
+    check_against(&d, ref, y.desc.count, what);
+    free(acc);
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&b);
+    tensor_free(&y);
+}
+
+static void test_conv_transpose(void)
+{
+    run_deconv_case(4, 5, 3, 4, 1, 3, 3, (int64_t[]){1, 0, 1, 1}, (int64_t[]){2, 2}, (int64_t[]){1, 1},
+                    (int64_t[]){1, 0}, "conv_transpose 3x3 stride 2, adjustment");
+    run_deconv_case(3, 3, 4, 6, 2, 2, 3, (int64_t[]){0, 1, 0, 0}, (int64_t[]){1, 2}, (int64_t[]){2, 1},
+                    (int64_t[]){0, 1}, "grouped conv_transpose, dilation");
+}
+
+/* ---- FULLY_CONNECTED ---- */
+
+static void test_fully_connected(void)
+{
+    const int64_t k = 7, n = 4;
+    struct tensor x, w, b, y;
+    tensor_init(&x, 3, (int64_t[]){3, 5, k}, false, 7);
+    tensor_init(&w, 2, (int64_t[]){n, k}, true, 8);
+    tensor_init(&b, 1, (int64_t[]){n}, true, 9);
+    tensor_init(&y, 3, (int64_t[]){3, 5, n}, false, 0);
+    float ref[15 * 4];
+    for (int64_t r = 0; r < 15; r++)
+        for (int64_t j = 0; j < n; j++) {
+            double acc = b.data[j];
+            for (int64_t i = 0; i < k; i++)
+                acc += (double)x.data[r * k + i] * w.data[j * k + i];
+            ref[r * n + j] = clampf((float)acc, -1.0f, 1.0f);
+        }
+    struct ek_attr attrs[2] = {attr_float("act_min", -1.0f), attr_float("act_max", 1.0f)};
+    struct opdef d;
+    opdef_init(&d, EK_OP_FULLY_CONNECTED, 3, (struct tensor *[]){&x, &w, &b}, &y, 2, attrs);
+    check_against(&d, ref, y.desc.count, "fully_connected [3,5,7] x [4,7]^T + bias, clamp");
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&b);
+    tensor_free(&y);
+}
+
+/* ---- pooling ---- */
+
+/* ek semantics: window taps at o*s - pad_begin + k*d; outside taps skipped; average divides by the
+ * inside taps, or with count_include_pad by the taps inside [-pad_begin, H + pad_end). */
+static void run_pool_case(bool max, int64_t h, int64_t wd, const int64_t *kernel, const int64_t *strides,
+                          const int64_t *pads, const int64_t *dil, int64_t include_pad, int64_t oh, int64_t ow,
+                          bool supported, const char *what)
+{
+    const int64_t n_batch = 2, c = 5;
+    struct tensor x, y;
+    tensor_init(&x, 4, (int64_t[]){n_batch, h, wd, c}, false, 10);
+    tensor_init(&y, 4, (int64_t[]){n_batch, oh, ow, c}, false, 0);
+    float *ref = calloc(y.desc.count, sizeof(float));
+    for (int64_t n = 0; n < n_batch; n++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++)
+                for (int64_t ch = 0; ch < c; ch++) {
+                    double acc = max ? -INFINITY : 0.0;
+                    int inside = 0, padded = 0;
+                    for (int64_t ky = 0; ky < kernel[0]; ky++)
+                        for (int64_t kx = 0; kx < kernel[1]; kx++) {
+                            const int64_t iy = oy * strides[0] - pads[0] + ky * dil[0];
+                            const int64_t ix = ox * strides[1] - pads[1] + kx * dil[1];
+                            if (iy >= -pads[0] && iy < h + pads[2] && ix >= -pads[1] && ix < wd + pads[3])
+                                padded++;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= wd)
+                                continue;
+                            const float v = x.data[((n * h + iy) * wd + ix) * c + ch];
+                            inside++;
+                            acc = max ? (v > acc ? v : acc) : acc + v;
+                        }
+                    ref[((n * oh + oy) * ow + ox) * c + ch] =
+                        max ? (float)acc : (float)(acc / (include_pad ? padded : inside));
+                }
+    struct ek_attr attrs[4] = {attr_ints("kernel", 2, kernel), attr_ints("strides", 2, strides),
+                               attr_ints("pads", 4, pads),
+                               max ? attr_ints("dilations", 2, dil) : attr_int("count_include_pad", include_pad)};
+    struct opdef d;
+    opdef_init(&d, max ? EK_OP_MAX_POOL : EK_OP_AVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, 4, attrs);
+    if (supported)
+        check_against(&d, ref, y.desc.count, what);
+    else
+        check_unsupported(&d, what);
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static void test_max_pool(void)
+{
+    const int64_t k3[2] = {3, 3}, s2[2] = {2, 2}, s1[2] = {1, 1}, d1[2] = {1, 1}, d2[2] = {2, 2};
+    run_pool_case(true, 9, 8, k3, s2, (int64_t[]){1, 1, 1, 1}, d1, 0, 5, 4, true, "max_pool 3x3 s2 pad 1");
+    /* Ceil mode: H=6, k3 s2 no pads -> floor 2, ceil 3 (the last window is partial). */
+    run_pool_case(true, 6, 7, k3, s2, (int64_t[]){0, 0, 0, 0}, d1, 0, 3, 3, true, "max_pool ceil mode");
+    run_pool_case(true, 7, 7, (int64_t[]){2, 2}, s2, (int64_t[]){0, 0, 0, 0}, d1, 0, 3, 3, true,
+                  "max_pool 2x2 s2 floor (last row unused)");
+    run_pool_case(true, 9, 9, k3, s1, (int64_t[]){0, 0, 0, 0}, d2, 0, 5, 5, true, "max_pool dilation 2, no pad");
+    run_pool_case(true, 9, 9, k3, s1, (int64_t[]){2, 2, 2, 2}, d2, 0, 9, 9, false,
+                  "max_pool dilation 2 with pads (XNNPACK clamps taps: declined)");
+}
+
+static void test_average_pool(void)
+{
+    const int64_t k3[2] = {3, 3}, s2[2] = {2, 2}, s1[2] = {1, 1}, d1[2] = {1, 1};
+    run_pool_case(false, 9, 8, k3, s2, (int64_t[]){1, 1, 1, 1}, d1, 0, 5, 4, true,
+                  "average_pool 3x3 s2 pad 1, count_include_pad 0");
+    run_pool_case(false, 6, 7, k3, s2, (int64_t[]){1, 0, 0, 1}, d1, 0, 4, 4, true,
+                  "average_pool ceil mode, count_include_pad 0");
+    run_pool_case(false, 8, 8, k3, s1, (int64_t[]){0, 0, 0, 0}, d1, 1, 6, 6, true,
+                  "average_pool no pads, count_include_pad 1");
+    run_pool_case(false, 8, 8, k3, s1, (int64_t[]){1, 1, 1, 1}, d1, 1, 8, 8, false,
+                  "average_pool pads + count_include_pad 1 (declined)");
+    /* Dilated average pooling (ONNX opset 19): XNNPACK has none. */
+    struct tensor x, y;
+    tensor_init(&x, 4, (int64_t[]){1, 9, 9, 2}, false, 1);
+    tensor_init(&y, 4, (int64_t[]){1, 5, 5, 2}, false, 0);
+    const int64_t d2[2] = {2, 2}, zeros[4] = {0, 0, 0, 0};
+    const struct ek_attr attrs[4] = {attr_ints("kernel", 2, k3), attr_ints("strides", 2, s1),
+                                     attr_ints("pads", 4, zeros), attr_ints("dilations", 2, d2)};
+    struct opdef d;
+    opdef_init(&d, EK_OP_AVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, 4, attrs);
+    check_unsupported(&d, "average_pool with dilation 2");
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static void test_global_average_pool(void)
+{
+    struct tensor x, y;
+    tensor_init(&x, 4, (int64_t[]){2, 5, 6, 7}, false, 11);
+    tensor_init(&y, 4, (int64_t[]){2, 1, 1, 7}, false, 0);
+    float ref[14];
+    for (int n = 0; n < 2; n++)
+        for (int ch = 0; ch < 7; ch++) {
+            double acc = 0;
+            for (int p = 0; p < 30; p++)
+                acc += x.data[(n * 30 + p) * 7 + ch];
+            ref[n * 7 + ch] = (float)(acc / 30);
+        }
+    struct opdef d;
+    opdef_init(&d, EK_OP_GLOBAL_AVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, 0, NULL);
+    check_against(&d, ref, y.desc.count, "global_average_pool");
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+/* ---- binary ops ---- */
+
+static float binary_ref(enum ek_op_type type, float a, float b)
+{
+    switch (type) {
+    case EK_OP_ADD:
+        return a + b;
+    case EK_OP_SUB:
+        return a - b;
+    case EK_OP_MUL:
+        return a * b;
+    default:
+        return a / b;
+    }
+}
+
+static void run_binary_case(enum ek_op_type type, int ra, const int64_t *da, bool ca, int rb, const int64_t *db,
+                            bool cb, int ry, const int64_t *dy, float lo, float hi, const char *what)
+{
+    struct tensor a, b, y;
+    tensor_init(&a, ra, da, ca, 12);
+    tensor_init(&b, rb, db, cb, 13);
+    tensor_init(&y, ry, dy, false, 0);
+    if (type == EK_OP_DIV)
+        for (size_t i = 0; i < b.desc.count; i++)
+            b.data[i] = b.data[i] < 0 ? b.data[i] - 0.5f : b.data[i] + 0.5f; /* away from 0 */
+    float *ref = calloc(y.desc.count, sizeof(float));
+    for (size_t i = 0; i < y.desc.count; i++) {
+        size_t rest = i, ia = 0, ib = 0, sa = 1, sb = 1;
+        for (int axis = ry - 1; axis >= 0; axis--) {
+            const size_t coord = rest % (size_t)dy[axis];
+            rest /= (size_t)dy[axis];
+            const int xa = axis - (ry - ra), xb = axis - (ry - rb);
+            if (xa >= 0) {
+                ia += (da[xa] == 1 ? 0 : coord) * sa;
+                sa *= (size_t)da[xa];
+            }
+            if (xb >= 0) {
+                ib += (db[xb] == 1 ? 0 : coord) * sb;
+                sb *= (size_t)db[xb];
+            }
+        }
+        ref[i] = clampf(binary_ref(type, a.data[ia], b.data[ib]), lo, hi);
+    }
+    struct ek_attr attrs[2] = {attr_float("act_min", lo), attr_float("act_max", hi)};
+    struct opdef d;
+    opdef_init(&d, type, 2, (struct tensor *[]){&a, &b}, &y, 2, attrs);
+    check_against(&d, ref, y.desc.count, what);
+    free(ref);
+    tensor_free(&a);
+    tensor_free(&b);
+    tensor_free(&y);
+}
+
+static void test_binary(void)
+{
+    const int64_t s4[4] = {2, 3, 4, 5}, s3[3] = {3, 1, 5}, s1[1] = {5};
+    run_binary_case(EK_OP_ADD, 4, s4, false, 3, s3, false, 4, s4, -INFINITY, INFINITY, "add, broadcast [3,1,5]");
+    run_binary_case(EK_OP_SUB, 1, s1, true, 4, s4, false, 4, s4, -0.5f, 0.5f, "sub, constant [5] - X, clamp");
+    run_binary_case(EK_OP_MUL, 4, s4, false, 0, NULL, true, 4, s4, 0.0f, INFINITY, "mul by a scalar, relu");
+    run_binary_case(EK_OP_DIV, 4, s4, false, 4, s4, false, 4, s4, -INFINITY, INFINITY, "div, same shapes");
+    /* Rank 8 with alternating broadcasts: folded to XNNPACK's 6 dims or fewer where it can be. */
+    const int64_t a8[8] = {2, 1, 3, 1, 2, 1, 2, 3}, b8[8] = {1, 2, 1, 2, 1, 2, 2, 3}, y8[8] = {2, 2, 3, 2, 2, 2, 2, 3};
+    struct tensor a, b, y;
+    tensor_init(&a, 8, a8, false, 1);
+    tensor_init(&b, 8, b8, false, 2);
+    tensor_init(&y, 8, y8, false, 0);
+    struct opdef d;
+    opdef_init(&d, EK_OP_ADD, 2, (struct tensor *[]){&a, &b}, &y, 0, NULL);
+    check_unsupported(&d, "add of rank 8 with 7 broadcast runs (XNNPACK takes 6 dims)");
+    tensor_free(&a);
+    tensor_free(&b);
+    tensor_free(&y);
+    const int64_t a8b[8] = {2, 1, 1, 1, 2, 3, 2, 3}, b8b[8] = {1, 2, 3, 2, 2, 3, 2, 3};
+    const int64_t y8b[8] = {2, 2, 3, 2, 2, 3, 2, 3};
+    run_binary_case(EK_OP_MUL, 8, a8b, false, 8, b8b, false, 8, y8b, -INFINITY, INFINITY, "mul of rank 8, folded");
+}
+
+/* ---- unary, PRELU, SOFTMAX ---- */
+
+static void run_unary_case(enum ek_op_type type, int n_attrs, const struct ek_attr *attrs, float (*fn)(float),
+                           const char *what)
+{
+    const int64_t dims[3] = {3, 7, 11};
+    struct tensor x, y;
+    tensor_init(&x, 3, dims, false, 14);
+    for (size_t i = 0; i < x.desc.count; i++)
+        x.data[i] *= 8.0f; /* [-8, 8): past hard_swish's and clip's bends */
+    tensor_init(&y, 3, dims, false, 0);
+    float *ref = calloc(y.desc.count, sizeof(float));
+    for (size_t i = 0; i < y.desc.count; i++)
+        ref[i] = fn(x.data[i]);
+    struct opdef d;
+    opdef_init(&d, type, 1, (struct tensor *[]){&x}, &y, n_attrs, attrs);
+    check_against(&d, ref, y.desc.count, what);
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static float ref_relu(float v) { return v > 0 ? v : 0; }
+static float ref_clip(float v) { return clampf(v, -1.5f, 2.5f); }
+static float ref_leaky(float v) { return v < 0 ? 0.2f * v : v; }
+static float ref_leaky_default(float v) { return v < 0 ? 0.01f * v : v; }
+static float ref_sigmoid(float v) { return (float)(1.0 / (1.0 + exp(-(double)v))); }
+static float ref_hard_swish(float v) { return v * clampf(v / 6.0f + 0.5f, 0.0f, 1.0f); }
+
+static void test_unary(void)
+{
+    run_unary_case(EK_OP_RELU, 0, NULL, ref_relu, "relu");
+    const struct ek_attr clip[2] = {attr_float("min", -1.5f), attr_float("max", 2.5f)};
+    run_unary_case(EK_OP_CLIP, 2, clip, ref_clip, "clip");
+    const struct ek_attr leaky[1] = {attr_float("alpha", 0.2f)};
+    run_unary_case(EK_OP_LEAKY_RELU, 1, leaky, ref_leaky, "leaky_relu");
+    run_unary_case(EK_OP_LEAKY_RELU, 0, NULL, ref_leaky_default, "leaky_relu, default alpha 0.01");
+    run_unary_case(EK_OP_SIGMOID, 0, NULL, ref_sigmoid, "sigmoid");
+    run_unary_case(EK_OP_HARD_SWISH, 0, NULL, ref_hard_swish, "hard_swish");
+
+    /* Not in this XNNPACK, or not matching: the portable kernel keeps them. */
+    const int64_t dims[2] = {4, 4};
+    struct tensor x, y;
+    tensor_init(&x, 2, dims, false, 1);
+    tensor_init(&y, 2, dims, false, 0);
+    struct opdef d;
+    opdef_init(&d, EK_OP_TANH, 1, (struct tensor *[]){&x}, &y, 0, NULL);
+    check_unsupported(&d, "tanh");
+    opdef_init(&d, EK_OP_HARD_SIGMOID, 1, (struct tensor *[]){&x}, &y, 0, NULL);
+    check_unsupported(&d, "hard_sigmoid");
+    const struct ek_attr same[2] = {attr_float("min", 1.0f), attr_float("max", 1.0f)};
+    opdef_init(&d, EK_OP_CLIP, 1, (struct tensor *[]){&x}, &y, 2, same);
+    check_unsupported(&d, "clip with min == max");
+    opdef_init(&d, EK_OP_TRANSPOSE, 1, (struct tensor *[]){&x}, &y, 0, NULL);
+    check_unsupported(&d, "transpose");
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static void test_prelu(void)
+{
+    const int64_t dims[4] = {2, 3, 4, 6}, sdims[3] = {1, 1, 6};
+    struct tensor x, s, y;
+    tensor_init(&x, 4, dims, false, 15);
+    tensor_init(&s, 3, sdims, true, 16);
+    tensor_init(&y, 4, dims, false, 0);
+    float *ref = calloc(y.desc.count, sizeof(float));
+    for (size_t i = 0; i < y.desc.count; i++)
+        ref[i] = x.data[i] < 0 ? x.data[i] * s.data[i % 6] : x.data[i];
+    struct opdef d;
+    opdef_init(&d, EK_OP_PRELU, 2, (struct tensor *[]){&x, &s}, &y, 0, NULL);
+    check_against(&d, ref, y.desc.count, "prelu, slope per channel");
+    free(ref);
+    tensor_free(&s);
+    /* A slope along another axis: declined. */
+    tensor_init(&s, 4, (int64_t[]){1, 3, 1, 1}, true, 16);
+    opdef_init(&d, EK_OP_PRELU, 2, (struct tensor *[]){&x, &s}, &y, 0, NULL);
+    check_unsupported(&d, "prelu, slope along H");
+    tensor_free(&s);
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static void test_softmax(void)
+{
+    const int64_t dims[3] = {4, 9, 1};
+    struct tensor x, y;
+    tensor_init(&x, 3, dims, false, 17);
+    tensor_init(&y, 3, dims, false, 0);
+    float ref[36];
+    for (int r = 0; r < 4; r++) {
+        double sum = 0;
+        for (int i = 0; i < 9; i++)
+            sum += exp((double)x.data[r * 9 + i]);
+        for (int i = 0; i < 9; i++)
+            ref[r * 9 + i] = (float)(exp((double)x.data[r * 9 + i]) / sum);
+    }
+    const struct ek_attr axis1[1] = {attr_int("axis", 1)};
+    struct opdef d;
+    opdef_init(&d, EK_OP_SOFTMAX, 1, (struct tensor *[]){&x}, &y, 1, axis1);
+    check_against(&d, ref, y.desc.count, "softmax over axis 1 of [4,9,1]");
+    const struct ek_attr axis0[1] = {attr_int("axis", 0)};
+    opdef_init(&d, EK_OP_SOFTMAX, 1, (struct tensor *[]){&x}, &y, 1, axis0);
+    check_unsupported(&d, "softmax over axis 0");
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+/* ---- RESIZE (linear) ---- */
+
+static double source_coord(int64_t coordinate, int64_t o, float scale, int64_t in, int64_t out)
+{
+    switch (coordinate) {
+    case 0:
+        return (o + 0.5) / scale - 0.5;
+    case 1:
+        return o / (double)scale;
+    case 2:
+        return out == 1 ? 0.0 : o * (double)(in - 1) / (double)(out - 1);
+    default:
+        return out == 1 ? 0.0 : (o + 0.5) / scale - 0.5;
+    }
+}
+
+static void run_resize_case(int64_t coordinate, int64_t h, int64_t w, int64_t oh, int64_t ow, const float *scales,
+                            int64_t mode, bool supported, const char *what)
+{
+    const int64_t c = 3;
+    struct tensor x, y;
+    tensor_init(&x, 4, (int64_t[]){1, h, w, c}, false, 18);
+    tensor_init(&y, 4, (int64_t[]){1, oh, ow, c}, false, 0);
+    float *ref = calloc(y.desc.count, sizeof(float));
+    for (int64_t oy = 0; oy < oh; oy++)
+        for (int64_t ox = 0; ox < ow; ox++) {
+            double sy = source_coord(coordinate, oy, scales[0], h, oh);
+            double sx = source_coord(coordinate, ox, scales[1], w, ow);
+            sy = sy < 0 ? 0 : sy > h - 1 ? (double)(h - 1) : sy;
+            sx = sx < 0 ? 0 : sx > w - 1 ? (double)(w - 1) : sx;
+            const int64_t y0 = (int64_t)sy, x0 = (int64_t)sx;
+            const int64_t y1 = y0 + 1 < h ? y0 + 1 : h - 1, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
+            const double fy = sy - (double)y0, fx = sx - (double)x0;
+            for (int64_t ch = 0; ch < c; ch++) {
+                const double v00 = x.data[(y0 * w + x0) * c + ch], v01 = x.data[(y0 * w + x1) * c + ch];
+                const double v10 = x.data[(y1 * w + x0) * c + ch], v11 = x.data[(y1 * w + x1) * c + ch];
+                const double top = v00 + (v01 - v00) * fx, bottom = v10 + (v11 - v10) * fx;
+                ref[(oy * ow + ox) * c + ch] = (float)(top + (bottom - top) * fy);
+            }
+        }
+    const struct ek_attr attrs[4] = {attr_int("mode", mode), attr_int("coordinate", coordinate),
+                                     attr_int("nearest", 0), attr_floats("scales", 2, scales)};
+    struct opdef d;
+    opdef_init(&d, EK_OP_RESIZE, 1, (struct tensor *[]){&x}, &y, 4, attrs);
+    if (supported)
+        check_against(&d, ref, y.desc.count, what);
+    else
+        check_unsupported(&d, what);
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static void test_resize(void)
+{
+    const float x2[2] = {2.0f, 2.0f}, mixed[2] = {2.0f, 0.5f}, odd[2] = {1.5f, 1.5f};
+    run_resize_case(0, 5, 6, 10, 12, x2, 1, true, "resize linear half_pixel x2");
+    run_resize_case(0, 5, 6, 10, 3, mixed, 1, true, "resize linear half_pixel x2 / x0.5");
+    run_resize_case(1, 5, 6, 10, 12, x2, 1, true, "resize linear asymmetric x2");
+    run_resize_case(2, 5, 6, 9, 7, x2, 1, true, "resize linear align_corners");
+    run_resize_case(3, 5, 6, 10, 12, x2, 1, true, "resize linear pytorch_half_pixel x2");
+    run_resize_case(0, 5, 5, 7, 7, odd, 1, false, "resize with scale 1.5 (7/5 != 1.5): declined");
+    run_resize_case(0, 5, 6, 10, 12, x2, 0, false, "resize nearest: declined");
+}
+
+/* ---- many threads, one provider: states are per caller, pools shared ---- */
+
+static void test_many_thread_counts(void)
+{
+    const struct conv_case k = {1, 16, 16, 8, 16, 3, 3, 1, {1, 1, 1, 1}, {1, 1}, {1, 1}, true, -INFINITY, INFINITY};
+    for (int i = 0; i < 3; i++)
+        run_conv_case(&k, "conv 16x16x8 -> 16 (again: the pools are reused)");
+}
+
+/* argv[1], if given, is the provider to load instead of the build tree's (e.g. on a board). */
+int main(int argc, char **argv)
+{
+    const char *path = argc > 1 ? argv[1] : EKX_PROVIDER_PATH;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        printf("dlopen %s: %s\n", path, dlerror());
+        return 1;
+    }
+    ek_provider_entry_fn entry = (ek_provider_entry_fn)(uintptr_t)dlsym(lib, EK_PROVIDER_ENTRY);
+    if (!entry) {
+        printf("%s has no %s\n", path, EK_PROVIDER_ENTRY);
+        return 1;
+    }
+    prov = entry();
+    if (!prov || prov->abi != EK_PROVIDER_ABI || strcmp(prov->name, "xnnpack") != 0) {
+        printf("bad provider table\n");
+        return 1;
+    }
+    RUN(test_conv);
+    RUN(test_conv_transpose);
+    RUN(test_fully_connected);
+    RUN(test_max_pool);
+    RUN(test_average_pool);
+    RUN(test_global_average_pool);
+    RUN(test_binary);
+    RUN(test_unary);
+    RUN(test_prelu);
+    RUN(test_softmax);
+    RUN(test_resize);
+    RUN(test_many_thread_counts);
+    return ek_test_summary();
+}
