@@ -1,0 +1,416 @@
+"""Writer and reader of the ``.ekm`` model file, exactly as docs/model-format.md describes it.
+
+``write(ModelFile) -> bytes`` lays out the sections; ``read(bytes) -> ModelFile`` parses a file back
+(for tests, the reference interpreter and ``edgekit info``). The reader checks the structure it needs
+to parse safely; the runtime's loader (sdk/runtime/src/model.c) is the complete validator.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgekit.compiler.graph import ATTR_TYPES, AttrType, AttrValue, CompileError
+
+MAGIC = b"EDGEKIT\0"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+HEADER_SIZE = 64
+ABSENT = 0xFFFFFFFF
+
+# section kinds
+STRINGS, NETWORKS, IOS, STAGES, TENSORS, OPS, OPERANDS, BINDINGS, ATTRS, ATTR_DATA, CONSTANTS = range(1, 12)
+SECTION_NAMES = {
+    STRINGS: "STRINGS",
+    NETWORKS: "NETWORKS",
+    IOS: "IOS",
+    STAGES: "STAGES",
+    TENSORS: "TENSORS",
+    OPS: "OPS",
+    OPERANDS: "OPERANDS",
+    BINDINGS: "BINDINGS",
+    ATTRS: "ATTRS",
+    ATTR_DATA: "ATTR_DATA",
+    CONSTANTS: "CONSTANTS",
+}
+RECORD_SIZES = {
+    STRINGS: 1,
+    NETWORKS: 32,
+    IOS: 32,
+    STAGES: 48,
+    TENSORS: 96,
+    OPS: 24,
+    OPERANDS: 4,
+    BINDINGS: 4,
+    ATTRS: 24,
+    ATTR_DATA: 1,
+    CONSTANTS: 1,
+}
+
+# storage codes
+ARENA, CONSTANT, INPUT, OUTPUT = 0, 1, 2, 3
+STORAGE_NAMES = {ARENA: "ARENA", CONSTANT: "CONSTANT", INPUT: "INPUT", OUTPUT: "OUTPUT"}
+
+# dtype codes -> numpy dtypes
+DTYPES: dict[int, np.dtype[np.generic]] = {
+    1: np.dtype(np.float32),
+    2: np.dtype(np.float16),
+    3: np.dtype(np.int8),
+    4: np.dtype(np.uint8),
+    5: np.dtype(np.int32),
+    6: np.dtype(np.int64),
+}
+FLOAT32 = 1
+
+_HEADER = struct.Struct("<8sHHIQQII24x")
+_SECTION = struct.Struct("<IIQQ")
+_NETWORK = struct.Struct("<IIIIIIQ")
+_IO = struct.Struct("<IB3xfiQQ")
+_STAGE = struct.Struct("<IIIIIIQ16x")
+_TENSOR = struct.Struct("<IBBBxIIQQ8q")
+_OP = struct.Struct("<IHHIHHII")
+_ATTR = struct.Struct("<IB3xIIQ")
+
+
+@dataclass
+class TensorRecord:
+    name: str
+    shape: tuple[int, ...]
+    storage: int
+    dtype: int = FLOAT32
+    io_index: int = 0
+    offset: int = 0  # ARENA: in the arena; CONSTANT: in CONSTANTS (the writer assigns it)
+    data: np.ndarray | None = None  # CONSTANT: the value
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+
+@dataclass
+class OpRecord:
+    name: str
+    type: int
+    inputs: list[int | None]  # tensor indices in the stage; None: absent
+    outputs: list[int]
+    attrs: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@dataclass
+class StageRecord:
+    tensors: list[TensorRecord]
+    ops: list[OpRecord]
+    input_bindings: list[int]
+    output_bindings: list[int]
+    arena_size: int
+
+
+@dataclass
+class IORecord:
+    name: str
+    dtype: int = FLOAT32
+    scale: float = 1.0
+    zero_point: int = 0
+    max_bytes: int = 0
+
+
+@dataclass
+class NetworkRecord:
+    name: str
+    inputs: list[IORecord]
+    outputs: list[IORecord]
+    stages: list[StageRecord]
+
+
+@dataclass
+class ModelFile:
+    networks: list[NetworkRecord]
+    version: tuple[int, int] = (VERSION_MAJOR, VERSION_MINOR)
+
+    def network(self, name: str | None = None) -> NetworkRecord:
+        if name is None:
+            if len(self.networks) != 1:
+                raise KeyError(f"the model has {len(self.networks)} networks; name one")
+            return self.networks[0]
+        for net in self.networks:
+            if net.name == name:
+                return net
+        raise KeyError(f"no network '{name}' (have {[n.name for n in self.networks]})")
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+class _Strings:
+    def __init__(self) -> None:
+        self.data = bytearray(b"\0")
+        self.refs: dict[str, int] = {"": 0}
+
+    def ref(self, text: str) -> int:
+        if text not in self.refs:
+            encoded = text.encode("utf-8")
+            if b"\0" in encoded:
+                raise CompileError(f"name {text!r} contains a NUL character")
+            self.refs[text] = len(self.data)
+            self.data += encoded + b"\0"
+        return self.refs[text]
+
+
+def _attr_record(name: str, value: AttrValue, strings: _Strings, attr_data: bytearray) -> bytes:
+    kind = ATTR_TYPES.get(name)
+    if kind is None:
+        raise CompileError(f"internal: attribute '{name}' has no type in the op table")
+    count, raw = 1, 0
+    if kind == AttrType.INT:
+        raw = struct.unpack("<Q", struct.pack("<q", int(value)))[0]  # type: ignore[arg-type]
+    elif kind == AttrType.FLOAT:
+        raw = struct.unpack("<I", struct.pack("<f", float(value)))[0]  # type: ignore[arg-type]
+    elif kind == AttrType.STRING:
+        raw = strings.ref(str(value))
+    else:
+        assert isinstance(value, list)
+        count = len(value)
+        if count > 64:
+            raise CompileError(f"attribute '{name}' has {count} elements; the format allows 64")
+        while len(attr_data) % 8:
+            attr_data.append(0)
+        raw = len(attr_data)
+        fmt = "q" if kind == AttrType.INTS else "f"
+        attr_data += struct.pack(f"<{count}{fmt}", *value)
+        while len(attr_data) % 8:  # keep the next array 8-aligned
+            attr_data.append(0)
+    return _ATTR.pack(strings.ref(name), int(kind), count, 0, raw)
+
+
+def write(model: ModelFile) -> bytes:
+    """Serialize ``model``; constants with identical bytes share one blob."""
+    strings = _Strings()
+    networks, ios, stages, tensors, ops = bytearray(), bytearray(), bytearray(), bytearray(), bytearray()
+    operands, bindings, attrs, attr_data, constants = (
+        bytearray(),
+        bytearray(),
+        bytearray(),
+        bytearray(),
+        bytearray(),
+    )
+    blobs: dict[tuple[bytes, int], int] = {}
+    n_ios = n_stages = n_tensors = n_ops = n_operands = n_bindings = n_attrs = 0
+
+    for net_index, net in enumerate(model.networks):
+        networks += _NETWORK.pack(
+            strings.ref(net.name), len(net.inputs), len(net.outputs), len(net.stages), n_ios, n_stages, 0
+        )
+        for io in [*net.inputs, *net.outputs]:
+            ios += _IO.pack(strings.ref(io.name), io.dtype, io.scale, io.zero_point, io.max_bytes, 0)
+            n_ios += 1
+        for stage in net.stages:
+            stages += _STAGE.pack(
+                net_index, n_tensors, len(stage.tensors), n_ops, len(stage.ops), n_bindings, stage.arena_size
+            )
+            n_stages += 1
+            for t in stage.tensors:
+                if t.storage == CONSTANT:
+                    if t.data is None:
+                        raise CompileError(f"internal: constant tensor '{t.name}' has no data")
+                    blob = np.ascontiguousarray(t.data, dtype=DTYPES[t.dtype]).tobytes()
+                    key = (blob, t.dtype)
+                    if key not in blobs:
+                        while len(constants) % 64:
+                            constants.append(0)
+                        blobs[key] = len(constants)
+                        constants += blob
+                    t.offset = blobs[key]
+                dims = [*t.shape, *[0] * (8 - len(t.shape))]
+                tensors += _TENSOR.pack(
+                    strings.ref(t.name),
+                    t.dtype,
+                    t.storage,
+                    len(t.shape),
+                    t.io_index,
+                    0,
+                    t.offset,
+                    t.nbytes,
+                    *dims,
+                )
+            n_tensors += len(stage.tensors)
+            for op in stage.ops:
+                first_attr = n_attrs
+                for name, value in op.attrs.items():
+                    attrs += _attr_record(name, value, strings, attr_data)
+                    n_attrs += 1
+                ops += _OP.pack(
+                    strings.ref(op.name),
+                    op.type,
+                    0,
+                    n_operands,
+                    len(op.inputs),
+                    len(op.outputs),
+                    first_attr,
+                    len(op.attrs),
+                )
+                for index in [*op.inputs, *op.outputs]:
+                    operands += struct.pack("<I", ABSENT if index is None else index)
+                    n_operands += 1
+            n_ops += len(stage.ops)
+            for index in [*stage.input_bindings, *stage.output_bindings]:
+                bindings += struct.pack("<I", index)
+                n_bindings += 1
+
+    sections = [
+        (STRINGS, bytes(strings.data)),
+        (NETWORKS, bytes(networks)),
+        (IOS, bytes(ios)),
+        (STAGES, bytes(stages)),
+        (TENSORS, bytes(tensors)),
+        (OPS, bytes(ops)),
+        (OPERANDS, bytes(operands)),
+        (BINDINGS, bytes(bindings)),
+        (ATTRS, bytes(attrs)),
+        (ATTR_DATA, bytes(attr_data)),
+        (CONSTANTS, bytes(constants)),
+    ]
+    table_offset = HEADER_SIZE
+    pos = table_offset + _SECTION.size * len(sections)  # where the next byte of body goes
+    table = bytearray()
+    body = bytearray()
+    for kind, payload in sections:
+        start = _align(pos, 64 if kind == CONSTANTS else 8)
+        body += b"\0" * (start - pos)
+        table += _SECTION.pack(kind, RECORD_SIZES[kind], start, len(payload))
+        body += payload
+        pos = start + len(payload)
+    file_size = pos
+    header = _HEADER.pack(
+        MAGIC, VERSION_MAJOR, VERSION_MINOR, HEADER_SIZE, file_size, table_offset, len(sections), 0
+    )
+    return header + bytes(table) + bytes(body)
+
+
+class ModelFormatError(ValueError):
+    """The bytes are not a readable .ekm file."""
+
+
+def read(data: bytes) -> ModelFile:
+    """Parse an .ekm file (the inverse of ``write``)."""
+    view = memoryview(data)
+    if len(data) < HEADER_SIZE:
+        raise ModelFormatError(f"file too short for the header ({len(data)} bytes)")
+    magic, major, minor, header_size, file_size, table_offset, section_count, _flags = _HEADER.unpack_from(
+        view, 0
+    )
+    if magic != MAGIC:
+        raise ModelFormatError("bad magic: not an .ekm file")
+    if major != VERSION_MAJOR:
+        raise ModelFormatError(f"unsupported version {major}.{minor} (this reader reads {VERSION_MAJOR}.x)")
+    if header_size != HEADER_SIZE or file_size != len(data):
+        raise ModelFormatError(
+            f"header: header_size {header_size} / file_size {file_size} do not match the file"
+        )
+    if table_offset + section_count * _SECTION.size > len(data):
+        raise ModelFormatError("section table outside the file")
+    sections: dict[int, tuple[int, int]] = {}
+    for i in range(section_count):
+        kind, record_size, offset, size = _SECTION.unpack_from(view, table_offset + i * _SECTION.size)
+        if kind in RECORD_SIZES:
+            if record_size != RECORD_SIZES[kind] or size % record_size or offset + size > len(data):
+                raise ModelFormatError(f"section {SECTION_NAMES[kind]}: bad record size, size or offset")
+            sections[kind] = (offset, size)
+    missing = [SECTION_NAMES[k] for k in RECORD_SIZES if k not in sections]
+    if missing:
+        raise ModelFormatError(f"missing sections: {', '.join(missing)}")
+
+    def records(kind: int, fmt: struct.Struct) -> list[tuple[int, ...]]:
+        offset, size = sections[kind]
+        return [fmt.unpack_from(view, offset + i * fmt.size) for i in range(size // fmt.size)]
+
+    str_off, str_size = sections[STRINGS]
+    strings_blob = bytes(view[str_off : str_off + str_size])
+
+    def string(ref: int) -> str:
+        end = strings_blob.find(b"\0", ref)
+        if ref >= len(strings_blob) or end < 0:
+            raise ModelFormatError(f"string ref {ref} outside STRINGS")
+        return strings_blob[ref:end].decode("utf-8")
+
+    def u32s(kind: int) -> list[int]:
+        offset, size = sections[kind]
+        return list(struct.unpack_from(f"<{size // 4}I", view, offset))
+
+    attr_off, attr_size = sections[ATTR_DATA]
+    const_off, const_size = sections[CONSTANTS]
+    net_recs = records(NETWORKS, _NETWORK)
+    io_recs = records(IOS, _IO)
+    stage_recs = records(STAGES, _STAGE)
+    tensor_recs = records(TENSORS, _TENSOR)
+    op_recs = records(OPS, _OP)
+    attr_recs = records(ATTRS, _ATTR)
+    operands = u32s(OPERANDS)
+    bindings = u32s(BINDINGS)
+
+    def attr_value(rec: tuple[int, ...]) -> tuple[str, AttrValue]:
+        name_ref, kind, count, _reserved, raw = rec
+        name = string(name_ref)
+        if kind == AttrType.INT:
+            return name, struct.unpack("<q", struct.pack("<Q", raw))[0]
+        if kind == AttrType.FLOAT:
+            return name, struct.unpack("<f", struct.pack("<I", raw & 0xFFFFFFFF))[0]
+        if kind == AttrType.STRING:
+            return name, string(raw)
+        if kind in (AttrType.INTS, AttrType.FLOATS):
+            width = 8 if kind == AttrType.INTS else 4
+            if raw + count * width > attr_size:
+                raise ModelFormatError(f"attribute '{name}' outside ATTR_DATA")
+            fmt = f"<{count}{'q' if kind == AttrType.INTS else 'f'}"
+            return name, list(struct.unpack_from(fmt, view, attr_off + raw))
+        raise ModelFormatError(f"attribute '{name}' has unknown type {kind}")
+
+    networks: list[NetworkRecord] = []
+    for name_ref, n_in, n_out, n_stages, first_io, first_stage, _ in net_recs:
+        ios = [
+            IORecord(string(r[0]), r[1], r[2], r[3], r[4])
+            for r in io_recs[first_io : first_io + n_in + n_out]
+        ]
+        if len(ios) != n_in + n_out:
+            raise ModelFormatError("network IOS range outside IOS")
+        stages: list[StageRecord] = []
+        for s in stage_recs[first_stage : first_stage + n_stages]:
+            _net, first_t, n_t, first_op, n_op, first_b, arena = s
+            tensors: list[TensorRecord] = []
+            for t in tensor_recs[first_t : first_t + n_t]:
+                t_name, dtype, storage, rank, io_index, _r, offset, nbytes = t[:8]
+                if dtype not in DTYPES or rank > 8:
+                    raise ModelFormatError(f"tensor '{string(t_name)}': bad dtype or rank")
+                record = TensorRecord(
+                    string(t_name), tuple(t[8 : 8 + rank]), storage, dtype, io_index, offset
+                )
+                if record.nbytes != nbytes:
+                    raise ModelFormatError(f"tensor '{record.name}': nbytes {nbytes} != its shape's size")
+                if storage == CONSTANT:
+                    if offset + nbytes > const_size:
+                        raise ModelFormatError(f"tensor '{record.name}' outside CONSTANTS")
+                    start = const_off + offset
+                    record.data = np.frombuffer(data, DTYPES[dtype], nbytes // DTYPES[dtype].itemsize, start)
+                    record.data = record.data.reshape(record.shape)
+                tensors.append(record)
+            ops: list[OpRecord] = []
+            for o in op_recs[first_op : first_op + n_op]:
+                o_name, o_type, _r, first_operand, n_oin, n_oout, first_attr, n_attr = o
+                idx = operands[first_operand : first_operand + n_oin + n_oout]
+                if len(idx) != n_oin + n_oout:
+                    raise ModelFormatError(f"op '{string(o_name)}': operands outside OPERANDS")
+                ops.append(
+                    OpRecord(
+                        string(o_name),
+                        o_type,
+                        [None if i == ABSENT else i for i in idx[:n_oin]],
+                        list(idx[n_oin:]),
+                        dict(attr_value(a) for a in attr_recs[first_attr : first_attr + n_attr]),
+                    )
+                )
+            bound = bindings[first_b : first_b + n_in + n_out]
+            stages.append(StageRecord(tensors, ops, list(bound[:n_in]), list(bound[n_in:]), arena))
+        networks.append(NetworkRecord(string(name_ref), ios[:n_in], ios[n_in:], stages))
+    return ModelFile(networks, (major, minor))

@@ -1,0 +1,231 @@
+"""The compiler's intermediate representation: a graph of EdgeKit ops (docs/model-format.md "Ops").
+
+Lowering builds one ``Graph`` per stage whose tensors have the ONNX model's (logical) shapes; the
+layout pass then rewrites it so spatial ops see NHWC tensors (``Tensor.layout``). Constants are
+numpy arrays held by their tensors; every tensor that exists at run time is float32.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import numpy.typing as npt
+
+
+class CompileError(ValueError):
+    """The model cannot be compiled; the message says what and where (node name, op type)."""
+
+
+class UnsupportedOpsError(CompileError):
+    """Some ops have no EdgeKit kernel; ``ops`` lists every one as "OpType (node name)"."""
+
+    def __init__(self, ops: list[str]) -> None:
+        self.ops = list(ops)
+        listing = "\n".join(f"  {op}" for op in self.ops)
+        super().__init__(
+            f"{len(self.ops)} op(s) not supported:\n{listing}\n"
+            "These ops are not supported by EdgeKit's kernels yet; plugin ops are planned "
+            "(until then, replace them in the model or export it so they fold to constants)."
+        )
+
+
+class OpType(enum.IntEnum):
+    CONV = 1
+    CONV_TRANSPOSE = 2
+    FULLY_CONNECTED = 3
+    MATMUL = 4
+    ADD = 5
+    SUB = 6
+    MUL = 7
+    DIV = 8
+    RELU = 9
+    CLIP = 10
+    LEAKY_RELU = 11
+    PRELU = 12
+    SIGMOID = 13
+    HARD_SIGMOID = 14
+    HARD_SWISH = 15
+    TANH = 16
+    MAX_POOL = 17
+    AVERAGE_POOL = 18
+    GLOBAL_AVERAGE_POOL = 19
+    TRANSPOSE = 20
+    CONCAT = 21
+    SOFTMAX = 22
+    RESIZE = 23
+    PAD = 24
+    SLICE = 25
+    REDUCE_MEAN = 26
+    RESHAPE = 27
+
+
+class AttrType(enum.IntEnum):
+    INT = 1
+    FLOAT = 2
+    INTS = 3
+    FLOATS = 4
+    STRING = 5
+
+
+# The type of every attribute name the ops use (names are unique across the op table).
+ATTR_TYPES: dict[str, AttrType] = {
+    "pads": AttrType.INTS,
+    "strides": AttrType.INTS,
+    "dilations": AttrType.INTS,
+    "adjustments": AttrType.INTS,
+    "group": AttrType.INT,
+    "act_min": AttrType.FLOAT,
+    "act_max": AttrType.FLOAT,
+    "min": AttrType.FLOAT,
+    "max": AttrType.FLOAT,
+    "alpha": AttrType.FLOAT,
+    "beta": AttrType.FLOAT,
+    "kernel": AttrType.INTS,
+    "count_include_pad": AttrType.INT,
+    "perm": AttrType.INTS,
+    "axis": AttrType.INT,
+    "mode": AttrType.INT,
+    "coordinate": AttrType.INT,
+    "nearest": AttrType.INT,
+    "scales": AttrType.FLOATS,
+    "value": AttrType.FLOAT,
+    "starts": AttrType.INTS,
+    "steps": AttrType.INTS,
+    "axes": AttrType.INTS,
+    "keepdims": AttrType.INT,
+}
+
+# Ops with the fused activation clamp (act_min / act_max).
+ACT_OPS = frozenset(
+    {
+        OpType.CONV,
+        OpType.CONV_TRANSPOSE,
+        OpType.FULLY_CONNECTED,
+        OpType.ADD,
+        OpType.SUB,
+        OpType.MUL,
+        OpType.DIV,
+    }
+)
+# Ops whose first input and first output are NHWC activations.
+SPATIAL_OPS = frozenset(
+    {
+        OpType.CONV,
+        OpType.CONV_TRANSPOSE,
+        OpType.MAX_POOL,
+        OpType.AVERAGE_POOL,
+        OpType.GLOBAL_AVERAGE_POOL,
+        OpType.RESIZE,
+    }
+)
+UNARY_OPS = frozenset(
+    {
+        OpType.RELU,
+        OpType.CLIP,
+        OpType.LEAKY_RELU,
+        OpType.SIGMOID,
+        OpType.HARD_SIGMOID,
+        OpType.HARD_SWISH,
+        OpType.TANH,
+    }
+)
+BINARY_OPS = frozenset({OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV, OpType.PRELU})
+
+AttrValue = Union[int, float, str, list[int], list[float]]
+Shape = tuple[int, ...]
+FloatArray = npt.NDArray[np.float32]
+
+MAX_RANK = 8
+# The physical layout of a tensor: "onnx" (the ONNX model's order) or "nhwc" (a 4-D NCHW tensor stored
+# with its axes permuted by NHWC_PERM).
+ONNX = "onnx"
+NHWC = "nhwc"
+NHWC_PERM = (0, 2, 3, 1)  # physical axis j holds logical axis NHWC_PERM[j]
+NCHW_PERM = (0, 3, 1, 2)  # logical axis a sits at physical axis NCHW_PERM[a]
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: Shape  # physical shape (the logical one while layout is "onnx")
+    data: FloatArray | None = None  # a constant's value (float32, shape == self.shape)
+    layout: str = ONNX
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class Op:
+    type: OpType
+    name: str  # the ONNX node it came from
+    inputs: list[str | None]  # tensor names; None: an absent optional input
+    outputs: list[str]
+    attrs: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    """One stage of one network: tensors by name, ops in execution order, network inputs and outputs."""
+
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    ops: list[Op] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # tensor names; they are the network input names
+    outputs: list[str] = field(default_factory=list)  # tensor bound to each network output
+    output_names: list[str] = field(default_factory=list)  # the network output names
+    _counter: int = 0
+
+    def unique(self, base: str) -> str:
+        base = base or "t"
+        if base not in self.tensors:
+            return base
+        while True:
+            self._counter += 1
+            name = f"{base}_{self._counter}"
+            if name not in self.tensors:
+                return name
+
+    def add(self, base: str, shape: Shape, data: FloatArray | None = None, layout: str = ONNX) -> str:
+        if len(shape) > MAX_RANK:
+            raise CompileError(f"tensor '{base}' has rank {len(shape)}; EdgeKit supports rank <= {MAX_RANK}")
+        if any(d < 1 for d in shape):
+            raise CompileError(f"tensor '{base}' has shape {list(shape)}; every dimension must be >= 1")
+        name = self.unique(base)
+        self.tensors[name] = Tensor(name, tuple(int(d) for d in shape), data, layout)
+        return name
+
+    def add_const(self, base: str, value: npt.ArrayLike) -> str:
+        array = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+        return self.add(base, tuple(array.shape), array)
+
+    def shape(self, name: str) -> Shape:
+        return self.tensors[name].shape
+
+    def const(self, name: str | None) -> FloatArray | None:
+        return None if name is None else self.tensors[name].data
+
+    def consumers(self) -> dict[str, list[Op]]:
+        users: dict[str, list[Op]] = {}
+        for op in self.ops:
+            for name in op.inputs:
+                if name is not None:
+                    users.setdefault(name, []).append(op)
+        return users
+
+    def producers(self) -> dict[str, Op]:
+        return {out: op for op in self.ops for out in op.outputs}
+
+
+def is_order_preserving(shape: Shape, perm: tuple[int, ...]) -> bool:
+    """True when transposing ``shape`` by ``perm`` keeps the elements in memory order (only axes of
+    size 1 move), so the transpose is a plain byte copy (a RESHAPE)."""
+    kept = [axis for axis in perm if shape[axis] != 1]
+    return kept == sorted(kept)

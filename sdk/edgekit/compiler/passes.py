@@ -1,0 +1,193 @@
+"""Graph passes on one stage: BatchNorm (and other per-channel Mul/Add) folding into the preceding
+convolution or fully-connected op, Relu/Clip fusion into the fused activation clamp, dead-code
+elimination, merging RESHAPE chains, and the network-output rule of the file format."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgekit.compiler.graph import ACT_OPS, Graph, Op, OpType
+
+_WEIGHTED = (OpType.CONV, OpType.CONV_TRANSPOSE, OpType.FULLY_CONNECTED)
+
+
+def _single_consumer(graph: Graph, users: dict[str, list[Op]], name: str) -> Op | None:
+    ops = users.get(name, [])
+    if len(ops) != 1 or name in graph.outputs:
+        return None
+    return ops[0]
+
+
+def _per_channel(value: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """``value`` as a vector over ``axis`` of ``shape`` when it broadcasts to ``shape`` varying only along
+    that axis (so folding it does not change the result's shape)."""
+    if value.ndim > len(shape):
+        return None
+    full = value.reshape((1,) * (len(shape) - value.ndim) + value.shape)
+    for i, d in enumerate(full.shape):
+        if d != 1 and (i != axis or d != shape[axis]):
+            return None
+    return np.broadcast_to(full.reshape(-1), (shape[axis],)).astype(np.float64)
+
+
+def fold_into_weights(graph: Graph) -> int:
+    """Fold MUL/DIV/ADD/SUB by a per-output-channel constant (a lowered BatchNormalization) into the
+    weights and bias of the CONV / CONV_TRANSPOSE / FULLY_CONNECTED before it. Returns the count."""
+    folded = 0
+    changed = True
+    while changed:
+        changed = False
+        users = graph.consumers()
+        for op in graph.ops:
+            if op.type not in _WEIGHTED or "act_min" in op.attrs or "act_max" in op.attrs:
+                continue
+            out = op.outputs[0]
+            nxt = _single_consumer(graph, users, out)
+            if nxt is None or nxt.type not in (OpType.MUL, OpType.DIV, OpType.ADD, OpType.SUB) or nxt.attrs:
+                continue
+            other = nxt.inputs[1] if nxt.inputs[0] == out else nxt.inputs[0]
+            if other == out or (nxt.type in (OpType.DIV, OpType.SUB) and nxt.inputs[1] == out):
+                continue
+            value = graph.const(other)
+            w = graph.const(op.inputs[1])
+            if value is None or w is None:
+                continue
+            shape = graph.shape(out)
+            vec = _per_channel(value, shape, len(shape) - 1 if op.type == OpType.FULLY_CONNECTED else 1)
+            if vec is None or graph.shape(nxt.outputs[0]) != shape:
+                continue
+            bias_name = op.inputs[2] if len(op.inputs) > 2 else None
+            bias = graph.const(bias_name)
+            bias64 = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
+            w64 = w.astype(np.float64)
+            if nxt.type in (OpType.MUL, OpType.DIV):
+                factor = vec if nxt.type == OpType.MUL else 1.0 / vec
+                w64 = w64 * factor.reshape((-1,) + (1,) * (w.ndim - 1))
+                bias64 = bias64 * factor
+                new_w = graph.add_const(f"{op.name}_W_folded", w64)
+                op.inputs[1] = new_w
+                if bias is None:
+                    bias_name = None  # still no bias: zero times anything is zero
+            else:
+                bias64 = bias64 + (vec if nxt.type == OpType.ADD else -vec)
+                bias_name = ""
+            if bias_name is not None:
+                new_b = graph.add_const(f"{op.name}_bias_folded", bias64)
+                op.inputs = [*op.inputs[:2], new_b]
+            op.outputs[0] = nxt.outputs[0]
+            graph.ops.remove(nxt)
+            folded += 1
+            changed = True
+            break
+    if folded:
+        eliminate_dead_code(graph)
+    return folded
+
+
+def fuse_activations(graph: Graph) -> int:
+    """Fuse a RELU / CLIP into the act_min/act_max of the op before it when it is that op's only
+    consumer. Returns the count."""
+    fused = 0
+    changed = True
+    while changed:
+        changed = False
+        users = graph.consumers()
+        for op in graph.ops:
+            if op.type not in ACT_OPS:
+                continue
+            nxt = _single_consumer(graph, users, op.outputs[0])
+            if nxt is None or nxt.type not in (OpType.RELU, OpType.CLIP):
+                continue
+            lo = 0.0 if nxt.type == OpType.RELU else float(nxt.attrs.get("min", -math.inf))  # type: ignore[arg-type]
+            hi = math.inf if nxt.type == OpType.RELU else float(nxt.attrs.get("max", math.inf))  # type: ignore[arg-type]
+            cur_lo = float(op.attrs.get("act_min", -math.inf))  # type: ignore[arg-type]
+            cur_hi = float(op.attrs.get("act_max", math.inf))  # type: ignore[arg-type]
+            lo, hi = max(lo, cur_lo), min(hi, cur_hi)
+            if lo > hi:
+                continue  # clamp(clamp(x)) with disjoint ranges: keep both ops, exact as written
+            if lo != -math.inf:
+                op.attrs["act_min"] = lo
+            if hi != math.inf:
+                op.attrs["act_max"] = hi
+            op.outputs[0] = nxt.outputs[0]
+            graph.ops.remove(nxt)
+            fused += 1
+            changed = True
+            break
+    return fused
+
+
+def eliminate_dead_code(graph: Graph) -> int:
+    """Drop ops none of whose outputs is needed, and tensors no op or binding uses."""
+    live = set(graph.outputs)
+    kept: list[Op] = []
+    for op in reversed(graph.ops):
+        if any(name in live for name in op.outputs):
+            kept.append(op)
+            live.update(name for name in op.inputs if name is not None)
+    removed = len(graph.ops) - len(kept)
+    graph.ops = kept[::-1]
+    used = live | set(graph.inputs) | {name for op in graph.ops for name in op.outputs}
+    for name in [n for n in graph.tensors if n not in used]:
+        del graph.tensors[name]
+    return removed
+
+
+def merge_reshapes(graph: Graph) -> int:
+    """RESHAPE(RESHAPE(x)) -> RESHAPE(x) when the inner result has no other use."""
+    merged = 0
+    producers = graph.producers()
+    users = graph.consumers()
+    for op in graph.ops:
+        if op.type != OpType.RESHAPE or op.inputs[0] is None:
+            continue
+        inner = producers.get(op.inputs[0])
+        if inner is None or inner.type != OpType.RESHAPE:
+            continue
+        if _single_consumer(graph, users, op.inputs[0]) is not op:
+            continue
+        op.inputs[0] = inner.inputs[0]
+        merged += 1
+    if merged:
+        eliminate_dead_code(graph)
+    return merged
+
+
+def rename(graph: Graph, old: str, new: str) -> None:
+    tensor = graph.tensors.pop(old)
+    tensor.name = new
+    graph.tensors[new] = tensor
+    for op in graph.ops:
+        op.inputs = [new if n == old else n for n in op.inputs]
+        op.outputs = [new if n == old else n for n in op.outputs]
+    graph.inputs = [new if n == old else n for n in graph.inputs]
+    graph.outputs = [new if n == old else n for n in graph.outputs]
+
+
+def fix_outputs(graph: Graph) -> int:
+    """Every network output must be its own tensor written by exactly one op: outputs that are a network
+    input, a constant or another output get a RESHAPE copy. The output tensors then take the output
+    names where they are free. Returns the copies inserted."""
+    copies = 0
+    seen: set[str] = set()
+    for index, name in enumerate(graph.outputs):
+        tensor = graph.tensors[name]
+        if name in graph.inputs or tensor.is_const or name in seen:
+            copy = graph.add(graph.output_names[index], tensor.shape, layout=tensor.layout)
+            graph.ops.append(Op(OpType.RESHAPE, graph.output_names[index], [name], [copy]))
+            graph.outputs[index] = copy
+            copies += 1
+            name = copy
+        seen.add(name)
+    for index, name in enumerate(list(graph.outputs)):
+        wanted = graph.output_names[index]
+        if name == wanted:
+            continue
+        if wanted in graph.tensors:
+            if wanted in graph.inputs or wanted in graph.outputs:
+                continue
+            rename(graph, wanted, graph.unique(f"{wanted}_{graph.tensors[wanted].layout}"))
+        rename(graph, name, wanted)
+    return copies
