@@ -3,6 +3,8 @@
 import edgekit as ek
 with ek.Device(0) as dev, dev.malloc(4096) as mem:
     mem.write(b"...")
+with ek.Context(device=0) as ctx:
+    outputs = ctx.load_model("model.ekm").network().create_request().run([x])
 """
 
 from edgekit._core import version as runtime_version
@@ -26,12 +28,14 @@ from edgekit.errors import (
     UnsupportedError,
     WaitTimeoutError,
 )
+from edgekit.inference import Context, Model, Network, Request, Stage, TensorInfo
 
 __version__ = runtime_version()
 
 __all__ = [
     "BusyError",
     "CoherenceViolation",
+    "Context",
     "Device",
     "DeviceMemory",
     "DeviceMismatchError",
@@ -43,12 +47,17 @@ __all__ = [
     "InvalidHandleError",
     "InvalidTypeError",
     "MappedView",
+    "Model",
     "ModelInvalidError",
+    "Network",
     "NoDeviceError",
     "NotMappedError",
     "OutOfMemoryError",
     "OutOfRangeError",
+    "Request",
+    "Stage",
     "SystemCallError",
+    "TensorInfo",
     "UnsupportedError",
     "WaitTimeoutError",
     "__version__",

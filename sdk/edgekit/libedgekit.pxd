@@ -76,3 +76,87 @@ cdef extern from "edgekit/edgekit.h" nogil:
     ek_status_t ek_mem_flush_partial(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size)
     ek_status_t ek_mem_invalidate(ek_dev_t dev, ek_mem_t mem)
     ek_status_t ek_mem_invalidate_partial(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size)
+
+
+# ---- models and inference (edgekit/runtime.h) ----------------------------------------------------------
+from libc.stdint cimport int32_t, int64_t
+
+cdef extern from "edgekit/edgekit.h" nogil:
+    ctypedef enum ek_dtype_t:
+        EK_DTYPE_FLOAT32
+        EK_DTYPE_FLOAT16
+        EK_DTYPE_INT8
+        EK_DTYPE_UINT8
+        EK_DTYPE_INT32
+        EK_DTYPE_INT64
+    size_t ek_dtype_size(ek_dtype_t dtype)
+    const char *ek_dtype_name(ek_dtype_t dtype)
+
+    int EK_MAX_DIMS
+    ctypedef struct ek_shape_t:
+        int num_dims
+        int64_t dims[8]
+    ctypedef struct ek_tensor_t:
+        ek_mem_t mem
+        size_t offset
+        ek_dtype_t dtype
+        ek_shape_t shape
+
+    ctypedef struct ek_rt_t:
+        uint64_t id
+    ctypedef enum ek_kernels_t:
+        EK_KERNELS_DEFAULT
+        EK_KERNELS_AUTO
+        EK_KERNELS_PORTABLE
+        EK_KERNELS_XNNPACK
+    ctypedef struct ek_rt_config_t:
+        ek_kernels_t kernels
+        int threads
+    ek_status_t ek_rt_create(ek_rt_t *rt, ek_dev_t dev)
+    ek_status_t ek_rt_create_ex(ek_rt_t *rt, ek_dev_t dev, const ek_rt_config_t *config)
+    ek_status_t ek_rt_destroy(ek_rt_t rt)
+    ek_status_t ek_rt_kernels(ek_rt_t rt, const char **name)
+    ek_status_t ek_rt_load_model(ek_rt_t rt, const char *path)
+    ek_status_t ek_rt_load_model_data(ek_rt_t rt, const void *data, size_t size)
+    ek_status_t ek_rt_network_count(ek_rt_t rt, int *count)
+    ek_status_t ek_rt_network_name(ek_rt_t rt, int index, const char **name)
+
+    ctypedef struct ek_io_info_t:
+        const char *name
+        ek_dtype_t dtype
+        float scale
+        int32_t zero_point
+        size_t max_bytes
+    ctypedef struct ek_stage_info_t:
+        const ek_shape_t *input_shapes
+        const ek_shape_t *output_shapes
+    ctypedef struct ek_net_info_t:
+        const char *name
+        int input_count
+        const ek_io_info_t *inputs
+        int output_count
+        const ek_io_info_t *outputs
+        int stage_count
+        const ek_stage_info_t *stages
+    ek_status_t ek_rt_network_info(ek_rt_t rt, const char *name, const ek_net_info_t **info)
+
+    ctypedef struct ek_launch_t:
+        uint64_t id
+    ctypedef struct ek_launch_options_t:
+        int threads
+        uint64_t cpu_mask
+        void (*on_done)(void *user_data, ek_status_t status) noexcept nogil
+        void *user_data
+    ek_status_t ek_rt_launch_tensor(ek_rt_t rt, const char *net_name, const ek_tensor_t *inputs,
+                                    int input_count, ek_tensor_t *outputs, int output_count, bint user_mem,
+                                    const ek_launch_options_t *options, ek_launch_t *launch)
+    ek_status_t ek_launch_wait(ek_launch_t launch, int timeout_ms)
+    ek_status_t ek_rt_launch_data(ek_rt_t rt, const char *net_name, const void *const *inputs,
+                                  const ek_shape_t *input_shapes, int input_count, void *const *outputs,
+                                  const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,
+                                  const ek_launch_options_t *options)
+
+    # The status codes the inference layer tests for by name.
+    enum:
+        EK_ERR_BUSY
+        EK_ERR_TIMEOUT

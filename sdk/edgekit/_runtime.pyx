@@ -1,0 +1,725 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""edgekit._runtime: the low-level layer of models and inference (edgekit/runtime.h).
+
+Runtime mirrors ek_rt_*; Request is one reusable launch slot of a network: its tensors (device
+memory the Pythonic layer, edgekit.inference, allocates and binds), one launch in flight at a time,
+and its completion.
+
+Completion: the runtime calls a C on_done on its worker thread. That function only records the
+status and signals (a condition variable, and for requests with a Python callback a queue): the
+worker never takes the GIL, so no Python state can deadlock or stall it. Waits block on the condition
+variable without the GIL; callbacks run on one dispatcher thread per Runtime, started on first use.
+"""
+cimport cython
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+from edgekit.libedgekit cimport *
+
+import sys
+import threading
+import traceback
+
+from edgekit.errors import BusyError, InvalidArgumentError, InvalidTypeError, error_for_status
+
+from edgekit._core import Device as _Device
+
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <pthread.h>
+    #include <stdint.h>
+    #include <stdlib.h>
+    #include <time.h>
+
+    #include "edgekit/edgekit.h"
+
+    /* Completion of one request's launches. on_done touches nothing else of the request. */
+    typedef struct ekpy_state {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int running;   /* queued, and on_done has not run yet */
+        int notify;    /* on_done also queues (this state, seq) for the dispatcher */
+        uint64_t seq;  /* the launch's number, so a queued entry names its launch, not the request's next one */
+        ek_status_t status;
+        struct ekpy_queue *queue;
+    } ekpy_state_t;
+
+    typedef struct ekpy_done {
+        size_t token; /* the state's address */
+        uint64_t seq;
+    } ekpy_done_t;
+
+    /* Finished launches whose requests have a Python callback, oldest first: a ring that launches
+     * reserve a slot in (on the Python side), so on_done never allocates and never fails. */
+    typedef struct ekpy_queue {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        ekpy_done_t *items;
+        size_t capacity, head, count;
+        size_t reserved; /* slots of launches not yet popped: count <= reserved <= capacity */
+        int closed;
+    } ekpy_queue_t;
+
+    /* Timed waits use CLOCK_MONOTONIC, so a change of the wall clock does not stretch them. */
+    static int ekpy_cond_init(pthread_cond_t *cond) {
+        pthread_condattr_t attr;
+        int rc = pthread_condattr_init(&attr);
+        if (rc != 0)
+            return rc;
+        rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        if (rc == 0)
+            rc = pthread_cond_init(cond, &attr);
+        pthread_condattr_destroy(&attr);
+        return rc;
+    }
+
+    static void ekpy_deadline(struct timespec *ts, int timeout_ms) {
+        clock_gettime(CLOCK_MONOTONIC, ts);
+        ts->tv_sec += timeout_ms / 1000;
+        ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts->tv_nsec >= 1000000000L) {
+            ts->tv_sec += 1;
+            ts->tv_nsec -= 1000000000L;
+        }
+    }
+
+    static ekpy_queue_t *ekpy_queue_new(void) {
+        ekpy_queue_t *q = (ekpy_queue_t *)calloc(1, sizeof *q);
+        if (q == NULL)
+            return NULL;
+        if (pthread_mutex_init(&q->lock, NULL) != 0) {
+            free(q);
+            return NULL;
+        }
+        if (ekpy_cond_init(&q->cond) != 0) {
+            pthread_mutex_destroy(&q->lock);
+            free(q);
+            return NULL;
+        }
+        return q;
+    }
+
+    static void ekpy_queue_free(ekpy_queue_t *q) {
+        if (q == NULL)
+            return;
+        pthread_cond_destroy(&q->cond);
+        pthread_mutex_destroy(&q->lock);
+        free(q->items);
+        free(q);
+    }
+
+    /* A slot for one more notifying launch; -1 when out of memory. */
+    static int ekpy_queue_reserve(ekpy_queue_t *q) {
+        int rc = 0;
+        pthread_mutex_lock(&q->lock);
+        if (q->reserved == q->capacity) {
+            size_t capacity = q->capacity ? 2 * q->capacity : 16, i;
+            ekpy_done_t *items = NULL;
+            if (capacity <= ((size_t)-1) / sizeof *items)
+                items = (ekpy_done_t *)malloc(capacity * sizeof *items);
+            if (items == NULL) {
+                rc = -1;
+            } else {
+                for (i = 0; i < q->count; i++)
+                    items[i] = q->items[(q->head + i) % q->capacity];
+                free(q->items);
+                q->items = items;
+                q->capacity = capacity;
+                q->head = 0;
+            }
+        }
+        if (rc == 0)
+            q->reserved++;
+        pthread_mutex_unlock(&q->lock);
+        return rc;
+    }
+
+    /* The launch that reserved a slot was refused: nothing will fill it. */
+    static void ekpy_queue_unreserve(ekpy_queue_t *q) {
+        pthread_mutex_lock(&q->lock);
+        q->reserved--;
+        pthread_mutex_unlock(&q->lock);
+    }
+
+    static void ekpy_queue_close(ekpy_queue_t *q) {
+        pthread_mutex_lock(&q->lock);
+        q->closed = 1;
+        pthread_cond_broadcast(&q->cond);
+        pthread_mutex_unlock(&q->lock);
+    }
+
+    /* The oldest finished launch into *done, waiting up to timeout_ms (< 0: forever): 1, or 0 on
+     * timeout, or once the queue is closed and empty. */
+    static int ekpy_queue_pop(ekpy_queue_t *q, int timeout_ms, ekpy_done_t *done) {
+        struct timespec deadline;
+        int rc = 0, got = 0;
+        if (timeout_ms >= 0)
+            ekpy_deadline(&deadline, timeout_ms);
+        pthread_mutex_lock(&q->lock);
+        while (q->count == 0 && !q->closed && rc != ETIMEDOUT)
+            rc = timeout_ms < 0 ? pthread_cond_wait(&q->cond, &q->lock)
+                                : pthread_cond_timedwait(&q->cond, &q->lock, &deadline);
+        if (q->count > 0) {
+            *done = q->items[q->head];
+            q->head = (q->head + 1) % q->capacity;
+            q->count--;
+            q->reserved--;
+            got = 1;
+        }
+        pthread_mutex_unlock(&q->lock);
+        return got;
+    }
+
+    static ekpy_state_t *ekpy_state_new(ekpy_queue_t *queue) {
+        ekpy_state_t *s = (ekpy_state_t *)calloc(1, sizeof *s);
+        if (s == NULL)
+            return NULL;
+        if (pthread_mutex_init(&s->lock, NULL) != 0) {
+            free(s);
+            return NULL;
+        }
+        if (ekpy_cond_init(&s->cond) != 0) {
+            pthread_mutex_destroy(&s->lock);
+            free(s);
+            return NULL;
+        }
+        s->queue = queue;
+        return s;
+    }
+
+    static void ekpy_state_free(ekpy_state_t *s) {
+        if (s == NULL)
+            return;
+        pthread_cond_destroy(&s->cond);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+    }
+
+    static void ekpy_state_begin(ekpy_state_t *s, int notify, uint64_t seq) {
+        pthread_mutex_lock(&s->lock);
+        s->running = 1;
+        s->notify = notify;
+        s->seq = seq;
+        s->status = EK_OK;
+        pthread_mutex_unlock(&s->lock);
+    }
+
+    /* The launch was refused: nothing will call on_done. */
+    static void ekpy_state_abort(ekpy_state_t *s) {
+        pthread_mutex_lock(&s->lock);
+        s->running = 0;
+        pthread_mutex_unlock(&s->lock);
+    }
+
+    /* ek_launch_options_t.on_done, on a runtime worker thread: record and signal, nothing else.
+     * After the unlock the state is not touched again, so a waiter may free it. */
+    static void ekpy_on_done(void *user_data, ek_status_t status) {
+        ekpy_state_t *s = (ekpy_state_t *)user_data;
+        pthread_mutex_lock(&s->lock);
+        s->running = 0;
+        s->status = status;
+        if (s->notify && s->queue != NULL) {
+            ekpy_queue_t *q = s->queue;
+            pthread_mutex_lock(&q->lock);
+            q->items[(q->head + q->count) % q->capacity].token = (size_t)s;
+            q->items[(q->head + q->count) % q->capacity].seq = s->seq;
+            q->count++; /* the launch reserved this slot */
+            pthread_cond_signal(&q->cond);
+            pthread_mutex_unlock(&q->lock);
+        }
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+    }
+
+    /* 1 once the launch has finished (on_done ran), 0 if still running after timeout_ms (< 0: forever). */
+    static int ekpy_state_wait(ekpy_state_t *s, int timeout_ms) {
+        struct timespec deadline;
+        int rc = 0, done;
+        if (timeout_ms >= 0)
+            ekpy_deadline(&deadline, timeout_ms);
+        pthread_mutex_lock(&s->lock);
+        while (s->running && rc != ETIMEDOUT)
+            rc = timeout_ms < 0 ? pthread_cond_wait(&s->cond, &s->lock)
+                                : pthread_cond_timedwait(&s->cond, &s->lock, &deadline);
+        done = !s->running;
+        pthread_mutex_unlock(&s->lock);
+        return done;
+    }
+    """
+    ctypedef struct ekpy_queue_t:
+        pass
+    ctypedef struct ekpy_state_t:
+        pass
+    ctypedef struct ekpy_done_t:
+        size_t token
+        uint64_t seq
+    ekpy_queue_t *ekpy_queue_new() nogil
+    void ekpy_queue_free(ekpy_queue_t *q) nogil
+    int ekpy_queue_reserve(ekpy_queue_t *q) nogil
+    void ekpy_queue_unreserve(ekpy_queue_t *q) nogil
+    void ekpy_queue_close(ekpy_queue_t *q) nogil
+    int ekpy_queue_pop(ekpy_queue_t *q, int timeout_ms, ekpy_done_t *done) nogil
+    ekpy_state_t *ekpy_state_new(ekpy_queue_t *queue) nogil
+    void ekpy_state_free(ekpy_state_t *s) nogil
+    void ekpy_state_begin(ekpy_state_t *s, int notify, uint64_t seq) nogil
+    void ekpy_state_abort(ekpy_state_t *s) nogil
+    void ekpy_on_done(void *user_data, ek_status_t status) noexcept nogil
+    int ekpy_state_wait(ekpy_state_t *s, int timeout_ms) nogil
+
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
+
+KERNELS = {"default": EK_KERNELS_DEFAULT, "auto": EK_KERNELS_AUTO, "portable": EK_KERNELS_PORTABLE,
+           "xnnpack": EK_KERNELS_XNNPACK}
+DTYPE_NAMES = {EK_DTYPE_FLOAT32: "float32", EK_DTYPE_FLOAT16: "float16", EK_DTYPE_INT8: "int8",
+               EK_DTYPE_UINT8: "uint8", EK_DTYPE_INT32: "int32", EK_DTYPE_INT64: "int64"}
+MAX_DIMS = EK_MAX_DIMS
+
+# Long waits run in slices of this many ms, checking for signals (Ctrl-C) in between.
+cdef int WAIT_SLICE_MS = 100
+
+
+cdef inline int check(ek_status_t status) except -1:
+    if status != EK_OK:
+        raise error_for_status(<int>status, ek_last_error().decode("utf-8", "replace"))
+    return 0
+
+
+cdef inline str text(const char *s):
+    return s.decode("utf-8", "replace") if s != NULL else ""
+
+
+cdef tuple shape_tuple(const ek_shape_t *shape):
+    cdef int i
+    return tuple([shape.dims[i] for i in range(shape.num_dims)])
+
+
+cdef tuple io_tuple(const ek_io_info_t *io):
+    return (text(io.name), <int>io.dtype, io.scale, io.zero_point, io.max_bytes)
+
+
+cdef int wait_state(ekpy_state_t *state, int timeout_ms) except -1:
+    """Wait for on_done without the GIL, in slices so Ctrl-C interrupts; 1: done, 0: timed out."""
+    cdef int done = 0, slice_ms
+    while True:
+        slice_ms = WAIT_SLICE_MS if timeout_ms < 0 or timeout_ms > WAIT_SLICE_MS else timeout_ms
+        with nogil:
+            done = ekpy_state_wait(state, slice_ms)
+        if done:
+            return 1
+        if timeout_ms >= 0:
+            timeout_ms -= slice_ms
+            if timeout_ms <= 0:
+                return 0
+        PyErr_CheckSignals()
+
+
+def kernels_code(kernels) -> int:
+    """The ek_kernels_t of a kernels name (None: the default, EDGEKIT_KERNELS or auto)."""
+    if kernels is None:
+        return EK_KERNELS_DEFAULT
+    if not isinstance(kernels, str) or kernels not in KERNELS:
+        raise InvalidArgumentError(f"kernels must be one of {sorted(KERNELS)} or None, got {kernels!r}")
+    return KERNELS[kernels]
+
+
+cdef class _DoneQueue:
+    """The C queue on_done fills for requests with a callback, and those requests (kept alive while
+    their launch is in flight) by token. Shared by a Runtime and its dispatcher thread."""
+    cdef ekpy_queue_t *q
+    cdef readonly dict inflight
+
+    def __cinit__(self):
+        self.q = ekpy_queue_new()
+        if self.q == NULL:
+            raise MemoryError("cannot create the launch completion queue")
+        self.inflight = {}
+
+    def __dealloc__(self):
+        ekpy_queue_free(self.q)
+
+    def close(self) -> None:
+        ekpy_queue_close(self.q)
+
+    def next(self):
+        """(token, seq) of the next finished launch; None once closed and empty."""
+        cdef ekpy_done_t done
+        cdef int got
+        with nogil:
+            got = ekpy_queue_pop(self.q, -1, &done)
+        if not got:
+            return None
+        return (done.token, done.seq)
+
+
+def _dispatch(_DoneQueue queue) -> None:
+    """The dispatcher thread: run the callbacks of finished launches, one at a time, in order."""
+    while True:
+        key = queue.next()
+        if key is None:
+            return
+        request = queue.inflight.pop(key, None)
+        if request is not None:
+            try:
+                (<Request>request)._finished(key[1])
+            except BaseException:  # the thread must go on: later callbacks wait on it
+                traceback.print_exc()
+
+
+cdef class Runtime:
+    """A runtime (ek_rt_t) on an open edgekit Device: loaded networks, launches."""
+    cdef ek_rt_t _rt
+    cdef bint _open
+    cdef readonly object device
+    cdef _DoneQueue _queue
+    cdef object _dispatcher
+    cdef object _lock
+
+    def __cinit__(self, device, kernels=None, threads=None):
+        cdef ek_rt_config_t config
+        cdef ek_dev_t dev
+        if not isinstance(device, _Device):
+            raise InvalidTypeError(f"device must be an edgekit.Device, got {type(device).__name__}")
+        config.kernels = <ek_kernels_t><int>kernels_code(kernels)
+        config.threads = 0
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int):
+                raise InvalidTypeError(f"threads must be an int or None, got {type(threads).__name__} {threads!r}")
+            if threads < 1 or threads > 1024:
+                raise InvalidArgumentError(f"threads must be in 1..1024 (or None for the default), got {threads}")
+            config.threads = threads
+        dev.id = device.handle
+        check(ek_rt_create_ex(&self._rt, dev, &config))
+        self._open = True
+        self.device = device
+        self._queue = _DoneQueue()
+        self._lock = threading.Lock()
+
+    def __dealloc__(self):
+        if self._open:
+            with nogil:
+                ek_rt_destroy(self._rt)
+        if self._queue is not None:
+            self._queue.close()  # the dispatcher thread, if any, drains and ends
+
+    @property
+    def handle(self) -> int:
+        return self._rt.id
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+    def close(self) -> None:
+        """Wait for the launches, free the models, end the dispatcher thread."""
+        cdef ek_status_t status = EK_OK
+        if self._open:
+            self._open = False
+            with nogil:
+                status = ek_rt_destroy(self._rt)
+        self._queue.close()
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join()
+        check(status)
+
+    @property
+    def kernels(self) -> str:
+        cdef const char *name = NULL
+        check(ek_rt_kernels(self._rt, &name))
+        return text(name)
+
+    def network_names(self) -> list:
+        cdef int count = 0, i
+        cdef const char *name = NULL
+        check(ek_rt_network_count(self._rt, &count))
+        names = []
+        for i in range(count):
+            check(ek_rt_network_name(self._rt, i, &name))
+            names.append(text(name))
+        return names
+
+    def load_model(self, path) -> list:
+        """Load a model file (mapped); returns the names of the networks it added."""
+        cdef bytes encoded
+        cdef const char *c_path
+        cdef ek_status_t status
+        if isinstance(path, str):
+            encoded = path.encode(sys.getfilesystemencoding(), "surrogateescape")
+        elif isinstance(path, bytes):
+            encoded = path
+        else:
+            raise InvalidTypeError(f"path must be str or bytes, got {type(path).__name__}")
+        c_path = encoded
+        with self._lock:
+            before = len(self.network_names())
+            with nogil:
+                status = ek_rt_load_model(self._rt, c_path)
+            check(status)
+            return self.network_names()[before:]
+
+    def load_model_data(self, data) -> list:
+        """Load a model from a bytes-like object (copied); returns the names of the networks it added."""
+        cdef const unsigned char[::1] view
+        cdef ek_status_t status
+        cdef const void *ptr
+        cdef size_t size
+        try:
+            view = memoryview(data).cast("B")
+        except (TypeError, ValueError) as exc:
+            raise InvalidTypeError(f"model data must be a C-contiguous bytes-like object: {exc}") from None
+        size = view.shape[0]
+        if size == 0:
+            raise InvalidArgumentError("model data is empty")
+        ptr = &view[0]
+        with self._lock:
+            before = len(self.network_names())
+            with nogil:
+                status = ek_rt_load_model_data(self._rt, ptr, size)
+            check(status)
+            return self.network_names()[before:]
+
+    def network_info(self, str name) -> tuple:
+        """(name, inputs, outputs, stages): inputs/outputs as (name, dtype code, scale, zero point,
+        max bytes), stages as (input shapes, output shapes)."""
+        cdef const ek_net_info_t *info = NULL
+        cdef bytes encoded = name.encode()
+        cdef int i, j
+        check(ek_rt_network_info(self._rt, encoded, &info))
+        inputs = [io_tuple(&info.inputs[i]) for i in range(info.input_count)]
+        outputs = [io_tuple(&info.outputs[i]) for i in range(info.output_count)]
+        stages = []
+        for i in range(info.stage_count):
+            stages.append(([shape_tuple(&info.stages[i].input_shapes[j]) for j in range(info.input_count)],
+                           [shape_tuple(&info.stages[i].output_shapes[j]) for j in range(info.output_count)]))
+        return (text(info.name), inputs, outputs, stages)
+
+    cdef int _start_dispatcher(self) except -1:
+        with self._lock:
+            if self._dispatcher is None:
+                thread = threading.Thread(target=_dispatch, args=(self._queue,), name="edgekit-callbacks",
+                                          daemon=True)
+                thread.start()
+                self._dispatcher = thread
+        return 0
+
+
+# no_gc_clear: __dealloc__ needs the runtime and the bound memories even when the garbage collector
+# breaks a cycle through the request.
+@cython.no_gc_clear
+cdef class Request:
+    """One launch slot of network `net_name`: tensors bound to device memory, one launch at a time."""
+    cdef readonly Runtime runtime
+    cdef bytes _net_name
+    cdef int _n_in, _n_out
+    cdef ek_tensor_t *_tensors       # inputs then outputs
+    cdef size_t *_nbytes             # bytes of each tensor's current shape
+    cdef unsigned char *_mapped      # 1: flush (input) / invalidate (output) around launches
+    cdef ek_dev_t _dev
+    cdef ekpy_state_t *_state
+    cdef ek_launch_t _handle
+    cdef bint _launched              # a launch not retired yet
+    cdef uint64_t _seq               # the number of the last launch
+    cdef object _error               # the last launch's exception, raised by every wait() until the next
+    cdef object _callback
+    cdef list _memories              # kept until the launch using them has ended
+    cdef readonly int launches
+
+    def _setup(self, Runtime runtime not None, str net_name, int input_count, int output_count) -> None:
+        """Once, from the Pythonic subclass's __init__ (so its constructor takes what it likes)."""
+        cdef int n
+        if self._tensors != NULL:
+            raise BusyError("the request is set up already")
+        if input_count < 1 or output_count < 1 or input_count > 4096 or output_count > 4096:
+            raise InvalidArgumentError(f"a network has 1..4096 inputs and outputs, got {input_count} and "
+                                       f"{output_count}")
+        n = input_count + output_count
+        self._state = ekpy_state_new(runtime._queue.q)
+        self._tensors = <ek_tensor_t *>calloc(n, sizeof(ek_tensor_t))
+        self._nbytes = <size_t *>calloc(n, sizeof(size_t))
+        self._mapped = <unsigned char *>calloc(n, 1)
+        if self._tensors == NULL or self._nbytes == NULL or self._mapped == NULL or self._state == NULL:
+            raise MemoryError()
+        self.runtime = runtime
+        self._net_name = net_name.encode()
+        self._n_in = input_count
+        self._n_out = output_count
+        self._dev.id = runtime.device.handle
+        self._memories = [None] * n
+
+    def __dealloc__(self):
+        if self._launched and self._state != NULL:
+            # The launch reads and writes the bound memories: end it before they can go.
+            with nogil:
+                ekpy_state_wait(self._state, -1)
+                ek_launch_wait(self._handle, -1)
+        ekpy_state_free(self._state)
+        free(self._tensors)
+        free(self._nbytes)
+        free(self._mapped)
+
+    cdef int _index(self, int index) except -1:
+        if self._tensors == NULL:
+            raise BusyError("the request is not set up (_setup)")
+        if index < 0 or index >= self._n_in + self._n_out:
+            raise InvalidArgumentError(f"tensor index {index} is outside 0..{self._n_in + self._n_out - 1}")
+        if self._launched:
+            raise BusyError("the request is running: wait() for it before changing its tensors")
+        return 0
+
+    def _bind(self, int index, memory, offset=0) -> None:
+        """Tensor `index` (inputs first) lives at byte `offset` of `memory` (an edgekit Memory)."""
+        self._index(index)
+        self._tensors[index].mem.id = memory.handle
+        self._tensors[index].offset = offset
+        self._memories[index] = memory
+
+    def _set_tensor(self, int index, int dtype, tuple shape) -> None:
+        """The dtype and shape tensor `index` has in the next launches."""
+        cdef size_t nbytes, d
+        cdef int i
+        self._index(index)
+        if len(shape) > EK_MAX_DIMS:
+            raise InvalidArgumentError(f"shape {shape} has more than {EK_MAX_DIMS} dimensions")
+        nbytes = ek_dtype_size(<ek_dtype_t>dtype)
+        if nbytes == 0:
+            raise InvalidArgumentError(f"unknown dtype code {dtype}")
+        for i in range(len(shape)):
+            if shape[i] < 0:
+                raise InvalidArgumentError(f"shape {shape} has a negative dimension")
+            d = shape[i]
+            if d != 0 and nbytes > (<size_t>-1) // d:
+                raise InvalidArgumentError(f"shape {shape} is larger than this platform can address")
+            nbytes *= d
+            self._tensors[index].shape.dims[i] = shape[i]
+        self._tensors[index].shape.num_dims = len(shape)
+        self._tensors[index].dtype = <ek_dtype_t>dtype
+        self._nbytes[index] = nbytes
+
+    def _set_mapped(self, int index, bint mapped) -> None:
+        """Whether tensor `index` is mapped for the CPU: launches then flush it (an input) before, and
+        invalidate it (an output) after."""
+        self._index(index)
+        self._mapped[index] = mapped
+
+    @property
+    def running(self) -> bool:
+        """A launch was started and not waited for yet (it may have finished already)."""
+        return bool(self._launched)
+
+    @property
+    def callback(self):
+        return self._callback
+
+    def set_callback(self, fn) -> None:
+        """Call fn(request) on the runtime's callback thread after each launch; None: no callback."""
+        if fn is not None and not callable(fn):
+            raise InvalidTypeError(f"the callback must be callable or None, got {type(fn).__name__}")
+        self._callback = fn
+
+    def _launch(self, int threads=0) -> None:
+        """Flush the mapped inputs and queue the network on the device; returns at once."""
+        cdef ek_launch_options_t options
+        cdef ek_status_t status = EK_OK
+        cdef int i
+        cdef bint notify = self._callback is not None
+        cdef size_t token = <size_t>self._state
+        if self._tensors == NULL:
+            raise BusyError("the request is not set up (_setup)")
+        if self._launched:
+            raise BusyError("the request is still running: wait() for it before the next infer()")
+        if self.runtime.closed:
+            raise BusyError("the runtime (context) of this request is closed")
+        with nogil:
+            for i in range(self._n_in):
+                if self._mapped[i] and self._nbytes[i]:
+                    status = ek_mem_flush_partial(self._dev, self._tensors[i].mem, self._tensors[i].offset,
+                                                  self._nbytes[i])
+                    if status != EK_OK:
+                        break
+        check(status)
+        memset(&options, 0, sizeof(options))
+        options.threads = threads
+        options.on_done = ekpy_on_done
+        options.user_data = self._state
+        seq = self._seq + 1
+        if notify:
+            self.runtime._start_dispatcher()
+            if ekpy_queue_reserve(self.runtime._queue.q) != 0:
+                raise MemoryError("cannot grow the launch completion queue")
+            self.runtime._queue.inflight[(token, seq)] = self
+        ekpy_state_begin(self._state, notify, seq)
+        cdef ek_rt_t rt = self.runtime._rt
+        cdef const char *net_name = self._net_name
+        cdef ek_launch_t handle
+        with nogil:
+            status = ek_rt_launch_tensor(rt, net_name, self._tensors, self._n_in, self._tensors + self._n_in,
+                                         self._n_out, True, &options, &handle)
+        if status != EK_OK:
+            ekpy_state_abort(self._state)
+            if notify:
+                self.runtime._queue.inflight.pop((token, seq), None)
+                ekpy_queue_unreserve(self.runtime._queue.q)
+            check(status)
+        self._seq = seq
+        self._handle = handle
+        self._launched = True
+        self._error = None
+        self.launches += 1
+
+    def _wait(self, int timeout_ms=-1) -> bool:
+        """Wait up to timeout_ms (< 0: forever) for the launch: False if it is still running; True
+        when it has ended (then raises its error, if it failed)."""
+        if self._launched:
+            if not wait_state(self._state, timeout_ms):
+                return False
+            self._retire()
+        if self._error is not None:
+            raise self._error
+        return True
+
+    cdef int _retire(self) except -1:
+        """After on_done: retire the launch handle (its message), invalidate the mapped outputs.
+        Runs with the GIL, so the dispatcher and a waiting thread retire a launch exactly once."""
+        cdef ek_status_t status
+        cdef int i
+        if not self._launched:
+            return 0
+        status = ek_launch_wait(self._handle, -1)  # on_done has run: this returns at once
+        self._launched = False
+        if status != EK_OK:
+            self._error = error_for_status(<int>status, ek_last_error().decode("utf-8", "replace"))
+            return 0
+        for i in range(self._n_in, self._n_in + self._n_out):
+            if self._mapped[i] and self._nbytes[i]:
+                status = ek_mem_invalidate_partial(self._dev, self._tensors[i].mem, self._tensors[i].offset,
+                                                   self._nbytes[i])
+                if status != EK_OK:
+                    self._error = error_for_status(<int>status, ek_last_error().decode("utf-8", "replace"))
+                    return 0
+        return 0
+
+    def _finished(self, uint64_t seq) -> None:
+        """On the dispatcher thread, after launch `seq`: retire it (unless a wait() did, and the
+        request is running a newer launch already), then run the callback; its exceptions are printed."""
+        if seq == self._seq:
+            self._retire()
+        fn = self._callback
+        if fn is None or getattr(self, "closed", False):  # closed meanwhile: nothing left to look at
+            return
+        try:
+            fn(self)
+        except BaseException:
+            print(f"edgekit: exception in the callback {fn!r} of {self!r}:", file=sys.stderr)
+            traceback.print_exc()
+
+    def _output_shape(self, int index) -> tuple:
+        """The shape the last launch reported for output `index`."""
+        if index < 0 or index >= self._n_out:
+            raise InvalidArgumentError(f"output index {index} is outside 0..{self._n_out - 1}")
+        return shape_tuple(&self._tensors[self._n_in + index].shape)

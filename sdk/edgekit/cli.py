@@ -1,0 +1,389 @@
+"""The ``edgekit`` command: compile ONNX models, inspect and run ``.ekm`` models.
+
+``info`` and ``run`` need only numpy and the runtime, so they work on a board; ``compile`` imports the
+compiler (and onnx) only when it is the command given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+EdgeKit: compile ONNX models to .ekm files, inspect them, and run them on the EdgeKit runtime.
+
+commands:
+  compile   ONNX -> .ekm (host only: needs the onnx package)
+  info      print a model's networks, inputs, outputs and stages (loads it through the runtime, so
+            it also validates the file)
+  run       run a network on .npy inputs (or random ones), write the outputs as .npy, print latency
+
+examples:
+  edgekit compile model.onnx -o model.ekm --input-shape input=1x3x224x224
+  edgekit info model.ekm
+  edgekit run model.ekm --input image.npy --output-dir out/
+  edgekit run model.ekm --random --repeat 50 --kernels portable --threads 2
+
+Run 'edgekit COMMAND --help' for the options of a command.
+"""
+
+COMPILE_HELP = "compile an ONNX model to a .ekm file (host only)"
+COMPILE_DESCRIPTION = """\
+Compile an ONNX model to a .ekm model file: static shapes per stage, constant and BatchNorm folding,
+fused activations, a static memory plan. Needs the onnx package (host only).
+
+example:
+  edgekit compile model.onnx -o model.ekm --input-shape input=1x3x224x224
+"""
+
+INFO_DESCRIPTION = """\
+Load a .ekm model through the runtime (which validates the whole file) and print its networks:
+inputs and outputs (name, dtype, shape per stage, scale, zero point), stages, and the kernels in use.
+
+examples:
+  edgekit info model.ekm
+  edgekit info model.ekm --json
+"""
+
+RUN_DESCRIPTION = """\
+Run a network of a .ekm model. Inputs come from .npy files, in input order (--input x.npy) or by
+name (--input name=x.npy); their shapes choose the stage. With --random and no --input, inputs are
+random, in the shapes of --stage. Outputs are written to OUTPUT_DIR/<output name>.npy. The latency
+printed is the median of --repeat launches (infer + wait; the copies in and out are not counted).
+
+examples:
+  edgekit run model.ekm --input image.npy --output-dir out/
+  edgekit run model.ekm --input x=a.npy --input y=b.npy --network net
+  edgekit run model.ekm --random --repeat 100 --kernels xnnpack --threads 4
+"""
+
+
+class CliError(Exception):
+    """A problem to report as one 'error: ...' line."""
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "portable", "xnnpack"),
+        default=None,
+        help="kernels to run the ops (default: EDGEKIT_KERNELS, else auto: XNNPACK where it has the op)",
+    )
+    parser.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser(with_compiler: bool) -> argparse.ArgumentParser:
+    """The parser; the compile command's options only ``with_compiler`` (they need the compiler)."""
+    parser = argparse.ArgumentParser(
+        prog="edgekit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="store_true", help="print the runtime's version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    compile_parser = commands.add_parser(
+        "compile",
+        help=COMPILE_HELP,
+        description=COMPILE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=with_compiler,
+    )
+    if with_compiler:
+        from edgekit.compiler.cli import add_compile_arguments  # host only: imports onnx
+
+        add_compile_arguments(compile_parser)
+
+    info = commands.add_parser(
+        "info",
+        help="print a model's networks, inputs, outputs and stages",
+        description=INFO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument("model", help="the .ekm file")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_runtime_options(info)
+
+    run = commands.add_parser(
+        "run",
+        help="run a network on .npy inputs and write its outputs",
+        description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("model", help="the .ekm file")
+    run.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE.npy",
+        help="an input: in input order, or NAME=FILE for input NAME (repeat for each input)",
+    )
+    run.add_argument("--random", action="store_true", help="random inputs (when no --input is given)")
+    run.add_argument("--stage", type=int, default=0, help="the stage of the random inputs (default 0)")
+    run.add_argument("--network", "-n", default=None, help="the network (needed when the model has several)")
+    run.add_argument("--output-dir", "-o", default=None, help="write each output to DIR/<name>.npy")
+    run.add_argument("--threads", type=_positive_int, default=None, help="threads per launch")
+    run.add_argument("--repeat", type=_positive_int, default=1, help="launches to time (default 1)")
+    run.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    _add_runtime_options(run)
+    return parser
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape) if len(shape) else "scalar"
+
+
+def _describe(ctx: Any, model: Any, path: str) -> dict[str, Any]:
+    networks = []
+    for name in model.network_names:
+        net = model.network(name)
+
+        def tensors(infos: Any) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": t.name,
+                    "dtype": str(t.dtype),
+                    "shapes": [list(s) for s in t.shapes],
+                    "scale": t.scale,
+                    "zero_point": t.zero_point,
+                    "max_bytes": t.max_bytes,
+                }
+                for t in infos
+            ]
+
+        networks.append(
+            {
+                "name": net.name,
+                "inputs": tensors(net.inputs),
+                "outputs": tensors(net.outputs),
+                "stages": [
+                    {
+                        "inputs": {k: list(v) for k, v in s.inputs.items()},
+                        "outputs": {k: list(v) for k, v in s.outputs.items()},
+                    }
+                    for s in net.stages
+                ],
+            }
+        )
+    return {"model": path, "bytes": os.path.getsize(path), "kernels": ctx.kernels, "networks": networks}
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    print(f"model:   {info['model']} ({info['bytes']} bytes)")
+    print(f"kernels: {info['kernels']}")
+    for net in info["networks"]:
+        print(
+            f"network {net['name']!r}: {len(net['inputs'])} input(s), {len(net['outputs'])} output(s), "
+            f"{len(net['stages'])} stage(s)"
+        )
+        for title, tensors in (("inputs", net["inputs"]), ("outputs", net["outputs"])):
+            print(f"  {title}:")
+            width = max(len(t["name"]) for t in tensors)
+            for t in tensors:
+                shapes = " | ".join(_fmt_shape(s) for s in t["shapes"])
+                quant = f"  scale {t['scale']:g} zero_point {t['zero_point']}"
+                print(f"    {t['name']:<{width}}  {t['dtype']:<8} {shapes}{quant}")
+        print("  stages:")
+        for index, stage in enumerate(net["stages"]):
+            ins = ", ".join(f"{k}={_fmt_shape(v)}" for k, v in stage["inputs"].items())
+            outs = ", ".join(f"{k}={_fmt_shape(v)}" for k, v in stage["outputs"].items())
+            print(f"    {index}: {ins} -> {outs}")
+
+
+def _open(args: argparse.Namespace) -> Any:
+    import edgekit as ek
+
+    if not Path(args.model).is_file():
+        raise CliError(f"no such model file: {args.model}")
+    threads = getattr(args, "threads", None)
+    return ek.Context(device=args.device, kernels=args.kernels, threads=threads)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _open(args) as ctx:
+        model = ctx.load_model(args.model)
+        info = _describe(ctx, model, args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return 0
+
+
+def _load_npy(path: str, what: str) -> Any:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {what} from {path}: {exc}") from None
+
+
+def _inputs(args: argparse.Namespace, net: Any) -> dict[str, Any]:
+    names = net.input_names
+    if not args.input:
+        if not args.random:
+            raise CliError(
+                f"give --input for each input of network {net.name!r} ({', '.join(names)}), or --random"
+            )
+        if not 0 <= args.stage < len(net.stages):
+            raise CliError(
+                f"network {net.name!r} has {len(net.stages)} stage(s); --stage {args.stage} is not one"
+            )
+        rng = np.random.default_rng(args.seed)
+        result: dict[str, Any] = {}
+        for t in net.inputs:
+            shape = t.shapes[args.stage]
+            if t.dtype.kind == "f":
+                result[t.name] = rng.standard_normal(shape).astype(t.dtype)
+            else:
+                limits = np.iinfo(t.dtype)
+                result[t.name] = rng.integers(
+                    limits.min, limits.max, size=shape, endpoint=True, dtype=t.dtype
+                )
+        return result
+    named: dict[str, Any] = {}
+    positional: list[str] = []
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if sep and name in names:
+            if name in named:
+                raise CliError(f"input {name!r} is given twice")
+            named[name] = path
+        elif sep and not Path(item).exists():
+            raise CliError(
+                f"unknown input {name!r} of network {net.name!r}; its inputs are: {', '.join(names)}"
+            )
+        else:
+            positional.append(item)
+    rest = [n for n in names if n not in named]
+    if len(positional) > len(rest):
+        raise CliError(
+            f"network {net.name!r} takes {len(names)} input(s) ({', '.join(names)}), got {len(args.input)}"
+        )
+    named.update(zip(rest, positional))
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise CliError(f"missing input {missing[0]!r} of network {net.name!r} (it takes: {', '.join(names)})")
+    return {name: _load_npy(named[name], f"input {name!r}") for name in names}
+
+
+def _file_name(name: str) -> str:
+    """An output name as a file name: path separators and odd characters become '_'."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe or "output"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with _open(args) as ctx:
+        model = ctx.load_model(args.model)
+        net = model.network(args.network)
+        inputs = _inputs(args, net)
+        with net.create_request() as req:
+            req.set_inputs(inputs)
+            times = []
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                req.infer()
+                req.wait()
+                times.append(time.perf_counter() - start)
+            outputs = req.get_outputs()
+            stage = req.stage
+        kernels = ctx.kernels
+    print(f"network {net.name!r}, stage {stage}, {kernels} kernels")
+    for t, array in zip(net.inputs, (inputs[n] for n in net.input_names)):
+        print(f"  input  {t.name}: {array.dtype} {_fmt_shape(array.shape)}")
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for t, array in zip(net.outputs, outputs):
+        line = f"  output {t.name}: {array.dtype} {_fmt_shape(array.shape)}"
+        if out_dir is not None:
+            path = out_dir / f"{_file_name(t.name)}.npy"
+            np.save(path, array)
+            line += f" -> {path}"
+        print(line)
+    ms = [t * 1000 for t in times]
+    print(
+        f"latency: median {statistics.median(ms):.3f} ms over {len(ms)} launch(es)"
+        + (f" (min {min(ms):.3f}, max {max(ms):.3f})" if len(ms) > 1 else "")
+    )
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from edgekit.compiler.cli import run_compile
+
+    result = run_compile(args)
+    return int(result) if isinstance(result, int) else 0
+
+
+def _first_command(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script ``edgekit``; returns the exit status (0 ok, 1 error, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    compiling = _first_command(argv) == "compile"
+    try:
+        parser = build_parser(with_compiler=compiling)
+    except ImportError as exc:
+        print(
+            f"error: 'edgekit compile' needs the EdgeKit compiler and the onnx package (host only): {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if args.version:
+        from edgekit import __version__
+
+        print(f"edgekit {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    from edgekit.errors import EdgeKitError
+
+    handlers = {"compile": cmd_compile, "info": cmd_info, "run": cmd_run}
+    try:
+        return handlers[args.command](args)
+    except (CliError, EdgeKitError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:  # e.g. the compiler's CompileError
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,622 @@
+"""The Pythonic inference API, on top of the Cython layer in edgekit._runtime.
+
+    ctx = ek.Context(device=0)                 # a runtime on a device; a context manager
+    model = ctx.load_model("model.ekm")        # a path (mapped) or bytes (copied)
+    net = model.network()                      # the only network, or model.network("name")
+    req = net.create_request()                 # inputs/outputs in device memory, allocated once
+    outputs = req.run({"input": x})            # or set_inputs / infer / wait / get_outputs
+
+A Request runs one launch at a time; make several requests to keep the device busy. See
+docs/python-api.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Union, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from edgekit import _runtime
+from edgekit.device import Device, DeviceMemory, MappedView
+from edgekit.errors import (
+    BusyError,
+    FreedHandleError,
+    InvalidArgumentError,
+    InvalidTypeError,
+)
+
+Shape = tuple[int, ...]
+Array = npt.NDArray[Any]
+# What set_inputs takes: arrays in input order, or by input name (a lone array for a one-input network).
+Inputs = Union[Sequence[Any], Mapping[str, Any], Array]
+
+# The model format's dtype codes (docs/model-format.md, "dtypes").
+DTYPES: dict[int, np.dtype[Any]] = {
+    1: np.dtype(np.float32),
+    2: np.dtype(np.float16),
+    3: np.dtype(np.int8),
+    4: np.dtype(np.uint8),
+    5: np.dtype(np.int32),
+    6: np.dtype(np.int64),
+}
+DTYPE_CODES: dict[np.dtype[Any], int] = {dtype: code for code, dtype in DTYPES.items()}
+KERNELS = ("auto", "portable", "xnnpack")
+
+_INT_MAX = 2**31 - 1
+
+
+def _fmt_shape(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An input or output of a network. ``shape`` is its shape in the first stage, ``shapes`` one per
+    stage. ``scale``/``zero_point`` describe quantized tensors (1.0/0 for float ones); ``max_bytes`` is
+    the most bytes it takes in any stage."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: Shape
+    shapes: tuple[Shape, ...]
+    scale: float
+    zero_point: int
+    max_bytes: int
+
+    def nbytes(self, stage: int = 0) -> int:
+        """Bytes the tensor takes in ``stage``."""
+        return math.prod(self.shapes[stage]) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One set of static shapes a network was compiled for: ``inputs``/``outputs`` map names to shapes."""
+
+    index: int
+    inputs: dict[str, Shape]
+    outputs: dict[str, Shape]
+
+    def __str__(self) -> str:
+        shapes = ", ".join(f"{name}={_fmt_shape(shape)}" for name, shape in self.inputs.items())
+        return f"stage {self.index}: {shapes}"
+
+
+class Context:
+    """A runtime on a device: it loads models and runs their networks.
+
+    ``device`` is a device id (the context opens and owns an ``ek.Device``, with ``coherence``
+    ``"coherent"``/``"strict"``/None) or an open ``ek.Device`` (shared; not closed by the context).
+    ``kernels`` is ``"auto"`` (XNNPACK where it has the op, portable C for the rest), ``"portable"``,
+    ``"xnnpack"`` (an error if the provider is missing) or None (``EDGEKIT_KERNELS``, else auto).
+    ``threads`` is the threads a launch uses (None: ``EDGEKIT_THREADS``, else the online CPUs, at most 8).
+    """
+
+    def __init__(
+        self,
+        device: int | Device = 0,
+        kernels: str | None = None,
+        threads: int | None = None,
+        coherence: str | None = None,
+    ) -> None:
+        if kernels is not None and kernels not in KERNELS:
+            raise InvalidArgumentError(
+                f"kernels must be one of {', '.join(KERNELS)} or None, got {kernels!r}"
+            )
+        if isinstance(device, Device):
+            if device.closed:
+                raise InvalidArgumentError(f"device {device.id} is closed")
+            if coherence is not None and coherence != device.coherence:
+                raise InvalidArgumentError(
+                    f"coherence={coherence!r} differs from the given device's ({device.coherence!r}); "
+                    "set it when opening the device, or pass a device id"
+                )
+            self._device, self._owns_device = device, False
+        elif isinstance(device, int) and not isinstance(device, bool):
+            self._device, self._owns_device = Device(device, coherence=coherence), True
+        else:
+            raise InvalidTypeError(
+                f"device must be a device id or an edgekit.Device, got {type(device).__name__}"
+            )
+        try:
+            self._runtime = _runtime.Runtime(self._device, kernels, threads)
+        except BaseException:
+            if self._owns_device:
+                self._device.close()
+            raise
+        self._lock = threading.Lock()
+        self._models: list[Model] = []
+        self._requests: weakref.WeakSet[Request] = weakref.WeakSet()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<edgekit.Context (closed)>"
+        return (
+            f"<edgekit.Context on device {self._device.id}, {self.kernels} kernels, "
+            f"networks: {', '.join(self.network_names) or 'none'}>"
+        )
+
+    @property
+    def device(self) -> Device:
+        """The device the context runs on."""
+        return self._device
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._runtime.closed)
+
+    @property
+    def kernels(self) -> str:
+        """The kernels in use: ``"xnnpack"`` (with portable C for the ops it lacks) or ``"portable"``."""
+        self._check_open()
+        return str(self._runtime.kernels)
+
+    @property
+    def network_names(self) -> list[str]:
+        """Every network loaded into this context, in load order."""
+        self._check_open()
+        return list(self._runtime.network_names())
+
+    @property
+    def models(self) -> list[Model]:
+        return list(self._models)
+
+    def close(self) -> None:
+        """Close the requests (waiting for their launches), free the models, close an owned device.
+        ``BusyError`` if numpy views of a request's tensors are still alive."""
+        if self.closed:
+            return
+        for request in list(self._requests):
+            request.close()
+        self._runtime.close()
+        if self._owns_device and not self._device.closed:
+            self._device.close()
+
+    def _check_open(self) -> None:
+        if self._runtime.closed:
+            raise FreedHandleError("the context is closed")
+
+    def load_model(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview | Array) -> Model:
+        """Load every network of a ``.ekm`` model: from a path (mapped; the constants are used in place)
+        or from a bytes-like object (copied). Network names must be unique within a context."""
+        self._check_open()
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            names = self._runtime.load_model(path)
+            label = path
+        elif isinstance(source, (bytes, bytearray, memoryview, np.ndarray)):
+            names = self._runtime.load_model_data(source)
+            label = f"<{memoryview(cast(Any, source)).nbytes} bytes>"
+        else:
+            raise InvalidTypeError(
+                f"load_model takes a path or a bytes-like object, got {type(source).__name__}"
+            )
+        model = Model(self, list(names), label)
+        with self._lock:
+            self._models.append(model)
+        return model
+
+    def network(self, name: str) -> Network:
+        """A loaded network of any model of this context, by name."""
+        self._check_open()
+        return Network(self, name)
+
+
+class Model:
+    """The networks one ``load_model`` call added to a context."""
+
+    def __init__(self, context: Context, network_names: list[str], source: str) -> None:
+        self.context = context
+        self.source = source
+        self._names = network_names
+
+    def __repr__(self) -> str:
+        return f"<edgekit.Model {self.source}: networks {', '.join(self._names)}>"
+
+    @property
+    def network_names(self) -> list[str]:
+        return list(self._names)
+
+    def network(self, name: str | None = None) -> Network:
+        """The network ``name``; without a name, the model's only network."""
+        if name is None:
+            if len(self._names) != 1:
+                raise InvalidArgumentError(
+                    f"the model has {len(self._names)} networks ({', '.join(self._names)}): name one"
+                )
+            name = self._names[0]
+        elif not isinstance(name, str):
+            raise InvalidTypeError(f"the network name must be a str, got {type(name).__name__}")
+        elif name not in self._names:
+            raise InvalidArgumentError(
+                f"the model has no network {name!r}; its networks are: {', '.join(self._names)}"
+            )
+        return self.context.network(name)
+
+
+class Network:
+    """A loaded network: its inputs, outputs and stages; ``create_request()`` runs it."""
+
+    def __init__(self, context: Context, name: str) -> None:
+        net_name, inputs, outputs, stages = context._runtime.network_info(name)
+        self.context = context
+        self.name: str = net_name
+        in_shapes = [tuple(stage[0]) for stage in stages]
+        out_shapes = [tuple(stage[1]) for stage in stages]
+        self.inputs: list[TensorInfo] = [
+            self._info(io, tuple(shapes[i] for shapes in in_shapes)) for i, io in enumerate(inputs)
+        ]
+        self.outputs: list[TensorInfo] = [
+            self._info(io, tuple(shapes[i] for shapes in out_shapes)) for i, io in enumerate(outputs)
+        ]
+        self.stages: list[Stage] = [
+            Stage(
+                s,
+                {t.name: t.shapes[s] for t in self.inputs},
+                {t.name: t.shapes[s] for t in self.outputs},
+            )
+            for s in range(len(stages))
+        ]
+
+    @staticmethod
+    def _info(io: tuple[str, int, float, int, int], shapes: tuple[Shape, ...]) -> TensorInfo:
+        name, code, scale, zero_point, max_bytes = io
+        if code not in DTYPES:
+            raise InvalidArgumentError(
+                f"tensor {name!r} has dtype code {code}, which this package does not know"
+            )
+        return TensorInfo(
+            name, DTYPES[code], shapes[0], shapes, float(scale), int(zero_point), int(max_bytes)
+        )
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{t.name}: {t.dtype}[{_fmt_shape(t.shape)}]" for t in self.inputs)
+        outs = ", ".join(f"{t.name}: {t.dtype}[{_fmt_shape(t.shape)}]" for t in self.outputs)
+        return f"<edgekit.Network {self.name!r} ({ins}) -> ({outs}), {len(self.stages)} stage(s)>"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def describe_stages(self) -> str:
+        """The stages' input shapes, for messages: "stage 0: x=1x3x8x8; stage 1: x=2x3x8x8"."""
+        return "; ".join(str(stage) for stage in self.stages)
+
+    def create_request(self, stage: int | None = None) -> Request:
+        """A request for this network, starting in ``stage`` (an index; None: the first stage)."""
+        return Request(self, stage)
+
+
+class Request(_runtime.Request):
+    """One inference slot of a network: input and output tensors in device memory (allocated once, at
+    the most bytes each takes over all stages), and one launch at a time.
+
+    ``set_inputs`` copies inputs in (switching stage to match their shapes), ``infer`` starts a launch
+    and returns at once, ``wait`` waits for it, ``get_outputs`` copies the outputs out; ``run`` does all
+    four. ``input_tensors``/``output_tensors`` are zero-copy numpy views of the tensors' memory; writes
+    to the input views are flushed to the device by ``infer``, and the output views are invalidated by
+    ``wait``, as a non-coherent SoC needs.
+    """
+
+    network: Network
+
+    def __init__(self, network: Network, stage: int | None = None) -> None:
+        context = network.context
+        context._check_open()
+        self._setup(context._runtime, network.name, len(network.inputs), len(network.outputs))
+        self.network = network
+        self._infos = network.inputs + network.outputs
+        self._stage: int = -1
+        self._closed = False
+        self._views: list[MappedView | None] = [None] * len(self._infos)
+        self._mems: list[DeviceMemory] = []
+        try:
+            for index, info in enumerate(self._infos):
+                size = max([info.max_bytes, 1] + [info.nbytes(s) for s in range(len(network.stages))])
+                mem = context.device.malloc(size)
+                self._mems.append(mem)
+                self._bind(index, mem)
+            self._select_stage(self._stage_index(stage))
+        except BaseException:
+            for mem in self._mems:
+                mem.free()
+            self._mems = []
+            self._closed = True
+            raise
+        context._requests.add(self)
+
+    def __enter__(self) -> Request:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self.running else "idle"
+        return f"<edgekit.Request of network {self.network.name!r}, stage {self._stage}, {state}>"
+
+    # ---- state ------------------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> int:
+        """The stage of the next launch: set by ``set_inputs`` (from the inputs' shapes) or ``set_stage``."""
+        return self._stage
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def set_stage(self, stage: int) -> None:
+        """Run the next launches in ``stage``; for writing inputs through ``input_tensors``."""
+        self._check_idle("changing the stage")
+        self._select_stage(self._stage_index(stage))
+
+    def close(self) -> None:
+        """Wait for a running launch (its error is dropped) and free the tensors' device memory.
+        ``BusyError`` while numpy views of the tensors are alive."""
+        if self._closed:
+            return
+        if self.running:
+            try:
+                self._wait(-1)
+            except Exception:  # closing: the launch's own error is of no use now
+                pass
+        self._views = [None] * len(self._infos)
+        for mem in self._mems:
+            if not mem.mapped:
+                continue
+            try:
+                mem.unmap()
+            except BusyError as exc:
+                raise BusyError(
+                    f"{self!r}: numpy views of its tensors are still alive; delete them before closing"
+                ) from exc
+        for mem in self._mems:
+            mem.free()
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FreedHandleError(f"the request of network {self.network.name!r} is closed")
+        if self.network.context.closed:
+            raise FreedHandleError(f"the context of the request of network {self.network.name!r} is closed")
+
+    def _check_idle(self, action: str) -> None:
+        self._check_open()
+        if self.running:
+            raise BusyError(
+                f"the request of network {self.network.name!r} is running: wait() before {action}"
+            )
+
+    def _stage_index(self, stage: int | None) -> int:
+        count = len(self.network.stages)
+        if stage is None:
+            return 0
+        if isinstance(stage, bool) or not isinstance(stage, (int, np.integer)):
+            raise InvalidTypeError(f"stage must be an int index, got {type(stage).__name__}")
+        if not 0 <= stage < count:
+            raise InvalidArgumentError(
+                f"network {self.network.name!r} has {count} stage(s) (0..{count - 1}), got stage {stage}: "
+                f"{self.network.describe_stages()}"
+            )
+        return int(stage)
+
+    def _select_stage(self, stage: int) -> None:
+        if stage == self._stage:
+            return
+        for index, info in enumerate(self._infos):
+            self._set_tensor(index, DTYPE_CODES[info.dtype], info.shapes[stage])
+        self._stage = stage
+
+    # ---- inputs -----------------------------------------------------------------------------------
+
+    def _ordered(self, inputs: Inputs) -> list[Any]:
+        """The inputs in network order, checking the count or the names."""
+        infos = self.network.inputs
+        names = ", ".join(t.name for t in infos)
+        if isinstance(inputs, Mapping):
+            unknown = [key for key in inputs if key not in self.network.input_names]
+            if unknown:
+                raise InvalidArgumentError(
+                    f"unknown input {unknown[0]!r} of network {self.network.name!r}; its inputs are: {names}"
+                )
+            missing = [t.name for t in infos if t.name not in inputs]
+            if missing:
+                raise InvalidArgumentError(
+                    f"missing input {missing[0]!r} of network {self.network.name!r} (it takes: {names})"
+                )
+            return [inputs[t.name] for t in infos]
+        if isinstance(inputs, np.ndarray):
+            if len(infos) != 1:
+                raise InvalidTypeError(
+                    f"network {self.network.name!r} takes {len(infos)} inputs ({names}): pass a list or a "
+                    "dict of arrays, not one array"
+                )
+            return [inputs]
+        if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
+            raise InvalidTypeError(
+                f"inputs must be a list of arrays in input order or a dict by input name, got "
+                f"{type(inputs).__name__}"
+            )
+        if len(inputs) != len(infos):
+            raise InvalidArgumentError(
+                f"network {self.network.name!r} takes {len(infos)} input(s) ({names}), got {len(inputs)}"
+            )
+        return list(inputs)
+
+    def _as_array(self, value: Any, info: TensorInfo) -> Array:
+        """An input value as an array of the input's dtype: arrays must have it; raw bytes are taken as
+        the tensor's bytes; lists and scalars are converted."""
+        if isinstance(value, np.ndarray):
+            array = value
+        elif isinstance(value, (bytes, bytearray, memoryview)) and memoryview(value).itemsize == 1:
+            raw = memoryview(value).cast("B")
+            if len(raw) % info.dtype.itemsize:
+                raise InvalidArgumentError(
+                    f"input {info.name!r}: {len(raw)} bytes are not a whole number of {info.dtype} elements"
+                )
+            flat: Array = np.frombuffer(raw, dtype=info.dtype)
+            order = [self._stage, *range(len(info.shapes))]
+            for stage in order:
+                if math.prod(info.shapes[stage]) == flat.size:
+                    return flat.reshape(info.shapes[stage])
+            sizes = ", ".join(f"{info.nbytes(s)} (stage {s})" for s in range(len(info.shapes)))
+            raise InvalidArgumentError(
+                f"input {info.name!r}: {len(raw)} bytes do not match the size of any stage: {sizes}"
+            )
+        elif isinstance(value, (list, tuple, int, float)):
+            try:
+                array = np.asarray(value, dtype=info.dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(
+                    f"input {info.name!r} cannot be made a {info.dtype} array: {exc}"
+                ) from None
+        else:
+            try:
+                array = np.asarray(memoryview(value))
+            except TypeError:
+                raise InvalidTypeError(
+                    f"input {info.name!r} must be a numpy array or a buffer, got {type(value).__name__}"
+                ) from None
+        if array.dtype != info.dtype:
+            raise InvalidArgumentError(
+                f"input {info.name!r} of network {self.network.name!r} must be {info.dtype}, "
+                f"got an array of {array.dtype}"
+            )
+        return array
+
+    def _stage_for(self, shapes: list[Shape]) -> int:
+        """The stage taking these input shapes (the current one first)."""
+        stages = self.network.stages
+        for index in (self._stage, *range(len(stages))):
+            if all(shape == stages[index].inputs[t.name] for shape, t in zip(shapes, self.network.inputs)):
+                return int(index)
+        for shape, info in zip(shapes, self.network.inputs):
+            if shape not in info.shapes:
+                raise InvalidArgumentError(
+                    f"input {info.name!r} of network {self.network.name!r} has shape {_fmt_shape(shape)}; "
+                    f"the network's stages take: {self.network.describe_stages()}"
+                )
+        given = ", ".join(f"{t.name}={_fmt_shape(s)}" for s, t in zip(shapes, self.network.inputs))
+        raise InvalidArgumentError(
+            f"the input shapes {given} are not one stage of network {self.network.name!r}; its stages take: "
+            f"{self.network.describe_stages()}"
+        )
+
+    def set_inputs(self, inputs: Inputs) -> None:
+        """Copy the inputs (a list in input order, or a dict by name) into the request's device memory.
+        Inputs whose shapes are another stage's switch the request to that stage."""
+        self._check_idle("setting inputs")
+        arrays = [self._as_array(v, t) for v, t in zip(self._ordered(inputs), self.network.inputs)]
+        self._select_stage(self._stage_for([tuple(a.shape) for a in arrays]))
+        for index, array in enumerate(arrays):
+            view = self._views[index]
+            if view is not None:
+                # Mapped: write through the mapping (infer() flushes it), so the CPU view stays current.
+                np.copyto(view.ndarray(array.dtype, array.shape), array)
+            else:
+                self._mems[index].write(np.ascontiguousarray(array))
+
+    # ---- launches ---------------------------------------------------------------------------------
+
+    def infer(self) -> None:
+        """Start running the network on the current inputs and return at once; ``wait()`` for it."""
+        self._check_open()
+        self._launch()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: as long as it takes) for the launch. False: still running.
+        True: finished (also when no launch is running); raises the launch's error if it failed."""
+        if timeout is None:
+            ms = -1
+        else:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+                raise InvalidTypeError(
+                    f"timeout must be a number of seconds or None, got {type(timeout).__name__}"
+                )
+            if not timeout >= 0:
+                raise InvalidArgumentError(f"timeout must be >= 0 seconds (or None), got {timeout}")
+            ms = min(math.ceil(float(timeout) * 1000), _INT_MAX)
+        return bool(self._wait(ms))
+
+    def set_callback(self, fn: Callable[[Request], Any] | None) -> None:
+        """Call ``fn(request)`` when each later launch finishes, on the context's callback thread (one
+        at a time, in order). In it, ``request.wait()`` returns at once (or raises the launch's error).
+        An exception ``fn`` raises is printed to stderr. None removes the callback."""
+        super().set_callback(fn)
+
+    def run(self, inputs: Inputs) -> list[Array]:
+        """``set_inputs`` + ``infer`` + ``wait`` + ``get_outputs``."""
+        self.set_inputs(inputs)
+        self.infer()
+        self.wait()
+        return self.get_outputs()
+
+    # ---- outputs ----------------------------------------------------------------------------------
+
+    def get_outputs(self) -> list[Array]:
+        """Copies of the outputs of the last launch (waiting for it first if it is running)."""
+        self._check_open()
+        if self.running:
+            self.wait()
+        n_in = len(self.network.inputs)
+        results: list[Array] = []
+        for k, info in enumerate(self.network.outputs):
+            index = n_in + k
+            shape = info.shapes[self._stage]
+            view = self._views[index]
+            if view is not None:
+                results.append(np.array(view.ndarray(info.dtype, shape)))
+            else:
+                out = np.empty(shape, dtype=info.dtype)
+                self._mems[index].read(out.nbytes, out=out)
+                results.append(out)
+        return results
+
+    # ---- zero-copy tensors ------------------------------------------------------------------------
+
+    def _view(self, index: int) -> Array:
+        view = self._views[index]
+        if view is None:
+            self._check_idle("mapping its tensors")
+            view = self._mems[index].map()
+            self._set_mapped(index, True)
+            self._views[index] = view
+        info = self._infos[index]
+        return view.ndarray(info.dtype, info.shapes[self._stage])
+
+    @property
+    def input_tensors(self) -> list[Array]:
+        """Writable numpy views of the inputs' device memory, in the current stage's shapes. Write them,
+        then ``infer()`` (which flushes them to the device)."""
+        self._check_open()
+        return [self._view(i) for i in range(len(self.network.inputs))]
+
+    @property
+    def output_tensors(self) -> list[Array]:
+        """Numpy views of the outputs' device memory, in the current stage's shapes; they show the
+        results once ``wait()`` has returned True (it invalidates them)."""
+        self._check_open()
+        n_in = len(self.network.inputs)
+        return [self._view(n_in + k) for k in range(len(self.network.outputs))]
