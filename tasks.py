@@ -290,31 +290,81 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
 
 @task(help={"quick": "smaller sizes and fewer repeats (a smoke run)"})
 def bench(c: Context, quick: bool = False) -> None:
-    """Build, then benchmark memory bandwidth and call overhead against numpy in one run.
+    """Build, then run the memory benchmark and the model benchmark.
 
-    Runs python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size,
-    and a small DeviceMemory.write against a no-op Cython call.
+    python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size, and a
+    small DeviceMemory.write against a no-op Cython call. python -m edgekit.bench_models: MobileNetV2-
+    and ResNet-18-style at 1x3x224x224 (and smaller models) through EdgeKit's portable and XNNPACK
+    kernels and onnxruntime, 1 and 2 threads, in the same run (needs torch and onnxruntime).
     """
     _install_for_host(c)
+    flag = " --quick" if quick else ""
     say("edgekit.bench")
-    c.run(f"{PYTHON} -m edgekit.bench{' --quick' if quick else ''}")
+    c.run(f"{PYTHON} -m edgekit.bench{flag}")
+    say("edgekit.bench_models")
+    c.run(f"{PYTHON} -m edgekit.bench_models{flag}")
+
+
+# The main job's model: compiled on the host, run on the board, checked against onnxruntime's outputs.
+DEMO_MODEL = "mobilenetv2"
+DEMO_SHAPE = (1, 3, 224, 224)
+
+
+def _demo_model(work: Path) -> list[Path]:
+    """Export the demo model to ONNX, compile it to .ekm, and make an input with onnxruntime's outputs
+    for it: the files the board gets."""
+    import numpy as np
+    import onnxruntime
+
+    from edgekit.bench_models import INPUT_NAME, export_onnx
+    from edgekit.compiler import compile_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    source = export_onnx(DEMO_MODEL, DEMO_SHAPE, work / f"{DEMO_MODEL}.onnx")
+    detail(f"exported {source}")
+    model = work / f"{DEMO_MODEL}.ekm"
+    report = compile_model(source, model, stages=[{INPUT_NAME: DEMO_SHAPE}], name=DEMO_MODEL, log=detail)
+    print(report.summary(), flush=True)
+    x = np.random.default_rng(0).standard_normal(DEMO_SHAPE).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    np.save(work / "input.npy", x)
+    np.save(work / "expected.npy", session.run(None, {INPUT_NAME: x})[0])
+    return [model, work / "input.npy", work / "expected.npy"]
 
 
 @task
 def demo(c: Context) -> None:
-    """The main job: cross-build for aarch64, package, flash to the emulated board, run the demo there.
+    """The main job: compile a model, cross-build, package, flash the emulated board, run the model there.
 
-    Each step is timed; the demo (python3 -m edgekit.examples.memory_demo) runs in the board's own
-    Python 3.11 under qemu-aarch64, and exits non-zero if a result is wrong.
+    The model (a MobileNetV2-style net at 1x3x224x224, made with PyTorch) is compiled on the host; on
+    the board, edgekit run infers with the XNNPACK and with the portable kernels in the board's own
+    Python 3.11 under qemu-aarch64 and checks the outputs against onnxruntime's on the host (exit 1 on a
+    mismatch). Each step is timed.
     """
     steps = Steps("demo")
+    board = boards.default_board("aarch64")
     try:
+        with steps("compile the model on the host"):
+            files = _demo_model(ROOT / "build" / "demo")
         with steps("cross-build + package"):
             package(c, arch="aarch64")
         with steps("flash the emulated board"):
             flash(c, device="emu", arch="aarch64")
-        with steps("run the memory demo on the board"):
-            run_on_device(c, device="emu")
+        with _clear_errors(), steps("copy the model to the board"), devices.open_fleet("emu", board) as fleet:
+            for path in files:
+                failed = [str(e) for e in fleet.put(path, f"models/{path.name}").values() if e]
+                if failed:
+                    raise Exit(f"error: copying {path.name} to the board failed: {failed[0]}", code=1)
+        model, x, expected = (f"$EDGEKIT_PREFIX/models/{path.name}" for path in files)
+        for kernels in ("xnnpack", "portable"):
+            with steps(f"run the model on the board ({kernels} kernels)"):
+                run_on_device(
+                    c,
+                    device="emu",
+                    command=f"python3 -m edgekit run {model} --input {x} --expect {expected} "
+                    f"--kernels {kernels} --repeat 3",
+                    board=board,
+                )
     finally:
         print(steps.summary(), flush=True)
 

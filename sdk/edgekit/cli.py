@@ -147,6 +147,19 @@ def build_parser(with_compiler: bool) -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive_int, default=None, help="threads per launch")
     run.add_argument("--repeat", type=_positive_int, default=1, help="launches to time (default 1)")
     run.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    run.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE.npy",
+        help="an expected output (e.g. from onnxruntime on the host): compare, exit 1 on a mismatch",
+    )
+    run.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest --expect error, relative to the output's scale max(1, max|expected|) (default 1e-4)",
+    )
     _add_runtime_options(run)
     return parser
 
@@ -262,30 +275,63 @@ def _inputs(args: argparse.Namespace, net: Any) -> dict[str, Any]:
                     limits.min, limits.max, size=shape, endpoint=True, dtype=t.dtype
                 )
         return result
-    named: dict[str, Any] = {}
+    return {
+        name: _load_npy(path, f"input {name!r}")
+        for name, path in _assign_files(args.input, names, "input", net.name).items()
+    }
+
+
+def _assign_files(items: Sequence[str], names: Sequence[str], kind: str, net_name: str) -> dict[str, str]:
+    """`[NAME=]FILE` arguments -> {name: file} for every input (or output) `names`, in order."""
+    named: dict[str, str] = {}
     positional: list[str] = []
-    for item in args.input:
+    for item in items:
         name, sep, path = item.partition("=")
         if sep and name in names:
             if name in named:
-                raise CliError(f"input {name!r} is given twice")
+                raise CliError(f"{kind} {name!r} is given twice")
             named[name] = path
         elif sep and not Path(item).exists():
             raise CliError(
-                f"unknown input {name!r} of network {net.name!r}; its inputs are: {', '.join(names)}"
+                f"unknown {kind} {name!r} of network {net_name!r}; its {kind}s are: {', '.join(names)}"
             )
         else:
             positional.append(item)
     rest = [n for n in names if n not in named]
     if len(positional) > len(rest):
         raise CliError(
-            f"network {net.name!r} takes {len(names)} input(s) ({', '.join(names)}), got {len(args.input)}"
+            f"network {net_name!r} has {len(names)} {kind}(s) ({', '.join(names)}), got {len(items)} files"
         )
     named.update(zip(rest, positional))
     missing = [n for n in names if n not in named]
     if missing:
-        raise CliError(f"missing input {missing[0]!r} of network {net.name!r} (it takes: {', '.join(names)})")
-    return {name: _load_npy(named[name], f"input {name!r}") for name in names}
+        raise CliError(f"missing {kind} {missing[0]!r} of network {net_name!r} (it has: {', '.join(names)})")
+    return named
+
+
+def _check_expected(args: argparse.Namespace, net: Any, outputs: Sequence[Any]) -> bool:
+    """Compare outputs with --expect files: max |out - ref| / max(1, max |ref|) <= --tolerance."""
+    files = _assign_files(args.expect, net.output_names, "output", net.name)
+    ok = True
+    for t, array in zip(net.outputs, outputs):
+        ref = _load_npy(files[t.name], f"expected output {t.name!r}")
+        if ref.shape != array.shape:
+            print(
+                f"  expect {t.name}: MISMATCH, shape {_fmt_shape(array.shape)} "
+                f"instead of {_fmt_shape(ref.shape)}"
+            )
+            ok = False
+            continue
+        diff = np.abs(array.astype(np.float64) - ref.astype(np.float64))
+        scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
+        error = float(diff.max(initial=0.0)) / scale
+        good = bool(np.isfinite(error)) and error <= args.tolerance
+        ok = ok and good
+        print(
+            f"  expect {t.name}: {'OK' if good else 'MISMATCH'}, "
+            f"error {error:.3g} (tolerance {args.tolerance:g})"
+        )
+    return ok
 
 
 def _file_name(name: str) -> str:
@@ -328,6 +374,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"latency: median {statistics.median(ms):.3f} ms over {len(ms)} launch(es)"
         + (f" (min {min(ms):.3f}, max {max(ms):.3f})" if len(ms) > 1 else "")
     )
+    if args.expect and not _check_expected(args, net, outputs):
+        print("error: the outputs differ from --expect", file=sys.stderr)
+        return 1
     return 0
 
 
