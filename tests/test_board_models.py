@@ -1,0 +1,60 @@
+"""The test models on the emulated aarch64 board: compiled on the host, run by `edgekit run` in the board's
+Python through the flashed aarch64 runtime, with the XNNPACK and the portable kernels, and checked there
+against onnxruntime's outputs computed on the host (--expect: error <= 1e-4 of the output's scale)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models import INPUT_NAME, MODEL_NAMES, compile_ekm, input_shape_of, onnx_path, ort_run, random_input
+from toolchains.rootfs import run_on_board
+
+ON_BOARD = "/opt/edgekit-models"
+
+
+@pytest.fixture(scope="module")
+def models_on_board(flashed_emu: Any) -> Path:
+    """Every test model's .ekm, input and onnxruntime output, copied into the board's rootfs."""
+    folder: Path = flashed_emu.rootfs / ON_BOARD.lstrip("/")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in MODEL_NAMES:
+        x = random_input(input_shape_of(name))
+        shutil.copy2(compile_ekm(name), folder / f"{name}.ekm")
+        np.save(folder / f"{name}-input.npy", x)
+        np.save(folder / f"{name}-expected.npy", ort_run(onnx_path(name), {INPUT_NAME: x})[0])
+    return folder
+
+
+@pytest.mark.parametrize("kernels", ["xnnpack", "portable"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_matches_onnxruntime_on_the_board(
+    models_on_board: Path, flashed_emu: Any, name: str, kernels: str
+) -> None:
+    argv = [
+        "python3",
+        "-m",
+        "edgekit",
+        "run",
+        f"{ON_BOARD}/{name}.ekm",
+        "--input",
+        f"{ON_BOARD}/{name}-input.npy",
+        "--expect",
+        f"{ON_BOARD}/{name}-expected.npy",
+        "--kernels",
+        kernels,
+    ]
+    done = run_on_board(flashed_emu.rootfs, argv, timeout=600)
+    out = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, out[-3000:] + done.stderr.decode(errors="replace")[-2000:]
+    # The board ran the kernels asked for (the XNNPACK provider loaded from the flashed lib/).
+    assert f"{kernels} kernels" in out
+    error = re.search(r"expect \S+: OK, error (\S+)", out)
+    assert error is not None, out
+    print(f"{name} on the board, {kernels}: error {error.group(1)}")
