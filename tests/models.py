@@ -1,0 +1,100 @@
+"""The test suite's models: small but real PyTorch networks (defined in edgekit.bench_models, which the
+model benchmark shares), exported to ONNX once per test session and cached in a temporary directory,
+plus the helpers the end-to-end tests share: compile, run through onnxruntime, compare.
+
+Models (see edgekit.bench_models for the layers):
+  mobilenetv2  inverted residuals, depthwise conv, ReLU6 (Clip), BatchNormalization kept in the ONNX graph
+  resnet18     basic blocks, BatchNormalization kept, MaxPool, global average pool, Gemm
+  yolo         strided conv backbone, Resize (nearest) upsampling, Concat of two scales, Sigmoid heads,
+               Reshape/Transpose of the heads (Shape/Gather arithmetic the compiler folds per stage)
+  mlp          Gemm + Relu layers, Softmax
+  senet        squeeze-excite with HardSwish and HardSigmoid
+Every export has a dynamic batch dimension, so one ONNX file compiles to any batch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bench_models import INPUT_NAME, MODELS, OUTPUT_NAME, SEED, export_onnx, max_error
+
+__all__ = [
+    "INPUT_NAME",
+    "MODEL_NAMES",
+    "OUTPUT_NAME",
+    "compile_ekm",
+    "input_shape_of",
+    "max_error",
+    "onnx_path",
+    "ort_run",
+    "random_input",
+]
+
+MODEL_NAMES = tuple(MODELS)
+
+_lock = threading.Lock()
+_cache_dir: Path | None = None
+_exported: dict[tuple[str, tuple[int, ...]], Path] = {}
+
+
+def cache_dir() -> Path:
+    """This session's model directory (made on first use, removed when the process exits)."""
+    global _cache_dir
+    if _cache_dir is None:
+        _cache_dir = Path(tempfile.mkdtemp(prefix="edgekit-test-models-"))
+        atexit.register(shutil.rmtree, _cache_dir, True)
+    return _cache_dir
+
+
+def input_shape_of(name: str) -> tuple[int, ...]:
+    """The (small) input shape the tests use for model `name`."""
+    return MODELS[name].test_shape
+
+
+def onnx_path(name: str, shape: Sequence[int] | None = None) -> Path:
+    """Model `name` exported to ONNX with example input `shape` (default: its test shape); the batch
+    dimension is dynamic either way. Exported once per session."""
+    key = (name, tuple(shape) if shape is not None else input_shape_of(name))
+    with _lock:
+        if key not in _exported:
+            path = cache_dir() / f"{name}-{'x'.join(map(str, key[1]))}.onnx"
+            _exported[key] = export_onnx(name, key[1], path)
+        return _exported[key]
+
+
+def compile_ekm(
+    name: str, stages: Sequence[Mapping[str, Sequence[int]]] | None = None, network_name: str | None = None
+) -> Path:
+    """Model `name` compiled to .ekm (one stage at its test shape unless `stages` says otherwise), from
+    the ONNX export at the first stage's input shape (only the batch dimension is dynamic)."""
+    from edgekit.compiler import compile_model
+
+    stages = list(stages) if stages is not None else [{INPUT_NAME: input_shape_of(name)}]
+    tag = "-".join("x".join(map(str, s[INPUT_NAME])) for s in stages)
+    out = cache_dir() / f"{network_name or name}-{tag}.ekm"
+    if not out.exists():
+        source = onnx_path(name, stages[0][INPUT_NAME])  # exported at the first stage's shape
+        compile_model(str(source), str(out), stages=stages, name=network_name or name)
+    return out
+
+
+def random_input(shape: Sequence[int], seed: int = SEED) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+
+
+def ort_run(path: Path, inputs: Mapping[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+    """The ONNX model's outputs from onnxruntime (one thread, CPU): the reference."""
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [np.asarray(y) for y in session.run(None, dict(inputs))]
