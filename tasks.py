@@ -314,7 +314,7 @@ def _demo_model(work: Path) -> list[Path]:
     """Export the demo model to ONNX, compile it to .ekm, and make an input with onnxruntime's outputs
     for it: the files the board gets."""
     import numpy as np
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
 
     from edgekit.bench_models import INPUT_NAME, export_onnx
     from edgekit.compiler import compile_model

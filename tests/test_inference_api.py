@@ -214,7 +214,7 @@ def test_bad_model_sources(ctx: ek.Context, models: dict[str, Path], tmp_path: P
         ctx.load_model(tmp_path / "missing.ekm")
     with pytest.raises(ek.InvalidTypeError, match="path or a bytes-like"):
         ctx.load_model(42)  # type: ignore[arg-type]
-    with pytest.raises(ek.InvalidArgumentError, match="empty"):
+    with pytest.raises(ek.ModelInvalidError, match="empty"):
         ctx.load_model(b"")
     assert ctx.network_names == []
 

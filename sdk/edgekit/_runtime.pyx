@@ -21,7 +21,9 @@ import sys
 import threading
 import traceback
 
-from edgekit.errors import BusyError, InvalidArgumentError, InvalidTypeError, error_for_status
+from edgekit.errors import (
+    BusyError, InvalidArgumentError, InvalidTypeError, ModelInvalidError, error_for_status,
+)
 
 from edgekit._core import Device as _Device
 
@@ -475,7 +477,8 @@ cdef class Runtime:
             raise InvalidTypeError(f"model data must be a C-contiguous bytes-like object: {exc}") from None
         size = view.shape[0]
         if size == 0:
-            raise InvalidArgumentError("model data is empty")
+            # As an empty .ekm file is: no model at all.
+            raise ModelInvalidError("model data is empty (0 bytes): not an .ekm model")
         ptr = &view[0]
         with self._lock:
             before = len(self.network_names())

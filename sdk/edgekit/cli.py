@@ -299,8 +299,9 @@ def _assign_files(items: Sequence[str], names: Sequence[str], kind: str, net_nam
             positional.append(item)
     rest = [n for n in names if n not in named]
     if len(positional) > len(rest):
+        verb = "takes" if kind == "input" else "has"
         raise CliError(
-            f"network {net_name!r} has {len(names)} {kind}(s) ({', '.join(names)}), got {len(items)} files"
+            f"network {net_name!r} {verb} {len(names)} {kind}(s) ({', '.join(names)}), got {len(items)}"
         )
     named.update(zip(rest, positional))
     missing = [n for n in names if n not in named]

@@ -133,6 +133,42 @@ static const uint8_t *record(const struct loader *L, int kind, size_t index) {
     return L->data + L->sec[kind].offset + index * section_defs[kind].record_size;
 }
 
+/* The offset of the first byte of p[0..n) that is not well-formed UTF-8 (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or SIZE_MAX when all of it is. Names reach Python and
+ * error messages, so they must decode. */
+static size_t utf8_invalid_at(const uint8_t *p, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = p[i];
+        size_t len;
+        uint32_t min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            len = 2, min = 0x80;
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3, min = 0x800;
+        } else if ((c & 0xF8) == 0xF0) {
+            len = 4, min = 0x10000;
+        } else {
+            return i;
+        }
+        if (n - i < len)
+            return i;
+        uint32_t cp = c & (0x7Fu >> len);
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xC0) != 0x80)
+                return i;
+            cp = cp << 6 | (p[i + k] & 0x3Fu);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return i;
+        i += len;
+    }
+    return SIZE_MAX;
+}
+
 /* A string ref inside STRINGS whose string ends there; NULL otherwise. */
 static const char *string_at(const struct loader *L, uint64_t ref) {
     const struct section *s = &L->sec[SEC_STRINGS];
@@ -250,6 +286,9 @@ static ek_status_t read_sections(struct loader *L) {
     }
     if (L->sec[SEC_STRINGS].size == 0 || d[L->sec[SEC_STRINGS].offset] != 0)
         return BAD("STRINGS: byte 0 must be NUL (string ref 0 is \"\")");
+    size_t bad_byte = utf8_invalid_at(d + L->sec[SEC_STRINGS].offset, L->sec[SEC_STRINGS].size);
+    if (bad_byte != SIZE_MAX)
+        return BAD("STRINGS: byte %zu is not valid UTF-8 (names must be UTF-8)", bad_byte);
     if (L->sec[SEC_NETWORKS].count == 0)
         return BAD("NETWORKS: the model has no network");
     return EK_OK;
