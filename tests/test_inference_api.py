@@ -715,6 +715,29 @@ def test_cli_run_with_npy_inputs(models: dict[str, Path], tmp_path: Path) -> Non
     np.testing.assert_allclose(np.load(out / "z.npy"), relu_add(x, y), rtol=1e-6)
 
 
+def test_cli_run_checks_outputs_against_expect(models: dict[str, Path], tmp_path: Path) -> None:
+    x, y = xy(4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    good = np.maximum(x + y, 0)
+    np.save(tmp_path / "good.npy", good)
+    args = ["run", models["addrelu"], "-i", tmp_path / "x.npy", "-i", tmp_path / "y.npy", "--expect"]
+    done = edgekit_cli(*args, f"z={tmp_path / 'good.npy'}")
+    assert done.returncode == 0, done.stderr
+    assert "expect z: OK, error 0" in done.stdout
+    off = good.copy()
+    off[0, 0] += 0.5  # far past the default tolerance 1e-4 of the output's scale
+    np.save(tmp_path / "off.npy", off)
+    done = edgekit_cli(*args, tmp_path / "off.npy")
+    assert done.returncode == 1
+    assert "expect z: MISMATCH" in done.stdout and "differ from --expect" in done.stderr
+    done = edgekit_cli(*args, tmp_path / "off.npy", "--tolerance", "1")
+    assert done.returncode == 0, done.stdout
+    np.save(tmp_path / "wrong-shape.npy", good[:2])
+    done = edgekit_cli(*args, tmp_path / "wrong-shape.npy")
+    assert done.returncode == 1 and "MISMATCH, shape 4x3 instead of 2x3" in done.stdout
+
+
 def test_cli_run_random_inputs(models: dict[str, Path]) -> None:
     done = edgekit_cli("run", models["multi"], "--network", "a2", "--random", "--stage", "1")
     assert done.returncode == 0, done.stderr

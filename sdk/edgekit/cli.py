@@ -68,6 +68,7 @@ examples:
   edgekit run model.ekm --input image.npy --output-dir out/
   edgekit run model.ekm --input x=a.npy --input y=b.npy --network net
   edgekit run model.ekm --random --repeat 100 --kernels xnnpack --threads 4
+  edgekit run model.ekm --input x.npy --expect reference.npy   # exit 1 unless within 1e-4
 """
 
 
