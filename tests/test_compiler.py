@@ -44,6 +44,7 @@ from edgekit.compiler import (  # noqa: E402
     parse_shape,
 )
 from edgekit.compiler.graph import OpType  # noqa: E402
+from edgekit.compiler.onnx_import import MAX_OPSET  # noqa: E402
 from edgekit.compiler.reference import run_reference  # noqa: E402
 
 RNG = np.random.default_rng(1234)
@@ -631,6 +632,25 @@ def test_folded_shape_arithmetic_of_torch_exports() -> None:
 
 
 # ---------------------------------------------------------------- errors
+def test_a_newer_opset_compiles_when_its_ops_did_not_change() -> None:
+    newest = onnx.defs.onnx_opset_version()
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    nodes = [node("MatMul", ["x", "w"], ["h"]), node("Relu", ["h"])]
+    model = make_model(nodes, {"x": (2, 4)}, ["y"], {"w": w}, opset=newest)
+    x = rand(2, 4)
+    got = run_reference(compile_model(model).data, None, {"x": x})
+    np.testing.assert_allclose(got["y"], np.maximum(x @ w, 0), rtol=RTOL, atol=ATOL)
+
+
+def test_a_newer_opset_names_the_ops_that_changed() -> None:
+    newest = onnx.defs.onnx_opset_version()
+    if onnx.defs.get_schema("Cast", newest, "").since_version <= MAX_OPSET:
+        pytest.skip(f"Cast has not changed between opsets {MAX_OPSET} and {newest}")
+    nodes = [node("Cast", ["x"], ["c"], to=TensorProto.FLOAT), node("Relu", ["c"])]
+    with pytest.raises(CompileError, match=rf"opset {newest} is newer .* Cast \(cast_node\)"):
+        compile_model(make_model(nodes, {"x": (2, 3)}, ["y"], opset=newest))
+
+
 def test_unsupported_ops_are_all_listed() -> None:
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="ok"),

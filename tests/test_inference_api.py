@@ -721,7 +721,15 @@ def test_cli_run_checks_outputs_against_expect(models: dict[str, Path], tmp_path
     np.save(tmp_path / "y.npy", y)
     good = np.maximum(x + y, 0)
     np.save(tmp_path / "good.npy", good)
-    args = ["run", models["addrelu"], "-i", tmp_path / "x.npy", "-i", tmp_path / "y.npy", "--expect"]
+    args: list[str | Path] = [
+        "run",
+        models["addrelu"],
+        "-i",
+        tmp_path / "x.npy",
+        "-i",
+        tmp_path / "y.npy",
+        "--expect",
+    ]
     done = edgekit_cli(*args, f"z={tmp_path / 'good.npy'}")
     assert done.returncode == 0, done.stderr
     assert "expect z: OK, error 0" in done.stdout

@@ -9,8 +9,8 @@ test per kernel path:
 - inputs that must be compile-time constants for EdgeKit (parameter inputs: shapes, pads, axes, Conv
   weights, Clip bounds, Resize scales, see PARAM_INPUTS) are turned into initializers holding the case's
   data; the others stay network inputs, compiled at the data's shapes. One compile per case, shared by
-  both kernel paths. onnx generates its cases at its newest opset; where each op's definition is the same
-  for float32 at the compiler's newest opset, the case is imported at that one (see lower_opset).
+  both kernel paths. onnx generates its cases at its newest opset; the compiler takes that opset where
+  the case's ops have not changed for float32 since its newest one.
 - a case the compiler refuses (CompileError, UnsupportedOpsError: an attribute, dtype or rank EdgeKit
   does not support) is SKIPPED with the compiler's message;
 - otherwise the outputs must match the expected ones within rtol 1e-4 / atol 1e-5, or within the
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import defs, numpy_helper
+from onnx import numpy_helper
 
 import edgekit as ek
 
@@ -217,52 +217,7 @@ def prepare(case: NodeCase) -> tuple[onnx.ModelProto, dict[str, Array]]:
             kept.append(value)
     del graph.input[:]
     graph.input.extend(kept)
-    lower_opset(model)
     return model, runtime
-
-
-def compiler_max_opset() -> int:
-    try:
-        from edgekit.compiler.onnx_import import MAX_OPSET
-
-        return int(MAX_OPSET)
-    except (ImportError, AttributeError):
-        return 23
-
-
-def _signature(schema: defs.OpSchema) -> tuple[object, ...]:
-    """What a float32 user of an op sees of its definition: attributes (with defaults), inputs,
-    outputs, and whether float32 is among each type constraint's types."""
-    attrs = sorted(
-        (a.name, str(a.type), a.default_value.SerializeToString()) for a in schema.attributes.values()
-    )
-    ins = [(i.name, str(i.option)) for i in schema.inputs]
-    outs = [(o.name, str(o.option)) for o in schema.outputs]
-    floats = sorted(
-        (t.type_param_str, "tensor(float)" in t.allowed_type_strs) for t in schema.type_constraints
-    )
-    return attrs, ins, outs, floats
-
-
-def lower_opset(model: onnx.ModelProto) -> None:
-    """onnx generates its node tests at its newest opset, which may be newer than the compiler's newest.
-    When every op of the graph has, at the compiler's newest opset, the same definition for float32
-    (same attributes and defaults, inputs, outputs; newer opsets of these ops only added element types),
-    the case means the same at that opset: import that one instead."""
-    target = compiler_max_opset()
-    for opset in model.opset_import:
-        if opset.domain not in ("", "ai.onnx") or opset.version <= target:
-            continue
-        try:
-            same = all(
-                _signature(defs.get_schema(node.op_type, target, ""))
-                == _signature(defs.get_schema(node.op_type, opset.version, ""))
-                for node in model.graph.node
-            )
-        except defs.SchemaError:
-            same = False
-        if same:
-            opset.version = target
 
 
 _compiled: dict[str, Compiled] = {}

@@ -60,6 +60,45 @@ def _value_info(info: onnx.ValueInfoProto) -> ValueInfo:
     )
 
 
+def _float_signature(schema: onnx.defs.OpSchema) -> tuple[object, ...]:
+    """What a float32 user of an op sees of its definition: attributes with their defaults, inputs,
+    outputs, and whether float32 is among each type constraint's types."""
+    attrs = sorted(
+        (a.name, str(a.type), a.default_value.SerializeToString()) for a in schema.attributes.values()
+    )
+    ins = [(i.name, str(i.option)) for i in schema.inputs]
+    outs = [(o.name, str(o.option)) for o in schema.outputs]
+    floats = sorted(
+        (t.type_param_str, "tensor(float)" in t.allowed_type_strs) for t in schema.type_constraints
+    )
+    return attrs, ins, outs, floats
+
+
+def _newer_opset_as_known(graph: onnx.GraphProto, opset: int) -> int:
+    """A model of an opset newer than MAX_OPSET means the same as at MAX_OPSET when none of its ops
+    changed for float32 since (newer opsets mostly add element types): compile it as MAX_OPSET then,
+    else name the ops whose definitions changed."""
+    changed = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            same = _float_signature(onnx.defs.get_schema(node.op_type, MAX_OPSET, "")) == _float_signature(
+                onnx.defs.get_schema(node.op_type, opset, "")
+            )
+        except onnx.defs.SchemaError:
+            same = False
+        if not same:
+            changed.append(f"{node.op_type} ({node.name or 'unnamed'})")
+    if changed:
+        raise CompileError(
+            f"ONNX opset {opset} is newer than EdgeKit knows ({MAX_OPSET}), and these ops changed since "
+            f"opset {MAX_OPSET}: {', '.join(sorted(set(changed)))}; export the model with opset "
+            f"<= {MAX_OPSET}"
+        )
+    return MAX_OPSET
+
+
 def load(source: ModelSource) -> OnnxModel:
     if isinstance(source, onnx.ModelProto):
         proto, stem = source, ""
@@ -75,10 +114,12 @@ def load(source: ModelSource) -> OnnxModel:
     graph = proto.graph
     opsets = {entry.domain or "ai.onnx": int(entry.version) for entry in proto.opset_import}
     opset = opsets.get("ai.onnx", 0)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
+    if opset < MIN_OPSET:
         raise CompileError(
-            f"ONNX opset {opset} is not supported (EdgeKit compiles opsets {MIN_OPSET}..{MAX_OPSET})"
+            f"ONNX opset {opset} is not supported (EdgeKit compiles opsets {MIN_OPSET} and up)"
         )
+    if opset > MAX_OPSET:
+        opset = _newer_opset_as_known(graph, opset)
     constants: dict[str, np.ndarray] = {}
     for init in graph.initializer:
         try:
