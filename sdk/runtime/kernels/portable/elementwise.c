@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "helpers.h"
 #include "portable.h"
 
 /* Below this many elements a run stays on the calling thread (tests lower it to cover the splits). */
@@ -21,38 +22,6 @@
 #endif
 
 /* ---- helpers shared by the op families of this file ---- */
-
-static const char *shape_str(const struct ek_tensor_desc *t, char *buf, size_t size) {
-    size_t used = 0;
-    buf[0] = '\0';
-    used += (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < t->rank && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, i ? ",%lld" : "%lld", (long long)t->dims[i]);
-    if (used < size)
-        snprintf(buf + used, size - used, "]");
-    return buf;
-}
-
-/* A present float32 tensor whose rank, dims and count agree (the loader guarantees this for files;
- * checked again so a kernel never trusts a descriptor it did not see validated). */
-static ek_status_t check_tensor(const struct ek_op *op, const struct ek_tensor_desc *t, const char *role) {
-    if (!t)
-        return ek_op_invalid(op, "%s is missing", role);
-    if (t->dtype != EK_DTYPE_FLOAT32)
-        return ek_op_invalid(op, "%s '%s' has dtype code %d; this op computes in float32 (1) only", role,
-                             t->name ? t->name : "", (int)t->dtype);
-    if (t->rank < 0 || t->rank > EK_MAX_DIMS)
-        return ek_op_invalid(op, "%s has rank %d (0..%d)", role, t->rank, EK_MAX_DIMS);
-    size_t count = 1;
-    for (int i = 0; i < t->rank; i++) {
-        if (t->dims[i] < 1 || (uint64_t)t->dims[i] > SIZE_MAX / count)
-            return ek_op_invalid(op, "%s has a bad dim %lld at axis %d", role, (long long)t->dims[i], i);
-        count *= (size_t)t->dims[i];
-    }
-    if (count != t->count || count > SIZE_MAX / sizeof(float))
-        return ek_op_invalid(op, "%s has %zu elements but its dims give %zu", role, t->count, count);
-    return EK_OK;
-}
 
 static ek_status_t check_counts(const struct ek_op *op, int n_in, int n_out) {
     if (op->n_in != n_in || op->n_out != n_out || !op->in || !op->out)
@@ -93,11 +62,11 @@ static ek_status_t prepare_binary(struct ek_op *op, enum bin_kind kind) {
     ek_status_t st = check_counts(op, 2, 1);
     const char *bname = kind == BIN_PRELU ? "slope" : "B";
     if (st == EK_OK)
-        st = check_tensor(op, op->in[0], "input X");
+        st = ek_check_float_tensor(op, op->in[0], "input X", EK_RANK_ANY);
     if (st == EK_OK)
-        st = check_tensor(op, op->in[1], kind == BIN_PRELU ? "input slope" : "input B");
+        st = ek_check_float_tensor(op, op->in[1], kind == BIN_PRELU ? "input slope" : "input B", EK_RANK_ANY);
     if (st == EK_OK)
-        st = check_tensor(op, op->out[0], "output Y");
+        st = ek_check_float_tensor(op, op->out[0], "output Y", EK_RANK_ANY);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *b = op->in[1], *y = op->out[0];
@@ -112,8 +81,8 @@ static ek_status_t prepare_binary(struct ek_op *op, enum bin_kind kind) {
         bool ok = kind == BIN_PRELU ? (i < x->rank && (db == dx || db == 1))
                                     : (dx == db || dx == 1 || db == 1);
         if (!ok)
-            return ek_op_invalid(op, "X %s and %s %s do not broadcast%s", shape_str(x, s1, sizeof s1),
-                                 bname, shape_str(b, s2, sizeof s2),
+            return ek_op_invalid(op, "X %s and %s %s do not broadcast%s", ek_shape_str(x, s1, sizeof s1),
+                                 bname, ek_shape_str(b, s2, sizeof s2),
                                  kind == BIN_PRELU ? " to X's shape" : "");
         want[rank - 1 - i] = dx > db ? dx : db;
     }
@@ -125,8 +94,8 @@ static ek_status_t prepare_binary(struct ek_op *op, enum bin_kind kind) {
         expect.rank = rank;
         memcpy(expect.dims, want, sizeof want);
         return ek_op_invalid(op, "output Y is %s, expected %s from X %s and %s %s",
-                             shape_str(y, s1, sizeof s1), shape_str(&expect, s2, sizeof s2),
-                             shape_str(x, s3, sizeof s3), bname, shape_str(b, s4, sizeof s4));
+                             ek_shape_str(y, s1, sizeof s1), ek_shape_str(&expect, s2, sizeof s2),
+                             ek_shape_str(x, s3, sizeof s3), bname, ek_shape_str(b, s4, sizeof s4));
     }
 
     float lo = -INFINITY, hi = INFINITY;
@@ -318,9 +287,9 @@ struct un_params {
 static ek_status_t prepare_unary(struct ek_op *op, enum un_kind kind) {
     ek_status_t st = check_counts(op, 1, 1);
     if (st == EK_OK)
-        st = check_tensor(op, op->in[0], "input X");
+        st = ek_check_float_tensor(op, op->in[0], "input X", EK_RANK_ANY);
     if (st == EK_OK)
-        st = check_tensor(op, op->out[0], "output Y");
+        st = ek_check_float_tensor(op, op->out[0], "output Y", EK_RANK_ANY);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
@@ -329,8 +298,8 @@ static ek_status_t prepare_unary(struct ek_op *op, enum un_kind kind) {
         same = x->dims[i] == y->dims[i];
     if (!same) {
         char s1[200], s2[200];
-        return ek_op_invalid(op, "output Y is %s, expected X's shape %s", shape_str(y, s1, sizeof s1),
-                             shape_str(x, s2, sizeof s2));
+        return ek_op_invalid(op, "output Y is %s, expected X's shape %s", ek_shape_str(y, s1, sizeof s1),
+                             ek_shape_str(x, s2, sizeof s2));
     }
     float a = 0.0f, b = 0.0f;
     switch (kind) {

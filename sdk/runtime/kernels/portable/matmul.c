@@ -1,14 +1,14 @@
-/* FULLY_CONNECTED and MATMUL, and the SGEMM they share with CONV (gemm.h).
+/* FULLY_CONNECTED and MATMUL, and the SGEMM they share with CONV (helpers.h).
  *
  * The SGEMM is cache-blocked (KC deep slices of k, MC rows of A per slice) around an MR x NR
- * register tile written with GNU C vector types of four floats (gemm.h; no intrinsics: gcc and
+ * register tile written with GNU C vector types of four floats (helpers.h; no intrinsics: gcc and
  * clang lower them to SSE2 on x86_64 and NEON on aarch64; plain loops for other compilers); B is
  * pre-packed into NR-wide panels so the tile reads it contiguously. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "gemm.h"
+#include "helpers.h"
 #include "internal.h"
 #include "portable.h"
 
@@ -19,50 +19,6 @@
 #endif
 #define KC 256 /* a KC x NR panel slice (8 KiB) stays in L1 while MC rows of A go past it */
 #define MC 64  /* an MC x KC block of A (64 KiB) stays in L2 */
-
-/* ---------------------------------------------------------------- helpers (gemm.h) */
-
-ek_status_t ek_check_arity(const struct ek_op *op, int min_in, int max_in) {
-    if (op->n_in < min_in || op->n_in > max_in || !op->in)
-        return ek_op_invalid(op, "takes %d to %d inputs, has %d", min_in, max_in, op->n_in);
-    if (op->n_out != 1 || !op->out || !op->out[0])
-        return ek_op_invalid(op, "takes 1 output, has %d", op->n_out);
-    for (int i = 0; i < min_in; i++)
-        if (!op->in[i])
-            return ek_op_invalid(op, "input %d is required", i);
-    return EK_OK;
-}
-
-ek_status_t ek_check_float_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what,
-                                  int rank) {
-    if (!desc)
-        return ek_op_invalid(op, "%s is missing", what);
-    if (desc->dtype != EK_DTYPE_FLOAT32)
-        return ek_op_invalid(op, "%s must be float32, is dtype %d", what, (int)desc->dtype);
-    if (desc->rank < 0 || desc->rank > EK_MAX_DIMS || (rank >= 0 && desc->rank != rank) ||
-        (rank < 0 && desc->rank < -rank))
-        return ek_op_invalid(op, "%s has rank %d, expected %s%d", what, desc->rank, rank < 0 ? ">= " : "",
-                             rank < 0 ? -rank : rank);
-    size_t count = 1;
-    for (int i = 0; i < desc->rank; i++) {
-        if (desc->dims[i] < 1 || (uint64_t)desc->dims[i] > SIZE_MAX ||
-            !ek_size_mul(count, (size_t)desc->dims[i], &count))
-            return ek_op_invalid(op, "%s has a bad dimension %d (%lld)", what, i, (long long)desc->dims[i]);
-    }
-    size_t nbytes;
-    if (count != desc->count || !ek_size_mul(count, sizeof(float), &nbytes) || nbytes != desc->nbytes)
-        return ek_op_invalid(op, "%s: element count and size disagree with its dims", what);
-    return EK_OK;
-}
-
-ek_status_t ek_parse_act(const struct ek_op *op, float *lo, float *hi) {
-    ek_status_t st = ek_attr_float(op, "act_min", -INFINITY, lo);
-    if (st == EK_OK)
-        st = ek_attr_float(op, "act_max", INFINITY, hi);
-    if (st == EK_OK && *lo > *hi)
-        return ek_op_invalid(op, "act_min %g is greater than act_max %g", (double)*lo, (double)*hi);
-    return st;
-}
 
 /* ---------------------------------------------------------------- SGEMM */
 

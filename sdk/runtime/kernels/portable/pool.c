@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gemm.h"
+#include "helpers.h"
 #include "internal.h"
 #include "portable.h"
 

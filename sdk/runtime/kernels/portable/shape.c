@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "helpers.h"
 #include "portable.h"
 
 #ifndef EK_KERNEL_PAR_MIN
@@ -17,36 +18,6 @@
 #endif
 
 /* ---- helpers ---- */
-
-static const char *shape_str(const struct ek_tensor_desc *t, char *buf, size_t size) {
-    size_t used = 0;
-    buf[0] = '\0';
-    used += (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < t->rank && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, i ? ",%lld" : "%lld", (long long)t->dims[i]);
-    if (used < size)
-        snprintf(buf + used, size - used, "]");
-    return buf;
-}
-
-static ek_status_t check_tensor(const struct ek_op *op, const struct ek_tensor_desc *t, const char *role) {
-    if (!t)
-        return ek_op_invalid(op, "%s is missing", role);
-    if (t->dtype != EK_DTYPE_FLOAT32)
-        return ek_op_invalid(op, "%s '%s' has dtype code %d; this op computes in float32 (1) only", role,
-                             t->name ? t->name : "", (int)t->dtype);
-    if (t->rank < 0 || t->rank > EK_MAX_DIMS)
-        return ek_op_invalid(op, "%s has rank %d (0..%d)", role, t->rank, EK_MAX_DIMS);
-    size_t count = 1;
-    for (int i = 0; i < t->rank; i++) {
-        if (t->dims[i] < 1 || (uint64_t)t->dims[i] > SIZE_MAX / count)
-            return ek_op_invalid(op, "%s has a bad dim %lld at axis %d", role, (long long)t->dims[i], i);
-        count *= (size_t)t->dims[i];
-    }
-    if (count != t->count || count > SIZE_MAX / sizeof(float))
-        return ek_op_invalid(op, "%s has %zu elements but its dims give %zu", role, t->count, count);
-    return EK_OK;
-}
 
 /* n_in inputs (any number >= 1 when n_in is 0) and one output, all checked tensors. */
 static ek_status_t check_io(const struct ek_op *op, int n_in) {
@@ -56,11 +27,11 @@ static ek_status_t check_io(const struct ek_op *op, int n_in) {
     char role[32];
     for (int i = 0; i < op->n_in; i++) {
         snprintf(role, sizeof role, "input %d", i);
-        ek_status_t st = check_tensor(op, op->in[i], role);
+        ek_status_t st = ek_check_float_tensor(op, op->in[i], role, EK_RANK_ANY);
         if (st != EK_OK)
             return st;
     }
-    return check_tensor(op, op->out[0], "output Y");
+    return ek_check_float_tensor(op, op->out[0], "output Y", EK_RANK_ANY);
 }
 
 static ek_status_t out_of_memory(const struct ek_op *op) {
@@ -248,8 +219,8 @@ static ek_status_t prepare_transpose(struct ek_op *op) {
         ok = y->dims[i] == x->dims[perm[i]];
     if (!ok) {
         char s1[200], s2[200];
-        return ek_op_invalid(op, "output Y is %s; X %s permuted by 'perm' differs", shape_str(y, s1, sizeof s1),
-                             shape_str(x, s2, sizeof s2));
+        return ek_op_invalid(op, "output Y is %s; X %s permuted by 'perm' differs", ek_shape_str(y, s1, sizeof s1),
+                             ek_shape_str(x, s2, sizeof s2));
     }
     size_t xs[EK_MAX_DIMS], dims[EK_MAX_DIMS];
     ptrdiff_t steps[EK_MAX_DIMS];
@@ -279,8 +250,8 @@ static ek_status_t prepare_slice(struct ek_op *op) {
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
     char s1[200], s2[200];
     if (y->rank != x->rank)
-        return ek_op_invalid(op, "output Y %s and input X %s differ in rank", shape_str(y, s1, sizeof s1),
-                             shape_str(x, s2, sizeof s2));
+        return ek_op_invalid(op, "output Y %s and input X %s differ in rank", ek_shape_str(y, s1, sizeof s1),
+                             ek_shape_str(x, s2, sizeof s2));
     int64_t starts[EK_MAX_DIMS], steps[EK_MAX_DIMS], zeros[EK_MAX_DIMS] = {0}, ones[EK_MAX_DIMS];
     for (int i = 0; i < EK_MAX_DIMS; i++)
         ones[i] = 1;
@@ -353,7 +324,7 @@ static ek_status_t prepare_concat(struct ek_op *op) {
             ok = d == a || x->dims[d] == y->dims[d];
         if (!ok)
             return ek_op_invalid(op, "input %d is %s; with output Y %s every dim but axis %d must match", i,
-                                 shape_str(x, s1, sizeof s1), shape_str(y, s2, sizeof s2), a);
+                                 ek_shape_str(x, s1, sizeof s1), ek_shape_str(y, s2, sizeof s2), a);
         /* each dim < 2^62 (a checked count of floats) and the sum stops past Y's: no overflow */
         total += (uint64_t)x->dims[a];
         if (total > (uint64_t)y->dims[a])
@@ -361,7 +332,7 @@ static ek_status_t prepare_concat(struct ek_op *op) {
     }
     if (total != (uint64_t)y->dims[a])
         return ek_op_invalid(op, "inputs add up to %llu along axis %d, output Y %s has %lld",
-                             (unsigned long long)total, a, shape_str(y, s1, sizeof s1), (long long)y->dims[a]);
+                             (unsigned long long)total, a, ek_shape_str(y, s1, sizeof s1), (long long)y->dims[a]);
     struct concat_params *p = calloc(1, sizeof *p + (size_t)op->n_in * sizeof p->block[0]);
     if (!p)
         return out_of_memory(op);
@@ -442,8 +413,8 @@ static ek_status_t prepare_pad(struct ek_op *op) {
         return ek_op_invalid(op, "attribute 'mode' is %lld (0 constant, 1 reflect, 2 edge)", (long long)mode);
     char s1[200], s2[200];
     if (y->rank != r)
-        return ek_op_invalid(op, "output Y %s and input X %s differ in rank", shape_str(y, s1, sizeof s1),
-                             shape_str(x, s2, sizeof s2));
+        return ek_op_invalid(op, "output Y %s and input X %s differ in rank", ek_shape_str(y, s1, sizeof s1),
+                             ek_shape_str(x, s2, sizeof s2));
     for (int k = 0; k < r; k++) {
         int64_t pb = pads[k], pe = pads[r + k], d = x->dims[k];
         if (pb < 0 || pe < 0)
@@ -453,7 +424,7 @@ static ek_status_t prepare_pad(struct ek_op *op) {
                                  (long long)pb, (long long)pe, k, (long long)d);
         if (pb > INT64_MAX - d || pe > INT64_MAX - d - pb || d + pb + pe != y->dims[k])
             return ek_op_invalid(op, "output Y %s: axis %d should be %lld + %lld + %lld",
-                                 shape_str(y, s1, sizeof s1), k, (long long)d, (long long)pb, (long long)pe);
+                                 ek_shape_str(y, s1, sizeof s1), k, (long long)d, (long long)pb, (long long)pe);
     }
     struct pad_params *p = calloc(1, sizeof *p);
     if (!p)
@@ -552,7 +523,7 @@ static ek_status_t prepare_reshape(struct ek_op *op) {
     if (x->count != y->count || x->nbytes != y->nbytes) {
         char s1[200], s2[200];
         return ek_op_invalid(op, "output Y %s and input X %s hold different element counts (%zu, %zu)",
-                             shape_str(y, s1, sizeof s1), shape_str(x, s2, sizeof s2), y->count, x->count);
+                             ek_shape_str(y, s1, sizeof s1), ek_shape_str(x, s2, sizeof s2), y->count, x->count);
     }
     op->params = NULL;
     op->scratch_per_thread = 0;

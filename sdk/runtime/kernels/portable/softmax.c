@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "internal.h"
+#include "helpers.h"
 #include "portable.h"
 
 #ifndef EK_KERNEL_PAR_MIN
@@ -20,31 +21,12 @@ struct softmax_params {
     size_t tiles; /* per outer index: ceil(inner / TILE), or 1 when inner == 1 */
 };
 
-static ek_status_t check_tensor(const struct ek_op *op, const struct ek_tensor_desc *t, const char *role) {
-    if (!t)
-        return ek_op_invalid(op, "%s is missing", role);
-    if (t->dtype != EK_DTYPE_FLOAT32)
-        return ek_op_invalid(op, "%s '%s' has dtype code %d; this op computes in float32 (1) only", role,
-                             t->name ? t->name : "", (int)t->dtype);
-    if (t->rank < 0 || t->rank > EK_MAX_DIMS)
-        return ek_op_invalid(op, "%s has rank %d (0..%d)", role, t->rank, EK_MAX_DIMS);
-    size_t count = 1;
-    for (int i = 0; i < t->rank; i++) {
-        if (t->dims[i] < 1 || (uint64_t)t->dims[i] > SIZE_MAX / count)
-            return ek_op_invalid(op, "%s has a bad dim %lld at axis %d", role, (long long)t->dims[i], i);
-        count *= (size_t)t->dims[i];
-    }
-    if (count != t->count || count > SIZE_MAX / sizeof(float))
-        return ek_op_invalid(op, "%s has %zu elements but its dims give %zu", role, t->count, count);
-    return EK_OK;
-}
-
 static ek_status_t prepare_softmax(struct ek_op *op) {
     if (op->n_in != 1 || op->n_out != 1 || !op->in || !op->out)
         return ek_op_invalid(op, "takes 1 input and 1 output, has %d and %d", op->n_in, op->n_out);
-    ek_status_t st = check_tensor(op, op->in[0], "input X");
+    ek_status_t st = ek_check_float_tensor(op, op->in[0], "input X", EK_RANK_ANY);
     if (st == EK_OK)
-        st = check_tensor(op, op->out[0], "output Y");
+        st = ek_check_float_tensor(op, op->out[0], "output Y", EK_RANK_ANY);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];

@@ -4,9 +4,10 @@
  * The right-hand operand is packed once into panels of EK_GEMM_NR columns: panel j holds, for each
  * p in [0, k), the NR values B[p][j*NR .. j*NR+NR) (zero past the last column). Constant weights are
  * packed by prepare(); others into the thread's scratch at run time. */
-#ifndef EDGEKIT_PORTABLE_GEMM_H
-#define EDGEKIT_PORTABLE_GEMM_H
+#ifndef EDGEKIT_PORTABLE_HELPERS_H
+#define EDGEKIT_PORTABLE_HELPERS_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -78,13 +79,16 @@ static inline bool ek_i64_add(int64_t a, int64_t b, int64_t *out) {
 
 static inline size_t ek_round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 
-/* Input/output `index` of `op` as float32 of `rank` (rank < 0: any rank >= -rank), with dims whose
+/* `desc` as float32 of `rank` (rank < 0: any rank >= -rank; EK_RANK_ANY: any rank), with dims whose
  * product is its element count. NULL descriptors and absent operands are errors. */
+#define EK_RANK_ANY INT_MIN
 ek_status_t ek_check_float_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what,
                                   int rank);
 /* The fused activation attributes act_min / act_max (default -inf, +inf; min <= max). */
 ek_status_t ek_parse_act(const struct ek_op *op, float *lo, float *hi);
 /* The op has n_in in [min_in, max_in] and exactly one output, all present but optional ones. */
 ek_status_t ek_check_arity(const struct ek_op *op, int min_in, int max_in);
+/* "[1,3,224,224]" into buf (truncated to size), for messages. */
+const char *ek_shape_str(const struct ek_tensor_desc *t, char *buf, size_t size);
 
-#endif /* EDGEKIT_PORTABLE_GEMM_H */
+#endif /* EDGEKIT_PORTABLE_HELPERS_H */

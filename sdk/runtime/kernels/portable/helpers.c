@@ -1,0 +1,58 @@
+/* Checks and small utilities the portable kernels share (declared in helpers.h). */
+#include <math.h>
+#include <stdio.h>
+
+#include "helpers.h"
+#include "internal.h"
+
+ek_status_t ek_check_arity(const struct ek_op *op, int min_in, int max_in) {
+    if (op->n_in < min_in || op->n_in > max_in || !op->in)
+        return ek_op_invalid(op, "takes %d to %d inputs, has %d", min_in, max_in, op->n_in);
+    if (op->n_out != 1 || !op->out || !op->out[0])
+        return ek_op_invalid(op, "takes 1 output, has %d", op->n_out);
+    for (int i = 0; i < min_in; i++)
+        if (!op->in[i])
+            return ek_op_invalid(op, "input %d is required", i);
+    return EK_OK;
+}
+
+ek_status_t ek_check_float_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what,
+                                  int rank) {
+    if (!desc)
+        return ek_op_invalid(op, "%s is missing", what);
+    if (desc->dtype != EK_DTYPE_FLOAT32)
+        return ek_op_invalid(op, "%s must be float32, is dtype %d", what, (int)desc->dtype);
+    if (desc->rank < 0 || desc->rank > EK_MAX_DIMS ||
+        (rank != EK_RANK_ANY && ((rank >= 0 && desc->rank != rank) || (rank < 0 && desc->rank < -rank))))
+        return ek_op_invalid(op, "%s has rank %d, expected %s%d", what, desc->rank, rank < 0 ? ">= " : "",
+                             rank < 0 ? -rank : rank);
+    size_t count = 1;
+    for (int i = 0; i < desc->rank; i++) {
+        if (desc->dims[i] < 1 || (uint64_t)desc->dims[i] > SIZE_MAX ||
+            !ek_size_mul(count, (size_t)desc->dims[i], &count))
+            return ek_op_invalid(op, "%s has a bad dimension %d (%lld)", what, i, (long long)desc->dims[i]);
+    }
+    size_t nbytes;
+    if (count != desc->count || !ek_size_mul(count, sizeof(float), &nbytes) || nbytes != desc->nbytes)
+        return ek_op_invalid(op, "%s has %zu elements (%zu bytes) but its dims give %zu elements", what,
+                             desc->count, desc->nbytes, count);
+    return EK_OK;
+}
+
+const char *ek_shape_str(const struct ek_tensor_desc *t, char *buf, size_t size) {
+    size_t used = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < t->rank && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, i ? ",%lld" : "%lld", (long long)t->dims[i]);
+    if (used < size)
+        snprintf(buf + used, size - used, "]");
+    return buf;
+}
+
+ek_status_t ek_parse_act(const struct ek_op *op, float *lo, float *hi) {
+    ek_status_t st = ek_attr_float(op, "act_min", -INFINITY, lo);
+    if (st == EK_OK)
+        st = ek_attr_float(op, "act_max", INFINITY, hi);
+    if (st == EK_OK && *lo > *hi)
+        return ek_op_invalid(op, "act_min %g is greater than act_max %g", (double)*lo, (double)*hi);
+    return st;
+}
