@@ -666,6 +666,25 @@ def edgekit_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.Comple
     )
 
 
+def test_a_launch_chooses_its_threads_and_cpus(models: dict[str, Path]) -> None:
+    with ek.Context(kernels="portable") as ctx:
+        req = ctx.load_model(models["addrelu"]).network().create_request()
+        x, y = xy(4)
+        req.set_inputs([x, y])
+        cpus = sorted(os.sched_getaffinity(0))
+        req.infer(threads=2, cpus=cpus[:1])
+        assert req.wait(timeout=10)
+        np.testing.assert_allclose(req.get_outputs()[0], relu_add(x, y), rtol=1e-6)
+        for bad in ({"threads": 0}, {"cpus": []}, {"cpus": [64]}, {"cpus": [-1]}):
+            with pytest.raises(ek.InvalidArgumentError):
+                req.infer(**bad)  # type: ignore[arg-type]
+        offline = next((c for c in range(64) if c not in cpus), None)
+        if offline is not None:  # the runtime refuses a mask with no CPU this process may use
+            with pytest.raises(ek.InvalidArgumentError):
+                req.infer(cpus=[offline])
+                req.wait()
+
+
 def test_cli_help_explains_every_command() -> None:
     done = edgekit_cli("--help")
     assert done.returncode == 0, done.stderr

@@ -625,7 +625,7 @@ cdef class Request:
             raise InvalidTypeError(f"the callback must be callable or None, got {type(fn).__name__}")
         self._callback = fn
 
-    def _launch(self, int threads=0) -> None:
+    def _launch(self, int threads=0, uint64_t cpu_mask=0) -> None:
         """Flush the mapped inputs and queue the network on the device; returns at once."""
         cdef ek_launch_options_t options
         cdef ek_status_t status = EK_OK
@@ -648,6 +648,7 @@ cdef class Request:
         check(status)
         memset(&options, 0, sizeof(options))
         options.threads = threads
+        options.cpu_mask = cpu_mask
         options.on_done = ekpy_on_done
         options.user_data = self._state
         seq = self._seq + 1

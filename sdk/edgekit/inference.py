@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Union, cast
@@ -540,10 +540,22 @@ class Request(_runtime.Request):
 
     # ---- launches ---------------------------------------------------------------------------------
 
-    def infer(self) -> None:
-        """Start running the network on the current inputs and return at once; ``wait()`` for it."""
+    def infer(self, threads: int | None = None, cpus: Iterable[int] | None = None) -> None:
+        """Start running the network on the current inputs and return at once; ``wait()`` for it.
+
+        ``threads``: threads this launch uses (default: the context's); ``cpus``: the CPU ids its threads
+        may run on (default: any), e.g. ``cpus=[2, 3]`` for the big cores of a big.LITTLE SoC."""
         self._check_open()
-        self._launch()
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InvalidArgumentError(f"threads must be a whole number >= 1 (or None), got {threads!r}")
+        mask = 0
+        for cpu in cpus if cpus is not None else ():
+            if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < 64:
+                raise InvalidArgumentError(f"cpus must be CPU ids from 0 to 63, got {cpu!r}")
+            mask |= 1 << cpu
+        if cpus is not None and not mask:
+            raise InvalidArgumentError("cpus is empty: name at least one CPU, or pass None for any")
+        self._launch(threads or 0, mask)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: as long as it takes) for the launch. False: still running.
