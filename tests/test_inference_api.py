@@ -675,9 +675,10 @@ def test_a_launch_chooses_its_threads_and_cpus(models: dict[str, Path]) -> None:
         req.infer(threads=2, cpus=cpus[:1])
         assert req.wait(timeout=10)
         np.testing.assert_allclose(req.get_outputs()[0], relu_add(x, y), rtol=1e-6)
-        for bad in ({"threads": 0}, {"cpus": []}, {"cpus": [64]}, {"cpus": [-1]}):
+        bad_launches: list[dict[str, Any]] = [{"threads": 0}, {"cpus": []}, {"cpus": [64]}, {"cpus": [-1]}]
+        for bad in bad_launches:
             with pytest.raises(ek.InvalidArgumentError):
-                req.infer(**bad)  # type: ignore[arg-type]
+                req.infer(**bad)
         offline = next((c for c in range(64) if c not in cpus), None)
         if offline is not None:  # the runtime refuses a mask with no CPU this process may use
             with pytest.raises(ek.InvalidArgumentError):
