@@ -84,7 +84,7 @@ def _cross_build(arch: str, board: str, toolchain: str, jobs: int) -> BuildResul
 
 
 def _install_for_host(c: Context) -> None:
-    say("Building libedgekit + edgekit._core (CMake via scikit-build-core) and installing edgekit")
+    say("Building libedgekit, its XNNPACK provider and the Cython modules (scikit-build-core) into .venv")
     with c.cd(str(ROOT)):
         c.run(f"{PYTHON} -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps .")
     c.run(f"{PYTHON} -c \"import edgekit; print('edgekit', edgekit.__version__, 'installed')\"")
@@ -277,7 +277,8 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
 
     The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc, the aarch64
     cross gcc and zig, the cross-build, packages and flashing to the emulated board and over SSH, the
-    conan package, the Python API, the docs' examples.
+    conan package, the Python API, the compiler, the test models against onnxruntime (host and board,
+    both kernel paths), ONNX's node tests, corrupt models, the docs' examples.
     """
     _install_for_host(c)
     if not no_lint:
