@@ -511,10 +511,11 @@ def _attrs_to_2d(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@lowering("Conv")
-def _conv(
-    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
-) -> list[Value]:
+def _conv_operands(
+    s: StageLowering, ins: list[Value | None], attrs: dict[str, Any]
+) -> tuple[Value, bool, dict[str, Any], np.ndarray, tuple[int, int, int, int], int]:
+    """What Conv and ConvTranspose share: X lifted to 2-D (and whether it was 1-D), the attributes to
+    match, the float32 weights of rank 4, X's (N, C, H, W) and the group."""
     x, one_d = _to_2d(s, _req(ins, 0, "X"), "X")
     w = _float32(s.const(_req(ins, 1, "W"), "W (weights)"), f"{s.where}: W")
     if one_d:
@@ -522,7 +523,24 @@ def _conv(
     if w.ndim != 4:
         raise Unsupported(f"weights of rank {w.ndim}")
     n, c, h, wd = s.shape(x)
-    group = int(attrs.get("group", 1))
+    return x, one_d, attrs, w, (n, c, h, wd), int(attrs.get("group", 1))
+
+
+def _conv_inputs(
+    s: StageLowering, x: Value, weights: np.ndarray, bias: Value | None, prefix: str
+) -> list[str | None]:
+    """The operands of CONV / CONV_TRANSPOSE: X, the weights in EdgeKit's layout, the bias if any."""
+    inputs: list[str | None] = [s.tensor(x), s.graph.add_const(f"{prefix}_W", weights)]
+    if bias is not None:
+        inputs.append(s.graph.add_const(f"{prefix}_bias", _float32(s.const(bias, "B").reshape(-1), "B")))
+    return inputs
+
+
+@lowering("Conv")
+def _conv(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x, one_d, attrs, w, (n, c, h, wd), group = _conv_operands(s, ins, attrs)
     m, cg, kh, kw = w.shape
     if group < 1 or c != cg * group or m % group:
         raise CompileError(
@@ -535,15 +553,8 @@ def _conv(
     ow = (wd + pads[1] + pads[3] - ek[1]) // strides[1] + 1
     if oh < 1 or ow < 1:
         raise CompileError(f"{s.where}: the kernel is larger than the padded input")
-    inputs: list[str | None] = [
-        s.tensor(x),
-        s.graph.add_const(f"{node.name or 'conv'}_W", np.ascontiguousarray(w.transpose(0, 2, 3, 1))),
-    ]
-    bias = _input(ins, 2)
-    if bias is not None:
-        inputs.append(
-            s.graph.add_const(f"{node.name or 'conv'}_bias", _float32(s.const(bias, "B").reshape(-1), "B"))
-        )
+    w_ek = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    inputs = _conv_inputs(s, x, w_ek, _input(ins, 2), node.name or "conv")
     params: dict[str, AttrValue] = {"pads": pads, "strides": strides, "dilations": dil, "group": group}
     y = s.emit(OpType.CONV, inputs, (n, m, oh, ow), params)
     return [s.reshape(y, (n, m, ow)) if one_d else y]
@@ -553,14 +564,7 @@ def _conv(
 def _conv_transpose(
     s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
 ) -> list[Value]:
-    x, one_d = _to_2d(s, _req(ins, 0, "X"), "X")
-    w = _float32(s.const(_req(ins, 1, "W"), "W (weights)"), f"{s.where}: W")
-    if one_d:
-        attrs, w = _attrs_to_2d(attrs), w[:, :, None, :]
-    if w.ndim != 4:
-        raise Unsupported(f"weights of rank {w.ndim}")
-    n, c, h, wd = s.shape(x)
-    group = int(attrs.get("group", 1))
+    x, one_d, attrs, w, (n, c, h, wd), group = _conv_operands(s, ins, attrs)
     cw, mg, kh, kw = w.shape
     if group < 1 or cw != c or c % group:
         raise CompileError(
@@ -595,12 +599,7 @@ def _conv_transpose(
         raise CompileError(f"{s.where}: empty output")
     cg = c // group
     w_ek = w.reshape(group, cg, mg, kh, kw).transpose(0, 2, 3, 4, 1).reshape(m, kh, kw, cg)
-    inputs: list[str | None] = [s.tensor(x), s.graph.add_const(f"{node.name or 'deconv'}_W", w_ek)]
-    bias = _input(ins, 2)
-    if bias is not None:
-        inputs.append(
-            s.graph.add_const(f"{node.name or 'deconv'}_bias", _float32(s.const(bias, "B").reshape(-1), "B"))
-        )
+    inputs = _conv_inputs(s, x, w_ek, _input(ins, 2), node.name or "deconv")
     params: dict[str, AttrValue] = {
         "pads": pads,
         "strides": strides,
