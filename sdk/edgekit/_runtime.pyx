@@ -436,6 +436,12 @@ cdef class Runtime:
         check(ek_rt_kernels(self._rt, &name))
         return text(name)
 
+    @property
+    def threads(self) -> int:
+        cdef int threads = 0
+        check(ek_rt_threads(self._rt, &threads))
+        return threads
+
     def network_names(self) -> list:
         cdef int count = 0, i
         cdef const char *name = NULL

@@ -96,7 +96,9 @@ class Context:
     ``"coherent"``/``"strict"``/None) or an open ``ek.Device`` (shared; not closed by the context).
     ``kernels`` is ``"auto"`` (XNNPACK where it has the op, portable C for the rest), ``"portable"``,
     ``"xnnpack"`` (an error if the provider is missing) or None (``EDGEKIT_KERNELS``, else auto).
-    ``threads`` is the threads a launch uses (None: ``EDGEKIT_THREADS``, else the online CPUs, at most 8).
+    ``threads`` is the threads a launch uses (None: ``EDGEKIT_THREADS``, else the CPUs this process may
+    use: its affinity mask and cgroup CPU quota, at most 8). A launch never runs more threads than the
+    CPUs it may run on.
     """
 
     def __init__(
@@ -165,6 +167,12 @@ class Context:
         """The kernels in use: ``"xnnpack"`` (with portable C for the ops it lacks) or ``"portable"``."""
         self._check_open()
         return str(self._runtime.kernels)
+
+    @property
+    def threads(self) -> int:
+        """The threads a launch uses unless ``infer(threads=)`` says otherwise (see the class doc)."""
+        self._check_open()
+        return int(self._runtime.threads)
 
     @property
     def network_names(self) -> list[str]:

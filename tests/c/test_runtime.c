@@ -477,7 +477,12 @@ static void test_config(void)
         const char *k = NULL;
         CHECK_OK(ek_rt_kernels(rt, &k));
         CHECK(k && strcmp(k, "portable") == 0);
+        int threads = 0;
+        CHECK_OK(ek_rt_threads(rt, &threads));
+        CHECK(threads == 2);
+        CHECK_STATUS(ek_rt_threads(rt, NULL), EK_ERR_INVALID_ARG);
         CHECK_OK(ek_rt_destroy(rt));
+        CHECK_STATUS(ek_rt_threads(rt, &threads), EK_ERR_FREED_HANDLE);
     }
     cfg.kernels = (ek_kernels_t)42;
     CHECK_STATUS(ek_rt_create_ex(&rt, dev, &cfg), EK_ERR_INVALID_ARG);

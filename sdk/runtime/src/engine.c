@@ -8,8 +8,11 @@
  * launches of one network therefore never share intermediate tensors or scratch, and contexts are
  * reused, so the hot path allocates nothing.
  *
- * A team is the launching worker thread plus threads-1 helpers owned by the context; ek_parallel_for
- * is a fork-join on the team's mutex and condition variables.
+ * A team is the launching worker thread plus threads-1 helpers owned by the context, never more
+ * threads than the CPUs the launch may run on (ek_usable_cpus). ek_parallel_for is a fork-join: its
+ * threads spin briefly for the next range or for the helpers to finish (ops follow each other within
+ * microseconds), then block on the team's condition variables, so a team that shares its CPUs with
+ * other work loses at most the spin per op instead of its time slices.
  *
  * Locks, outermost first: the runtime's lock (pools, never held while running), the device lock
  * (shared while a launch touches device memory, as copies hold it), the worker lock, the launch
@@ -18,6 +21,7 @@
 #include <inttypes.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,8 +107,8 @@ struct ek_team {
     pthread_t *helpers;
     struct helper_start *starts;
     int helper_count;
-    uint64_t generation; /* bumped per ek_parallel_for */
-    int pending;         /* helpers still running their range */
+    _Atomic uint64_t generation; /* bumped per ek_parallel_for (under `lock`) */
+    atomic_int pending;          /* helpers still running their range */
     bool quit;
     ek_range_fn fn;
     void *arg;
@@ -141,35 +145,86 @@ static void range_of(size_t count, int ranges, int index, size_t *begin, size_t 
     *end = *begin + base + (i < rem ? 1 : 0);
 }
 
+/* How long a team thread spins before it blocks: longer than the gap between two ops' fork-joins,
+ * short enough that a thread whose CPU is taken by other work gives it up soon. */
+#define SPIN_NS 50000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static bool new_range(struct ek_team *t, uint64_t seen) {
+    return atomic_load_explicit(&t->generation, memory_order_acquire) != seen;
+}
+
+static bool helpers_done(struct ek_team *t, uint64_t unused) {
+    (void)unused;
+    return atomic_load_explicit(&t->pending, memory_order_acquire) == 0;
+}
+
+/* Spin until ready(t, arg) or SPIN_NS pass; the caller then blocks if it is still not ready. */
+static void spin_until(bool (*ready)(struct ek_team *, uint64_t), struct ek_team *t, uint64_t arg) {
+    uint64_t deadline = 0;
+    for (unsigned i = 1;; i++) {
+        if (ready(t, arg))
+            return;
+        cpu_relax();
+        if (i % 64 == 0) {
+            uint64_t now = now_ns();
+            if (!deadline)
+                deadline = now + SPIN_NS;
+            else if (now >= deadline)
+                return;
+        }
+    }
+}
+
 static void *helper_main(void *p) {
     struct helper_start *hs = p;
     struct ek_exec *exec = hs->exec;
     struct ek_team *t = &exec->team;
     uint64_t seen = hs->seen;
-    pthread_mutex_lock(&t->lock);
     for (;;) {
-        while (t->generation == seen && !t->quit)
+        spin_until(new_range, t, seen);
+        pthread_mutex_lock(&t->lock);
+        while (!new_range(t, seen) && !t->quit)
             pthread_cond_wait(&t->start, &t->lock);
-        if (t->quit)
-            break;
-        seen = t->generation;
-        if (hs->index < t->ranges) {
-            ek_range_fn fn = t->fn;
-            void *arg = t->arg;
-            size_t begin, end;
-            range_of(t->count, t->ranges, hs->index, &begin, &end);
+        if (t->quit) {
             pthread_mutex_unlock(&t->lock);
-            tls_exec = exec;
-            tls_thread = hs->index;
-            fn(arg, begin, end, hs->index);
-            tls_exec = NULL;
+            return NULL;
+        }
+        seen = atomic_load_explicit(&t->generation, memory_order_relaxed);
+        if (hs->index >= t->ranges) {
+            pthread_mutex_unlock(&t->lock);
+            continue;
+        }
+        ek_range_fn fn = t->fn;
+        void *arg = t->arg;
+        size_t begin, end;
+        range_of(t->count, t->ranges, hs->index, &begin, &end);
+        pthread_mutex_unlock(&t->lock);
+        tls_exec = exec;
+        tls_thread = hs->index;
+        fn(arg, begin, end, hs->index);
+        tls_exec = NULL;
+        if (atomic_fetch_sub_explicit(&t->pending, 1, memory_order_acq_rel) == 1) {
+            /* The launching thread may be blocked on `done` (after its spin): wake it under the lock,
+             * so the signal cannot fall between its check of `pending` and its wait. */
             pthread_mutex_lock(&t->lock);
-            if (--t->pending == 0)
-                pthread_cond_signal(&t->done);
+            pthread_cond_signal(&t->done);
+            pthread_mutex_unlock(&t->lock);
         }
     }
-    pthread_mutex_unlock(&t->lock);
-    return NULL;
 }
 
 static void team_stop(struct ek_exec *exec) {
@@ -218,9 +273,9 @@ void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *a
     t->arg = arg;
     t->count = count;
     t->ranges = ranges;
-    t->pending = ranges - 1;
-    t->generation++;
-    pthread_cond_broadcast(&t->start);
+    atomic_store_explicit(&t->pending, ranges - 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&t->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&t->start); /* only the helpers past their spin are waiting */
     pthread_mutex_unlock(&t->lock);
     size_t begin, end;
     range_of(count, ranges, 0, &begin, &end);
@@ -228,10 +283,13 @@ void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *a
     tls_thread = 0;
     fn(arg, begin, end, 0);
     tls_exec = NULL;
-    pthread_mutex_lock(&t->lock);
-    while (t->pending > 0)
-        pthread_cond_wait(&t->done, &t->lock);
-    pthread_mutex_unlock(&t->lock);
+    spin_until(helpers_done, t, 0);
+    if (!helpers_done(t, 0)) {
+        pthread_mutex_lock(&t->lock);
+        while (!helpers_done(t, 0))
+            pthread_cond_wait(&t->done, &t->lock);
+        pthread_mutex_unlock(&t->lock);
+    }
 }
 
 int ek_exec_threads(const struct ek_exec *exec) { return exec ? exec->threads : 1; }
@@ -369,7 +427,7 @@ static ek_status_t exec_configure(struct ek_exec *exec, const struct ek_network 
                 return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a team of %d threads", threads);
             }
             for (int i = 0; i < threads - 1; i++) {
-                t->starts[i] = (struct helper_start){exec, i + 1, t->generation};
+                t->starts[i] = (struct helper_start){exec, i + 1, atomic_load(&t->generation)};
                 /* Fewer helpers than asked for is not an error: the team is just smaller. */
                 if (start_thread(&t->helpers[i], helper_main, &t->starts[i], false) != 0)
                     break;
@@ -610,7 +668,12 @@ static void rec_unref_locked(struct ek_launch_rec *rec) {
 static void execute(struct ek_launch_rec *rec) {
     struct ek_runtime *rt = rec->rt;
     struct ek_exec *exec = NULL;
-    ek_status_t status = exec_acquire(rt, rec->net, rec->stage, rec->threads, rec->cpu_mask, &exec);
+    /* Never more threads than the CPUs the launch may run on: the extra ones would only wait for
+     * each other, and XNNPACK's pthreadpool spins for milliseconds while it waits. */
+    int threads = rec->threads, cpus = ek_usable_cpus(rec->cpu_mask);
+    if (threads > cpus)
+        threads = cpus;
+    ek_status_t status = exec_acquire(rt, rec->net, rec->stage, threads, rec->cpu_mask, &exec);
     if (status == EK_OK) {
         status = exec_run(rec, exec);
         if (status != EK_OK)

@@ -17,6 +17,13 @@
 /* Worker threads per device: launches of different requests run concurrently on them. */
 #define EK_WORKER_THREADS 2
 
+/* ---- cpus.c ---- */
+/* The CPUs the calling thread may run on (within `mask` when it is not 0), at most the cgroup CPU
+ * quota rounded up; at least 1. What a team of threads should be sized to. */
+int ek_usable_cpus(uint64_t mask);
+/* The cgroup CPU quota of this process in whole CPUs, rounded up (read once); 0 when none is set. */
+int ek_cpu_quota(void);
+
 /* ---- runtime.c ---- */
 struct ek_runtime {
     uint64_t handle;

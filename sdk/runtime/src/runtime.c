@@ -118,8 +118,10 @@ static ek_status_t default_threads(int *threads) {
         *threads = (int)n;
         return EK_OK;
     }
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    *threads = cpus < 1 ? 1 : cpus > DEFAULT_MAX_THREADS ? DEFAULT_MAX_THREADS : (int)cpus;
+    /* The CPUs this process may use (affinity, cgroup quota), not the machine's: under taskset or
+     * in a container the online count would oversubscribe them. */
+    int cpus = ek_usable_cpus(0);
+    *threads = cpus > DEFAULT_MAX_THREADS ? DEFAULT_MAX_THREADS : cpus;
     return EK_OK;
 }
 
@@ -208,6 +210,18 @@ ek_status_t ek_rt_kernels(ek_rt_t handle, const char **name) {
     if (status != EK_OK)
         return status;
     *name = rt->provider ? "xnnpack" : "portable";
+    ek_runtime_unref(rt);
+    return EK_OK;
+}
+
+ek_status_t ek_rt_threads(ek_rt_t handle, int *threads) {
+    if (!threads)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_threads: threads is NULL");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    *threads = rt->threads;
     ek_runtime_unref(rt);
     return EK_OK;
 }

@@ -60,7 +60,10 @@ typedef enum ek_kernels {
 
 typedef struct ek_rt_config {
     ek_kernels_t kernels;
-    int threads; /* threads a launch uses by default; 0: EDGEKIT_THREADS, else the online CPUs (at most 8) */
+    /* Threads a launch uses by default. 0: EDGEKIT_THREADS, else the CPUs this process may use (its
+     * affinity mask, and the cgroup CPU quota where one is set), at most 8. A launch never runs more
+     * threads than the CPUs it may run on (the affinity, within its cpu_mask): extra ones only wait. */
+    int threads;
 } ek_rt_config_t;
 
 /* Create a runtime on the device `dev` is a handle of. The runtime holds the device open (its own
@@ -71,6 +74,8 @@ EK_API ek_status_t ek_rt_create_ex(ek_rt_t *rt, ek_dev_t dev, const ek_rt_config
 EK_API ek_status_t ek_rt_destroy(ek_rt_t rt);
 /* The kernels this runtime uses: "portable" or "xnnpack" (with portable for the ops XNNPACK lacks). */
 EK_API ek_status_t ek_rt_kernels(ek_rt_t rt, const char **name);
+/* The threads a launch of this runtime uses by default (see ek_rt_config_t.threads). */
+EK_API ek_status_t ek_rt_threads(ek_rt_t rt, int *threads);
 
 /* Load every network of a model file (mapped, constants used in place) or of a buffer (copied).
  * A network whose name is already loaded in this runtime is EK_ERR_BUSY. */
