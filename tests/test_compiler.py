@@ -804,3 +804,23 @@ def test_report_summary_lists_stages(small_net_onnx: bytes) -> None:
     lines = report.summary().splitlines()
     assert len(lines) == 4 and "x=2x3x16x16" in lines[3]
     assert math.isclose(len(report.data), len(report.data))
+
+
+def test_default_network_names(tmp_path: Path) -> None:
+    """Without a name: the output's stem for one network, each ONNX file's stem for several, the graph
+    name for a ModelProto compiled to bytes; an explicit name always wins."""
+    proto = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": [1, 4]}, ["y"], name="main_graph")
+    for stem in ("det", "cls"):
+        onnx.save(proto, str(tmp_path / f"{stem}.onnx"))
+
+    def names(report: CompileReport) -> list[str]:
+        return [n.name for n in ekm.read(report.data).networks]
+
+    assert names(compile_model(proto, tmp_path / "yolo_v8.ekm")) == ["yolo_v8"]
+    assert names(compile_model(str(tmp_path / "det.onnx"))) == ["det"]
+    assert names(compile_model(proto)) == ["main_graph"]
+    assert names(compile_model(proto, tmp_path / "x.ekm", name="given")) == ["given"]
+    both = [NetworkSpec(str(tmp_path / f"{stem}.onnx")) for stem in ("det", "cls")]
+    assert names(compile_networks(both, tmp_path / "both.ekm")) == ["det", "cls"]
+    with pytest.raises(CompileError, match=r"two networks are named 'main_graph'.*--name"):
+        compile_networks([NetworkSpec(proto), NetworkSpec(proto)])

@@ -126,6 +126,56 @@ def test_two_networks_in_one_file(kernels: str, tmp_path: Any) -> None:
             check_close(f"{net_name} of two [{kernels}]", actual, expected)
 
 
+def test_two_torch_exports_with_default_names_load_into_one_context(tmp_path: Any) -> None:
+    """torch names every exported graph 'main_graph'; compiled without --name, each network is named
+    after its .ekm file, so both load into one context and run."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    sources = {"a": onnx_path("mlp"), "b": onnx_path("senet")}
+    graph_names = {onnx.load(str(path), load_external_data=False).graph.name for path in sources.values()}
+    assert len(graph_names) == 1, f"the exports should share a graph name, have {graph_names}"
+    models = {"a": "mlp", "b": "senet"}
+    for stem, source in sources.items():
+        shape = "x".join(map(str, input_shape_of(models[stem])))
+        out = str(tmp_path / f"{stem}.ekm")
+        compiled = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgekit",
+                "compile",
+                str(source),
+                "-o",
+                out,
+                "--input-shape",
+                f"input={shape}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert compiled.returncode == 0, compiled.stderr
+    info = subprocess.run(
+        [sys.executable, "-m", "edgekit", "info", str(tmp_path / "a.ekm")], capture_output=True, text=True
+    )
+    assert "network 'a'" in info.stdout and "--name" in info.stdout, info.stdout
+    with ek.Context(device=0) as ctx:
+        ctx.load_model(tmp_path / "a.ekm")
+        ctx.load_model(tmp_path / "b.ekm")
+        assert ctx.network_names == ["a", "b"]
+        for stem, model_name in models.items():
+            x = random_input(input_shape_of(model_name))
+            (expected,) = ort_run(sources[stem], {INPUT_NAME: x})
+            (actual,) = ctx.network(stem).create_request().run([x])
+            check_close(f"{model_name} as network {stem!r}", actual, expected)
+        # The same name twice is still refused, and the error says how to rename.
+        with pytest.raises(ek.BusyError, match=r"network 'a' is already loaded.*edgekit compile --name"):
+            ctx.load_model(tmp_path / "a.ekm")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_portable_and_xnnpack_agree_across_threads(threads: int) -> None:
     """The same network on both kernel paths and 1 or 2 threads gives the same result (within the

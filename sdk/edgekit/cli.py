@@ -43,7 +43,9 @@ Run 'edgekit COMMAND --help' for the options of a command.
 COMPILE_HELP = "compile an ONNX model to a .ekm file (host only)"
 COMPILE_DESCRIPTION = """\
 Compile an ONNX model to a .ekm model file: static shapes per stage, constant and BatchNorm folding,
-fused activations, a static memory plan. Needs the onnx package (host only).
+fused activations, a static memory plan. Needs the onnx package (host only). The network is named
+after the output file (model.ekm: 'model') unless --name says otherwise, so models from the same
+exporter (torch names every graph 'main_graph') load side by side.
 
 example:
   edgekit compile model.onnx -o model.ekm --input-shape input=1x3x224x224
@@ -52,6 +54,8 @@ example:
 INFO_DESCRIPTION = """\
 Load a .ekm model through the runtime (which validates the whole file) and print its networks:
 inputs and outputs (name, dtype, shape per stage, scale, zero point), stages, and the kernels in use.
+A network's name is set when compiling (edgekit compile --name; by default the .ekm file's stem);
+one context holds each name once.
 
 examples:
   edgekit info model.ekm
@@ -224,6 +228,7 @@ def _print_info(info: dict[str, Any]) -> None:
             ins = ", ".join(f"{k}={_fmt_shape(v)}" for k, v in stage["inputs"].items())
             outs = ", ".join(f"{k}={_fmt_shape(v)}" for k, v in stage["outputs"].items())
             print(f"    {index}: {ins} -> {outs}")
+    print("(network names are set by edgekit compile --name; by default the .ekm file's stem)")
 
 
 def _open(args: argparse.Namespace) -> Any:

@@ -47,7 +47,8 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NET",
-        help="network name (default: the ONNX graph name); once per model, in order",
+        help="network name, once per model, in order (default: OUT.ekm's stem for one model, else each "
+        "ONNX file's stem; a runtime holds each network name once, and exporters name every graph alike)",
     )
 
 

@@ -241,10 +241,24 @@ def _stage_record(compiled: _CompiledStage) -> ekm.StageRecord:
     )
 
 
+def default_name(source: ModelSource, graph_name: str, output: str | os.PathLike[str] | None) -> str:
+    """A network's name when none is given: the output file's stem for a file of one network, else the
+    ONNX file's stem, else the graph name. Exporters give every graph the same name (torch:
+    'main_graph', also 'torch_jit', 'tf2onnx'), and a runtime holds each network name once, so the
+    graph name would make two exported models collide."""
+    if output is not None:
+        return Path(os.fspath(output)).stem
+    if isinstance(source, (str, os.PathLike)):
+        return Path(os.fspath(source)).stem
+    return graph_name or "network"
+
+
 def compile_networks(
     networks: Sequence[NetworkSpec], output: str | os.PathLike[str] | None = None, *, log: Log | None = None
 ) -> CompileReport:
-    """Compile every network (each with its stages) into one .ekm; write it to ``output`` if given."""
+    """Compile every network (each with its stages) into one .ekm; write it to ``output`` if given.
+    Networks without a name get ``default_name``'s: the output's stem for one network, else the ONNX
+    file's stem."""
     say: Log = log or (lambda _message: None)
     if not networks:
         raise CompileError("no networks to compile")
@@ -252,9 +266,11 @@ def compile_networks(
     reports: list[NetworkReport] = []
     for spec in networks:
         model = onnx_import.load(spec.model)
-        name = spec.name or model.name
+        name = spec.name or default_name(spec.model, model.name, output if len(networks) == 1 else None)
         if any(r.name == name for r in records):
-            raise CompileError(f"two networks are named '{name}'; give each a unique name")
+            raise CompileError(
+                f"two networks are named '{name}'; give each a unique name (--name, once per model)"
+            )
         stage_specs: Sequence[Mapping[str, Sequence[int]]] = spec.stages or [{}]
         compiled: list[_CompiledStage] = []
         for index, stage in enumerate(stage_specs):
@@ -310,7 +326,8 @@ def compile_model(
     name: str | None = None,
     log: Log | None = None,
 ) -> CompileReport:
-    """Compile one ONNX network (a path or a ModelProto) to .ekm."""
+    """Compile one ONNX network (a path or a ModelProto) to .ekm. The network is named ``name``, by
+    default the stem of ``output`` (see ``default_name``)."""
     return compile_networks([NetworkSpec(model, name, stages)], output, log=log)
 
 
@@ -322,5 +339,6 @@ __all__ = [
     "StageReport",
     "compile_model",
     "compile_networks",
+    "default_name",
     "parse_shape",
 ]

@@ -234,8 +234,9 @@ static ek_status_t add_model(struct ek_runtime *rt, struct ek_model *model) {
     for (uint32_t i = 0; i < model->network_count && status == EK_OK; i++)
         for (int j = 0; j < rt->network_count; j++)
             if (strcmp(model->networks[i].info.name, rt->networks[j]->info.name) == 0) {
-                status = ek_fail(EK_ERR_BUSY, "network '%s' is already loaded in this runtime; a runtime holds "
-                                 "each network name once", model->networks[i].info.name);
+                status = ek_fail(EK_ERR_BUSY, "network '%s' is already loaded in this runtime, which holds each "
+                                 "network name once: compile one of the models again with another name "
+                                 "(edgekit compile --name NAME)", model->networks[i].info.name);
                 break;
             }
     if (status == EK_OK && rt->model_count == rt->model_cap) {
