@@ -7,6 +7,8 @@ pytest, ruff/mypy, edgekit.bench. ``./quickstart.sh TASK`` runs a task after set
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import shutil
 import sys
 from collections.abc import Iterator
@@ -83,11 +85,45 @@ def _cross_build(arch: str, board: str, toolchain: str, jobs: int) -> BuildResul
     return result
 
 
+# What the host package is built from: a change to any of these makes the next task rebuild it.
+HOST_SOURCES = ("sdk", "CMakeLists.txt", "pyproject.toml")
+# The fingerprint of the sources the package in this Python was last built from (build/: 'invoke clean'
+# forgets it along with the build tree).
+HOST_STAMP = ROOT / "build" / "host-package.stamp"
+
+
+def _host_fingerprint() -> str:
+    """A hash of every host source file (path and content) and of the Python it is installed into."""
+    digest = hashlib.sha256(sys.prefix.encode() + b"\0")
+    for top in HOST_SOURCES:
+        base = ROOT / top
+        files = [base] if base.is_file() else sorted(base.rglob("*"))
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def _install_for_host(c: Context) -> None:
+    """Build libedgekit, its XNNPACK provider and the Cython modules, and install them into this Python."""
+    fingerprint = _host_fingerprint()
     say("Building libedgekit, its XNNPACK provider and the Cython modules (scikit-build-core) into .venv")
     with c.cd(str(ROOT)):
         c.run(f"{PYTHON} -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps .")
     c.run(f"{PYTHON} -c \"import edgekit; print('edgekit', edgekit.__version__, 'installed')\"")
+    HOST_STAMP.parent.mkdir(exist_ok=True)
+    HOST_STAMP.write_text(fingerprint + "\n")
+
+
+def _ensure_host_package(c: Context) -> None:
+    """Build and install EdgeKit into this Python unless it is installed from the sources as they are."""
+    installed = importlib.util.find_spec("edgekit") is not None
+    if installed and HOST_STAMP.is_file() and HOST_STAMP.read_text().strip() == _host_fingerprint():
+        say("edgekit in this Python is up to date with sdk/ (no rebuild)")
+        return
+    _install_for_host(c)
+    importlib.invalidate_caches()  # a task that imports edgekit next finds the new install
 
 
 BUILD_HELP = {
@@ -273,14 +309,14 @@ def lint(c: Context) -> None:
     }
 )
 def test(c: Context, k: str = "", no_lint: bool = False) -> None:
-    """Build, lint, and run the whole test suite with pytest (what CI runs).
+    """Build (when sdk/ changed), lint, and run the whole test suite with pytest (CI runs it).
 
     The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc, the aarch64
     cross gcc and zig, the cross-build, packages and flashing to the emulated board and over SSH, the
     conan package, the Python API, the compiler, the test models against onnxruntime (host and board,
     both kernel paths), ONNX's node tests, corrupt models, the docs' examples.
     """
-    _install_for_host(c)
+    _ensure_host_package(c)
     if not no_lint:
         lint(c)
     say("pytest")
@@ -291,14 +327,14 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
 
 @task(help={"quick": "smaller sizes and fewer repeats (a smoke run)"})
 def bench(c: Context, quick: bool = False) -> None:
-    """Build, then run the memory benchmark and the model benchmark.
+    """Build (when sdk/ changed), then run the memory benchmark and the model benchmark.
 
     python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size, and a
     small DeviceMemory.write against a no-op Cython call. python -m edgekit.bench_models: MobileNetV2-
     and ResNet-18-style at 1x3x224x224 (and smaller models) through EdgeKit's portable and XNNPACK
     kernels and onnxruntime, 1 and 2 threads, in the same run (needs torch and onnxruntime).
     """
-    _install_for_host(c)
+    _ensure_host_package(c)
     flag = " --quick" if quick else ""
     say("edgekit.bench")
     c.run(f"{PYTHON} -m edgekit.bench{flag}")
@@ -337,6 +373,7 @@ def _demo_model(work: Path) -> list[Path]:
 def demo(c: Context) -> None:
     """The main job: compile a model, cross-build, package, flash the emulated board, run the model there.
 
+    EdgeKit is built for this Python first when sdk/ changed (the compiler runs on the host).
     The model (a MobileNetV2-style net at 1x3x224x224, made with PyTorch) is compiled on the host; on
     the board, edgekit run infers with the XNNPACK and with the portable kernels in the board's own
     Python 3.11 under qemu-aarch64 and checks the outputs against onnxruntime's on the host (exit 1 on a
@@ -345,6 +382,8 @@ def demo(c: Context) -> None:
     steps = Steps("demo")
     board = boards.default_board("aarch64")
     try:
+        with steps("build EdgeKit for the host (the compiler)"):
+            _ensure_host_package(c)
         with steps("compile the model on the host"):
             files = _demo_model(ROOT / "build" / "demo")
         with steps("cross-build + package"):
