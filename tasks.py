@@ -273,9 +273,19 @@ BOARD_HELP = "the board profile the device runs (default emu-debian12)"
 def run_on_device(
     c: Context, device: str = "emu", command: str = "python3 -m edgekit.examples.memory_demo", board: str = ""
 ) -> None:
-    """Run a command on the device(s) (default: the memory demo), with the installed EdgeKit on PATH."""
+    """Run a command on the device(s) (default: the memory demo), with the installed EdgeKit on PATH.
+
+    The emulated board is flashed first when it has no EdgeKit yet; an SSH board without it is named
+    (the command still runs: it may not need EdgeKit).
+    """
     with _clear_errors():
         with devices.open_fleet(device, board or boards.default_board("aarch64")) as fleet:
+            for name in devices.without_edgekit(fleet):
+                if device == "emu":
+                    say("EdgeKit is not installed on the emulated board yet: building and flashing it first")
+                    flash(c, device="emu", board=board)
+                else:
+                    say(f"warning: EdgeKit is not installed on {name}: invoke flash --device {device}")
             if not devices.run(fleet, command):
                 raise Exit("error: the command failed on a board", code=1)
 

@@ -142,6 +142,17 @@ def test_doctor_says_what_to_fix(two_boards: tuple[Sshd, Sshd], capsys: pytest.C
     assert "nothing in /nowhere/edgekit/current: invoke flash --device <this board>" in report
 
 
+def test_boards_without_edgekit_are_found(flashed_emu: Any, two_boards: tuple[Sshd, Sshd]) -> None:
+    """invoke run flashes the emulated board first when this says it has no EdgeKit (and names SSH
+    boards that lack it)."""
+    assert devices.without_edgekit(flashed_emu) == []
+    empty = devices.EmulatedFleet(flashed_emu.board, flashed_emu.rootfs, prefix="/opt/edgekit-never-flashed")
+    assert devices.without_edgekit(empty) == empty.names
+    url = f"ssh://root@127.0.0.1:{two_boards[0].port}/nowhere/edgekit"
+    with devices.SshFleet([devices.parse_ssh_urls(url)[0]], identity=two_boards[0].client_key) as fleet:
+        assert devices.without_edgekit(fleet) == fleet.names
+
+
 def test_invoke_run_on_the_emulated_board(flashed_emu: Any) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "invoke", "run", "--command", "uname -m; python3 -c 'import edgekit'"],

@@ -42,6 +42,7 @@ __all__ = [
     "open_fleet",
     "parse_ssh_urls",
     "run",
+    "without_edgekit",
 ]
 
 
@@ -216,6 +217,12 @@ def run(fleet: Fleet, command: str, *, timeout: float | None = None) -> bool:
     return _report(results)
 
 
+def without_edgekit(fleet: Fleet) -> list[str]:
+    """The boards with no EdgeKit release installed ($EDGEKIT_PREFIX/current), or that cannot be asked."""
+    results = fleet.run(f'test -e "${{EDGEKIT_PREFIX:-{DEFAULT_PREFIX}}}/current"', timeout=120)
+    return [board for board, value in results.items() if not isinstance(value, RunResult) or not value.ok]
+
+
 PROBE = Path(__file__).resolve().parent.parent / "devices" / "probe.sh"
 
 
@@ -313,7 +320,7 @@ def diagnose(facts: Mapping[str, str], board: Board, host_version: str) -> list[
                     imported or "fails",
                     f"python3 does not import it: flash again (that adds {prefix}/current/python to python3)",
                 )
-    checks.add("remote_server", "not built yet (it comes with the engine)")
+    checks.add("remote_server", "not in this release yet")
     return checks.rows
 
 
