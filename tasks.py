@@ -342,7 +342,10 @@ def bench(c: Context, quick: bool = False) -> None:
     python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size, and a
     small DeviceMemory.write against a no-op Cython call. python -m edgekit.bench_models: MobileNetV2-
     and ResNet-18-style at 1x3x224x224 (and smaller models) through EdgeKit's portable and XNNPACK
-    kernels and onnxruntime, 1 and 2 threads, in the same run (needs torch and onnxruntime).
+    kernels and onnxruntime, 1 and 2 threads, in the same run (needs torch and onnxruntime). Then the
+    two large models with fewer CPUs than threads: on one allowed CPU (as under taskset -c 0) with the
+    default threads and 4 threads against 1, and with 2 threads while another process keeps one of
+    the two CPUs busy.
     """
     _ensure_host_package(c)
     flag = " --quick" if quick else ""
@@ -350,6 +353,18 @@ def bench(c: Context, quick: bool = False) -> None:
     c.run(f"{PYTHON} -m edgekit.bench{flag}")
     say("edgekit.bench_models")
     c.run(f"{PYTHON} -m edgekit.bench_models{flag}")
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    large = "--models mobilenetv2,resnet18"
+    say(f"edgekit.bench_models on one allowed CPU ({allowed[0]}): default threads and 4 threads vs 1")
+    c.run(f"{PYTHON} -m edgekit.bench_models{flag} {large} --cpus {allowed[0]} --threads 1,default,4")
+    if len(allowed) >= 2:
+        cpus = f"{allowed[0]},{allowed[1]}"
+        say(f"edgekit.bench_models on CPUs {cpus} with CPU {allowed[1]} kept busy by another process")
+        c.run(
+            f"{PYTHON} -m edgekit.bench_models{flag} {large} --cpus {cpus} --busy {allowed[1]} --threads 1,2"
+        )
 
 
 # The main job's model: compiled on the host, run on the board, checked against onnxruntime's outputs.

@@ -9,6 +9,10 @@ InferenceSession.run). The max error against onnxruntime is printed too (max |a-
 
 MobileNetV2-style and ResNet-18-style run at 1x3x224x224, the others at their small test sizes. Host only:
 needs torch and onnxruntime. The model definitions here are also the test suite's models (tests/models.py).
+
+Restricted CPUs: --cpus 0 runs the whole benchmark on the CPUs given (as taskset -c 0 or a container's
+cpuset would), --threads default,1,4 compares the default thread count and more threads than CPUs with
+one thread, and --busy 1 keeps CPU 1 busy with another process meanwhile (cores taken by other work).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import functools
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,7 +305,7 @@ class Row:
     model: str
     shape: tuple[int, ...]
     engine: str
-    threads: int
+    threads: int | None  # None: the engine's default
     times_ms: list[float]
     error: float | None  # against onnxruntime; None for onnxruntime itself
 
@@ -324,11 +330,11 @@ def time_runs(run: Callable[[], object], warmup: int, repeats: int) -> list[floa
     return times
 
 
-def ort_session(onnx_path: Path, threads: int) -> Any:
+def ort_session(onnx_path: Path, threads: int | None) -> Any:
     import onnxruntime as ort  # type: ignore[import-untyped]
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -338,7 +344,7 @@ def bench_model(
     name: str,
     shape: tuple[int, ...],
     workdir: Path,
-    threads_list: Sequence[int],
+    threads_list: Sequence[int | None],
     kernels_list: Sequence[str],
     warmup: int,
     repeats: int,
@@ -355,11 +361,11 @@ def bench_model(
     for threads in threads_list:
         session = ort_session(onnx_path, threads)
         expected = session.run(None, {INPUT_NAME: x})[0]
-        log(f"  {name} {'x'.join(map(str, shape))}: onnxruntime, {threads} thread(s)")
+        log(f"  {name} {'x'.join(map(str, shape))}: onnxruntime, {threads_text(threads)} thread(s)")
         ort_times = time_runs(functools.partial(session.run, None, {INPUT_NAME: x}), warmup, repeats)
         rows.append(Row(name, shape, "onnxruntime", threads, ort_times, None))
         for kernels in kernels_list:
-            log(f"  {name}: edgekit-{kernels}, {threads} thread(s)")
+            log(f"  {name}: edgekit-{kernels}, {threads_text(threads)} thread(s)")
             try:
                 ctx = ek.Context(device=0, kernels=kernels, threads=threads)
             except ek.UnsupportedError as exc:
@@ -375,6 +381,10 @@ def bench_model(
     return rows
 
 
+def threads_text(threads: int | None) -> str:
+    return "default" if threads is None else str(threads)
+
+
 def print_table(rows: Sequence[Row], out: Callable[[str], None] = print) -> None:
     ort_median = {(r.model, r.threads): r.median for r in rows if r.engine == "onnxruntime"}
     out(
@@ -386,9 +396,36 @@ def print_table(rows: Sequence[Row], out: Callable[[str], None] = print) -> None
         ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
         error_text = f"{r.error:.1e}" if r.error is not None else "-"
         out(
-            f"{r.model:<13}{'x'.join(map(str, r.shape)):<14}{r.engine:<19}{r.threads:>7}"
+            f"{r.model:<13}{'x'.join(map(str, r.shape)):<14}{r.engine:<19}{threads_text(r.threads):>7}"
             f"{r.median:>11.3f}{r.p90:>10.3f}{ratio_text:>9}{error_text:>10}"
         )
+
+
+def print_thread_ratios(rows: Sequence[Row], out: Callable[[str], None] = print) -> None:
+    """Each engine's other thread counts against its own 1-thread median."""
+    one = {(r.model, r.engine): r.median for r in rows if r.threads == 1}
+    others = [r for r in rows if r.threads != 1 and (r.model, r.engine) in one]
+    if not others:
+        return
+    out("against the same engine with 1 thread:")
+    for r in others:
+        ratio = r.median / one[(r.model, r.engine)]
+        out(f"  {r.model:<13}{r.engine:<19}{threads_text(r.threads):>7} threads: {ratio:.2f}x")
+
+
+@contextmanager
+def busy_cpu(cpu: int | None) -> Iterator[None]:
+    """Another process spinning on `cpu` for the duration (None: nothing)."""
+    if cpu is None:
+        yield
+        return
+    code = f"import os\nos.sched_setaffinity(0, [{cpu}])\nwhile True: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,7 +438,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)} (default: all)"
     )
-    parser.add_argument("--threads", default="1,2", help="comma list of thread counts (default: 1,2)")
+    parser.add_argument(
+        "--threads",
+        default="1,2",
+        help="comma list of thread counts; 'default' is each engine's own (default: 1,2)",
+    )
+    parser.add_argument(
+        "--cpus", default="", help="run on these CPUs only, a comma list of ids, as taskset -c does"
+    )
+    parser.add_argument(
+        "--busy", type=int, default=None, metavar="CPU", help="keep CPU busy with another process meanwhile"
+    )
     parser.add_argument(
         "--kernels",
         default="portable,xnnpack",
@@ -415,11 +462,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODELS)}")
     try:
-        threads_list = [int(t) for t in args.threads.split(",") if t]
+        threads_list = [None if t == "default" else int(t) for t in args.threads.split(",") if t]
+        cpus = {int(c) for c in args.cpus.split(",") if c}
     except ValueError:
-        parser.error(f"--threads {args.threads!r}: expected a comma list of integers like 1,2")
-    if not threads_list or min(threads_list) < 1:
+        parser.error(f"--threads {args.threads!r} / --cpus {args.cpus!r}: expected comma lists like 1,2")
+    if not threads_list or min(t or 1 for t in threads_list) < 1:
         parser.error("--threads: thread counts are >= 1")
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)  # before any engine starts its threads: they inherit it
+        except (OSError, ValueError) as exc:
+            parser.error(f"--cpus {args.cpus}: {exc}")
     kernels_list = [k for k in args.kernels.split(",") if k]
     bad = [k for k in kernels_list if k not in ("portable", "xnnpack", "auto")]
     if bad:
@@ -432,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     import edgekit as ek
 
     torch.set_num_threads(1)  # torch only exports here; keep it from competing with the timed engines
+    busy = f", CPU {args.busy} kept busy by another process" if args.busy is not None else ""
     print(
-        f"EdgeKit {ek.__version__} model benchmark on {platform.machine()} ({os.cpu_count()} CPUs), "
+        f"EdgeKit {ek.__version__} model benchmark on {platform.machine()} ({os.cpu_count()} CPUs, "
+        f"{len(os.sched_getaffinity(0))} allowed{busy}), "
         f"Python {platform.python_version()}, onnxruntime {version('onnxruntime')}, "
         f"torch {torch.__version__}; "
         f"{warmup} warm-up + {repeats} timed runs per row",
@@ -444,11 +499,12 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp, busy_cpu(args.busy):
         for name in names:
             shape = MODELS[name].bench_shape
             rows += bench_model(name, shape, Path(tmp), threads_list, kernels_list, warmup, repeats, log)
     print_table(rows)
+    print_thread_ratios(rows)
     print(
         "(vs ORT: median over onnxruntime's median at the same threads; max err: max|a-b| / max(1, max|ref|))"
     )
