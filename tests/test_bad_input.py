@@ -262,6 +262,22 @@ def test_read_more_than_out_holds(dev: ek.Device, mem: ek.DeviceMemory) -> None:
     assert out == bytes(4)
 
 
+@pytest.mark.parametrize("nbytes", ["4", -1, 2**64])
+def test_a_bad_nbytes_leaves_out_released(dev: ek.Device, mem: ek.DeviceMemory, nbytes: Any) -> None:
+    """The error comes before `out` is exported: a bytearray can still grow, a view's mapping unmap."""
+    out = bytearray(4)
+    with pytest.raises(ek.EdgeKitError, match="nbytes"):
+        mem.read(nbytes, out=out)
+    out.append(0)  # BufferError while an export of `out` is alive
+    with dev.malloc(8) as other:
+        view = other.map().ndarray(np.uint8, 8)
+        with pytest.raises(ek.EdgeKitError, match="nbytes"):
+            mem.read(nbytes, out=view)
+        del view
+        other.unmap()
+        assert not other.mapped
+
+
 def test_read_into_an_out_larger_than_the_rest(dev: ek.Device, mem: ek.DeviceMemory) -> None:
     out = bytearray(20)
     check_fails(dev, ek.OutOfRangeError, "EK_ERR_OUT_OF_RANGE", lambda: mem.read(offset=90, out=out), 90, 20)

@@ -262,8 +262,11 @@ cdef class Memory:
         cdef char *dst
         cdef char probe
         if out is not None:
+            if nbytes is not None:  # before the buffer is taken: an error here must not leave `out` exported
+                n = as_size(nbytes, "nbytes", OutOfRangeError)
             get_buffer(out, &view, True, "out")
-            n = view.len if nbytes is None else as_size(nbytes, "nbytes", OutOfRangeError)
+            if nbytes is None:
+                n = view.len
             if n > <size_t>view.len:
                 PyBuffer_Release(&view)
                 raise InvalidArgumentError(f"nbytes={n} is larger than out ({view.len} bytes)")
