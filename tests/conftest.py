@@ -66,8 +66,9 @@ def _open(device_id: int, **config: Any) -> Iterator[ek.Device]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     """Once a failure is reported, drop the locals of its traceback's frames: a numpy view of a mapping
-    held there would make the fixtures' unmap/free/close fail with BusyError and every later test that
-    opens the same device fail with it, hiding the one real failure."""
+    held there would keep its memory and device alive in the runtime (their release waits for views),
+    failing the fixtures' leak check and every later test that opens the same device with another
+    configuration (BusyError), hiding the one real failure."""
     yield
     if call.excinfo is not None:
         tb: TracebackType | None = call.excinfo.tb

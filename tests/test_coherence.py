@@ -244,6 +244,49 @@ def test_unflushed_unmap_correct_program(strict_dev: ek.Device) -> None:
     assert strict_dev.coherence_report() == []
 
 
+def test_unflushed_unmap_waiting_for_a_view(strict_dev: ek.Device) -> None:
+    """unmap() with a live view ends the mapping in the runtime when the view goes: the unflushed CPU
+    writes are reported then, by ek_mem_unmap, as without the view."""
+    with strict_dev.malloc(N) as mem:
+        mem.write(bytes(N))
+        arr = mem.map().ndarray(np.uint8, N)
+        arr[200] = 9
+        mem.unmap()
+        assert strict_dev.coherence_report() == []  # the mapping has not ended yet
+        assert arr[200] == 9
+        del arr
+        gc.collect()
+        [v] = strict_dev.coherence_report()
+        assert (v.kind, v.memory, v.offset, v.nbytes) == ("unflushed_unmap", mem.handle, 3 * LINE, LINE)
+        assert "ek_mem_unmap" in v.message and "flush" in v.message
+        assert mem.read() == bytes(N)  # the device never saw the 9
+
+
+@pytest.mark.parametrize("unmap_first", [True, False], ids=["unmap-free-close", "free-close"])
+def test_unflushed_unmap_waiting_for_a_view_past_free_and_close(
+    strict_dev: ek.Device, unmap_first: bool
+) -> None:
+    """unmap(), free() and the handle's close() all wait for the view; the report (read through
+    `strict_dev`, which keeps the device open) names the call that ended the mapping."""
+    handle = ek.Device(0)  # a second handle of the strict device
+    mem = handle.malloc(N)
+    mem.write(bytes(N))
+    arr = mem.map().ndarray(np.uint8, N)
+    arr[0:3] = 9
+    memory = mem.handle
+    if unmap_first:
+        mem.unmap()
+    mem.free()
+    handle.close()
+    assert strict_dev.stats["allocations"] == 1 and strict_dev.coherence_report() == []
+    del arr
+    gc.collect()
+    [v] = strict_dev.coherence_report(clear=True)
+    assert (v.kind, v.memory, v.offset, v.nbytes) == ("unflushed_unmap", memory, 0, LINE)
+    assert ("ek_mem_unmap" if unmap_first else "ek_free_device") in v.message
+    assert strict_dev.stats["allocations"] == 0
+
+
 def test_a_program_without_mistakes_records_nothing(strict_dev: ek.Device) -> None:
     data = np.arange(N, dtype=np.uint8)
     with strict_dev.malloc(N) as a, strict_dev.malloc(N) as b:

@@ -5,6 +5,16 @@ Buffers travel through the buffer protocol (no numpy C-API): any C-contiguous by
 can be written from or read into, and a mapped memory exports its bytes zero-copy. Copies of at
 least NOGIL_THRESHOLD bytes release the GIL. The Pythonic layer (edgekit.device) subclasses these
 types, so the hot methods stay single Cython calls.
+
+Views and deferred releases: a live buffer export (numpy array, memoryview) of a mapping keeps the
+mapping, its memory and the Device object it was allocated through alive in C. unmap(), free() and
+Device.close() called while exports exist succeed at once for the caller (the object reports the new
+state, and later calls through it raise what the runtime says for that misuse); the C calls
+(ek_mem_unmap, ek_free_device, ek_dev_free) run when the last export goes (Mapping.__releasebuffer__),
+memory first, then the device. Each object keeps its C state (Device._open, Memory._addr/_freed)
+apart from the releases the user asked for while views existed (Device._closed, Memory._released and
+_unmap_pending): while one is set, the methods raise what the runtime says of that misuse themselves
+(without views the runtime is asked, and says it). All of it runs under the GIL.
 """
 from cpython.buffer cimport (
     PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer,
@@ -19,8 +29,8 @@ from edgekit.libedgekit cimport *
 import operator
 
 from edgekit.errors import (
-    BusyError, InvalidArgumentError, InvalidTypeError, NotMappedError, OutOfMemoryError, OutOfRangeError,
-    error_for_status,
+    DoubleFreeError, FreedHandleError, InvalidArgumentError, InvalidTypeError, NotMappedError, OutOfMemoryError,
+    OutOfRangeError, error_for_status,
 )
 
 # Below this many bytes a copy takes less time than releasing and re-taking the GIL.
@@ -49,6 +59,16 @@ cdef extern from "Python.h":
 
 
 cdef size_t SIZE_MAX = <size_t>-1
+
+
+# What the runtime says of a handle the user released (handles.c), for the calls Python refuses itself
+# while the C release waits for views.
+cdef object freed_error(str kind, uint64_t handle):
+    return FreedHandleError(f"{kind} handle 0x{handle:016x} was freed (use after free)")
+
+
+cdef object double_free_error(str kind, uint64_t handle):
+    return DoubleFreeError(f"{kind} handle 0x{handle:016x} was already freed (double free)")
 
 
 cdef size_t as_size(object value, str name, type too_large) except? <size_t>-1:
@@ -110,8 +130,9 @@ cdef class Device:
     """An open handle to device `id`. close() (or garbage collection) releases it."""
     cdef ek_dev_t _handle
     cdef readonly int id
-    cdef bint _open
-    cdef Py_ssize_t _exports  # live buffer exports of mappings on this device
+    cdef bint _open           # C: the handle is held (ek_dev_free not called yet)
+    cdef bint _closed         # close() was called while views existed: ek_dev_free waits for them
+    cdef Py_ssize_t _exports  # live buffer exports of mappings of memory allocated through this handle
 
     def __cinit__(self, int id=0, coherence=None, heap_size=None, backing=None):
         cdef ek_dev_config_t config
@@ -145,19 +166,33 @@ cdef class Device:
 
     @property
     def closed(self) -> bool:
-        return not self._open
+        return self._closed or not self._open
+
+    cdef object _closed_error(self):
+        return freed_error("device", self._handle.id)
 
     def close(self) -> None:
-        """Release this handle. Refused while numpy views of this device's memory are alive."""
+        """Release this handle. While numpy views of memory allocated through it are alive, the handle
+        is closed for the caller at once and released when the last view goes."""
+        if self._closed:
+            raise double_free_error("device", self._handle.id)
         if self._exports:
-            raise BusyError(f"device {self.id} still has {self._exports} live view(s) of mapped memory; "
-                            "delete them before closing the device")
+            self._closed = True  # Mapping.__releasebuffer__ calls _release
+            return
         cdef ek_status_t status = ek_dev_free(self._handle)
         self._open = False
         check(status)
 
+    cdef void _release(self) noexcept:
+        """The deferred ek_dev_free, once the last view is gone."""
+        if self._closed and self._open and self._exports == 0:
+            self._open = False
+            ek_dev_free(self._handle)  # nobody to report an error to; the handle was valid
+
     def sync(self) -> None:
         """Wait for all work queued on the device."""
+        if self._closed:
+            raise self._closed_error()
         with nogil:
             status = ek_dev_sync(self._handle)
         check(status)
@@ -172,6 +207,9 @@ cdef class Device:
         cdef size_t soff = as_size(src_offset, "src_offset", OutOfRangeError)
         cdef size_t n = as_size(nbytes, "nbytes", OutOfRangeError)
         cdef ek_status_t status
+        if self._closed | dst._released | src._released:  # in the runtime's order: device, dst, src
+            raise self._closed_error() if self._closed else \
+                freed_error("memory", (dst if dst._released else src)._mem.id)
         if n >= _nogil_threshold:
             with nogil:
                 status = ek_memcpy_d2d(self._handle, dst._mem, doff, src._mem, soff, n)
@@ -183,6 +221,8 @@ cdef class Device:
     def stats(self) -> dict:
         """Heap statistics: total, used, peak, free, largest_free, allocations, alignment, coherence, backing."""
         cdef ek_heap_stats_t s
+        if self._closed:
+            raise self._closed_error()
         check(ek_dev_heap_stats(self._handle, &s))
         return {"total": s.total, "used": s.used, "peak": s.peak, "free": s.free,
                 "largest_free": s.largest_free, "allocations": s.allocations, "alignment": s.alignment,
@@ -191,6 +231,8 @@ cdef class Device:
     def coherence_report(self, bint clear=False) -> list:
         """Recorded strict-coherence violations as (kind, memory handle, offset, size, message) tuples."""
         cdef size_t count = 0, capacity, i
+        if self._closed:
+            raise self._closed_error()
         check(ek_dev_coherence_report(self._handle, NULL, 0, &count))
         capacity = min(count, 1024)  # the runtime keeps the first 1024
         cdef ek_coh_violation_t *items = <ek_coh_violation_t *>malloc(max(capacity, 1) * sizeof(ek_coh_violation_t))
@@ -216,12 +258,16 @@ cdef class Memory:
     cdef ek_mem_t _mem
     cdef readonly Device device
     cdef readonly size_t size
-    cdef bint _freed
-    cdef void *_addr          # the CPU mapping while mapped through Python
-    cdef Py_ssize_t _exports  # live buffer exports of that mapping
+    cdef bint _freed          # C: ek_free_device done
+    cdef void *_addr          # C: the mapping Python holds (ek_mem_mmap done, ek_mem_unmap not yet)
+    cdef bint _released       # free() was called while views existed: ek_free_device waits for them
+    cdef bint _unmap_pending  # unmap() was called while views existed: ek_mem_unmap waits for them
+    cdef Py_ssize_t _exports  # live buffer exports of the mapping
 
     def __cinit__(self, Device device not None, size):
         cdef size_t n = as_size(size, "size", OutOfMemoryError)
+        if device._closed:
+            raise device._closed_error()
         check(ek_malloc_device(device._handle, &self._mem, n))
         self.device = device
         self.size = n
@@ -237,7 +283,19 @@ cdef class Memory:
 
     @property
     def mapped(self) -> bool:
-        return self._addr != NULL
+        """Mapped for the CPU as far as the caller is concerned: False once unmap() or free() was called
+        (or the device handle closed), even while numpy views keep the mapping itself alive."""
+        return self._user_mapped()
+
+    cdef inline bint _user_mapped(self):
+        return self._addr != NULL and self.device._open and not (
+            self._unmap_pending | self._released | self.device._closed)
+
+    cdef object _released_error(self):
+        """What the runtime says of a call through this memory once it, or its device handle, was released."""
+        if self.device._closed or not self.device._open:
+            return self.device._closed_error()
+        return freed_error("memory", self._mem.id)
 
     def write(self, buf, offset=0) -> None:
         """Copy all bytes of `buf` to the device at byte `offset`."""
@@ -245,6 +303,9 @@ cdef class Memory:
         cdef Py_buffer view
         cdef ek_status_t status
         get_buffer(buf, &view, False, "buf")
+        if self._released | self.device._closed:
+            PyBuffer_Release(&view)
+            raise self._released_error()
         if <size_t>view.len >= _nogil_threshold:
             with nogil:
                 status = ek_memcpy_s2d_partial_offset(self.device._handle, self._mem, view.buf, view.len, off)
@@ -274,6 +335,11 @@ cdef class Memory:
             result = out
         else:
             n = self._length(off, nbytes)
+        if self._released | self.device._closed:
+            if out is not None:
+                PyBuffer_Release(&view)
+            raise self._released_error()
+        if out is None:
             if n > self.size or off > self.size - n:
                 # Let the runtime report the range (it checks before it copies), before allocating `n` bytes.
                 check(ek_memcpy_d2s_partial_offset(self.device._handle, &probe, self._mem, n, off))
@@ -299,6 +365,8 @@ cdef class Memory:
     cdef ek_status_t _sync(self, object offset, object nbytes, bint to_device) except *:
         cdef size_t off = as_size(offset, "offset", OutOfRangeError)
         cdef size_t n = self._length(off, nbytes)
+        if self._released | self.device._closed:
+            raise self._released_error()
         if nbytes is None and off == 0:
             return ek_mem_flush(self.device._handle, self._mem) if to_device else \
                 ek_mem_invalidate(self.device._handle, self._mem)
@@ -314,40 +382,68 @@ cdef class Memory:
         check(self._sync(offset, nbytes, False))
 
     def _map_as(self, cls):
-        """Map the memory (once) and return a new `cls` (a Mapping type) viewing it."""
+        """Map the memory (once) and return a new `cls` (a Mapping type) viewing it. On a memory whose
+        unmap() waits for views, the pending unmap is cancelled and the live mapping reused."""
         cdef void *addr
         cdef int device_id
+        if self._released | self.device._closed:
+            raise self._released_error()
         check(ek_dev_id(self.device._handle, &device_id))  # a view must pin an open device handle
         if self._addr == NULL:
             check(ek_mem_mmap(self.device._handle, self._mem, &addr))
             self._addr = addr
+        self._unmap_pending = False  # before cls(): a collection in there must not end the mapping
         return cls(self)
 
     def map(self) -> Mapping:
         """Map the memory for the CPU; the result exports its bytes through the buffer protocol."""
         return self._map_as(Mapping)
 
-    cdef int _refuse_while_viewed(self, str action) except -1:
-        if self._exports:
-            raise BusyError(f"memory 0x{self._mem.id:016x} has {self._exports} live view(s) of its mapping; "
-                            f"delete them before {action}")
-        return 0
-
     def unmap(self) -> None:
-        """End the CPU mapping. Refused while buffer exports (numpy views) of it are alive."""
+        """End the CPU mapping. While buffer exports (numpy views) of it are alive, the memory is
+        unmapped for the caller at once and in C when the last view goes."""
+        if self._released | self.device._closed:
+            raise self._released_error()
         if self._addr == NULL:
             check(ek_mem_unmap(self.device._handle, self._mem))  # the runtime says why
-        self._refuse_while_viewed("unmapping")
+            return
+        if self._unmap_pending:
+            raise NotMappedError(f"ek_mem_unmap: memory 0x{self._mem.id:016x} is not mapped")
+        if self._exports:
+            self._unmap_pending = True  # Mapping.__releasebuffer__ calls _release
+            return
         self._addr = NULL
         check(ek_mem_unmap(self.device._handle, self._mem))
 
     def free(self) -> None:
-        """Return the memory to the device heap (unmapping it first)."""
-        self._refuse_while_viewed("freeing")
+        """Return the memory to the device heap (unmapping it first). While numpy views of its mapping
+        are alive, the memory is freed for the caller at once and in C when the last view goes."""
+        if self.device._closed:
+            raise self.device._closed_error()
+        if self._released:
+            raise double_free_error("memory", self._mem.id)
+        if self._exports:
+            self._released = True  # Mapping.__releasebuffer__ calls _release
+            return
         status = ek_free_device(self.device._handle, self._mem)
         self._freed = self._freed or status == EK_OK
         self._addr = NULL
+        self._unmap_pending = False
         check(status)
+
+    cdef void _release(self) noexcept:
+        """The deferred ek_mem_unmap and ek_free_device, once the last view is gone (the C calls the
+        user's unmap() and free() would have made, so strict coherence reports them as such)."""
+        if self._exports:
+            return
+        if self._unmap_pending:
+            self._unmap_pending = False
+            if self._addr != NULL:
+                self._addr = NULL
+                ek_mem_unmap(self.device._handle, self._mem)
+        if self._released and not self._freed:
+            self._addr = NULL
+            self._freed = ek_free_device(self.device._handle, self._mem) == EK_OK
 
 
 @cython.no_gc_clear
@@ -364,19 +460,21 @@ cdef class Mapping:
 
     @property
     def address(self) -> int:
-        """The CPU address of the mapping (0 once unmapped)."""
-        return <size_t>self.memory._addr
+        """The CPU address of the mapping (0 once unmapped or freed, even while views keep it alive)."""
+        return <size_t>self.memory._addr if self.memory._user_mapped() else 0
 
     def __len__(self) -> int:
         return self.memory.size
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         cdef size_t size
-        if self.memory._addr == NULL:
+        if self.memory._addr == NULL or self.memory._unmap_pending | self.memory._released:
             raise NotMappedError(f"memory 0x{self.memory._mem.id:016x} is not mapped; call map() again")
+        if self.memory.device._closed:
+            raise self.memory.device._closed_error()
         cdef int device_id
-        # The view pins self.memory.device, whose close() waits for views to go: so that handle must be
-        # open now (another handle keeping the device alive is not enough), and the memory alive.
+        # The view pins self.memory.device, whose ek_dev_free waits for views to go: so that handle must
+        # be open now (another handle keeping the device alive is not enough), and the memory alive.
         check(ek_dev_id(self.memory.device._handle, &device_id))
         check(ek_mem_size(self.memory._mem, &size))
         buffer.buf = self.memory._addr
@@ -394,8 +492,15 @@ cdef class Mapping:
         self.memory.device._exports += 1
 
     def __releasebuffer__(self, Py_buffer *buffer):
-        self.memory._exports -= 1
-        self.memory.device._exports -= 1
+        # Also runs inside a garbage collection (no_gc_clear keeps `memory` and its `device` set).
+        cdef Memory memory = self.memory
+        cdef Device device = memory.device
+        memory._exports -= 1
+        device._exports -= 1
+        if memory._exports == 0:
+            memory._release()  # the memory first: ek_free_device needs the device handle
+        if device._exports == 0:
+            device._release()
 
 
 cdef class _Noop:

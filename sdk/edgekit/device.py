@@ -37,7 +37,8 @@ class CoherenceViolation:
 class Device(_core.Device):
     """An open device. ``coherence`` is ``"coherent"`` (default) or ``"strict"``; ``heap_size`` in bytes
     and ``backing`` (``"auto"``, ``"memfd"``, ``"dmabuf"``, ``"anonymous"``) apply when the device is
-    first opened. Use it as a context manager, or call ``close()``."""
+    first opened. Use it as a context manager, or call ``close()``: numpy views of its memory that are
+    still alive then keep the device open in the runtime until they are deleted."""
 
     def __enter__(self) -> Device:
         return self
@@ -73,7 +74,9 @@ class Device(_core.Device):
 
 
 class DeviceMemory(_core.Memory):
-    """A block of device memory: ``write``/``read`` copy, ``map()`` gives a zero-copy CPU view."""
+    """A block of device memory: ``write``/``read`` copy, ``map()`` gives a zero-copy CPU view.
+    ``unmap()`` and ``free()`` (and the context manager exit) never wait for numpy views: the memory
+    is unmapped or freed for the caller at once, and in the runtime when the last view is deleted."""
 
     def __enter__(self) -> DeviceMemory:
         return self
@@ -87,7 +90,9 @@ class DeviceMemory(_core.Memory):
         return f"<edgekit.DeviceMemory 0x{self.handle:016x}: {self.size} bytes on device {self.device.id}>"
 
     def map(self) -> MappedView:
-        """Map the memory for the CPU. Unmapped by ``unmap()``, ``free()`` or the context manager exit."""
+        """Map the memory for the CPU. Unmapped by ``unmap()``, ``free()`` or the context manager exit;
+        until then (or while numpy views keep an unmapped mapping alive) this returns another view of
+        the same mapping."""
         return self._map_as(MappedView)
 
 

@@ -186,7 +186,8 @@ class Context:
 
     def close(self) -> None:
         """Close the requests (waiting for their launches), free the models, close an owned device.
-        ``BusyError`` if numpy views of a request's tensors are still alive."""
+        Numpy views of a request's tensors stay valid: their memory (and an owned device) is released
+        when the last of them goes."""
         if self.closed:
             return
         for request in list(self._requests):
@@ -381,8 +382,8 @@ class Request(_runtime.Request):
         self._select_stage(self._stage_index(stage))
 
     def close(self) -> None:
-        """Wait for a running launch (its error is dropped) and free the tensors' device memory.
-        ``BusyError`` while numpy views of the tensors are alive."""
+        """Wait for a running launch (its error is dropped) and free the tensors' device memory. Numpy
+        views of the tensors stay valid: the memory they view is released when the last of them goes."""
         if self._closed:
             return
         if self.running:
@@ -392,14 +393,8 @@ class Request(_runtime.Request):
                 pass
         self._views = [None] * len(self._infos)
         for mem in self._mems:
-            if not mem.mapped:
-                continue
-            try:
-                mem.unmap()
-            except BusyError as exc:
-                raise BusyError(
-                    f"{self!r}: numpy views of its tensors are still alive; delete them before closing"
-                ) from exc
+            if mem.mapped:
+                mem.unmap()  # deferred while views of it are alive, like the free below
         for mem in self._mems:
             mem.free()
         self._closed = True
