@@ -603,6 +603,22 @@ def test_views_outlive_a_context_that_owns_its_device(models: dict[str, Path]) -
     assert stats["allocations"] == 0 and stats["used"] == 0 and stats["free"] == stats["total"]
 
 
+def test_no_runtime_on_a_device_closed_with_live_views() -> None:
+    """A closed handle is refused even while views keep it open in the runtime."""
+    from edgekit import _runtime
+
+    device = ek.Device(1, heap_size=1 << 20)
+    mv = memoryview(device.malloc(64).map())
+    device.close()
+    try:
+        with pytest.raises(ek.FreedHandleError, match=f"device handle 0x{device.handle:016x} was freed"):
+            _runtime.Runtime(device)
+        with pytest.raises(ek.InvalidArgumentError, match="closed"):
+            ek.Context(device=device)
+    finally:
+        mv.release()
+
+
 def test_zero_copy_in_strict_coherence(strict_dev: ek.Device, models: dict[str, Path]) -> None:
     """An emulated non-coherent SoC: infer() flushes the input views, wait() invalidates the output
     views; the checker records nothing, and the results are right."""

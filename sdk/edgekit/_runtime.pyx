@@ -22,7 +22,7 @@ import threading
 import traceback
 
 from edgekit.errors import (
-    BusyError, InvalidArgumentError, InvalidTypeError, ModelInvalidError, error_for_status,
+    BusyError, FreedHandleError, InvalidArgumentError, InvalidTypeError, ModelInvalidError, error_for_status,
 )
 
 from edgekit._core import Device as _Device
@@ -396,6 +396,8 @@ cdef class Runtime:
                 raise InvalidArgumentError(f"threads must be in 1..1024 (or None for the default), got {threads}")
             config.threads = threads
         dev.id = device.handle
+        if device.closed:  # closed by the caller, though views may keep the handle open in C for now
+            raise FreedHandleError(f"device handle 0x{dev.id:016x} was freed (use after free)")
         check(ek_rt_create_ex(&self._rt, dev, &config))
         self._open = True
         self.device = device
