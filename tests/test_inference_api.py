@@ -468,6 +468,8 @@ def test_every_launch_gets_its_own_callback(net: ek.Network) -> None:
                 req.infer()
             for req in requests:
                 assert req.wait()
+        # A new callback applies to later launches only, even while earlier ones still wait to be
+        # dispatched (they keep the callback set when they started).
         requests[0].set_callback(lambda request: last.set())
         requests[0].infer()
         assert last.wait(30)  # callbacks run in order: every earlier one has run
@@ -476,6 +478,46 @@ def test_every_launch_gets_its_own_callback(net: ek.Network) -> None:
     finally:
         for req in requests:
             req.close()
+
+
+def test_a_launch_calls_the_callback_set_when_it_started(net: ek.Network) -> None:
+    """set_callback after a launch finished but before its callback was dispatched changes nothing for
+    that launch: the dispatcher is held in another request's callback meanwhile."""
+    release, held = threading.Event(), threading.Event()
+    calls: list[str] = []
+    blocker, req = net.create_request(), net.create_request()
+
+    def hold(request: ek.Request) -> None:
+        held.set()
+        release.wait(30)
+
+    def third(request: ek.Request) -> None:
+        calls.append("third")
+        held.clear()
+
+    try:
+        blocker.set_callback(hold)
+        blocker.set_inputs(list(xy()))
+        blocker.infer()
+        assert held.wait(30)  # the dispatcher is busy in blocker's callback
+        req.set_inputs(list(xy()))
+        req.set_callback(lambda request: calls.append("first"))
+        req.infer()
+        assert req.wait()
+        req.set_callback(lambda request: calls.append("second"))
+        release.set()
+        blocker.wait()
+        req.set_callback(third)
+        req.infer()
+        assert req.wait()
+        deadline = time.monotonic() + 30
+        while held.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert calls == ["first", "third"]
+    finally:
+        release.set()
+        blocker.close()
+        req.close()
 
 
 def test_callback_exceptions_are_printed_not_raised(

@@ -365,10 +365,11 @@ def _dispatch(_DoneQueue queue) -> None:
         key = queue.next()
         if key is None:
             return
-        request = queue.inflight.pop(key, None)
-        if request is not None:
+        entry = queue.inflight.pop(key, None)
+        if entry is not None:
+            request, fn = entry
             try:
-                (<Request>request)._finished(key[1])
+                (<Request>request)._finished(key[1], fn)
             except BaseException:  # the thread must go on: later callbacks wait on it
                 traceback.print_exc()
 
@@ -664,7 +665,9 @@ cdef class Request:
             self.runtime._start_dispatcher()
             if ekpy_queue_reserve(self.runtime._queue.q) != 0:
                 raise MemoryError("cannot grow the launch completion queue")
-            self.runtime._queue.inflight[(token, seq)] = self
+            # The callback in effect now is this launch's, even if set_callback changes it before the
+            # dispatcher gets to the launch.
+            self.runtime._queue.inflight[(token, seq)] = (self, self._callback)
         ekpy_state_begin(self._state, notify, seq)
         cdef ek_rt_t rt = self.runtime._rt
         cdef const char *net_name = self._net_name
@@ -716,12 +719,12 @@ cdef class Request:
                     return 0
         return 0
 
-    def _finished(self, uint64_t seq) -> None:
+    def _finished(self, uint64_t seq, fn) -> None:
         """On the dispatcher thread, after launch `seq`: retire it (unless a wait() did, and the
-        request is running a newer launch already), then run the callback; its exceptions are printed."""
+        request is running a newer launch already), then run `fn`, the callback set when the launch
+        started; its exceptions are printed."""
         if seq == self._seq:
             self._retire()
-        fn = self._callback
         if fn is None or getattr(self, "closed", False):  # closed meanwhile: nothing left to look at
             return
         try:

@@ -578,7 +578,8 @@ class Request(_runtime.Request):
     def set_callback(self, fn: Callable[[Request], Any] | None) -> None:
         """Call ``fn(request)`` when each later launch finishes, on the context's callback thread (one
         at a time, in order). In it, ``request.wait()`` returns at once (or raises the launch's error).
-        An exception ``fn`` raises is printed to stderr. None removes the callback."""
+        An exception ``fn`` raises is printed to stderr. None removes the callback. A launch calls the
+        callback that was set when it started, whatever is set by the time it finishes."""
         super().set_callback(fn)
 
     def run(self, inputs: Inputs) -> list[Array]:
