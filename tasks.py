@@ -248,6 +248,7 @@ def flash(
     URL's path, default /opt/edgekit); a board where it fails keeps its previous release.
     """
     with _clear_errors():
+        devices.check_spec(device)  # before the build, not after it
         result = _cross_build(arch, board, toolchain, jobs)
         steps = Steps("flash")
         try:
@@ -297,7 +298,7 @@ def doctor(c: Context, device: str = "emu", board: str = "") -> None:
         profile = boards.load_board(board or boards.default_board("aarch64"))
         with devices.open_fleet(device, profile.name) as fleet:
             if not devices.doctor(fleet, profile):
-                raise Exit("error: the board needs fixing (see above)", code=1)
+                raise Exit("error: a board needs fixing or could not be probed (see above)", code=1)
 
 
 @task

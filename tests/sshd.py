@@ -79,7 +79,7 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -148,7 +148,7 @@ def sshd_server(workdir: Path, *, client_key: Path | None = None) -> Iterator[Ss
 
     # The free port is only reserved until we close the probe socket: retry if sshd loses the race.
     for _attempt in range(3):
-        port = _free_port()
+        port = free_port()
         config = workdir / "sshd_config"
         config.write_text(
             f"""\

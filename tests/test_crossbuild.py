@@ -166,6 +166,15 @@ def test_missing_toolchain_root_says_how_to_get_one(tmp_path: Path, monkeypatch:
     assert "to get it" in message and "TOOLCHAIN_ROOT" in message and "--toolchain zig" in message
 
 
+def test_linaro_for_x86_64_says_why_without_a_useless_hint() -> None:
+    """Linaro does not target x86_64 at all: 'to get it' would send the user after the wrong thing."""
+    with pytest.raises(detect.WrongArchError, match="only for aarch64") as error:
+        detect.require_toolchain("linaro", "x86_64", "2.17")
+    assert "to get it" not in str(error.value)
+    rows = {kind: why for kind, found, why in detect.describe_all("x86_64", "2.17")}
+    assert "only for aarch64" in rows["linaro"] and "to get it" not in rows["linaro"]
+
+
 def test_a_folder_without_a_compiler_is_not_a_linaro_toolchain(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

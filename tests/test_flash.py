@@ -19,7 +19,7 @@ import pytest
 from conftest import build_for
 from edgekit_packaging import devices
 from edgekit_packaging.package import make_packages
-from sshd import Sshd, available, sshd_server
+from sshd import Sshd, available, free_port, sshd_server
 from toolchains.boards import load_board
 from toolchains.steps import Steps
 
@@ -151,6 +151,10 @@ def test_boards_without_edgekit_are_found(flashed_emu: Any, two_boards: tuple[Ss
     url = f"ssh://root@127.0.0.1:{two_boards[0].port}/nowhere/edgekit"
     with devices.SshFleet([devices.parse_ssh_urls(url)[0]], identity=two_boards[0].client_key) as fleet:
         assert devices.without_edgekit(fleet) == fleet.names
+    # A board that cannot be reached is not said to lack EdgeKit: the run on it reports the failure.
+    unreachable = devices.parse_ssh_urls(f"ssh://root@127.0.0.1:{free_port()}")
+    with devices.SshFleet(unreachable, identity=two_boards[0].client_key) as fleet:
+        assert devices.without_edgekit(fleet) == []
 
 
 def test_invoke_run_on_the_emulated_board(flashed_emu: Any) -> None:
@@ -177,3 +181,18 @@ def test_unknown_device_is_a_clear_error() -> None:
         devices.open_fleet("usb0", "emu-debian12")
     with pytest.raises(devices.DeviceError, match="expected"):
         devices.open_fleet("ssh://nouser-host:22", "emu-debian12")
+    with pytest.raises(devices.DeviceError, match="emu is not mixed with ssh boards"):
+        devices.open_fleet("ssh://root@127.0.0.1:1/opt/ek,emu", "emu-debian12")
+
+
+def test_invoke_flash_refuses_a_bad_device_before_building() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "flash", "--device", "usb0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "unknown device 'usb0'" in done.stderr
+    assert "Building EdgeKit" not in done.stdout

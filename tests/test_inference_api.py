@@ -927,3 +927,21 @@ def test_cli_compile_then_run(tmp_path: Path) -> None:
     run = edgekit_cli("run", tmp_path / "conv.ekm", "--random", "--output-dir", tmp_path / "out")
     assert run.returncode == 0, run.stderr
     assert np.load(tmp_path / "out" / "y.npy").shape == (1, 4, 8, 8)
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(models: dict[str, Path]) -> None:
+    """edgekit info ... | head -1: the reader leaves early; no 'Broken pipe' error, no traceback. Here
+    the reader (true) is gone before edgekit writes anything."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        f"{sys.executable} -m edgekit info --json {models['addrelu']} | true; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stderr == "", done.stderr
+    assert done.stdout.strip() == "1"

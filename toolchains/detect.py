@@ -47,6 +47,10 @@ class ToolchainError(RuntimeError):
     """A toolchain that is missing or unusable; the message says how to get one."""
 
 
+class WrongArchError(ToolchainError):
+    """A toolchain kind that does not target the architecture at all: getting it would not help."""
+
+
 @dataclass(frozen=True)
 class Toolchain:
     kind: str
@@ -135,7 +139,7 @@ def linaro_roots() -> tuple[list[Path], bool]:
 
 def find_linaro(arch: str) -> Toolchain:
     if arch != "aarch64":
-        raise ToolchainError(f"linaro: only for aarch64 targets, not {arch}")
+        raise WrongArchError(f"linaro: only for aarch64 targets, not {arch}")
     roots, named = linaro_roots()
     problems = []
     for root in roots:
@@ -206,6 +210,8 @@ def require_toolchain(kind: str, arch: str, glibc: str) -> Toolchain:
     """find_toolchain, with an error that says how to get the toolchain when it is missing."""
     try:
         return find_toolchain(kind, arch, glibc)
+    except WrongArchError:
+        raise
     except ToolchainError as exc:
         how = HOW_TO_GET.get(kind)
         raise ToolchainError(f"{exc}\n  to get it: {how}" if how else str(exc)) from None
@@ -240,6 +246,8 @@ def describe_all(arch: str, glibc: str) -> list[tuple[str, Toolchain | None, str
     for kind in KINDS:
         try:
             rows.append((kind, find_toolchain(kind, arch, glibc), ""))
+        except WrongArchError as exc:
+            rows.append((kind, None, str(exc)))
         except ToolchainError as exc:
             rows.append((kind, None, f"{exc}; to get it: {HOW_TO_GET[kind]}"))
     return rows

@@ -37,6 +37,7 @@ __all__ = [
     "Fleet",
     "RunResult",
     "SshFleet",
+    "check_spec",
     "doctor",
     "flash",
     "open_fleet",
@@ -129,12 +130,29 @@ class EmulatedFleet:
         return None
 
 
+UNKNOWN_DEVICE = "use emu, or ssh://user@host[:port][/prefix][,ssh://...] (emu is not mixed with ssh boards)"
+
+
+def check_spec(spec: str) -> None:
+    """Refuse a device spec that open_fleet would refuse, before any work is done for it."""
+    spec = spec.strip()
+    if spec == "emu":
+        return
+    if spec.startswith("ssh://"):
+        if "emu" in (part.strip() for part in spec.split(",")):
+            raise DeviceError(f"device {spec!r}: {UNKNOWN_DEVICE}")
+        parse_ssh_urls(spec)
+        return
+    raise DeviceError(f"unknown device {spec!r}: {UNKNOWN_DEVICE}")
+
+
 def open_fleet(spec: str, board: str) -> Fleet:
     """``emu`` -> the emulated board of profile ``board`` (made if missing); ``ssh://...`` -> SSH boards.
 
     SSH logs in with $EDGEKIT_SSH_KEY when set (else the ssh agent or ~/.ssh/id_*); EDGEKIT_SSH_STRICT=1
     accepts only boards already in ~/.ssh/known_hosts.
     """
+    check_spec(spec)
     spec = spec.strip()
     if spec == "emu":
         profile = load_board(board)
@@ -148,7 +166,7 @@ def open_fleet(spec: str, board: str) -> Fleet:
             identity=Path(key) if key else None,
             strict_host_keys=os.environ.get("EDGEKIT_SSH_STRICT") == "1",
         )
-    raise DeviceError(f"unknown device {spec!r}: use emu, or ssh://user@host[:port][/prefix][,ssh://...]")
+    raise AssertionError("unreachable: check_spec accepted the spec")
 
 
 class _ProgressPrinter:
@@ -218,9 +236,12 @@ def run(fleet: Fleet, command: str, *, timeout: float | None = None) -> bool:
 
 
 def without_edgekit(fleet: Fleet) -> list[str]:
-    """The boards with no EdgeKit release installed ($EDGEKIT_PREFIX/current), or that cannot be asked."""
+    """The boards that answered that they have no EdgeKit release ($EDGEKIT_PREFIX/current); a board
+    that cannot be reached is not counted (what runs on it next reports that)."""
     results = fleet.run(f'test -e "${{EDGEKIT_PREFIX:-{DEFAULT_PREFIX}}}/current"', timeout=120)
-    return [board for board, value in results.items() if not isinstance(value, RunResult) or not value.ok]
+    return [
+        board for board, value in results.items() if isinstance(value, RunResult) and value.exit_code == 1
+    ]
 
 
 PROBE = Path(__file__).resolve().parent.parent / "devices" / "probe.sh"
@@ -353,4 +374,5 @@ def check_emulated(board: Board, rootfs: Path) -> None:
     value = next(iter(probe.values()))
     if not isinstance(value, RunResult) or not value.ok:
         raise DeviceError(f"the emulated board does not run: {value}")
-    detail(" ".join(value.stdout.split()))
+    arch, python, numpy = [*value.stdout.split(), "?", "?", "?"][:3]
+    detail(f"arch {arch}, Python {python}, numpy {numpy}")

@@ -430,6 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"compile": cmd_compile, "info": cmd_info, "run": cmd_run}
     try:
         return handlers[args.command](args)
+    except BrokenPipeError:  # e.g. piped into head: the reader is gone, and so is the point of saying so
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except (CliError, EdgeKitError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
