@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -67,6 +68,16 @@ class _Provider(ctypes.Structure):
     _fields_ = [("abi", ctypes.c_int), ("name", ctypes.c_char_p)]
 
 
+def check_exports(provider: Path) -> None:
+    """The provider exports its entry point and the pthreadpool API that XNNPACK binds to
+    (threadpool.c, so XNNPACK's loops run on the launch's team), nothing else."""
+    exported = exported_symbols(provider)
+    assert "ek_kernel_provider" in exported
+    assert {"pthreadpool_get_threads_count", "pthreadpool_parallelize_2d_tile_2d"} <= exported
+    assert all(name.startswith("pthreadpool_") for name in exported - {"ek_kernel_provider"}), exported
+    assert not exported & {"pthreadpool_create", "pthreadpool_destroy"}, "pools stay libpthreadpool's"
+
+
 # --- the host build ---
 
 
@@ -84,14 +95,15 @@ def test_installed_package_has_the_provider() -> None:
     needed = read_elf(provider).needed
     assert "libXNNPACK.so.0" in needed and "libpthreadpool.so.0" in needed, needed
     assert not any(name.startswith("libedgekit") for name in needed), needed
-    assert exported_symbols(provider) == {"ek_kernel_provider"}
+    check_exports(provider)
     assert runpath(provider) == "$ORIGIN"
 
     lib = ctypes.CDLL(str(provider))
     entry = lib.ek_kernel_provider
     entry.restype = ctypes.POINTER(_Provider)
     table = entry().contents
-    assert (table.abi, table.name) == (1, b"xnnpack")
+    abi = re.search(r"#define EK_PROVIDER_ABI (\d+)", (ROOT / "sdk/runtime/kernels/kernel.h").read_text())
+    assert abi and (table.abi, table.name) == (int(abi.group(1)), b"xnnpack")
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +231,7 @@ def test_cross_build_has_an_aarch64_provider_the_board_can_load(emu_build: Any, 
     assert provider.is_file(), f"the emu-debian12 build has no {PROVIDER}"
     info = read_elf(provider)
     assert info.machine == "EM_AARCH64"
-    assert exported_symbols(provider) == {"ek_kernel_provider"}
+    check_exports(provider)
     assert runpath(provider) == "$ORIGIN"
     assert provider in emu_build.elfs  # checked against the board's glibc floor with the rest
     # Every library it needs, and theirs, is in the board's rootfs.

@@ -6,6 +6,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +17,44 @@
 #define PAD_BYTES 64 /* every buffer has XNN_EXTRA_BYTES (16) of readable slack, and more */
 
 static const struct ek_provider *prov;
+
+/* A team for the provider's loops, standing in for the engine's: each range on its own thread. It
+ * also counts the parallel loops, to show XNNPACK's work reaches the team (threadpool.c). */
+struct range_call {
+    ek_range_fn fn;
+    void *arg;
+    size_t begin, end;
+    int thread;
+};
+
+static void *range_main(void *p) {
+    struct range_call *c = p;
+    c->fn(c->arg, c->begin, c->end, c->thread);
+    return NULL;
+}
+
+static int team_loops;
+
+static void test_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *arg) {
+    enum { MAX = 8 };
+    int threads = (int)(intptr_t)exec; /* this test's team passes its size here */
+    pthread_t tid[MAX];
+    struct range_call calls[MAX];
+    team_loops++;
+    for (int t = 0; t < threads && t < MAX; t++) {
+        calls[t] = (struct range_call){fn, arg, count * (size_t)t / (size_t)threads,
+                                       count * (size_t)(t + 1) / (size_t)threads, t};
+        if (t > 0)
+            pthread_create(&tid[t], NULL, range_main, &calls[t]);
+    }
+    range_main(&calls[0]);
+    for (int t = 1; t < threads && t < MAX; t++)
+        pthread_join(tid[t], NULL);
+}
+
+static struct ek_parallel team_of(int threads) {
+    return (struct ek_parallel){threads, test_parallel_for, (struct ek_exec *)(intptr_t)threads};
+}
 
 /* ---- building ops ---- */
 
@@ -134,7 +174,8 @@ static void check_against(struct opdef *d, const float *ref, size_t count, const
     float *y = d->out_data[0];
     for (int threads = 1; threads <= 3; threads += 2) {
         memset(y, 0xff, count * sizeof(float)); /* NaN: every element must be written */
-        CHECK_OK(prov->run(state, d->in_data, d->out_data, threads));
+        const struct ek_parallel team = team_of(threads);
+        CHECK_OK(prov->run(state, d->in_data, d->out_data, &team));
         size_t bad = 0;
         for (size_t i = 0; i < count; i++) {
             if (!(fabsf(y[i] - ref[i]) <= 1e-4f * (1.0f + fabsf(ref[i])))) {
@@ -688,7 +729,14 @@ static void test_many_thread_counts(void)
 {
     const struct conv_case k = {1, 16, 16, 8, 16, 3, 3, 1, {1, 1, 1, 1}, {1, 1}, {1, 1}, true, -INFINITY, INFINITY};
     for (int i = 0; i < 3; i++)
-        run_conv_case(&k, "conv 16x16x8 -> 16 (again: the pools are reused)");
+        run_conv_case(&k, "conv 16x16x8 -> 16 (again)");
+}
+
+/* After the ops above ran with 3 threads: XNNPACK's parallel loops ran on the team handed to run()
+ * (threadpool.c), not on a pool of libpthreadpool's own threads. */
+static void test_xnnpack_loops_run_on_the_team(void)
+{
+    CHECK(team_loops > 0);
 }
 
 /* argv[1], if given, is the provider to load instead of the build tree's (e.g. on a board). */
@@ -722,5 +770,6 @@ int main(int argc, char **argv)
     RUN(test_softmax);
     RUN(test_resize);
     RUN(test_many_thread_counts);
+    RUN(test_xnnpack_loops_run_on_the_team);
     return ek_test_summary();
 }

@@ -139,7 +139,9 @@ else()
     message(STATUS "EdgeKit XNNPACK provider: built (libedgekit_xnnpack.so with ${_ekx_xnnpack_lib})")
     # MODULE: dlopen'ed only. It lands next to libedgekit in the build tree (same folder) and in
     # the install tree (EDGEKIT_INSTALL_LIBDIR), where the runtime looks for it.
-    add_library(edgekit_xnnpack MODULE kernels/xnnpack/provider.c)
+    # threadpool.c defines the pthreadpool API XNNPACK calls (on the launch's team), exported so
+    # that libXNNPACK binds to it; provider.c probes that it does.
+    add_library(edgekit_xnnpack MODULE kernels/xnnpack/provider.c kernels/xnnpack/threadpool.c)
     target_include_directories(edgekit_xnnpack SYSTEM PRIVATE "${_ekx_header_dir}")
     target_include_directories(edgekit_xnnpack PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/include"
                                "${CMAKE_CURRENT_SOURCE_DIR}/kernels")

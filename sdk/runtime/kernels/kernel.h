@@ -129,15 +129,24 @@ struct ek_kernel {
 const struct ek_kernel *ek_portable_kernel(int type);
 
 /* ---- kernel providers: a shared library the runtime dlopens (libedgekit_xnnpack.so) ---- */
-#define EK_PROVIDER_ABI 1
+#define EK_PROVIDER_ABI 2
+
+/* The launch's team as a provider sees it (a provider does not link libedgekit): its own parallel
+ * loops run on the team's threads through parallel_for(exec, ...), like the portable kernels'. */
+struct ek_parallel {
+    int threads; /* the team's size */
+    void (*parallel_for)(struct ek_exec *exec, size_t count, ek_range_fn fn, void *arg);
+    struct ek_exec *exec;
+};
+
 struct ek_provider {
     int abi; /* EK_PROVIDER_ABI */
     const char *name;
     /* The provider's state for one prepared op (called per execution context, so states are never
      * shared between concurrent runs). EK_ERR_UNSUPPORTED: the portable kernel runs this op. */
     ek_status_t (*create)(const struct ek_op *op, void **state);
-    /* Run on these buffers with `threads` threads. */
-    ek_status_t (*run)(void *state, const void *const *in, void *const *out, int threads);
+    /* Run on these buffers, on `team`. */
+    ek_status_t (*run)(void *state, const void *const *in, void *const *out, const struct ek_parallel *team);
     void (*destroy)(void *state);
 };
 /* What the provider library exports, under this name. */

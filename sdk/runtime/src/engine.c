@@ -577,7 +577,8 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec) {
         out_at += (size_t)op->n_out;
         ek_status_t status;
         if (exec->states && exec->states[k]) {
-            status = exec->provider->run(exec->states[k], in, out, exec->threads);
+            const struct ek_parallel team = {exec->threads, ek_parallel_for, exec};
+            status = exec->provider->run(exec->states[k], in, out, &team);
             if (status != EK_OK)
                 return op_failed(rec->net, op, status, exec->provider->name);
         } else {

@@ -3,7 +3,8 @@
  * For each op it is offered, create() builds an XNNPACK operator (the weights are packed there, once)
  * when XNNPACK computes exactly what docs/model-format.md says the op computes; anything else is
  * EK_ERR_UNSUPPORTED, and the portable kernel runs the op. run() is XNNPACK's setup + run on the
- * buffers of one launch, on a process-wide pthreadpool of the asked thread count.
+ * buffers of one launch, on the launch's team of threads (threadpool.c implements the pthreadpool
+ * API XNNPACK calls on it).
  *
  * This library does not link libedgekit and calls nothing of it: it reads the op's attributes and
  * tensor descriptions itself (op->params belongs to the portable kernel). It is built against the
@@ -22,6 +23,7 @@
 #include <xnnpack.h>
 
 #include "kernel.h"
+#include "threadpool.h"
 
 #if defined(__GNUC__)
 #define EKX_EXPORT __attribute__((visibility("default")))
@@ -29,18 +31,34 @@
 #define EKX_EXPORT
 #endif
 
-/* ---- process-wide XNNPACK state: initialised once, one pthreadpool per thread count ---- */
+/* ---- process-wide XNNPACK state: initialised once ---- */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static enum xnn_status init_status = xnn_status_uninitialized;
+static bool on_team; /* XNNPACK's pthreadpool calls reach threadpool.c (else: libpthreadpool's pools) */
+
+/* One small XNNPACK op with a NULL pool, for ekx_threadpool_probe. */
+static bool run_probe_op(void) {
+    float x[256] = {0}, y[256];
+    xnn_operator_t op = NULL;
+    bool ok = xnn_create_clamp_nc_f32(1, 1, 1, -1.0f, 1.0f, 0, &op) == xnn_status_success &&
+              xnn_setup_clamp_nc_f32(op, 256, x, y, NULL) == xnn_status_success &&
+              xnn_run_operator(op, NULL) == xnn_status_success;
+    if (op)
+        xnn_delete_operator(op);
+    return ok;
+}
 
 static void init_xnnpack(void) {
     init_status = xnn_initialize(NULL);
+    if (init_status == xnn_status_success)
+        on_team = ekx_threadpool_probe(run_probe_op);
 }
 
-/* Pools are created lazily and kept for the life of the process (the library is linked
- * -z nodelete, so a dlclose cannot unmap code their idle workers wait in). A pool serializes
- * concurrent parallel calls itself, so runs on different threads may share one. */
+/* The fallback when XNNPACK's calls do not reach threadpool.c: libpthreadpool's pools, made lazily
+ * and kept for the life of the process (the library is linked -z nodelete, so a dlclose cannot
+ * unmap code their idle workers wait in). A pool serializes concurrent parallel calls itself, so
+ * runs on different threads may share one. */
 #define EKX_MAX_THREADS 64
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthreadpool_t pools[EKX_MAX_THREADS + 1];
@@ -663,11 +681,8 @@ static ek_status_t ekx_create(const struct ek_op *op, void **state) {
     return EK_OK;
 }
 
-static ek_status_t ekx_run(void *state, const void *const *in, void *const *out, int threads) {
-    struct ekx_state *s = state;
-    if (!s || !in || !out || !out[0] || (!in[0] && !(s->kind == EKX_BINARY && s->constant[0])))
-        return EK_ERR_INVALID_ARG;
-    pthreadpool_t pool = pool_for(threads);
+static enum xnn_status setup_and_run(struct ekx_state *s, const void *const *in, void *const *out,
+                                     pthreadpool_t pool) {
     const float *x = in[0];
     float *y = out[0];
     enum xnn_status st;
@@ -691,8 +706,6 @@ static ek_status_t ekx_run(void *state, const void *const *in, void *const *out,
     case EKX_BINARY: {
         const float *a = s->constant[0] ? s->constant[0] : x;
         const float *b = s->constant[1] ? s->constant[1] : (const float *)in[1];
-        if (!b)
-            return EK_ERR_INVALID_ARG;
         st = s->setup_binary(s->op, s->rank_a, s->shape_a, s->rank_b, s->shape_b, a, b, y, pool);
         break;
     }
@@ -704,10 +717,28 @@ static ek_status_t ekx_run(void *state, const void *const *in, void *const *out,
                                                   s->out_width, x, y, pool);
         break;
     default:
-        return EK_ERR_INTERNAL;
+        return xnn_status_invalid_state;
     }
     if (st == xnn_status_success)
         st = xnn_run_operator(s->op, pool);
+    return st;
+}
+
+static ek_status_t ekx_run(void *state, const void *const *in, void *const *out, const struct ek_parallel *team) {
+    struct ekx_state *s = state;
+    if (!s || !in || !out || !out[0] || (!in[0] && !(s->kind == EKX_BINARY && s->constant[0])))
+        return EK_ERR_INVALID_ARG;
+    if (s->kind == EKX_BINARY && !s->constant[1] && !in[1]) /* binary ops have two inputs */
+        return EK_ERR_INVALID_ARG;
+    enum xnn_status st;
+    if (on_team) {
+        /* XNNPACK sizes its work from the team (pthreadpool_get_threads_count) at setup: both in. */
+        ekx_threadpool_enter(team);
+        st = setup_and_run(s, in, out, NULL);
+        ekx_threadpool_leave();
+    } else {
+        st = setup_and_run(s, in, out, pool_for(team ? team->threads : 1));
+    }
     if (st == xnn_status_success)
         return EK_OK;
     return st == xnn_status_out_of_memory ? EK_ERR_OUT_OF_MEMORY : EK_ERR_INTERNAL;
