@@ -62,6 +62,11 @@ def test_debian_build_for_the_emulated_board(emu_build: Any) -> None:
     assert (stage / "python" / "edgekit" / "device.py").is_file()  # the pure-Python part too
     runpath = subprocess.run([READELF, "-d", str(module)], capture_output=True, text=True, check=True).stdout
     assert "[$ORIGIN:$ORIGIN/../../lib]" in runpath
+    # The edge app: an aarch64 program in bin/ that finds lib/ from there.
+    app = stage / "bin" / "edgekit-app"
+    assert "ARM aarch64" in file_says(app) and app.stat().st_mode & 0o111
+    dynamic = subprocess.run([READELF, "-d", str(app)], capture_output=True, text=True, check=True).stdout
+    assert "[$ORIGIN/../lib]" in dynamic and "libstdc++" not in dynamic
 
 
 def test_debian_build_is_refused_for_a_glibc_2_17_board(glibc217_builds: tuple[BuildError, Any]) -> None:
@@ -81,11 +86,11 @@ def test_debian_build_is_refused_for_a_glibc_2_17_board(glibc217_builds: tuple[B
 
 def test_zig_build_meets_glibc_2_17(glibc217_builds: tuple[BuildError, Any]) -> None:
     _, result = glibc217_builds
-    lib = result.stage / "lib" / "libedgekit.so.0.1.0"
-    assert "ARM aarch64" in file_says(lib)
-    needs = glibc_needs(lib)
-    assert needs, "readelf found no GLIBC needs at all"
-    assert max(version_tuple(v.removeprefix("GLIBC_")) for v in needs) <= (2, 17)
+    for elf in (result.stage / "lib" / "libedgekit.so.0.1.0", result.stage / "bin" / "edgekit-app"):
+        assert "ARM aarch64" in file_says(elf)
+        needs = glibc_needs(elf)
+        assert needs, f"readelf found no GLIBC needs at all in {elf.name}"
+        assert max(version_tuple(v.removeprefix("GLIBC_")) for v in needs) <= (2, 17), elf.name
     assert result.info.python is None and not (result.stage / "python").exists()  # no Python on that board
     assert result.info.toolchain.startswith("zig")
 
@@ -106,6 +111,11 @@ def test_x86_64_builds_for_the_host_the_same_way() -> None:
         check=True,
     ).stdout
     assert str(result.stage) in out
+    # The edge app runs from the stage: bin/ finds lib/ through its rpath, no LD_LIBRARY_PATH.
+    app = subprocess.run(
+        [str(result.stage / "bin" / "edgekit-app"), "--list-clusters"], capture_output=True, text=True
+    )
+    assert app.returncode == 0 and app.stdout.startswith("CPU clusters"), app.stderr
 
 
 def linaro_shaped(folder: Path, triplet: str = "aarch64-linux-gnu") -> Path:

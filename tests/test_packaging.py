@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -40,6 +41,7 @@ def test_bundle_layout_and_checksums(packages: dict[str, Path], tmp_path: Path) 
     assert {n.split("/")[0] for n in names} == {top.name}
     for path in (
         "lib/libedgekit.so.0.1.0",
+        "bin/edgekit-app",
         "python/edgekit/_core.cpython-311-aarch64-linux-gnu.so",
         "python/edgekit/device.py",
         "include/edgekit/memory.h",
@@ -51,6 +53,7 @@ def test_bundle_layout_and_checksums(packages: dict[str, Path], tmp_path: Path) 
     ):
         assert (top / path).is_file(), path
     assert (top / "install.sh").stat().st_mode & 0o111
+    assert (top / "bin" / "edgekit-app").stat().st_mode & 0o777 == 0o755
     assert (top / "lib" / "libedgekit.so.0").is_symlink()
     listed = {}
     for line in (top / "SHA256SUMS").read_text().splitlines():
@@ -126,6 +129,7 @@ def test_deb_installs_into_the_emulated_rootfs(packages: dict[str, Path], emu_ro
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
     assert "root/root" in listing and "./opt/edgekit/lib/libedgekit.so.0.1.0" in listing
     assert "./usr/lib/python3/dist-packages/edgekit.pth" in listing
+    assert re.search(r"^-rwxr-xr-x root/root .* \./opt/edgekit/bin/edgekit-app$", listing, re.M), listing
     # No remote_server yet, so no systemd unit (its ExecStart would name a missing program).
     assert "edgekit-remote-server.service" not in listing
 
@@ -153,6 +157,9 @@ def test_deb_installs_into_the_emulated_rootfs(packages: dict[str, Path], emu_ro
         )
         done = run_on_board(emu_rootfs, ["python3", "-I", "-c", code])
         assert done.stdout.decode().strip() == "/opt/edgekit/python/edgekit/__init__.py", done.stderr.decode()
+        # ...and its edge app runs there, finding /opt/edgekit/lib through its rpath.
+        app = run_on_board(emu_rootfs, ["/opt/edgekit/bin/edgekit-app", "--help"])
+        assert app.returncode == 0 and b"--model_path" in app.stdout, app.stderr.decode()
     finally:
         subprocess.run([*dpkg, "--purge", "edgekit"], check=True, capture_output=True)
     assert not (emu_rootfs / "opt" / "edgekit" / "lib" / "libedgekit.so.0.1.0").exists()
@@ -167,6 +174,9 @@ def test_image_checks_clean_and_holds_the_files(emu_build: Any, packages: dict[s
         ["debugfs", "-R", "ls -p /lib", str(image)], capture_output=True, text=True
     ).stdout
     assert "libedgekit.so.0.1.0" in listing
+    # debugfs ls -p: /inode/mode/uid/gid/name/size/
+    apps = subprocess.run(["debugfs", "-R", "ls -p /bin", str(image)], capture_output=True, text=True).stdout
+    assert re.search(r"/100755/0/0/edgekit-app/\d+/", apps), apps
     inside = subprocess.run(
         ["debugfs", "-R", "cat /share/edgekit/build-info.json", str(image)], capture_output=True, text=True
     ).stdout

@@ -1,0 +1,40 @@
+/* edgekit-app's command line. */
+#ifndef EDGEKIT_APP_OPTIONS_H
+#define EDGEKIT_APP_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <edgekit/runtime.h>
+
+#define APP_MAX_VALUES 64 /* values of one flag: inputs, devices, threads, clusters */
+
+typedef struct app_options {
+    const char *model_path;
+    const char *data_paths[APP_MAX_VALUES];
+    int data_count;
+    ek_shape_t input_dims[APP_MAX_VALUES];
+    int dims_count;
+    int dev_ids[APP_MAX_VALUES];
+    int dev_count;         /* 0: device 0 */
+    int threads;           /* per device */
+    int clusters[APP_MAX_VALUES];
+    int cluster_count;     /* 0: no binding */
+    int launch_threads;    /* 0: automatic */
+    int iterations;
+    int warmup;
+    ek_kernels_t kernels;
+    const char *kernels_name;
+    const char *network;   /* NULL: the first */
+    const char *output_dir;
+    bool list_clusters;
+    bool help;
+} app_options_t;
+
+/* Parse argv into opts (defaults first). Returns 0, or -1 with a one-line message in err. */
+int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, size_t errlen);
+
+/* The --help text. */
+extern const char app_help_text[];
+
+#endif
