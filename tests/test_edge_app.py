@@ -1,0 +1,454 @@
+"""edgekit-app, the standalone edge app: on the host (the program pip install . puts in the edgekit
+package) and on the emulated aarch64 board (the cross-built one from the flashed bundle). Its outputs
+(--output_dir) must equal `edgekit run`'s for the same input; bad input is one `error:` line and exit 2;
+the CPU clusters come from a fake big.LITTLE sysfs tree (EDGEKIT_APP_SYSFS_CPU)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import edgekit.app
+from models import INPUT_NAME, MODEL_NAMES, compile_ekm, input_shape_of, random_input
+from toolchains.rootfs import run_on_board
+
+# The app's own flags, each of which --help must teach.
+FLAGS = (
+    "--model_path",
+    "--network",
+    "--data_path",
+    "--input_dims",
+    "--dev_ids",
+    "--threads",
+    "--visible_cluster",
+    "--launch_threads",
+    "--iterations",
+    "--warmup",
+    "--kernels",
+    "--output_dir",
+    "--list-clusters",
+    "--help",
+)
+REPORT_ROW = re.compile(
+    r"^(\d+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", re.M
+)
+TOTAL = re.compile(r"^total: (\d+) inferences in ([\d.]+) s: ([\d.]+) inferences/s$", re.M)
+
+
+@dataclass
+class Row:
+    device: int
+    thread: int
+    cluster: str
+    cpus: str
+    launch_threads: int
+    iterations: int
+    p50: float
+    p90: float
+    p99: float
+    throughput: float
+
+
+def report_rows(stdout: str) -> list[Row]:
+    return [
+        Row(int(m[1]), int(m[2]), m[3], m[4], int(m[5]), int(m[6]), *(float(m[i]) for i in range(7, 11)))
+        for m in REPORT_ROW.finditer(stdout)
+    ]
+
+
+def app_path() -> Path:
+    path = edgekit.app.binary()
+    assert path is not None, "the installed edgekit package has no bin/edgekit-app: run invoke build"
+    return path
+
+
+def run_app(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEKIT_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(app_path()), *map(str, args)], capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+def edgekit_run(model: Path, x: Path, out: Path, kernels: str) -> None:
+    """The reference: `python -m edgekit run` on the same input."""
+    done = subprocess.run(
+        [sys.executable, "-m", "edgekit", "run", str(model), "--input", str(x), "--output-dir", str(out),
+         "--kernels", kernels],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def assert_same_outputs(app_out: Path, ref_out: Path) -> None:
+    names = sorted(p.name for p in ref_out.glob("*.npy"))
+    assert names and sorted(p.name for p in app_out.glob("*.npy")) == names
+    for name in names:
+        got, want = np.load(app_out / name), np.load(ref_out / name)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        # The same kernels on the same data; only the launch's thread count may differ (1e-6 of scale).
+        scale = max(1.0, float(np.abs(want).max()))
+        assert float(np.abs(got - want).max()) <= 1e-6 * scale, name
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test model's .ekm, with its input as .npy (for edgekit run) and as raw .bin (the app)."""
+    folder = tmp_path_factory.mktemp("app-models")
+    for name in MODEL_NAMES:
+        shutil.copy2(compile_ekm(name), folder / f"{name}.ekm")
+        x = random_input(input_shape_of(name))
+        np.save(folder / f"{name}.npy", x)
+        x.tofile(folder / f"{name}.bin")
+    staged = compile_ekm("mlp", stages=[{INPUT_NAME: (1, 64)}, {INPUT_NAME: (4, 64)}], network_name="mlp2")
+    shutil.copy2(staged, folder / "mlp2.ekm")
+    x4 = random_input((4, 64), seed=7)
+    np.save(folder / "mlp2-b4.npy", x4)
+    x4.tofile(folder / "mlp2-b4.bin")
+    return folder
+
+
+def clusters_here() -> int:
+    done = run_app("--list-clusters")
+    assert done.returncode == 0, done.stderr
+    return len(re.findall(r"^\d+\s", done.stdout, re.M))
+
+
+# --- host ---------------------------------------------------------------------------------------------
+
+
+def test_help_teaches_every_flag_with_an_example() -> None:
+    done = run_app("--help")
+    assert done.returncode == 0 and done.stderr == ""
+    for flag in FLAGS:
+        assert flag in done.stdout, flag
+    # Every value-taking flag's description is followed by an example line using it.
+    for flag in FLAGS[:-2]:
+        assert re.search(rf"^ {{30}}.*{flag}[ =]", done.stdout, re.M), f"no example for {flag}"
+    # The console script pip installs runs the same program.
+    script = subprocess.run([sys.executable, "-m", "edgekit.app", "--help"], capture_output=True, text=True)
+    assert script.returncode == 0 and script.stdout == done.stdout
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_on_two_devices_two_threads_matches_edgekit_run(
+    model_files: Path, name: str, tmp_path: Path
+) -> None:
+    shape = ",".join(map(str, input_shape_of(name)))
+    last = clusters_here() - 1
+    done = run_app(
+        "--model_path", model_files / f"{name}.ekm", "--data_path", model_files / f"{name}.bin",
+        "--input_dims", shape, "--dev_ids", "0", "1", "--threads", "2", "--visible_cluster", "0", str(last),
+        "--iterations", "3", "--warmup", "1", "--kernels", "auto", "--output_dir", tmp_path / "app",
+        env={"EDGEKIT_DEVICES": "2"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    edgekit_run(model_files / f"{name}.ekm", model_files / f"{name}.npy", tmp_path / "ref", "auto")
+    assert_same_outputs(tmp_path / "app", tmp_path / "ref")
+
+    rows = report_rows(done.stdout)
+    assert [(r.device, r.thread) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [r.cluster for r in rows] == ["0", str(last)] * 2
+    for row in rows:
+        assert row.iterations == 3 and 0 < row.p50 <= row.p90 <= row.p99 and row.throughput > 0
+    total = TOTAL.search(done.stdout)
+    assert total is not None and int(total[1]) == 12 and float(total[3]) > 0, done.stdout
+
+
+def test_input_dims_pick_the_stage(model_files: Path, tmp_path: Path) -> None:
+    done = run_app(
+        "--model_path", model_files / "mlp2.ekm", "--data_path", model_files / "mlp2-b4.bin",
+        "--input_dims", "4,64", "--iterations", "1", "--output_dir", tmp_path / "app",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "running stage 1 " in done.stdout
+    assert np.load(tmp_path / "app" / "output.npy").shape == (4, 10)
+    edgekit_run(model_files / "mlp2.ekm", model_files / "mlp2-b4.npy", tmp_path / "ref", "portable")
+    done = run_app(
+        "--model_path", model_files / "mlp2.ekm", "--data_path", model_files / "mlp2-b4.bin",
+        "--input_dims", "4,64", "--iterations", "1", "--kernels", "portable", "--output_dir", tmp_path / "p",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert_same_outputs(tmp_path / "p", tmp_path / "ref")
+
+
+def test_random_inputs_are_repeatable_and_launch_threads_are_reported(
+    model_files: Path, tmp_path: Path
+) -> None:
+    outs = []
+    for run in ("a", "b"):
+        done = run_app(
+            "--model_path", model_files / "senet.ekm", "--iterations", "2", "--warmup", "0",
+            "--threads", "2", "--launch_threads", "1", "--output_dir", tmp_path / run,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "input  input: float32 1,3,32,32, random" in done.stdout
+        rows = report_rows(done.stdout)
+        assert [(r.cluster, r.cpus, r.launch_threads) for r in rows] == [("-", "any", 1)] * 2
+        outs.append(np.load(tmp_path / run / "output.npy"))
+    assert np.isfinite(outs[0]).all() and np.array_equal(outs[0], outs[1])
+
+
+def test_a_runtime_failure_is_exit_1_with_the_runtimes_message(model_files: Path) -> None:
+    # A 64 KiB heap holds the inputs and outputs but not yolo's arena: the launch fails.
+    done = run_app("--model_path", model_files / "yolo.ekm", env={"EDGEKIT_HEAP_SIZE": "64K"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1
+    assert re.match(r"error: device 0 thread 0: inference \(warmup\): .*no device memory", done.stderr)
+
+
+def bad_inputs(folder: Path) -> Iterator[tuple[str, list[str | Path], dict[str, str], str]]:
+    """(case, args, environment, the error line's pattern) for every bad input the issue lists."""
+    ekm = folder / "mlp.ekm"
+    truncated = folder / "truncated.ekm"
+    truncated.write_bytes(ekm.read_bytes()[:1000])
+    garbage = folder / "garbage.ekm"
+    garbage.write_bytes(b"not a model at all" * 10)
+    blocker = folder / "a-file"
+    blocker.write_text("")
+    yield (
+        "missing model",
+        ["--model_path", folder / "nope.ekm"],
+        {},
+        r"--model_path .*nope\.ekm: No such file",
+    )
+    yield "truncated model", ["--model_path", truncated], {}, r"--model_path: .*truncated\.ekm"
+    yield "not a model", ["--model_path", garbage], {}, r"--model_path: .*garbage\.ekm"
+    yield "no model", ["--iterations", "1"], {}, r"--model_path is required"
+    yield (
+        "data file of the wrong size",
+        ["--model_path", ekm, "--data_path", folder / "senet.bin"],
+        {},
+        r"--data_path .*senet\.bin: 12288 bytes, but input 'input' \(float32 1,64, stage 0\) takes 256",
+    )
+    yield (
+        "wrong number of dims",
+        ["--model_path", ekm, "--input_dims", "1,64,1"],
+        {},
+        r"--input_dims 1,64,1: input 'input' has 2 dims, not 3; the stages: stage 0: input=1,64",
+    )
+    yield (
+        "a shape matching no stage",
+        ["--model_path", folder / "mlp2.ekm", "--input_dims", "2,64"],
+        {},
+        r"no stage of network 'mlp2' takes these shapes; its stages: "
+        r"stage 0: input=1,64; stage 1: input=4,64",
+    )
+    yield (
+        "device id out of range",
+        ["--model_path", ekm, "--dev_ids", "0", "2"],
+        {"EDGEKIT_DEVICES": "2"},
+        r"--dev_ids 2: there is no such device: there are 2 \(0\.\.1; EDGEKIT_DEVICES",
+    )
+    yield (
+        "cluster count not equal to threads",
+        ["--model_path", ekm, "--threads", "2", "--visible_cluster", "0"],
+        {},
+        r"--visible_cluster gave 1 cluster\(s\) for 2 thread\(s\) per device",
+    )
+    yield (
+        "a cluster that does not exist",
+        ["--model_path", ekm, "--visible_cluster", "99"],
+        {},
+        r"--visible_cluster 99: there is no such cluster: .*--list-clusters",
+    )
+    yield "unknown flag", ["--model_path", ekm, "--profile", "1"], {}, r"unknown flag --profile"
+    yield (
+        "unwritable output dir",
+        ["--model_path", ekm, "--output_dir", blocker / "out"],
+        {},
+        r"--output_dir .*a-file/out: cannot make .*: Not a directory",
+    )
+    yield "missing value", ["--model_path", ekm, "--threads"], {}, r"--threads needs a value"
+    yield (
+        "bad thread count",
+        ["--model_path", ekm, "--threads", "0"],
+        {},
+        r"--threads: '0' is not a thread count",
+    )
+    yield "bad kernels", ["--model_path", ekm, "--kernels", "gpu"], {}, r"--kernels: 'gpu' is not one of"
+    yield "bad shape", ["--model_path", ekm, "--input_dims", "1,x"], {}, r"--input_dims: '1,x' is not a shape"
+    yield "stray argument", ["--model_path", ekm, "extra"], {}, r"--model_path takes one value"
+    yield "unknown network", ["--model_path", ekm, "--network", "nonet"], {}, r"--network nonet: .*nonet"
+
+
+def test_every_bad_input_is_one_error_line_and_exit_2(model_files: Path) -> None:
+    for case, args, env, pattern in bad_inputs(model_files):
+        done = run_app(*args, env=env)
+        assert done.returncode == 2, f"{case}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), f"{case}: {done.stderr!r}"
+        assert re.search(pattern, done.stderr), f"{case}: {done.stderr!r} does not match {pattern!r}"
+
+
+# --- CPU clusters from a fake sysfs tree ----------------------------------------------------------------
+
+# RK3588: four Cortex-A55 (capacity 530, 1.8 GHz) and two pairs of Cortex-A76 (1024, 2.4 GHz).
+RK3588 = [(0, c, 530, 1800000) for c in range(4)] + [(1, 4, 1024, 2400000), (1, 5, 1024, 2400000)]
+RK3588 += [(2, 6, 1024, 2400000), (2, 7, 1024, 2400000)]
+
+
+def fake_sysfs(root: Path, cpus: list[tuple[int, int, int, int]], *, cluster_ids: bool = True) -> Path:
+    """A sysfs cpu folder: cpuN/topology/{physical_package_id,cluster_id}, cpu_capacity, cpufreq."""
+    for cluster, cpu, capacity, khz in cpus:
+        folder = root / f"cpu{cpu}"
+        (folder / "topology").mkdir(parents=True)
+        (folder / "cpufreq").mkdir()
+        (folder / "topology" / "physical_package_id").write_text("0\n")
+        if cluster_ids:
+            (folder / "topology" / "cluster_id").write_text(f"{cluster}\n")
+        (folder / "cpu_capacity").write_text(f"{capacity}\n")
+        (folder / "cpufreq" / "cpuinfo_max_freq").write_text(f"{khz}\n")
+    return root
+
+
+def sysfs_env(root: Path, allowed: str) -> dict[str, str]:
+    """The test-only environment: a fake sysfs cpu folder and the CPUs the process may use."""
+    return {"EDGEKIT_APP_SYSFS_CPU": str(root), "EDGEKIT_APP_ALLOWED_CPUS": allowed}
+
+
+def list_clusters(root: Path, allowed: str) -> list[tuple[str, ...]]:
+    done = run_app("--list-clusters", env=sysfs_env(root, allowed))
+    assert done.returncode == 0, done.stderr
+    assert f"(from {root})" in done.stdout
+    return [tuple(line.split()) for line in done.stdout.splitlines() if re.match(r"\d+\s", line)]
+
+
+def test_clusters_of_a_big_little_soc(tmp_path: Path) -> None:
+    root = fake_sysfs(tmp_path / "cpu", RK3588)
+    assert list_clusters(root, "0-7") == [
+        ("0", "0-3", "4", "530", "1800", "0/0"),
+        ("1", "4-5", "2", "1024", "2400", "0/1"),
+        ("2", "6-7", "2", "1024", "2400", "0/2"),
+    ]
+    done = run_app("--list-clusters", env=sysfs_env(root, "0-7"))
+    assert "big.LITTLE: the capacities differ (530 .. 1024" in done.stdout
+
+
+def test_without_cluster_ids_big_and_little_cores_split_by_capacity(tmp_path: Path) -> None:
+    root = fake_sysfs(tmp_path / "cpu", RK3588, cluster_ids=False)
+    assert list_clusters(root, "0-7") == [
+        ("0", "0-3", "4", "530", "1800", "0/-"),
+        ("1", "4-7", "4", "1024", "2400", "0/-"),
+    ]
+
+
+def test_only_the_cpus_the_process_may_use_count(tmp_path: Path) -> None:
+    root = fake_sysfs(tmp_path / "cpu", RK3588)
+    assert list_clusters(root, "0-1,6") == [
+        ("0", "0-1", "2", "530", "1800", "0/0"),
+        ("1", "6", "1", "1024", "2400", "0/2"),
+    ]
+    env = sysfs_env(root, "0-1,6")
+    done = run_app("--model_path", "x.ekm", "--visible_cluster", "2", env=env)
+    assert done.returncode == 2
+    assert "--visible_cluster 2: there is no such cluster: this process's CPUs form 2 (0..1;" in done.stderr
+    done = run_app("--list-clusters", env={**env, "EDGEKIT_APP_ALLOWED_CPUS": "3-x"})
+    assert done.returncode == 2 and "EDGEKIT_APP_ALLOWED_CPUS=3-x is not a CPU list" in done.stderr
+
+
+def test_a_sysfs_without_topology_is_one_cluster(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    done = run_app("--list-clusters", env=sysfs_env(tmp_path / "empty", "0-3"))
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if re.match(r"\d+\s", line)]
+    assert rows == [["0", "0-3", "4", "-", "-", "-/-"]]
+    assert "has no CPU topology for the CPUs this process may use: they are one cluster" in done.stdout
+
+
+# --- the emulated aarch64 board -------------------------------------------------------------------------
+
+BOARD_PREFIX = "/opt/edgekit-app-test"  # this test's own install: other tests and sessions flash /opt/edgekit
+BOARD_MODELS = f"{BOARD_PREFIX}/models"
+
+
+@pytest.fixture(scope="module")
+def app_board(emu_bundle: Path, emu_rootfs: Path, model_files: Path) -> Any:
+    """The bundle flashed into BOARD_PREFIX on the emulated board (no edgekit.pth: the board's python3
+    keeps importing whatever /opt/edgekit has), with the test models copied there."""
+    from edgekit_packaging import devices
+    from toolchains.boards import load_board
+    from toolchains.steps import Steps
+
+    fleet = devices.EmulatedFleet(load_board("emu-debian12"), emu_rootfs, prefix=BOARD_PREFIX)
+    assert devices.flash(fleet, emu_bundle, Steps("test flash"), python_link=False)
+    models = emu_rootfs / BOARD_MODELS.lstrip("/")
+    shutil.rmtree(models, ignore_errors=True)
+    shutil.copytree(model_files, models)
+    return fleet
+
+
+def on_board(rootfs: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    done = run_on_board(
+        rootfs,
+        ["/bin/sh", "-c", script],
+        env={
+            "PATH": f"{BOARD_PREFIX}/current/bin:/usr/bin:/bin",
+            "PYTHONPATH": f"{BOARD_PREFIX}/current/python",
+            **env,
+        },
+        timeout=900,
+    )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    )
+
+
+def test_on_the_board_every_model_matches_edgekit_run(app_board: Any, emu_rootfs: Path) -> None:
+    """Each model on two devices with two threads each, bound to clusters, against the board's own
+    `edgekit run` (the flashed Python package) on the same input. Two board commands in all: qemu is slow."""
+    out = emu_rootfs / BOARD_MODELS.lstrip("/") / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    app_lines, ref_lines = [], []
+    for name in MODEL_NAMES:
+        shape = ",".join(map(str, input_shape_of(name)))
+        app_lines.append(
+            f"edgekit-app --model_path {BOARD_MODELS}/{name}.ekm --data_path {BOARD_MODELS}/{name}.bin "
+            f"--input_dims {shape} --dev_ids 0 1 --threads 2 --visible_cluster 0 0 --iterations 1 --warmup 0 "
+            f"--kernels xnnpack --output_dir {BOARD_MODELS}/out/app-{name} || exit 1"
+        )
+        ref_lines.append(
+            f"python3 -m edgekit run {BOARD_MODELS}/{name}.ekm --input {BOARD_MODELS}/{name}.npy "
+            f"--kernels xnnpack --output-dir {BOARD_MODELS}/out/ref-{name} || exit 1"
+        )
+    done = on_board(emu_rootfs, "\n".join(app_lines), EDGEKIT_DEVICES="2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.stdout.count("xnnpack kernels") == len(MODEL_NAMES)
+    rows = report_rows(done.stdout)
+    assert len(rows) == 4 * len(MODEL_NAMES) and all(r.iterations == 1 and r.cluster == "0" for r in rows)
+    assert len(TOTAL.findall(done.stdout)) == len(MODEL_NAMES)
+    ref = on_board(emu_rootfs, "\n".join(ref_lines))
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-2000:]
+    # PYTHONPATH put this test's release before the edgekit.pth that /opt/edgekit may have written.
+    for name in MODEL_NAMES:
+        assert_same_outputs(out / f"app-{name}", out / f"ref-{name}")
+
+
+def test_on_the_board_bad_input_is_exit_2_and_clusters_list(app_board: Any, emu_rootfs: Path) -> None:
+    cases = {
+        "missing model": f"--model_path {BOARD_MODELS}/nope.ekm",
+        "wrong size": f"--model_path {BOARD_MODELS}/mlp.ekm --data_path {BOARD_MODELS}/senet.bin",
+        "no stage": f"--model_path {BOARD_MODELS}/mlp2.ekm --input_dims 3,64",
+        "device": f"--model_path {BOARD_MODELS}/mlp.ekm --dev_ids 1",
+        "clusters": f"--model_path {BOARD_MODELS}/mlp.ekm --threads 2 --visible_cluster 0",
+        "unknown flag": f"--model_path {BOARD_MODELS}/mlp.ekm --dump 1",
+    }
+    script = [f'echo "== {case}"; edgekit-app {args} 2>&1; echo "rc=$?"' for case, args in cases.items()]
+    script.append('echo "== list"; edgekit-app --list-clusters; echo "rc=$?"')
+    done = on_board(emu_rootfs, "\n".join(script))
+    sections = dict(part.split("\n", 1) for part in done.stdout.split("== ")[1:])
+    for case in cases:
+        lines = sections[case].strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1] == "rc=2", (case, lines)
+    assert "stage 0: input=1,64; stage 1: input=4,64" in sections["no stage"]
+    listing = sections["list"]
+    assert listing.strip().endswith("rc=0") and re.search(r"^0\s+\S+\s+\d+", listing, re.M), listing
