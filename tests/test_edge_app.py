@@ -140,6 +140,13 @@ def test_help_teaches_every_flag_with_an_example() -> None:
     assert script.returncode == 0 and script.stdout == done.stdout
 
 
+def test_the_docs_flag_table_is_the_programs_flags() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "edge-app.md").read_text()
+    documented = re.findall(r"^\| `(--[\w-]+)", page, re.M)
+    assert sorted(documented) == sorted(FLAGS)
+    assert "--profile" not in page.split("## Flags")[1] and "--dump" not in page.split("## Flags")[1]
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_model_on_two_devices_two_threads_matches_edgekit_run(
     model_files: Path, name: str, tmp_path: Path
