@@ -606,11 +606,27 @@ int main(int argc, char **argv) {
            wall > 0 ? (double)inferences / wall : 0.0);
 
     pthread_barrier_destroy(&app.barrier);
+    /* Everything freed, so a run under LeakSanitizer is clean. */
+    for (int i = 0; i < total; i++) {
+        for (int k = 0; workers[i].out_host && k < info->output_count; k++)
+            free(workers[i].out_host[k]);
+        free(workers[i].out_host);
+        free(workers[i].latency);
+    }
+    for (int i = 0; i < info->input_count; i++)
+        free(app.in_data[i]);
+    free(app.in_data);
+    free(app.in_bytes);
+    free(app.out_bytes);
+    free(workers);
+    free(ids);
+    /* Last: the network info used above belongs to the runtimes. */
     for (int d = 0; d < opts.dev_count; d++) {
         if (dctx[d].rt_open)
             ek_rt_destroy(dctx[d].rt);
         if (dctx[d].dev_open)
             ek_dev_free(dctx[d].dev);
     }
+    free(dctx);
     return 0;
 }
