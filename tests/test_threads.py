@@ -128,18 +128,23 @@ LATENCY = """
 """
 
 
-@pytest.mark.parametrize("kernels", ["portable", "xnnpack"])
-def test_more_threads_than_cpus_run_like_one(kernels: str) -> None:
-    """Four threads asked for on one allowed CPU: as fast as one thread, not 10-100x slower (the
-    runtime runs one; without that, XNNPACK's pool spun for milliseconds per op)."""
+def mobilenet_for(kernels: str, shape: tuple[int, ...]) -> Path:
+    """The MobileNetV2 test model at `shape`; skips when `kernels` cannot be had in this build."""
     import edgekit as ek
 
     try:
         ek.Context(device=0, kernels=kernels).close()
     except ek.UnsupportedError:
         pytest.skip("the XNNPACK provider is not available in this build")
+    return compile_ekm("mobilenetv2", [{INPUT_NAME: shape}])
+
+
+@pytest.mark.parametrize("kernels", ["portable", "xnnpack"])
+def test_more_threads_than_cpus_run_like_one(kernels: str) -> None:
+    """Four threads asked for on one allowed CPU: as fast as one thread, not 10-100x slower (the
+    runtime runs one; without that, XNNPACK's pool spun for milliseconds per op)."""
     shape = (1, 3, 64, 64)
-    model = compile_ekm("mobilenetv2", [{INPUT_NAME: shape}])
+    model = mobilenet_for(kernels, shape)
     body = LATENCY.format(shape=shape, input=INPUT_NAME, many=4)
     output = run_child(body, str(model), kernels, cpus={ALLOWED[0]})
     one, four = map(float, output.split())
@@ -152,18 +157,12 @@ def test_two_threads_with_their_cpus_taken_by_other_processes(kernels: str) -> N
     """Another process spins on each of the two CPUs: a 2-thread launch shares them but must not
     collapse (before XNNPACK ran on EdgeKit's team, its pthreadpool spun for milliseconds per op
     waiting for a descheduled worker: 50x the 1-thread time)."""
-    import edgekit as ek
-
     if len(ALLOWED) < 2:
         pytest.skip("needs two CPUs")
-    try:
-        ek.Context(device=0, kernels=kernels).close()
-    except ek.UnsupportedError:
-        pytest.skip("the XNNPACK provider is not available in this build")
     # Full size: ops long against the scheduler's time slices, as on a board (at 64x64 an op takes
     # microseconds, and whichever thread the scheduler parks decides the time).
     shape = (1, 3, 224, 224)
-    model = compile_ekm("mobilenetv2", [{INPUT_NAME: shape}])
+    model = mobilenet_for(kernels, shape)
     cpus = set(ALLOWED[:2])
     spin = "import os, sys\nos.sched_setaffinity(0, [int(sys.argv[1])])\nwhile True: pass"
     spinners = [subprocess.Popen([sys.executable, "-c", spin, str(cpu)]) for cpu in sorted(cpus)]
