@@ -38,8 +38,11 @@ SECTION_NAMES = {
     9: "ATTRS",
     10: "ATTR_DATA",
     11: "CONSTANTS",
+    12: "OP_SOURCES",
+    13: "SOURCE_NODES",
 }
 CONSTANTS = 11
+OP_SOURCES, SOURCE_NODES = 12, 13
 CONSTANT_FLIPS = 256  # bytes flipped through the constants, an odd stride apart (every byte lane is hit)
 # Fields whose corruption may legitimately be an allocation failure, not an invalid file: a larger arena
 # or a larger max_bytes describes a valid model that needs more memory than the device has.
@@ -323,6 +326,67 @@ def test_truncated_model_is_invalid(ctx: Any, tmp_path: Path) -> None:
     (y,) = net.create_request().run([x])
     (expected,) = ort_run(onnx_path("senet"), {INPUT_NAME: x})
     assert max_error(y, expected) <= 1e-4
+
+
+def section_of(data: bytes, kind: int) -> tuple[int, int]:
+    """(offset, size) of the section of `kind`."""
+    for k, _record, offset, size in section_table(data):
+        if k == kind:
+            return offset, size
+    raise AssertionError(f"no section of kind {kind}")
+
+
+def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    buf = bytearray(data)
+    struct.pack_into(fmt, buf, offset, value)
+    return bytes(buf)
+
+
+def test_op_sources_section_is_validated(ctx: Any) -> None:
+    """Each field of the optional OP_SOURCES / SOURCE_NODES sections (.ekm 1.1) is checked, with a
+    message naming the section."""
+    data = compile_ekm("senet").read_bytes()
+    assert struct.unpack_from("<H", data, 10)[0] == 1  # version_minor
+    src, src_size = section_of(data, OP_SOURCES)
+    nodes, nodes_size = section_of(data, SOURCE_NODES)
+    (strings_size,) = [size for kind, _r, _o, size in section_table(data) if kind == 1]
+    first_permuted = next(i for i in range(src_size // 24) if data[src + 24 * i + 12] == 1)
+    rec = src + 24 * first_permuted
+    cases = {
+        "tensor string ref": patched(data, rec, "<I", strings_size + 5),
+        "node range": patched(data, rec + 8, "<I", nodes_size // 4 + 1),
+        "layout": patched(data, rec + 12, "<B", 2),
+        "perm repeats an axis": patched(data, rec + 17, "<B", data[rec + 16]),
+        "perm past the rank": patched(data, rec + 16 + 7, "<B", 1),
+        "node string ref": patched(data, nodes, "<I", strings_size),
+    }
+    for what, bad in cases.items():
+        with pytest.raises(ek.ModelInvalidError) as exc:
+            ctx.load_model(bad)
+        assert "OP_SOURCES" in str(exc.value) or "SOURCE_NODES" in str(exc.value), f"{what}: {exc.value}"
+    # One of the pair without the other: the kind of one entry becomes unknown (skipped).
+    (table_offset,) = struct.unpack_from("<Q", data, 24)
+    index = [k for k, _r, _o, _s in section_table(data)].index(SOURCE_NODES)
+    with pytest.raises(ek.ModelInvalidError) as exc:
+        ctx.load_model(patched(data, table_offset + index * SECTION_ENTRY, "<I", 99))
+    message_names(exc, "OP_SOURCES without SOURCE_NODES")
+
+
+def test_files_without_op_sources_still_load(ctx: Any) -> None:
+    """A file as a 1.0 compiler wrote it (no OP_SOURCES) loads and runs like the 1.1 file."""
+    from edgekit.compiler import ekm
+
+    data = compile_ekm("senet").read_bytes()
+    old = ekm.write(ekm.read(data), source_map=False)
+    assert struct.unpack_from("<H", old, 10)[0] == 0
+    assert {k for k, *_ in section_table(old)} == set(range(1, 12))
+    assert ekm.read(old).networks[0].stages[0].ops[0].source is None
+    x = random_input(input_shape_of("senet"))
+    (y_old,) = ctx.load_model(old).network().create_request().run([x])
+    ctx.close()
+    with ek.Context(device=0, kernels="portable") as fresh:
+        (y_new,) = fresh.load_model(data).network().create_request().run([x])
+    np.testing.assert_array_equal(y_old, y_new)
 
 
 def test_missing_model_file(ctx: Any, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Callable
 import onnx
 
 from edgekit.compiler import ekm, layout, onnx_import, passes, plan
-from edgekit.compiler.graph import ONNX, CompileError, Graph, OpType, Shape
+from edgekit.compiler.graph import NCHW_PERM, NHWC, ONNX, CompileError, Graph, Op, OpType, Shape
 from edgekit.compiler.lower import StageLowering
 from edgekit.compiler.onnx_import import ModelSource, OnnxModel
 
@@ -190,6 +190,14 @@ def compile_stage(model: OnnxModel, shapes: Mapping[str, Shape]) -> _CompiledSta
     return _CompiledStage(graph, memory, report)
 
 
+def _op_source(graph: Graph, op: Op) -> ekm.OpSource:
+    """The op's OP_SOURCES record: its ONNX nodes, the ONNX tensor its output holds, and the
+    permutation back to the ONNX layout for an NHWC output."""
+    out = graph.tensors[op.outputs[0]]
+    perm = NCHW_PERM if out.layout == NHWC and len(out.shape) == 4 else None
+    return ekm.OpSource(out.onnx_name or "", list(op.sources), perm)
+
+
 def _stage_record(compiled: _CompiledStage) -> ekm.StageRecord:
     graph = compiled.graph
     order: list[str] = []
@@ -229,6 +237,7 @@ def _stage_record(compiled: _CompiledStage) -> ekm.StageRecord:
             [None if n is None else index[n] for n in op.inputs],
             [index[n] for n in op.outputs],
             dict(op.attrs),
+            _op_source(graph, op),
         )
         for op in graph.ops
     ]

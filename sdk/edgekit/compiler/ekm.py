@@ -16,12 +16,13 @@ from edgekit.compiler.graph import ATTR_TYPES, AttrType, AttrValue, CompileError
 
 MAGIC = b"EDGEKIT\0"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections
 HEADER_SIZE = 64
 ABSENT = 0xFFFFFFFF
 
 # section kinds
 STRINGS, NETWORKS, IOS, STAGES, TENSORS, OPS, OPERANDS, BINDINGS, ATTRS, ATTR_DATA, CONSTANTS = range(1, 12)
+OP_SOURCES, SOURCE_NODES = 12, 13  # optional (1.1): where each op came from in the ONNX graph
 SECTION_NAMES = {
     STRINGS: "STRINGS",
     NETWORKS: "NETWORKS",
@@ -34,7 +35,10 @@ SECTION_NAMES = {
     ATTRS: "ATTRS",
     ATTR_DATA: "ATTR_DATA",
     CONSTANTS: "CONSTANTS",
+    OP_SOURCES: "OP_SOURCES",
+    SOURCE_NODES: "SOURCE_NODES",
 }
+OPTIONAL_SECTIONS = (OP_SOURCES, SOURCE_NODES)
 RECORD_SIZES = {
     STRINGS: 1,
     NETWORKS: 32,
@@ -47,6 +51,8 @@ RECORD_SIZES = {
     ATTRS: 24,
     ATTR_DATA: 1,
     CONSTANTS: 1,
+    OP_SOURCES: 24,
+    SOURCE_NODES: 4,
 }
 
 # storage codes
@@ -72,6 +78,7 @@ _STAGE = struct.Struct("<IIIIIIQ16x")
 _TENSOR = struct.Struct("<IBBBxIIQQ8q")
 _OP = struct.Struct("<IHHIHHII")
 _ATTR = struct.Struct("<IB3xIIQ")
+_SOURCE = struct.Struct("<IIIB3x8B")
 
 
 @dataclass
@@ -90,12 +97,25 @@ class TensorRecord:
 
 
 @dataclass
+class OpSource:
+    """Where an op came from: the ONNX nodes it stands for (in graph order; a fused op lists every
+    node of the fusion, the last one's output being the op's), the ONNX tensor its output holds (""
+    when none: an intermediate of a multi-op lowering), and ``perm``, which takes the op's output to
+    the ONNX layout (``onnx = engine.transpose(perm)``; None: it is in the ONNX layout already)."""
+
+    tensor: str
+    nodes: list[str]
+    perm: tuple[int, ...] | None = None
+
+
+@dataclass
 class OpRecord:
     name: str
     type: int
     inputs: list[int | None]  # tensor indices in the stage; None: absent
     outputs: list[int]
     attrs: dict[str, AttrValue] = field(default_factory=dict)
+    source: OpSource | None = None  # from OP_SOURCES; None in files without it
 
 
 @dataclass
@@ -185,9 +205,13 @@ def _attr_record(name: str, value: AttrValue, strings: _Strings, attr_data: byte
     return _ATTR.pack(strings.ref(name), int(kind), count, 0, raw)
 
 
-def write(model: ModelFile) -> bytes:
-    """Serialize ``model``; constants with identical bytes share one blob."""
+def write(model: ModelFile, *, source_map: bool = True) -> bytes:
+    """Serialize ``model``; constants with identical bytes share one blob. With ``source_map`` (the
+    default) the OP_SOURCES and SOURCE_NODES sections are written (ops without a ``source`` get an
+    empty one) and the file is version 1.1; without, the file is what a 1.0 compiler wrote."""
     strings = _Strings()
+    sources, source_nodes = bytearray(), bytearray()
+    n_source_nodes = 0
     networks, ios, stages, tensors, ops = bytearray(), bytearray(), bytearray(), bytearray(), bytearray()
     operands, bindings, attrs, attr_data, constants = (
         bytearray(),
@@ -254,6 +278,21 @@ def write(model: ModelFile) -> bytes:
                 for index in [*op.inputs, *op.outputs]:
                     operands += struct.pack("<I", ABSENT if index is None else index)
                     n_operands += 1
+                src = op.source or OpSource("", [])
+                perm = list(src.perm) if src.perm is not None else []
+                if len(perm) > 8 or sorted(perm) != list(range(len(perm))):
+                    raise CompileError(f"internal: op '{op.name}' has a bad layout permutation {perm}")
+                sources += _SOURCE.pack(
+                    strings.ref(src.tensor),
+                    n_source_nodes,
+                    len(src.nodes),
+                    1 if src.perm is not None else 0,
+                    *perm,
+                    *[0] * (8 - len(perm)),
+                )
+                for node in src.nodes:
+                    source_nodes += struct.pack("<I", strings.ref(node))
+                    n_source_nodes += 1
             n_ops += len(stage.ops)
             for index in [*stage.input_bindings, *stage.output_bindings]:
                 bindings += struct.pack("<I", index)
@@ -270,6 +309,7 @@ def write(model: ModelFile) -> bytes:
         (BINDINGS, bytes(bindings)),
         (ATTRS, bytes(attrs)),
         (ATTR_DATA, bytes(attr_data)),
+        *([(OP_SOURCES, bytes(sources)), (SOURCE_NODES, bytes(source_nodes))] if source_map else []),
         (CONSTANTS, bytes(constants)),
     ]
     table_offset = HEADER_SIZE
@@ -283,9 +323,8 @@ def write(model: ModelFile) -> bytes:
         body += payload
         pos = start + len(payload)
     file_size = pos
-    header = _HEADER.pack(
-        MAGIC, VERSION_MAJOR, VERSION_MINOR, HEADER_SIZE, file_size, table_offset, len(sections), 0
-    )
+    minor = VERSION_MINOR if source_map else 0
+    header = _HEADER.pack(MAGIC, VERSION_MAJOR, minor, HEADER_SIZE, file_size, table_offset, len(sections), 0)
     return header + bytes(table) + bytes(body)
 
 
@@ -318,7 +357,7 @@ def read(data: bytes) -> ModelFile:
             if record_size != RECORD_SIZES[kind] or size % record_size or offset + size > len(data):
                 raise ModelFormatError(f"section {SECTION_NAMES[kind]}: bad record size, size or offset")
             sections[kind] = (offset, size)
-    missing = [SECTION_NAMES[k] for k in RECORD_SIZES if k not in sections]
+    missing = [SECTION_NAMES[k] for k in RECORD_SIZES if k not in sections and k not in OPTIONAL_SECTIONS]
     if missing:
         raise ModelFormatError(f"missing sections: {', '.join(missing)}")
 
@@ -349,6 +388,20 @@ def read(data: bytes) -> ModelFile:
     attr_recs = records(ATTRS, _ATTR)
     operands = u32s(OPERANDS)
     bindings = u32s(BINDINGS)
+    has_sources = OP_SOURCES in sections and SOURCE_NODES in sections
+    source_recs = records(OP_SOURCES, _SOURCE) if has_sources else []
+    node_refs = u32s(SOURCE_NODES) if has_sources else []
+    if has_sources and len(source_recs) != len(op_recs):
+        raise ModelFormatError(f"OP_SOURCES has {len(source_recs)} records for {len(op_recs)} ops")
+
+    def op_source(index: int) -> OpSource | None:
+        if not has_sources:
+            return None
+        tensor_ref, first, count = source_recs[index][:3]
+        refs = node_refs[first : first + count]
+        if len(refs) != count:
+            raise ModelFormatError(f"OP_SOURCES[{index}]: nodes outside SOURCE_NODES")
+        return OpSource(string(tensor_ref), [string(r) for r in refs], None)
 
     def attr_value(rec: tuple[int, ...]) -> tuple[str, AttrValue]:
         name_ref, kind, count, _reserved, raw = rec
@@ -396,7 +449,7 @@ def read(data: bytes) -> ModelFile:
                     record.data = record.data.reshape(record.shape)
                 tensors.append(record)
             ops: list[OpRecord] = []
-            for o in op_recs[first_op : first_op + n_op]:
+            for op_index, o in enumerate(op_recs[first_op : first_op + n_op], first_op):
                 o_name, o_type, _r, first_operand, n_oin, n_oout, first_attr, n_attr = o
                 idx = operands[first_operand : first_operand + n_oin + n_oout]
                 if len(idx) != n_oin + n_oout:
@@ -408,8 +461,13 @@ def read(data: bytes) -> ModelFile:
                         [None if i == ABSENT else i for i in idx[:n_oin]],
                         list(idx[n_oin:]),
                         dict(attr_value(a) for a in attr_recs[first_attr : first_attr + n_attr]),
+                        op_source(op_index),
                     )
                 )
+                src = ops[-1].source
+                if src is not None and source_recs[op_index][3]:
+                    out_rank = len(tensors[ops[-1].outputs[0]].shape) if ops[-1].outputs else 0
+                    src.perm = tuple(source_recs[op_index][4 : 4 + out_rank])
             bound = bindings[first_b : first_b + n_in + n_out]
             stages.append(StageRecord(tensors, ops, list(bound[:n_in]), list(bound[n_in:]), arena))
         networks.append(NetworkRecord(string(name_ref), ios[:n_in], ios[n_in:], stages))

@@ -153,6 +153,9 @@ class Tensor:
     shape: Shape  # physical shape (the logical one while layout is "onnx")
     data: FloatArray | None = None  # a constant's value (float32, shape == self.shape)
     layout: str = ONNX
+    # The ONNX tensor whose value this tensor holds (in ``layout``); None for intermediates of a
+    # multi-op lowering and for constants. Kept for dumps (the .ekm OP_SOURCES section).
+    onnx_name: str | None = None
 
     @property
     def is_const(self) -> bool:
@@ -170,6 +173,9 @@ class Op:
     inputs: list[str | None]  # tensor names; None: an absent optional input
     outputs: list[str]
     attrs: dict[str, AttrValue] = field(default_factory=dict)
+    # The ONNX nodes this op stands for, in graph order (several after BatchNorm folding or activation
+    # fusion; none for a layout change the compiler inserted).
+    sources: list[str] = field(default_factory=list)
 
 
 @dataclass

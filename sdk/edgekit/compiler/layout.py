@@ -72,6 +72,7 @@ class _Layout:
         perm = NHWC_PERM if layout == NHWC else NCHW_PERM
         shape = tuple(src_shape[p] for p in perm)
         out = self.dst.add(f"{name}_{layout}", shape, layout=layout)
+        self.dst.tensors[out].onnx_name = tensor.onnx_name
         if is_order_preserving(src_shape, perm):
             self.dst.ops.append(Op(OpType.RESHAPE, f"{name}_to_{layout}", [source], [out]))
         else:
@@ -86,6 +87,7 @@ class _Layout:
         logical = self.src.tensors[name].shape
         shape = _nhwc_shape(logical) if layout == NHWC else logical
         phys = self.dst.add(name, shape, layout=layout)
+        self.dst.tensors[phys].onnx_name = self.src.tensors[name].onnx_name
         self.versions[name] = {layout: phys}
         self.primary[name] = layout
         return phys
@@ -102,7 +104,7 @@ class _Layout:
             inputs = [self.get(first, NHWC) if first is not None else None]
             inputs += [self.get(n, ONNX) if n is not None else None for n in op.inputs[1:]]
             self.dst.ops.append(
-                Op(op.type, op.name, inputs, [self.output(op.outputs[0], NHWC)], dict(op.attrs))
+                Op(op.type, op.name, inputs, [self.output(op.outputs[0], NHWC)], dict(op.attrs), op.sources)
             )
             return
         if op.type in _FLEX and self._flex_nhwc(op):
@@ -111,7 +113,9 @@ class _Layout:
             out_layout = NHWC
             if op.type == OpType.REDUCE_MEAN and not op.attrs.get("keepdims", 1):
                 out_layout = ONNX  # _flex_nhwc checked the kept axes stay in logical order
-            self.dst.ops.append(Op(op.type, op.name, inputs, [self.output(op.outputs[0], out_layout)], attrs))
+            self.dst.ops.append(
+                Op(op.type, op.name, inputs, [self.output(op.outputs[0], out_layout)], attrs, op.sources)
+            )
             return
         if op.type == OpType.TRANSPOSE and op.inputs[0] and self.layout_of(op.inputs[0]) == NHWC:
             if ONNX not in self.versions[op.inputs[0]]:
@@ -119,7 +123,7 @@ class _Layout:
                 perm = [NCHW_PERM[int(p)] for p in op.attrs["perm"]]  # type: ignore[union-attr]
                 x = self.get(op.inputs[0], NHWC)
                 self.dst.ops.append(
-                    Op(op.type, op.name, [x], [self.output(op.outputs[0], ONNX)], {"perm": perm})
+                    Op(op.type, op.name, [x], [self.output(op.outputs[0], ONNX)], {"perm": perm}, op.sources)
                 )
                 return
         if op.type == OpType.RESHAPE and op.inputs[0] and self.layout_of(op.inputs[0]) == NHWC:
@@ -129,10 +133,14 @@ class _Layout:
                 and ONNX not in self.versions[op.inputs[0]]
             ):
                 # the NHWC bytes are already in ONNX order (e.g. [N,1,1,C]): reshape them directly
-                self.dst.ops.append(Op(op.type, op.name, [x], [self.output(op.outputs[0], ONNX)]))
+                self.dst.ops.append(
+                    Op(op.type, op.name, [x], [self.output(op.outputs[0], ONNX)], sources=op.sources)
+                )
                 return
         inputs = [self.get(n, ONNX) if n is not None else None for n in op.inputs]
-        self.dst.ops.append(Op(op.type, op.name, inputs, [self.output(op.outputs[0], ONNX)], dict(op.attrs)))
+        self.dst.ops.append(
+            Op(op.type, op.name, inputs, [self.output(op.outputs[0], ONNX)], dict(op.attrs), op.sources)
+        )
 
     def _flex_nhwc(self, op: Op) -> bool:
         """Run this layout-agnostic op in NHWC? Only when all its run-time inputs are NHWC."""

@@ -121,6 +121,7 @@ class StageLowering:
                     f"input '{info.name}' is {info.dtype}; EdgeKit networks take float32 inputs"
                 )
             self.graph.add(info.name, shapes[info.name])
+            self.graph.tensors[info.name].onnx_name = info.name
             self.graph.inputs.append(info.name)
             self.env[info.name] = Dyn(info.name)
 
@@ -165,8 +166,9 @@ class StageLowering:
         if any(d < 1 for d in shape):
             raise Unsupported(f"empty result shape {list(shape)}")
         name = self.graph.add(base or (self.node.output[0] if self.node.output else "t"), shape)
+        node_name = self.node.name or self.node.op_type
         self.graph.ops.append(
-            Op(op_type, self.node.name or self.node.op_type, list(inputs), [name], dict(attrs or {}))
+            Op(op_type, node_name, list(inputs), [name], dict(attrs or {}), sources=[node_name])
         )
         return Dyn(name)
 
@@ -211,6 +213,10 @@ class StageLowering:
         for name, value in zip(node.output, values):
             if name:
                 self.env[name] = value
+                if isinstance(value, Dyn):
+                    tensor = self.graph.tensors[value.name]
+                    if tensor.onnx_name is None:  # an alias (Identity) keeps its producer's name
+                        tensor.onnx_name = name
 
     def _node(self, node: onnx.NodeProto, ins: list[Value | None]) -> list[Value]:
         known = [v for v in ins if v is not None]

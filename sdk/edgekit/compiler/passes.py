@@ -13,6 +13,12 @@ from edgekit.compiler.graph import ACT_OPS, Graph, Op, OpType
 _WEIGHTED = (OpType.CONV, OpType.CONV_TRANSPOSE, OpType.FULLY_CONNECTED)
 
 
+def _merged(first: list[str], then: list[str]) -> list[str]:
+    """The ONNX nodes of two ops fused into one, in order, each once (a BatchNormalization lowers to
+    a MUL and an ADD that both fold)."""
+    return first + [name for name in then if name not in first]
+
+
 def _single_consumer(graph: Graph, users: dict[str, list[Op]], name: str) -> Op | None:
     ops = users.get(name, [])
     if len(ops) != 1 or name in graph.outputs:
@@ -77,6 +83,7 @@ def fold_into_weights(graph: Graph) -> int:
                 new_b = graph.add_const(f"{op.name}_bias_folded", bias64)
                 op.inputs = [*op.inputs[:2], new_b]
             op.outputs[0] = nxt.outputs[0]
+            op.sources = _merged(op.sources, nxt.sources)
             graph.ops.remove(nxt)
             folded += 1
             changed = True
@@ -112,6 +119,7 @@ def fuse_activations(graph: Graph) -> int:
             if hi != math.inf:
                 op.attrs["act_max"] = hi
             op.outputs[0] = nxt.outputs[0]
+            op.sources = _merged(op.sources, nxt.sources)
             graph.ops.remove(nxt)
             fused += 1
             changed = True
@@ -149,6 +157,7 @@ def merge_reshapes(graph: Graph) -> int:
         if _single_consumer(graph, users, op.inputs[0]) is not op:
             continue
         op.inputs[0] = inner.inputs[0]
+        op.sources = _merged(inner.sources, op.sources)
         merged += 1
     if merged:
         eliminate_dead_code(graph)
@@ -176,6 +185,7 @@ def fix_outputs(graph: Graph) -> int:
         tensor = graph.tensors[name]
         if name in graph.inputs or tensor.is_const or name in seen:
             copy = graph.add(graph.output_names[index], tensor.shape, layout=tensor.layout)
+            graph.tensors[copy].onnx_name = graph.output_names[index]
             graph.ops.append(Op(OpType.RESHAPE, graph.output_names[index], [name], [copy]))
             graph.outputs[index] = copy
             copies += 1

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -45,7 +46,10 @@ enum section_kind {
     SEC_ATTRS,
     SEC_ATTR_DATA,
     SEC_CONSTANTS,
-    SEC_LAST = SEC_CONSTANTS
+    SEC_OP_SOURCES,   /* optional (1.1), with SOURCE_NODES */
+    SEC_SOURCE_NODES,
+    SEC_REQUIRED_LAST = SEC_CONSTANTS,
+    SEC_LAST = SEC_SOURCE_NODES
 };
 
 static const struct {
@@ -56,6 +60,7 @@ static const struct {
     [SEC_STAGES] = {"STAGES", 48},    [SEC_TENSORS] = {"TENSORS", 96},   [SEC_OPS] = {"OPS", 24},
     [SEC_OPERANDS] = {"OPERANDS", 4}, [SEC_BINDINGS] = {"BINDINGS", 4},  [SEC_ATTRS] = {"ATTRS", 24},
     [SEC_ATTR_DATA] = {"ATTR_DATA", 1}, [SEC_CONSTANTS] = {"CONSTANTS", 1},
+    [SEC_OP_SOURCES] = {"OP_SOURCES", 24}, [SEC_SOURCE_NODES] = {"SOURCE_NODES", 4},
 };
 
 static const char *const storage_names[4] = {"ARENA", "CONSTANT", "INPUT", "OUTPUT"};
@@ -101,6 +106,8 @@ struct model_arrays {
     ek_shape_t *shapes;                 /* io slots: per loaded stage, inputs + outputs */
     const struct ek_tensor_desc **bound; /* io slots */
     const struct ek_tensor_desc **operands; /* operand slots: per loaded op, inputs + outputs */
+    struct ek_op_source *sources;       /* per OPS record, when the file has OP_SOURCES */
+    const char **source_nodes;          /* per SOURCE_NODES record */
 };
 
 struct section {
@@ -111,6 +118,7 @@ struct loader {
     const uint8_t *data;
     size_t size;
     struct section sec[SEC_LAST + 1];
+    bool has_sources; /* OP_SOURCES and SOURCE_NODES are present */
     struct ek_model *model;
     struct model_arrays *a;
     /* per STAGES / OPS record: the first slot, or NO_SLOT for records no network loads */
@@ -275,8 +283,13 @@ static ek_status_t read_sections(struct loader *L) {
         L->sec[kind].size = (size_t)size;
         L->sec[kind].count = (size_t)size / record_size;
     }
+    if (present[SEC_OP_SOURCES] != present[SEC_SOURCE_NODES])
+        return BAD("section table: %s without %s (the two come together)",
+                   present[SEC_OP_SOURCES] ? "OP_SOURCES" : "SOURCE_NODES",
+                   present[SEC_OP_SOURCES] ? "SOURCE_NODES" : "OP_SOURCES");
+    L->has_sources = present[SEC_OP_SOURCES];
     for (int k = 1; k <= SEC_LAST; k++) {
-        if (!present[k])
+        if (!present[k] && k <= SEC_REQUIRED_LAST)
             return BAD("section table: there is no %s section (kind %d)", section_defs[k].name, k);
         for (int j = 1; j < k; j++)
             if (ranges_overlap(L->sec[k].offset, L->sec[k].size, L->sec[j].offset, L->sec[j].size))
@@ -291,6 +304,16 @@ static ek_status_t read_sections(struct loader *L) {
         return BAD("STRINGS: byte %zu is not valid UTF-8 (names must be UTF-8)", bad_byte);
     if (L->sec[SEC_NETWORKS].count == 0)
         return BAD("NETWORKS: the model has no network");
+    if (L->has_sources) {
+        if (L->sec[SEC_OP_SOURCES].count != L->sec[SEC_OPS].count)
+            return BAD("OP_SOURCES: %zu records for %zu OPS records (one per op)", L->sec[SEC_OP_SOURCES].count,
+                       L->sec[SEC_OPS].count);
+        for (size_t i = 0; i < L->sec[SEC_SOURCE_NODES].count; i++) {
+            uint32_t ref = rd32(record(L, SEC_SOURCE_NODES, i));
+            if (!string_at(L, ref))
+                return bad_string(L, "SOURCE_NODES", i, "node", ref);
+        }
+    }
     return EK_OK;
 }
 
@@ -699,6 +722,47 @@ static bool may_be_absent(int type, int input, const struct ek_kernel *kernel) {
     return has_optional && input >= kernel->min_inputs;
 }
 
+/* OP_SOURCES[index] of a built op: 24 bytes, u32 tensor (string ref), u32 first_node, u32 node_count
+ * (SOURCE_NODES), u8 layout (0: as ONNX, 1: permuted), u8[3] reserved, u8[8] perm. */
+static ek_status_t build_source(struct loader *L, size_t index, const struct ek_op *op, const char *where) {
+    const uint8_t *r = record(L, SEC_OP_SOURCES, index);
+    struct ek_op_source *src = &L->a->sources[index];
+    uint32_t tensor = rd32(r), first = rd32(r + 4), count = rd32(r + 8);
+    unsigned layout = r[12];
+    const char *name = string_at(L, tensor);
+    if (!name)
+        return bad_string(L, "OP_SOURCES", index, "tensor", tensor);
+    if (!range_ok(first, count, L->sec[SEC_SOURCE_NODES].count))
+        return BAD("OP_SOURCES[%zu] (op '" NM "', %s): first_node %u + node_count %u is past SOURCE_NODES (%zu "
+                   "records)",
+                   index, op->name, where, (unsigned)first, (unsigned)count, L->sec[SEC_SOURCE_NODES].count);
+    if (layout > 1)
+        return BAD("OP_SOURCES[%zu] (op '" NM "', %s): layout %u is not known (0 or 1)", index, op->name, where,
+                   layout);
+    int rank = op->n_out > 0 ? op->out[0]->rank : 0;
+    bool seen[EK_MAX_DIMS] = {false};
+    for (int d = 0; d < EK_MAX_DIMS; d++) {
+        unsigned p = r[16 + d];
+        if (!layout || d >= rank) {
+            if (p != 0)
+                return BAD("OP_SOURCES[%zu] (op '" NM "', %s): perm[%d] is %u (must be 0 %s)", index, op->name, where,
+                           d, p, layout ? "past the output's rank" : "when layout is 0");
+            continue;
+        }
+        if ((int)p >= rank || seen[p])
+            return BAD("OP_SOURCES[%zu] (op '" NM "', %s): perm is not a permutation of the output's %d axes "
+                       "(perm[%d] is %u)",
+                       index, op->name, where, rank, d, p);
+        seen[p] = true;
+        src->perm[d] = (uint8_t)p;
+    }
+    src->tensor = name;
+    src->nodes = L->a->source_nodes + first;
+    src->node_count = count;
+    src->permuted = layout == 1;
+    return EK_OK;
+}
+
 static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, const struct stage_rec *st,
                             const char *where) {
     struct model_arrays *a = L->a;
@@ -817,7 +881,7 @@ static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, c
         return ek_fail(status, "OPS[%zu] (%s): %s", index, where, message);
     }
     a->prepared[index] = kernel;
-    return EK_OK;
+    return L->has_sources ? build_source(L, index, op, where) : EK_OK;
 }
 
 /* The static memory plan: an op's ARENA outputs overlap no ARENA tensor that is live when the op runs
@@ -893,6 +957,7 @@ static ek_status_t build_stage(struct loader *L, size_t s, uint32_t k, const str
     stage->tensor_count = st.tensor_count;
     stage->ops = a->ops + st.first_op;
     stage->op_count = st.op_count;
+    stage->sources = L->has_sources ? a->sources + st.first_op : NULL;
     stage->input_tensors = a->bound + slot;
     stage->output_tensors = a->bound + slot + net->inputs;
     stage->arena_size = (size_t)st.arena_size;
@@ -1007,6 +1072,8 @@ static void free_arrays(struct model_arrays *a) {
     free(a->shapes);
     free((void *)a->bound);
     free((void *)a->operands);
+    free(a->sources);
+    free((void *)a->source_nodes);
     free(a);
 }
 
@@ -1034,7 +1101,15 @@ static ek_status_t allocate_arrays(struct loader *L) {
     a->shapes = zalloc(L->io_slots, sizeof *a->shapes);
     a->bound = zalloc(L->io_slots, sizeof *a->bound);
     a->operands = zalloc(L->operand_slots, sizeof *a->operands);
-    L->writer = zalloc(L->max_tensors, sizeof *L->writer);
+    if (L->has_sources) {
+        a->sources = zalloc(a->op_count, sizeof *a->sources);
+        a->source_nodes = zalloc(L->sec[SEC_SOURCE_NODES].count, sizeof *a->source_nodes);
+        if (!a->sources || !a->source_nodes)
+            return OOM("op sources");
+        for (size_t i = 0; i < L->sec[SEC_SOURCE_NODES].count; i++)
+            a->source_nodes[i] = string_at(L, rd32(record(L, SEC_SOURCE_NODES, i))); /* checked */
+    }
+        L->writer = zalloc(L->max_tensors, sizeof *L->writer);
     L->last_read = zalloc(L->max_tensors, sizeof *L->last_read);
     L->live = zalloc(L->max_tensors, sizeof *L->live);
     if (!a->tensors || !a->ops || !a->prepared || !a->attrs || !a->ios || !a->stages || !a->stage_infos ||
@@ -1089,6 +1164,8 @@ ek_status_t ek_model_load(const uint8_t *data, size_t size, bool mapped, struct 
     struct ek_model *m = calloc(1, sizeof *m);
     if (!m)
         return OOM("model");
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     struct loader L;
     memset(&L, 0, sizeof L);
     L.data = data;
@@ -1106,6 +1183,10 @@ ek_status_t ek_model_load(const uint8_t *data, size_t size, bool mapped, struct 
         free(m);
         return status;
     }
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    m->load_start_ns = (uint64_t)t0.tv_sec * 1000000000u + (uint64_t)t0.tv_nsec;
+    m->load_ns = (uint64_t)t1.tv_sec * 1000000000u + (uint64_t)t1.tv_nsec - m->load_start_ns;
     m->data = data;
     m->size = size;
     m->mapped = mapped;

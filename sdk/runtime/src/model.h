@@ -10,11 +10,22 @@
 #include "edgekit/runtime.h"
 #include "../kernels/kernel.h"
 
+/* Where an op came from in the ONNX graph (the optional OP_SOURCES section, docs/model-format.md):
+ * what dumps and profiles name it by. */
+struct ek_op_source {
+    const char *tensor;       /* the ONNX tensor its output holds; "" when none */
+    const char *const *nodes; /* node_count ONNX node names, in graph order (the last one's output is the op's) */
+    uint32_t node_count;
+    bool permuted;                /* the output is in another layout than ONNX's: */
+    uint8_t perm[EK_MAX_DIMS];    /* ONNX dim i is output dim perm[i] (rank of the output) */
+};
+
 struct ek_stage {
     struct ek_tensor_desc *tensors;
     uint32_t tensor_count;
     struct ek_op *ops; /* in execution order, each prepared by its portable kernel */
     uint32_t op_count;
+    const struct ek_op_source *sources; /* per op; NULL when the file has no OP_SOURCES (before 1.1) */
     const struct ek_tensor_desc **input_tensors;  /* per network input: the tensor bound to it */
     const struct ek_tensor_desc **output_tensors; /* per network output */
     size_t arena_size;
@@ -37,6 +48,7 @@ struct ek_model {
     bool mapped; /* munmap at free, else free() */
     struct ek_network *networks;
     uint32_t network_count;
+    uint64_t load_start_ns, load_ns; /* CLOCK_MONOTONIC: when loading began, how long it took (ModelInit) */
     /* what model.c allocated besides the arrays above, freed with the model */
     void *allocations;
 };
