@@ -346,7 +346,8 @@ def bench(c: Context, quick: bool = False) -> None:
     kernels and onnxruntime, 1 and 2 threads, in the same run (needs torch and onnxruntime). Then the
     two large models with fewer CPUs than threads: on one allowed CPU (as under taskset -c 0) with the
     default threads and 4 threads against 1, and with 2 threads while another process keeps one of
-    the two CPUs busy.
+    the two CPUs busy. python -m edgekit.bench_profile: the test models' launches without a profile,
+    with one and with a dump directory, and the ratios.
     """
     _ensure_host_package(c)
     flag = " --quick" if quick else ""
@@ -354,6 +355,8 @@ def bench(c: Context, quick: bool = False) -> None:
     c.run(f"{PYTHON} -m edgekit.bench{flag}")
     say("edgekit.bench_models")
     c.run(f"{PYTHON} -m edgekit.bench_models{flag}")
+    say("edgekit.bench_profile: launches without and with a profile, and with a dump")
+    c.run(f"{PYTHON} -m edgekit.bench_profile{flag}")
     import os
 
     allowed = sorted(os.sched_getaffinity(0))

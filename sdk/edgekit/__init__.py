@@ -28,7 +28,7 @@ from edgekit.errors import (
     UnsupportedError,
     WaitTimeoutError,
 )
-from edgekit.inference import Context, Model, Network, Request, Stage, TensorInfo
+from edgekit.inference import Context, Model, Network, Profile, ProfileRecord, Request, Stage, TensorInfo
 
 __version__ = runtime_version()
 
@@ -54,6 +54,8 @@ __all__ = [
     "NotMappedError",
     "OutOfMemoryError",
     "OutOfRangeError",
+    "Profile",
+    "ProfileRecord",
     "Request",
     "Stage",
     "SystemCallError",

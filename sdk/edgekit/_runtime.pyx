@@ -521,6 +521,92 @@ cdef class Runtime:
         return 0
 
 
+PROFILE_KINDS = ("ModelInit", "RequestInit", "TransferFromInput", "Wait", "LayerExecute", "TransferToOutput",
+                 "ModelExecute")
+
+
+cdef class Profile:
+    """A profile (ek_profile_t): the records of the launches given it, and the caller's own."""
+    cdef ek_profile_t _profile
+    cdef bint _open
+
+    def __cinit__(self):
+        check(ek_profile_create(&self._profile))
+        self._open = True
+
+    def __dealloc__(self):
+        if self._open:
+            ek_profile_destroy(self._profile)
+
+    @property
+    def handle(self) -> int:
+        return self._profile.id
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            check(ek_profile_destroy(self._profile))
+
+    def clear(self) -> None:
+        check(ek_profile_clear(self._profile))
+
+    def __len__(self) -> int:
+        cdef size_t count = 0
+        check(ek_profile_count(self._profile, &count))
+        return count
+
+    def _records(self) -> list:
+        """Every record as (kind, name, start_ns, duration_ns, details dict), in the order added."""
+        cdef size_t count = 0, i
+        cdef ek_profile_record_t r
+        check(ek_profile_count(self._profile, &count))
+        out = []
+        for i in range(count):
+            check(ek_profile_get(self._profile, i, &r))
+            details = {"thread": r.thread}
+            if r.network[0]:
+                details["network"] = text(r.network)
+            if r.stage >= 0:
+                details["stage"] = r.stage
+            if r.launch:
+                details["launch"] = r.launch
+            if r.bytes:
+                details["bytes"] = r.bytes
+            if r.threads:
+                details["threads"] = r.threads
+            if r.kind == EK_PROFILE_LAYER_EXECUTE:
+                nodes = text(r.nodes)
+                details.update(op_index=r.op_index, op_type=text(r.op_type), provider=text(r.provider),
+                               nodes=nodes.split("\x1f") if nodes else [], tensor=text(r.tensor),
+                               shapes=text(r.shapes), flops=r.flops)
+            out.append((text(ek_profile_kind_name(r.kind)), text(r.name), r.start_ns, r.duration_ns, details))
+        return out
+
+    def add(self, str kind, str name, uint64_t start_ns, uint64_t duration_ns) -> None:
+        """Add a record of the caller's on this thread (times from clock_ns())."""
+        cdef bytes encoded = name.encode()
+        cdef int code
+        if kind not in PROFILE_KINDS:
+            raise InvalidArgumentError(f"profile record kind must be one of {', '.join(PROFILE_KINDS)}, got {kind!r}")
+        code = PROFILE_KINDS.index(kind) + 1
+        check(ek_profile_add(self._profile, <ek_profile_kind_t>code, encoded, start_ns, duration_ns))
+
+    def write(self, path) -> None:
+        """Write trace.json and summary.csv into directory `path` (made if missing)."""
+        cdef bytes encoded = path.encode(sys.getfilesystemencoding(), "surrogateescape") if isinstance(path, str) \
+            else bytes(path)
+        cdef const char *c_path = encoded
+        cdef ek_status_t status
+        with nogil:
+            status = ek_profile_write(self._profile, c_path)
+        check(status)
+
+
+def clock_ns() -> int:
+    """The profile clock (CLOCK_MONOTONIC, ns): the same as time.monotonic_ns() on Linux."""
+    return ek_profile_clock_ns()
+
+
 # no_gc_clear: __dealloc__ needs the runtime and the bound memories even when the garbage collector
 # breaks a cycle through the request.
 @cython.no_gc_clear
@@ -634,8 +720,10 @@ cdef class Request:
             raise InvalidTypeError(f"the callback must be callable or None, got {type(fn).__name__}")
         self._callback = fn
 
-    def _launch(self, int threads=0, uint64_t cpu_mask=0) -> None:
-        """Flush the mapped inputs and queue the network on the device; returns at once."""
+    def _launch(self, int threads=0, uint64_t cpu_mask=0, Profile profile=None, dump_dir=None) -> None:
+        """Flush the mapped inputs and queue the network on the device; returns at once. With `profile`
+        the launch records into it; with `dump_dir` (bytes) it writes its intermediate results there."""
+        cdef bytes dump_path = dump_dir
         cdef ek_launch_options_t options
         cdef ek_status_t status = EK_OK
         cdef int i
@@ -660,6 +748,10 @@ cdef class Request:
         options.cpu_mask = cpu_mask
         options.on_done = ekpy_on_done
         options.user_data = self._state
+        if profile is not None:
+            options.profile = profile._profile
+        if dump_path is not None:
+            options.dump_dir = dump_path
         seq = self._seq + 1
         if notify:
             self.runtime._start_dispatcher()

@@ -30,12 +30,16 @@ commands:
   info      print a model's networks, inputs, outputs and stages (loads it through the runtime, so
             it also validates the file)
   run       run a network on .npy inputs (or random ones), write the outputs as .npy, print latency
+  profile   profile launches: a Chrome trace, a per-op CSV and table, a PNG plot (matplotlib, host)
+  dump      write every op's output as .npy + manifest.json; --compare them with onnxruntime (host)
 
 examples:
   edgekit compile model.onnx -o model.ekm --input-shape input=1x3x224x224
   edgekit info model.ekm
   edgekit run model.ekm --input image.npy --output-dir out/
   edgekit run model.ekm --random --repeat 50 --kernels portable --threads 2
+  edgekit profile model.ekm --input image.npy --repeat 20 -o prof/
+  edgekit dump model.ekm --input image.npy -o dump/ --compare model.onnx
 
 Run 'edgekit COMMAND --help' for the options of a command.
 """
@@ -73,6 +77,35 @@ examples:
   edgekit run model.ekm --input x=a.npy --input y=b.npy --network net
   edgekit run model.ekm --random --repeat 100 --kernels xnnpack --threads 4
   edgekit run model.ekm --input x.npy --expect reference.npy   # exit 1 unless within 1e-4
+"""
+
+
+PROFILE_DESCRIPTION = """\
+Profile launches of a network: --repeat launches (inputs from --input, else random) recorded into
+one profile, written to OUTPUT_DIR as trace.json (Chrome Trace Event format: open it in
+https://ui.perfetto.dev or chrome://tracing) and summary.csv (ops by total time: count, total, mean,
+%, GFLOP/s), which is also printed. On a host with matplotlib it also writes OUTPUT_DIR/profile.png
+(time per op type and the timeline of the first launch). --plot DIR makes that PNG from a profile
+directory copied back from a board (the board has no matplotlib).
+
+examples:
+  edgekit profile model.ekm --input image.npy --repeat 20 -o prof/
+  edgekit profile model.ekm --repeat 50 --kernels portable --threads 1 -o prof/
+  edgekit profile --plot prof/        # on the host, for a directory copied from the board
+"""
+
+DUMP_DESCRIPTION = """\
+Run a network once and write its inputs and every op's output to OUTPUT_DIR as .npy files, with
+manifest.json (op index and type, the ONNX nodes and tensor each op stands for, dtype, shape in the
+ONNX layout, min/max/mean/NaN count). With --compare model.onnx (host only: onnx + onnxruntime) the
+same inputs run through onnxruntime with those tensors exposed, a per-layer table of the errors is
+printed, and the first layer whose error exceeds --tolerance is named (exit 1). Without a model, it
+compares a dump directory that already exists (e.g. copied back from a board).
+
+examples:
+  edgekit dump model.ekm --input image.npy -o dump/
+  edgekit dump model.ekm --input image.npy -o dump/ --compare model.onnx --tolerance 1e-4
+  edgekit dump -o dump_from_board/ --compare model.onnx
 """
 
 
@@ -166,7 +199,60 @@ def build_parser(with_compiler: bool) -> argparse.ArgumentParser:
         help="largest --expect error, relative to the output's scale max(1, max|expected|) (default 1e-4)",
     )
     _add_runtime_options(run)
+
+    prof = commands.add_parser(
+        "profile",
+        help="profile launches: trace.json, summary.csv, a table and a plot",
+        description=PROFILE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prof.add_argument("model", nargs="?", help="the .ekm file (not with --plot)")
+    _add_input_options(prof)
+    prof.add_argument("--repeat", type=_positive_int, default=10, help="launches to record (default 10)")
+    prof.add_argument("--threads", type=_positive_int, default=None, help="threads per launch")
+    prof.add_argument(
+        "--output-dir", "-o", default=None, metavar="DIR", help="the profile directory to write"
+    )
+    prof.add_argument("--no-plot", action="store_true", help="do not write profile.png")
+    prof.add_argument(
+        "--plot", default=None, metavar="DIR", help="only plot DIR (a profile directory) to DIR/profile.png"
+    )
+    _add_runtime_options(prof)
+
+    dump = commands.add_parser(
+        "dump",
+        help="write every op's output (.npy + manifest.json); compare with onnxruntime",
+        description=DUMP_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dump.add_argument("model", nargs="?", help="the .ekm file (without it: compare an existing dump)")
+    _add_input_options(dump)
+    dump.add_argument("--output-dir", "-o", required=True, metavar="DIR", help="the dump directory")
+    dump.add_argument("--compare", default=None, metavar="MODEL.onnx", help="compare with onnxruntime (host)")
+    dump.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest error of a layer, relative to max(1, max|reference|) (default 1e-4)",
+    )
+    _add_runtime_options(dump)
     return parser
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE.npy",
+        help="an input: in input order, or NAME=FILE (default: random inputs of --stage)",
+    )
+    parser.add_argument("--stage", type=int, default=0, help="the stage of random inputs (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
+    parser.add_argument(
+        "--network", "-n", default=None, help="the network (needed when the model has several)"
+    )
 
 
 def _fmt_shape(shape: Sequence[int]) -> str:
@@ -387,6 +473,98 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from edgekit import profiling
+
+    if args.plot is not None:
+        if args.model is not None:
+            raise CliError("--plot DIR plots an existing profile directory: give no model with it")
+        out = profiling.plot(args.plot)
+        print(f"wrote {out}")
+        return 0
+    if args.model is None or args.output_dir is None:
+        raise CliError("give a model and -o DIR (or --plot DIR)")
+    import edgekit as ek
+
+    args.random = True  # no --input: random inputs
+    with _open(args) as ctx, ek.Profile() as prof:
+        net = ctx.load_model(args.model).network(args.network)
+        inputs = _inputs(args, net)
+        with net.create_request() as req:
+            req.set_inputs(inputs)
+            for _ in range(args.repeat):
+                req.infer(profile=prof)
+                req.wait()
+            req.get_outputs()
+            stage = req.stage
+        kernels = ctx.kernels
+        records = prof.records
+        prof.write(args.output_dir)
+    rows = profiling.read_summary(args.output_dir)
+    totals = [r.duration_ns / 1e6 for r in records if r.kind == "ModelExecute"]
+    print(f"network {net.name!r}, stage {stage}, {kernels} kernels, {len(totals)} launch(es)")
+    print(profiling.format_summary(rows))
+    if totals:
+        print(
+            f"ModelExecute: median {statistics.median(totals):.3f} ms "
+            f"(min {min(totals):.3f}, max {max(totals):.3f})"
+        )
+    out = Path(args.output_dir)
+    print(
+        f"wrote {out / profiling.TRACE} (open in https://ui.perfetto.dev or chrome://tracing), "
+        f"{out / profiling.SUMMARY}"
+    )
+    if not args.no_plot:
+        why = profiling.matplotlib_missing()
+        if why:
+            print(f"no plot: {why}")
+        else:
+            print(f"wrote {profiling.plot(out)}")
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from edgekit import profiling
+
+    out = Path(args.output_dir)
+    if args.model is None:
+        if args.compare is None:
+            raise CliError("give a model to dump, or --compare MODEL.onnx to compare an existing dump")
+    else:
+        args.random = True
+        with _open(args) as ctx:
+            net = ctx.load_model(args.model).network(args.network)
+            inputs = _inputs(args, net)
+            with net.create_request() as req:
+                req.run(inputs, dump=out)
+        manifest = profiling.read_manifest(out)
+        print(
+            f"network {net.name!r}: {len(manifest['ops'])} op output(s) and {len(manifest['inputs'])} "
+            f"input(s) written to {out} ({profiling.MANIFEST}; layout: {manifest['layout']})"
+        )
+        if not manifest["source_map"]:
+            print(f"note: {manifest['note']}")
+    if args.compare is None:
+        return 0
+    comparison = profiling.compare_dump(out, args.compare, args.tolerance)
+    print(comparison.table())
+    bad = comparison.first_bad
+    checked = sum(layer.status != "n/a" for layer in comparison.layers)
+    if bad is None:
+        print(f"all {checked} compared layer(s) within tolerance {args.tolerance:g}")
+        return 0
+    what = (
+        "has another shape than ONNX's"
+        if bad.status == "shape"
+        else (f"relative error {bad.relative:.3g} > tolerance {args.tolerance:g}")
+    )
+    print(
+        f"first layer over the tolerance: op {bad.index} {bad.op} {bad.name!r} "
+        f"(ONNX tensor {bad.tensor!r}): {what}"
+    )
+    return 1
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from edgekit.compiler.cli import run_compile
 
@@ -426,14 +604,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     from edgekit.errors import EdgeKitError
+    from edgekit.profiling import ProfilingError
 
-    handlers = {"compile": cmd_compile, "info": cmd_info, "run": cmd_run}
+    handlers = {
+        "compile": cmd_compile,
+        "info": cmd_info,
+        "run": cmd_run,
+        "profile": cmd_profile,
+        "dump": cmd_dump,
+    }
     try:
         return handlers[args.command](args)
     except BrokenPipeError:  # e.g. piped into head: the reader is gone, and so is the point of saying so
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except (CliError, EdgeKitError, OSError) as exc:
+    except (CliError, EdgeKitError, OSError, ProfilingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as exc:  # e.g. the compiler's CompileError

@@ -89,6 +89,55 @@ class Stage:
         return f"stage {self.index}: {shapes}"
 
 
+PROFILE_KINDS = _runtime.PROFILE_KINDS
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    """One timed record of a profile (docs/profiling.md). ``kind`` is one of ModelInit, RequestInit,
+    TransferFromInput, Wait, LayerExecute, TransferToOutput, ModelExecute; ``name`` the op (LayerExecute)
+    or the network; ``start_ns``/``duration_ns`` CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``);
+    ``details`` the rest: thread, network, stage, launch, threads, bytes, and for LayerExecute op_index,
+    op_type, provider, nodes (the ONNX nodes), tensor (the ONNX tensor), shapes, flops."""
+
+    kind: str
+    name: str
+    start_ns: int
+    duration_ns: int
+    details: dict[str, Any]
+
+    @property
+    def duration_ms(self) -> float:
+        return self.duration_ns / 1e6
+
+
+class Profile(_runtime.Profile):
+    """A profile: give it to ``req.infer(profile=...)`` (or ``req.run``) and it collects the records of
+    those launches; ``write(dir)`` writes trace.json (Chrome Trace Event format: Perfetto,
+    chrome://tracing) and summary.csv (ops by time), the same files the C runtime and the edge app
+    write. A context manager (``close()`` frees it)."""
+
+    def __enter__(self) -> Profile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<edgekit.Profile, {len(self)} record(s)>"
+
+    @property
+    def records(self) -> list[ProfileRecord]:
+        """Every record, in the order they were added."""
+        return [ProfileRecord(*r) for r in self._records()]
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write ``path``/trace.json and ``path``/summary.csv (the directory is made if missing)."""
+        super().write(os.fspath(path))
+
+
 class Context:
     """A runtime on a device: it loads models and runs their networks.
 
@@ -338,6 +387,10 @@ class Request(_runtime.Request):
         self._closed = False
         self._views: list[MappedView | None] = [None] * len(self._infos)
         self._mems: list[DeviceMemory] = []
+        self._own_profile: Profile | None = None  # infer(profile=True)'s, made on first use
+        self._last_profile: Profile | None = None  # the profile of the last profiled launch
+        self._input_copy: tuple[int, int] | None = None  # set_inputs' copy since the last launch
+        self._output_profile: Profile | None = None  # get_outputs records its copy here
         try:
             for index, info in enumerate(self._infos):
                 size = max([info.max_bytes, 1] + [info.nbytes(s) for s in range(len(network.stages))])
@@ -533,6 +586,7 @@ class Request(_runtime.Request):
         self._check_idle("setting inputs")
         arrays = [self._as_array(v, t) for v, t in zip(self._ordered(inputs), self.network.inputs)]
         self._select_stage(self._stage_for([tuple(a.shape) for a in arrays]))
+        start = _runtime.clock_ns()
         for index, array in enumerate(arrays):
             view = self._views[index]
             if view is not None:
@@ -540,15 +594,43 @@ class Request(_runtime.Request):
                 np.copyto(view.ndarray(array.dtype, array.shape), array)
             else:
                 self._mems[index].write(np.ascontiguousarray(array))
+        self._input_copy = (start, _runtime.clock_ns() - start)  # a TransferFromInput if profiled
 
     # ---- launches ---------------------------------------------------------------------------------
 
-    def infer(self, threads: int | None = None, cpus: Iterable[int] | None = None) -> None:
+    def infer(
+        self,
+        threads: int | None = None,
+        cpus: Iterable[int] | None = None,
+        *,
+        profile: bool | Profile = False,
+        dump: str | os.PathLike[str] | None = None,
+    ) -> None:
         """Start running the network on the current inputs and return at once; ``wait()`` for it.
 
         ``threads``: threads this launch uses (default: the context's); ``cpus``: the CPU ids its threads
-        may run on (default: any), e.g. ``cpus=[2, 3]`` for the big cores of a big.LITTLE SoC."""
+        may run on (default: any), e.g. ``cpus=[2, 3]`` for the big cores of a big.LITTLE SoC.
+        ``profile=True`` records this launch (``req.profile_data`` then lists its records, with the copies
+        of ``set_inputs`` before and ``get_outputs`` after it); a ``Profile`` collects the records of every
+        launch given it. ``dump=DIR`` writes the inputs and every op's output of this launch to DIR as
+        .npy files and manifest.json (docs/profiling.md)."""
         self._check_open()
+        prof: Profile | None
+        if profile is True:
+            if self._own_profile is None:
+                self._own_profile = Profile()
+            prof = self._own_profile
+            prof.clear()
+        elif profile is False or profile is None:
+            prof = None
+        elif isinstance(profile, Profile):
+            prof = profile
+        else:
+            raise InvalidTypeError(
+                f"profile must be True, False or an edgekit.Profile, got {type(profile).__name__}"
+            )
+        if dump is not None and not isinstance(dump, (str, os.PathLike)):
+            raise InvalidTypeError(f"dump must be a directory path or None, got {type(dump).__name__}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InvalidArgumentError(f"threads must be a whole number >= 1 (or None), got {threads!r}")
         mask = 0
@@ -558,7 +640,20 @@ class Request(_runtime.Request):
             mask |= 1 << cpu
         if cpus is not None and not mask:
             raise InvalidArgumentError("cpus is empty: name at least one CPU, or pass None for any")
-        self._launch(threads or 0, mask)
+        dump_dir = os.fsencode(dump) if dump is not None else None
+        if prof is not None and self._input_copy is not None:
+            prof.add("TransferFromInput", "set_inputs", *self._input_copy)
+        self._launch(threads or 0, mask, prof, dump_dir)
+        self._input_copy = None
+        self._output_profile = prof
+        if prof is not None:
+            self._last_profile = prof
+
+    @property
+    def profile_data(self) -> list[ProfileRecord]:
+        """The records of the last profiled launch's profile (``infer(profile=True)``: that launch's,
+        with ``set_inputs``'/``get_outputs``' copies; a ``Profile`` of yours: all of its records)."""
+        return self._last_profile.records if self._last_profile is not None else []
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: as long as it takes) for the launch. False: still running.
@@ -582,10 +677,12 @@ class Request(_runtime.Request):
         callback that was set when it started, whatever is set by the time it finishes."""
         super().set_callback(fn)
 
-    def run(self, inputs: Inputs) -> list[Array]:
-        """``set_inputs`` + ``infer`` + ``wait`` + ``get_outputs``."""
+    def run(
+        self, inputs: Inputs, *, profile: bool | Profile = False, dump: str | os.PathLike[str] | None = None
+    ) -> list[Array]:
+        """``set_inputs`` + ``infer`` + ``wait`` + ``get_outputs``; ``profile``/``dump`` as for ``infer``."""
         self.set_inputs(inputs)
-        self.infer()
+        self.infer(profile=profile, dump=dump)
         self.wait()
         return self.get_outputs()
 
@@ -598,6 +695,7 @@ class Request(_runtime.Request):
             self.wait()
         n_in = len(self.network.inputs)
         results: list[Array] = []
+        start = _runtime.clock_ns()
         for k, info in enumerate(self.network.outputs):
             index = n_in + k
             shape = info.shapes[self._stage]
@@ -608,6 +706,9 @@ class Request(_runtime.Request):
                 out = np.empty(shape, dtype=info.dtype)
                 self._mems[index].read(out.nbytes, out=out)
                 results.append(out)
+        if self._output_profile is not None:  # the first copy after a profiled launch
+            self._output_profile.add("TransferToOutput", "get_outputs", start, _runtime.clock_ns() - start)
+            self._output_profile = None
         return results
 
     # ---- zero-copy tensors ------------------------------------------------------------------------

@@ -143,11 +143,51 @@ cdef extern from "edgekit/edgekit.h" nogil:
 
     ctypedef struct ek_launch_t:
         uint64_t id
+    ctypedef struct ek_profile_t:
+        uint64_t id
+    ctypedef enum ek_profile_kind_t:
+        EK_PROFILE_MODEL_INIT
+        EK_PROFILE_REQUEST_INIT
+        EK_PROFILE_TRANSFER_FROM_INPUT
+        EK_PROFILE_WAIT
+        EK_PROFILE_LAYER_EXECUTE
+        EK_PROFILE_TRANSFER_TO_OUTPUT
+        EK_PROFILE_MODEL_EXECUTE
+    ctypedef struct ek_profile_record_t:
+        ek_profile_kind_t kind
+        const char *name
+        const char *network
+        const char *op_type
+        const char *provider
+        const char *nodes
+        const char *tensor
+        const char *shapes
+        int op_index
+        int stage
+        int threads
+        uint64_t launch
+        uint64_t flops
+        uint64_t bytes
+        uint64_t start_ns
+        uint64_t duration_ns
+        uint64_t thread
+    ek_status_t ek_profile_create(ek_profile_t *profile)
+    ek_status_t ek_profile_destroy(ek_profile_t profile)
+    ek_status_t ek_profile_clear(ek_profile_t profile)
+    ek_status_t ek_profile_count(ek_profile_t profile, size_t *count)
+    ek_status_t ek_profile_get(ek_profile_t profile, size_t index, ek_profile_record_t *record)
+    ek_status_t ek_profile_add(ek_profile_t profile, ek_profile_kind_t kind, const char *name, uint64_t start_ns,
+                               uint64_t duration_ns)
+    uint64_t ek_profile_clock_ns()
+    const char *ek_profile_kind_name(ek_profile_kind_t kind)
+    ek_status_t ek_profile_write(ek_profile_t profile, const char *dir) nogil
     ctypedef struct ek_launch_options_t:
         int threads
         uint64_t cpu_mask
         void (*on_done)(void *user_data, ek_status_t status) noexcept nogil
         void *user_data
+        ek_profile_t profile
+        const char *dump_dir
     ek_status_t ek_rt_launch_tensor(ek_rt_t rt, const char *net_name, const ek_tensor_t *inputs,
                                     int input_count, ek_tensor_t *outputs, int output_count, bint user_mem,
                                     const ek_launch_options_t *options, ek_launch_t *launch)

@@ -157,11 +157,7 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+static uint64_t now_ns(void) { return ek_now_ns(); }
 
 static bool new_range(struct ek_team *t, uint64_t seen) {
     return atomic_load_explicit(&t->generation, memory_order_acquire) != seen;
@@ -562,10 +558,80 @@ static ek_status_t resolve_memories(struct ek_device *device, struct ek_launch_r
     return EK_OK;
 }
 
-static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec) {
+static void text_dims(char *buf, size_t size, size_t *at, const struct ek_tensor_desc *t) {
+    if (!t) {
+        *at += (size_t)snprintf(buf + *at, *at < size ? size - *at : 0, "-");
+    } else if (t->rank == 0) {
+        *at += (size_t)snprintf(buf + *at, *at < size ? size - *at : 0, "scalar");
+    }
+    for (int d = 0; t && d < t->rank; d++)
+        *at += (size_t)snprintf(buf + *at, *at < size ? size - *at : 0, "%s%" PRId64, d ? "x" : "", t->dims[d]);
+    if (*at >= size)
+        *at = size - 1;
+}
+
+/* The LayerExecute record of op k, run from t0 to t1. */
+static void profile_op(const struct ek_launch_rec *rec, const struct ek_exec *exec, uint32_t k, uint64_t t0,
+                       uint64_t t1, const char *provider) {
     const struct ek_stage *stage = rec->stage;
+    const struct ek_op *op = &stage->ops[k];
+    const struct ek_op_source *src = stage->sources ? &stage->sources[k] : NULL;
+    char shapes[512], nodes[2048];
+    size_t at = 0;
+    shapes[0] = '\0';
+    for (int i = 0; i < op->n_in; i++) {
+        if (i)
+            at += (size_t)snprintf(shapes + at, at < sizeof shapes ? sizeof shapes - at : 0, ", ");
+        if (at >= sizeof shapes)
+            at = sizeof shapes - 1;
+        text_dims(shapes, sizeof shapes, &at, op->in[i]);
+    }
+    at += (size_t)snprintf(shapes + at, at < sizeof shapes ? sizeof shapes - at : 0, " -> ");
+    if (at >= sizeof shapes)
+        at = sizeof shapes - 1;
+    for (int i = 0; i < op->n_out; i++)
+        text_dims(shapes, sizeof shapes, &at, op->out[i]);
+    at = 0;
+    nodes[0] = '\0';
+    for (uint32_t i = 0; src && i < src->node_count && at < sizeof nodes - 1; i++)
+        at += (size_t)snprintf(nodes + at, sizeof nodes - at, "%s%s", i ? "\x1f" : "", src->nodes[i]);
+    ek_profile_record_t r;
+    memset(&r, 0, sizeof r);
+    r.kind = EK_PROFILE_LAYER_EXECUTE;
+    r.name = op->name;
+    r.network = rec->net->info.name;
+    r.op_type = ek_op_type_name(op->type);
+    r.provider = provider;
+    r.nodes = nodes;
+    r.tensor = src ? src->tensor : "";
+    r.shapes = shapes;
+    r.op_index = (int)k;
+    r.stage = (int)(stage - rec->net->stages);
+    r.threads = exec->threads;
+    r.launch = rec->profile_launch;
+    r.flops = ek_op_flops(op);
+    r.start_ns = t0;
+    r.duration_ns = t1 - t0;
+    r.thread = ek_thread_id();
+    ek_profiler_add(rec->profile, &r);
+}
+
+/* The test hook: add 1 to every element of the op's (float32) output. */
+static void corrupt_output(const struct ek_op *op, void *out) {
+    if (op->n_out < 1 || op->out[0]->dtype != EK_DTYPE_FLOAT32)
+        return;
+    float *y = out;
+    for (size_t i = 0; i < op->out[0]->count; i++)
+        y[i] += 1.0f;
+}
+
+static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec, struct ek_dump *dump) {
+    const struct ek_stage *stage = rec->stage;
+    struct ek_profiler *profile = rec->profile;
+    const char *corrupt = rec->rt->test_corrupt_op;
     size_t in_at = 0, out_at = 0;
     for (uint32_t k = 0; k < stage->op_count; k++) {
+        uint64_t t0 = profile ? ek_now_ns() : 0;
         const struct ek_op *op = &stage->ops[k];
         const void **in = exec->in_ptrs + in_at;
         void **out = exec->out_ptrs + out_at;
@@ -590,6 +656,13 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec) {
             if (status != EK_OK)
                 return op_failed(rec->net, op, status, NULL);
         }
+        if (corrupt && op->name && strcmp(op->name, corrupt) == 0)
+            corrupt_output(op, out[0]);
+        if (profile)
+            profile_op(rec, exec, k, t0, ek_now_ns(),
+                       exec->states && exec->states[k] ? exec->provider->name : "portable");
+        if (dump && (status = ek_dump_op(dump, k, out[0])) != EK_OK)
+            return status;
     }
     return EK_OK;
 }
@@ -645,7 +718,20 @@ static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
             pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0)
             repin = true;
     }
-    status = run_ops(rec, exec);
+    struct ek_dump *dump = NULL;
+    if (rec->dump_dir) {
+        status = ek_dump_begin(rec->dump_dir, rec->net, stage, &dump);
+        for (int i = 0; i < rec->n_in && status == EK_OK; i++)
+            status = ek_dump_input(dump, i, exec->tensor_ptrs[stage->input_tensors[i] - stage->tensors]);
+    }
+    if (status == EK_OK)
+        status = run_ops(rec, exec, dump);
+    if (dump) {
+        if (status == EK_OK)
+            status = ek_dump_finish(dump); /* frees it */
+        else
+            ek_dump_free(dump);
+    }
     if (repin)
         pthread_setaffinity_np(pthread_self(), sizeof old_set, &old_set);
 
@@ -660,6 +746,8 @@ static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
 static void rec_unref_locked(struct ek_launch_rec *rec) {
     if (--rec->refs == 0) {
         pthread_cond_destroy(&rec->cond);
+        ek_profiler_release(rec->profile);
+        free(rec->dump_dir);
         free(rec->tensors);
         free(rec);
     }
@@ -674,7 +762,25 @@ static void execute(struct ek_launch_rec *rec) {
     int threads = rec->threads, cpus = ek_usable_cpus(rec->cpu_mask);
     if (threads > cpus)
         threads = cpus;
+    struct ek_profiler *profile = rec->profile;
+    uint64_t t_start = 0, t_ready = 0;
+    int stage_index = (int)(rec->stage - rec->net->stages);
+    if (profile) {
+        t_start = ek_now_ns();
+        const struct ek_model *model = rec->net->model;
+        if (ek_profiler_first_sight(profile, model))
+            ek_profiler_span(profile, EK_PROFILE_MODEL_INIT, rec->net->info.name, -1, 0, model->load_start_ns,
+                             model->load_start_ns + model->load_ns, rec->caller_thread, model->size);
+        ek_profiler_span(profile, EK_PROFILE_WAIT, rec->net->info.name, stage_index, rec->profile_launch,
+                         rec->submit_ns < t_start ? rec->submit_ns : t_start, t_start, rec->caller_thread, 0);
+    }
     ek_status_t status = exec_acquire(rt, rec->net, rec->stage, threads, rec->cpu_mask, &exec);
+    if (profile) {
+        t_ready = ek_now_ns();
+        ek_profiler_span(profile, EK_PROFILE_REQUEST_INIT, rec->net->info.name, stage_index, rec->profile_launch,
+                         t_start, t_ready, ek_thread_id(), 0);
+    }
+    int team = exec ? exec->threads : 0;
     if (status == EK_OK) {
         status = exec_run(rec, exec);
         if (status != EK_OK)
@@ -682,6 +788,20 @@ static void execute(struct ek_launch_rec *rec) {
         exec_release(rt, exec);
     } else {
         snprintf(rec->error, sizeof rec->error, "%s", ek_last_error());
+    }
+    if (profile) {
+        ek_profile_record_t r;
+        memset(&r, 0, sizeof r);
+        r.kind = EK_PROFILE_MODEL_EXECUTE;
+        r.name = r.network = rec->net->info.name;
+        r.op_index = -1;
+        r.stage = stage_index;
+        r.threads = team;
+        r.launch = rec->profile_launch;
+        r.start_ns = t_start;
+        r.duration_ns = ek_now_ns() - t_start;
+        r.thread = ek_thread_id();
+        ek_profiler_add(profile, &r);
     }
     rec->status = status;
     if (status != EK_OK && !rec->handle) {
@@ -797,6 +917,8 @@ void ek_launch_discard(struct ek_launch_rec *rec) {
     if (rec->handle)
         ek_handle_retire(rec->handle, EK_HANDLE_LAUNCH);
     pthread_cond_destroy(&rec->cond);
+    ek_profiler_release(rec->profile);
+    free(rec->dump_dir);
     free(rec->tensors);
     free(rec);
     pthread_mutex_unlock(&launch_lock);

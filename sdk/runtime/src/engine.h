@@ -38,6 +38,9 @@ struct ek_runtime {
     struct ek_network **networks;
     int network_count, network_cap;
     int users; /* API calls in progress and launches not finished (under the runtime table lock) */
+    /* Test hook (docs/profiling.md): the op name whose output every launch corrupts, from
+     * EDGEKIT_TEST_CORRUPT_OP, honoured only with EDGEKIT_TEST_HOOKS=1; NULL otherwise. */
+    char *test_corrupt_op;
 };
 
 /* A reference that keeps the runtime from being destroyed (each queued launch holds one). */
@@ -56,6 +59,11 @@ struct ek_launch_rec {
     uint64_t cpu_mask;
     void (*on_done)(void *user_data, ek_status_t status);
     void *user_data;
+    struct ek_profiler *profile; /* a reference (released with the record), or NULL: not profiled */
+    uint64_t profile_launch;     /* the launch's number in the profile */
+    uint64_t submit_ns;          /* when it was queued (profiled launches) */
+    uint64_t caller_thread;      /* who queued it (profiled launches) */
+    char *dump_dir;              /* owned; NULL: no dump */
     /* completion, under the engine's launch lock */
     ek_status_t status;
     char error[512];
@@ -83,6 +91,49 @@ bool ek_engine_in_callback_of(const struct ek_runtime *rt);
 void ek_engine_release_stage(struct ek_runtime *rt, struct ek_stage *stage);
 /* The CPUs (bits) a launch may be pinned to; 0 when unknown. */
 uint64_t ek_engine_online_mask(void);
+
+/* ---- profile.c ---- */
+struct ek_profiler;
+uint64_t ek_now_ns(void); /* CLOCK_MONOTONIC */
+uint64_t ek_thread_id(void); /* the OS thread id (gettid) */
+/* The profile behind a handle, with a reference the caller releases. */
+ek_status_t ek_profiler_acquire(ek_profile_t profile, struct ek_profiler **p);
+void ek_profiler_release(struct ek_profiler *p);
+bool ek_profiler_add(struct ek_profiler *p, const ek_profile_record_t *r);
+uint64_t ek_profiler_next_launch(struct ek_profiler *p);
+bool ek_profiler_first_sight(struct ek_profiler *p, const struct ek_model *model);
+/* A record of `kind` over [start, end) on `thread` (Wait, RequestInit, transfers, ModelExecute). */
+void ek_profiler_span(struct ek_profiler *p, ek_profile_kind_t kind, const char *network, int stage, uint64_t launch,
+                      uint64_t start, uint64_t end, uint64_t thread, uint64_t bytes);
+uint64_t ek_op_flops(const struct ek_op *op);
+
+/* Text buffers and files, shared with dump.c. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool failed; /* out of memory: the text is incomplete */
+};
+void ek_sb_put(struct sbuf *b, const char *s, size_t n);
+#define EK_SB_LIT(b, lit) ek_sb_put((b), "" lit, sizeof(lit) - 1)
+void ek_sb_add(struct sbuf *b, const char *fmt, ...) EK_PRINTF(2, 3);
+void ek_sb_json_string(struct sbuf *b, const char *s);
+void ek_sb_free(struct sbuf *b);
+/* mkdir -p, then check it is a writable directory; `what` names it in messages ("dump"). */
+ek_status_t ek_make_dir(const char *dir, const char *what);
+/* Write dir/name (data, then data2) through dir/name.tmp and a rename: a file is whole or absent. */
+ek_status_t ek_write_file(const char *dir, const char *name, const void *data, size_t n);
+ek_status_t ek_write_file2(const char *dir, const char *name, const void *data, size_t n, const void *data2,
+                           size_t n2);
+
+/* ---- dump.c: every op's output of one launch as .npy + manifest.json ---- */
+struct ek_dump;
+ek_status_t ek_dump_begin(const char *dir, const struct ek_network *net, const struct ek_stage *stage,
+                          struct ek_dump **dump);
+ek_status_t ek_dump_input(struct ek_dump *dump, int index, const void *data);
+ek_status_t ek_dump_op(struct ek_dump *dump, uint32_t op_index, const void *data);
+/* Write manifest.json (the dump is complete only once it exists) and free the dump. */
+ek_status_t ek_dump_finish(struct ek_dump *dump);
+void ek_dump_free(struct ek_dump *dump);
 
 /* ---- provider.c ---- */
 /* Resolve `requested` (EK_KERNELS_DEFAULT reads EDGEKIT_KERNELS) to the kernels used and the

@@ -42,7 +42,8 @@ static struct slot *slot_at(uint32_t index) {
 
 static const char *kind_name(unsigned kind) {
     return kind == EK_HANDLE_DEVICE ? "device" : kind == EK_HANDLE_MEMORY ? "memory"
-         : kind == EK_HANDLE_RUNTIME ? "runtime" : kind == EK_HANDLE_LAUNCH ? "launch" : "unknown";
+         : kind == EK_HANDLE_RUNTIME ? "runtime" : kind == EK_HANDLE_LAUNCH ? "launch"
+         : kind == EK_HANDLE_PROFILE ? "profile" : "unknown";
 }
 
 uint64_t ek_handle_new(enum ek_handle_kind kind, void *obj, int owner) {

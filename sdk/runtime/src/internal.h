@@ -21,7 +21,8 @@
 ek_status_t ek_fail(ek_status_t status, const char *fmt, ...) EK_PRINTF(2, 3);
 
 /* ---- handles.c: generation-checked handles, so stale and forged ones are errors ---- */
-enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2, EK_HANDLE_RUNTIME = 3, EK_HANDLE_LAUNCH = 4 };
+enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2, EK_HANDLE_RUNTIME = 3, EK_HANDLE_LAUNCH = 4,
+                      EK_HANDLE_PROFILE = 5 };
 
 /* A new live handle for `obj`, owned by device `owner`; 0 when the table cannot grow. */
 uint64_t ek_handle_new(enum ek_handle_kind kind, void *obj, int owner);

@@ -153,6 +153,14 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
         return status;
     }
     rt->device_index = id;
+    /* The test hook (docs/profiling.md): corrupt one op's output, to test dump comparisons. Two
+     * variables, so a stray one in production does nothing; announced on stderr when active. */
+    const char *corrupt = getenv("EDGEKIT_TEST_CORRUPT_OP"), *hooks = getenv("EDGEKIT_TEST_HOOKS");
+    if (corrupt && *corrupt && hooks && strcmp(hooks, "1") == 0) {
+        rt->test_corrupt_op = strdup(corrupt);
+        fprintf(stderr, "edgekit: TEST HOOK ACTIVE: the output of op '%.200s' is corrupted in every launch "
+                "(EDGEKIT_TEST_HOOKS=1 and EDGEKIT_TEST_CORRUPT_OP are set)\n", corrupt);
+    }
     rt->kernels = kernels;
     rt->provider = provider;
     rt->threads = threads;
@@ -198,6 +206,7 @@ ek_status_t ek_rt_destroy(ek_rt_t handle) {
     free(rt->networks);
     ek_dev_free(rt->dev);
     pthread_mutex_destroy(&rt->lock);
+    free(rt->test_corrupt_op);
     free(rt);
     return EK_OK;
 }
@@ -529,6 +538,10 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     if (status != EK_OK)
         return status;
 
+    /* A dump directory that cannot be written fails here, before anything runs. */
+    if (options && options->dump_dir && (status = ek_make_dir(options->dump_dir, "dump")) != EK_OK)
+        return status;
+
     struct ek_launch_rec *rec;
     if ((status = ek_launch_new(rt, input_count, output_count, launch_out != NULL, &rec)) != EK_OK)
         return status;
@@ -539,6 +552,20 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     if (options) {
         rec->on_done = options->on_done;
         rec->user_data = options->user_data;
+        if (options->profile.id) {
+            if ((status = ek_profiler_acquire(options->profile, &rec->profile)) != EK_OK) {
+                char why[300];
+                snprintf(why, sizeof why, "%s", ek_last_error());
+                ek_launch_discard(rec);
+                return ek_fail(status, "launch options: profile: %s", why);
+            }
+            rec->profile_launch = ek_profiler_next_launch(rec->profile);
+            rec->caller_thread = ek_thread_id();
+        }
+        if (options->dump_dir && !(rec->dump_dir = strdup(options->dump_dir))) {
+            ek_launch_discard(rec);
+            return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+        }
     }
     memcpy(rec->tensors, inputs, (size_t)input_count * sizeof *inputs);
     int allocated = 0;
@@ -574,6 +601,8 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     /* Copy before submitting: the record may be finished and freed by the time submit returns. */
     memcpy(out_copy, rec->tensors + input_count, (size_t)output_count * sizeof *out_copy);
     uint64_t handle = rec->handle;
+    if (rec->profile)
+        rec->submit_ns = ek_now_ns();
     if ((status = ek_launch_submit(rec, sync_caller)) != EK_OK) {
         for (int i = 0; i < allocated; i++)
             ek_free_device(rt->dev, out_copy[i].mem);
@@ -612,6 +641,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     if (status != EK_OK)
         return status;
     struct ek_network *net;
+    struct ek_profiler *profile = NULL;
     int s = 0;
     if ((status = find_network(rt, net_name, &net)) != EK_OK)
         goto done;
@@ -651,6 +681,13 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     }
 
     /* Device copies of the inputs, a runtime-memory launch, then the outputs back. */
+    if (options && options->profile.id && (status = ek_profiler_acquire(options->profile, &profile)) != EK_OK) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", ek_last_error());
+        status = ek_fail(status, "launch options: profile: %s", why);
+        goto done;
+    }
+    uint64_t t0 = profile ? ek_now_ns() : 0, moved = 0;
     size_t n = (size_t)input_count + (size_t)output_count;
     ek_tensor_t *tensors = calloc(n, sizeof *tensors);
     if (!tensors) {
@@ -670,7 +707,11 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
             staged++; /* allocated: free it below */
             break;
         }
+        moved += desc->nbytes;
     }
+    if (profile)
+        ek_profiler_span(profile, EK_PROFILE_TRANSFER_FROM_INPUT, info->name, s, 0, t0, ek_now_ns(), ek_thread_id(),
+                         moved);
     bool launched = false;
     if (status == EK_OK) {
         ek_launch_t l;
@@ -680,12 +721,19 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
             status = ek_launch_wait(l, -1);
         }
     }
+    t0 = profile ? ek_now_ns() : 0;
+    moved = 0;
     for (int i = 0; launched && i < output_count; i++) {
         if (status == EK_OK)
             status = ek_memcpy_d2s_partial(rt->dev, outputs[i], outs[i].mem, stage->output_tensors[i]->nbytes);
-        if (status == EK_OK)
+        if (status == EK_OK) {
             output_shapes[i] = outs[i].shape;
+            moved += stage->output_tensors[i]->nbytes;
+        }
     }
+    if (profile && launched && status == EK_OK)
+        ek_profiler_span(profile, EK_PROFILE_TRANSFER_TO_OUTPUT, info->name, s, 0, t0, ek_now_ns(), ek_thread_id(),
+                         moved);
     /* Free without losing the first error's message. */
     char why[512];
     snprintf(why, sizeof why, "%s", ek_last_error());
@@ -698,6 +746,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     if (status != EK_OK)
         ek_fail(status, "%s", why);
 done:
+    ek_profiler_release(profile);
     ek_runtime_unref(rt);
     return status;
 }

@@ -117,12 +117,92 @@ typedef struct ek_launch {
     uint64_t id;
 } ek_launch_t;
 
+/* ---- profiles (docs/profiling.md) ----
+ * A profile collects timed records of the launches whose options name it, and of anything the caller
+ * adds. Record kinds, nested as in the trace (each a "ph":"X" event):
+ *   ModelInit          loading the model (added once per model, with the profile's first launch of it)
+ *   TransferFromInput  copies of inputs to the device (ek_rt_launch_data's; callers add their own)
+ *   Wait               a launch queued, until a device worker takes it (the caller's thread)
+ *   ModelExecute       the launch on the worker: contains RequestInit and every LayerExecute
+ *   RequestInit        taking and setting up an execution context (arena, scratch, threads)
+ *   LayerExecute       one op: its type, ONNX nodes, kernel provider, shapes, FLOPs, thread
+ *   TransferToOutput   copies of outputs from the device (ek_rt_launch_data's; callers add their own)
+ * Profiling costs one NULL check per op when a launch has no profile. A profile may be shared by
+ * concurrent launches; records are appended in completion order. */
+typedef struct ek_profile {
+    uint64_t id;
+} ek_profile_t;
+
+typedef enum ek_profile_kind {
+    EK_PROFILE_MODEL_INIT = 1,
+    EK_PROFILE_REQUEST_INIT = 2,
+    EK_PROFILE_TRANSFER_FROM_INPUT = 3,
+    EK_PROFILE_WAIT = 4,
+    EK_PROFILE_LAYER_EXECUTE = 5,
+    EK_PROFILE_TRANSFER_TO_OUTPUT = 6,
+    EK_PROFILE_MODEL_EXECUTE = 7
+} ek_profile_kind_t;
+
+/* One record. Strings are the profile's own (never NULL, "" when not applicable) and stay valid until
+ * ek_profile_clear or ek_profile_destroy. Times are CLOCK_MONOTONIC nanoseconds. */
+typedef struct ek_profile_record {
+    ek_profile_kind_t kind;
+    const char *name;     /* LayerExecute: the op's name; others: the network's (or the caller's name) */
+    const char *network;  /* the network, "" for caller-added records */
+    const char *op_type;  /* LayerExecute: "CONV", ... */
+    const char *provider; /* LayerExecute: "portable" or "xnnpack" */
+    /* LayerExecute: the ONNX nodes the op stands for, separated by the ASCII unit separator 0x1F (which
+     * ONNX names do not use); "" for models compiled before .ekm 1.1 */
+    const char *nodes;
+    const char *tensor;   /* LayerExecute: the ONNX tensor its output holds ("" when none or unknown) */
+    const char *shapes;   /* LayerExecute: "1x8x8x3, 16x3x3x3, 16 -> 1x8x8x16" (engine layout) */
+    int op_index;         /* LayerExecute: the op's index in its stage; else -1 */
+    int stage;            /* the stage of the launch; -1 when not a launch's */
+    int threads;          /* LayerExecute, ModelExecute: the launch's team of threads */
+    uint64_t launch;      /* the launch's number in this profile (1, 2, ...); 0 when not a launch's */
+    uint64_t flops;       /* LayerExecute: floating-point operations (a multiply-add counts 2) */
+    uint64_t bytes;       /* transfers: bytes copied */
+    uint64_t start_ns;
+    uint64_t duration_ns;
+    uint64_t thread; /* the OS thread id (gettid) it ran on */
+} ek_profile_record_t;
+
+EK_API ek_status_t ek_profile_create(ek_profile_t *profile);
+/* Launches still recording into it finish normally; the records go with the last of them. */
+EK_API ek_status_t ek_profile_destroy(ek_profile_t profile);
+/* Drop every record (and the strings records pointed to). */
+EK_API ek_status_t ek_profile_clear(ek_profile_t profile);
+EK_API ek_status_t ek_profile_count(ek_profile_t profile, size_t *count);
+/* Record `index` (0 .. count-1), in the order they were added. */
+EK_API ek_status_t ek_profile_get(ek_profile_t profile, size_t index, ek_profile_record_t *record);
+/* Add a caller's record on the calling thread (e.g. its own input copies, TransferFromInput), timed
+ * with ek_profile_clock_ns. */
+EK_API ek_status_t ek_profile_add(ek_profile_t profile, ek_profile_kind_t kind, const char *name, uint64_t start_ns,
+                                  uint64_t duration_ns);
+/* The clock of the records: CLOCK_MONOTONIC in nanoseconds. */
+EK_API uint64_t ek_profile_clock_ns(void);
+/* "ModelInit", "RequestInit", "TransferFromInput", "Wait", "LayerExecute", "TransferToOutput",
+ * "ModelExecute"; "Unknown" for other values. */
+EK_API const char *ek_profile_kind_name(ek_profile_kind_t kind);
+/* Write the profile directory `dir` (created, with its parents, if missing): trace.json, a Chrome Trace
+ * Event file (open it in https://ui.perfetto.dev or chrome://tracing), and summary.csv, the ops by total
+ * time (count, total, mean, %, FLOPs, GFLOP/s). Each file is written whole or not at all; an
+ * unwritable directory is EK_ERR_SYSTEM naming it. */
+EK_API ek_status_t ek_profile_write(ek_profile_t profile, const char *dir);
+
 typedef struct ek_launch_options {
     int threads;       /* 0: the runtime's default */
     uint64_t cpu_mask; /* CPUs (bit i = CPU i) the launch's threads may run on; 0: any */
     /* Called once on a worker thread when the launch has finished, with its status; may be NULL. */
     void (*on_done)(void *user_data, ek_status_t status);
     void *user_data;
+    /* Record this launch into a profile; {0}: no profiling (costs a NULL check per op). */
+    ek_profile_t profile;
+    /* Write the inputs and every op's output of this launch to this directory (created if missing):
+     * .npy files and manifest.json, written last (docs/profiling.md); NULL: no dump. An unwritable
+     * directory fails the launch before it is queued (EK_ERR_SYSTEM); a write failing during the
+     * launch fails the launch, and no manifest is written. Concurrent launches need distinct dirs. */
+    const char *dump_dir;
 } ek_launch_options_t;
 
 /* Queue network `net_name` on the device's worker and return at once. The stage is the one whose
