@@ -8,8 +8,10 @@
  * with the last launch. Records and their strings are appended under the profile's mutex; strings are
  * interned (copied once per distinct text), so records never point into a model that may be freed. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -459,8 +461,17 @@ ek_status_t ek_make_dir(const char *dir, const char *what) {
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return ek_fail(EK_ERR_SYSTEM, "the %s directory '%.300s' is not a directory", what, dir);
-    if (access(dir, W_OK | X_OK) != 0)
+    /* Try it (not access(), which neither sees a read-only file system for root nor works under every
+     * emulator: proot passes glibc's faccessat2 through untranslated). */
+    static atomic_uint probes;
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.edgekit-write-probe-%ld-%u", dir, (long)getpid(),
+             atomic_fetch_add(&probes, 1u));
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
         return ek_fail(EK_ERR_SYSTEM, "cannot write to the %s directory '%.300s': %s", what, dir, strerror(errno));
+    close(fd);
+    unlink(probe);
     return EK_OK;
 }
 
