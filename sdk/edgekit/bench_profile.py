@@ -12,25 +12,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 import edgekit as ek
-from edgekit.bench_models import INPUT_NAME, MODELS, export_onnx
+from edgekit.bench_models import INPUT_NAME, MODELS, export_onnx, time_runs
 
 
 def _median_ms(run: Callable[[], object], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_runs(run, warmup, repeats))
 
 
 def main(argv: list[str] | None = None) -> int:
