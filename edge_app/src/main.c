@@ -24,6 +24,16 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
 
+/* --profile and --dump write here, relative to the working directory (sample_runtime's names), one
+ * subdirectory per device and thread: dev<device id>_thread<thread index>. */
+#define PROFILE_ROOT "sample_profiler"
+#define DUMP_ROOT "sample_dump"
+#define THREAD_DIR_SIZE 64
+
+static void thread_dir(char buf[THREAD_DIR_SIZE], const char *root, int device, int thread) {
+    snprintf(buf, THREAD_DIR_SIZE, "%s/dev%d_thread%d", root, device, thread);
+}
+
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...) {
     char line[2048];
@@ -140,6 +150,9 @@ struct worker {
     int cluster;          /* -1: not bound */
     cpu_set_t cpus;       /* the cluster's CPUs when bound */
     ek_launch_options_t launch;
+    ek_profile_t profile; /* --profile: records the timed iterations */
+    char profile_dir[THREAD_DIR_SIZE]; /* --profile: PROFILE_ROOT/dev<D>_thread<T> */
+    char dump_dir[THREAD_DIR_SIZE];    /* --dump: DUMP_ROOT/dev<D>_thread<T> */
     int keep_outputs;     /* this worker's outputs go to --output_dir */
     void **out_host;
     double *latency;      /* seconds, one per timed iteration */
@@ -203,6 +216,18 @@ static void *worker_main(void *arg) {
     }
 
     pthread_barrier_wait(&a->barrier); /* every request is ready */
+    if (ok && a->opts->dump && !atomic_load(&a->failed)) {
+        /* --dump: one extra, untimed launch first, written to this thread's dump directory. */
+        ek_launch_options_t dumping = w->launch;
+        dumping.dump_dir = w->dump_dir;
+        ek_launch_t launch;
+        if (ek_rt_launch_tensor(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, true, &dumping,
+                                &launch) != EK_OK ||
+            ek_launch_wait(launch, -1) != EK_OK) {
+            worker_fail(w, "inference (dump)", ek_last_error());
+            ok = 0;
+        }
+    }
     for (int it = 0; ok && it < a->opts->warmup && !atomic_load(&a->failed); it++) {
         ek_launch_t launch;
         if (ek_rt_launch_tensor(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, true, &w->launch,
@@ -213,12 +238,14 @@ static void *worker_main(void *arg) {
         }
     }
     pthread_barrier_wait(&a->barrier); /* the timed iterations start together */
+    ek_launch_options_t timed = w->launch;
+    timed.profile = w->profile; /* {0} without --profile */
     w->start = now_seconds();
     for (int it = 0; ok && it < a->opts->iterations && !atomic_load(&a->failed); it++) {
         double t0 = now_seconds();
         ek_launch_t launch;
-        if (ek_rt_launch_tensor(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, true, &w->launch,
-                                &launch) != EK_OK ||
+        if (ek_rt_launch_tensor(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, true, &timed, &launch) !=
+                EK_OK ||
             ek_launch_wait(launch, -1) != EK_OK) {
             worker_fail(w, "inference", ek_last_error());
             ok = 0;
@@ -281,17 +308,19 @@ static void list_clusters(const app_topology_t *topo) {
         printf("note: %s\n", topo->note);
 }
 
-/* mkdir -p, then make sure a file can be created there. */
-static void prepare_output_dir(const char *dir) {
+/* mkdir -p, then make sure a file can be created there by creating one (not access(): it does not see a
+ * read-only file system for root, and fails for existing paths under proot). `what` starts the error
+ * line: "--output_dir out". */
+static void prepare_dir(const char *what, const char *dir) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
-        die(EXIT_USAGE, "--output_dir %s: the path is too long", dir);
+        die(EXIT_USAGE, "%s: the path is too long", what);
     for (char *p = path + 1;; p++) {
         if (*p == '/' || *p == '\0') {
             char saved = *p;
             *p = '\0';
             if (mkdir(path, 0777) != 0 && errno != EEXIST)
-                die(EXIT_USAGE, "--output_dir %s: cannot make %s: %s", dir, path, strerror(errno));
+                die(EXIT_USAGE, "%s: cannot make %s: %s", what, path, strerror(errno));
             *p = saved;
             if (saved == '\0')
                 break;
@@ -299,12 +328,12 @@ static void prepare_output_dir(const char *dir) {
     }
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        die(EXIT_USAGE, "--output_dir %s: not a directory", dir);
+        die(EXIT_USAGE, "%s: it exists and is not a directory", what);
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/.edgekit-app-probe-%ld", dir, (long)getpid());
     FILE *f = fopen(probe, "wb");
     if (!f)
-        die(EXIT_USAGE, "--output_dir %s: cannot write there: %s", dir, strerror(errno));
+        die(EXIT_USAGE, "%s: cannot write there: %s", what, strerror(errno));
     fclose(f);
     remove(probe);
 }
@@ -378,8 +407,30 @@ int main(int argc, char **argv) {
         if (opts.dev_ids[i] >= devices)
             die(EXIT_USAGE, "--dev_ids %d: there is no such device: there %s %d (0..%d; EDGEKIT_DEVICES sets how many)",
                 opts.dev_ids[i], devices == 1 ? "is" : "are", devices, devices - 1);
-    if (opts.output_dir)
-        prepare_output_dir(opts.output_dir);
+    if (opts.output_dir) {
+        char what[4200];
+        snprintf(what, sizeof what, "--output_dir %s", opts.output_dir);
+        prepare_dir(what, opts.output_dir);
+    }
+    /* --profile, --dump: every thread's directory, made and tried now, before anything runs (the
+     * runtime makes them too, but only when the run is over or under way). */
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd))
+        snprintf(cwd, sizeof cwd, "the working directory");
+    for (int d = 0; d < opts.dev_count; d++)
+        for (int t = 0; t < opts.threads; t++) {
+            char dir[THREAD_DIR_SIZE], what[4400];
+            if (opts.profile) {
+                thread_dir(dir, PROFILE_ROOT, opts.dev_ids[d], t);
+                snprintf(what, sizeof what, "--profile: %s in %s", dir, cwd);
+                prepare_dir(what, dir);
+            }
+            if (opts.dump) {
+                thread_dir(dir, DUMP_ROOT, opts.dev_ids[d], t);
+                snprintf(what, sizeof what, "--dump: %s in %s", dir, cwd);
+                prepare_dir(what, dir);
+            }
+        }
     FILE *model_file = fopen(opts.model_path, "rb");
     if (!model_file)
         die(EXIT_USAGE, "--model_path %s: %s", opts.model_path, strerror(errno));
@@ -521,6 +572,10 @@ int main(int argc, char **argv) {
             w->latency = calloc((size_t)opts.iterations, sizeof *w->latency);
             if (!w->latency)
                 die(EXIT_RUNTIME, "out of host memory");
+            thread_dir(w->profile_dir, PROFILE_ROOT, dctx[d].id, t);
+            thread_dir(w->dump_dir, DUMP_ROOT, dctx[d].id, t);
+            if (opts.profile && ek_profile_create(&w->profile) != EK_OK)
+                die(EXIT_RUNTIME, "%s", ek_last_error());
         }
     if (opts.output_dir) {
         workers[0].keep_outputs = 1;
@@ -605,6 +660,25 @@ int main(int argc, char **argv) {
     printf("total: %ld inferences in %.3f s: %.2f inferences/s\n", inferences, wall,
            wall > 0 ? (double)inferences / wall : 0.0);
 
+    if (opts.profile) {
+        printf("profiles of the timed iterations (trace.json, summary.csv), in %s:\n", cwd);
+        for (int i = 0; i < total; i++) {
+            struct worker *w = &workers[i];
+            if (ek_profile_write(w->profile, w->profile_dir) != EK_OK)
+                die(EXIT_RUNTIME, "device %d thread %d: writing the profile: %s", w->device->id, w->thread,
+                    ek_last_error());
+            printf("  %s\n", w->profile_dir);
+        }
+        printf("  plot one (on the host): edgekit profile --plot %s\n", workers[0].profile_dir);
+    }
+    if (opts.dump) {
+        printf("dumps of each thread's first launch (manifest.json, .npy files), in %s:\n", cwd);
+        for (int i = 0; i < total; i++)
+            printf("  %s\n", workers[i].dump_dir);
+        printf("  compare one with ONNX (on the host): edgekit dump -o %s --compare MODEL.onnx\n",
+               workers[0].dump_dir);
+    }
+
     pthread_barrier_destroy(&app.barrier);
     /* Everything freed, so a run under LeakSanitizer is clean. */
     for (int i = 0; i < total; i++) {
@@ -612,6 +686,8 @@ int main(int argc, char **argv) {
             free(workers[i].out_host[k]);
         free(workers[i].out_host);
         free(workers[i].latency);
+        if (workers[i].profile.id)
+            ek_profile_destroy(workers[i].profile);
     }
     for (int i = 0; i < info->input_count; i++)
         free(app.in_data[i]);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 const char app_help_text[] =
     "usage: edgekit-app --model_path MODEL.ekm [flags]\n"
@@ -53,6 +54,17 @@ const char app_help_text[] =
     "  --output_dir DIR          write the outputs of the first thread of the first device, after its last\n"
     "                            iteration, as DIR/<output name>.npy (made if missing; numpy.load reads them)\n"
     "                              --output_dir out/\n"
+    "  --profile 0|1|True|False  write a profile of each thread's timed iterations (not the warm-up) to\n"
+    "                            ./sample_profiler/dev<D>_thread<T>/ in the working directory (D the device\n"
+    "                            id, T the thread): trace.json (open it in https://ui.perfetto.dev or\n"
+    "                            chrome://tracing) and summary.csv (the ops by time); default 0. Plot one\n"
+    "                            on the host: edgekit profile --plot sample_profiler/dev0_thread0\n"
+    "                              --profile 1\n"
+    "  --dump 0|1|True|False     dump each thread's first launch (an extra, untimed one before the warm-up)\n"
+    "                            to ./sample_dump/dev<D>_thread<T>/: the inputs and every op's output as\n"
+    "                            .npy, in the ONNX layout, with manifest.json; default 0. Compare one with\n"
+    "                            ONNX on the host: edgekit dump -o sample_dump/dev0_thread0 --compare m.onnx\n"
+    "                              --dump 1\n"
     "  --list-clusters           print the CPU clusters (from /sys/devices/system/cpu: package, cluster\n"
     "                            and cpu_capacity, so big.LITTLE cores are apart) and exit\n"
     "  --help                    this text\n"
@@ -60,6 +72,8 @@ const char app_help_text[] =
     "Example: two devices, two threads each, the threads on clusters 0 and 1, outputs kept:\n"
     "  EDGEKIT_DEVICES=2 edgekit-app --model_path model.ekm --data_path x.bin --input_dims 1,3,224,224 \\\n"
     "      --dev_ids 0 1 --threads 2 --visible_cluster 0 1 --iterations 50 --output_dir out/\n"
+    "Profile and dump it too (./sample_profiler/dev0_thread0 ... dev1_thread1, ./sample_dump/...):\n"
+    "  EDGEKIT_DEVICES=2 edgekit-app --model_path model.ekm --dev_ids 0 1 --threads 2 --profile 1 --dump 1\n"
     "\n"
     "Exit status: 0 done, 1 the runtime failed (its message is printed), 2 bad flags or input.\n";
 
@@ -72,7 +86,7 @@ static const struct flag {
     {"model_path", SINGLE},    {"network", SINGLE},     {"data_path", MULTI},      {"input_dims", MULTI},
     {"dev_ids", MULTI},        {"threads", SINGLE},     {"visible_cluster", MULTI}, {"launch_threads", SINGLE},
     {"iterations", SINGLE},    {"warmup", SINGLE},      {"kernels", SINGLE},       {"output_dir", SINGLE},
-    {"list_clusters", SWITCH}, {"help", SWITCH},
+    {"profile", SINGLE},       {"dump", SINGLE},        {"list_clusters", SWITCH}, {"help", SWITCH},
 };
 #define FLAG_COUNT ((int)(sizeof flags / sizeof flags[0]))
 
@@ -104,6 +118,17 @@ static int parse_dims(const char *text, ek_shape_t *shape) {
             return -1;
         p = end + 1;
     }
+}
+
+/* sample_runtime's booleans: 0, 1, true, false (any case). */
+static int parse_bool(const char *text, bool *out) {
+    if (strcmp(text, "1") == 0 || strcasecmp(text, "true") == 0)
+        *out = true;
+    else if (strcmp(text, "0") == 0 || strcasecmp(text, "false") == 0)
+        *out = false;
+    else
+        return -1;
+    return 0;
 }
 
 int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, size_t errlen) {
@@ -259,6 +284,11 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
                 return -1;
             }
             opts->kernels_name = v;
+        } else if (strcmp(name, "profile") == 0 || strcmp(name, "dump") == 0) {
+            if (parse_bool(v, name[0] == 'p' ? &opts->profile : &opts->dump) != 0) {
+                snprintf(err, errlen, "--%s: '%s' is not one of 0, 1, True, False", name, v);
+                return -1;
+            }
         } else if (strcmp(name, "list_clusters") == 0) {
             opts->list_clusters = true;
         } else if (strcmp(name, "help") == 0) {

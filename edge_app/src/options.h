@@ -27,6 +27,8 @@ typedef struct app_options {
     const char *kernels_name;
     const char *network;   /* NULL: the first */
     const char *output_dir;
+    bool profile;          /* --profile: profiles of the timed iterations in ./sample_profiler */
+    bool dump;             /* --dump: each thread's first launch dumped to ./sample_dump */
     bool list_clusters;
     bool help;
 } app_options_t;
