@@ -626,3 +626,33 @@ def test_on_the_board_bad_input_is_exit_2_and_clusters_list(app_board: Any, emu_
     )
     listing = sections["list"]
     assert listing.strip().endswith("rc=0") and re.search(r"^0\s+\S+\s+\d+", listing, re.M), listing
+
+
+def test_on_the_board_profile_and_dump_then_plot_and_compare_on_the_host(
+    app_board: Any, emu_rootfs: Path, model_files: Path, tmp_path: Path
+) -> None:
+    """--profile 1 --dump 1 on the board (two devices, two threads, one timed iteration), the directories
+    copied back from the board's rootfs, then `edgekit profile --plot` and the dump against onnxruntime on
+    the host, which has matplotlib and onnxruntime (the board has neither)."""
+    run_dir = f"{BOARD_MODELS}/profiled"
+    on_host = emu_rootfs / run_dir.lstrip("/")
+    shutil.rmtree(on_host, ignore_errors=True)
+    done = on_board(
+        emu_rootfs,
+        f"mkdir -p {run_dir} && cd {run_dir} && edgekit-app --model_path ../{PROFILED}.ekm "
+        f"--data_path ../{PROFILED}.bin --dev_ids 0 1 --threads 2 --iterations 1 --warmup 0 "
+        "--profile 1 --dump 1",
+        EDGEKIT_DEVICES="2",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert f"in {run_dir}:" in done.stdout, done.stdout
+    assert listed_dirs(done.stdout, "sample_profiler") == THREAD_DIRS
+    assert listed_dirs(done.stdout, "sample_dump") == THREAD_DIRS
+    # Copied back (the board's files are under its rootfs here; from a real board: invoke run, scp).
+    shutil.copytree(on_host, tmp_path / "back")
+    shutil.rmtree(on_host, ignore_errors=True)
+    ops = ekm.read((model_files / f"{PROFILED}.ekm").read_bytes()).networks[0].stages[0].ops
+    x = np.load(model_files / f"{PROFILED}.npy")
+    for name in THREAD_DIRS:
+        check_profile(tmp_path / "back" / "sample_profiler" / name, ops, iterations=1)
+        check_dump(tmp_path / "back" / "sample_dump" / name, ops, x)
