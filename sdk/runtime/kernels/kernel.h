@@ -107,9 +107,10 @@ const char *ek_op_type_name(int type);
 
 /* ---- execution: the team of threads one run of a stage uses (engine) ---- */
 struct ek_exec;
-/* Call fn(arg, begin, end, thread) over [0, count) split into contiguous ranges, one range per thread
- * at most `ek_exec_threads(exec)`; `thread` is 0 .. threads-1 and unique among concurrent calls, so it
- * indexes per-thread scratch. Returns when every range is done. */
+/* Call fn(arg, begin, end, thread) over [0, count) split into contiguous ranges (a few per thread,
+ * taken by the team's threads as they come, so a thread may get several, one after the other);
+ * `thread` is 0 .. ek_exec_threads(exec)-1 and unique among concurrent calls, so it indexes
+ * per-thread scratch. Returns when every range is done. */
 typedef void (*ek_range_fn)(void *arg, size_t begin, size_t end, int thread);
 void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *arg);
 int ek_exec_threads(const struct ek_exec *exec);

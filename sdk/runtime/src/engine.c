@@ -9,10 +9,11 @@
  * reused, so the hot path allocates nothing.
  *
  * A team is the launching worker thread plus threads-1 helpers owned by the context, never more
- * threads than the CPUs the launch may run on (ek_usable_cpus). ek_parallel_for is a fork-join: its
- * threads spin briefly for the next range or for the helpers to finish (ops follow each other within
- * microseconds), then block on the team's condition variables, so a team that shares its CPUs with
- * other work loses at most the spin per op instead of its time slices.
+ * threads than the CPUs the launch may run on (ek_usable_cpus). ek_parallel_for is a fork-join over
+ * chunks the threads take as they come, so a late helper (asleep, or its CPU taken by other work)
+ * leaves its share to the others; its threads spin briefly for the next job or for the last chunks
+ * (ops follow each other within microseconds), then block on the team's condition variables, so a
+ * team that shares its CPUs with other work loses at most the spin per op, not its time slices.
  *
  * Locks, outermost first: the runtime's lock (pools, never held while running), the device lock
  * (shared while a launch touches device memory, as copies hold it), the worker lock, the launch
@@ -108,13 +109,19 @@ struct ek_team {
     struct helper_start *starts;
     int helper_count;
     _Atomic uint64_t generation; /* bumped per ek_parallel_for (under `lock`) */
-    atomic_int pending;          /* helpers still running their range */
+    _Atomic uint64_t claim;      /* (generation << 32) | the next chunk to take */
+    atomic_size_t finished;      /* chunks of this generation done */
     bool quit;
-    ek_range_fn fn;
+    ek_range_fn fn; /* the job of this generation (under `lock`) */
     void *arg;
     size_t count;
-    int ranges;
+    int chunks;
 };
+
+/* ek_parallel_for splits its range into this many chunks per thread, which the team's threads take
+ * as they come: a thread that is late (asleep, or its CPU taken by other work) leaves its share to
+ * the others instead of holding everyone up, and a tiny op is done before a helper has woken. */
+#define CHUNKS_PER_THREAD 4
 
 struct ek_exec {
     struct ek_stage *stage;
@@ -163,9 +170,8 @@ static bool new_range(struct ek_team *t, uint64_t seen) {
     return atomic_load_explicit(&t->generation, memory_order_acquire) != seen;
 }
 
-static bool helpers_done(struct ek_team *t, uint64_t unused) {
-    (void)unused;
-    return atomic_load_explicit(&t->pending, memory_order_acquire) == 0;
+static bool all_finished(struct ek_team *t, uint64_t chunks) {
+    return atomic_load_explicit(&t->finished, memory_order_acquire) == chunks;
 }
 
 /* Spin until ready(t, arg) or SPIN_NS pass; the caller then blocks if it is still not ready. */
@@ -185,6 +191,27 @@ static void spin_until(bool (*ready)(struct ek_team *, uint64_t), struct ek_team
     }
 }
 
+/* Take chunks of generation `gen` and run them until none is left; true when this thread finished
+ * the job's last chunk. A claim is a compare-and-swap on (generation, next chunk), so a thread that
+ * read an older generation's job can take nothing of a newer one. */
+static bool run_chunks(struct ek_team *t, uint64_t gen, ek_range_fn fn, void *arg, size_t count, int chunks,
+                       int thread) {
+    uint64_t tag = (gen & 0xffffffffu) << 32;
+    uint64_t want = atomic_load_explicit(&t->claim, memory_order_acquire);
+    bool last = false;
+    while ((want & ~(uint64_t)0xffffffffu) == tag && (want & 0xffffffffu) < (uint64_t)chunks) {
+        if (!atomic_compare_exchange_weak_explicit(&t->claim, &want, want + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        size_t begin, end;
+        range_of(count, chunks, (int)(want & 0xffffffffu), &begin, &end);
+        fn(arg, begin, end, thread);
+        last = atomic_fetch_add_explicit(&t->finished, 1, memory_order_acq_rel) + 1 == (size_t)chunks;
+        want = atomic_load_explicit(&t->claim, memory_order_acquire);
+    }
+    return last;
+}
+
 static void *helper_main(void *p) {
     struct helper_start *hs = p;
     struct ek_exec *exec = hs->exec;
@@ -200,22 +227,18 @@ static void *helper_main(void *p) {
             return NULL;
         }
         seen = atomic_load_explicit(&t->generation, memory_order_relaxed);
-        if (hs->index >= t->ranges) {
-            pthread_mutex_unlock(&t->lock);
-            continue;
-        }
         ek_range_fn fn = t->fn;
         void *arg = t->arg;
-        size_t begin, end;
-        range_of(t->count, t->ranges, hs->index, &begin, &end);
+        size_t count = t->count;
+        int chunks = t->chunks;
         pthread_mutex_unlock(&t->lock);
         tls_exec = exec;
         tls_thread = hs->index;
-        fn(arg, begin, end, hs->index);
+        bool last = run_chunks(t, seen, fn, arg, count, chunks, hs->index);
         tls_exec = NULL;
-        if (atomic_fetch_sub_explicit(&t->pending, 1, memory_order_acq_rel) == 1) {
+        if (last) {
             /* The launching thread may be blocked on `done` (after its spin): wake it under the lock,
-             * so the signal cannot fall between its check of `pending` and its wait. */
+             * so the signal cannot fall between its check of `finished` and its wait. */
             pthread_mutex_lock(&t->lock);
             pthread_cond_signal(&t->done);
             pthread_mutex_unlock(&t->lock);
@@ -254,35 +277,35 @@ void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *a
         return;
     }
     struct ek_team *t = &exec->team;
-    int ranges = exec->threads;
-    if ((size_t)ranges > count)
-        ranges = (int)count;
-    if (ranges <= 1) {
+    int threads = exec->threads;
+    if (threads <= 1 || count == 1) {
         tls_exec = exec;
         tls_thread = 0;
         fn(arg, 0, count, 0);
         tls_exec = NULL;
         return;
     }
+    int chunks = count < (size_t)threads * CHUNKS_PER_THREAD ? (int)count : threads * CHUNKS_PER_THREAD;
     pthread_mutex_lock(&t->lock);
+    uint64_t gen = atomic_load_explicit(&t->generation, memory_order_relaxed) + 1;
     t->fn = fn;
     t->arg = arg;
     t->count = count;
-    t->ranges = ranges;
-    atomic_store_explicit(&t->pending, ranges - 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&t->generation, 1, memory_order_release);
+    t->chunks = chunks;
+    atomic_store_explicit(&t->finished, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->claim, (gen & 0xffffffffu) << 32, memory_order_release);
+    atomic_store_explicit(&t->generation, gen, memory_order_release);
     pthread_cond_broadcast(&t->start); /* only the helpers past their spin are waiting */
     pthread_mutex_unlock(&t->lock);
-    size_t begin, end;
-    range_of(count, ranges, 0, &begin, &end);
     tls_exec = exec;
     tls_thread = 0;
-    fn(arg, begin, end, 0);
+    run_chunks(t, gen, fn, arg, count, chunks, 0);
     tls_exec = NULL;
-    spin_until(helpers_done, t, 0);
-    if (!helpers_done(t, 0)) {
+    /* Only chunks other threads took can still be running. */
+    spin_until(all_finished, t, (uint64_t)chunks);
+    if (!all_finished(t, (uint64_t)chunks)) {
         pthread_mutex_lock(&t->lock);
-        while (!helpers_done(t, 0))
+        while (!all_finished(t, (uint64_t)chunks))
             pthread_cond_wait(&t->done, &t->lock);
         pthread_mutex_unlock(&t->lock);
     }
