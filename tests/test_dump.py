@@ -154,3 +154,58 @@ def test_compare_names_the_corrupted_layer(tmp_path: Path) -> None:
     # Comparing the dump directory again, without the model, names the same layer.
     done = run_cli(["dump", "-o", str(tmp_path / "d"), "--compare", str(onnx_path(name))], env)
     assert done.returncode == 1 and f"op {target} CONV" in done.stdout
+
+
+def test_npy_write_of_the_c_api(tmp_path: Path) -> None:
+    """ek_npy_write (what the edge app's --output_dir and the dumps use) writes files numpy loads, and
+    refuses a size that does not match the shape, an unknown dtype and an unwritable folder."""
+    import ctypes
+
+    import edgekit
+
+    lib = ctypes.CDLL(str(next(Path(edgekit.__file__).parent.glob("libedgekit.so*"))))
+
+    class Shape(ctypes.Structure):
+        _fields_ = [("num_dims", ctypes.c_int), ("dims", ctypes.c_int64 * 8)]
+
+    write = lib.ek_npy_write
+    write.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(Shape), ctypes.c_void_p]
+    write.argtypes += [ctypes.c_size_t]
+    codes = {np.dtype(np.float32): 1, np.dtype(np.int64): 6, np.dtype(np.uint8): 4}
+
+    def save(
+        name: str, array: np.ndarray[Any, Any], nbytes: int | None = None, code: int | None = None
+    ) -> int:
+        shape = Shape(array.ndim, (ctypes.c_int64 * 8)(*array.shape))
+        data = np.ascontiguousarray(array)
+        return int(
+            write(
+                str(tmp_path).encode(),
+                name.encode(),
+                codes[array.dtype] if code is None else code,
+                ctypes.byref(shape),
+                data.ctypes.data,
+                data.nbytes if nbytes is None else nbytes,
+            )
+        )
+
+    cases: dict[str, np.ndarray[Any, Any]] = {
+        "scalar.npy": np.array(2.5, np.float32),
+        "vector.npy": np.arange(5, dtype=np.int64),
+        "matrix.npy": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "bytes.npy": np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+    }
+    for name, array in cases.items():
+        assert save(name, array) == 0, name
+        loaded = np.load(tmp_path / name)
+        assert loaded.dtype == array.dtype and loaded.shape == array.shape
+        np.testing.assert_array_equal(loaded, array)
+    invalid_arg = 1
+    assert save("short.npy", cases["matrix.npy"], nbytes=20) == invalid_arg
+    assert save("dtype.npy", cases["matrix.npy"], code=99) == invalid_arg
+    assert not (tmp_path / "short.npy").exists() and not (tmp_path / "dtype.npy").exists()
+    (tmp_path / "file").write_text("not a folder")
+    write_dir = str(tmp_path / "file").encode()
+    shape = Shape(1, (ctypes.c_int64 * 8)(1))
+    one = np.zeros(1, np.float32)
+    assert write(write_dir, b"x.npy", 1, ctypes.byref(shape), one.ctypes.data, 4) == 11  # EK_ERR_SYSTEM

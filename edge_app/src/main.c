@@ -17,7 +17,6 @@
 
 #include <edgekit/edgekit.h>
 
-#include "npy.h"
 #include "options.h"
 #include "topology.h"
 
@@ -48,6 +47,23 @@ static void die(int code, const char *fmt, ...) {
     fflush(stdout);
     fprintf(stderr, "error: %s\n", line);
     exit(code);
+}
+
+/* An output name as a file name, as `edgekit run` makes it: characters other than letters, digits,
+ * '.', '_' and '-' become '_', leading dots go; "output" when nothing is left. */
+static void app_file_name(const char *name, char *buf, size_t size) {
+    size_t n = 0;
+    for (const char *p = name; *p && n + 1 < size; p++) {
+        char c = *p;
+        int keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                   c == '_' || c == '-';
+        if (n == 0 && c == '.')
+            continue;
+        buf[n++] = keep ? c : '_';
+    }
+    buf[n] = '\0';
+    if (n == 0)
+        snprintf(buf, size, "output");
 }
 
 static double now_seconds(void) {
@@ -623,11 +639,12 @@ int main(int argc, char **argv) {
     if (opts.output_dir)
         for (int i = 0; i < info->output_count; i++) {
             char name[256], path[4400];
-            app_file_name(info->outputs[i].name, name, sizeof name);
-            snprintf(path, sizeof path, "%s/%s.npy", opts.output_dir, name);
-            if (app_npy_write(path, info->outputs[i].dtype, &st->output_shapes[i], workers[0].out_host[i],
-                              app.out_bytes[i], err, sizeof err) != 0)
-                die(EXIT_RUNTIME, "%s", err);
+            app_file_name(info->outputs[i].name, name, sizeof name - 4);
+            strcat(name, ".npy");
+            snprintf(path, sizeof path, "%s/%s", opts.output_dir, name);
+            if (ek_npy_write(opts.output_dir, name, info->outputs[i].dtype, &st->output_shapes[i],
+                             workers[0].out_host[i], app.out_bytes[i]) != EK_OK)
+                die(EXIT_RUNTIME, "%s", ek_last_error());
             char dims[160];
             format_shape(&st->output_shapes[i], dims, sizeof dims);
             printf("  output %s: %s %s -> %s\n", info->outputs[i].name, ek_dtype_name(info->outputs[i].dtype), dims,

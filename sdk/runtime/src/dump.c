@@ -110,6 +110,37 @@ static size_t npy_header(char *out, size_t size, ek_dtype_t dtype, int rank, con
     return total;
 }
 
+static ek_status_t write_npy(const char *dir, const char *name, ek_dtype_t dtype, int rank, const int64_t *dims,
+                             const void *data, size_t nbytes) {
+    char header[512];
+    size_t hn = npy_header(header, sizeof header, dtype, rank, dims);
+    if (!hn)
+        return ek_fail(EK_ERR_INTERNAL, "the .npy header of '%.200s' does not fit", name);
+    return ek_write_file2(dir, name, header, hn, data, nbytes);
+}
+
+ek_status_t ek_npy_write(const char *dir, const char *name, ek_dtype_t dtype, const ek_shape_t *shape,
+                         const void *data, size_t nbytes) {
+    if (!dir || !name || !shape || (!data && nbytes))
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_npy_write: dir, name, shape and data must not be NULL");
+    size_t item = ek_dtype_size(dtype);
+    if (!item)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_npy_write: dtype %d has no .npy form", (int)dtype);
+    if (shape->num_dims < 0 || shape->num_dims > EK_MAX_DIMS)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_npy_write: %d dims (0 .. %d)", shape->num_dims, EK_MAX_DIMS);
+    size_t count = 1;
+    for (int i = 0; i < shape->num_dims; i++) {
+        if (shape->dims[i] < 0 || (shape->dims[i] && count > SIZE_MAX / item / (size_t)shape->dims[i]))
+            return ek_fail(EK_ERR_INVALID_ARG, "ek_npy_write: dim %d of '%.200s' is %" PRId64, i, name,
+                           shape->dims[i]);
+        count *= (size_t)shape->dims[i];
+    }
+    if (count * item != nbytes)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_npy_write: '%.200s' is %zu bytes, its shape and dtype take %zu",
+                       name, nbytes, count * item);
+    return write_npy(dir, name, dtype, shape->num_dims, shape->dims, data, nbytes);
+}
+
 static void json_dims(struct sbuf *b, int rank, const int64_t *dims) {
     EK_SB_LIT(b, "[");
     for (int d = 0; d < rank; d++)
@@ -166,11 +197,7 @@ static ek_status_t write_tensor(struct ek_dump *d, const char *name, const struc
         for (int i = 0; i < rank; i++)
             dims[i] = desc->dims[i];
     }
-    char header[512];
-    size_t hn = npy_header(header, sizeof header, desc->dtype, rank, dims);
-    if (!hn)
-        return ek_fail(EK_ERR_INTERNAL, "the .npy header of '%.200s' does not fit", name);
-    ek_status_t status = ek_write_file2(d->dir, name, header, hn, bytes, desc->nbytes);
+    ek_status_t status = write_npy(d->dir, name, desc->dtype, rank, dims, bytes, desc->nbytes);
     if (status != EK_OK)
         return status;
 

@@ -37,6 +37,13 @@ typedef struct ek_shape {
     int64_t dims[EK_MAX_DIMS];
 } ek_shape_t;
 
+/* Write `nbytes` of `data`, a C-order array of `dtype` and `shape`, as the NumPy .npy (format 1.0) file
+ * dir/name, whole or not at all (written to name.tmp, then renamed): for tools that save tensors,
+ * like the edge app's --output_dir and the runtime's dumps. nbytes must be the shape's elements times
+ * the dtype's size. */
+EK_API ek_status_t ek_npy_write(const char *dir, const char *name, ek_dtype_t dtype, const ek_shape_t *shape,
+                                const void *data, size_t nbytes);
+
 /* A tensor in device memory: `shape` elements of `dtype` at byte `offset` of `mem`. */
 typedef struct ek_tensor {
     ek_mem_t mem;
