@@ -153,7 +153,8 @@ static void find_quota(void) {
     quota_cpus = best;
 }
 
-int ek_cpu_quota(void) {
+/* The cgroup CPU quota of this process in whole CPUs, rounded up (read once); 0 when none is set. */
+static int cpu_quota(void) {
     pthread_once(&quota_once, find_quota);
     return quota_cpus;
 }
@@ -175,6 +176,6 @@ int ek_usable_cpus(uint64_t mask) {
     }
     if (count < 1)
         count = 1;
-    int quota = ek_cpu_quota();
+    int quota = cpu_quota();
     return quota > 0 && quota < count ? quota : count;
 }

@@ -164,8 +164,6 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static uint64_t now_ns(void) { return ek_now_ns(); }
-
 static bool new_range(struct ek_team *t, uint64_t seen) {
     return atomic_load_explicit(&t->generation, memory_order_acquire) != seen;
 }
@@ -182,7 +180,7 @@ static void spin_until(bool (*ready)(struct ek_team *, uint64_t), struct ek_team
             return;
         cpu_relax();
         if (i % 64 == 0) {
-            uint64_t now = now_ns();
+            uint64_t now = ek_now_ns();
             if (!deadline)
                 deadline = now + SPIN_NS;
             else if (now >= deadline)

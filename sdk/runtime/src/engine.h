@@ -21,8 +21,6 @@
 /* The CPUs the calling thread may run on (within `mask` when it is not 0), at most the cgroup CPU
  * quota rounded up; at least 1. What a team of threads should be sized to. */
 int ek_usable_cpus(uint64_t mask);
-/* The cgroup CPU quota of this process in whole CPUs, rounded up (read once); 0 when none is set. */
-int ek_cpu_quota(void);
 
 /* ---- runtime.c ---- */
 struct ek_runtime {

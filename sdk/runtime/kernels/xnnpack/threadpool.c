@@ -13,10 +13,8 @@
  * not defined here (a newer XNNPACK's) goes to libpthreadpool and runs serially, never on a wrong
  * object: the provider passes XNNPACK a NULL pool, whose documented meaning is "on the calling
  * thread", and only the functions here read the team from the thread. */
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 #include <pthreadpool.h>
 
