@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -86,7 +87,8 @@ def _cross_build(arch: str, board: str, toolchain: str, jobs: int) -> BuildResul
 
 
 # What the host package is built from: a change to any of these makes the next task rebuild it.
-HOST_SOURCES = ("sdk", "CMakeLists.txt", "pyproject.toml")
+# edge_app/ too: the host package carries edgekit-app.
+HOST_SOURCES = ("sdk", "edge_app", "CMakeLists.txt", "pyproject.toml")
 # The fingerprint of the sources the package in this Python was last built from (build/: 'invoke clean'
 # forgets it along with the build tree).
 HOST_STAMP = ROOT / "build" / "host-package.stamp"
@@ -120,7 +122,7 @@ def _ensure_host_package(c: Context) -> None:
     """Build and install EdgeKit into this Python unless it is installed from the sources as they are."""
     installed = importlib.util.find_spec("edgekit") is not None
     if installed and HOST_STAMP.is_file() and HOST_STAMP.read_text().strip() == _host_fingerprint():
-        say("edgekit in this Python is up to date with sdk/ (no rebuild)")
+        say("edgekit in this Python is up to date with sdk/ and edge_app/ (no rebuild)")
         return
     _install_for_host(c)
     importlib.invalidate_caches()  # a task that imports edgekit next finds the new install
@@ -320,7 +322,7 @@ def lint(c: Context) -> None:
     }
 )
 def test(c: Context, k: str = "", no_lint: bool = False) -> None:
-    """Build (when sdk/ changed), lint, and run the whole test suite with pytest (CI runs it).
+    """Build (when sdk/ or edge_app/ changed), lint, and run the whole test suite with pytest (CI runs it).
 
     The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc, the aarch64
     cross gcc and zig, the cross-build, packages and flashing to the emulated board and over SSH, the
@@ -338,7 +340,7 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
 
 @task(help={"quick": "smaller sizes and fewer repeats (a smoke run)"})
 def bench(c: Context, quick: bool = False) -> None:
-    """Build (when sdk/ changed), then run the memory benchmark and the model benchmark.
+    """Build (when sdk/ or edge_app/ changed), then run the memory benchmark and the model benchmark.
 
     python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size, and a
     small DeviceMemory.write against a no-op Cython call. python -m edgekit.bench_models: MobileNetV2-
@@ -357,8 +359,6 @@ def bench(c: Context, quick: bool = False) -> None:
     c.run(f"{PYTHON} -m edgekit.bench_models{flag}")
     say("edgekit.bench_profile: launches without and with a profile, and with a dump")
     c.run(f"{PYTHON} -m edgekit.bench_profile{flag}")
-    import os
-
     allowed = sorted(os.sched_getaffinity(0))
     large = "--models mobilenetv2,resnet18"
     say(f"edgekit.bench_models on one allowed CPU ({allowed[0]}): default threads and 4 threads vs 1")
@@ -402,7 +402,7 @@ def _demo_model(work: Path) -> list[Path]:
 def demo(c: Context) -> None:
     """The main job: compile a model, cross-build, package, flash the emulated board, run the model there.
 
-    EdgeKit is built for this Python first when sdk/ changed (the compiler runs on the host).
+    EdgeKit is built for this Python first when sdk/ or edge_app/ changed (the compiler runs on the host).
     The model (a MobileNetV2-style net at 1x3x224x224, made with PyTorch) is compiled on the host; on
     the board, edgekit run infers with the XNNPACK and with the portable kernels in the board's own
     Python 3.11 under qemu-aarch64 and checks the outputs against onnxruntime's on the host (exit 1 on a
