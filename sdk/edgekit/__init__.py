@@ -11,6 +11,7 @@ from edgekit._core import version as runtime_version
 from edgekit.device import CoherenceViolation, Device, DeviceMemory, MappedView, device_count
 from edgekit.errors import (
     BusyError,
+    ConnectionLostError,
     DeviceMismatchError,
     DoubleFreeError,
     EdgeKitError,
@@ -26,6 +27,7 @@ from edgekit.errors import (
     OutOfRangeError,
     SystemCallError,
     UnsupportedError,
+    VersionMismatchError,
     WaitTimeoutError,
 )
 from edgekit.inference import Context, Model, Network, Profile, ProfileRecord, Request, Stage, TensorInfo
@@ -35,6 +37,7 @@ __version__ = runtime_version()
 __all__ = [
     "BusyError",
     "CoherenceViolation",
+    "ConnectionLostError",
     "Context",
     "Device",
     "DeviceMemory",
@@ -61,6 +64,7 @@ __all__ = [
     "SystemCallError",
     "TensorInfo",
     "UnsupportedError",
+    "VersionMismatchError",
     "WaitTimeoutError",
     "__version__",
     "device_count",

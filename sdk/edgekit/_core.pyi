@@ -5,6 +5,8 @@
 # Device.close() never refuse because of them. They take effect for the caller at once (`mapped`,
 # `closed` report it; later calls are the runtime's errors for that misuse) and in C when the last
 # export is released.
+import os
+from collections.abc import Callable
 from typing import Any, SupportsIndex, TypeAlias, TypeVar
 
 import numpy as np
@@ -25,13 +27,25 @@ def status_name(code: int) -> str: ...
 
 class Device:
     id: int
+    url: str | None
     def __init__(
         self,
-        id: int = 0,
+        id: int | str = 0,
         coherence: str | None = None,
         heap_size: SupportsIndex | None = None,
         backing: str | None = None,
+        *,
+        board_device: int = 0,
+        server_port: int = 9090,
+        identity: str | os.PathLike[str] | None = None,
+        known_hosts: str | os.PathLike[str] | None = None,
+        strict_host_keys: bool = False,
+        connect_timeout: float = 10.0,
+        reply_timeout: float = 120.0,
+        progress: Callable[[str, int, int], object] | None = None,
     ) -> None: ...
+    @property
+    def remote_info(self) -> dict[str, Any] | None: ...
     @property
     def handle(self) -> int: ...
     @property

@@ -126,16 +126,36 @@ def status_name(int code) -> str:
     return ek_status_name(<ek_status_t>code).decode()
 
 
+cdef void _remote_progress(void *user_data, const char *what, uint64_t done, uint64_t total) noexcept with gil:
+    callback = (<Device>user_data)._progress
+    try:
+        callback(what.decode(), done, total)
+    except BaseException as exc:  # noqa: B036 - nowhere to raise it from inside a C copy
+        import sys
+        print(f"edgekit: the progress callback raised {exc!r}", file=sys.stderr)
+
+
 cdef class Device:
-    """An open handle to device `id`. close() (or garbage collection) releases it."""
+    """An open handle to device `id`, or to a board's device through its remote_server when `id` is a URL
+    ("tcp://HOST:PORT", "ssh://user@board"). close() (or garbage collection) releases it."""
     cdef ek_dev_t _handle
     cdef readonly int id
+    cdef readonly object url   # None for a local device
     cdef bint _open           # C: the handle is held (ek_dev_free not called yet)
     cdef bint _closed         # close() was called while views existed: ek_dev_free waits for them
     cdef Py_ssize_t _exports  # live buffer exports of mappings of memory allocated through this handle
+    cdef object _tunnel       # ssh:// devices: the SSH channel's bridge (edgekit.remote.SshTunnel)
+    cdef object _progress
 
-    def __cinit__(self, int id=0, coherence=None, heap_size=None, backing=None):
+    def __cinit__(self, id=0, coherence=None, heap_size=None, backing=None, *, int board_device=0,
+                  int server_port=9090, identity=None, known_hosts=None, bint strict_host_keys=False,
+                  connect_timeout=10.0, reply_timeout=120.0, progress=None):
         cdef ek_dev_config_t config
+        cdef ek_remote_options_t options
+        cdef int fd
+        cdef ek_status_t status
+        cdef bytes url_bytes, label
+        cdef const char *text
         config.coherence = EK_COHERENCE_DEFAULT
         config.backing = EK_BACKING_DEFAULT
         config.heap_size = 0
@@ -151,9 +171,65 @@ cdef class Device:
             config.heap_size = as_size(heap_size, "heap_size", OutOfMemoryError)
             if config.heap_size == 0:
                 raise InvalidArgumentError("heap_size must be > 0 (or None for the default)")
-        check(ek_dev_request_ex(&self._handle, id, &config))
-        self.id = id
+        if not isinstance(id, str):
+            if isinstance(id, bool) or not isinstance(id, int):
+                raise InvalidTypeError(f"id must be a device number or a URL (tcp://..., ssh://...), got "
+                                       f"{type(id).__name__} {id!r}")
+            check(ek_dev_request_ex(&self._handle, id, &config))
+            self.id = id
+            self._open = True
+            return
+        # A remote device.
+        if progress is not None and not callable(progress):
+            raise InvalidTypeError(f"progress must be callable(what, done, total), got {progress!r}")
+        for name, value in (("connect_timeout", connect_timeout), ("reply_timeout", reply_timeout)):
+            if not isinstance(value, (int, float)) or not 0 < value <= 86400:
+                raise InvalidArgumentError(f"{name} must be seconds in (0, 86400], got {value!r}")
+        options.connect_timeout_ms = <int>(connect_timeout * 1000)
+        options.reply_timeout_ms = <int>(reply_timeout * 1000)
+        options.device_config = config
+        options.progress = NULL
+        options.progress_user_data = NULL
+        self._progress = progress
+        if progress is not None:
+            options.progress = _remote_progress
+            options.progress_user_data = <void *>self
+        if id.startswith("ssh://"):
+            from edgekit.remote import SshTunnel
+            self._tunnel = SshTunnel(id, server_port=server_port, identity=identity, known_hosts=known_hosts,
+                                     strict_host_keys=strict_host_keys, connect_timeout=connect_timeout)
+            fd = self._tunnel.fd
+            label = self._tunnel.label.encode()
+            text = label
+            with nogil:
+                status = ek_dev_connect_fd(&self._handle, fd, text, board_device, &options)
+            if status != EK_OK:
+                message = ek_last_error().decode("utf-8", "replace")
+                self._tunnel.close()
+                raise error_for_status(<int>status, message)
+        else:
+            url_bytes = id.encode()
+            text = url_bytes
+            with nogil:
+                status = ek_dev_connect(&self._handle, text, board_device, &options)
+            check(status)
+        self.id = board_device
+        self.url = id
         self._open = True
+
+    @property
+    def remote_info(self):
+        """What the board's remote_server reported (protocol, runtime_version, arch, model_format, devices,
+        kernels, threads), or None for a local device."""
+        cdef ek_remote_info_t info
+        if self._closed:
+            raise self._closed_error()
+        check(ek_dev_remote_info(self._handle, &info))
+        if not info.remote:
+            return None
+        return {"url": self.url, "protocol": info.protocol, "runtime_version": info.runtime_version.decode(),
+                "arch": info.arch.decode(), "model_format": f"{info.model_format_major}.{info.model_format_minor}",
+                "devices": info.devices, "kernels": info.kernels.decode(), "threads": info.threads}
 
     def __dealloc__(self):
         if self._open:
@@ -181,6 +257,8 @@ cdef class Device:
             return
         cdef ek_status_t status = ek_dev_free(self._handle)
         self._open = False
+        if self._tunnel is not None:
+            self._tunnel.close()
         check(status)
 
     cdef void _release(self) noexcept:
@@ -188,6 +266,8 @@ cdef class Device:
         if self._closed and self._open and self._exports == 0:
             self._open = False
             ek_dev_free(self._handle)  # nobody to report an error to; the handle was valid
+            if self._tunnel is not None:
+                self._tunnel.close()
 
     def sync(self) -> None:
         """Wait for all work queued on the device."""

@@ -35,10 +35,14 @@ class CoherenceViolation:
 
 
 class Device(_core.Device):
-    """An open device. ``coherence`` is ``"coherent"`` (default) or ``"strict"``; ``heap_size`` in bytes
-    and ``backing`` (``"auto"``, ``"memfd"``, ``"dmabuf"``, ``"anonymous"``) apply when the device is
-    first opened. Use it as a context manager, or call ``close()``: numpy views of its memory that are
-    still alive then keep the device open in the runtime until they are deleted."""
+    """An open device: ``Device(0)`` on this machine, ``Device("tcp://HOST:PORT")`` or
+    ``Device("ssh://user@board")`` on a board's remote_server (docs/remote-protocol.md; keywords
+    ``board_device``, ``server_port``, ``identity``, ``known_hosts``, ``strict_host_keys``,
+    ``connect_timeout``, ``reply_timeout`` and ``progress(what, done, total)`` apply to those).
+    ``coherence`` is ``"coherent"`` (default) or ``"strict"``; ``heap_size`` in bytes and ``backing``
+    (``"auto"``, ``"memfd"``, ``"dmabuf"``, ``"anonymous"``) apply when the device is first opened.
+    Use it as a context manager, or call ``close()``: numpy views of its memory that are still alive
+    then keep the device open in the runtime until they are deleted."""
 
     def __enter__(self) -> Device:
         return self
@@ -49,11 +53,12 @@ class Device(_core.Device):
         self.close()
 
     def __repr__(self) -> str:
+        where = f" on {self.url}" if self.url else ""
         if self.closed:
-            return f"<edgekit.Device {self.id} (closed)>"
+            return f"<edgekit.Device {self.id}{where} (closed)>"
         stats = self.stats
         return (
-            f"<edgekit.Device {self.id} {stats['coherence']} {stats['backing']}: "
+            f"<edgekit.Device {self.id}{where} {stats['coherence']} {stats['backing']}: "
             f"{stats['used']}/{stats['total']} bytes used in {stats['allocations']} allocation(s)>"
         )
 

@@ -87,6 +87,19 @@ class InternalError(EdgeKitError):
     code, status_name = 15, "EK_ERR_INTERNAL"
 
 
+class ConnectionLostError(EdgeKitError, ConnectionError):
+    """A remote device could not be reached, its connection was lost, or a peer broke the protocol."""
+
+    code, status_name = 16, "EK_ERR_CONNECTION"
+
+
+class VersionMismatchError(EdgeKitError):
+    """The host and the board's remote_server speak different protocol versions; the message says
+    which side to upgrade."""
+
+    code, status_name = 17, "EK_ERR_VERSION"
+
+
 ERROR_CLASSES: dict[int, type[EdgeKitError]] = {
     cls.code: cls
     for cls in (
@@ -105,6 +118,8 @@ ERROR_CLASSES: dict[int, type[EdgeKitError]] = {
         WaitTimeoutError,
         ModelInvalidError,
         InternalError,
+        ConnectionLostError,
+        VersionMismatchError,
     )
 }
 

@@ -141,8 +141,10 @@ class Profile(_runtime.Profile):
 class Context:
     """A runtime on a device: it loads models and runs their networks.
 
-    ``device`` is a device id (the context opens and owns an ``ek.Device``, with ``coherence``
-    ``"coherent"``/``"strict"``/None) or an open ``ek.Device`` (shared; not closed by the context).
+    ``device`` is a device id or a board's URL (``"tcp://HOST:PORT"``, ``"ssh://user@board"``: device 0 of
+    its remote_server, see docs/remote-protocol.md); the context then opens and owns an ``ek.Device``,
+    with ``coherence`` ``"coherent"``/``"strict"``/None. Or it is an open ``ek.Device`` (shared; not
+    closed by the context), for other device numbers or connection options.
     ``kernels`` is ``"auto"`` (XNNPACK where it has the op, portable C for the rest), ``"portable"``,
     ``"xnnpack"`` (an error if the provider is missing) or None (``EDGEKIT_KERNELS``, else auto).
     ``threads`` is the threads a launch uses (None: ``EDGEKIT_THREADS``, else the CPUs this process may
@@ -152,7 +154,7 @@ class Context:
 
     def __init__(
         self,
-        device: int | Device = 0,
+        device: int | str | Device = 0,
         kernels: str | None = None,
         threads: int | None = None,
         coherence: str | None = None,
@@ -170,11 +172,12 @@ class Context:
                     "set it when opening the device, or pass a device id"
                 )
             self._device, self._owns_device = device, False
-        elif isinstance(device, int) and not isinstance(device, bool):
+        elif isinstance(device, (int, str)) and not isinstance(device, bool):
             self._device, self._owns_device = Device(device, coherence=coherence), True
         else:
             raise InvalidTypeError(
-                f"device must be a device id or an edgekit.Device, got {type(device).__name__}"
+                "device must be a device id, a board URL (tcp://..., ssh://...) or an edgekit.Device, "
+                f"got {type(device).__name__}"
             )
         try:
             self._runtime = _runtime.Runtime(self._device, kernels, threads)

@@ -55,6 +55,31 @@ cdef extern from "edgekit/edgekit.h" nogil:
     ek_status_t ek_dev_coherence_clear(ek_dev_t handle)
     const char *ek_coh_kind_name(ek_coh_kind_t kind)
 
+    # remote devices (edgekit/remote.h)
+    int EK_REMOTE_PROTOCOL
+    int EK_REMOTE_DEFAULT_PORT
+    ctypedef struct ek_remote_options_t:
+        int connect_timeout_ms
+        int reply_timeout_ms
+        void (*progress)(void *user_data, const char *what, uint64_t done, uint64_t total) noexcept with gil
+        void *progress_user_data
+        ek_dev_config_t device_config
+    ek_status_t ek_dev_connect(ek_dev_t *handle, const char *url, int id, const ek_remote_options_t *options)
+    ek_status_t ek_dev_connect_fd(ek_dev_t *handle, int fd, const char *label, int id,
+                                  const ek_remote_options_t *options)
+    ctypedef struct ek_remote_info_t:
+        bint remote
+        int protocol
+        char url[128]
+        char runtime_version[32]
+        char arch[32]
+        int model_format_major
+        int model_format_minor
+        int devices
+        char kernels[32]
+        int threads
+    ek_status_t ek_dev_remote_info(ek_dev_t handle, ek_remote_info_t *info)
+
     ctypedef struct ek_mem_t:
         uint64_t id
     ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size)

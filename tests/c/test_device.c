@@ -27,6 +27,8 @@ static const char *const STATUS_NAMES[EK_STATUS_COUNT] = {
     "EK_ERR_TIMEOUT",
     "EK_ERR_MODEL_INVALID",
     "EK_ERR_INTERNAL",
+    "EK_ERR_CONNECTION",
+    "EK_ERR_VERSION",
 };
 
 static void test_status_names_and_strings(void)

@@ -231,6 +231,8 @@ void ek_device_release_memory(struct ek_device *device) {
 }
 
 ek_status_t ek_dev_free(ek_dev_t handle) {
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_dev_free(handle);
     int index;
     ek_status_t status = ek_handle_lookup(handle.id, EK_HANDLE_DEVICE, true, NULL, &index);
     if (status != EK_OK)
@@ -245,6 +247,8 @@ ek_status_t ek_dev_free(ek_dev_t handle) {
 }
 
 ek_status_t ek_dev_sync(ek_dev_t handle) {
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_dev_sync(handle);
     int index;
     ek_status_t status = ek_handle_get(handle.id, EK_HANDLE_DEVICE, NULL, &index);
     if (status != EK_OK)
@@ -256,12 +260,16 @@ ek_status_t ek_dev_sync(ek_dev_t handle) {
 ek_status_t ek_dev_id(ek_dev_t handle, int *id) {
     if (!id)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_dev_id: id is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_dev_id(handle, id);
     return ek_handle_get(handle.id, EK_HANDLE_DEVICE, NULL, id);
 }
 
 ek_status_t ek_dev_heap_stats(ek_dev_t handle, ek_heap_stats_t *stats) {
     if (!stats)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_dev_heap_stats: stats is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_dev_heap_stats(handle, stats);
     struct ek_device *device;
     ek_status_t status = ek_device_lock(handle, false, &device);
     if (status != EK_OK)
@@ -276,6 +284,8 @@ ek_status_t ek_dev_heap_stats(ek_dev_t handle, ek_heap_stats_t *stats) {
 ek_status_t ek_dev_coherence_report(ek_dev_t handle, ek_coh_violation_t *out, size_t capacity, size_t *count) {
     if (!count || (capacity && !out))
         return ek_fail(EK_ERR_INVALID_ARG, "ek_dev_coherence_report: %s is NULL", count ? "out" : "count");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_dev_coherence_report(handle, out, capacity, count);
     struct ek_device *device;
     ek_status_t status = ek_device_lock(handle, false, &device);
     if (status != EK_OK)
@@ -294,6 +304,8 @@ ek_status_t ek_dev_coherence_report(ek_dev_t handle, ek_coh_violation_t *out, si
 }
 
 ek_status_t ek_dev_coherence_clear(ek_dev_t handle) {
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_dev_coherence_clear(handle);
     struct ek_device *device;
     ek_status_t status = ek_device_lock(handle, false, &device);
     if (status != EK_OK)

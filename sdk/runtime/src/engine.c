@@ -795,6 +795,11 @@ static void execute(struct ek_launch_rec *rec) {
         ek_profiler_span(profile, EK_PROFILE_WAIT, rec->net->info.name, stage_index, rec->profile_launch,
                          rec->submit_ns < t_start ? rec->submit_ns : t_start, t_start, rec->caller_thread, 0);
     }
+    if (rt->test_slow_launch_ms > 0) {
+        struct timespec pause = {rt->test_slow_launch_ms / 1000, (long)(rt->test_slow_launch_ms % 1000) * 1000000L};
+        while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+        }
+    }
     ek_status_t status = exec_acquire(rt, rec->net, rec->stage, threads, rec->cpu_mask, &exec);
     if (profile) {
         t_ready = ek_now_ns();
@@ -980,6 +985,8 @@ ek_status_t ek_launch_submit(struct ek_launch_rec *rec, bool run_here_on_worker)
 }
 
 ek_status_t ek_launch_wait(ek_launch_t launch, int timeout_ms) {
+    if (EK_IS_REMOTE(launch.id))
+        return ek_rc_launch_wait(launch, timeout_ms);
     pthread_once(&engine_once, engine_init);
     struct timespec deadline;
     if (timeout_ms > 0) {

@@ -39,7 +39,13 @@ struct ek_runtime {
     /* Test hook (docs/profiling.md): the op name whose output every launch corrupts, from
      * EDGEKIT_TEST_CORRUPT_OP, honoured only with EDGEKIT_TEST_HOOKS=1; NULL otherwise. */
     char *test_corrupt_op;
+    /* Test hook: every launch sleeps this long before it runs (EDGEKIT_TEST_SLOW_LAUNCH_MS, with
+     * EDGEKIT_TEST_HOOKS=1); 0 otherwise. */
+    int test_slow_launch_ms;
 };
+
+/* A launch's default threads: EDGEKIT_THREADS, else the CPUs this process may use, at most 8. */
+ek_status_t ek_default_threads(int *threads);
 
 /* A reference that keeps the runtime from being destroyed (each queued launch holds one). */
 void ek_runtime_ref(struct ek_runtime *rt);

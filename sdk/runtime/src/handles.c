@@ -41,6 +41,11 @@ static struct slot *slot_at(uint32_t index) {
 }
 
 static const char *kind_name(unsigned kind) {
+    if (kind & EK_HANDLE_REMOTE) {
+        kind &= ~(unsigned)EK_HANDLE_REMOTE;
+        return kind == EK_HANDLE_DEVICE ? "remote device" : kind == EK_HANDLE_MEMORY ? "remote memory"
+             : kind == EK_HANDLE_RUNTIME ? "remote runtime" : kind == EK_HANDLE_LAUNCH ? "remote launch" : "unknown";
+    }
     return kind == EK_HANDLE_DEVICE ? "device" : kind == EK_HANDLE_MEMORY ? "memory"
          : kind == EK_HANDLE_RUNTIME ? "runtime" : kind == EK_HANDLE_LAUNCH ? "launch"
          : kind == EK_HANDLE_PROFILE ? "profile" : "unknown";

@@ -22,7 +22,11 @@ ek_status_t ek_fail(ek_status_t status, const char *fmt, ...) EK_PRINTF(2, 3);
 
 /* ---- handles.c: generation-checked handles, so stale and forged ones are errors ---- */
 enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2, EK_HANDLE_RUNTIME = 3, EK_HANDLE_LAUNCH = 4,
-                      EK_HANDLE_PROFILE = 5 };
+                      EK_HANDLE_PROFILE = 5,
+                      /* or'ed into a kind for the objects of remote devices (remote_client.c) */
+                      EK_HANDLE_REMOTE = 0x80 };
+/* A handle of a remote device's object: the kind's top bit, so the public calls test it without a lookup. */
+#define EK_IS_REMOTE(id) (((id) >> 63) != 0)
 
 /* A new live handle for `obj`, owned by device `owner`; 0 when the table cannot grow. */
 uint64_t ek_handle_new(enum ek_handle_kind kind, void *obj, int owner);
@@ -130,5 +134,49 @@ void ek_worker_init(struct ek_dev_worker *worker);
 /* Wait until the device's queue is empty and nothing runs; return (and clear) the first error of a
  * handle-less launch since the last sync. Call without holding the device lock. */
 ek_status_t ek_worker_sync(struct ek_device *device);
+
+/* ---- remote_client.c: the public calls on remote handles (docs/remote-protocol.md) ---- */
+ek_status_t ek_rc_dev_free(ek_dev_t handle);
+ek_status_t ek_rc_dev_id(ek_dev_t handle, int *id);
+ek_status_t ek_rc_dev_sync(ek_dev_t handle);
+ek_status_t ek_rc_dev_heap_stats(ek_dev_t handle, ek_heap_stats_t *stats);
+ek_status_t ek_rc_dev_coherence_report(ek_dev_t handle, ek_coh_violation_t *out, size_t capacity, size_t *count);
+ek_status_t ek_rc_dev_coherence_clear(ek_dev_t handle);
+ek_status_t ek_rc_malloc(ek_dev_t dev, ek_mem_t *mem, size_t size);
+ek_status_t ek_rc_free(ek_dev_t dev, ek_mem_t mem);
+ek_status_t ek_rc_mem_size(ek_mem_t mem, size_t *size);
+ek_status_t ek_rc_copy_host(ek_dev_t dev, ek_mem_t mem, void *host, size_t size, size_t offset, bool whole,
+                            bool to_device, const char *call);
+ek_status_t ek_rc_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_t src, size_t src_offset,
+                             size_t size);
+ek_status_t ek_rc_mmap(ek_dev_t dev, ek_mem_t mem, void **addr);
+ek_status_t ek_rc_unmap(ek_dev_t dev, ek_mem_t mem);
+ek_status_t ek_rc_sync_range(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size, bool whole, bool to_device,
+                             const char *call);
+ek_status_t ek_rc_rt_create(ek_rt_t *rt, ek_dev_t dev, const ek_rt_config_t *config);
+ek_status_t ek_rc_rt_destroy(ek_rt_t rt);
+ek_status_t ek_rc_rt_kernels(ek_rt_t rt, const char **name);
+ek_status_t ek_rc_rt_threads(ek_rt_t rt, int *threads);
+ek_status_t ek_rc_rt_load_model(ek_rt_t rt, const char *path);
+ek_status_t ek_rc_rt_load_model_data(ek_rt_t rt, const void *data, size_t size);
+ek_status_t ek_rc_rt_network_count(ek_rt_t rt, int *count);
+ek_status_t ek_rc_rt_network_name(ek_rt_t rt, int index, const char **name);
+ek_status_t ek_rc_rt_network_info(ek_rt_t rt, const char *name, const ek_net_info_t **info);
+ek_status_t ek_rc_rt_launch_tensor(ek_rt_t rt, const char *net_name, const ek_tensor_t *inputs, int input_count,
+                                   ek_tensor_t *outputs, int output_count, bool user_mem,
+                                   const ek_launch_options_t *options, ek_launch_t *launch);
+ek_status_t ek_rc_launch_wait(ek_launch_t launch, int timeout_ms);
+ek_status_t ek_rc_rt_launch_data(ek_rt_t rt, const char *net_name, const void *const *inputs,
+                                 const ek_shape_t *input_shapes, int input_count, void *const *outputs,
+                                 const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,
+                                 const ek_launch_options_t *options);
+ek_status_t ek_rc_launch_data_staged(ek_rt_t rt, const char *net_name, const void *const *inputs,
+                                     const ek_shape_t *input_shapes, int input_count, void *const *outputs,
+                                     const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,
+                                     const ek_launch_options_t *options);
+
+/* The .ekm versions this runtime reads (model.c), also told to remote clients. */
+#define EK_MODEL_FORMAT_MAJOR 1
+#define EK_MODEL_FORMAT_MINOR 1
 
 #endif /* EDGEKIT_INTERNAL_H */

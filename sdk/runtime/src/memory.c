@@ -51,6 +51,8 @@ ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size) {
         return ek_fail(EK_ERR_INVALID_ARG, "ek_malloc_device: mem is NULL");
     if (size == 0)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_malloc_device: size is 0; give at least one byte");
+    if (EK_IS_REMOTE(dev.id))
+        return ek_rc_malloc(dev, mem, size);
     struct ek_device *device;
     ek_status_t status = ek_device_lock(dev, true, &device);
     if (status != EK_OK)
@@ -89,6 +91,8 @@ ek_status_t ek_malloc_device(ek_dev_t dev, ek_mem_t *mem, size_t size) {
 }
 
 ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem) {
+    if (EK_IS_REMOTE(dev.id))
+        return ek_rc_free(dev, mem);
     struct ek_device *device;
     struct ek_mem_rec *rec;
     ek_status_t status = lock_memory(dev, mem, true, true, &device, &rec);
@@ -112,6 +116,8 @@ ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem) {
 ek_status_t ek_mem_size(ek_mem_t mem, size_t *size) {
     if (!size)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_mem_size: size is NULL");
+    if (EK_IS_REMOTE(mem.id))
+        return ek_rc_mem_size(mem, size);
     int owner;
     ek_status_t status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, NULL, &owner);
     if (status != EK_OK)
@@ -132,6 +138,8 @@ static ek_status_t copy_host(ek_dev_t dev, ek_mem_t mem, void *host, size_t size
                              bool to_device, const char *call) {
     if (!host)
         return ek_fail(EK_ERR_INVALID_ARG, "%s: %s is NULL", call, to_device ? "src" : "dst");
+    if (EK_IS_REMOTE(dev.id))
+        return ek_rc_copy_host(dev, mem, host, size, offset, whole, to_device, call);
     struct ek_device *device;
     struct ek_mem_rec *rec;
     ek_status_t status = lock_memory(dev, mem, false, false, &device, &rec);
@@ -175,6 +183,8 @@ ek_status_t ek_memcpy_d2s_partial_offset(ek_dev_t dev, void *dst, ek_mem_t src, 
 
 ek_status_t ek_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_t src, size_t src_offset,
                           size_t size) {
+    if (EK_IS_REMOTE(dev.id))
+        return ek_rc_memcpy_d2d(dev, dst, dst_offset, src, src_offset, size);
     struct ek_device *device;
     struct ek_mem_rec *to;
     ek_status_t status = lock_memory(dev, dst, false, false, &device, &to);
@@ -197,6 +207,8 @@ ek_status_t ek_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_mem_
 ek_status_t ek_mem_mmap(ek_dev_t dev, ek_mem_t mem, void **addr) {
     if (!addr)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_mem_mmap: addr is NULL");
+    if (EK_IS_REMOTE(dev.id))
+        return ek_rc_mmap(dev, mem, addr);
     struct ek_device *device;
     struct ek_mem_rec *rec;
     ek_status_t status = lock_memory(dev, mem, true, false, &device, &rec);
@@ -216,6 +228,8 @@ ek_status_t ek_mem_mmap(ek_dev_t dev, ek_mem_t mem, void **addr) {
 }
 
 ek_status_t ek_mem_unmap(ek_dev_t dev, ek_mem_t mem) {
+    if (EK_IS_REMOTE(dev.id))
+        return ek_rc_unmap(dev, mem);
     struct ek_device *device;
     struct ek_mem_rec *rec;
     ek_status_t status = lock_memory(dev, mem, true, false, &device, &rec);
@@ -231,6 +245,8 @@ ek_status_t ek_mem_unmap(ek_dev_t dev, ek_mem_t mem) {
 
 static ek_status_t sync_range(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size, bool whole, bool to_device,
                               const char *call) {
+    if (EK_IS_REMOTE(dev.id))
+        return ek_rc_sync_range(dev, mem, offset, size, whole, to_device, call);
     struct ek_device *device;
     struct ek_mem_rec *rec;
     ek_status_t status = lock_memory(dev, mem, false, false, &device, &rec);

@@ -25,7 +25,6 @@
 
 #define HEADER_SIZE 64u
 #define ENTRY_SIZE 24u
-#define VERSION_MAJOR 1u
 #define MAX_IOS 64u
 #define MAX_ARRAY_ATTR 64u
 #define ABSENT 0xFFFFFFFFu
@@ -228,9 +227,9 @@ static ek_status_t read_sections(struct loader *L) {
     if (memcmp(d, "EDGEKIT\0", 8) != 0)
         return BAD("header: magic is not \"EDGEKIT\\0\" (not an .ekm model)");
     unsigned major = rd16(d + 8), minor = rd16(d + 10);
-    if (major != VERSION_MAJOR)
+    if (major != EK_MODEL_FORMAT_MAJOR)
         return BAD("header: version_major %u is not supported: the file is .ekm %u.%u, this reader reads %u.x",
-                   major, major, minor, VERSION_MAJOR);
+                   major, major, minor, EK_MODEL_FORMAT_MAJOR);
     uint32_t header_size = rd32(d + 12);
     if (header_size != HEADER_SIZE)
         return BAD("header: header_size %u is not %u", (unsigned)header_size, HEADER_SIZE);

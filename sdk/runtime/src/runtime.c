@@ -106,7 +106,7 @@ void ek_runtime_unref(struct ek_runtime *rt) {
     pthread_mutex_unlock(&table_lock);
 }
 
-static ek_status_t default_threads(int *threads) {
+ek_status_t ek_default_threads(int *threads) {
     const char *env = getenv("EDGEKIT_THREADS");
     if (env && *env) {
         char *end;
@@ -130,13 +130,20 @@ ek_status_t ek_rt_create(ek_rt_t *rt, ek_dev_t dev) { return ek_rt_create_ex(rt,
 ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t *config) {
     if (!handle)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_create: rt is NULL");
+    if (EK_IS_REMOTE(dev.id)) {
+        handle->id = 0;
+        if (config && (config->threads < 0 || config->threads > EK_MAX_LAUNCH_THREADS))
+            return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_create: threads %d is outside 0 .. %d", config->threads,
+                           EK_MAX_LAUNCH_THREADS);
+        return ek_rc_rt_create(handle, dev, config);
+    }
     ek_rt_config_t cfg = config ? *config : (ek_rt_config_t){EK_KERNELS_DEFAULT, 0};
     if (cfg.threads < 0 || cfg.threads > EK_MAX_LAUNCH_THREADS)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_create: threads %d is outside 0 .. %d", cfg.threads,
                        EK_MAX_LAUNCH_THREADS);
     int threads = cfg.threads;
     ek_status_t status;
-    if (threads == 0 && (status = default_threads(&threads)) != EK_OK)
+    if (threads == 0 && (status = ek_default_threads(&threads)) != EK_OK)
         return status;
     ek_kernels_t kernels;
     const struct ek_provider *provider;
@@ -161,6 +168,14 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
         fprintf(stderr, "edgekit: TEST HOOK ACTIVE: the output of op '%.200s' is corrupted in every launch "
                 "(EDGEKIT_TEST_HOOKS=1 and EDGEKIT_TEST_CORRUPT_OP are set)\n", corrupt);
     }
+    /* The second hook (docs/remote-protocol.md): every launch sleeps first, to test launch timeouts. */
+    const char *slow = getenv("EDGEKIT_TEST_SLOW_LAUNCH_MS");
+    if (slow && *slow && hooks && strcmp(hooks, "1") == 0) {
+        long ms = strtol(slow, NULL, 10);
+        rt->test_slow_launch_ms = ms > 0 && ms <= 3600000 ? (int)ms : 0;
+        fprintf(stderr, "edgekit: TEST HOOK ACTIVE: every launch sleeps %d ms first (EDGEKIT_TEST_HOOKS=1 and "
+                "EDGEKIT_TEST_SLOW_LAUNCH_MS are set)\n", rt->test_slow_launch_ms);
+    }
     rt->kernels = kernels;
     rt->provider = provider;
     rt->threads = threads;
@@ -176,6 +191,8 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
 }
 
 ek_status_t ek_rt_destroy(ek_rt_t handle) {
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_destroy(handle);
     pthread_mutex_lock(&table_lock);
     void *obj;
     ek_status_t status = ek_handle_lookup(handle.id, EK_HANDLE_RUNTIME, true, &obj, NULL);
@@ -214,6 +231,8 @@ ek_status_t ek_rt_destroy(ek_rt_t handle) {
 ek_status_t ek_rt_kernels(ek_rt_t handle, const char **name) {
     if (!name)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_kernels: name is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_kernels(handle, name);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -226,6 +245,8 @@ ek_status_t ek_rt_kernels(ek_rt_t handle, const char **name) {
 ek_status_t ek_rt_threads(ek_rt_t handle, int *threads) {
     if (!threads)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_threads: threads is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_threads(handle, threads);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -285,6 +306,8 @@ static ek_status_t add_model(struct ek_runtime *rt, struct ek_model *model) {
 ek_status_t ek_rt_load_model(ek_rt_t handle, const char *path) {
     if (!path)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_load_model: path is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_load_model(handle, path);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -301,6 +324,8 @@ ek_status_t ek_rt_load_model_data(ek_rt_t handle, const void *data, size_t size)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_load_model_data: %s", data ? "size is 0" : "data is NULL");
     if (size > SIZE_MAX - 64)
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "ek_rt_load_model_data: %zu bytes is too large", size);
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_load_model_data(handle, data, size);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -324,6 +349,8 @@ ek_status_t ek_rt_load_model_data(ek_rt_t handle, const void *data, size_t size)
 ek_status_t ek_rt_network_count(ek_rt_t handle, int *count) {
     if (!count)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_count: count is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_network_count(handle, count);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -338,6 +365,8 @@ ek_status_t ek_rt_network_count(ek_rt_t handle, int *count) {
 ek_status_t ek_rt_network_name(ek_rt_t handle, int index, const char **name) {
     if (!name)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_name: name is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_network_name(handle, index, name);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -375,6 +404,8 @@ static ek_status_t find_network(struct ek_runtime *rt, const char *name, struct 
 ek_status_t ek_rt_network_info(ek_rt_t handle, const char *name, const ek_net_info_t **info) {
     if (!info)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_info: info is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_network_info(handle, name, info);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -619,6 +650,9 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
 ek_status_t ek_rt_launch_tensor(ek_rt_t handle, const char *net_name, const ek_tensor_t *inputs, int input_count,
                                 ek_tensor_t *outputs, int output_count, bool user_mem,
                                 const ek_launch_options_t *options, ek_launch_t *launch_out) {
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_launch_tensor(handle, net_name, inputs, input_count, outputs, output_count, user_mem,
+                                      options, launch_out);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)
@@ -636,6 +670,9 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_data: %s is NULL",
                        !inputs ? "inputs" : !input_shapes ? "input_shapes" : !outputs ? "outputs"
                        : !output_capacity ? "output_capacity" : "output_shapes");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_rt_launch_data(handle, net_name, inputs, input_shapes, input_count, outputs, output_capacity,
+                                    output_shapes, output_count, options);
     struct ek_runtime *rt;
     ek_status_t status = rt_acquire(handle, &rt);
     if (status != EK_OK)

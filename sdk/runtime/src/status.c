@@ -28,6 +28,8 @@ static const struct {
     {"EK_ERR_TIMEOUT", "timed out"},
     {"EK_ERR_MODEL_INVALID", "invalid model"},
     {"EK_ERR_INTERNAL", "internal error"},
+    {"EK_ERR_CONNECTION", "remote connection failed"},
+    {"EK_ERR_VERSION", "remote protocol version mismatch"},
 };
 
 static _Thread_local char last_error[512];

@@ -6,5 +6,6 @@
 #include "edgekit/device.h"
 #include "edgekit/memory.h"
 #include "edgekit/runtime.h"
+#include "edgekit/remote.h"
 
 #endif /* EDGEKIT_EDGEKIT_H */

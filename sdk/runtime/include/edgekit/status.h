@@ -30,10 +30,12 @@ typedef enum ek_status {
     EK_ERR_UNSUPPORTED = 12,   /* not available in this build or on this system */
     EK_ERR_TIMEOUT = 13,       /* a wait ran out of time */
     EK_ERR_MODEL_INVALID = 14, /* a model file or buffer failed validation */
-    EK_ERR_INTERNAL = 15       /* a broken invariant inside the runtime: please report it */
+    EK_ERR_INTERNAL = 15,      /* a broken invariant inside the runtime: please report it */
+    EK_ERR_CONNECTION = 16,    /* a remote device's connection failed, was lost or broke the protocol */
+    EK_ERR_VERSION = 17        /* the two ends of a remote connection speak different protocol versions */
 } ek_status_t;
 
-#define EK_STATUS_COUNT 16
+#define EK_STATUS_COUNT 18
 
 /* The enum name of a status ("EK_ERR_OUT_OF_RANGE"); "EK_ERR_UNKNOWN" for other values. */
 EK_API const char *ek_status_name(ek_status_t status);

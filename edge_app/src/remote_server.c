@@ -1,0 +1,142 @@
+/* remote_server: serves the board's devices to EdgeKit clients on the host (docs/remote-protocol.md).
+ * A thin program around ek_server_*: flags, signals, log lines. C11, libc + pthread + libedgekit. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <edgekit/edgekit.h>
+
+static const char help_text[] =
+    "usage: remote_server [--host ADDRESS] [--port PORT] [flags]\n"
+    "\n"
+    "Serves this board's EdgeKit devices to hosts: ek.Device(\"tcp://HOST:PORT\") or\n"
+    "ek.Device(\"ssh://user@board\") in Python, ek_dev_connect() in C, edgekit-app --rpc_server.\n"
+    "Each connection is one session; everything a session allocated, loaded or launched is freed\n"
+    "when its client disconnects or stays silent for --idle-timeout.\n"
+    "\n"
+    "It listens on loopback only: it has no authentication or encryption of its own, so reach it\n"
+    "through SSH (the Python API opens the SSH channel itself; from C, ssh -L PORT:127.0.0.1:PORT).\n"
+    "\n"
+    "flags:\n"
+    "  --host ADDRESS         loopback address to listen on (default 127.0.0.1; others are refused)\n"
+    "  --port PORT            TCP port (default 9090; 0 picks a free one, printed on start)\n"
+    "  --max-sessions N       sessions at once; more are told the server is full (default 64)\n"
+    "  --idle-timeout SEC     drop a client silent this long (default 60; clients ping meanwhile)\n"
+    "  --launch-timeout SEC   report a launch running this long as a timeout (default 600)\n"
+    "  --max-model-mb MB      the largest model a client may upload (default 1024)\n"
+    "  --quiet                no log lines (errors still go to stderr)\n"
+    "  --version              print the EdgeKit and protocol versions\n"
+    "  --help                 this text\n"
+    "\n"
+    "exit status: 0 after SIGINT/SIGTERM, 2 for bad flags, 1 when it cannot listen.\n";
+
+static ek_server_t *server;
+
+static void on_signal(int sig) {
+    (void)sig;
+    ek_server_stop(server);
+}
+
+static void log_line(void *user, const char *line) {
+    (void)user;
+    char stamp[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", localtime_r(&now, &tm));
+    fprintf(stderr, "%s remote_server: %s\n", stamp, line);
+}
+
+/* A whole number in [min, max]; -1 with a message on stderr otherwise. */
+static int parse_int(const char *flag, const char *text, long min, long max, long *out) {
+    char *end;
+    errno = 0;
+    long v = text ? strtol(text, &end, 10) : 0;
+    if (!text || errno || end == text || *end || v < min || v > max) {
+        fprintf(stderr, "remote_server: %s needs a whole number from %ld to %ld, not '%s' (see --help)\n", flag, min,
+                max, text ? text : "");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    ek_server_config_t config = {0};
+    config.port = EK_REMOTE_DEFAULT_PORT;
+    bool quiet = false;
+    for (int i = 1; i < argc; i++) {
+        const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
+        long v;
+        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
+            fputs(help_text, stdout);
+            return 0;
+        } else if (strcmp(flag, "--version") == 0) {
+            printf("remote_server (EdgeKit %s, remote protocol %d)\n", ek_version(), EK_REMOTE_PROTOCOL);
+            return 0;
+        } else if (strcmp(flag, "--quiet") == 0) {
+            quiet = true;
+        } else if (strcmp(flag, "--host") == 0) {
+            if (!value) {
+                fprintf(stderr, "remote_server: --host needs an address (see --help)\n");
+                return 2;
+            }
+            config.host = value;
+            i++;
+        } else if (strcmp(flag, "--port") == 0) {
+            if (parse_int(flag, value, 0, 65535, &v) != 0)
+                return 2;
+            config.port = (int)v;
+            i++;
+        } else if (strcmp(flag, "--max-sessions") == 0) {
+            if (parse_int(flag, value, 1, 4096, &v) != 0)
+                return 2;
+            config.max_sessions = (int)v;
+            i++;
+        } else if (strcmp(flag, "--idle-timeout") == 0) {
+            if (parse_int(flag, value, 1, INT_MAX / 1000, &v) != 0)
+                return 2;
+            config.idle_timeout_ms = (int)v * 1000;
+            i++;
+        } else if (strcmp(flag, "--launch-timeout") == 0) {
+            if (parse_int(flag, value, 1, INT_MAX / 1000, &v) != 0)
+                return 2;
+            config.launch_timeout_ms = (int)v * 1000;
+            i++;
+        } else if (strcmp(flag, "--max-model-mb") == 0) {
+            if (parse_int(flag, value, 1, 1 << 20, &v) != 0)
+                return 2;
+            config.max_model_bytes = (uint64_t)v << 20;
+            i++;
+        } else {
+            fprintf(stderr, "remote_server: unknown argument '%s' (see remote_server --help)\n", flag);
+            return 2;
+        }
+    }
+    if (!quiet)
+        config.log = log_line;
+    if (ek_server_create(&server, &config) != EK_OK) {
+        fprintf(stderr, "remote_server: %s\n", ek_last_error());
+        return 1;
+    }
+    /* The chosen port on stdout, one line, for scripts that started it with --port 0. */
+    printf("remote_server listening on %s:%d\n", config.host ? config.host : "127.0.0.1", ek_server_port(server));
+    fflush(stdout);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    ek_status_t status = ek_server_run(server);
+    ek_server_destroy(server);
+    if (status != EK_OK) {
+        fprintf(stderr, "remote_server: %s\n", ek_last_error());
+        return 1;
+    }
+    return 0;
+}
