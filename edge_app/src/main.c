@@ -3,6 +3,7 @@
  * outputs), optionally bound to a CPU cluster, and reports latency percentiles and throughput.
  * Bad flags or input: one line "error: ..." and exit 2; a runtime failure while running: exit 1. */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -405,6 +406,9 @@ int main(int argc, char **argv) {
 
     if (!opts.model_path)
         die(EXIT_USAGE, "--model_path is required (see edgekit-app --help)");
+    if (opts.rpc_server && opts.cluster_count)
+        die(EXIT_USAGE, "--visible_cluster binds threads to this machine's CPU clusters, but with --rpc_server the "
+            "inferences run on the board: run edgekit-app on the board to bind its clusters");
     if (opts.cluster_count && opts.cluster_count != opts.threads)
         die(EXIT_USAGE, "--visible_cluster gave %d cluster(s) for %d thread(s) per device: give one per thread",
             opts.cluster_count, opts.threads);
@@ -417,7 +421,9 @@ int main(int argc, char **argv) {
         opts.dev_count = 1;
     }
     int devices = 0;
-    if (ek_dev_count(&devices) != EK_OK)
+    if (opts.rpc_server)
+        devices = INT_MAX; /* the board checks the ids */
+    else if (ek_dev_count(&devices) != EK_OK)
         die(EXIT_USAGE, "%s", ek_last_error());
     for (int i = 0; i < opts.dev_count; i++)
         if (opts.dev_ids[i] >= devices)
@@ -459,8 +465,20 @@ int main(int argc, char **argv) {
     ek_rt_config_t config = {opts.kernels, 0};
     for (int d = 0; d < opts.dev_count; d++) {
         dctx[d].id = opts.dev_ids[d];
-        if (ek_dev_request(&dctx[d].dev, dctx[d].id) != EK_OK)
+        if (opts.rpc_server) {
+            char url[300];
+            snprintf(url, sizeof url, "tcp://%s", opts.rpc_server);
+            ek_status_t status = ek_dev_connect(&dctx[d].dev, url, dctx[d].id, NULL);
+            if (status != EK_OK)
+                die(status == EK_ERR_NO_DEVICE ? EXIT_USAGE : EXIT_RUNTIME, "--rpc_server %s, device %d: %s",
+                    opts.rpc_server, dctx[d].id, ek_last_error());
+            ek_remote_info_t board;
+            if (d == 0 && ek_dev_remote_info(dctx[d].dev, &board) == EK_OK)
+                printf("running on %s: an %s board, EdgeKit %s, %s kernels by default\n", url, board.arch,
+                       board.runtime_version, board.kernels);
+        } else if (ek_dev_request(&dctx[d].dev, dctx[d].id) != EK_OK) {
             die(EXIT_RUNTIME, "device %d: %s", dctx[d].id, ek_last_error());
+        }
         dctx[d].dev_open = 1;
         if (ek_rt_create_ex(&dctx[d].rt, dctx[d].dev, &config) != EK_OK)
             die(EXIT_RUNTIME, "device %d: %s", dctx[d].id, ek_last_error());

@@ -65,6 +65,12 @@ const char app_help_text[] =
     "                            .npy, in the ONNX layout, with manifest.json; default 0. Compare one with\n"
     "                            ONNX on the host: edgekit dump -o sample_dump/dev0_thread0 --compare m.onnx\n"
     "                              --dump 1\n"
+    "  --rpc_server HOST:PORT    run on a board's devices through its remote_server (docs/remote-protocol.md)\n"
+    "                            while this program runs here: the model file, --data_path, --output_dir,\n"
+    "                            --profile and --dump stay on this machine. The server listens on the\n"
+    "                            board's loopback: forward it first (ssh -N -L 9090:127.0.0.1:9090\n"
+    "                            root@board), or give the emulated board's port (invoke serve --device emu)\n"
+    "                              --rpc_server 127.0.0.1:9090\n"
     "  --list-clusters           print the CPU clusters (from /sys/devices/system/cpu: package, cluster\n"
     "                            and cpu_capacity, so big.LITTLE cores are apart) and exit\n"
     "  --help                    this text\n"
@@ -87,6 +93,7 @@ static const struct flag {
     {"dev_ids", MULTI},        {"threads", SINGLE},     {"visible_cluster", MULTI}, {"launch_threads", SINGLE},
     {"iterations", SINGLE},    {"warmup", SINGLE},      {"kernels", SINGLE},       {"output_dir", SINGLE},
     {"profile", SINGLE},       {"dump", SINGLE},        {"list_clusters", SWITCH}, {"help", SWITCH},
+    {"rpc_server", SINGLE},
 };
 #define FLAG_COUNT ((int)(sizeof flags / sizeof flags[0]))
 
@@ -208,6 +215,15 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
             opts->model_path = v;
         } else if (strcmp(name, "network") == 0) {
             opts->network = v;
+        } else if (strcmp(name, "rpc_server") == 0) {
+            const char *colon = strrchr(v, ':');
+            if (strncmp(v, "tcp://", 6) == 0)
+                v += 6;
+            if (!colon || colon == v || parse_int(colon + 1, 1, 65535, &n) != 0 || strchr(v, '/')) {
+                snprintf(err, errlen, "--rpc_server '%s': expected HOST:PORT, e.g. 127.0.0.1:9090", v);
+                return -1;
+            }
+            opts->rpc_server = v;
         } else if (strcmp(name, "output_dir") == 0) {
             opts->output_dir = v;
         } else if (strcmp(name, "data_path") == 0) {

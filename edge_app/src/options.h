@@ -29,6 +29,7 @@ typedef struct app_options {
     const char *output_dir;
     bool profile;          /* --profile: profiles of the timed iterations in ./sample_profiler */
     bool dump;             /* --dump: each thread's first launch dumped to ./sample_dump */
+    const char *rpc_server; /* --rpc_server HOST:PORT: the devices are a board's remote_server's; NULL: local */
     bool list_clusters;
     bool help;
 } app_options_t;

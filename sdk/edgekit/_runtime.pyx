@@ -522,7 +522,7 @@ cdef class Runtime:
 
 
 PROFILE_KINDS = ("ModelInit", "RequestInit", "TransferFromInput", "Wait", "LayerExecute", "TransferToOutput",
-                 "ModelExecute")
+                 "ModelExecute", "Transport")
 
 
 cdef class Profile:

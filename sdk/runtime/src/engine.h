@@ -106,6 +106,8 @@ void ek_profiler_release(struct ek_profiler *p);
 bool ek_profiler_add(struct ek_profiler *p, const ek_profile_record_t *r);
 uint64_t ek_profiler_next_launch(struct ek_profiler *p);
 bool ek_profiler_first_sight(struct ek_profiler *p, const struct ek_model *model);
+/* The same for any key (remote networks): true the first time (key, stamp) is seen. */
+bool ek_profiler_first_key(struct ek_profiler *p, const void *key, uint64_t stamp);
 /* A record of `kind` over [start, end) on `thread` (Wait, RequestInit, transfers, ModelExecute). */
 void ek_profiler_span(struct ek_profiler *p, ek_profile_kind_t kind, const char *network, int stage, uint64_t launch,
                       uint64_t start, uint64_t end, uint64_t thread, uint64_t bytes);

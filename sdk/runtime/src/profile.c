@@ -64,6 +64,7 @@ const char *ek_profile_kind_name(ek_profile_kind_t kind) {
     case EK_PROFILE_LAYER_EXECUTE: return "LayerExecute";
     case EK_PROFILE_TRANSFER_TO_OUTPUT: return "TransferToOutput";
     case EK_PROFILE_MODEL_EXECUTE: return "ModelExecute";
+    case EK_PROFILE_TRANSPORT: return "Transport";
     }
     return "Unknown";
 }
@@ -205,9 +206,13 @@ uint64_t ek_profiler_next_launch(struct ek_profiler *p) {
 
 /* True the first time this profile sees the model (its ModelInit is recorded then). */
 bool ek_profiler_first_sight(struct ek_profiler *p, const struct ek_model *model) {
+    return ek_profiler_first_key(p, model, model->load_start_ns);
+}
+
+bool ek_profiler_first_key(struct ek_profiler *p, const void *key, uint64_t stamp) {
     pthread_mutex_lock(&p->lock);
     for (size_t i = 0; i < p->model_count; i++)
-        if (p->models[i] == model && p->model_loads[i] == model->load_start_ns) {
+        if (p->models[i] == key && p->model_loads[i] == stamp) {
             pthread_mutex_unlock(&p->lock);
             return false;
         }
@@ -225,8 +230,8 @@ bool ek_profiler_first_sight(struct ek_profiler *p, const struct ek_model *model
         }
         p->model_cap = cap;
     }
-    p->models[p->model_count] = model;
-    p->model_loads[p->model_count++] = model->load_start_ns;
+    p->models[p->model_count] = key;
+    p->model_loads[p->model_count++] = stamp;
     pthread_mutex_unlock(&p->lock);
     return true;
 }
@@ -257,7 +262,7 @@ void ek_profiler_span(struct ek_profiler *p, ek_profile_kind_t kind, const char 
 
 ek_status_t ek_profile_add(ek_profile_t profile, ek_profile_kind_t kind, const char *name, uint64_t start_ns,
                            uint64_t duration_ns) {
-    if (kind < EK_PROFILE_MODEL_INIT || kind > EK_PROFILE_MODEL_EXECUTE)
+    if (kind < EK_PROFILE_MODEL_INIT || kind > EK_PROFILE_TRANSPORT)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_profile_add: kind %d is not an ek_profile_kind_t", (int)kind);
     struct ek_profiler *p;
     ek_status_t status = ek_profiler_acquire(profile, &p);

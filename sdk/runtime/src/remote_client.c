@@ -41,7 +41,27 @@ struct rpending {
     size_t len, body;   /* payload length; where the body starts (after the status) */
     void *sink;         /* READ: the bytes go straight here */
     size_t sink_len;
+    uint64_t replied_ns; /* when the reply arrived (this host's clock), for profiles */
+    struct rdump *dump; /* RUN with a dump: where its files go */
     struct rpending *next;
+};
+
+/* Where a launch's dump files go as they arrive, and the first failure writing them. */
+struct rdump {
+    char *dir;
+    ek_status_t status;
+    char error[400];
+};
+
+/* A launch's profile: the caller's, with what the board's records need to join it. */
+struct rprofile {
+    struct ek_profiler *profiler; /* a reference, released with the launch */
+    uint64_t launch;              /* the launch's number in the profile */
+    const void *key;              /* the network (ModelInit is added once per profile and network) */
+    uint64_t key_stamp;
+    const char *network;          /* the network's name (the runtime's copy) */
+    uint64_t sent_ns;             /* when the request went (this host's clock) */
+    uint64_t request_bytes;
 };
 
 struct rlaunch {
@@ -57,6 +77,8 @@ struct rlaunch {
     char message[512];
     void (*on_done)(void *, ek_status_t);
     void *user_data;
+    struct rprofile profile; /* profiler NULL: not profiled */
+    struct rdump dump;       /* dir NULL: no dump */
     struct rlaunch *next, *next_cb;
 };
 
@@ -198,6 +220,12 @@ static void queue_callback_locked(struct rdev *d, struct rlaunch *l) {
     pthread_cond_signal(&d->cb_cond);
 }
 
+static void free_rlaunch(struct rlaunch *l) {
+    ek_profiler_release(l->profile.profiler);
+    free(l->dump.dir);
+    free(l);
+}
+
 /* Free a launch nobody can reach any more: finished, its callback run, its handle retired (or never
  * wanted) and no thread using it (mu held). */
 static void maybe_forget_locked(struct rdev *d, struct rlaunch *l) {
@@ -208,7 +236,7 @@ static void maybe_forget_locked(struct rdev *d, struct rlaunch *l) {
             *at = l->next;
             break;
         }
-    free(l);
+    free_rlaunch(l);
 }
 
 /* A queued launch finished: its error for ek_dev_sync (without a handle), its callback (mu held). */
@@ -234,6 +262,171 @@ static void finish_launch_locked(struct rdev *d, struct rlaunch *l, ek_status_t 
     if (l->queued)
         after_completion_locked(d, l);
     pthread_cond_broadcast(&d->cond);
+}
+
+/* ---- profiles and dumps of remote launches ---- */
+
+/* A chunk of a dump file: written to DIR/NAME.part, renamed to NAME when complete. The name comes from the
+ * wire, so it must be a plain file name. Failures are kept for the launch's outcome. */
+static void write_dump_chunk(struct rdump *dump, struct ek_rbuf *r) {
+    char name[256];
+    ek_get_str(r, name, sizeof name);
+    uint64_t total = ek_get_u64(r), offset = ek_get_u64(r);
+    size_t n;
+    const uint8_t *data = ek_get_bytes(r, EK_WIRE_CHUNK, &n);
+    if (r->bad || dump->status != EK_OK)
+        return;
+    bool plain = name[0] && name[0] != '.';
+    for (const char *c = name; *c && plain; c++)
+        plain = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '.' ||
+                *c == '_' || *c == '-';
+    if (!plain || offset > total || n > total - offset) {
+        dump->status = EK_ERR_CONNECTION;
+        snprintf(dump->error, sizeof dump->error, "the board sent a dump file with a bad name or range ('%.100s')",
+                 name);
+        return;
+    }
+    char path[4400], part[4410];
+    snprintf(path, sizeof path, "%s/%s", dump->dir, name);
+    snprintf(part, sizeof part, "%s.part", path);
+    int fd = open(part, O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0644);
+    bool ok = fd >= 0;
+    for (size_t done = 0; ok && done < n;) {
+        ssize_t k = pwrite(fd, data + done, n - done, (off_t)(offset + done));
+        ok = k > 0 || (k < 0 && errno == EINTR);
+        if (k > 0)
+            done += (size_t)k;
+    }
+    int err = errno;
+    if (fd >= 0 && close(fd) != 0 && ok) {
+        ok = false;
+        err = errno;
+    }
+    if (ok && offset + n == total && rename(part, path) != 0) {
+        ok = false;
+        err = errno;
+    }
+    if (!ok) {
+        unlink(part);
+        dump->status = EK_ERR_SYSTEM;
+        snprintf(dump->error, sizeof dump->error, "cannot write the dump file '%.300s': %s", path, strerror(err));
+    }
+}
+
+/* The board's records of a launch, added to the caller's profile on this host's clock, with the transport
+ * around them: the round trip less the time the board held the launch, half each way. */
+static bool add_records(struct rprofile *rp, struct ek_rbuf *r, uint64_t replied_ns, uint64_t reply_bytes,
+                        const char *network) {
+    uint64_t received = ek_get_u64(r), replied = ek_get_u64(r);
+    uint32_t count = ek_get_u32(r);
+    if (r->bad || count > (1u << 24))
+        return false;
+    uint64_t held = replied >= received ? replied - received : 0;
+    uint64_t trip = replied_ns > rp->sent_ns ? replied_ns - rp->sent_ns : 0;
+    uint64_t transport = trip > held ? trip - held : 0;
+    /* board time + shift = host time */
+    int64_t shift = (int64_t)(rp->sent_ns + transport / 2) - (int64_t)received;
+    bool first = ek_profiler_first_key(rp->profiler, rp->key, rp->key_stamp);
+    for (uint32_t i = 0; i < count && !r->bad; i++) {
+        ek_profile_record_t rec;
+        memset(&rec, 0, sizeof rec);
+        char texts[7][EK_WIRE_MAX_STRING];
+        rec.kind = (ek_profile_kind_t)ek_get_u32(r);
+        for (int k = 0; k < 7; k++)
+            ek_get_str(r, texts[k], sizeof texts[k]);
+        rec.name = texts[0];
+        rec.network = texts[1];
+        rec.op_type = texts[2];
+        rec.provider = texts[3];
+        rec.nodes = texts[4];
+        rec.tensor = texts[5];
+        rec.shapes = texts[6];
+        rec.op_index = (int)ek_get_i64(r);
+        rec.stage = (int)ek_get_i64(r);
+        rec.threads = (int)ek_get_i64(r);
+        rec.flops = ek_get_u64(r);
+        rec.bytes = ek_get_u64(r);
+        rec.start_ns = (uint64_t)((int64_t)ek_get_u64(r) + shift);
+        rec.duration_ns = ek_get_u64(r);
+        rec.thread = ek_get_u64(r);
+        if (r->bad)
+            break;
+        if (rec.kind == EK_PROFILE_MODEL_INIT && !first)
+            continue; /* the board's session loads it once; the profile says so once */
+        rec.launch = rec.launch || rec.kind != EK_PROFILE_MODEL_INIT ? rp->launch : 0;
+        ek_profiler_add(rp->profiler, &rec);
+    }
+    if (r->bad)
+        return false;
+    ek_profile_record_t t;
+    memset(&t, 0, sizeof t);
+    t.kind = EK_PROFILE_TRANSPORT;
+    t.name = "request";
+    t.network = network;
+    t.op_type = t.provider = t.nodes = t.tensor = t.shapes = "";
+    t.op_index = t.stage = -1;
+    t.launch = rp->launch;
+    t.bytes = rp->request_bytes;
+    t.start_ns = rp->sent_ns;
+    t.duration_ns = transport / 2;
+    t.thread = ek_thread_id();
+    ek_profiler_add(rp->profiler, &t);
+    t.name = "reply";
+    t.bytes = reply_bytes;
+    t.start_ns = replied_ns - (transport - transport / 2);
+    t.duration_ns = transport - transport / 2;
+    ek_profiler_add(rp->profiler, &t);
+    return true;
+}
+
+/* A dump chunk or a launch's completion (the payload read). Dump chunks are written without holding mu (a
+ * launch or run with a dump is kept until its completion, which comes after its chunks on this thread). */
+static bool take_event(struct rdev *d, const struct ek_wire_header *h, uint8_t *payload, struct ek_rbuf *r) {
+    pthread_mutex_lock(&d->mu);
+    struct rlaunch *l = find_launch(d, h->request);
+    struct rpending *p = l ? NULL : find_pending(d, h->request);
+    struct rdump *dump = l && l->dump.dir ? &l->dump : p && p->dump ? p->dump : NULL;
+    pthread_mutex_unlock(&d->mu);
+    if (h->type == EK_MSG_DUMP_FILE) {
+        if (dump && p) {
+            /* A run's dump lives in its caller's frame: keep the caller (see finish) until written. */
+            pthread_mutex_lock(&d->mu);
+            bool waiting = find_pending(d, h->request) == p;
+            if (waiting)
+                d->sink_busy = p;
+            pthread_mutex_unlock(&d->mu);
+            if (waiting)
+                write_dump_chunk(dump, r);
+            pthread_mutex_lock(&d->mu);
+            d->sink_busy = NULL;
+            pthread_cond_broadcast(&d->cond);
+            pthread_mutex_unlock(&d->mu);
+        } else if (dump) {
+            write_dump_chunk(dump, r);
+        }
+        free(payload);
+        return true;
+    }
+    uint32_t status = ek_get_u32(r);
+    char message[1024];
+    ek_get_str(r, message, sizeof message);
+    uint64_t now = ek_now_ns();
+    bool ok = !r->bad;
+    pthread_mutex_lock(&d->mu);
+    if (ok && l && l->profile.profiler)
+        ok = add_records(&l->profile, r, now, h->length, l->profile.network);
+    if (ok && l) {
+        if (status == EK_OK && l->dump.dir && l->dump.status != EK_OK) {
+            status = (uint32_t)l->dump.status;
+            snprintf(message, sizeof message, "%s", l->dump.error);
+        }
+        finish_launch_locked(d, l, (ek_status_t)status, message);
+    }
+    pthread_mutex_unlock(&d->mu);
+    free(payload);
+    if (!ok)
+        ek_fail(EK_ERR_CONNECTION, "%s sent a malformed LAUNCH_DONE: %s", d->peer, r->why ? r->why : "?");
+    return ok;
 }
 
 /* A frame of the server's, header decoded, payload not yet read. Returns false when the connection
@@ -309,6 +502,8 @@ static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
     }
     struct ek_rbuf r;
     ek_rbuf_init(&r, payload, (size_t)h->length);
+    if (type == EK_MSG_DUMP_FILE || type == EK_MSG_LAUNCH_DONE)
+        return take_event(d, h, payload, &r);
     uint32_t status = ek_get_u32(&r);
     char message[1024] = "";
     if (status != EK_OK)
@@ -321,17 +516,14 @@ static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
     }
     bool keep = true;
     pthread_mutex_lock(&d->mu);
-    if (type == EK_MSG_LAUNCH_DONE) {
-        struct rlaunch *l = find_launch(d, h->request);
-        if (l)
-            finish_launch_locked(d, l, (ek_status_t)status, message);
-    } else if (type == EK_MSG_REPLY && h->request == 0) {
+    if (type == EK_MSG_REPLY && h->request == 0) {
         /* The server closed the session over an error of its own: report it to everyone waiting. */
         ek_fail((ek_status_t)status, "%s", message);
         keep = false;
     } else if ((type & EK_MSG_REPLY) && (p = find_pending(d, h->request)) != NULL) {
         p->done = true;
         p->status = (ek_status_t)status;
+        p->replied_ns = ek_now_ns();
         if (status != EK_OK)
             p->message = strdup(message);
         p->payload = payload;
@@ -428,7 +620,7 @@ static void *callbacks_main(void *arg) {
 /* Send a request (fields, then `n` bytes of `data`); *out waits for its reply with finish(). A send
  * failure kills the connection, and finish() then reports it. */
 static ek_status_t submit_parts(struct rdev *d, uint16_t type, const struct ek_wbuf *fields, const void *data, size_t n,
-                                void *sink, size_t sink_len, struct rpending **out) {
+                                void *sink, size_t sink_len, struct rdump *dump, struct rpending **out) {
     *out = NULL;
     if (fields->failed)
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a request");
@@ -437,6 +629,7 @@ static ek_status_t submit_parts(struct rdev *d, uint16_t type, const struct ek_w
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a request");
     p->sink = sink;
     p->sink_len = sink_len;
+    p->dump = dump;
     pthread_mutex_lock(&d->send_mu);
     pthread_mutex_lock(&d->mu);
     if (d->dead) {
@@ -508,7 +701,7 @@ static void pending_free(struct rpending *p) {
 static ek_status_t request(struct rdev *d, uint16_t type, const struct ek_wbuf *fields, struct rpending **held,
                            struct ek_rbuf *reply) {
     struct rpending *p;
-    ek_status_t status = submit_parts(d, type, fields, NULL, 0, NULL, 0, &p);
+    ek_status_t status = submit_parts(d, type, fields, NULL, 0, NULL, 0, NULL, &p);
     if (status == EK_OK)
         status = finish(d, p, reply);
     if (held)
@@ -634,7 +827,7 @@ static void teardown(struct rdev *d) {
         d->launches = l->next;
         if (l->handle)
             ek_handle_retire(l->handle, R_LAUNCH);
-        free(l);
+        free_rlaunch(l);
     }
     pthread_mutex_unlock(&d->mu);
     while (d->mems) {
@@ -1240,10 +1433,10 @@ static ek_status_t bulk(struct rdev *d, enum bulk_kind kind, uint64_t wire, uint
             ek_put_u64(&b, n);
             struct rpending *p;
             if (kind == BULK_READ)
-                status = submit_parts(d, EK_MSG_READ, &b, NULL, 0, host + sent, n, &p);
+                status = submit_parts(d, EK_MSG_READ, &b, NULL, 0, host + sent, n, NULL, &p);
             else
                 status = submit_parts(d, kind == BULK_WRITE ? EK_MSG_WRITE : EK_MSG_UPLOAD, &b, host + sent, n, NULL,
-                                      0, &p);
+                                      0, NULL, &p);
             ek_wbuf_free(&b);
             if (status != EK_OK)
                 break;
@@ -1802,12 +1995,40 @@ static uint64_t wire_of(struct rdev *d, ek_mem_t mem, const char *what, int inde
     return ((struct rmem *)obj)->wire;
 }
 
-static ek_status_t check_remote_options(const ek_launch_options_t *options) {
+#define FLAG_PROFILE 1u
+#define FLAG_DUMP 2u
+
+/* The caller's profile (a reference) and dump directory (made and tried now, as a local launch does), and
+ * the request flags asking the board for them. */
+static ek_status_t launch_extras(const ek_launch_options_t *options, const struct rnet *net, const struct rrt *rt,
+                                 struct rprofile *profile, struct rdump *dump, uint32_t *flags) {
+    memset(profile, 0, sizeof *profile);
+    memset(dump, 0, sizeof *dump);
+    *flags = 0;
     if (!options)
         return EK_OK;
-    if (options->profile.id || options->dump_dir)
-        return ek_fail(EK_ERR_UNSUPPORTED, "profiles and dumps of launches on remote devices are not available in "
-                       "this EdgeKit yet: profile or dump on the board (edgekit-app --profile / --dump there)");
+    ek_status_t status;
+    if (options->dump_dir) {
+        if ((status = ek_make_dir(options->dump_dir, "dump")) != EK_OK)
+            return status;
+        if (!(dump->dir = strdup(options->dump_dir)))
+            return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+        *flags |= FLAG_DUMP;
+    }
+    if (options->profile.id) {
+        if ((status = ek_profiler_acquire(options->profile, &profile->profiler)) != EK_OK) {
+            char why[300];
+            snprintf(why, sizeof why, "%s", ek_last_error());
+            free(dump->dir);
+            dump->dir = NULL;
+            return ek_fail(status, "launch options: profile: %s", why);
+        }
+        profile->launch = ek_profiler_next_launch(profile->profiler);
+        profile->key = net;
+        profile->key_stamp = rt->wire;
+        profile->network = net->info.name;
+        *flags |= FLAG_PROFILE;
+    }
     return EK_OK;
 }
 
@@ -1818,15 +2039,17 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
         !net_name)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_tensor: %s", !net_name ? "net_name is NULL"
                        : input_count < 0 || output_count < 0 ? "a negative count" : "inputs or outputs is NULL");
-    ek_status_t status = check_remote_options(options);
-    if (status != EK_OK)
-        return status;
     struct rdev *d;
     struct rrt *rt;
-    if ((status = lock_runtime(handle, false, &d, &rt)) != EK_OK)
+    ek_status_t status = lock_runtime(handle, false, &d, &rt);
+    if (status != EK_OK)
         return status;
-    if (!find_net(rt, net_name)) {
-        status = no_network(rt, net_name);
+    const struct rnet *net = find_net(rt, net_name);
+    struct rprofile profile;
+    struct rdump dump;
+    uint32_t flags = 0;
+    if (!net || (status = launch_extras(options, net, rt, &profile, &dump, &flags)) != EK_OK) {
+        status = net ? status : no_network(rt, net_name);
         unlock(d);
         return status;
     }
@@ -1847,14 +2070,20 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
     ek_put_u32(&b, user_mem ? 1 : 0);
     ek_put_i64(&b, options ? options->threads : 0);
     ek_put_u64(&b, options ? options->cpu_mask : 0);
+    ek_put_u32(&b, flags);
     struct rlaunch *l = status == EK_OK ? calloc(1, sizeof *l) : NULL;
     if (status == EK_OK && !l)
         status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
     if (status != EK_OK) {
+        ek_profiler_release(profile.profiler);
+        free(dump.dir);
         ek_wbuf_free(&b);
         unlock(d);
         return status;
     }
+    l->profile = profile;
+    l->profile.request_bytes = b.len + EK_WIRE_HEADER;
+    l->dump = dump;
     l->rt = rt;
     l->on_done = options ? options->on_done : NULL;
     l->user_data = options ? options->user_data : NULL;
@@ -1866,7 +2095,7 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
         bool started = d->callbacks_started;
         pthread_mutex_unlock(&d->mu);
         if (!started) {
-            free(l);
+            free_rlaunch(l);
             ek_wbuf_free(&b);
             unlock(d);
             return ek_fail(EK_ERR_SYSTEM, "cannot start the callback thread of a remote device");
@@ -1889,6 +2118,7 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
             d->pending = p;
             l->next = d->launches;
             d->launches = l;
+            l->profile.sent_ns = ek_now_ns();
         }
         pthread_mutex_unlock(&d->mu);
         if (status == EK_OK &&
@@ -1942,7 +2172,7 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
                     *at = l->next;
                     break;
                 }
-        free(l);
+        free_rlaunch(l);
     } else {
         l->queued = true;
         if (launch_out) {
@@ -2021,12 +2251,10 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_data: %s is NULL",
                        !inputs ? "inputs" : !input_shapes ? "input_shapes" : !outputs ? "outputs"
                        : !output_capacity ? "output_capacity" : !output_shapes ? "output_shapes" : "net_name");
-    ek_status_t status = check_remote_options(options);
-    if (status != EK_OK)
-        return status;
     struct rdev *d;
     struct rrt *rt;
-    if ((status = lock_runtime(handle, false, &d, &rt)) != EK_OK)
+    ek_status_t status = lock_runtime(handle, false, &d, &rt);
+    if (status != EK_OK)
         return status;
     const struct rnet *net = find_net(rt, net_name);
     if (!net) {
@@ -2107,12 +2335,27 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
         ek_put_bytes(&b, inputs[i], in_sizes[i]);
     }
     free(in_sizes);
+    struct rprofile profile;
+    struct rdump dump;
+    uint32_t flags = 0;
+    if ((status = launch_extras(options, net, rt, &profile, &dump, &flags)) != EK_OK) {
+        ek_wbuf_free(&b);
+        unlock(d);
+        return status;
+    }
     ek_put_i64(&b, options ? options->threads : 0);
     ek_put_u64(&b, options ? options->cpu_mask : 0);
+    ek_put_u32(&b, flags);
+    profile.request_bytes = b.len + EK_WIRE_HEADER;
+    profile.sent_ns = ek_now_ns();
     struct rpending *p = NULL;
     struct ek_rbuf r;
-    status = request(d, EK_MSG_RUN, &b, &p, &r);
+    status = submit_parts(d, EK_MSG_RUN, &b, NULL, 0, NULL, 0, dump.dir ? &dump : NULL, &p);
+    if (status == EK_OK)
+        status = finish(d, p, &r);
     ek_wbuf_free(&b);
+    if (status == EK_OK && dump.dir && dump.status != EK_OK)
+        status = ek_fail(dump.status, "%s", dump.error);
     if (status == EK_OK) {
         uint32_t n_out = ek_get_u32(&r);
         if (n_out != (uint32_t)output_count)
@@ -2132,8 +2375,12 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
                 output_shapes[i] = shape;
             }
         }
+        if (status == EK_OK && profile.profiler && !add_records(&profile, &r, p->replied_ns, p->len, info->name))
+            status = bad_reply(d, &r, "RUN");
     }
     pending_free(p);
+    ek_profiler_release(profile.profiler);
+    free(dump.dir);
     unlock(d);
     return status;
 }
@@ -2171,8 +2418,9 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t handle, const char *net_name, const
     ek_launch_t l = {0};
     ek_launch_options_t o = {0};
     if (options) {
-        o.threads = options->threads;
-        o.cpu_mask = options->cpu_mask;
+        o = *options;
+        o.on_done = NULL; /* this call waits itself */
+        o.user_data = NULL;
     }
     bool launched = false;
     if (status == EK_OK &&

@@ -3,6 +3,7 @@
  * path or size before it is checked: clients name objects by ids into their session's own table, and
  * every length is checked against a limit before anything is allocated for it. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +54,8 @@ struct slaunch {
     /* RUN only: device memory of the inputs and outputs (n_in + n_out) */
     int n_in, n_out;
     ek_tensor_t *tensors;
+    ek_profile_t profile; /* the client asked for a profile: {0} otherwise */
+    char *dump_dir;       /* the client asked for a dump: the server's scratch directory for it */
     struct slaunch *next_done;  /* the session's completed list */
     struct slaunch *prev, *next; /* the session's active list */
 };
@@ -88,6 +92,7 @@ struct ek_server {
     char address[64];
     int max_sessions, idle_ms, launch_ms;
     uint64_t max_model;
+    char scratch[256]; /* where dumps are written before they go to their clients ("" until the first) */
     void (*log)(void *, const char *);
     void *log_user;
     pthread_mutex_t lock; /* sessions list, log */
@@ -224,12 +229,114 @@ static void active_remove(struct session *s, struct slaunch *l) {
         l->next->prev = l->prev;
 }
 
-static void free_run_memory(struct session *s, struct slaunch *l) {
+static void remove_dump_dir(struct slaunch *l) {
+    if (!l->dump_dir)
+        return;
+    DIR *dir = opendir(l->dump_dir);
+    struct dirent *e;
+    while (dir && (e = readdir(dir)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", l->dump_dir, e->d_name);
+        unlink(path);
+    }
+    if (dir)
+        closedir(dir);
+    rmdir(l->dump_dir);
+    free(l->dump_dir);
+    l->dump_dir = NULL;
+}
+
+/* Free a launch record and what it held: staged memory (RUN), its profile, its dump files. */
+static void free_launch(struct session *s, struct slaunch *l) {
     for (int i = 0; l->tensors && i < l->n_in + l->n_out; i++)
         if (l->tensors[i].mem.id)
             ek_free_device(s->dev, l->tensors[i].mem);
     free(l->tensors);
-    l->tensors = NULL;
+    if (l->profile.id)
+        ek_profile_destroy(l->profile);
+    remove_dump_dir(l);
+    free(l);
+}
+
+/* The profile's records, for the client to add to its own (remote_client.c: add_records). */
+static void put_records(struct ek_wbuf *out, ek_profile_t profile) {
+    size_t count = 0;
+    if (profile.id)
+        ek_profile_count(profile, &count);
+    ek_put_u32(out, (uint32_t)count);
+    for (size_t i = 0; i < count; i++) {
+        ek_profile_record_t r;
+        memset(&r, 0, sizeof r);
+        ek_profile_get(profile, i, &r);
+        ek_put_u32(out, (uint32_t)r.kind);
+        const char *texts[] = {r.name, r.network, r.op_type, r.provider, r.nodes, r.tensor, r.shapes};
+        for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++)
+            ek_put_str(out, texts[k]);
+        ek_put_i64(out, r.op_index);
+        ek_put_i64(out, r.stage);
+        ek_put_i64(out, r.threads);
+        ek_put_u64(out, r.flops);
+        ek_put_u64(out, r.bytes);
+        ek_put_u64(out, r.start_ns);
+        ek_put_u64(out, r.duration_ns);
+        ek_put_u64(out, r.thread);
+    }
+}
+
+/* Send a launch's dump files to the client (manifest.json last, as a local dump writes it), in chunks. */
+static ek_status_t send_dump(struct session *s, struct slaunch *l) {
+    DIR *dir = opendir(l->dump_dir);
+    if (!dir)
+        return EK_OK; /* nothing was written */
+    char name[256], path[600];
+    ek_status_t status = EK_OK;
+    uint8_t *chunk = malloc(EK_WIRE_CHUNK);
+    struct dirent *e;
+    for (int pass = 0; pass < 2 && chunk && status == EK_OK; pass++) {
+        rewinddir(dir);
+        while (status == EK_OK && (e = readdir(dir)) != NULL) {
+            bool is_manifest = strcmp(e->d_name, "manifest.json") == 0;
+            if (e->d_name[0] == '.' || strstr(e->d_name, ".tmp") || is_manifest != (pass == 1))
+                continue;
+            snprintf(name, sizeof name, "%s", e->d_name);
+            snprintf(path, sizeof path, "%s/%s", l->dump_dir, e->d_name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            struct stat st;
+            if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+                if (fd >= 0)
+                    close(fd);
+                continue;
+            }
+            uint64_t total = (uint64_t)st.st_size, offset = 0;
+            do {
+                ssize_t n = read(fd, chunk, EK_WIRE_CHUNK);
+                if (n < 0) {
+                    status = ek_fail(EK_ERR_SYSTEM, "reading the dump file %s on the board: %s", name,
+                                     strerror(errno));
+                    break;
+                }
+                struct ek_wbuf b;
+                ek_wbuf_init(&b);
+                ek_put_str(&b, name);
+                ek_put_u64(&b, total);
+                ek_put_u64(&b, offset);
+                ek_put_u64(&b, (uint64_t)n);
+                if (!b.failed)
+                    status = ek_wire_send_parts(s->fd, EK_MSG_DUMP_FILE, l->request, b.data, b.len, chunk, (size_t)n,
+                                                s->peer);
+                ek_wbuf_free(&b);
+                offset += (uint64_t)n;
+                if (n == 0)
+                    break;
+            } while (status == EK_OK && offset < total);
+            close(fd);
+        }
+    }
+    free(chunk);
+    closedir(dir);
+    return status;
 }
 
 /* The body of a finished RUN's reply: the outputs' shapes and bytes. */
@@ -254,22 +361,37 @@ static void run_outputs(struct session *s, struct slaunch *l, struct ek_wbuf *bo
     }
 }
 
-/* Tell the client a launch ended (or timed out), unless it was told already. */
+/* Tell the client a launch ended (or timed out): its dump files, then LAUNCH_DONE, or RUN's reply. */
 static ek_status_t report_launch(struct session *s, struct slaunch *l, ek_status_t status, const char *message) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", message ? message : "");
+    if (l->dump_dir && status != EK_ERR_TIMEOUT) {
+        ek_status_t sent = send_dump(s, l);
+        if (sent != EK_OK && sent != EK_ERR_SYSTEM)
+            return sent; /* the connection */
+        if (sent != EK_OK && status == EK_OK) {
+            status = sent;
+            snprintf(why, sizeof why, "%s", ek_last_error());
+        }
+    }
     struct ek_wbuf body;
     ek_wbuf_init(&body);
-    if (status == EK_OK && l->run) {
+    if (l->run && status == EK_OK) {
         run_outputs(s, l, &body);
+        if (body.len >= 4 && body.data[0] == EK_OK && body.data[1] == 0 && body.data[2] == 0 && body.data[3] == 0) {
+            ek_put_u64(&body, l->received_ns);
+            ek_put_u64(&body, now_ns());
+            put_records(&body, l->profile);
+        }
+    } else if (l->run) {
+        ek_put_u32(&body, (uint32_t)status);
+        ek_put_str(&body, why);
     } else {
         ek_put_u32(&body, (uint32_t)status);
-        if (status != EK_OK)
-            ek_put_str(&body, message);
+        ek_put_str(&body, status == EK_OK ? "" : why);
         ek_put_u64(&body, l->received_ns);
         ek_put_u64(&body, now_ns());
-    }
-    if (l->run && status == EK_OK) {
-        ek_put_u64(&body, l->received_ns);
-        ek_put_u64(&body, now_ns());
+        put_records(&body, status == EK_ERR_TIMEOUT ? (ek_profile_t){0} : l->profile);
     }
     ek_status_t sent = send_reply(s, l->run ? (EK_MSG_RUN | EK_MSG_REPLY) : EK_MSG_LAUNCH_DONE, l->request, &body);
     ek_wbuf_free(&body);
@@ -293,15 +415,13 @@ static ek_status_t drain_completions(struct session *s) {
         s->pending--;
         if (!l->reported && result == EK_OK)
             result = report_launch(s, l, l->status, l->message);
-        if (l->run)
-            free_run_memory(s, l);
-        else {
+        if (!l->run) {
             struct entry *e = NULL;
             if (table_get(s, l->wire, ENT_LAUNCH, &e) == EK_OK)
                 table_remove(s, e);
         }
         active_remove(s, l);
-        free(l);
+        free_launch(s, l);
         l = next;
     }
     return result;
@@ -678,10 +798,43 @@ static void get_tensor(struct ek_rbuf *in, uint64_t *mem, ek_tensor_t *t) {
     ek_get_shape(in, &t->shape);
 }
 
-static void get_options(struct ek_rbuf *in, ek_launch_options_t *options) {
+static void get_options(struct ek_rbuf *in, ek_launch_options_t *options, uint32_t *flags) {
     memset(options, 0, sizeof *options);
     options->threads = (int)ek_get_i64(in);
     options->cpu_mask = ek_get_u64(in);
+    *flags = ek_get_u32(in);
+}
+
+#define FLAG_PROFILE 1u
+#define FLAG_DUMP 2u
+
+/* The profile and the scratch dump directory a launch's flags ask for. */
+static ek_status_t prepare_extras(struct session *s, struct slaunch *l, uint32_t flags, ek_launch_options_t *options) {
+    if (flags & ~(FLAG_PROFILE | FLAG_DUMP))
+        return ek_fail(EK_ERR_UNSUPPORTED, "launch flags 0x%x: this server knows profile (1) and dump (2)", flags);
+    if ((flags & FLAG_PROFILE) && ek_profile_create(&l->profile) != EK_OK)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory on the board for a profile");
+    options->profile = l->profile;
+    if (flags & FLAG_DUMP) {
+        struct ek_server *srv = s->server;
+        pthread_mutex_lock(&srv->lock);
+        if (!srv->scratch[0]) {
+            const char *tmp = getenv("TMPDIR");
+            char dir[256];
+            snprintf(dir, sizeof dir, "%s/edgekit-remote-XXXXXX", tmp && *tmp && strlen(tmp) < 200 ? tmp : "/tmp");
+            if (mkdtemp(dir))
+                snprintf(srv->scratch, sizeof srv->scratch, "%s", dir);
+        }
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/dump-XXXXXX", srv->scratch);
+        bool made = srv->scratch[0] && mkdtemp(dir) != NULL;
+        pthread_mutex_unlock(&srv->lock);
+        if (!made || !(l->dump_dir = strdup(dir)))
+            return ek_fail(EK_ERR_SYSTEM, "the board's remote_server cannot make a scratch directory for a dump in "
+                           "%s: %s", srv->scratch[0] ? srv->scratch : "$TMPDIR", strerror(errno));
+        options->dump_dir = l->dump_dir;
+    }
+    return EK_OK;
 }
 
 #define MAX_IO 4096u /* inputs or outputs of one launch */
@@ -711,7 +864,8 @@ static ek_status_t h_launch(struct session *s, uint64_t request, struct ek_rbuf 
     ek_tensor_t *outs = tensors + n_in;
     bool user_mem = ek_get_u32(in) != 0;
     ek_launch_options_t options;
-    get_options(in, &options);
+    uint32_t flags;
+    get_options(in, &options, &flags);
     if (in->bad || status != EK_OK) {
         free(tensors);
         return status;
@@ -724,6 +878,14 @@ static ek_status_t h_launch(struct session *s, uint64_t request, struct ek_rbuf 
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no room for another launch in this session");
     }
     l->wire = wire;
+    if ((status = prepare_extras(s, l, flags, &options)) != EK_OK) {
+        struct entry *e = NULL;
+        if (table_get(s, wire, ENT_LAUNCH, &e) == EK_OK)
+            table_remove(s, e);
+        free_launch(s, l);
+        free(tensors);
+        return status;
+    }
     options.on_done = launch_done;
     options.user_data = l;
     status = ek_rt_launch_tensor(rt, net, tensors, (int)n_in, outs, (int)n_out, user_mem, &options, &l->launch);
@@ -731,7 +893,7 @@ static ek_status_t h_launch(struct session *s, uint64_t request, struct ek_rbuf 
         struct entry *e = NULL;
         if (table_get(s, wire, ENT_LAUNCH, &e) == EK_OK)
             table_remove(s, e);
-        free(l);
+        free_launch(s, l);
         free(tensors);
         return status;
     }
@@ -770,7 +932,8 @@ static ek_status_t h_run(struct session *s, uint64_t request, struct ek_rbuf *in
                        n_in);
     struct slaunch *l = new_launch(s, request, true);
     if (!l || !(l->tensors = calloc((size_t)n_in + (size_t)info->output_count, sizeof *l->tensors))) {
-        free(l);
+        if (l)
+            free_launch(s, l);
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a run");
     }
     l->n_in = (int)n_in;
@@ -789,10 +952,12 @@ static ek_status_t h_run(struct session *s, uint64_t request, struct ek_rbuf *in
             status = ek_memcpy_s2d(s->dev, t->mem, data);
     }
     ek_launch_options_t options;
-    get_options(in, &options);
+    uint32_t flags;
+    get_options(in, &options, &flags);
+    if (!in->bad && status == EK_OK)
+        status = prepare_extras(s, l, flags, &options);
     if (in->bad || status != EK_OK) {
-        free_run_memory(s, l);
-        free(l);
+        free_launch(s, l);
         return status;
     }
     options.on_done = launch_done;
@@ -800,8 +965,7 @@ static ek_status_t h_run(struct session *s, uint64_t request, struct ek_rbuf *in
     status = ek_rt_launch_tensor(rt, net, l->tensors, l->n_in, l->tensors + n_in, l->n_out, false, &options,
                                  &l->launch);
     if (status != EK_OK) {
-        free_run_memory(s, l);
-        free(l);
+        free_launch(s, l);
         return status;
     }
     activate(s, l);
@@ -943,9 +1107,7 @@ static void session_cleanup(struct session *s) {
     while (s->active) {
         struct slaunch *l = s->active;
         active_remove(s, l);
-        if (l->run)
-            free_run_memory(s, l);
-        free(l);
+        free_launch(s, l);
     }
     for (uint32_t i = 0; i < s->table_count; i++)
         if (s->table[i].kind == ENT_RT)
@@ -1282,6 +1444,8 @@ void ek_server_stop(ek_server_t *srv) {
 void ek_server_destroy(ek_server_t *srv) {
     if (!srv)
         return;
+    if (srv->scratch[0])
+        rmdir(srv->scratch); /* empty: each dump's directory went with its launch */
     close(srv->listen_fd);
     close(srv->stop_pipe[0]);
     close(srv->stop_pipe[1]);

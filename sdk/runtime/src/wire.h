@@ -40,6 +40,8 @@ enum ek_wire_type {
     EK_MSG_TYPE_END,
     /* server -> client without a request: a launch finished (request id = the LAUNCH's) */
     EK_MSG_LAUNCH_DONE = 0x4001,
+    /* server -> client: a chunk of a dump file of a launch or run (request id = the LAUNCH's or RUN's) */
+    EK_MSG_DUMP_FILE = 0x4002,
     /* a reply carries its request's type with this bit set */
     EK_MSG_REPLY = 0x8000
 };

@@ -134,6 +134,10 @@ typedef struct ek_launch {
  *   RequestInit        taking and setting up an execution context (arena, scratch, threads)
  *   LayerExecute       one op: its type, ONNX nodes, kernel provider, shapes, FLOPs, thread
  *   TransferToOutput   copies of outputs from the device (ek_rt_launch_data's; callers add their own)
+ *   Transport          remote devices: the request's way to the board ("request") and the completion's way
+ *                      back ("reply"): the round trip less the time the board held the launch, half each way;
+ *                      the board's records (Wait is the queue, ModelExecute the device) are moved onto this
+ *                      host's clock between them
  * Profiling costs one NULL check per op when a launch has no profile. A profile may be shared by
  * concurrent launches; records are appended in completion order. */
 typedef struct ek_profile {
@@ -147,7 +151,8 @@ typedef enum ek_profile_kind {
     EK_PROFILE_WAIT = 4,
     EK_PROFILE_LAYER_EXECUTE = 5,
     EK_PROFILE_TRANSFER_TO_OUTPUT = 6,
-    EK_PROFILE_MODEL_EXECUTE = 7
+    EK_PROFILE_MODEL_EXECUTE = 7,
+    EK_PROFILE_TRANSPORT = 8
 } ek_profile_kind_t;
 
 /* One record. Strings are the profile's own (never NULL, "" when not applicable) and stay valid until
@@ -189,7 +194,7 @@ EK_API ek_status_t ek_profile_add(ek_profile_t profile, ek_profile_kind_t kind, 
 /* The clock of the records: CLOCK_MONOTONIC in nanoseconds. */
 EK_API uint64_t ek_profile_clock_ns(void);
 /* "ModelInit", "RequestInit", "TransferFromInput", "Wait", "LayerExecute", "TransferToOutput",
- * "ModelExecute"; "Unknown" for other values. */
+ * "ModelExecute", "Transport"; "Unknown" for other values. */
 EK_API const char *ek_profile_kind_name(ek_profile_kind_t kind);
 /* Write the profile directory `dir` (created, with its parents, if missing): trace.json, a Chrome Trace
  * Event file (open it in https://ui.perfetto.dev or chrome://tracing), and summary.csv, the ops by total
