@@ -1,4 +1,4 @@
-"""``edgekit-app`` and ``edgekit-remote-server`` from a Python install: run the C programs built into the package.
+"""``edgekit-app`` and ``edgekit-remote-server`` from a Python install: the C programs of the package.
 
 ``pip install .`` puts the programs in ``edgekit/bin/`` inside the package (rpath ``$ORIGIN/..``, the
 ``libedgekit.so`` next to the modules), wherever the install scheme puts site-packages; the console scripts
