@@ -349,7 +349,9 @@ def bench(c: Context, quick: bool = False) -> None:
     two large models with fewer CPUs than threads: on one allowed CPU (as under taskset -c 0) with the
     default threads and 4 threads against 1, and with 2 threads while another process keeps one of
     the two CPUs busy. python -m edgekit.bench_profile: the test models' launches without a profile,
-    with one and with a dump directory, and the ratios.
+    with one and with a dump directory, and the ratios. python -m edgekit.bench_remote: a remote
+    device on loopback (remote_server in another process): the round trip of a one-op model against
+    a local run and a TCP ping-pong, and 64 MiB there and back against a plain TCP echo.
     """
     _ensure_host_package(c)
     flag = " --quick" if quick else ""
@@ -359,6 +361,8 @@ def bench(c: Context, quick: bool = False) -> None:
     c.run(f"{PYTHON} -m edgekit.bench_models{flag}")
     say("edgekit.bench_profile: launches without and with a profile, and with a dump")
     c.run(f"{PYTHON} -m edgekit.bench_profile{flag}")
+    say("edgekit.bench_remote: a remote device on loopback against plain TCP")
+    c.run(f"{PYTHON} -m edgekit.bench_remote{flag}")
     allowed = sorted(os.sched_getaffinity(0))
     large = "--models mobilenetv2,resnet18"
     say(f"edgekit.bench_models on one allowed CPU ({allowed[0]}): default threads and 4 threads vs 1")

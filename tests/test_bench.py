@@ -17,3 +17,18 @@ def test_quick_bench_prints_the_whole_table() -> None:
         assert out.count(row) == 2, f"{row!r} should appear once per size:\n{out}"
     assert "DeviceMemory.write(64 bytes, 0)" in out and "no-op Cython method" in out
     assert "targets:" in out
+
+
+def test_quick_remote_bench_prints_both_tables_and_moves_the_data_intact() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgekit.bench_remote", "--quick", "--mib", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for row in ("req.run, local device", "req.run, remote device", "TCP ping-pong", "remote overhead"):
+        assert row in out, f"{row!r} missing:\n{out}"
+    assert "remote memory write + read" in out and "plain TCP echo" in out
+    assert "data intact: True" in out
