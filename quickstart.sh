@@ -20,9 +20,10 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # with both), g++ for the C++ cases of the glibc check's tests, venv support; the emulated board
 # (mmdebstrap makes its arm64 rootfs, proot + qemu-user run it); e2fsprogs for the ext4 image;
 # file for checking binaries; openssh-server for the tests' throwaway sshd "boards"; XNNPACK (with
-# pthreadpool) for the host build's XNNPACK kernel provider (boards get theirs from their rootfs).
+# pthreadpool) for the host build's XNNPACK kernel provider (boards get theirs from their rootfs);
+# libsodium23 for paired remote_server sessions (libedgekit loads it when a key is used).
 APT_PACKAGES=(gcc g++ make libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross python3-venv
-    mmdebstrap proot qemu-user e2fsprogs file openssh-server libxnnpack-dev libpthreadpool-dev)
+    mmdebstrap proot qemu-user e2fsprogs file openssh-server libxnnpack-dev libpthreadpool-dev libsodium23)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

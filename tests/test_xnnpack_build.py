@@ -299,7 +299,7 @@ def test_packages_carry_the_provider(emu_build: Any, tmp_path: Path) -> None:
     control = subprocess.run(
         ["dpkg-deb", "--field", str(deb)], capture_output=True, text=True, check=True
     ).stdout
-    assert "Recommends: libxnnpack0, libpthreadpool0" in control
+    assert "Recommends: libxnnpack0, libpthreadpool0, libsodium23" in control
     assert "\n\n" not in control.strip()
     listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True).stdout
     assert f"./opt/edgekit/lib/{PROVIDER}" in listing

@@ -406,6 +406,8 @@ int main(int argc, char **argv) {
 
     if (!opts.model_path)
         die(EXIT_USAGE, "--model_path is required (see edgekit-app --help)");
+    if (opts.rpc_key && !opts.rpc_server)
+        die(EXIT_USAGE, "--rpc_key is the key of a --rpc_server: give both");
     if (opts.rpc_server && opts.cluster_count)
         die(EXIT_USAGE, "--visible_cluster binds threads to this machine's CPU clusters, but with --rpc_server the "
             "inferences run on the board: run edgekit-app on the board to bind its clusters");
@@ -468,7 +470,9 @@ int main(int argc, char **argv) {
         if (opts.rpc_server) {
             char url[300];
             snprintf(url, sizeof url, "tcp://%s", opts.rpc_server);
-            ek_status_t status = ek_dev_connect(&dctx[d].dev, url, dctx[d].id, NULL);
+            ek_remote_options_t remote = {0};
+            remote.key_file = opts.rpc_key;
+            ek_status_t status = ek_dev_connect(&dctx[d].dev, url, dctx[d].id, &remote);
             if (status != EK_OK)
                 die(status == EK_ERR_NO_DEVICE ? EXIT_USAGE : EXIT_RUNTIME, "--rpc_server %s, device %d: %s",
                     opts.rpc_server, dctx[d].id, ek_last_error());

@@ -71,6 +71,9 @@ const char app_help_text[] =
     "                            board's loopback: forward it first (ssh -N -L 9090:127.0.0.1:9090\n"
     "                            root@board), or give the emulated board's port (invoke serve --device emu)\n"
     "                              --rpc_server 127.0.0.1:9090\n"
+    "  --rpc_key FILE            the key file of a paired remote_server (one listening on a network\n"
+    "                            address with --key): the session proves it and is encrypted\n"
+    "                              --rpc_server board:9090 --rpc_key board.key\n"
     "  --list-clusters           print the CPU clusters (from /sys/devices/system/cpu: package, cluster\n"
     "                            and cpu_capacity, so big.LITTLE cores are apart) and exit\n"
     "  --help                    this text\n"
@@ -93,7 +96,7 @@ static const struct flag {
     {"dev_ids", MULTI},        {"threads", SINGLE},     {"visible_cluster", MULTI}, {"launch_threads", SINGLE},
     {"iterations", SINGLE},    {"warmup", SINGLE},      {"kernels", SINGLE},       {"output_dir", SINGLE},
     {"profile", SINGLE},       {"dump", SINGLE},        {"list_clusters", SWITCH}, {"help", SWITCH},
-    {"rpc_server", SINGLE},
+    {"rpc_server", SINGLE},    {"rpc_key", SINGLE},
 };
 #define FLAG_COUNT ((int)(sizeof flags / sizeof flags[0]))
 
@@ -224,6 +227,8 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
                 return -1;
             }
             opts->rpc_server = v;
+        } else if (strcmp(name, "rpc_key") == 0) {
+            opts->rpc_key = v;
         } else if (strcmp(name, "output_dir") == 0) {
             opts->output_dir = v;
         } else if (strcmp(name, "data_path") == 0) {

@@ -30,6 +30,7 @@ typedef struct app_options {
     bool profile;          /* --profile: profiles of the timed iterations in ./sample_profiler */
     bool dump;             /* --dump: each thread's first launch dumped to ./sample_dump */
     const char *rpc_server; /* --rpc_server HOST:PORT: the devices are a board's remote_server's; NULL: local */
+    const char *rpc_key;    /* --rpc_key FILE: the paired server's key */
     bool list_clusters;
     bool help;
 } app_options_t;

@@ -19,11 +19,17 @@ static const char help_text[] =
     "Each connection is one session; everything a session allocated, loaded or launched is freed\n"
     "when its client disconnects or stays silent for --idle-timeout.\n"
     "\n"
-    "It listens on loopback only: it has no authentication or encryption of its own, so reach it\n"
-    "through SSH (the Python API opens the SSH channel itself; from C, ssh -L PORT:127.0.0.1:PORT).\n"
+    "By default it listens on loopback only, and hosts reach it through SSH (the Python API opens the\n"
+    "SSH channel itself; from C, ssh -L PORT:127.0.0.1:PORT). To listen on a network address, pair it:\n"
+    "every session must then prove it holds the key and is encrypted (libsodium, libsodium23):\n"
+    "  remote_server --make-key /etc/edgekit/board.key        (once; copy the file to each host)\n"
+    "  remote_server --host 0.0.0.0 --key /etc/edgekit/board.key\n"
+    "  host: ek.Device(\"tcp://board:9090\", key_file=\"board.key\") / edgekit-app --rpc_key board.key\n"
     "\n"
     "flags:\n"
-    "  --host ADDRESS         loopback address to listen on (default 127.0.0.1; others are refused)\n"
+    "  --host ADDRESS         address to listen on (default 127.0.0.1; others need --key)\n"
+    "  --key FILE             the pairing key: sessions must hold it and are encrypted\n"
+    "  --make-key FILE        write a new pairing key to FILE (mode 0600; never over a file) and exit\n"
     "  --port PORT            TCP port (default 9090; 0 picks a free one, printed on start)\n"
     "  --max-sessions N       sessions at once; more are told the server is full (default 64)\n"
     "  --idle-timeout SEC     drop a client silent this long (default 60; clients ping meanwhile)\n"
@@ -78,6 +84,25 @@ int main(int argc, char **argv) {
         } else if (strcmp(flag, "--version") == 0) {
             printf("remote_server (EdgeKit %s, remote protocol %d)\n", ek_version(), EK_REMOTE_PROTOCOL);
             return 0;
+        } else if (strcmp(flag, "--make-key") == 0) {
+            if (!value) {
+                fprintf(stderr, "remote_server: --make-key needs a file name (see --help)\n");
+                return 2;
+            }
+            if (ek_remote_make_key(value) != EK_OK) {
+                fprintf(stderr, "remote_server: %s\n", ek_last_error());
+                return 1;
+            }
+            printf("wrote a new pairing key to %s: start remote_server with --key %s, and give each host a copy "
+                   "(key_file= in Python, edgekit-app --rpc_key)\n", value, value);
+            return 0;
+        } else if (strcmp(flag, "--key") == 0) {
+            if (!value) {
+                fprintf(stderr, "remote_server: --key needs a key file (see --help)\n");
+                return 2;
+            }
+            config.key_file = value;
+            i++;
         } else if (strcmp(flag, "--quiet") == 0) {
             quiet = true;
         } else if (strcmp(flag, "--host") == 0) {

@@ -32,9 +32,14 @@ def has_provider(build: BuildTree) -> bool:
     return (build.stage / "lib" / PROVIDER).is_file()
 
 
+# libedgekit dlopens libsodium for paired remote sessions (remote_server --key) only.
+PAIRING_RECOMMENDS = ("libsodium23",)
+
+
 def recommends(build: BuildTree) -> str:
-    """The control file's Recommends line ("" when there is nothing to recommend)."""
-    return f"Recommends: {', '.join(PROVIDER_RECOMMENDS)}\n" if has_provider(build) else ""
+    """The control file's Recommends line."""
+    names = [*(PROVIDER_RECOMMENDS if has_provider(build) else ()), *PAIRING_RECOMMENDS]
+    return f"Recommends: {', '.join(names)}\n"
 
 
 def depends(build: BuildTree) -> str:

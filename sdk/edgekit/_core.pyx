@@ -27,6 +27,7 @@ from libc.stdlib cimport free, malloc
 from edgekit.libedgekit cimport *
 
 import operator
+import os
 
 from edgekit.errors import (
     DoubleFreeError, FreedHandleError, InvalidArgumentError, InvalidTypeError, NotMappedError, OutOfMemoryError,
@@ -110,6 +111,12 @@ cdef int get_buffer(object obj, Py_buffer *view, bint writable, str role) except
     return 0  # the exporter changed its mind: the buffer is ours now
 
 
+def make_key(path) -> None:
+    """Write a new pairing key for remote_server --key (docs/remote-protocol.md) to `path` (mode 0600)."""
+    cdef bytes p = os.fsencode(path)
+    check(ek_remote_make_key(p))
+
+
 def device_count() -> int:
     """Number of devices (EDGEKIT_DEVICES, default 1)."""
     cdef int count = 0
@@ -149,12 +156,12 @@ cdef class Device:
 
     def __cinit__(self, id=0, coherence=None, heap_size=None, backing=None, *, int board_device=0,
                   int server_port=9090, identity=None, known_hosts=None, bint strict_host_keys=False,
-                  connect_timeout=10.0, reply_timeout=120.0, progress=None):
+                  connect_timeout=10.0, reply_timeout=120.0, progress=None, key_file=None):
         cdef ek_dev_config_t config
         cdef ek_remote_options_t options
         cdef int fd
         cdef ek_status_t status
-        cdef bytes url_bytes, label
+        cdef bytes url_bytes, label, key_bytes
         cdef const char *text
         config.coherence = EK_COHERENCE_DEFAULT
         config.backing = EK_BACKING_DEFAULT
@@ -190,6 +197,10 @@ cdef class Device:
         options.device_config = config
         options.progress = NULL
         options.progress_user_data = NULL
+        options.key_file = NULL
+        if key_file is not None:
+            key_bytes = os.fsencode(key_file)
+            options.key_file = key_bytes
         self._progress = progress
         if progress is not None:
             options.progress = _remote_progress

@@ -38,7 +38,8 @@ class Device(_core.Device):
     """An open device: ``Device(0)`` on this machine, ``Device("tcp://HOST:PORT")`` or
     ``Device("ssh://user@board")`` on a board's remote_server (docs/remote-protocol.md; keywords
     ``board_device``, ``server_port``, ``identity``, ``known_hosts``, ``strict_host_keys``,
-    ``connect_timeout``, ``reply_timeout`` and ``progress(what, done, total)`` apply to those).
+    ``connect_timeout``, ``reply_timeout``, ``progress(what, done, total)`` and ``key_file`` (a paired
+    server's key) apply to those).
     ``coherence`` is ``"coherent"`` (default) or ``"strict"``; ``heap_size`` in bytes and ``backing``
     (``"auto"``, ``"memfd"``, ``"dmabuf"``, ``"anonymous"``) apply when the device is first opened.
     Use it as a context manager, or call ``close()``: numpy views of its memory that are still alive

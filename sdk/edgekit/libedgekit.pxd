@@ -64,6 +64,8 @@ cdef extern from "edgekit/edgekit.h" nogil:
         void (*progress)(void *user_data, const char *what, uint64_t done, uint64_t total) noexcept with gil
         void *progress_user_data
         ek_dev_config_t device_config
+        const char *key_file
+    ek_status_t ek_remote_make_key(const char *path)
     ek_status_t ek_dev_connect(ek_dev_t *handle, const char *url, int id, const ek_remote_options_t *options)
     ek_status_t ek_dev_connect_fd(ek_dev_t *handle, int fd, const char *label, int id,
                                   const ek_remote_options_t *options)

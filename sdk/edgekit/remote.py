@@ -5,6 +5,9 @@ channel (what ``ssh -L`` uses), so authentication and encryption are SSH's. The 
 remote protocol over one end of a socket pair; a thread here moves bytes between the other end and the
 channel. Closing the device (the C side closes its end) ends the thread, the channel and the SSH session.
 
+Paired servers (``remote_server --key FILE``, for listening beyond loopback) take ``key_file=`` instead;
+``make_key(path)`` writes a new key, as ``remote_server --make-key`` does.
+
 Host keys are checked as ``invoke flash`` checks them: a key listed in ``known_hosts`` must match (a
 mismatch is refused); an unlisted board is accepted for this session and nothing is written, unless
 ``strict_host_keys=True``, which refuses it. ``~/.ssh/config`` is not read. Without ``identity`` the keys
@@ -25,7 +28,10 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from edgekit._core import make_key
 from edgekit.errors import ConnectionLostError, InvalidArgumentError
+
+__all__ = ["DEFAULT_SERVER_PORT", "SshTarget", "SshTunnel", "make_key", "parse_ssh_url"]
 
 DEFAULT_SERVER_PORT: Final = 9090
 DEFAULT_KNOWN_HOSTS: Final = Path("~/.ssh/known_hosts")

@@ -115,8 +115,8 @@ struct rdev {
     bool used;               /* under slots_lock */
     int refs;                /* the device handle and each runtime (under slots_lock) */
     uint64_t handle;
-    int fd, id;
-    char peer[128];
+    int id;
+    struct ek_channel ch; /* the connection: its socket, the peer's name, its keys when paired */
     ek_remote_info_t info;
     int reply_ms, ping_ms;
     void (*progress)(void *, const char *, uint64_t, uint64_t);
@@ -153,7 +153,7 @@ static void init_slots(void) {
         pthread_cond_init(&slots[i].cond, &attr);
         pthread_cond_init(&slots[i].cb_cond, &attr);
         pthread_condattr_destroy(&attr);
-        slots[i].fd = -1;
+        slots[i].ch.fd = -1;
     }
 }
 
@@ -425,35 +425,35 @@ static bool take_event(struct rdev *d, const struct ek_wire_header *h, uint8_t *
     pthread_mutex_unlock(&d->mu);
     free(payload);
     if (!ok)
-        ek_fail(EK_ERR_CONNECTION, "%s sent a malformed LAUNCH_DONE: %s", d->peer, r->why ? r->why : "?");
+        ek_fail(EK_ERR_CONNECTION, "%s sent a malformed LAUNCH_DONE: %s", d->ch.peer, r->why ? r->why : "?");
     return ok;
 }
 
 /* A frame of the server's, header decoded, payload not yet read. Returns false when the connection
  * must be dropped (d->dead set). */
-static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
+static bool take_frame(struct rdev *d, struct ek_wire_header *h) {
     uint16_t type = h->type;
     if (h->version != EK_REMOTE_PROTOCOL && type != (EK_MSG_HELLO | EK_MSG_REPLY)) {
-        ek_fail(EK_ERR_VERSION, "%s sent a frame of protocol version %u in a session of version %d", d->peer,
+        ek_fail(EK_ERR_VERSION, "%s sent a frame of protocol version %u in a session of version %d", d->ch.peer,
                 h->version, EK_REMOTE_PROTOCOL);
         return false;
     }
-    /* READ replies go straight to the caller's buffer: status, length, then the bytes. */
     pthread_mutex_lock(&d->mu);
     struct rpending *p = (type & EK_MSG_REPLY) ? find_pending(d, h->request) : NULL;
     void *sink = p ? p->sink : NULL;
     size_t sink_len = p ? p->sink_len : 0;
     pthread_mutex_unlock(&d->mu);
-    if (sink && type == (EK_MSG_READ | EK_MSG_REPLY) && h->length == 12 + (uint64_t)sink_len) {
+    /* Unsealed READ replies go straight to the caller's buffer (a sealed one must be opened whole). */
+    if (sink && !d->ch.secure && type == (EK_MSG_READ | EK_MSG_REPLY) && h->length == 12 + (uint64_t)sink_len) {
         uint8_t head[12];
-        if (ek_wire_recv_all(d->fd, head, sizeof head, d->peer) != EK_OK)
+        if (ek_wire_recv_all(&d->ch, head, sizeof head) != EK_OK)
             return false;
         struct ek_rbuf r;
         ek_rbuf_init(&r, head, sizeof head);
         uint32_t status = ek_get_u32(&r);
         uint64_t n = ek_get_u64(&r);
         if (status != EK_OK || n != sink_len) {
-            ek_fail(EK_ERR_CONNECTION, "%s sent a READ reply that does not match its request", d->peer);
+            ek_fail(EK_ERR_CONNECTION, "%s sent a READ reply that does not match its request", d->ch.peer);
             return false;
         }
         pthread_mutex_lock(&d->mu);
@@ -464,12 +464,12 @@ static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
         /* A caller that gave up (a reply timeout) has left: drain the bytes instead. */
         ek_status_t got = EK_OK;
         if (wanted) {
-            got = ek_wire_recv_all(d->fd, sink, sink_len, d->peer);
+            got = ek_wire_recv_all(&d->ch, sink, sink_len);
         } else {
             uint8_t drain[4096];
             for (size_t left = sink_len; left > 0 && got == EK_OK;) {
                 size_t k = left < sizeof drain ? left : sizeof drain;
-                got = ek_wire_recv_all(d->fd, drain, k, d->peer);
+                got = ek_wire_recv_all(&d->ch, drain, k);
                 left -= k;
             }
         }
@@ -492,10 +492,10 @@ static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
     if (h->length) {
         if (!(payload = malloc((size_t)h->length))) {
             ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a reply of %llu bytes from %s",
-                    (unsigned long long)h->length, d->peer);
+                    (unsigned long long)h->length, d->ch.peer);
             return false;
         }
-        if (ek_wire_recv_all(d->fd, payload, (size_t)h->length, d->peer) != EK_OK) {
+        if (ek_wire_recv_payload(&d->ch, h, payload) != EK_OK) {
             free(payload);
             return false;
         }
@@ -510,7 +510,7 @@ static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
         ek_get_str(&r, message, sizeof message);
     if (r.bad || status >= 1000) {
         free(payload);
-        ek_fail(EK_ERR_CONNECTION, "%s sent a malformed frame (type 0x%04x): %s", d->peer, type,
+        ek_fail(EK_ERR_CONNECTION, "%s sent a malformed frame (type 0x%04x): %s", d->ch.peer, type,
                 r.why ? r.why : "an unknown status");
         return false;
     }
@@ -521,6 +521,18 @@ static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
         ek_fail((ek_status_t)status, "%s", message);
         keep = false;
     } else if ((type & EK_MSG_REPLY) && (p = find_pending(d, h->request)) != NULL) {
+        if (p->sink && status == EK_OK) {
+            /* A READ that did not go straight to its buffer (a sealed session): copy it there. */
+            size_t n;
+            const uint8_t *bytes = ek_get_bytes(&r, p->sink_len, &n);
+            if (r.bad || n != p->sink_len) {
+                status = EK_ERR_CONNECTION;
+                snprintf(message, sizeof message, "%s sent a READ reply that does not match its request",
+                         d->ch.peer);
+            } else {
+                memcpy(p->sink, bytes, n);
+            }
+        }
         p->done = true;
         p->status = (ek_status_t)status;
         p->replied_ns = ek_now_ns();
@@ -534,7 +546,7 @@ static bool take_frame(struct rdev *d, const struct ek_wire_header *h) {
     } else if (type == (EK_MSG_RUN | EK_MSG_REPLY) || type == (EK_MSG_PING | EK_MSG_REPLY)) {
         /* A keepalive's answer, or a run whose caller gave up waiting. */
     } else if (!(type & EK_MSG_REPLY)) {
-        ek_fail(EK_ERR_CONNECTION, "%s sent an unknown frame type 0x%04x", d->peer, type);
+        ek_fail(EK_ERR_CONNECTION, "%s sent an unknown frame type 0x%04x", d->ch.peer, type);
         keep = false;
     }
     pthread_mutex_unlock(&d->mu);
@@ -546,7 +558,7 @@ static void *reader_main(void *arg) {
     struct rdev *d = arg;
     char why[512] = "";
     for (;;) {
-        struct pollfd pfd = {d->fd, POLLIN, 0};
+        struct pollfd pfd = {d->ch.fd, POLLIN, 0};
         int n = poll(&pfd, 1, d->ping_ms);
         if (n < 0 && errno == EINTR)
             continue;
@@ -560,7 +572,7 @@ static void *reader_main(void *arg) {
             pthread_mutex_lock(&d->mu);
             uint64_t request = ++d->next_request;
             pthread_mutex_unlock(&d->mu);
-            ek_status_t sent = ek_wire_send_frame(d->fd, EK_MSG_PING, request, NULL, 0, d->peer);
+            ek_status_t sent = ek_wire_send_frame(&d->ch, EK_MSG_PING, request, NULL, 0);
             pthread_mutex_unlock(&d->send_mu);
             if (sent != EK_OK) {
                 snprintf(why, sizeof why, "%s", ek_last_error());
@@ -568,10 +580,8 @@ static void *reader_main(void *arg) {
             }
             continue;
         }
-        uint8_t header[EK_WIRE_HEADER];
         struct ek_wire_header h;
-        if (ek_wire_recv_all(d->fd, header, sizeof header, d->peer) != EK_OK ||
-            ek_wire_decode_header(header, &h, d->peer) != EK_OK || !take_frame(d, &h)) {
+        if (ek_wire_recv_header(&d->ch, &h) != EK_OK || !take_frame(d, &h)) {
             snprintf(why, sizeof why, "%s", ek_last_error());
             break;
         }
@@ -581,9 +591,9 @@ static void *reader_main(void *arg) {
         char message[700];
         if (strstr(why, "closed the connection"))
             snprintf(message, sizeof message, "the connection to %s was lost: the board's remote_server stopped, "
-                     "ended the session (idle timeout?) or the network dropped", d->peer);
+                     "ended the session (idle timeout?) or the network dropped", d->ch.peer);
         else
-            snprintf(message, sizeof message, "the connection to %s failed: %s", d->peer, why);
+            snprintf(message, sizeof message, "the connection to %s failed: %s", d->ch.peer, why);
         die_locked(d, EK_ERR_CONNECTION, message);
     }
     pthread_mutex_unlock(&d->mu);
@@ -643,9 +653,9 @@ static ek_status_t submit_parts(struct rdev *d, uint16_t type, const struct ek_w
     p->next = d->pending;
     d->pending = p;
     pthread_mutex_unlock(&d->mu);
-    if (ek_wire_send_parts(d->fd, type, p->request, fields->data, fields->len, data, n, d->peer) != EK_OK) {
+    if (ek_wire_send_parts(&d->ch, type, p->request, fields->data, fields->len, data, n) != EK_OK) {
         char why[600];
-        snprintf(why, sizeof why, "the connection to %s failed: %s", d->peer, ek_last_error());
+        snprintf(why, sizeof why, "the connection to %s failed: %s", d->ch.peer, ek_last_error());
         pthread_mutex_lock(&d->mu);
         die_locked(d, EK_ERR_CONNECTION, why);
         pthread_mutex_unlock(&d->mu);
@@ -671,9 +681,9 @@ static ek_status_t finish(struct rdev *d, struct rpending *p, struct ek_rbuf *re
         if (pthread_cond_timedwait(&d->cond, &d->mu, &deadline) == ETIMEDOUT && !p->done) {
             char why[300];
             snprintf(why, sizeof why, "%s did not answer within %d ms (ek_remote_options_t.reply_timeout_ms); "
-                     "the connection is closed", d->peer, d->reply_ms);
+                     "the connection is closed", d->ch.peer, d->reply_ms);
             die_locked(d, EK_ERR_CONNECTION, why);
-            shutdown(d->fd, SHUT_RDWR);
+            shutdown(d->ch.fd, SHUT_RDWR);
         }
     }
     /* The reader may still be receiving into the caller's buffer: the buffer must outlive that. */
@@ -719,10 +729,10 @@ static ek_status_t call(struct rdev *d, uint16_t type, const struct ek_wbuf *fie
 static ek_status_t bad_reply(struct rdev *d, const struct ek_rbuf *r, const char *what) {
     pthread_mutex_lock(&d->mu);
     char why[300];
-    snprintf(why, sizeof why, "%s sent a malformed %s reply: %s", d->peer, what, r->why ? r->why : "?");
+    snprintf(why, sizeof why, "%s sent a malformed %s reply: %s", d->ch.peer, what, r->why ? r->why : "?");
     die_locked(d, EK_ERR_CONNECTION, why);
     pthread_mutex_unlock(&d->mu);
-    shutdown(d->fd, SHUT_RDWR);
+    shutdown(d->ch.fd, SHUT_RDWR);
     return ek_fail(EK_ERR_CONNECTION, "%s", why);
 }
 
@@ -785,7 +795,7 @@ static ek_status_t lock_memory(ek_dev_t dev, ek_mem_t mem, bool exclusive, bool 
     if (!EK_IS_REMOTE(mem.id))
         status = mem.id == 0 ? ek_handle_get(mem.id, R_MEMORY, NULL, NULL)
                              : ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " is a local device's; "
-                                       "device 0x%016" PRIx64 " is remote (%s)", mem.id, dev.id, d->peer);
+                                       "device 0x%016" PRIx64 " is remote (%s)", mem.id, dev.id, d->ch.peer);
     else if ((status = ek_handle_lookup(mem.id, R_MEMORY, freeing, &obj, &owner)) == EK_OK && &slots[owner] != d)
         status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to another remote device than "
                          "0x%016" PRIx64, mem.id, dev.id);
@@ -806,7 +816,7 @@ static void teardown(struct rdev *d) {
     d->callbacks_stop = true;
     pthread_cond_broadcast(&d->cb_cond);
     pthread_mutex_unlock(&d->mu);
-    shutdown(d->fd, SHUT_RDWR);
+    shutdown(d->ch.fd, SHUT_RDWR);
     if (d->reader_started)
         pthread_join(d->reader, NULL);
     if (d->callbacks_started)
@@ -848,8 +858,9 @@ static void teardown(struct rdev *d) {
         d->pending = p->next;
         pending_free(p);
     }
-    close(d->fd);
-    d->fd = -1;
+    close(d->ch.fd);
+    d->ch.fd = -1;
+    ek_channel_wipe(&d->ch);
     pthread_rwlock_unlock(&d->lock);
     pthread_mutex_lock(&slots_lock);
     d->used = false;
@@ -950,11 +961,62 @@ static ek_status_t dial(const char *url, int timeout_ms, int *out) {
                                          "systemctl start edgekit-remote-server on the board)" : "");
 }
 
+/* A paired server: prove the key (by its id) and agree on session keys; the channel is sealed after. */
+static ek_status_t pair_with(struct rdev *d, const char *key_file, int timeout_ms) {
+    uint8_t key[EK_KEY_BYTES], id[EK_KEY_ID_BYTES], client_nonce[32];
+    ek_status_t status = ek_key_load(key_file, key);
+    if (status != EK_OK)
+        return status;
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    setsockopt(d->ch.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(d->ch.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    ek_key_id(key, id);
+    ek_random(client_nonce, sizeof client_nonce);
+    struct ek_wbuf b;
+    ek_wbuf_init(&b);
+    ek_put_u32(&b, 1);
+    ek_put_bytes(&b, id, sizeof id);
+    ek_put_bytes(&b, client_nonce, sizeof client_nonce);
+    status = ek_wire_send_frame(&d->ch, EK_MSG_PAIR, 1, b.data, b.len);
+    ek_wbuf_free(&b);
+    struct ek_wire_header h;
+    uint8_t *payload = NULL;
+    if (status == EK_OK)
+        status = ek_wire_recv_frame(&d->ch, &h, &payload);
+    if (status == EK_OK) {
+        struct ek_rbuf r;
+        ek_rbuf_init(&r, payload, (size_t)h.length);
+        uint32_t code = ek_get_u32(&r);
+        char message[1024] = "";
+        size_t n = 0;
+        const uint8_t *server_nonce = NULL;
+        if (code != EK_OK)
+            ek_get_str(&r, message, sizeof message);
+        else
+            server_nonce = ek_get_bytes(&r, 32, &n);
+        if (code != EK_OK)
+            status = ek_fail(code < EK_STATUS_COUNT ? (ek_status_t)code : EK_ERR_CONNECTION, "%s: %s", d->ch.peer,
+                             message);
+        else if (r.bad || n != 32 || h.type != (EK_MSG_PAIR | EK_MSG_REPLY))
+            status = ek_fail(EK_ERR_CONNECTION, "%s answered the pairing with a malformed frame (type 0x%04x)",
+                             d->ch.peer, h.type);
+        else
+            ek_channel_secure(&d->ch, key, client_nonce, server_nonce, false);
+    } else {
+        char why[512];
+        snprintf(why, sizeof why, "%s", ek_last_error());
+        status = ek_fail(EK_ERR_CONNECTION, "pairing with %s failed: %s", d->ch.peer, why);
+    }
+    free(payload);
+    memset(key, 0, sizeof key);
+    return status;
+}
+
 /* The handshake and opening the device, before the reader thread starts. */
 static ek_status_t hello(struct rdev *d, int timeout_ms) {
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    setsockopt(d->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(d->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(d->ch.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(d->ch.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     struct ek_wbuf b;
     ek_wbuf_init(&b);
     ek_put_u32(&b, EK_REMOTE_PROTOCOL);
@@ -962,14 +1024,14 @@ static ek_status_t hello(struct rdev *d, int timeout_ms) {
     ek_put_str(&b, ek_version());
     ek_put_str(&b, ek_wire_arch());
     ek_status_t status = b.failed ? ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a handshake")
-                                  : ek_wire_send_frame(d->fd, EK_MSG_HELLO, 1, b.data, b.len, d->peer);
+                                  : ek_wire_send_frame(&d->ch, EK_MSG_HELLO, 1, b.data, b.len);
     ek_wbuf_free(&b);
     struct ek_wire_header h;
     uint8_t *payload = NULL;
-    if (status == EK_OK && (status = ek_wire_recv_frame(d->fd, &h, &payload, d->peer)) != EK_OK) {
+    if (status == EK_OK && (status = ek_wire_recv_frame(&d->ch, &h, &payload)) != EK_OK) {
         char why[512];
         snprintf(why, sizeof why, "%s", ek_last_error());
-        return ek_fail(EK_ERR_CONNECTION, "the handshake with %s failed: %s%s", d->peer, why,
+        return ek_fail(EK_ERR_CONNECTION, "the handshake with %s failed: %s%s", d->ch.peer, why,
                        status == EK_ERR_TIMEOUT ? " (no answer: is that port a remote_server?)" : "");
     }
     if (status != EK_OK)
@@ -981,7 +1043,7 @@ static ek_status_t hello(struct rdev *d, int timeout_ms) {
     if (h.type != (EK_MSG_HELLO | EK_MSG_REPLY) && h.type != EK_MSG_REPLY) {
         free(payload);
         return ek_fail(EK_ERR_CONNECTION, "%s answered the handshake with frame type 0x%04x, not HELLO's reply: "
-                       "not an EdgeKit remote_server", d->peer, h.type);
+                       "not an EdgeKit remote_server", d->ch.peer, h.type);
     }
     if (code != EK_OK) {
         ek_get_str(&r, message, sizeof message);
@@ -991,7 +1053,7 @@ static ek_status_t hello(struct rdev *d, int timeout_ms) {
     if (h.version != EK_REMOTE_PROTOCOL) {
         free(payload);
         return ek_fail(EK_ERR_VERSION, "%s answered in remote protocol %u; this EdgeKit (%s) speaks %d: install "
-                       "the same EdgeKit release on the host and the board", d->peer, h.version, ek_version(),
+                       "the same EdgeKit release on the host and the board", d->ch.peer, h.version, ek_version(),
                        EK_REMOTE_PROTOCOL);
     }
     ek_remote_info_t *info = &d->info;
@@ -1008,10 +1070,10 @@ static ek_status_t hello(struct rdev *d, int timeout_ms) {
     bool bad = r.bad;
     free(payload);
     if (bad)
-        return ek_fail(EK_ERR_CONNECTION, "%s sent a malformed handshake reply", d->peer);
+        return ek_fail(EK_ERR_CONNECTION, "%s sent a malformed handshake reply", d->ch.peer);
     /* Ping well inside the server's idle timeout. */
     d->ping_ms = idle_ms >= 3000 ? (int)(idle_ms / 3) : 1000;
-    snprintf(info->url, sizeof info->url, "%s", d->peer);
+    snprintf(info->url, sizeof info->url, "%s", d->ch.peer);
     return EK_OK;
 }
 
@@ -1022,12 +1084,12 @@ static ek_status_t open_device(struct rdev *d, int id, const ek_dev_config_t *co
     ek_put_u64(&b, config->heap_size);
     ek_put_u32(&b, (uint32_t)config->coherence);
     ek_put_u32(&b, (uint32_t)config->backing);
-    ek_status_t status = ek_wire_send_frame(d->fd, EK_MSG_DEV_OPEN, 2, b.data, b.len, d->peer);
+    ek_status_t status = ek_wire_send_frame(&d->ch, EK_MSG_DEV_OPEN, 2, b.data, b.len);
     ek_wbuf_free(&b);
     struct ek_wire_header h;
     uint8_t *payload = NULL;
     if (status == EK_OK)
-        status = ek_wire_recv_frame(d->fd, &h, &payload, d->peer);
+        status = ek_wire_recv_frame(&d->ch, &h, &payload);
     if (status != EK_OK)
         return status;
     struct ek_rbuf r;
@@ -1038,12 +1100,12 @@ static ek_status_t open_device(struct rdev *d, int id, const ek_dev_config_t *co
         ek_get_str(&r, message, sizeof message);
     free(payload);
     if (r.bad || h.type != (EK_MSG_DEV_OPEN | EK_MSG_REPLY))
-        return ek_fail(EK_ERR_CONNECTION, "%s sent a malformed DEV_OPEN reply", d->peer);
+        return ek_fail(EK_ERR_CONNECTION, "%s sent a malformed DEV_OPEN reply", d->ch.peer);
     if (code != EK_OK)
         return ek_fail(code < EK_STATUS_COUNT ? (ek_status_t)code : EK_ERR_CONNECTION, "%s (on %s)", message,
-                       d->peer);
+                       d->ch.peer);
     struct timeval none = {0, 0};
-    setsockopt(d->fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    setsockopt(d->ch.fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
     return EK_OK;
 }
 
@@ -1084,13 +1146,13 @@ ek_status_t ek_dev_connect_fd(ek_dev_t *handle, int fd, const char *label, int i
                        EK_MAX_REMOTE_DEVICES);
     }
     /* The slot is ours alone until its handle exists. */
-    d->fd = fd;
+    d->ch.fd = fd;
     d->id = id;
     memset(&d->info, 0, sizeof d->info);
     if (label && *label)
-        snprintf(d->peer, sizeof d->peer, "%s", label);
+        snprintf(d->ch.peer, sizeof d->ch.peer, "%s", label);
     else
-        snprintf(d->peer, sizeof d->peer, "fd %d", fd);
+        snprintf(d->ch.peer, sizeof d->ch.peer, "fd %d", fd);
     d->reply_ms = o.reply_timeout_ms ? o.reply_timeout_ms : DEFAULT_REPLY_MS;
     d->progress = o.progress;
     d->progress_user = o.progress_user_data;
@@ -1106,7 +1168,10 @@ ek_status_t ek_dev_connect_fd(ek_dev_t *handle, int fd, const char *label, int i
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on a Unix socket */
     int timeout = o.connect_timeout_ms ? o.connect_timeout_ms : DEFAULT_CONNECT_MS;
-    ek_status_t status = hello(d, timeout);
+    d->ch.secure = false;
+    ek_status_t status = o.key_file && *o.key_file ? pair_with(d, o.key_file, timeout) : EK_OK;
+    if (status == EK_OK)
+        status = hello(d, timeout);
     if (status == EK_OK)
         status = open_device(d, id, &o.device_config);
     if (status == EK_OK && !(d->handle = ek_handle_new(R_DEVICE, d, (int)(d - slots))))
@@ -1122,7 +1187,8 @@ ek_status_t ek_dev_connect_fd(ek_dev_t *handle, int fd, const char *label, int i
     }
     if (status != EK_OK) {
         close(fd);
-        d->fd = -1;
+        d->ch.fd = -1;
+        ek_channel_wipe(&d->ch);
         pthread_mutex_lock(&slots_lock);
         d->used = false;
         pthread_mutex_unlock(&slots_lock);
@@ -1854,7 +1920,7 @@ ek_status_t ek_rc_rt_load_model_data(ek_rt_t handle, const void *data, size_t si
         if (major != d->info.model_format_major) {
             unlock(d);
             return ek_fail(EK_ERR_VERSION, "the model is .ekm %d.%d; the board's EdgeKit %s (%s) reads .ekm %d.x: %s",
-                           major, minor, d->info.runtime_version, d->peer, d->info.model_format_major,
+                           major, minor, d->info.runtime_version, d->ch.peer, d->info.model_format_major,
                            major > d->info.model_format_major
                                ? "upgrade EdgeKit on the board (invoke package, then invoke flash)"
                                : "compile the model with the board's EdgeKit release");
@@ -1982,14 +2048,14 @@ static uint64_t wire_of(struct rdev *d, ek_mem_t mem, const char *what, int inde
     if (!EK_IS_REMOTE(mem.id)) {
         *status = mem.id == 0 ? ek_fail(EK_ERR_INVALID_HANDLE, "%s[%d]: memory handle is 0", what, index)
                               : ek_fail(EK_ERR_DEVICE_MISMATCH, "%s[%d]: memory 0x%016" PRIx64 " is a local device's; "
-                                        "the runtime is on remote device %s", what, index, mem.id, d->peer);
+                                        "the runtime is on remote device %s", what, index, mem.id, d->ch.peer);
         return 0;
     }
     if ((*status = ek_handle_get(mem.id, R_MEMORY, &obj, &owner)) != EK_OK)
         return 0;
     if (&slots[owner] != d) {
         *status = ek_fail(EK_ERR_DEVICE_MISMATCH, "%s[%d]: memory 0x%016" PRIx64 " belongs to another remote device "
-                          "than the runtime's (%s)", what, index, mem.id, d->peer);
+                          "than the runtime's (%s)", what, index, mem.id, d->ch.peer);
         return 0;
     }
     return ((struct rmem *)obj)->wire;
@@ -2122,9 +2188,9 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
         }
         pthread_mutex_unlock(&d->mu);
         if (status == EK_OK &&
-            ek_wire_send_parts(d->fd, EK_MSG_LAUNCH, p->request, b.data, b.len, NULL, 0, d->peer) != EK_OK) {
+            ek_wire_send_parts(&d->ch, EK_MSG_LAUNCH, p->request, b.data, b.len, NULL, 0) != EK_OK) {
             char why[600];
-            snprintf(why, sizeof why, "the connection to %s failed: %s", d->peer, ek_last_error());
+            snprintf(why, sizeof why, "the connection to %s failed: %s", d->ch.peer, ek_last_error());
             pthread_mutex_lock(&d->mu);
             die_locked(d, EK_ERR_CONNECTION, why);
             pthread_mutex_unlock(&d->mu);
@@ -2222,7 +2288,7 @@ ek_status_t ek_rc_launch_wait(ek_launch_t launch, int timeout_ms) {
     if (!l->done) {
         pthread_cond_broadcast(&d->cond);
         pthread_mutex_unlock(&d->mu);
-        return ek_fail(EK_ERR_TIMEOUT, "launch on %s still running after %d ms", d->peer, timeout_ms);
+        return ek_fail(EK_ERR_TIMEOUT, "launch on %s still running after %d ms", d->ch.peer, timeout_ms);
     }
     status = l->status;
     char message[512];

@@ -62,8 +62,7 @@ struct slaunch {
 
 struct session {
     struct ek_server *server;
-    int fd;
-    char peer[80];
+    struct ek_channel ch; /* the connection: its socket, the peer's name, its keys when paired */
     uint64_t number;
     pthread_t thread;
     bool finished; /* under server->lock: the thread can be joined */
@@ -93,6 +92,8 @@ struct ek_server {
     int max_sessions, idle_ms, launch_ms;
     uint64_t max_model;
     char scratch[256]; /* where dumps are written before they go to their clients ("" until the first) */
+    bool paired;       /* sessions must prove the pairing key (PAIR) and are sealed */
+    uint8_t key[EK_KEY_BYTES];
     void (*log)(void *, const char *);
     void *log_user;
     pthread_mutex_t lock; /* sessions list, log */
@@ -192,7 +193,7 @@ static ek_status_t send_reply(struct session *s, uint16_t type, uint64_t request
         ek_put_u32(body, EK_ERR_OUT_OF_MEMORY);
         ek_put_str(body, "the server ran out of host memory for the reply");
     }
-    return ek_wire_send_frame(s->fd, type, request, body->data, body->len, s->peer);
+    return ek_wire_send_frame(&s->ch, type, request, body->data, body->len);
 }
 
 /* Replace the body with an error (status + the thread's last message). */
@@ -324,8 +325,7 @@ static ek_status_t send_dump(struct session *s, struct slaunch *l) {
                 ek_put_u64(&b, offset);
                 ek_put_u64(&b, (uint64_t)n);
                 if (!b.failed)
-                    status = ek_wire_send_parts(s->fd, EK_MSG_DUMP_FILE, l->request, b.data, b.len, chunk, (size_t)n,
-                                                s->peer);
+                    status = ek_wire_send_parts(&s->ch, EK_MSG_DUMP_FILE, l->request, b.data, b.len, chunk, (size_t)n);
                 ek_wbuf_free(&b);
                 offset += (uint64_t)n;
                 if (n == 0)
@@ -436,7 +436,7 @@ static ek_status_t check_deadlines(struct session *s, uint64_t now) {
                 "(remote_server --launch-timeout); it is still running on the board and its memory stays "
                 "allocated until it ends", s->server->launch_ms);
         slog(s->server, "session %llu (%s): a launch passed the launch timeout", (unsigned long long)s->number,
-             s->peer);
+             s->ch.peer);
         ek_status_t status = report_launch(s, l, EK_ERR_TIMEOUT, ek_last_error());
         if (status != EK_OK)
             return status;
@@ -1012,9 +1012,67 @@ static ek_status_t h_hello(struct session *s, const struct ek_wire_header *h, st
     ek_put_u32(out, (uint32_t)threads);
     ek_put_u32(out, (uint32_t)s->server->idle_ms);
     s->hello = true;
-    slog(s->server, "session %llu (%s): EdgeKit %s client on %s", (unsigned long long)s->number, s->peer, version,
+    slog(s->server, "session %llu (%s): EdgeKit %s client on %s", (unsigned long long)s->number, s->ch.peer, version,
          arch);
     return EK_OK;
+}
+
+/* PAIR, the first frame of a session with a paired server: the client's key id and nonce, answered with
+ * the server's nonce in the clear; from then on both directions are sealed with keys derived from the
+ * pairing key and both nonces. Returns false when the session must end. */
+static bool pair(struct session *s, const struct ek_wire_header *h, struct ek_rbuf *in) {
+    struct ek_server *srv = s->server;
+    ek_status_t status = EK_OK;
+    uint8_t server_nonce[32], id[EK_KEY_ID_BYTES];
+    if (!srv->paired) {
+        status = ek_fail(EK_ERR_CONNECTION, "this remote_server has no pairing key (it listens on loopback only): "
+                         "connect without a key");
+    } else if (s->ch.secure) {
+        status = ek_fail(EK_ERR_CONNECTION, "a second PAIR in one session");
+    } else if (h->type != EK_MSG_PAIR) {
+        status = ek_fail(EK_ERR_CONNECTION, "this remote_server requires a pairing key, and the client gave none: "
+                         "copy the server's key file to the host and connect with it (Python: key_file=..., C: "
+                         "ek_remote_options_t.key_file, edgekit-app --rpc_key FILE)");
+    } else {
+        uint32_t version = ek_get_u32(in);
+        size_t id_len, nonce_len;
+        const uint8_t *client_id = ek_get_bytes(in, EK_KEY_ID_BYTES, &id_len);
+        const uint8_t *client_nonce = ek_get_bytes(in, 32, &nonce_len);
+        ek_key_id(srv->key, id);
+        if (in->bad || version != 1 || id_len != EK_KEY_ID_BYTES || nonce_len != 32 || in->pos != in->len)
+            status = ek_fail(EK_ERR_CONNECTION, "a malformed PAIR frame (pairing version %u; this server speaks 1)",
+                             version);
+        else if (memcmp(client_id, id, sizeof id) != 0)
+            status = ek_fail(EK_ERR_CONNECTION, "authentication failed: the client's pairing key is not this "
+                             "remote_server's: copy the server's key file to the host again");
+        if (status == EK_OK) {
+            ek_random(server_nonce, sizeof server_nonce);
+            struct ek_wbuf out;
+            ek_wbuf_init(&out);
+            ek_put_u32(&out, EK_OK);
+            ek_put_bytes(&out, server_nonce, sizeof server_nonce);
+            status = out.failed ? ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a reply")
+                                : ek_wire_send_frame(&s->ch, EK_MSG_PAIR | EK_MSG_REPLY, h->request, out.data,
+                                                     out.len);
+            ek_wbuf_free(&out);
+            if (status == EK_OK) {
+                ek_channel_secure(&s->ch, srv->key, client_nonce, server_nonce, true);
+                slog(srv, "session %llu (%s): paired", (unsigned long long)s->number, s->ch.peer);
+                return true;
+            }
+            return false;
+        }
+    }
+    struct ek_wbuf out;
+    ek_wbuf_init(&out);
+    ek_put_u32(&out, (uint32_t)status);
+    ek_put_str(&out, ek_last_error());
+    char saved[512];
+    snprintf(saved, sizeof saved, "%s", ek_last_error());
+    ek_wire_send_frame(&s->ch, (uint16_t)(h->type | EK_MSG_REPLY), h->request, out.data, out.len);
+    ek_wbuf_free(&out);
+    slog(srv, "session %llu (%s): refused: %s", (unsigned long long)s->number, s->ch.peer, saved);
+    return false;
 }
 
 /* Handle one request. Returns false when the session must end (a protocol error or a lost peer). */
@@ -1026,6 +1084,10 @@ static bool handle(struct session *s, const struct ek_wire_header *h, const uint
     ek_put_u32(&out, EK_OK);
     ek_status_t status = EK_OK;
     bool fatal = false, later = false;
+    if (h->type == EK_MSG_PAIR || (s->server->paired && !s->ch.secure)) {
+        ek_wbuf_free(&out);
+        return pair(s, h, &in);
+    }
     if (h->type != EK_MSG_HELLO && h->version != EK_REMOTE_PROTOCOL) {
         status = ek_fail(EK_ERR_VERSION, "a frame of protocol version %u after the handshake agreed on %d",
                          h->version, EK_REMOTE_PROTOCOL);
@@ -1093,7 +1155,7 @@ static bool handle(struct session *s, const struct ek_wire_header *h, const uint
     if (!later || status != EK_OK)
         alive = send_reply(s, (uint16_t)(h->type | EK_MSG_REPLY), h->request, &out) == EK_OK && alive;
     if (fatal)
-        slog(s->server, "session %llu (%s): closed: %s", (unsigned long long)s->number, s->peer, ek_last_error());
+        slog(s->server, "session %llu (%s): closed: %s", (unsigned long long)s->number, s->ch.peer, ek_last_error());
     ek_wbuf_free(&out);
     return alive;
 }
@@ -1130,8 +1192,8 @@ static void *session_main(void *arg) {
     /* A client that stops reading (or stalls mid-frame) for the idle timeout is dropped, so a send
      * can never block this thread for longer. */
     struct timeval tv = {.tv_sec = srv->idle_ms / 1000, .tv_usec = (srv->idle_ms % 1000) * 1000};
-    setsockopt(s->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(s->ch.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(s->ch.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     s->last_frame_ns = now_ns();
     const char *why = "the client disconnected";
     for (;;) {
@@ -1149,7 +1211,7 @@ static void *session_main(void *arg) {
             if (!l->reported && l->deadline_ns < wake_at)
                 wake_at = l->deadline_ns;
         int timeout = wake_at > now ? (int)((wake_at - now) / 1000000ull) + 1 : 1;
-        struct pollfd fds[3] = {{s->fd, POLLIN, 0}, {s->wake[0], POLLIN, 0}, {srv->stop_pipe[0], POLLIN, 0}};
+        struct pollfd fds[3] = {{s->ch.fd, POLLIN, 0}, {s->wake[0], POLLIN, 0}, {srv->stop_pipe[0], POLLIN, 0}};
         int n = poll(fds, 3, timeout);
         if (n < 0 && errno != EINTR) {
             why = "poll failed";
@@ -1166,7 +1228,7 @@ static void *session_main(void *arg) {
         if (n > 0 && (fds[0].revents & (POLLIN | POLLHUP | POLLERR))) {
             struct ek_wire_header h;
             uint8_t *payload;
-            ek_status_t status = ek_wire_recv_frame(s->fd, &h, &payload, s->peer);
+            ek_status_t status = ek_wire_recv_frame(&s->ch, &h, &payload);
             if (status != EK_OK) {
                 if (status != EK_ERR_CONNECTION || strstr(ek_last_error(), "closed the connection") == NULL) {
                     /* A broken frame: say why before closing, so the peer is not left guessing. */
@@ -1176,7 +1238,7 @@ static void *session_main(void *arg) {
                     ek_put_str(&out, ek_last_error());
                     char saved[512];
                     snprintf(saved, sizeof saved, "%s", ek_last_error());
-                    ek_wire_send_frame(s->fd, EK_MSG_REPLY, 0, out.data, out.len, s->peer);
+                    ek_wire_send_frame(&s->ch, EK_MSG_REPLY, 0, out.data, out.len);
                     ek_wbuf_free(&out);
                     ek_fail(status, "%s", saved);
                 }
@@ -1194,10 +1256,11 @@ static void *session_main(void *arg) {
     }
     char reason[512];
     snprintf(reason, sizeof reason, "%s", why);
-    shutdown(s->fd, SHUT_RDWR);
+    shutdown(s->ch.fd, SHUT_RDWR);
     session_cleanup(s);
-    close(s->fd);
-    slog(srv, "session %llu (%s) ended: %s", (unsigned long long)s->number, s->peer, reason);
+    close(s->ch.fd);
+    ek_channel_wipe(&s->ch);
+    slog(srv, "session %llu (%s) ended: %s", (unsigned long long)s->number, s->ch.peer, reason);
     pthread_mutex_lock(&srv->lock);
     s->finished = true;
     pthread_mutex_unlock(&srv->lock);
@@ -1238,7 +1301,9 @@ static void refuse(int fd, const char *peer, ek_status_t status, const char *mes
     ek_put_str(&out, message);
     struct timeval tv = {.tv_sec = 2, .tv_usec = 0};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    ek_wire_send_frame(fd, EK_MSG_HELLO | EK_MSG_REPLY, 0, out.data, out.len, peer);
+    struct ek_channel ch = {.fd = fd};
+    snprintf(ch.peer, sizeof ch.peer, "%s", peer);
+    ek_wire_send_frame(&ch, EK_MSG_HELLO | EK_MSG_REPLY, 0, out.data, out.len);
     ek_wbuf_free(&out);
     close(fd);
 }
@@ -1250,9 +1315,9 @@ static void start_session(struct ek_server *srv, int fd, const char *peer) {
         return;
     }
     s->server = srv;
-    s->fd = fd;
+    s->ch.fd = fd;
     s->free_head = UINT32_MAX;
-    snprintf(s->peer, sizeof s->peer, "%s", peer);
+    snprintf(s->ch.peer, sizeof s->ch.peer, "%s", peer);
     if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         free(s);
         refuse(fd, peer, EK_ERR_SYSTEM, "the server could not make a pipe for a session");
@@ -1319,15 +1384,25 @@ ek_status_t ek_server_create(ek_server_t **out, const ek_server_config_t *config
     int rc = getaddrinfo(host, port_text, &hints, &found);
     if (rc != 0)
         return ek_fail(EK_ERR_INVALID_ARG, "cannot listen on '%s': %s", host, gai_strerror(rc));
-    for (struct addrinfo *a = found; a; a = a->ai_next)
+    uint8_t key[EK_KEY_BYTES];
+    bool paired = c.key_file && *c.key_file;
+    if (paired) {
+        ek_status_t loaded = ek_key_load(c.key_file, key);
+        if (loaded != EK_OK) {
+            freeaddrinfo(found);
+            return loaded;
+        }
+    }
+    for (struct addrinfo *a = found; a && !paired; a = a->ai_next)
         if (!is_loopback(a->ai_addr)) {
             freeaddrinfo(found);
             return ek_fail(EK_ERR_UNSUPPORTED, "refusing to listen on '%s': it is not a loopback address, and "
-                           "remote_server has no authentication or encryption of its own. Keep it on 127.0.0.1 and "
-                           "reach it through SSH, which authenticates and encrypts: "
-                           "ek.Device(\"ssh://root@board\") or ssh -L %d:127.0.0.1:%d root@board "
+                           "without a pairing key nothing would authenticate or encrypt the sessions. Either keep "
+                           "it on 127.0.0.1 and reach it through SSH (ek.Device(\"ssh://root@board\"), or ssh -L "
+                           "%d:127.0.0.1:%d root@board), or pair: remote_server --make-key board.key, then "
+                           "remote_server --host %s --key board.key, and give clients a copy of board.key "
                            "(docs/remote-protocol.md)", host, c.port ? c.port : EK_REMOTE_DEFAULT_PORT,
-                           c.port ? c.port : EK_REMOTE_DEFAULT_PORT);
+                           c.port ? c.port : EK_REMOTE_DEFAULT_PORT, host);
         }
     struct ek_server *srv = calloc(1, sizeof *srv);
     if (!srv) {
@@ -1377,6 +1452,9 @@ ek_status_t ek_server_create(ek_server_t **out, const ek_server_config_t *config
     srv->max_model = c.max_model_bytes ? c.max_model_bytes : DEFAULT_MAX_MODEL;
     srv->log = c.log;
     srv->log_user = c.log_user_data;
+    srv->paired = paired;
+    if (paired)
+        memcpy(srv->key, key, sizeof key);
     pthread_mutex_init(&srv->lock, NULL);
     *out = srv;
     return EK_OK;
@@ -1387,8 +1465,9 @@ int ek_server_port(const ek_server_t *server) { return server ? server->port : -
 ek_status_t ek_server_run(ek_server_t *srv) {
     if (!srv)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_server_run: server is NULL");
-    slog(srv, "listening on %s port %d (protocol %d, EdgeKit %s, %s)", srv->address, srv->port, EK_REMOTE_PROTOCOL,
-         ek_version(), ek_wire_arch());
+    slog(srv, "listening on %s port %d (protocol %d, EdgeKit %s, %s; %s)", srv->address, srv->port,
+         EK_REMOTE_PROTOCOL, ek_version(), ek_wire_arch(),
+         srv->paired ? "paired: sessions must hold the key and are encrypted" : "loopback only, no pairing key");
     while (!srv->stopping) {
         struct pollfd fds[2] = {{srv->listen_fd, POLLIN, 0}, {srv->stop_pipe[0], POLLIN, 0}};
         int n = poll(fds, 2, 1000);
@@ -1425,7 +1504,7 @@ ek_status_t ek_server_run(ek_server_t *srv) {
     /* Stopping: wake every session (their poll sees the stop pipe), then join them. */
     pthread_mutex_lock(&srv->lock);
     for (struct session *s = srv->sessions; s; s = s->next)
-        shutdown(s->fd, SHUT_RDWR);
+        shutdown(s->ch.fd, SHUT_RDWR);
     pthread_mutex_unlock(&srv->lock);
     reap_sessions(srv, true);
     slog(srv, "stopped");
@@ -1446,6 +1525,7 @@ void ek_server_destroy(ek_server_t *srv) {
         return;
     if (srv->scratch[0])
         rmdir(srv->scratch); /* empty: each dump's directory went with its launch */
+    memset(srv->key, 0, sizeof srv->key);
     close(srv->listen_fd);
     close(srv->stop_pipe[0]);
     close(srv->stop_pipe[1]);

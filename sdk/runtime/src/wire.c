@@ -211,31 +211,16 @@ static ek_status_t io_error(int err, const char *peer, const char *what) {
     return ek_fail(EK_ERR_CONNECTION, "%s: %s failed: %s (connection lost)", peer, what, strerror(err));
 }
 
-ek_status_t ek_wire_send_all(int fd, const void *data, size_t n, const char *peer) {
-    const uint8_t *p = data;
-    while (n > 0) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return io_error(errno, peer, "sending");
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return EK_OK;
-}
-
-ek_status_t ek_wire_recv_all(int fd, void *data, size_t n, const char *peer) {
+ek_status_t ek_wire_recv_all(struct ek_channel *ch, void *data, size_t n) {
     uint8_t *p = data;
     while (n > 0) {
-        ssize_t k = recv(fd, p, n, 0);
+        ssize_t k = recv(ch->fd, p, n, 0);
         if (k == 0)
-            return ek_fail(EK_ERR_CONNECTION, "%s closed the connection", peer);
+            return ek_fail(EK_ERR_CONNECTION, "%s closed the connection", ch->peer);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            return io_error(errno, peer, "receiving");
+            return io_error(errno, ch->peer, "receiving");
         }
         p += k;
         n -= (size_t)k;
@@ -243,21 +228,17 @@ ek_status_t ek_wire_recv_all(int fd, void *data, size_t n, const char *peer) {
     return EK_OK;
 }
 
-ek_status_t ek_wire_send_parts(int fd, uint16_t type, uint64_t request, const void *a, size_t an, const void *b,
-                               size_t bn, const char *peer) {
-    if (an > EK_WIRE_MAX_PAYLOAD || bn > EK_WIRE_MAX_PAYLOAD - an)
-        return ek_fail(EK_ERR_INTERNAL, "a frame of %zu bytes is over the protocol's maximum", an + bn);
-    uint8_t header[EK_WIRE_HEADER];
-    ek_wire_encode_header(header, type, request, an + bn);
-    struct iovec iov[3] = {{header, sizeof header}, {(void *)a, an}, {(void *)b, bn}};
-    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 3};
-    size_t left = sizeof header + an + bn;
+static ek_status_t send_iov(struct ek_channel *ch, struct iovec *iov, int count) {
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)count};
+    size_t left = 0;
+    for (int i = 0; i < count; i++)
+        left += iov[i].iov_len;
     while (left > 0) {
-        ssize_t k = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        ssize_t k = sendmsg(ch->fd, &msg, MSG_NOSIGNAL);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            return io_error(errno, peer, "sending");
+            return io_error(errno, ch->peer, "sending");
         }
         left -= (size_t)k;
         /* Advance the iovecs past what went out. */
@@ -276,26 +257,72 @@ ek_status_t ek_wire_send_parts(int fd, uint16_t type, uint64_t request, const vo
     return EK_OK;
 }
 
-ek_status_t ek_wire_send_frame(int fd, uint16_t type, uint64_t request, const void *payload, size_t n,
-                               const char *peer) {
-    return ek_wire_send_parts(fd, type, request, payload, n, NULL, 0, peer);
+ek_status_t ek_wire_send_parts(struct ek_channel *ch, uint16_t type, uint64_t request, const void *a, size_t an,
+                               const void *b, size_t bn) {
+    size_t extra = ch->secure ? EK_MAC_BYTES : 0;
+    if (an > EK_WIRE_MAX_PAYLOAD - extra || bn > EK_WIRE_MAX_PAYLOAD - extra - an)
+        return ek_fail(EK_ERR_INTERNAL, "a frame of %zu bytes is over the protocol's maximum", an + bn);
+    uint8_t header[EK_WIRE_HEADER];
+    ek_wire_encode_header(header, type, request, an + bn + extra);
+    if (!ch->secure) {
+        struct iovec iov[3] = {{header, sizeof header}, {(void *)a, an}, {(void *)b, bn}};
+        return send_iov(ch, iov, 3);
+    }
+    /* Sealed: the payload in one buffer, encrypted in place, then its tag. */
+    uint8_t mac[EK_MAC_BYTES];
+    uint8_t *plain = malloc(an + bn + 1);
+    if (!plain)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory to seal a frame of %zu bytes", an + bn);
+    if (an)
+        memcpy(plain, a, an);
+    if (bn)
+        memcpy(plain + an, b, bn);
+    ek_channel_seal(ch, header, plain, an + bn, mac);
+    struct iovec iov[3] = {{header, sizeof header}, {plain, an + bn}, {mac, sizeof mac}};
+    ek_status_t status = send_iov(ch, iov, 3);
+    free(plain);
+    return status;
 }
 
-ek_status_t ek_wire_recv_frame(int fd, struct ek_wire_header *h, uint8_t **payload, const char *peer) {
-    uint8_t header[EK_WIRE_HEADER];
-    *payload = NULL;
-    ek_status_t status = ek_wire_recv_all(fd, header, sizeof header, peer);
+ek_status_t ek_wire_send_frame(struct ek_channel *ch, uint16_t type, uint64_t request, const void *payload,
+                               size_t n) {
+    return ek_wire_send_parts(ch, type, request, payload, n, NULL, 0);
+}
+
+ek_status_t ek_wire_recv_header(struct ek_channel *ch, struct ek_wire_header *h) {
+    ek_status_t status = ek_wire_recv_all(ch, h->raw, sizeof h->raw);
     if (status != EK_OK)
         return status;
-    if ((status = ek_wire_decode_header(header, h, peer)) != EK_OK)
+    if ((status = ek_wire_decode_header(h->raw, h, ch->peer)) != EK_OK)
+        return status;
+    if (ch->secure && h->length < EK_MAC_BYTES)
+        return ek_fail(EK_ERR_CONNECTION, "%s sent a sealed frame too short for its tag", ch->peer);
+    return EK_OK;
+}
+
+ek_status_t ek_wire_recv_payload(struct ek_channel *ch, struct ek_wire_header *h, uint8_t *data) {
+    ek_status_t status = ek_wire_recv_all(ch, data, (size_t)h->length);
+    if (status != EK_OK || !ch->secure)
+        return status;
+    size_t n = (size_t)h->length - EK_MAC_BYTES;
+    if ((status = ek_channel_open(ch, h->raw, data, n, data + n)) != EK_OK)
+        return status;
+    h->length = n;
+    return EK_OK;
+}
+
+ek_status_t ek_wire_recv_frame(struct ek_channel *ch, struct ek_wire_header *h, uint8_t **payload) {
+    *payload = NULL;
+    ek_status_t status = ek_wire_recv_header(ch, h);
+    if (status != EK_OK)
         return status;
     if (h->length == 0)
         return EK_OK;
     uint8_t *data = malloc((size_t)h->length);
     if (!data)
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a frame of %llu bytes from %s",
-                       (unsigned long long)h->length, peer);
-    if ((status = ek_wire_recv_all(fd, data, (size_t)h->length, peer)) != EK_OK) {
+                       (unsigned long long)h->length, ch->peer);
+    if ((status = ek_wire_recv_payload(ch, h, data)) != EK_OK) {
         free(data);
         return status;
     }

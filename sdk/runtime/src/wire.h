@@ -38,6 +38,8 @@ enum ek_wire_type {
     EK_MSG_LAUNCH = 17,
     EK_MSG_RUN = 18,
     EK_MSG_TYPE_END,
+    /* before HELLO, for paired sessions: the key id and the client's nonce; the reply the server's nonce */
+    EK_MSG_PAIR = 0x20,
     /* server -> client without a request: a launch finished (request id = the LAUNCH's) */
     EK_MSG_LAUNCH_DONE = 0x4001,
     /* server -> client: a chunk of a dump file of a launch or run (request id = the LAUNCH's or RUN's) */
@@ -50,7 +52,21 @@ struct ek_wire_header {
     uint16_t version;
     uint16_t type;
     uint64_t request;
-    uint64_t length;
+    uint64_t length; /* of the payload; after ek_wire_recv_payload, of the plaintext */
+    uint8_t raw[EK_WIRE_HEADER]; /* as received: a sealed payload's associated data */
+};
+
+/* One end of a connection. A paired session (secure.c) seals every payload after the handshake: the
+ * payload on the wire is the ciphertext followed by a 16-byte tag. */
+#define EK_KEY_BYTES 32
+#define EK_KEY_ID_BYTES 16
+#define EK_MAC_BYTES 16
+struct ek_channel {
+    int fd;
+    char peer[128]; /* names the other end in messages */
+    bool secure;
+    uint8_t tx_key[32], rx_key[32];
+    uint64_t tx_counter, rx_counter;
 };
 
 /* A growing payload being written. Writes after an allocation failure are dropped and `failed` set. */
@@ -97,19 +113,40 @@ void ek_get_shape(struct ek_rbuf *b, ek_shape_t *shape);
 void ek_wire_encode_header(uint8_t out[EK_WIRE_HEADER], uint16_t type, uint64_t request, uint64_t length);
 ek_status_t ek_wire_decode_header(const uint8_t in[EK_WIRE_HEADER], struct ek_wire_header *h, const char *peer);
 
-/* Blocking socket I/O of exactly `n` bytes. EK_ERR_CONNECTION naming `peer` on EOF or error;
+/* Blocking socket I/O of exactly `n` bytes, unsealed. EK_ERR_CONNECTION naming the peer on EOF or error;
  * EK_ERR_TIMEOUT when a socket timeout (SO_RCVTIMEO/SO_SNDTIMEO) ran out. */
-ek_status_t ek_wire_send_all(int fd, const void *data, size_t n, const char *peer);
-ek_status_t ek_wire_recv_all(int fd, void *data, size_t n, const char *peer);
-/* Send a header and a payload made of `a` then `b` (either may be empty), as one sendmsg where it fits. */
-ek_status_t ek_wire_send_parts(int fd, uint16_t type, uint64_t request, const void *a, size_t an, const void *b,
-                               size_t bn, const char *peer);
+ek_status_t ek_wire_recv_all(struct ek_channel *ch, void *data, size_t n);
+/* Send a header and a payload made of `a` then `b` (either may be empty): as one sendmsg, or sealed. */
+ek_status_t ek_wire_send_parts(struct ek_channel *ch, uint16_t type, uint64_t request, const void *a, size_t an,
+                               const void *b, size_t bn);
 /* Send a header and a payload. */
-ek_status_t ek_wire_send_frame(int fd, uint16_t type, uint64_t request, const void *payload, size_t n,
-                               const char *peer);
+ek_status_t ek_wire_send_frame(struct ek_channel *ch, uint16_t type, uint64_t request, const void *payload,
+                               size_t n);
+/* Receive and check a header. */
+ek_status_t ek_wire_recv_header(struct ek_channel *ch, struct ek_wire_header *h);
+/* Receive the payload of header `h` into `data` (h->length bytes of room), opened when sealed; then
+ * h->length is the plaintext's length. */
+ek_status_t ek_wire_recv_payload(struct ek_channel *ch, struct ek_wire_header *h, uint8_t *data);
 /* Receive one frame: the header checked, then the payload into a malloc'd buffer (*payload, freed by the
  * caller; NULL for an empty one). */
-ek_status_t ek_wire_recv_frame(int fd, struct ek_wire_header *h, uint8_t **payload, const char *peer);
+ek_status_t ek_wire_recv_frame(struct ek_channel *ch, struct ek_wire_header *h, uint8_t **payload);
+
+/* ---- secure.c: paired sessions (libsodium, loaded when first needed) ---- */
+/* Write a new random key to `path` (created 0600; an existing file is an error). */
+ek_status_t ek_key_make(const char *path);
+/* Read a key file (64 hex digits; the file must not be readable by group or others). */
+ek_status_t ek_key_load(const char *path, uint8_t key[EK_KEY_BYTES]);
+/* A key's public id (says "wrong key" without showing the key). */
+void ek_key_id(const uint8_t key[EK_KEY_BYTES], uint8_t id[EK_KEY_ID_BYTES]);
+void ek_random(void *buf, size_t n);
+/* Derive the session's keys from the pairing key and both nonces; the channel is sealed from now on. */
+void ek_channel_secure(struct ek_channel *ch, const uint8_t key[EK_KEY_BYTES], const uint8_t client_nonce[32],
+                       const uint8_t server_nonce[32], bool is_server);
+void ek_channel_seal(struct ek_channel *ch, const uint8_t header[EK_WIRE_HEADER], uint8_t *data, size_t n,
+                     uint8_t mac[EK_MAC_BYTES]);
+ek_status_t ek_channel_open(struct ek_channel *ch, const uint8_t header[EK_WIRE_HEADER], uint8_t *data, size_t n,
+                            const uint8_t mac[EK_MAC_BYTES]);
+void ek_channel_wipe(struct ek_channel *ch);
 
 /* The version strings both ends report. */
 const char *ek_wire_arch(void);

@@ -39,7 +39,14 @@ typedef struct ek_remote_options {
     void *progress_user_data;
     /* How the board opens the device, as ek_dev_request_ex there; zero fields: the board's defaults. */
     ek_dev_config_t device_config;
+    /* A paired server's key file (remote_server --make-key): the session proves it holds the key and is
+     * encrypted (XChaCha20-Poly1305, libsodium). NULL: an unpaired (loopback or SSH) server. */
+    const char *key_file;
 } ek_remote_options_t;
+
+/* Write a new pairing key to `path` (64 hex digits, created with mode 0600; an existing file is an error).
+ * Needs libsodium (libsodium.so.23, Debian's libsodium23), as paired sessions do. */
+EK_API ek_status_t ek_remote_make_key(const char *path);
 
 /* Open device `id` of the remote_server at `url`, "tcp://HOST:PORT" (PORT defaults to 9090). The
  * handshake checks that both ends speak the same protocol; a mismatch is EK_ERR_VERSION saying which side
@@ -73,9 +80,11 @@ EK_API ek_status_t ek_dev_remote_info(ek_dev_t handle, ek_remote_info_t *info);
 typedef struct ek_server ek_server_t;
 
 typedef struct ek_server_config {
-    /* The address to listen on; NULL: "127.0.0.1". Anything but a loopback address is refused: reach a
-     * board's server through SSH (docs/remote-protocol.md). */
+    /* The address to listen on; NULL: "127.0.0.1". Anything but a loopback address needs key_file. */
     const char *host;
+    /* A pairing key file (ek_remote_make_key): every session must prove it holds the key and is encrypted.
+     * NULL: no pairing, loopback only (reach the board through SSH; docs/remote-protocol.md). */
+    const char *key_file;
     int port;                  /* 0: a free port (ek_server_port tells which) */
     int max_sessions;          /* sessions at once; more are told the server is full; 0: 64 */
     int idle_timeout_ms;       /* a client silent this long is disconnected; 0: 60000 */
