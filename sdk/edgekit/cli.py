@@ -120,7 +120,28 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="kernels to run the ops (default: EDGEKIT_KERNELS, else auto: XNNPACK where it has the op)",
     )
-    parser.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default=0,
+        metavar="ID|URL",
+        help="device id (default 0), or a board's remote_server: tcp://HOST:PORT or ssh://user@board "
+        "(runs there from here; docs/remote-protocol.md)",
+    )
+
+
+def _device(text: str) -> int | str:
+    if text.startswith(("tcp://", "ssh://")):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a device id or a board URL (tcp://HOST:PORT, ssh://user@board): {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a device id is 0 or more, not {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
