@@ -42,6 +42,7 @@ struct rpending {
     void *sink;         /* READ: the bytes go straight here */
     size_t sink_len;
     uint64_t replied_ns; /* when the reply arrived (this host's clock), for profiles */
+    bool unbounded;      /* no reply timeout: see waits_for_launches */
     struct rdump *dump; /* RUN with a dump: where its files go */
     struct rpending *next;
 };
@@ -627,6 +628,12 @@ static void *callbacks_main(void *arg) {
     return NULL;
 }
 
+/* Requests answered when launches end (RUN, DEV_SYNC, RT_DESTROY) wait without the reply timeout: the
+ * server's launch timeout bounds them, and the keepalive notices a dead connection. */
+static bool waits_for_launches(uint16_t type) {
+    return type == EK_MSG_RUN || type == EK_MSG_DEV_SYNC || type == EK_MSG_RT_DESTROY;
+}
+
 /* Send a request (fields, then `n` bytes of `data`); *out waits for its reply with finish(). A send
  * failure kills the connection, and finish() then reports it. */
 static ek_status_t submit_parts(struct rdev *d, uint16_t type, const struct ek_wbuf *fields, const void *data, size_t n,
@@ -640,6 +647,7 @@ static ek_status_t submit_parts(struct rdev *d, uint16_t type, const struct ek_w
     p->sink = sink;
     p->sink_len = sink_len;
     p->dump = dump;
+    p->unbounded = waits_for_launches(type);
     pthread_mutex_lock(&d->send_mu);
     pthread_mutex_lock(&d->mu);
     if (d->dead) {
@@ -678,7 +686,9 @@ static ek_status_t finish(struct rdev *d, struct rpending *p, struct ek_rbuf *re
     struct timespec deadline = deadline_in(d->reply_ms);
     pthread_mutex_lock(&d->mu);
     while (!p->done) {
-        if (pthread_cond_timedwait(&d->cond, &d->mu, &deadline) == ETIMEDOUT && !p->done) {
+        if (p->unbounded) {
+            pthread_cond_wait(&d->cond, &d->mu);
+        } else if (pthread_cond_timedwait(&d->cond, &d->mu, &deadline) == ETIMEDOUT && !p->done) {
             char why[300];
             snprintf(why, sizeof why, "%s did not answer within %d ms (ek_remote_options_t.reply_timeout_ms); "
                      "the connection is closed", d->ch.peer, d->reply_ms);

@@ -1248,6 +1248,7 @@ static void *session_main(void *arg) {
             s->last_frame_ns = now_ns();
             bool alive = handle(s, &h, payload);
             free(payload);
+            s->last_frame_ns = now_ns(); /* a long request (a model load) is not silence */
             if (!alive) {
                 why = ek_last_error();
                 break;
