@@ -171,6 +171,9 @@ class SshTunnel:
                 f"({e}): is remote_server running there? (invoke serve --device {self.target.name}, or "
                 "systemctl start edgekit-remote-server)"
             ) from e
+        # SSH keepalives notice a board that vanished while a call waits on it (the C side's TCP
+        # keepalive sees only this end of the socket pair).
+        client.get_transport().set_keepalive(15)
         self._client = client
         self._channel = channel
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

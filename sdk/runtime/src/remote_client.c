@@ -1175,8 +1175,15 @@ ek_status_t ek_dev_connect_fd(ek_dev_t *handle, int fd, const char *label, int i
     d->sync_error = EK_OK;
     d->reader_started = d->callbacks_started = d->callbacks_stop = false;
     d->cb_head = d->cb_tail = NULL;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on a Unix socket */
+    int one = 1, idle = 15, interval = 5, probes = 4;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* these fail harmlessly on a Unix socket */
+    /* A board that vanishes (power, cable) is noticed in about 35 s even while a call waits on it:
+     * its kernel answers keepalive probes whatever its server is busy with, so a long model load is
+     * not mistaken for a dead board. */
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
     int timeout = o.connect_timeout_ms ? o.connect_timeout_ms : DEFAULT_CONNECT_MS;
     d->ch.secure = false;
     ek_status_t status = o.key_file && *o.key_file ? pair_with(d, o.key_file, timeout) : EK_OK;
