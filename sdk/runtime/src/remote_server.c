@@ -1335,7 +1335,7 @@ static void start_session(struct ek_server *srv, int fd, const char *peer) {
     pthread_mutex_unlock(&srv->lock);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_attr_setstacksize(&attr, 1024 * 1024); /* model loads (and XNNPACK setup) run on it */
     int rc = pthread_create(&s->thread, &attr, session_main, s);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
