@@ -151,7 +151,8 @@ def test_context_auto_kernels_are_xnnpack_or_portable(dev: ek.Device) -> None:
     ("kwargs", "error", "message"),
     [
         ({"kernels": "fast"}, ek.InvalidArgumentError, "kernels must be one of"),
-        ({"device": "0"}, ek.InvalidTypeError, "device must be"),
+        ({"device": "0"}, ek.InvalidArgumentError, "for device 0 pass the number 0"),
+        ({"device": 0.5}, ek.InvalidTypeError, "device must be"),
         ({"threads": 0}, ek.InvalidArgumentError, "threads"),
         ({"threads": 1.5}, ek.InvalidTypeError, "threads"),
         ({"device": 0, "coherence": "weird"}, ek.InvalidArgumentError, "coherence"),

@@ -187,6 +187,10 @@ cdef class Device:
             self._open = True
             return
         # A remote device.
+        if not id.startswith(("tcp://", "ssh://")):
+            hint = f"; for device {id} pass the number {id}" if id.strip().isdigit() else ""
+            raise InvalidArgumentError(f"device {id!r} is neither a device number nor a board URL "
+                                       f"(tcp://HOST:PORT, ssh://user@board){hint}")
         if progress is not None and not callable(progress):
             raise InvalidTypeError(f"progress must be callable(what, done, total), got {progress!r}")
         for name, value in (("connect_timeout", connect_timeout), ("reply_timeout", reply_timeout)):
