@@ -43,6 +43,8 @@ FLAGS = (
     "--output_dir",
     "--profile",
     "--dump",
+    "--rpc_server",
+    "--rpc_key",
     "--list-clusters",
     "--help",
 )
@@ -278,8 +280,26 @@ def bad_inputs(folder: Path) -> Iterator[tuple[str, list[str | Path], dict[str, 
         {},
         r"--visible_cluster 99: there is no such cluster: .*--list-clusters",
     )
-    # A flag of a later issue (remote_server): not accepted until it does something.
-    yield "unknown flag", ["--model_path", ekm, "--rpc_server", "1"], {}, r"unknown flag --rpc_server"
+    # A flag of a later issue (plugin op libraries): not accepted until it does something.
+    yield "unknown flag", ["--model_path", ekm, "--plugin_libs", "x.so"], {}, r"unknown flag --plugin_libs"
+    yield (
+        "rpc_server",
+        ["--model_path", ekm, "--rpc_server", "1"],
+        {},
+        r"--rpc_server '1': expected HOST:PORT",
+    )
+    yield (
+        "rpc_key alone",
+        ["--model_path", ekm, "--rpc_key", "k"],
+        {},
+        r"--rpc_key is the key of a --rpc_server",
+    )
+    yield (
+        "rpc_server with clusters",
+        ["--model_path", ekm, "--rpc_server", "127.0.0.1:9", "--visible_cluster", "0"],
+        {},
+        r"--visible_cluster binds threads to this machine's CPU clusters",
+    )
     for flag, value in (("--profile", "2"), ("--dump", "yes"), ("--profile", "on"), ("--dump", "")):
         yield (
             f"{flag} {value!r}",
@@ -609,7 +629,7 @@ def test_on_the_board_bad_input_is_exit_2_and_clusters_list(app_board: Any, emu_
         "no stage": f"--model_path {BOARD_MODELS}/mlp2.ekm --input_dims 3,64",
         "device": f"--model_path {BOARD_MODELS}/mlp.ekm --dev_ids 1",
         "clusters": f"--model_path {BOARD_MODELS}/mlp.ekm --threads 2 --visible_cluster 0",
-        "unknown flag": f"--model_path {BOARD_MODELS}/mlp.ekm --rpc_server 1",
+        "unknown flag": f"--model_path {BOARD_MODELS}/mlp.ekm --plugin_libs x.so",
         "dump value": f"--model_path {BOARD_MODELS}/mlp.ekm --dump yes",
         "unwritable profile": f"--model_path {BOARD_MODELS}/mlp.ekm --profile 1",
     }
