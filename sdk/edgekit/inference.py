@@ -95,10 +95,11 @@ PROFILE_KINDS = _runtime.PROFILE_KINDS
 @dataclass(frozen=True)
 class ProfileRecord:
     """One timed record of a profile (docs/profiling.md). ``kind`` is one of ModelInit, RequestInit,
-    TransferFromInput, Wait, LayerExecute, TransferToOutput, ModelExecute; ``name`` the op (LayerExecute)
-    or the network; ``start_ns``/``duration_ns`` CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``);
-    ``details`` the rest: thread, network, stage, launch, threads, bytes, and for LayerExecute op_index,
-    op_type, provider, nodes (the ONNX nodes), tensor (the ONNX tensor), shapes, flops."""
+    TransferFromInput, Wait, LayerExecute, TransferToOutput, ModelExecute, Transport (remote devices);
+    ``name`` the op (LayerExecute), "request"/"reply" (Transport) or the network; ``start_ns`` and
+    ``duration_ns`` CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``); ``details`` the rest: thread,
+    network, stage, launch, threads, bytes, and for LayerExecute op_index, op_type, provider, nodes (the
+    ONNX nodes), tensor (the ONNX tensor), shapes, flops."""
 
     kind: str
     name: str
