@@ -2,8 +2,13 @@
 
 remote_server listens on the board's loopback only; the host reaches it through an SSH ``direct-tcpip``
 channel (what ``ssh -L`` uses), so authentication and encryption are SSH's. The C runtime speaks the
-remote protocol over one end of a socket pair; a thread here moves bytes between the other end and the
-channel. Closing the device (the C side closes its end) ends the thread, the channel and the SSH session.
+remote protocol over one end of a socket pair; a helper process (this module, run by the same Python)
+holds the SSH session and moves bytes between the other end and the channel. Closing the device (the C
+side closes its end) ends the helper, the channel and the SSH session.
+
+Why a process and not a thread: paramiko runs in Python, so a thread of this process would need the GIL
+to move each request, while the C call waiting for the reply may hold it (most calls on a device do):
+every such call would wait for its reply timeout. The helper has its own interpreter.
 
 Paired servers (``remote_server --key FILE``, for listening beyond loopback) take ``key_file=`` instead;
 ``make_key(path)`` writes a new key, as ``remote_server --make-key`` does.
@@ -17,12 +22,16 @@ are found as OpenSSH finds them: the ssh agent, then ``~/.ssh/id_*``. Needs ``pa
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import json
 import os
 import re
 import select
+import signal
 import socket
-import threading
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -93,7 +102,8 @@ def parse_ssh_url(url: str) -> SshTarget:
 
 class SshTunnel:
     """An SSH session to a board with one ``direct-tcpip`` channel to its remote_server, bridged to a
-    socket pair. ``fd`` is the end for the C runtime (it takes it over); ``close()`` ends everything."""
+    socket pair by a helper process. ``fd`` is the end for the C runtime (it takes it over and closes it);
+    ``close()`` then waits for the helper to end the channel and the session."""
 
     def __init__(
         self,
@@ -105,119 +115,195 @@ class SshTunnel:
         strict_host_keys: bool = False,
         connect_timeout: float = 10.0,
     ) -> None:
-        try:
-            import paramiko  # type: ignore[import-untyped]  # paramiko is untyped
-        except ImportError:
+        if importlib.util.find_spec("paramiko") is None:
             raise ConnectionLostError(
                 f"{url}: ssh:// devices need paramiko, which is not installed (pip install paramiko)"
-            ) from None
+            )
         if not 1 <= server_port <= 65535:
             raise InvalidArgumentError(f"server_port must be 1 .. 65535, got {server_port}")
         self.target = parse_ssh_url(url)
         self.label = f"{self.target.name} (remote_server port {server_port})"
         hosts = Path(known_hosts if known_hosts is not None else DEFAULT_KNOWN_HOSTS).expanduser()
-        client = paramiko.SSHClient()
-        if hosts.exists():
-            client.load_system_host_keys(str(hosts))  # read only: nothing is ever written back
-        elif strict_host_keys:
+        if strict_host_keys and not hosts.exists():
             raise ConnectionLostError(f"{self.target.name}: strict_host_keys=True but {hosts} does not exist")
-        target = self.target
-
-        class _Strict(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
-            def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-                raise ConnectionLostError(
-                    f"{target.name}: unknown host key ({key.get_name()}), not in {hosts}, and "
-                    f"strict_host_keys is on (after checking it on the board: ssh-keyscan -p {target.port} "
-                    f"{target.host} >> {hosts})"
-                )
-
-        client.set_missing_host_key_policy(_Strict() if strict_host_keys else paramiko.MissingHostKeyPolicy())
-        kwargs: dict[str, Any] = {
-            "timeout": connect_timeout,
-            "banner_timeout": connect_timeout,
-            "auth_timeout": connect_timeout,
-            "channel_timeout": connect_timeout,
+        request = {
+            "url": url,
+            "server_port": server_port,
+            "identity": None if identity is None else os.fspath(identity),
+            "known_hosts": str(hosts),
+            "strict_host_keys": strict_host_keys,
+            "connect_timeout": connect_timeout,
         }
-        if identity is not None:
-            kwargs.update(key_filename=str(identity), look_for_keys=False, allow_agent=False)
-        try:
-            client.connect(self.target.host, port=self.target.port, username=self.target.user, **kwargs)
-        except ConnectionLostError:
-            client.close()
-            raise
-        except paramiko.BadHostKeyException as e:
-            client.close()
-            raise ConnectionLostError(
-                f"{self.target.name}: host key mismatch: {hosts} has another key for this board (reflashed? "
-                f"then: ssh-keygen -f {hosts} -R {self.target.host})"
-            ) from e
-        except paramiko.AuthenticationException as e:
-            client.close()
-            which = f"key {identity}" if identity is not None else "no key from the ssh agent or ~/.ssh"
-            raise ConnectionLostError(
-                f"{self.target.name}: SSH authentication failed ({which} accepted)"
-            ) from e
-        except (OSError, paramiko.SSHException, EOFError) as e:
-            client.close()
-            raise ConnectionLostError(f"{self.target.name}: cannot connect over SSH: {e}") from e
-        try:
-            channel = client.get_transport().open_channel(
-                "direct-tcpip", ("127.0.0.1", server_port), ("127.0.0.1", 0), timeout=connect_timeout
-            )
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            client.close()
-            raise ConnectionLostError(
-                f"{self.target.name}: SSH works, but the board refused a channel to 127.0.0.1:{server_port} "
-                f"({e}): is remote_server running there? (invoke serve --device {self.target.name}, or "
-                "systemctl start edgekit-remote-server)"
-            ) from e
-        # SSH keepalives notice a board that vanished while a call waits on it (the C side's TCP
-        # keepalive sees only this end of the socket pair).
-        client.get_transport().set_keepalive(15)
-        self._client = client
-        self._channel = channel
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock = ours
-        self.fd = theirs.detach()
-        self._thread = threading.Thread(
-            target=self._pump, name=f"edgekit-ssh {self.target.name}", daemon=True
-        )
-        self._thread.start()
-
-    def _pump(self) -> None:
-        """Move bytes both ways until either side closes."""
-        sock, channel = self._sock, self._channel
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
         try:
-            while True:
-                readable, _, _ = select.select([sock, channel], [], [])
-                if sock in readable:
-                    data = sock.recv(_CHUNK)
-                    if not data:
-                        break
-                    channel.sendall(data)
-                if channel in readable:
-                    data = channel.recv(_CHUNK)
-                    if not data:
-                        break
-                    sock.sendall(data)
-        except (OSError, EOFError):
-            pass
+            # Its own session: a Ctrl-C meant for this program must not cut the link under it.
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", "import edgekit.remote as r; r._helper_main()", str(theirs.fileno())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as e:
+            ours.close()
+            raise ConnectionLostError(f"{self.target.name}: cannot start the SSH helper: {e}") from e
         finally:
-            self._shutdown()
+            theirs.close()
+        # Every phase of connecting has connect_timeout; the helper's own start is the rest.
+        error = self._answer(request, 4 * connect_timeout + 30)
+        if error is not None:
+            ours.close()
+            self.close()
+            raise ConnectionLostError(error)
+        self.fd = ours.detach()
 
-    def _shutdown(self) -> None:
-        for close in (self._sock.close, self._channel.close, self._client.close):
+    def _answer(self, request: dict[str, Any], timeout: float) -> str | None:
+        """Send the helper its request; None once it has the channel open, else why it has not."""
+        process = self._process
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(json.dumps(request).encode() + b"\n")
+            process.stdin.close()
+            ready, _, _ = select.select([process.stdout], [], [], timeout)
+            line = process.stdout.readline() if ready else b""
+        except OSError:
+            line = b""
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            process.kill()
+            what = f"no answer in {timeout:g}s" if process.poll() is None else f"exit status {process.wait()}"
+            return f"{self.target.name}: the SSH helper process failed ({what})"
+        return None if answer.get("ok") else str(answer.get("error"))
+
+    def close(self) -> None:
+        """After the C side closed its end: wait for the helper to close the channel and the SSH session
+        (it is killed if it has not ended in a few seconds)."""
+        process = self._process
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _connect(
+    url: str,
+    server_port: int,
+    identity: str | None,
+    known_hosts: str,
+    strict_host_keys: bool,
+    connect_timeout: float,
+) -> tuple[Any, Any]:
+    """In the helper: the SSH session and its channel to the board's 127.0.0.1:server_port."""
+    import paramiko  # type: ignore[import-untyped]  # paramiko is untyped
+
+    target = parse_ssh_url(url)
+    hosts = Path(known_hosts)
+    client = paramiko.SSHClient()
+    if hosts.exists():
+        client.load_system_host_keys(str(hosts))  # read only: nothing is ever written back
+
+    class _Strict(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            raise ConnectionLostError(
+                f"{target.name}: unknown host key ({key.get_name()}), not in {hosts}, and "
+                f"strict_host_keys is on (after checking it on the board: ssh-keyscan -p {target.port} "
+                f"{target.host} >> {hosts})"
+            )
+
+    client.set_missing_host_key_policy(_Strict() if strict_host_keys else paramiko.MissingHostKeyPolicy())
+    kwargs: dict[str, Any] = {
+        "timeout": connect_timeout,
+        "banner_timeout": connect_timeout,
+        "auth_timeout": connect_timeout,
+        "channel_timeout": connect_timeout,
+    }
+    if identity is not None:
+        kwargs.update(key_filename=identity, look_for_keys=False, allow_agent=False)
+    try:
+        client.connect(target.host, port=target.port, username=target.user, **kwargs)
+    except ConnectionLostError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as e:
+        client.close()
+        raise ConnectionLostError(
+            f"{target.name}: host key mismatch: {hosts} has another key for this board (reflashed? "
+            f"then: ssh-keygen -f {hosts} -R {target.host})"
+        ) from e
+    except paramiko.AuthenticationException as e:
+        client.close()
+        which = f"key {identity}" if identity is not None else "no key from the ssh agent or ~/.ssh"
+        raise ConnectionLostError(f"{target.name}: SSH authentication failed ({which} accepted)") from e
+    except (OSError, paramiko.SSHException, EOFError) as e:
+        client.close()
+        raise ConnectionLostError(f"{target.name}: cannot connect over SSH: {e}") from e
+    try:
+        channel = client.get_transport().open_channel(
+            "direct-tcpip", ("127.0.0.1", server_port), ("127.0.0.1", 0), timeout=connect_timeout
+        )
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        client.close()
+        raise ConnectionLostError(
+            f"{target.name}: SSH works, but the board refused a channel to 127.0.0.1:{server_port} "
+            f"({e}): is remote_server running there? (invoke serve --device {target.name}, or "
+            "systemctl start edgekit-remote-server)"
+        ) from e
+    # SSH keepalives notice a board that vanished while a call waits on it (the C side's TCP keepalive
+    # sees only its end of the socket pair).
+    client.get_transport().set_keepalive(15)
+    return client, channel
+
+
+def _pump(sock: socket.socket, channel: Any) -> None:
+    """In the helper: move bytes both ways until either side closes."""
+    try:
+        while True:
+            readable, _, _ = select.select([sock, channel], [], [])
+            if sock in readable:
+                data = sock.recv(_CHUNK)
+                if not data:
+                    break
+                channel.sendall(data)
+            if channel in readable:
+                data = channel.recv(_CHUNK)
+                if not data:
+                    break
+                sock.sendall(data)
+    except (OSError, EOFError):
+        pass
+
+
+def _helper_main() -> None:
+    """The helper process: ``python -c ... FD``, its request (SshTunnel's arguments) as a JSON line on
+    stdin; answers {"ok": true} or {"error": message} on stdout, then bridges FD and the channel."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    request = json.loads(sys.stdin.readline())
+    try:
+        client, channel = _connect(**request)
+    except Exception as e:  # every failure becomes the parent's ConnectionLostError, with this message
+        message = (
+            e.message if isinstance(e, ConnectionLostError) else f"{request.get('url')}: SSH failed: {e!r}"
+        )
+        print(json.dumps({"error": message}), flush=True)
+        return
+    print(json.dumps({"ok": True}), flush=True)
+    try:
+        _pump(sock, channel)
+    finally:
+        for close in (sock.close, channel.close, client.close):
             try:
                 close()
             except (OSError, EOFError):
                 pass
-
-    def close(self) -> None:
-        """End the bridge and the SSH session (the C side closes its own end)."""
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-        self._shutdown()
