@@ -8,9 +8,10 @@ skipped maintainer scripts a userland needs (alternatives symlinks, /etc/passwd 
 Python byte-compiling), and makes every absolute symlink relative so the tree is also a correct sysroot
 for the cross-compiler.
 
-``board_command`` / ``run_on_board`` run a program inside it: ``proot -q qemu-aarch64`` gives a real
-chroot-like view (exec of child programs, binds of /dev, /proc, /sys); ``qemu-aarch64 -L`` is the
-fallback when ptrace is unavailable, with the limits explained at ``_qemu_command``.
+``board_command`` / ``run_on_board`` run a program inside it (``start_on_board`` / ``stop_on_board``: in
+the background, e.g. a server): ``proot -q qemu-aarch64`` gives a real chroot-like view (exec of child
+programs, binds of /dev, /proc, /sys); ``qemu-aarch64 -L`` is the fallback when ptrace is unavailable,
+with the limits explained at ``_qemu_command``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -802,17 +803,19 @@ def run_on_board(
     stdin is ``input``, or empty: a board program never reads the host's terminal. On timeout the
     emulator and everything it started are killed, then ``subprocess.TimeoutExpired`` is raised.
     """
-    command = board_command(rootfs, argv, cwd=cwd, env=env, binds=binds, runner=runner)
     pipe = subprocess.PIPE if capture else None
-    # Its own process group, so a timeout or Ctrl-C can kill the emulated children too (proot 5.1 has no
-    # --kill-on-exit, and a killed proot would leave its tracees running untraced).
-    process = subprocess.Popen(
-        command,
+    process = start_on_board(
+        rootfs,
+        argv,
+        cwd=cwd,
+        env=env,
+        binds=binds,
+        runner=runner,
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
         stdout=pipe,
         stderr=pipe,
-        start_new_session=True,
     )
+    command = process.args
     try:
         out, err = process.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -827,6 +830,46 @@ def run_on_board(
     if check:
         result.check_returncode()
     return result
+
+
+def start_on_board(
+    rootfs: Path,
+    argv: Sequence[str],
+    *,
+    cwd: str = "/",
+    env: Mapping[str, str] | None = None,
+    binds: Sequence[tuple[str | Path, str]] = (),
+    runner: Runner = "auto",
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = subprocess.PIPE,
+    stderr: int | IO[Any] | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """Starts ``argv`` on the board and returns at once (see ``board_command``): for servers and other
+    programs that run while the host does something else. ``run_on_board`` is this and a wait.
+
+    The emulator runs in its own process group, so a timeout or Ctrl-C can reach the emulated children
+    too (proot 5.1 has no --kill-on-exit, and a killed proot would leave its tracees running untraced).
+    Stop it with ``stop_on_board``: a signal to the Popen's process alone (proot) is not passed on to
+    the program it runs.
+    """
+    command = board_command(rootfs, argv, cwd=cwd, env=env, binds=binds, runner=runner)
+    return subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
+
+
+def stop_on_board(
+    process: subprocess.Popen[bytes], *, sig: int = signal.SIGINT, timeout: float = 10.0
+) -> int:
+    """Stops a program ``start_on_board`` started: ``sig`` (default SIGINT, as Ctrl-C) to its whole
+    process group, then SIGKILL to the group if it has not ended after ``timeout`` seconds. Returns its
+    exit status (negative: the signal that ended it, as Popen.returncode)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+    _kill_group(process)  # after the timeout, or what the program left running in its group
+    process.wait()
+    return process.returncode
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
