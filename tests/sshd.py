@@ -48,7 +48,7 @@ class Sshd:
     def kill(self) -> None:
         """Kill the server and every session it forked, as a board losing power would drop its links."""
         # Killing only the listener leaves the per-connection sshd processes (and so the sessions) alive.
-        pids = [*_descendants(self.process.pid), self.process.pid]
+        pids = [*descendants(self.process.pid), self.process.pid]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -57,7 +57,7 @@ class Sshd:
         self.process.wait(timeout=5)
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Process ids below ``root`` (children first is not needed: all get SIGKILL)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -113,7 +113,7 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
-    sessions = _descendants(process.pid)
+    sessions = descendants(process.pid)
     process.terminate()
     try:
         process.wait(timeout=5)
