@@ -293,6 +293,49 @@ def run_on_device(
                 raise Exit("error: the command failed on a board", code=1)
 
 
+SERVE_HELP = {
+    "device": "emu (the emulated board, default) or one ssh://user@host[:port][/prefix]",
+    "port": "the port remote_server listens on, on the board's loopback (default 9090; 0 picks a free one)",
+    "board": BOARD_HELP,
+    "idle_timeout": "seconds before a silent client is dropped (default: its 60)",
+    "launch_timeout": "seconds before a running launch is reported as timed out (default: its 600)",
+}
+
+
+@task(help=SERVE_HELP)
+def serve(
+    c: Context,
+    device: str = "emu",
+    port: int = devices.SERVER_PORT,
+    board: str = "",
+    idle_timeout: int = 0,
+    launch_timeout: int = 0,
+) -> None:
+    """Run remote_server on a board in the foreground, so Python on this host can use its devices.
+
+    It prints the line to connect with once it listens: ek.Device("tcp://127.0.0.1:PORT") for the
+    emulated board (it shares this machine's network), ek.Device("ssh://user@board") for an SSH board
+    (remote_server listens on the board's loopback only: the host reaches it through SSH). Its log lines
+    follow; Ctrl-C stops it (and the program on the board). The emulated board is flashed first when it
+    has no EdgeKit yet; a board whose release has no remote_server must be flashed (it says so), as must
+    one whose port is taken (use --port). See docs/remote-protocol.md.
+    """
+    for name, value in (("--idle-timeout", idle_timeout), ("--launch-timeout", launch_timeout)):
+        if value < 0:
+            raise Exit(f"error: {name} must be seconds > 0 (or 0 for remote_server's default)", code=2)
+    with _clear_errors():
+        devices.check_spec(device)
+        with devices.open_fleet(device, board or boards.default_board("aarch64")) as fleet:
+            if device.strip() == "emu" and devices.without_edgekit(fleet):
+                say("EdgeKit is not installed on the emulated board yet: building and flashing it first")
+                flash(c, device="emu", board=board)
+            code = devices.serve(
+                fleet, port=port, idle_timeout=idle_timeout or None, launch_timeout=launch_timeout or None
+            )
+    if code != 0:
+        raise Exit(f"error: remote_server exited with status {code}", code=1)
+
+
 @task(help={"device": DEVICE_HELP, "board": BOARD_HELP})
 def doctor(c: Context, device: str = "emu", board: str = "") -> None:
     """Check a board: arch, glibc, libstdc++, Python and numpy, installed EdgeKit; say what to fix."""
@@ -455,5 +498,5 @@ def clean(c: Context) -> None:
 device = Collection("device")
 device.add_task(device_create, name="create")
 ns = Collection(
-    build, toolchains, package, flash, run_on_device, doctor, lint, test, bench, demo, clean, device
+    build, toolchains, package, flash, run_on_device, serve, doctor, lint, test, bench, demo, clean, device
 )

@@ -3,18 +3,24 @@
 A device spec is ``emu`` (the emulated board: its Debian rootfs under qemu-aarch64) or a comma list of
 ``ssh://user@host[:port][/prefix]`` (real boards, driven in parallel by ssh.SshFleet). Both are a
 *fleet*: ``run(command)`` and ``put(local, remote)`` on every board, each board's failure a result.
-On every board ``$EDGEKIT_PREFIX`` is where EdgeKit goes (default /opt/edgekit).
+On every board ``$EDGEKIT_PREFIX`` is where EdgeKit goes (default /opt/edgekit). ``start_server`` and
+``serve`` (invoke serve) run the board's remote_server, so this host can use the board's devices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
+import signal
 import subprocess
 import threading
-from collections.abc import Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Protocol
 
 from edgekit_packaging.ssh import (
@@ -28,13 +34,14 @@ from edgekit_packaging.ssh import (
 )
 from toolchains.boards import Board, load_board, version_tuple
 from toolchains.crossbuild import board_rootfs, runtime_version
-from toolchains.rootfs import RootfsError, run_on_board
+from toolchains.rootfs import RootfsError, run_on_board, start_on_board, stop_on_board
 from toolchains.steps import Steps, detail, say
 
 __all__ = [
     "DeviceError",
     "EmulatedFleet",
     "Fleet",
+    "RemoteServer",
     "RunResult",
     "SshFleet",
     "check_spec",
@@ -43,6 +50,8 @@ __all__ = [
     "open_fleet",
     "parse_ssh_urls",
     "run",
+    "serve",
+    "start_server",
     "without_edgekit",
 ]
 
@@ -242,6 +251,348 @@ def without_edgekit(fleet: Fleet) -> list[str]:
     return [
         board for board, value in results.items() if isinstance(value, RunResult) and value.exit_code == 1
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# remote_server on a board (docs/remote-protocol.md): invoke serve
+
+SERVER_PORT = 9090  # remote_server's default port, which ssh:// devices connect to unless told otherwise
+_LISTENING = re.compile(r"remote_server listening on (\S+):(\d+)\s*$")
+# What start_server asks the board first: is there a remote_server to run, and which.
+_SERVER_CHECK = f"""\
+prefix=${{EDGEKIT_PREFIX:-{DEFAULT_PREFIX}}}
+if [ ! -e "$prefix/current" ]; then echo none; exit 0; fi
+if [ ! -e "$prefix/current/bin/remote_server" ]; then echo missing; exit 0; fi
+"$prefix/current/bin/remote_server" --version
+"""
+
+
+class _Process(Protocol):
+    """A program running on a board: its output lines (stdout and stderr together), Ctrl-C, its end."""
+
+    def lines(self) -> Iterator[str]: ...
+
+    def interrupt(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class _EmulatedProcess:
+    """A program on the emulated board, started by rootfs.start_on_board (its own process group)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+
+    def lines(self) -> Iterator[str]:
+        assert self._process.stdout is not None
+        for raw in self._process.stdout:
+            yield raw.decode(errors="replace").rstrip("\r\n")
+
+    def interrupt(self) -> None:
+        # To the whole group: proot does not pass a signal of its own on to the program it runs.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGINT)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        stop_on_board(self._process, sig=signal.SIGKILL, timeout=5)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+def _device_spec(fleet: Fleet) -> str:
+    """The --device value naming this fleet's board, for the commands in messages."""
+    if isinstance(fleet, SshFleet):
+        return ",".join(target.url for target in fleet.targets)
+    return "emu"
+
+
+class RemoteServer:
+    """A remote_server running on a board, from ``start_server``: where it listens (``port`` on the
+    board's loopback), ``url`` and ``connect`` (the Python line that reaches it from this host), its
+    ``output`` so far. ``stop()`` ends it as Ctrl-C would; a context manager that stops it."""
+
+    def __init__(
+        self, fleet: Fleet, process: _Process, version: str, port: int, echo: Callable[[str], None] | None
+    ) -> None:
+        self.board = fleet.names[0]
+        self.version = version
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._port_asked = port
+        self.url = ""
+        self.connect = ""
+        self._fleet = fleet
+        self._process = process
+        self._echo = echo
+        self._output: deque[str] = deque(maxlen=200)
+        self._lock = threading.Lock()
+        self._listening = threading.Event()
+        self._ended = threading.Event()
+        self._code: int | None = None
+        self._reader = threading.Thread(target=self._read, name=f"remote_server {self.board}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._process.lines():
+                with self._lock:
+                    self._output.append(line)
+                if self._echo is not None:
+                    self._echo(line)
+                match = _LISTENING.search(line)
+                if match and not self._listening.is_set():
+                    self.host, self.port = match.group(1), int(match.group(2))
+                    self.url, self.connect = _connect_to(self._fleet, self.host, self.port)
+                    self._listening.set()
+        finally:
+            self._ended.set()
+
+    @property
+    def output(self) -> list[str]:
+        """What it printed so far (its last 200 lines: stdout and stderr)."""
+        with self._lock:
+            return list(self._output)
+
+    @property
+    def running(self) -> bool:
+        if self._code is None:
+            self._code = self._process.wait(0)
+        return self._code is None
+
+    def _wait_listening(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            if self._ended.is_set():
+                break
+            if time.monotonic() >= deadline:
+                self.close()
+                raise DeviceError(
+                    f"remote_server said nothing for {timeout:g}s after it was started "
+                    f"(it printed: {self._last_lines()})",
+                    board=self.board,
+                )
+        if self._listening.is_set():
+            return
+        code = self.wait(10)
+        self.close()
+        said = "\n".join(self.output)
+        if "Address already in use" in said:
+            shared = (
+                " (the emulated board shares this machine's network)" if self.board.startswith("emu:") else ""
+            )
+            raise DeviceError(
+                f"port {self._port_asked} is taken on the board{shared}: another remote_server (invoke "
+                "serve, or the edgekit-remote-server service) or another program listens there: choose "
+                "another with --port N, or --port 0 for a free one",
+                board=self.board,
+            )
+        raise DeviceError(
+            f"remote_server did not start (exit status {code}): {self._last_lines()}", board=self.board
+        )
+
+    def _last_lines(self, count: int = 5) -> str:
+        return " / ".join(self.output[-count:]) or "nothing"
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Until it ends (its exit status), or None when it still runs after ``timeout`` seconds."""
+        if self._code is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._code is None:
+                # In short steps, so that Ctrl-C is seen at once whatever the process type.
+                step = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+                self._code = self._process.wait(step)
+                if self._code is None and deadline is not None and time.monotonic() >= deadline:
+                    return None
+        self._ended.wait(5)  # the reader has the last lines
+        return self._code
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Stop it as Ctrl-C does (it finishes its sessions' launches and frees them, then exits 0);
+        killed if it has not ended after ``timeout`` seconds. Returns its exit status (-9: killed)."""
+        if self._code is None:
+            self._process.interrupt()
+            self.wait(timeout)
+        self.close()
+        return self._code if self._code is not None else -signal.SIGKILL
+
+    def close(self) -> None:
+        """Kill it if it still runs, and let go of it."""
+        self._process.close()
+        self._reader.join(timeout=5)
+
+    def __enter__(self) -> RemoteServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _connect_to(fleet: Fleet, host: str, port: int) -> tuple[str, str]:
+    """The URL of a server listening on the board's ``host``:``port`` and the Python line that opens it."""
+    if isinstance(fleet, SshFleet):
+        target = fleet.targets[0]
+        where = f"[{target.host}]" if ":" in target.host else target.host
+        url = f"ssh://{target.user}@{where}" + ("" if target.port == 22 else f":{target.port}")
+        options = "" if port == SERVER_PORT else f", server_port={port}"
+        key = os.environ.get("EDGEKIT_SSH_KEY")
+        if key:
+            options += f", identity={key!r}"
+        return url, f'ek.Device("{url}"{options})'
+    # The emulated board shares this machine's network: its loopback is this machine's.
+    url = f"tcp://{host}:{port}"
+    return url, f'ek.Device("{url}")'
+
+
+def start_server(
+    fleet: Fleet,
+    *,
+    port: int = SERVER_PORT,
+    idle_timeout: int | None = None,
+    launch_timeout: int | None = None,
+    echo: Callable[[str], None] | None = None,
+    start_timeout: float = 60.0,
+) -> RemoteServer:
+    """Start the installed remote_server on the fleet's one board and return once it listens.
+
+    The emulated board's runs under its emulator (in the background, its own process group); an SSH
+    board's runs in an SSH session with a terminal, so it stops when the session ends. ``port`` 0 lets
+    it pick a free port (``RemoteServer.port``). ``idle_timeout``/``launch_timeout`` (seconds) are its
+    flags of those names (None: its defaults). ``echo`` gets each line it prints (from another thread).
+    DeviceError, saying what to do, when the board has no EdgeKit or a release without remote_server,
+    when the port is taken, or when it does not start.
+    """
+    if len(fleet.names) != 1:
+        raise DeviceError(f"remote_server is started on one board at a time, not on {len(fleet.names)}")
+    if not 0 <= port <= 65535:
+        raise DeviceError(f"the port must be 0 (a free one) to 65535, not {port}")
+    board = fleet.names[0]
+    spec = _device_spec(fleet)
+    if isinstance(fleet, SshFleet):
+        prefix = fleet.targets[0].prefix
+    elif isinstance(fleet, EmulatedFleet):
+        prefix = fleet.prefix
+    else:
+        raise DeviceError(f"cannot start programs in the background on {board}")
+    check = fleet.run(_SERVER_CHECK, timeout=120)[board]
+    if not isinstance(check, RunResult):
+        raise check
+    answer = check.stdout.strip()
+    if answer == "none":
+        raise DeviceError(
+            f"EdgeKit is not installed (no {prefix}/current): invoke flash --device {spec}", board=board
+        )
+    if answer == "missing":
+        raise DeviceError(
+            f"the EdgeKit release in {prefix}/current has no bin/remote_server (it is older than remote "
+            f"devices): flash this one: invoke flash --device {spec}",
+            board=board,
+        )
+    if not check.ok or not answer.startswith("remote_server"):
+        why = " ".join((check.stderr.strip() or answer or f"exit status {check.exit_code}").split())
+        raise DeviceError(
+            f"{prefix}/current/bin/remote_server does not run ({why}): "
+            f"flash again: invoke flash --device {spec}",
+            board=board,
+        )
+    argv = [f"{prefix}/current/bin/remote_server", "--port", str(port)]
+    for flag, value in (("--idle-timeout", idle_timeout), ("--launch-timeout", launch_timeout)):
+        if value is not None:
+            argv += [flag, str(value)]
+    process: _Process
+    if isinstance(fleet, SshFleet):
+        process = fleet.start(shlex.join(["exec", *argv]))
+    else:
+        try:
+            started = start_on_board(
+                fleet.rootfs,
+                argv,
+                env={"EDGEKIT_PREFIX": fleet.prefix},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        except (OSError, RootfsError) as exc:
+            raise DeviceError(f"cannot run on the emulated board: {exc}", board=board) from exc
+        process = _EmulatedProcess(started)
+    server = RemoteServer(fleet, process, answer.splitlines()[0], port, echo)
+    try:
+        server._wait_listening(start_timeout)
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) stop the server as Ctrl-C does, while this is entered;
+    so does SIGINT, even where it was ignored (a shell's background job)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(
+    fleet: Fleet,
+    *,
+    port: int = SERVER_PORT,
+    idle_timeout: int | None = None,
+    launch_timeout: int | None = None,
+) -> int:
+    """invoke serve: run remote_server on the fleet's one board in the foreground, its output shown, until
+    Ctrl-C (or SIGTERM, SIGHUP) stops it, or it ends; say how to connect once it listens. Returns its
+    exit status (0 after a clean stop)."""
+    server = start_server(
+        fleet,
+        port=port,
+        idle_timeout=idle_timeout,
+        launch_timeout=launch_timeout,
+        echo=lambda line: print(f"  {line}", flush=True),
+    )
+    try:
+        say(f"{server.version} serves {server.board} on the board's {server.host}:{server.port}")
+        say(f"connect from Python on this host: {server.connect}")
+        if isinstance(fleet, SshFleet):
+            target = fleet.targets[0]
+            login = f"{target.user}@{target.host}" + ("" if target.port == 22 else f" -p {target.port}")
+            detail(
+                f"(through SSH; from C: ssh -N -L {server.port}:127.0.0.1:{server.port} {login}, "
+                f'then ek_dev_connect(&dev, "tcp://127.0.0.1:{server.port}", 0, NULL))'
+            )
+        else:
+            detail(f'(from C: ek_dev_connect(&dev, "{server.url}", 0, NULL))')
+        say("Ctrl-C stops it")
+        try:
+            with _stop_signals_interrupt():
+                code = server.wait()
+        except KeyboardInterrupt:
+            say("stopping remote_server (it ends its sessions first)")
+            code = server.stop()
+            say(f"remote_server stopped (exit status {code})")
+            return code
+        say(f"remote_server ended by itself (exit status {code})")
+        return -1 if code is None else code
+    finally:
+        server.close()
 
 
 PROBE = Path(__file__).resolve().parent.parent / "devices" / "probe.sh"

@@ -31,7 +31,7 @@ import shlex
 import socket
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -435,6 +435,67 @@ def _sftp_makedirs(sftp: Any, path: str) -> None:
     sftp.mkdir(path)
 
 
+class SshProcess:
+    """A command running on one board in the foreground (``SshFleet.start``), with a pseudo-terminal as
+    ``ssh -t`` gives it: its output (stdout and stderr together, as a terminal shows them) line by line,
+    ``interrupt()`` is Ctrl-C typed into that terminal (SIGINT to the command), and closing the session
+    hangs the terminal up (SIGHUP), so the command never outlives the connection, even if the host dies."""
+
+    def __init__(self, board: _Board, command: str) -> None:
+        board.open()
+        try:
+            channel = board.client.get_transport().open_session(timeout=board.connect_timeout_s)
+            channel.get_pty(term="dumb", width=500, height=24)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            board.client.close()
+            raise board.error(f"cannot start a command: {_one_line(e)}") from e
+        self.board = board.target.name
+        self._channel = channel
+
+    def lines(self) -> Iterator[str]:
+        """Its output, line by line, until it ends or the connection drops."""
+        pending = b""
+        while True:
+            try:
+                data = self._channel.recv(1 << 16)
+            except (OSError, EOFError, paramiko.SSHException):
+                data = b""
+            if not data:
+                break
+            *complete, pending = (pending + data).split(b"\n")
+            for line in complete:
+                # The terminal echoes a Ctrl-C sent by interrupt() as "^C".
+                yield line.rstrip(b"\r").removeprefix(b"^C").decode(errors="replace")
+        if pending:
+            yield pending.rstrip(b"\r").decode(errors="replace")
+
+    def interrupt(self) -> None:
+        """Ctrl-C: the board's terminal sends SIGINT to the command."""
+        try:
+            self._channel.send(b"\x03")
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the connection is gone, and with it the command (hung up)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit status (-1: the board sent none: killed by a signal, or the connection dropped), or
+        None when it still runs after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._channel.exit_status_ready():
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        status: int = self._channel.recv_exit_status()
+        return status
+
+    def close(self) -> None:
+        """End the session: the board hangs up the command's terminal if it still runs."""
+        try:
+            self._channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+
 class SshFleet:
     """Several boards driven at once through Fabric's ``ThreadingGroup``; one board's failure is a result.
 
@@ -543,6 +604,13 @@ class SshFleet:
             else:
                 results[board.target.name] = None
         return results
+
+    def start(self, command: str) -> SshProcess:
+        """Start ``command`` (a shell line) on the fleet's one board and return while it runs (see
+        SshProcess): for servers, e.g. remote_server under invoke serve."""
+        if len(self._boards) != 1:
+            raise DeviceError(f"a foreground command runs on one board, not {len(self._boards)}")
+        return SshProcess(self._boards[0], command)
 
     @property
     def names(self) -> list[str]:
