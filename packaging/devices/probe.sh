@@ -12,6 +12,13 @@ if [ -f "$info" ]; then
         echo "installed_$key=$(sed -n "s/^ *\"$key\": \"\([^\"]*\)\",\{0,1\}\$/\1/p" "$info")"
     done
 fi
+# remote_server=: none in this release; else its --version line, or why it does not run.
+server=$prefix/current/bin/remote_server
+if [ -e "$server" ]; then
+    echo "remote_server=$("$server" --version 2>&1 | head -n 1)"
+else
+    echo "remote_server="
+fi
 if command -v python3 >/dev/null 2>&1; then
     python3 -c 'import sys, sysconfig
 print("python=%d.%d" % sys.version_info[:2])

@@ -692,7 +692,25 @@ def diagnose(facts: Mapping[str, str], board: Board, host_version: str) -> list[
                     imported or "fails",
                     f"python3 does not import it: flash again (that adds {prefix}/current/python to python3)",
                 )
-    checks.add("remote_server", "not in this release yet")
+    server = facts.get("remote_server", "")
+    if not installed:
+        checks.add("remote_server", "none", "it comes with EdgeKit: invoke flash --device <this board>")
+    elif server.startswith("remote_server"):
+        found = server.removeprefix("remote_server").strip(" ()")
+        checks.add("remote_server", f"{found} in {prefix}/current/bin")
+    elif not server:
+        checks.add(
+            "remote_server",
+            "missing",
+            f"the release in {prefix}/current is older than remote devices: "
+            "invoke flash --device <this board>",
+        )
+    else:
+        checks.add(
+            "remote_server",
+            f"does not run: {server}",
+            f"{prefix}/current/bin/remote_server is damaged: invoke flash --device <this board>",
+        )
     return checks.rows
 
 
