@@ -148,15 +148,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "remote_server: %s\n", ek_last_error());
         return 1;
     }
-    /* The chosen port on stdout, one line, for scripts that started it with --port 0. */
-    printf("remote_server listening on %s:%d\n", config.host ? config.host : "127.0.0.1", ek_server_port(server));
-    fflush(stdout);
+    /* Before the line below: a script that reads it may stop the server at once, and must see a clean
+     * stop (exit 0), not a death by SIGINT. ek_server_stop before ek_server_run is honoured. */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* The chosen port on stdout, one line, for scripts that started it with --port 0. */
+    printf("remote_server listening on %s:%d\n", config.host ? config.host : "127.0.0.1", ek_server_port(server));
+    fflush(stdout);
     ek_status_t status = ek_server_run(server);
     ek_server_destroy(server);
     if (status != EK_OK) {
