@@ -124,6 +124,7 @@ def test_doctor_on_the_flashed_emulated_board(flashed_emu: Any, capsys: pytest.C
         assert line in report, report
     assert "ok  EdgeKit         0.1.0 for emu-debian12" in report
     assert "ok  import edgekit  0.1.0" in report
+    assert "ok  remote_server   EdgeKit 0.1.0, remote protocol 1 in /opt/edgekit/current/bin" in report
     assert "FIX" not in report
 
 
@@ -140,6 +141,28 @@ def test_doctor_says_what_to_fix(two_boards: tuple[Sshd, Sshd], capsys: pytest.C
     assert "build with --arch x86_64" in report
     assert "FIX EdgeKit         not installed" in report
     assert "nothing in /nowhere/edgekit/current: invoke flash --device <this board>" in report
+    assert "FIX remote_server   none" in report
+    assert "it comes with EdgeKit: invoke flash --device <this board>" in report
+
+
+def test_doctor_on_a_release_without_remote_server() -> None:
+    """What the probe says of a release from before remote devices, and of a remote_server that does
+    not run, and what doctor makes of it."""
+    board = load_board("emu-debian12")
+    facts = {"arch": "aarch64", "installed_version": "0.1.0", "prefix": "/opt/edgekit"}
+    rows = {
+        what: (found, fix)
+        for what, found, fix in devices.diagnose({**facts, "remote_server": ""}, board, "0.1.0")
+    }
+    found, fix = rows["remote_server"]
+    assert found == "missing"
+    assert fix == (
+        "the release in /opt/edgekit/current is older than remote devices: invoke flash --device <this board>"
+    )
+    broken = {**facts, "remote_server": "sh: 1: remote_server: Exec format error"}
+    rows = {what: (found, fix) for what, found, fix in devices.diagnose(broken, board, "0.1.0")}
+    assert rows["remote_server"][0] == "does not run: sh: 1: remote_server: Exec format error"
+    assert "is damaged: invoke flash --device <this board>" in rows["remote_server"][1]
 
 
 def test_boards_without_edgekit_are_found(flashed_emu: Any, two_boards: tuple[Sshd, Sshd]) -> None:

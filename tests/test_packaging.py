@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -15,7 +16,7 @@ from packaging.utils import parse_wheel_filename
 
 from edgekit_packaging.bundle import PackageError, read_build
 from edgekit_packaging.package import make_packages, parse_formats
-from toolchains.rootfs import run_on_board
+from toolchains.rootfs import run_on_board, start_on_board, stop_on_board
 from toolchains.steps import Steps
 
 
@@ -130,8 +131,9 @@ def test_deb_installs_into_the_emulated_rootfs(packages: dict[str, Path], emu_ro
     assert "root/root" in listing and "./opt/edgekit/lib/libedgekit.so.0.1.0" in listing
     assert "./usr/lib/python3/dist-packages/edgekit.pth" in listing
     assert re.search(r"^-rwxr-xr-x root/root .* \./opt/edgekit/bin/edgekit-app$", listing, re.M), listing
-    # No remote_server yet, so no systemd unit (its ExecStart would name a missing program).
-    assert "edgekit-remote-server.service" not in listing
+    assert re.search(r"^-rwxr-xr-x root/root .* \./opt/edgekit/bin/remote_server$", listing, re.M), listing
+    # remote_server's systemd unit (installed disabled: the package has no maintainer scripts).
+    assert "./lib/systemd/system/edgekit-remote-server.service" in listing
 
     # Install it into the board's rootfs with dpkg --root, then remove it again.
     dpkg_dir = emu_rootfs / "var" / "lib" / "dpkg"
@@ -160,6 +162,20 @@ def test_deb_installs_into_the_emulated_rootfs(packages: dict[str, Path], emu_ro
         # ...and its edge app runs there, finding /opt/edgekit/lib through its rpath.
         app = run_on_board(emu_rootfs, ["/opt/edgekit/bin/edgekit-app", "--help"])
         assert app.returncode == 0 and b"--model_path" in app.stdout, app.stderr.decode()
+        # The unit's ExecStart is the installed remote_server, and it starts with the unit's flags (the
+        # port made 0 here: 9090 may be taken on this machine, whose network the emulated board shares).
+        unit = (emu_rootfs / "lib/systemd/system/edgekit-remote-server.service").read_text()
+        (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, re.M)
+        argv = shlex.split(exec_start)
+        assert argv[:3] == ["/opt/edgekit/bin/remote_server", "--port", "9090"], argv
+        argv[2] = "0"
+        server = start_on_board(emu_rootfs, argv, stderr=subprocess.STDOUT)
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline().decode()
+            assert re.fullmatch(r"remote_server listening on 127\.0\.0\.1:\d+\n", line), line
+        finally:
+            assert stop_on_board(server) == 0
     finally:
         subprocess.run([*dpkg, "--purge", "edgekit"], check=True, capture_output=True)
     assert not (emu_rootfs / "opt" / "edgekit" / "lib" / "libedgekit.so.0.1.0").exists()
