@@ -575,11 +575,15 @@ def serve(
             target = fleet.targets[0]
             login = f"{target.user}@{target.host}" + ("" if target.port == 22 else f" -p {target.port}")
             detail(
-                f"(through SSH; from C: ssh -N -L {server.port}:127.0.0.1:{server.port} {login}, "
-                f'then ek_dev_connect(&dev, "tcp://127.0.0.1:{server.port}", 0, NULL))'
+                f"(through SSH; from C or the edge app: ssh -N -L {server.port}:127.0.0.1:{server.port} "
+                f'{login}, then ek_dev_connect(&dev, "tcp://127.0.0.1:{server.port}", 0, NULL) or '
+                f"edgekit-app --rpc_server 127.0.0.1:{server.port})"
             )
         else:
-            detail(f'(from C: ek_dev_connect(&dev, "{server.url}", 0, NULL))')
+            detail(
+                f'(from C: ek_dev_connect(&dev, "{server.url}", 0, NULL); the edge app: '
+                f"edgekit-app --rpc_server {server.host}:{server.port})"
+            )
         say("Ctrl-C stops it")
         try:
             with _stop_signals_interrupt():
