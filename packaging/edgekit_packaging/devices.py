@@ -575,8 +575,9 @@ def serve(
             target = fleet.targets[0]
             login = f"{target.user}@{target.host}" + ("" if target.port == 22 else f" -p {target.port}")
             detail(
-                f"(through SSH; from C or the edge app: ssh -N -L {server.port}:127.0.0.1:{server.port} "
-                f'{login}, then ek_dev_connect(&dev, "tcp://127.0.0.1:{server.port}", 0, NULL) or '
+                f"(through SSH; from C or the edge app: ssh -tt -L {server.port}:127.0.0.1:{server.port} "
+                f"{login} sleep infinity, then "
+                f'ek_dev_connect(&dev, "tcp://127.0.0.1:{server.port}", 0, NULL) or '
                 f"edgekit-app --rpc_server 127.0.0.1:{server.port})"
             )
         else:

@@ -558,7 +558,12 @@ static bool take_frame(struct rdev *d, struct ek_wire_header *h) {
 static void *reader_main(void *arg) {
     struct rdev *d = arg;
     char why[512] = "";
+    int one = 1;
     for (;;) {
+        /* ACK what arrives at once (Linux leaves quick-ACK mode by itself, so re-arm it): a relay with
+         * Nagle's algorithm on, like sshd behind ssh -L, holds a second frame (a launch's completion
+         * after its reply) until the first is ACKed, and a delayed ACK costs 40 ms. */
+        setsockopt(d->ch.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
         struct pollfd pfd = {d->ch.fd, POLLIN, 0};
         int n = poll(&pfd, 1, d->ping_ms);
         if (n < 0 && errno == EINTR)
@@ -891,7 +896,7 @@ static ek_status_t parse_url(const char *url, char *host, size_t host_cap, char 
     if (strncmp(url, "tcp://", 6) != 0) {
         if (strncmp(url, "ssh://", 6) == 0)
             return ek_fail(EK_ERR_INVALID_ARG, "'%s': the C API connects to tcp:// URLs only; for SSH forward a "
-                           "port (ssh -N -L 9090:127.0.0.1:9090 %s, then tcp://127.0.0.1:9090) or use the Python "
+                           "port (ssh -tt -L 9090:127.0.0.1:9090 %s sleep infinity, then tcp://127.0.0.1:9090) or use the Python "
                            "API, which opens the SSH channel itself", url, url + 6);
         return ek_fail(EK_ERR_INVALID_ARG, "'%s' is not a remote device URL: expected tcp://HOST[:PORT]", url);
     }

@@ -1399,8 +1399,8 @@ ek_status_t ek_server_create(ek_server_t **out, const ek_server_config_t *config
             freeaddrinfo(found);
             return ek_fail(EK_ERR_UNSUPPORTED, "refusing to listen on '%s': it is not a loopback address, and "
                            "without a pairing key nothing would authenticate or encrypt the sessions. Either keep "
-                           "it on 127.0.0.1 and reach it through SSH (ek.Device(\"ssh://root@board\"), or ssh -L "
-                           "%d:127.0.0.1:%d root@board), or pair: remote_server --make-key board.key, then "
+                           "it on 127.0.0.1 and reach it through SSH (ek.Device(\"ssh://root@board\"), or ssh -tt -L "
+                           "%d:127.0.0.1:%d root@board sleep infinity), or pair: remote_server --make-key board.key, then "
                            "remote_server --host %s --key board.key, and give clients a copy of board.key "
                            "(docs/remote-protocol.md)", host, c.port ? c.port : EK_REMOTE_DEFAULT_PORT,
                            c.port ? c.port : EK_REMOTE_DEFAULT_PORT, host);
