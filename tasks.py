@@ -299,6 +299,9 @@ SERVE_HELP = {
     "board": BOARD_HELP,
     "idle_timeout": "seconds before a silent client is dropped (default: its 60)",
     "launch_timeout": "seconds before a running launch is reported as timed out (default: its 600)",
+    "pair": "pair it: a key from this host (~/.config/edgekit/pairing/) goes to the board, sessions must "
+    "hold it and are encrypted",
+    "host": "the address to listen on (default 127.0.0.1; a network address such as 0.0.0.0 needs --pair)",
 }
 
 
@@ -310,6 +313,8 @@ def serve(
     board: str = "",
     idle_timeout: int = 0,
     launch_timeout: int = 0,
+    pair: bool = False,
+    host: str = "",
 ) -> None:
     """Run remote_server on a board in the foreground, so Python on this host can use its devices.
 
@@ -318,7 +323,10 @@ def serve(
     (remote_server listens on the board's loopback only: the host reaches it through SSH). Its log lines
     follow; Ctrl-C stops it (and the program on the board). The emulated board is flashed first when it
     has no EdgeKit yet; a board whose release has no remote_server must be flashed (it says so), as must
-    one whose port is taken (use --port). See docs/remote-protocol.md.
+    one whose port is taken (use --port). With --pair it is paired: a key made on this host (kept in
+    ~/.config/edgekit/pairing/, owner-only) is put on the board, and sessions must hold it and are
+    encrypted; then --host may name a network address (e.g. 0.0.0.0) to listen on. See
+    docs/remote-protocol.md.
     """
     for name, value in (("--idle-timeout", idle_timeout), ("--launch-timeout", launch_timeout)):
         if value < 0:
@@ -330,7 +338,12 @@ def serve(
                 say("EdgeKit is not installed on the emulated board yet: building and flashing it first")
                 flash(c, device="emu", board=board)
             code = devices.serve(
-                fleet, port=port, idle_timeout=idle_timeout or None, launch_timeout=launch_timeout or None
+                fleet,
+                port=port,
+                idle_timeout=idle_timeout or None,
+                launch_timeout=launch_timeout or None,
+                host=host or None,
+                pair=pair,
             )
     if code != 0:
         raise Exit(f"error: remote_server exited with status {code}", code=1)

@@ -189,6 +189,37 @@ def test_a_taken_port_and_an_old_release_are_explained(
     shutil.rmtree(old)
 
 
+def test_a_paired_server_on_the_emulated_board_uses_the_boards_libsodium(
+    flashed_emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve --pair: a key made here, put on the board owner-only; the board's remote_server (aarch64,
+    loading libsodium from the board's rootfs) serves only sessions holding it, encrypted."""
+    monkeypatch.setattr(devices, "PAIRING_DIR", tmp_path / "pairing")
+    with pytest.raises(devices.DeviceError, match="must be paired"):
+        devices.start_server(flashed_emu, port=0, host="0.0.0.0")
+    server = devices.start_server(flashed_emu, port=0, pair=True)
+    try:
+        assert server.key is not None and server.key.parent == tmp_path / "pairing"
+        assert server.key.stat().st_mode & 0o777 == 0o600
+        on_board = flashed_emu.rootfs / flashed_emu.prefix.lstrip("/") / devices.BOARD_KEY
+        assert on_board.read_text() == server.key.read_text() and on_board.stat().st_mode & 0o777 == 0o600
+        assert f"key_file={str(server.key)!r}" in server.connect
+        x = random_input(input_shape_of("mlp"))
+        with (
+            ek.Device(server.url, key_file=server.key) as dev,
+            ek.Context(device=dev, kernels="portable") as ctx,
+        ):
+            assert dev.remote_info is not None and dev.remote_info["arch"] == "aarch64"
+            (remote,) = ctx.load_model(compile_ekm("mlp")).network().create_request().run({INPUT_NAME: x})
+        (expected,) = ort_run(onnx_path("mlp"), {INPUT_NAME: x})
+        assert np.abs(remote - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+        with pytest.raises(ek.ConnectionLostError, match="requires a pairing key"):
+            ek.Device(server.url)
+    finally:
+        assert server.stop() == 0, "\n".join(server.output)
+    assert any("paired" in line for line in server.output), server.output
+
+
 # --- invoke serve --device emu, end to end ------------------------------------------------------------
 
 
@@ -206,6 +237,8 @@ def test_invoke_serve_help_explains_it() -> None:
         "--board",
         "--idle-timeout",
         "--launch-timeout",
+        "--pair",
+        "--host",
         "Ctrl-C",
         "0 picks a free",
     ):

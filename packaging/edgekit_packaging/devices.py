@@ -320,9 +320,16 @@ class RemoteServer:
     ``output`` so far. ``stop()`` ends it as Ctrl-C would; a context manager that stops it."""
 
     def __init__(
-        self, fleet: Fleet, process: _Process, version: str, port: int, echo: Callable[[str], None] | None
+        self,
+        fleet: Fleet,
+        process: _Process,
+        version: str,
+        port: int,
+        echo: Callable[[str], None] | None,
+        key: Path | None = None,
     ) -> None:
         self.board = fleet.names[0]
+        self.key = key  # this host's copy of the pairing key, when the server is paired
         self.version = version
         self.host = "127.0.0.1"
         self.port = 0
@@ -350,7 +357,7 @@ class RemoteServer:
                 match = _LISTENING.search(line)
                 if match and not self._listening.is_set():
                     self.host, self.port = match.group(1), int(match.group(2))
-                    self.url, self.connect = _connect_to(self._fleet, self.host, self.port)
+                    self.url, self.connect = _connect_to(self._fleet, self.host, self.port, self.key)
                     self._listening.set()
         finally:
             self._ended.set()
@@ -437,20 +444,62 @@ class RemoteServer:
         self.stop()
 
 
-def _connect_to(fleet: Fleet, host: str, port: int) -> tuple[str, str]:
-    """The URL of a server listening on the board's ``host``:``port`` and the Python line that opens it."""
+def _connect_to(fleet: Fleet, host: str, port: int, key: Path | None = None) -> tuple[str, str]:
+    """The URL of a server listening on the board's ``host``:``port`` and the Python line that opens it
+    (with ``key_file`` when the server is paired)."""
+    pairing = f", key_file={str(key)!r}" if key is not None else ""
     if isinstance(fleet, SshFleet):
         target = fleet.targets[0]
         where = f"[{target.host}]" if ":" in target.host else target.host
+        if key is not None and not _is_loopback(host):
+            url = f"tcp://{where}:{port}"  # paired and on the network: straight there
+            return url, f'ek.Device("{url}"{pairing})'
         url = f"ssh://{target.user}@{where}" + ("" if target.port == 22 else f":{target.port}")
         options = "" if port == SERVER_PORT else f", server_port={port}"
-        key = os.environ.get("EDGEKIT_SSH_KEY")
-        if key:
-            options += f", identity={key!r}"
-        return url, f'ek.Device("{url}"{options})'
+        ssh_key = os.environ.get("EDGEKIT_SSH_KEY")
+        if ssh_key:
+            options += f", identity={ssh_key!r}"
+        return url, f'ek.Device("{url}"{options}{pairing})'
     # The emulated board shares this machine's network: its loopback is this machine's.
-    url = f"tcp://{host}:{port}"
-    return url, f'ek.Device("{url}")'
+    url = f"tcp://{host if not host.startswith('0.') else '127.0.0.1'}:{port}"
+    return url, f'ek.Device("{url}"{pairing})'
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost")
+
+
+PAIRING_DIR = Path("~/.config/edgekit/pairing")  # this host's copies of boards' pairing keys
+BOARD_KEY = "etc/remote_server.key"  # under the install prefix on the board
+
+
+def pairing_key(fleet: Fleet) -> tuple[Path, str]:
+    """The pairing key of the fleet's one board: made on this host on first use (kept in PAIRING_DIR,
+    owner-only, by the board's name), and put on the board (prefix/etc/remote_server.key, mode 0600).
+    Returns (this host's copy, the board's path)."""
+    from edgekit.remote import make_key
+
+    board = fleet.names[0]
+    folder = PAIRING_DIR.expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    local = folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", board) + ".key")
+    if not local.exists():
+        make_key(local)
+        say(f"made a pairing key for {board}: {local} (give hosts a copy of it; keep it private)")
+    prefix = (
+        fleet.targets[0].prefix if isinstance(fleet, SshFleet) else getattr(fleet, "prefix", "/opt/edgekit")
+    )
+    remote = f"{prefix}/{BOARD_KEY}"
+    result = fleet.put(local, remote)[board]
+    if result is not None:
+        raise result
+    done = fleet.run(f"chmod 600 {shlex.quote(remote)}", timeout=60)[board]
+    if not isinstance(done, RunResult):
+        raise done
+    if not done.ok:
+        raise DeviceError(f"cannot make {remote} owner-only: {done.stderr.strip()}", board=board)
+    return local, remote
 
 
 def start_server(
@@ -461,6 +510,8 @@ def start_server(
     launch_timeout: int | None = None,
     echo: Callable[[str], None] | None = None,
     start_timeout: float = 60.0,
+    host: str | None = None,
+    pair: bool = False,
 ) -> RemoteServer:
     """Start the installed remote_server on the fleet's one board and return once it listens.
 
@@ -468,6 +519,8 @@ def start_server(
     board's runs in an SSH session with a terminal, so it stops when the session ends. ``port`` 0 lets
     it pick a free port (``RemoteServer.port``). ``idle_timeout``/``launch_timeout`` (seconds) are its
     flags of those names (None: its defaults). ``echo`` gets each line it prints (from another thread).
+    ``pair``: give it a pairing key (``pairing_key``), so sessions must hold the key and are encrypted;
+    ``host``: listen on that address (anything but loopback needs ``pair``).
     DeviceError, saying what to do, when the board has no EdgeKit or a release without remote_server,
     when the port is taken, or when it does not start.
     """
@@ -504,8 +557,20 @@ def start_server(
             f"flash again: invoke flash --device {spec}",
             board=board,
         )
+    if host and not pair and not _is_loopback(host):
+        raise DeviceError(
+            f"--host {host} is not a loopback address: a server there must be paired (add --pair), or "
+            "keep it on loopback and reach it through SSH",
+            board=board,
+        )
+    key, board_key = pairing_key(fleet) if pair else (None, None)
     argv = [f"{prefix}/current/bin/remote_server", "--port", str(port)]
-    for flag, value in (("--idle-timeout", idle_timeout), ("--launch-timeout", launch_timeout)):
+    for flag, value in (
+        ("--idle-timeout", idle_timeout),
+        ("--launch-timeout", launch_timeout),
+        ("--host", host),
+        ("--key", board_key),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     process: _Process
@@ -523,7 +588,7 @@ def start_server(
         except (OSError, RootfsError) as exc:
             raise DeviceError(f"cannot run on the emulated board: {exc}", board=board) from exc
         process = _EmulatedProcess(started)
-    server = RemoteServer(fleet, process, answer.splitlines()[0], port, echo)
+    server = RemoteServer(fleet, process, answer.splitlines()[0], port, echo, key)
     try:
         server._wait_listening(start_timeout)
     except BaseException:
@@ -557,6 +622,8 @@ def serve(
     port: int = SERVER_PORT,
     idle_timeout: int | None = None,
     launch_timeout: int | None = None,
+    host: str | None = None,
+    pair: bool = False,
 ) -> int:
     """invoke serve: run remote_server on the fleet's one board in the foreground, its output shown, until
     Ctrl-C (or SIGTERM, SIGHUP) stops it, or it ends; say how to connect once it listens. Returns its
@@ -567,11 +634,23 @@ def serve(
         idle_timeout=idle_timeout,
         launch_timeout=launch_timeout,
         echo=lambda line: print(f"  {line}", flush=True),
+        host=host,
+        pair=pair,
     )
     try:
         say(f"{server.version} serves {server.board} on the board's {server.host}:{server.port}")
         say(f"connect from Python on this host: {server.connect}")
-        if isinstance(fleet, SshFleet):
+        if server.key is not None:
+            where = (
+                server.url.removeprefix("tcp://")
+                if server.url.startswith("tcp://")
+                else f"HOST:{server.port}"
+            )
+            detail(
+                f"(paired: every host needs a copy of {server.key}; from C: ek_remote_options_t.key_file; "
+                f"the edge app: edgekit-app --rpc_server {where} --rpc_key {server.key})"
+            )
+        elif isinstance(fleet, SshFleet):
             target = fleet.targets[0]
             login = f"{target.user}@{target.host}" + ("" if target.port == 22 else f" -p {target.port}")
             detail(
