@@ -187,12 +187,15 @@ static void die_locked(struct rdev *d, ek_status_t status, const char *message) 
             p->status = status;
             p->message = strdup(message);
         }
-    for (struct rlaunch *l = d->launches; l; l = l->next)
+    /* Finishing a launch nobody waits for frees it: step on first. */
+    for (struct rlaunch *l = d->launches, *next; l; l = next) {
+        next = l->next;
         if (!l->done) {
             char text[600];
             snprintf(text, sizeof text, "%s (the launch's outcome on the board is unknown)", message);
             finish_launch_locked(d, l, status, text);
         }
+    }
     pthread_cond_broadcast(&d->cond);
     pthread_cond_broadcast(&d->cb_cond);
 }
