@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2059,6 +2060,85 @@ ek_status_t ek_rc_rt_network_info(ek_rt_t handle, const char *name, const ek_net
 
 /* ---- launches ---- */
 
+static const ek_shape_t *nth_shape(const ek_shape_t *first, size_t stride, int i) {
+    return (const ek_shape_t *)(const void *)((const char *)first + (size_t)i * stride);
+}
+
+/* The stage of `info` whose input shapes are the launch's (input i's at `first` + i * stride), or -1. */
+static int match_stage(const ek_net_info_t *info, const ek_shape_t *first, size_t stride) {
+    for (int s = 0; s < info->stage_count; s++) {
+        bool same = true;
+        for (int i = 0; i < info->input_count && same; i++) {
+            const ek_shape_t *a = &info->stages[s].input_shapes[i], *b = nth_shape(first, stride, i);
+            same = a->num_dims == b->num_dims &&
+                   memcmp(a->dims, b->dims, (size_t)(a->num_dims > 0 ? a->num_dims : 0) * sizeof a->dims[0]) == 0;
+        }
+        if (same)
+            return s;
+    }
+    return -1;
+}
+
+static void add_text(char *text, size_t cap, size_t *len, const char *fmt, ...) EK_PRINTF(4, 5);
+static void add_text(char *text, size_t cap, size_t *len, const char *fmt, ...) {
+    if (*len >= cap - 1)
+        return;
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(text + *len, cap - *len, fmt, args);
+    va_end(args);
+    if (n > 0)
+        *len = *len + (size_t)n < cap ? *len + (size_t)n : cap - 1;
+}
+
+static void add_shape(char *text, size_t cap, size_t *len, const ek_shape_t *shape) {
+    if (shape->num_dims == 0)
+        add_text(text, cap, len, "scalar");
+    for (int d = 0; d < shape->num_dims && d < EK_MAX_DIMS; d++)
+        add_text(text, cap, len, "%s%" PRId64, d ? "x" : "", shape->dims[d]);
+}
+
+/* The launch's input shapes match no stage: a local launch's words (runtime.c, pick_stage). Said on the
+ * host when the shapes cannot go on the wire (a dimension count outside 0 .. EK_MAX_DIMS, a negative
+ * dimension: a malformed request would end the session) or would make ek_rt_launch_data read input bytes
+ * that no stage describes. */
+static ek_status_t no_stage(const ek_net_info_t *info, const ek_shape_t *first, size_t stride) {
+    for (int i = 0; i < info->input_count; i++) {
+        const ek_shape_t *shape = nth_shape(first, stride, i);
+        if (shape->num_dims < 0 || shape->num_dims > EK_MAX_DIMS)
+            return ek_fail(EK_ERR_INVALID_ARG, "input '%s' of network '%s' has %d dims; a shape has 0 .. %d",
+                           info->inputs[i].name, info->name, shape->num_dims, EK_MAX_DIMS);
+    }
+    char text[400];
+    size_t len = 0;
+    text[0] = '\0';
+    for (int i = 0; i < info->input_count; i++) {
+        add_text(text, sizeof text, &len, "%sinput '%s' is ", i ? ", " : "", info->inputs[i].name);
+        add_shape(text, sizeof text, &len, nth_shape(first, stride, i));
+    }
+    add_text(text, sizeof text, &len, "; network '%s' takes ", info->name);
+    for (int s = 0; s < info->stage_count; s++) {
+        add_text(text, sizeof text, &len, "%s", s ? " | " : "");
+        for (int i = 0; i < info->input_count; i++) {
+            add_text(text, sizeof text, &len, "%s", i ? ", " : "");
+            add_shape(text, sizeof text, &len, &info->stages[s].input_shapes[i]);
+        }
+    }
+    if (len == sizeof text - 1)
+        memcpy(text + sizeof text - 4, "...", 4);
+    return ek_fail(EK_ERR_INVALID_ARG, "%s", text);
+}
+
+/* Whether the wire can carry `shape` (the server takes anything else for a broken client). */
+static bool wire_shape(const ek_shape_t *shape) {
+    if (shape->num_dims < 0 || shape->num_dims > EK_MAX_DIMS)
+        return false;
+    for (int d = 0; d < shape->num_dims; d++)
+        if (shape->dims[d] < 0)
+            return false;
+    return true;
+}
+
 static void put_tensor(struct ek_wbuf *b, uint64_t mem_wire, const ek_tensor_t *t) {
     ek_put_u64(b, mem_wire);
     ek_put_u64(b, t->offset);
@@ -2136,11 +2216,20 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
     if (status != EK_OK)
         return status;
     const struct rnet *net = find_net(rt, net_name);
+    const ek_net_info_t *info = net ? &net->info : NULL;
+    if (!net)
+        status = no_network(rt, net_name);
+    else if (input_count != info->input_count || output_count != info->output_count)
+        status = ek_fail(EK_ERR_INVALID_ARG, "network '%s' has %d input%s and %d output%s; the launch gives %d and %d",
+                         info->name, info->input_count, info->input_count == 1 ? "" : "s", info->output_count,
+                         info->output_count == 1 ? "" : "s", input_count, output_count);
+    for (int i = 0; i < input_count && status == EK_OK; i++)
+        if (!wire_shape(&inputs[i].shape))
+            status = no_stage(info, &inputs[0].shape, sizeof inputs[0]);
     struct rprofile profile;
     struct rdump dump;
     uint32_t flags = 0;
-    if (!net || (status = launch_extras(options, net, rt, &profile, &dump, &flags)) != EK_OK) {
-        status = net ? status : no_network(rt, net_name);
+    if (status != EK_OK || (status = launch_extras(options, net, rt, &profile, &dump, &flags)) != EK_OK) {
         unlock(d);
         return status;
     }
@@ -2154,9 +2243,16 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
         uint64_t wire = wire_of(d, inputs[i].mem, "inputs", i, &status);
         put_tensor(&b, wire, &inputs[i]);
     }
+    /* Outputs are the call's to fill: of the caller's, only user memory and its offset go. */
     for (int i = 0; i < output_count && status == EK_OK; i++) {
-        uint64_t wire = user_mem ? wire_of(d, outputs[i].mem, "outputs", i, &status) : 0;
-        put_tensor(&b, wire, &outputs[i]);
+        ek_tensor_t out;
+        memset(&out, 0, sizeof out);
+        uint64_t wire = 0;
+        if (user_mem) {
+            wire = wire_of(d, outputs[i].mem, "outputs", i, &status);
+            out.offset = outputs[i].offset;
+        }
+        put_tensor(&b, wire, &out);
     }
     ek_put_u32(&b, user_mem ? 1 : 0);
     ek_put_i64(&b, options ? options->threads : 0);
@@ -2362,16 +2458,11 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
         return status;
     }
     /* The stage whose input shapes match, for the byte counts (the board checks again). */
-    int stage = -1;
-    for (int s = 0; s < info->stage_count && stage < 0; s++) {
-        bool same = true;
-        for (int i = 0; i < input_count && same; i++) {
-            const ek_shape_t *a = &info->stages[s].input_shapes[i], *b = &input_shapes[i];
-            same = a->num_dims == b->num_dims &&
-                   memcmp(a->dims, b->dims, (size_t)(a->num_dims > 0 ? a->num_dims : 0) * sizeof a->dims[0]) == 0;
-        }
-        if (same)
-            stage = s;
+    int stage = match_stage(info, input_shapes, sizeof input_shapes[0]);
+    if (stage < 0) {
+        status = no_stage(info, input_shapes, sizeof input_shapes[0]);
+        unlock(d);
+        return status;
     }
     size_t in_bytes = 0, out_bytes = 0;
     size_t *in_sizes = calloc((size_t)input_count + 1, sizeof *in_sizes);
@@ -2392,8 +2483,7 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
             return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_data: inputs[%d] ('%s') is NULL", i, info->inputs[i].name);
         }
     }
-    /* No stage matches: the board words that error, as a local run would. */
-    for (int i = 0; stage >= 0 && i < output_count; i++) {
+    for (int i = 0; i < output_count; i++) {
         const ek_shape_t *s = &info->stages[stage].output_shapes[i];
         size_t n = ek_dtype_size(info->outputs[i].dtype);
         for (int k = 0; k < s->num_dims; k++)
