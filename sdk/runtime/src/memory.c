@@ -17,8 +17,15 @@ static ek_status_t find_memory(const struct ek_device *device, ek_mem_t mem, boo
     *rec = NULL;
     void *obj;
     int owner;
-    ek_status_t status = ek_handle_lookup(mem.id, EK_HANDLE_MEMORY, freeing, &obj, &owner);
-    if (status != EK_OK)
+    ek_status_t status;
+    if (EK_IS_REMOTE(mem.id)) {
+        /* A remote device's memory (remote_client.c), unless the handle is no memory at all. */
+        if ((status = ek_handle_lookup(mem.id, EK_HANDLE_MEMORY | EK_HANDLE_REMOTE, freeing, NULL, NULL)) != EK_OK)
+            return status;
+        return ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to a remote device, but this call "
+                       "works on local device %d; copy between devices through the host", mem.id, device->index);
+    }
+    if ((status = ek_handle_lookup(mem.id, EK_HANDLE_MEMORY, freeing, &obj, &owner)) != EK_OK)
         return status;
     if (owner != device->index)
         return ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to device %d, but this call works "

@@ -811,11 +811,12 @@ static ek_status_t lock_memory(ek_dev_t dev, ek_mem_t mem, bool exclusive, bool 
         return status;
     void *obj;
     int owner;
-    if (!EK_IS_REMOTE(mem.id))
-        status = mem.id == 0 ? ek_handle_get(mem.id, R_MEMORY, NULL, NULL)
-                             : ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " is a local device's; "
-                                       "device 0x%016" PRIx64 " is remote (%s)", mem.id, dev.id, d->ch.peer);
-    else if ((status = ek_handle_lookup(mem.id, R_MEMORY, freeing, &obj, &owner)) == EK_OK && &slots[owner] != d)
+    if (!EK_IS_REMOTE(mem.id)) {
+        /* A local device's memory, or no memory at all (0, never issued, freed): the handle says which. */
+        if ((status = ek_handle_lookup(mem.id, EK_HANDLE_MEMORY, freeing, NULL, NULL)) == EK_OK)
+            status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " is a local device's; device "
+                             "0x%016" PRIx64 " is remote (%s)", mem.id, dev.id, d->ch.peer);
+    } else if ((status = ek_handle_lookup(mem.id, R_MEMORY, freeing, &obj, &owner)) == EK_OK && &slots[owner] != d)
         status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " belongs to another remote device than "
                          "0x%016" PRIx64, mem.id, dev.id);
     if (status != EK_OK) {
@@ -1583,13 +1584,17 @@ ek_status_t ek_rc_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_m
     ek_status_t status = lock_memory(dev, dst, false, false, &d, &a);
     if (status != EK_OK)
         return status;
-    void *obj;
+    void *obj = NULL;
     int owner;
-    if (!EK_IS_REMOTE(src.id) || (status = ek_handle_get(src.id, R_MEMORY, &obj, &owner)) != EK_OK ||
-        &slots[owner] != d) {
-        if (status == EK_OK)
-            status = ek_fail(EK_ERR_DEVICE_MISMATCH, "ek_memcpy_d2d: src 0x%016" PRIx64 " is not memory of the "
-                             "remote device 0x%016" PRIx64, src.id, dev.id);
+    bool mine = false;
+    if (!EK_IS_REMOTE(src.id))
+        status = ek_handle_get(src.id, EK_HANDLE_MEMORY, NULL, NULL); /* a local device's, or no memory at all */
+    else if ((status = ek_handle_get(src.id, R_MEMORY, &obj, &owner)) == EK_OK)
+        mine = &slots[owner] == d;
+    if (status == EK_OK && !mine)
+        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "ek_memcpy_d2d: src 0x%016" PRIx64 " is not memory of the remote "
+                         "device 0x%016" PRIx64, src.id, dev.id);
+    if (status != EK_OK) {
         unlock(d);
         return status;
     }
@@ -2151,9 +2156,15 @@ static uint64_t wire_of(struct rdev *d, ek_mem_t mem, const char *what, int inde
     void *obj;
     int owner;
     if (!EK_IS_REMOTE(mem.id)) {
-        *status = mem.id == 0 ? ek_fail(EK_ERR_INVALID_HANDLE, "%s[%d]: memory handle is 0", what, index)
-                              : ek_fail(EK_ERR_DEVICE_MISMATCH, "%s[%d]: memory 0x%016" PRIx64 " is a local device's; "
-                                        "the runtime is on remote device %s", what, index, mem.id, d->ch.peer);
+        /* A local device's memory, or no memory at all (0, never issued, freed): the handle says which. */
+        if ((*status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, NULL, NULL)) == EK_OK)
+            *status = ek_fail(EK_ERR_DEVICE_MISMATCH, "%s[%d]: memory 0x%016" PRIx64 " is a local device's; the "
+                              "runtime is on remote device %s", what, index, mem.id, d->ch.peer);
+        else {
+            char why[300];
+            snprintf(why, sizeof why, "%s", ek_last_error());
+            *status = ek_fail(*status, "%s[%d]: %s", what, index, why);
+        }
         return 0;
     }
     if ((*status = ek_handle_get(mem.id, R_MEMORY, &obj, &owner)) != EK_OK)

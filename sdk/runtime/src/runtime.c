@@ -487,12 +487,16 @@ static ek_status_t check_memory(struct ek_device *device, const struct ek_networ
                                 const char *name, const ek_tensor_t *t, size_t nbytes) {
     void *obj;
     int owner;
-    ek_status_t status = ek_handle_get(t->mem.id, EK_HANDLE_MEMORY, &obj, &owner);
+    bool remote = EK_IS_REMOTE(t->mem.id); /* a remote device's memory (remote_client.c) */
+    ek_status_t status = ek_handle_get(t->mem.id, EK_HANDLE_MEMORY | (remote ? EK_HANDLE_REMOTE : 0), &obj, &owner);
     if (status != EK_OK) {
         char why[300];
         snprintf(why, sizeof why, "%s", ek_last_error());
         return ek_fail(status, "network '%s' %s '%s': %s", net->info.name, kind, name, why);
     }
+    if (remote)
+        return ek_fail(EK_ERR_DEVICE_MISMATCH, "network '%s' %s '%s': memory 0x%016" PRIx64 " is on a remote device, "
+                       "this runtime on local device %d", net->info.name, kind, name, t->mem.id, device->index);
     if (owner != device->index)
         return ek_fail(EK_ERR_DEVICE_MISMATCH, "network '%s' %s '%s': memory 0x%016" PRIx64 " is on device %d, this "
                        "runtime on device %d", net->info.name, kind, name, t->mem.id, owner, device->index);
