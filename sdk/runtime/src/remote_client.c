@@ -1498,10 +1498,14 @@ ek_status_t ek_rc_mem_size(ek_mem_t mem, size_t *size) {
     return status;
 }
 
+/* The words of a local device's check (memory.c), so a remote call fails as a local one does. */
 static ek_status_t check_range(const struct rmem *m, size_t offset, size_t size, const char *call_name) {
+    if (size == 0)
+        return ek_fail(EK_ERR_INVALID_ARG, "%s: size is 0; give at least one byte", call_name);
     if (offset > m->size || size > m->size - offset)
-        return ek_fail(EK_ERR_OUT_OF_RANGE, "%s: [%zu, %zu + %zu) is outside the %zu-byte memory", call_name, offset,
-                       offset, size, m->size);
+        return ek_fail(EK_ERR_OUT_OF_RANGE, "%s: %zu byte%s at offset %zu go%s past the end of memory 0x%016" PRIx64
+                       " (%zu bytes)", call_name, size, size == 1 ? "" : "s", offset, size == 1 ? "es" : "",
+                       m->handle, m->size);
     return EK_OK;
 }
 
@@ -1571,7 +1575,7 @@ ek_status_t ek_rc_copy_host(ek_dev_t dev, ek_mem_t mem, void *host, size_t size,
         return status;
     if (whole)
         size = m->size;
-    if ((status = check_range(m, offset, size, call_name)) == EK_OK && size > 0)
+    if ((status = check_range(m, offset, size, call_name)) == EK_OK)
         status = bulk(d, to_device ? BULK_WRITE : BULK_READ, m->wire, host, offset, size);
     unlock(d);
     return status;
@@ -1599,8 +1603,8 @@ ek_status_t ek_rc_memcpy_d2d(ek_dev_t dev, ek_mem_t dst, size_t dst_offset, ek_m
         return status;
     }
     struct rmem *b_mem = obj;
-    if ((status = check_range(a, dst_offset, size, "ek_memcpy_d2d (dst)")) == EK_OK &&
-        (status = check_range(b_mem, src_offset, size, "ek_memcpy_d2d (src)")) == EK_OK) {
+    if ((status = check_range(b_mem, src_offset, size, "ek_memcpy_d2d (source)")) == EK_OK &&
+        (status = check_range(a, dst_offset, size, "ek_memcpy_d2d (destination)")) == EK_OK) {
         struct ek_wbuf b;
         ek_wbuf_init(&b);
         ek_put_u64(&b, a->wire);
@@ -1675,7 +1679,7 @@ ek_status_t ek_rc_sync_range(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t s
     }
     if (!m->shadow)
         status = ek_fail(EK_ERR_NOT_MAPPED, "%s: memory 0x%016" PRIx64 " is not mapped", call_name, mem.id);
-    else if ((status = check_range(m, offset, size, call_name)) == EK_OK && size > 0)
+    else if ((status = check_range(m, offset, size, call_name)) == EK_OK)
         status = bulk(d, to_device ? BULK_WRITE : BULK_READ, m->wire, m->shadow + offset, offset, size);
     unlock(d);
     return status;
