@@ -2029,7 +2029,8 @@ ek_status_t ek_rc_rt_network_name(ek_rt_t handle, int index, const char **name) 
     if (status != EK_OK)
         return status;
     if (index < 0 || index >= rt->net_count)
-        status = ek_fail(EK_ERR_INVALID_ARG, "network index %d is outside 0 .. %d", index, rt->net_count - 1);
+        status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_name: index %d is outside 0 .. %d (%d network%s loaded)",
+                         index, rt->net_count - 1, rt->net_count, rt->net_count == 1 ? "" : "s");
     else
         *name = rt->nets[index].info.name;
     unlock(d);
@@ -2043,12 +2044,37 @@ static const struct rnet *find_net(const struct rrt *rt, const char *name) {
     return NULL;
 }
 
+/* Append to a message of at most cap - 1 characters (the rest is dropped). */
+static void add_text(char *text, size_t cap, size_t *len, const char *fmt, ...) EK_PRINTF(4, 5);
+static void add_text(char *text, size_t cap, size_t *len, const char *fmt, ...) {
+    if (*len >= cap - 1)
+        return;
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(text + *len, cap - *len, fmt, args);
+    va_end(args);
+    if (n > 0)
+        *len = *len + (size_t)n < cap ? *len + (size_t)n : cap - 1;
+}
+
+static void add_shape(char *text, size_t cap, size_t *len, const ek_shape_t *shape) {
+    if (shape->num_dims == 0)
+        add_text(text, cap, len, "scalar");
+    for (int d = 0; d < shape->num_dims && d < EK_MAX_DIMS; d++)
+        add_text(text, cap, len, "%s%" PRId64, d ? "x" : "", shape->dims[d]);
+}
+
+/* The words of a local runtime (runtime.c, find_network). */
 static ek_status_t no_network(const struct rrt *rt, const char *name) {
+    if (!name)
+        return ek_fail(EK_ERR_INVALID_ARG, "network name is NULL");
     char list[400] = "";
     size_t len = 0;
-    for (int i = 0; i < rt->net_count && len < sizeof list - 80; i++)
-        len += (size_t)snprintf(list + len, sizeof list - len, "%s'%s'", i ? ", " : "", rt->nets[i].info.name);
-    return ek_fail(EK_ERR_INVALID_ARG, "no network '%s' is loaded; loaded: %s", name ? name : "(NULL)",
+    for (int i = 0; i < rt->net_count; i++)
+        add_text(list, sizeof list, &len, "%s%s", i ? ", " : "", rt->nets[i].info.name);
+    if (len == sizeof list - 1)
+        memcpy(list + sizeof list - 4, "...", 4);
+    return ek_fail(EK_ERR_INVALID_ARG, "no network '%.100s' in this runtime; loaded: %s", name,
                    rt->net_count ? list : "none");
 }
 
@@ -2086,25 +2112,6 @@ static int match_stage(const ek_net_info_t *info, const ek_shape_t *first, size_
             return s;
     }
     return -1;
-}
-
-static void add_text(char *text, size_t cap, size_t *len, const char *fmt, ...) EK_PRINTF(4, 5);
-static void add_text(char *text, size_t cap, size_t *len, const char *fmt, ...) {
-    if (*len >= cap - 1)
-        return;
-    va_list args;
-    va_start(args, fmt);
-    int n = vsnprintf(text + *len, cap - *len, fmt, args);
-    va_end(args);
-    if (n > 0)
-        *len = *len + (size_t)n < cap ? *len + (size_t)n : cap - 1;
-}
-
-static void add_shape(char *text, size_t cap, size_t *len, const ek_shape_t *shape) {
-    if (shape->num_dims == 0)
-        add_text(text, cap, len, "scalar");
-    for (int d = 0; d < shape->num_dims && d < EK_MAX_DIMS; d++)
-        add_text(text, cap, len, "%s%" PRId64, d ? "x" : "", shape->dims[d]);
 }
 
 /* The launch's input shapes match no stage: a local launch's words (runtime.c, pick_stage). Said on the
