@@ -1759,7 +1759,10 @@ ek_status_t ek_rc_rt_destroy(ek_rt_t handle) {
         unlock(d);
         return ek_fail(EK_ERR_BUSY, "a remote runtime cannot be destroyed from one of its launches' callbacks");
     }
-    /* Its launches first, as locally. */
+    /* Retired first, as locally, so nothing new starts on it; its reference keeps the device. Then its
+     * launches, waited for without the device lock: their on_done callbacks may call the device. */
+    ek_handle_retire(rt->handle, R_RUNTIME);
+    unlock(d);
     pthread_mutex_lock(&d->mu);
     for (;;) {
         bool busy = false;
@@ -1770,6 +1773,7 @@ ek_status_t ek_rc_rt_destroy(ek_rt_t handle) {
         pthread_cond_wait(&d->cond, &d->mu);
     }
     pthread_mutex_unlock(&d->mu);
+    pthread_rwlock_wrlock(&d->lock);
     struct ek_wbuf b;
     ek_wbuf_init(&b);
     ek_put_u64(&b, rt->wire);
@@ -1777,24 +1781,21 @@ ek_status_t ek_rc_rt_destroy(ek_rt_t handle) {
     ek_wbuf_free(&b);
     if (status == EK_ERR_CONNECTION)
         status = EK_OK; /* the board's session is gone, and the runtime with it */
-    if (status == EK_OK) {
-        pthread_mutex_lock(&d->mu);
-        if (rt->prev)
-            rt->prev->next = rt->next;
-        else
-            d->rts = rt->next;
-        if (rt->next)
-            rt->next->prev = rt->prev;
-        for (struct rlaunch *l = d->launches; l; l = l->next)
-            if (l->rt == rt)
-                l->rt = NULL;
-        pthread_mutex_unlock(&d->mu);
-        ek_handle_retire(rt->handle, R_RUNTIME);
-        free_runtime(rt);
-    }
+    /* The handle is gone either way: so is the record (a runtime the board kept goes with the session). */
+    pthread_mutex_lock(&d->mu);
+    if (rt->prev)
+        rt->prev->next = rt->next;
+    else
+        d->rts = rt->next;
+    if (rt->next)
+        rt->next->prev = rt->prev;
+    for (struct rlaunch *l = d->launches; l; l = l->next)
+        if (l->rt == rt)
+            l->rt = NULL;
+    pthread_mutex_unlock(&d->mu);
+    free_runtime(rt);
     unlock(d);
-    if (status == EK_OK)
-        release_ref(d);
+    release_ref(d);
     return status;
 }
 
