@@ -117,6 +117,7 @@ struct rdev {
     bool used;               /* under slots_lock */
     int refs;                /* the device handle and each runtime (under slots_lock) */
     uint64_t handle;
+    uint64_t self; /* the library's own handle, for calls a runtime makes after the caller's handle closed */
     int id;
     struct ek_channel ch; /* the connection: its socket, the peer's name, its keys when paired */
     ek_remote_info_t info;
@@ -860,6 +861,7 @@ static void teardown(struct rdev *d) {
         free_rlaunch(l);
     }
     pthread_mutex_unlock(&d->mu);
+    ek_handle_retire(d->self, R_DEVICE);
     while (d->mems) {
         struct rmem *m = d->mems;
         d->mems = m->next;
@@ -1201,17 +1203,21 @@ ek_status_t ek_dev_connect_fd(ek_dev_t *handle, int fd, const char *label, int i
         status = hello(d, timeout);
     if (status == EK_OK)
         status = open_device(d, id, &o.device_config);
-    if (status == EK_OK && !(d->handle = ek_handle_new(R_DEVICE, d, (int)(d - slots))))
+    d->handle = d->self = 0;
+    if (status == EK_OK && (!(d->handle = ek_handle_new(R_DEVICE, d, (int)(d - slots))) ||
+                            !(d->self = ek_handle_new(R_DEVICE, d, (int)(d - slots)))))
         status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no room for another device handle");
     if (status == EK_OK) {
         int rc = pthread_create(&d->reader, NULL, reader_main, d);
         if (rc == 0)
             d->reader_started = true;
-        else {
-            ek_handle_retire(d->handle, R_DEVICE);
+        else
             status = ek_fail(EK_ERR_SYSTEM, "cannot start the reader thread of a remote device: %s", strerror(rc));
-        }
     }
+    if (status != EK_OK && d->handle)
+        ek_handle_retire(d->handle, R_DEVICE);
+    if (status != EK_OK && d->self)
+        ek_handle_retire(d->self, R_DEVICE);
     if (status != EK_OK) {
         close(fd);
         d->ch.fd = -1;
@@ -2599,20 +2605,24 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t handle, const char *net_name, const
     ek_status_t status = lock_runtime(handle, false, &d, &rt);
     if (status != EK_OK)
         return status;
-    ek_dev_t dev = {d->handle};
+    /* The library's own device handle: the caller's may be closed (the runtime keeps the device). */
+    ek_dev_t dev = {d->self};
     const struct rnet *net = find_net(rt, net_name);
-    unlock(d);
+    ek_tensor_t *t = NULL;
     if (!net)
-        return ek_fail(EK_ERR_INVALID_ARG, "no network '%s' is loaded", net_name);
-    ek_tensor_t *t = calloc((size_t)input_count + (size_t)output_count + 1, sizeof *t);
-    if (!t)
-        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+        status = no_network(rt, net_name);
+    else if (!(t = calloc((size_t)input_count + (size_t)output_count + 1, sizeof *t)))
+        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
+    for (int i = 0; t && i < input_count; i++)
+        t[i].dtype = net->info.inputs[i].dtype; /* the record may move with a later load: taken now */
+    unlock(d);
+    if (status != EK_OK)
+        return status;
     int staged = 0;
     for (; staged < input_count && status == EK_OK; staged++) {
-        size_t n = ek_dtype_size(net->info.inputs[staged].dtype);
+        size_t n = ek_dtype_size(t[staged].dtype);
         for (int k = 0; k < input_shapes[staged].num_dims; k++)
             n *= (size_t)input_shapes[staged].dims[k];
-        t[staged].dtype = net->info.inputs[staged].dtype;
         t[staged].shape = input_shapes[staged];
         if ((status = ek_rc_malloc(dev, &t[staged].mem, n)) == EK_OK)
             status = ek_rc_copy_host(dev, t[staged].mem, (void *)inputs[staged], n, 0, false, true, "ek_rt_launch_data");
