@@ -96,7 +96,7 @@ struct rrt {
     uint64_t handle, wire;
     char kernels[32];
     int threads;
-    struct rnet *nets;
+    struct rnet **nets; /* each record its own allocation: infos stay where they were handed out */
     int net_count;
     struct rrt *prev, *next;
 };
@@ -768,7 +768,10 @@ static void free_nets(struct rnet *nets, int count) {
 }
 
 static void free_runtime(struct rrt *rt) {
-    free_nets(rt->nets, rt->net_count);
+    for (int i = 0; i < rt->net_count; i++) {
+        free_nets(rt->nets[i], 1);
+        free(rt->nets[i]);
+    }
     free(rt->nets);
     free(rt);
 }
@@ -1921,30 +1924,25 @@ static ek_status_t read_networks(struct rdev *d, struct rrt *rt, struct ek_rbuf 
         free(nets);
         return status;
     }
-    /* Keep the records already handed out (their pointers are the caller's), add the new ones. */
-    struct rnet *all = realloc(rt->nets, count * sizeof *all);
-    if (!all && count) {
-        for (uint32_t i = 0; i < count; i++) {
-            free(nets[i].strings);
-            free(nets[i].ios);
-            free(nets[i].stages);
-            free(nets[i].shapes);
+    /* Keep the records already handed out (callers hold pointers to their infos until ek_rt_destroy), add
+     * the new ones, each in an allocation of its own that later loads never move. */
+    struct rnet **all = count ? realloc(rt->nets, count * sizeof *all) : rt->nets;
+    uint32_t made = (uint32_t)rt->net_count;
+    if (all) {
+        rt->nets = all;
+        for (; made < count && (all[made] = malloc(sizeof **all)) != NULL; made++) {
+            *all[made] = nets[made];
         }
+    }
+    if (made < count) {
+        for (uint32_t i = (uint32_t)rt->net_count; i < made; i++)
+            free(all[i]);
+        free_nets(nets, (int)count);
         free(nets);
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for network descriptions");
     }
-    for (uint32_t i = 0; i < count; i++) {
-        if (i < (uint32_t)rt->net_count) {
-            free(nets[i].strings);
-            free(nets[i].ios);
-            free(nets[i].stages);
-            free(nets[i].shapes);
-        } else {
-            all[i] = nets[i];
-        }
-    }
+    free_nets(nets, rt->net_count); /* the known ones, described again */
     free(nets);
-    rt->nets = all;
     rt->net_count = (int)count;
     return EK_OK;
 }
@@ -2039,15 +2037,15 @@ ek_status_t ek_rc_rt_network_name(ek_rt_t handle, int index, const char **name) 
         status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_network_name: index %d is outside 0 .. %d (%d network%s loaded)",
                          index, rt->net_count - 1, rt->net_count, rt->net_count == 1 ? "" : "s");
     else
-        *name = rt->nets[index].info.name;
+        *name = rt->nets[index]->info.name;
     unlock(d);
     return status;
 }
 
 static const struct rnet *find_net(const struct rrt *rt, const char *name) {
     for (int i = 0; name && i < rt->net_count; i++)
-        if (strcmp(rt->nets[i].info.name, name) == 0)
-            return &rt->nets[i];
+        if (strcmp(rt->nets[i]->info.name, name) == 0)
+            return rt->nets[i];
     return NULL;
 }
 
@@ -2078,7 +2076,7 @@ static ek_status_t no_network(const struct rrt *rt, const char *name) {
     char list[400] = "";
     size_t len = 0;
     for (int i = 0; i < rt->net_count; i++)
-        add_text(list, sizeof list, &len, "%s%s", i ? ", " : "", rt->nets[i].info.name);
+        add_text(list, sizeof list, &len, "%s%s", i ? ", " : "", rt->nets[i]->info.name);
     if (len == sizeof list - 1)
         memcpy(list + sizeof list - 4, "...", 4);
     return ek_fail(EK_ERR_INVALID_ARG, "no network '%.100s' in this runtime; loaded: %s", name,
