@@ -16,6 +16,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,8 +60,8 @@ struct rdump {
 struct rprofile {
     struct ek_profiler *profiler; /* a reference, released with the launch */
     uint64_t launch;              /* the launch's number in the profile */
-    const void *key;              /* the network (ModelInit is added once per profile and network) */
-    uint64_t key_stamp;
+    const void *key;              /* ModelInit is added once per profile and model, as locally: the runtime */
+    uint64_t key_stamp;           /* and the number of the network's model */
     const char *network;          /* the network's name (the runtime's copy) */
     uint64_t sent_ns;             /* when the request went (this host's clock) */
     uint64_t request_bytes;
@@ -86,6 +87,7 @@ struct rlaunch {
 
 struct rnet {
     ek_net_info_t info;
+    uint64_t model; /* the load it came with (a number of this process's): ModelInit is once per model */
     char *strings; /* the names, one block */
     ek_io_info_t *ios;
     ek_stage_info_t *stages;
@@ -142,6 +144,7 @@ struct rdev {
 };
 
 static struct rdev slots[EK_MAX_REMOTE_DEVICES];
+static _Atomic uint64_t models_loaded; /* loads of this process, numbering the models of remote runtimes */
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t slots_once = PTHREAD_ONCE_INIT;
 
@@ -1930,8 +1933,10 @@ static ek_status_t read_networks(struct rdev *d, struct rrt *rt, struct ek_rbuf 
     uint32_t made = (uint32_t)rt->net_count;
     if (all) {
         rt->nets = all;
+        uint64_t model = atomic_fetch_add(&models_loaded, 1) + 1;
         for (; made < count && (all[made] = malloc(sizeof **all)) != NULL; made++) {
             *all[made] = nets[made];
+            all[made]->model = model;
         }
     }
     if (made < count) {
@@ -2222,8 +2227,8 @@ static ek_status_t launch_extras(const ek_launch_options_t *options, const struc
             return ek_fail(status, "launch options: profile: %s", why);
         }
         profile->launch = ek_profiler_next_launch(profile->profiler);
-        profile->key = net;
-        profile->key_stamp = rt->wire;
+        profile->key = rt;
+        profile->key_stamp = net->model;
         profile->network = net->info.name;
         *flags |= FLAG_PROFILE;
     }
