@@ -881,8 +881,9 @@ static void test_mmap(void)
     CHECK_STATUS(ek_mem_unmap(dev, m), EK_ERR_NOT_MAPPED);
     CHECK_ERROR_MENTIONS("is not mapped");
     CHECK_STATUS(ek_mem_unmap(dev, small), EK_ERR_NOT_MAPPED);
-    CHECK_STATUS(ek_mem_flush(dev, small), EK_ERR_NOT_MAPPED);
-    CHECK_STATUS(ek_mem_invalidate(dev, m), EK_ERR_NOT_MAPPED);
+    /* As on a local device, flushing or invalidating memory that is not mapped does nothing. */
+    CHECK_OK(ek_mem_flush(dev, small));
+    CHECK_OK(ek_mem_invalidate(dev, m));
     /* ranges and arguments */
     REQUIRE_OK(ek_mem_mmap(dev, small, (void **)&p));
     CHECK_STATUS(ek_mem_flush_partial(dev, small, 90, 11), EK_ERR_OUT_OF_RANGE);

@@ -1689,9 +1689,8 @@ ek_status_t ek_rc_sync_range(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t s
         offset = 0;
         size = m->size;
     }
-    if (!m->shadow)
-        status = ek_fail(EK_ERR_NOT_MAPPED, "%s: memory 0x%016" PRIx64 " is not mapped", call_name, mem.id);
-    else if ((status = check_range(m, offset, size, call_name)) == EK_OK)
+    /* Unmapped, there is no host copy to send or refresh: a no-op, as on a local device. */
+    if ((status = check_range(m, offset, size, call_name)) == EK_OK && m->shadow)
         status = bulk(d, to_device ? BULK_WRITE : BULK_READ, m->wire, m->shadow + offset, offset, size);
     unlock(d);
     return status;

@@ -56,6 +56,9 @@ struct slaunch {
     ek_tensor_t *tensors;
     ek_profile_t profile; /* the client asked for a profile: {0} otherwise */
     char *dump_dir;       /* the client asked for a dump: the server's scratch directory for it */
+    /* LAUNCH: the memory (local ids) it reads and writes, which a FREE must not release before it ends */
+    uint64_t *uses;
+    int n_uses;
     struct slaunch *next_done;  /* the session's completed list */
     struct slaunch *prev, *next; /* the session's active list */
 };
@@ -77,6 +80,10 @@ struct session {
     pthread_mutex_t done_lock;
     struct slaunch *done_head;
     struct slaunch *active; /* launches not yet reported or not yet finished */
+    /* Memory the client freed while a launch reported as timed out still used it: released when no
+     * such launch uses it any more. */
+    uint64_t *deferred;
+    size_t deferred_count, deferred_cap;
     int pending;            /* active launches not yet finished */
     bool sync_wanted;
     uint64_t sync_request;
@@ -255,10 +262,34 @@ static void free_launch(struct session *s, struct slaunch *l) {
         if (l->tensors[i].mem.id)
             ek_free_device(s->dev, l->tensors[i].mem);
     free(l->tensors);
+    free(l->uses);
     if (l->profile.id)
         ek_profile_destroy(l->profile);
     remove_dump_dir(l);
     free(l);
+}
+
+/* Whether a launch the client was told ended (a timeout) still runs on `local`: its client may free it
+ * then, but the engine must not lose it mid-run. (Memory freed under a launch the client still waits
+ * for fails that launch, as on a local device.) */
+static bool in_use(const struct session *s, uint64_t local) {
+    for (const struct slaunch *l = s->active; l; l = l->next)
+        for (int i = 0; l->reported && i < l->n_uses; i++)
+            if (l->uses[i] == local)
+                return true;
+    return false;
+}
+
+/* Release the deferred frees no active launch holds up any more (all of them when `all`). */
+static void release_deferred(struct session *s, bool all) {
+    size_t kept = 0;
+    for (size_t i = 0; i < s->deferred_count; i++) {
+        if (!all && in_use(s, s->deferred[i]))
+            s->deferred[kept++] = s->deferred[i];
+        else
+            ek_free_device(s->dev, (ek_mem_t){s->deferred[i]});
+    }
+    s->deferred_count = kept;
 }
 
 /* The profile's records, for the client to add to its own (remote_client.c: add_records). */
@@ -424,6 +455,7 @@ static ek_status_t drain_completions(struct session *s) {
         free_launch(s, l);
         l = next;
     }
+    release_deferred(s, false);
     return result;
 }
 
@@ -598,6 +630,20 @@ static ek_status_t h_free(struct session *s, struct ek_rbuf *in, struct ek_wbuf 
                    ? ek_fail(EK_ERR_DOUBLE_FREE, "remote memory id 0x%016llx was already freed (double free)",
                              (unsigned long long)id)
                    : status;
+    if (in_use(s, e->local)) {
+        /* A launch past its timeout still runs on it: free it when that launch ends. */
+        if (s->deferred_count == s->deferred_cap) {
+            size_t cap = s->deferred_cap ? 2 * s->deferred_cap : 16;
+            uint64_t *grown = realloc(s->deferred, cap * sizeof *grown);
+            if (!grown)
+                return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory on the board to defer a free");
+            s->deferred = grown;
+            s->deferred_cap = cap;
+        }
+        s->deferred[s->deferred_count++] = e->local;
+        table_remove(s, e);
+        return EK_OK;
+    }
     if ((status = ek_free_device(s->dev, (ek_mem_t){e->local})) == EK_OK)
         table_remove(s, e);
     return status;
@@ -898,6 +944,13 @@ static ek_status_t h_launch(struct session *s, uint64_t request, struct ek_rbuf 
         return status;
     }
     activate(s, l);
+    if ((l->uses = calloc((size_t)n_in + n_out + 1, sizeof *l->uses)) != NULL) {
+        for (uint32_t i = 0; i < n_in + n_out; i++)
+            l->uses[l->n_uses++] = tensors[i].mem.id;
+    } else {
+        /* No room to remember them: let this launch finish before anything else runs. */
+        ek_launch_wait(l->launch, -1);
+    }
     ek_put_u64(out, wire);
     ek_put_u32(out, n_out);
     for (uint32_t i = 0; i < n_out; i++) {
@@ -1171,6 +1224,8 @@ static void session_cleanup(struct session *s) {
         active_remove(s, l);
         free_launch(s, l);
     }
+    release_deferred(s, true);
+    free(s->deferred);
     for (uint32_t i = 0; i < s->table_count; i++)
         if (s->table[i].kind == ENT_RT)
             ek_rt_destroy((ek_rt_t){s->table[i].local});
