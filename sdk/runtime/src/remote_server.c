@@ -1141,6 +1141,7 @@ static bool handle(struct session *s, const struct ek_wire_header *h, const uint
         ek_wbuf_free(&out);
         return pair(s, h, &in);
     }
+    bool first_hello = h->type == EK_MSG_HELLO && !s->hello;
     if (h->type != EK_MSG_HELLO && h->version != EK_REMOTE_PROTOCOL) {
         status = ek_fail(EK_ERR_VERSION, "a frame of protocol version %u after the handshake agreed on %d",
                          h->version, EK_REMOTE_PROTOCOL);
@@ -1192,7 +1193,8 @@ static bool handle(struct session *s, const struct ek_wire_header *h, const uint
                              "to %d)", h->type, EK_REMOTE_PROTOCOL, EK_MSG_TYPE_END - 1);
             fatal = true;
         }
-        if (in.bad) {
+        /* h_hello words its own parse errors: a HELLO it cannot read is another version's. */
+        if (in.bad && !first_hello) {
             status = ek_fail(EK_ERR_CONNECTION, "a malformed request (type %u): %s", h->type, in.why);
             fatal = true;
             later = false;
@@ -1205,8 +1207,17 @@ static bool handle(struct session *s, const struct ek_wire_header *h, const uint
     bool alive = !fatal;
     if (status != EK_OK)
         error_body(&out, status);
+    /* A protocol error ends the session with the protocol's error frame (type 0x8000, request 0), which
+     * every waiting caller of the client sees; the first HELLO is answered with HELLO's reply, whatever
+     * the client's version. */
+    uint16_t type = (uint16_t)(h->type | EK_MSG_REPLY);
+    uint64_t request = h->request;
+    if (fatal && !first_hello) {
+        type = EK_MSG_REPLY;
+        request = 0;
+    }
     if (!later || status != EK_OK)
-        alive = send_reply(s, (uint16_t)(h->type | EK_MSG_REPLY), h->request, &out) == EK_OK && alive;
+        alive = send_reply(s, type, request, &out) == EK_OK && alive;
     if (fatal)
         slog(s->server, "session %llu (%s): closed: %s", (unsigned long long)s->number, s->ch.peer, ek_last_error());
     ek_wbuf_free(&out);
