@@ -34,6 +34,7 @@ enum entry_kind { ENT_MEM = 1, ENT_RT = 2, ENT_LAUNCH = 3 };
 struct entry {
     uint32_t generation;
     uint8_t kind; /* 0: free */
+    uint8_t freed_kind; /* what the slot held before it was freed */
     uint64_t local; /* the ek_mem_t / ek_rt_t id; launches: unused */
     struct slaunch *launch;
     uint32_t next_free;
@@ -165,11 +166,12 @@ static const char *kind_word(enum entry_kind kind) {
 
 static ek_status_t table_get(struct session *s, uint64_t id, enum entry_kind kind, struct entry **out) {
     uint32_t index = (uint32_t)(id >> 32) & 0xffffffu, generation = (uint32_t)id;
-    if ((unsigned)(id >> 56) != (unsigned)kind || index >= s->table_count || generation == 0 ||
-        generation > s->table[index].generation)
+    struct entry *e = index < s->table_count ? &s->table[index] : NULL;
+    /* The slot's current generation names what it holds, or held last: of another kind, never issued. */
+    if ((unsigned)(id >> 56) != (unsigned)kind || !e || generation == 0 || generation > e->generation ||
+        (generation == e->generation && (e->kind ? e->kind : e->freed_kind) != (uint8_t)kind))
         return ek_fail(EK_ERR_INVALID_HANDLE, "remote %s id 0x%016llx was never issued in this session",
                        kind_word(kind), (unsigned long long)id);
-    struct entry *e = &s->table[index];
     if (generation != e->generation || e->kind != (uint8_t)kind)
         return ek_fail(EK_ERR_FREED_HANDLE, "remote %s id 0x%016llx was freed (use after free)", kind_word(kind),
                        (unsigned long long)id);
@@ -178,6 +180,7 @@ static ek_status_t table_get(struct session *s, uint64_t id, enum entry_kind kin
 }
 
 static void table_remove(struct session *s, struct entry *e) {
+    e->freed_kind = e->kind;
     e->kind = 0;
     e->launch = NULL;
     e->next_free = s->free_head;
