@@ -191,9 +191,12 @@ ek_status_t ek_wire_decode_header(const uint8_t in[EK_WIRE_HEADER], struct ek_wi
     h->request = rd(in + 8, 8);
     h->length = rd(in + 16, 8);
     if (magic != EK_WIRE_MAGIC) {
+        /* A client names its peer by the URL it dialled: say which ssh:// URL reaches a board through it. */
+        if (memcmp(in, "SSH-", 4) == 0 && strncmp(peer, "tcp://", 6) == 0)
+            return ek_fail(EK_ERR_CONNECTION, "%s is an SSH server, not an EdgeKit remote_server: use "
+                           "ssh://USER@%s", peer, peer + 6);
         if (memcmp(in, "SSH-", 4) == 0)
-            return ek_fail(EK_ERR_CONNECTION, "%s is an SSH server, not an EdgeKit remote_server: use ssh://%s",
-                           peer, peer);
+            return ek_fail(EK_ERR_CONNECTION, "%s speaks SSH, not the EdgeKit remote protocol", peer);
         if (memcmp(in, "HTTP", 4) == 0)
             return ek_fail(EK_ERR_CONNECTION, "%s is an HTTP server, not an EdgeKit remote_server", peer);
         return ek_fail(EK_ERR_CONNECTION, "%s sent a frame with magic 0x%08x, not EdgeKit's 0x%08x (\"EKRP\"): "
@@ -211,10 +214,12 @@ static ek_status_t io_error(int err, const char *peer, const char *what) {
     return ek_fail(EK_ERR_CONNECTION, "%s: %s failed: %s (connection lost)", peer, what, strerror(err));
 }
 
-ek_status_t ek_wire_recv_all(struct ek_channel *ch, void *data, size_t n) {
+/* ek_wire_recv_all, also saying how many bytes arrived before a failure. */
+static ek_status_t recv_counted(struct ek_channel *ch, void *data, size_t n, size_t *got) {
     uint8_t *p = data;
-    while (n > 0) {
-        ssize_t k = recv(ch->fd, p, n, 0);
+    *got = 0;
+    while (*got < n) {
+        ssize_t k = recv(ch->fd, p + *got, n - *got, 0);
         if (k == 0)
             return ek_fail(EK_ERR_CONNECTION, "%s closed the connection", ch->peer);
         if (k < 0) {
@@ -222,10 +227,14 @@ ek_status_t ek_wire_recv_all(struct ek_channel *ch, void *data, size_t n) {
                 continue;
             return io_error(errno, ch->peer, "receiving");
         }
-        p += k;
-        n -= (size_t)k;
+        *got += (size_t)k;
     }
     return EK_OK;
+}
+
+ek_status_t ek_wire_recv_all(struct ek_channel *ch, void *data, size_t n) {
+    size_t got;
+    return recv_counted(ch, data, n, &got);
 }
 
 static ek_status_t send_iov(struct ek_channel *ch, struct iovec *iov, int count) {
@@ -290,7 +299,13 @@ ek_status_t ek_wire_send_frame(struct ek_channel *ch, uint16_t type, uint64_t re
 }
 
 ek_status_t ek_wire_recv_header(struct ek_channel *ch, struct ek_wire_header *h) {
-    ek_status_t status = ek_wire_recv_all(ch, h->raw, sizeof h->raw);
+    size_t got;
+    memset(h->raw, 0, sizeof h->raw);
+    ek_status_t status = recv_counted(ch, h->raw, sizeof h->raw, &got);
+    /* An SSH or HTTP server's greeting can be shorter than a header: name it, rather than the silence or
+     * the close that follows it. */
+    if (status != EK_OK && got >= 4 && (memcmp(h->raw, "SSH-", 4) == 0 || memcmp(h->raw, "HTTP", 4) == 0))
+        return ek_wire_decode_header(h->raw, h, ch->peer);
     if (status != EK_OK)
         return status;
     if ((status = ek_wire_decode_header(h->raw, h, ch->peer)) != EK_OK)
