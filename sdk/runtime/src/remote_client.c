@@ -1492,8 +1492,11 @@ ek_status_t ek_rc_free(ek_dev_t dev, ek_mem_t mem) {
     ek_put_u64(&b, m->wire);
     status = call(d, EK_MSG_FREE, &b);
     ek_wbuf_free(&b);
-    /* Gone on the board, or the board is gone: either way the handle is done. */
-    if (status == EK_OK || status == EK_ERR_CONNECTION)
+    /* Gone on the board, or the board is gone (its session freed everything): either way the handle is
+     * done, and freed, as ek_rt_destroy of a runtime whose connection was lost. */
+    if (status == EK_ERR_CONNECTION)
+        status = EK_OK;
+    if (status == EK_OK)
         drop_memory(d, m);
     unlock(d);
     return status;
