@@ -88,7 +88,7 @@ struct session {
     int pending;            /* active launches not yet finished */
     bool sync_wanted;
     uint64_t sync_request;
-    uint64_t last_frame_ns;
+    uint64_t last_frame_ns; /* or the end of the last launch: the idle timeout counts from the later */
     struct session *prev, *next;
 };
 
@@ -442,6 +442,10 @@ static ek_status_t drain_completions(struct session *s) {
     struct slaunch *l = s->done_head;
     s->done_head = NULL;
     pthread_mutex_unlock(&s->done_lock);
+    /* A client waiting for its launches is busy, not idle, even when their completions keep its
+     * keepalive quiet: its idle time starts when the last one ends. */
+    if (l)
+        s->last_frame_ns = now_ns();
     ek_status_t result = EK_OK;
     while (l) {
         struct slaunch *next = l->next_done;
