@@ -1099,8 +1099,8 @@ static ek_status_t hello(struct rdev *d, int timeout_ms) {
     free(payload);
     if (bad)
         return ek_fail(EK_ERR_CONNECTION, "%s sent a malformed handshake reply", d->ch.peer);
-    /* Ping well inside the server's idle timeout. */
-    d->ping_ms = idle_ms >= 3000 ? (int)(idle_ms / 3) : 1000;
+    /* Ping well inside the server's idle timeout: every third of it (at most 10 per second). */
+    d->ping_ms = idle_ms >= 300 ? (int)(idle_ms / 3) : 100;
     snprintf(info->url, sizeof info->url, "%s", d->ch.peer);
     return EK_OK;
 }
