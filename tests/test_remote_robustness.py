@@ -523,7 +523,7 @@ def case_string_past_payload(port: int) -> None:
 def case_string_over_limit(port: int) -> None:
     with Raw(port) as raw:
         raw.handshake()
-        raw.send(LAUNCH, u64(0) + text("n" * 5000) + u32(0) + u32(0) + u32(0) + i64(0) + u64(0))
+        raw.send(LAUNCH, u64(0) + text("n" * 5000) + u32(0) + u32(0) + u32(0) + i64(0) + u64(0) + u32(0))
         raw.ended(E_CONNECTION, "over its limit")
 
 
@@ -537,7 +537,7 @@ def case_string_length_2_63(port: int) -> None:
 def case_string_with_nul(port: int) -> None:
     with Raw(port) as raw:
         raw.handshake()
-        raw.send(LAUNCH, u64(0) + text("ml\0p") + u32(0) + u32(0) + u32(0) + i64(0) + u64(0))
+        raw.send(LAUNCH, u64(0) + text("ml\0p") + u32(0) + u32(0) + u32(0) + i64(0) + u64(0) + u32(0))
         raw.ended(E_CONNECTION, "NUL")
 
 
@@ -550,7 +550,7 @@ def launch_payload(
     threads: int = 0,
 ) -> bytes:
     counts = u32(len(inputs)) + u32(len(outputs))
-    options = u32(user_mem) + i64(threads) + u64(0)
+    options = u32(user_mem) + i64(threads) + u64(0) + u32(0)  # flags: no profile, no dump
     return u64(rt) + text(net) + counts + b"".join(inputs) + b"".join(outputs) + options
 
 
@@ -663,7 +663,9 @@ def case_forged_and_stale_ids(port: int) -> None:
             raw.error(FREE, u64(bad), E_HANDLE, "never issued")
             raw.error(LOAD, u64(bad), E_HANDLE, "never issued")
             raw.error(RT_DESTROY, u64(bad), E_HANDLE, "never issued")
-            raw.error(RUN, u64(bad) + text("mlp") + u32(0) + i64(0) + u64(0), E_HANDLE, "never issued")
+            raw.error(
+                RUN, u64(bad) + text("mlp") + u32(0) + i64(0) + u64(0) + u32(0), E_HANDLE, "never issued"
+            )
             raw.error(LAUNCH, launch_payload(bad, [], []), E_HANDLE, "never issued")
             raw.error(LAUNCH, launch_payload(bad, [tensor(bad, (1, 64))], [tensor(0, (1, 10))]), E_HANDLE)
         # Stale: freed ids are recognised as freed, also after the slot is reused.
@@ -717,9 +719,9 @@ def case_sizes_and_offsets_past_limits(port: int) -> None:
         raw.error(LOAD, u64(rt), E_MODEL)
         raw.error(LOAD, u64(rt), E_ARG, "without a complete model upload")
         big = u64(rt) + text("mlp") + u32(4097) + u32(0)
-        raw.error(LAUNCH, big + u32(0) + i64(0) + u64(0), E_ARG, "4096")
-        raw.error(RUN, u64(rt) + text("mlp") + u32(4097) + i64(0) + u64(0), E_ARG, "4096")
-        raw.error(RUN, u64(rt) + text("nope") + u32(0) + i64(0) + u64(0), E_ARG, "nope")
+        raw.error(LAUNCH, big + u32(0) + i64(0) + u64(0) + u32(0), E_ARG, "4096")
+        raw.error(RUN, u64(rt) + text("mlp") + u32(4097) + i64(0) + u64(0) + u32(0), E_ARG, "4096")
+        raw.error(RUN, u64(rt) + text("nope") + u32(0) + i64(0) + u64(0) + u32(0), E_ARG, "nope")
         raw.error(RT_CREATE, u32(99) + i64(0), E_ARG)
         raw.error(RT_CREATE, u32(0) + i64(-5), E_ARG)
         raw.ok(RT_DESTROY, u64(rt))
@@ -828,7 +830,11 @@ def fuzz_frame(rng: random.Random, ids: dict[str, int]) -> tuple[int, bytes]:
             lambda: launch_payload(rt, [tensor(mem, (1, 64))], [tensor(0, (1, 10))]),
             lambda: launch_payload(rt, [tensor(mem, (1, 64))], [tensor(mem, (1, 10), 2048)], user_mem=True),
         ],
-        RUN: [lambda: u64(rt) + text("mlp") + u32(1) + shape(1, 64) + blob(bytes(256)) + i64(1) + u64(0)],
+        RUN: [
+            lambda: (
+                u64(rt) + text("mlp") + u32(1) + shape(1, 64) + blob(bytes(256)) + i64(1) + u64(0) + u32(0)
+            )
+        ],
         FREE: [lambda: u64(mem)],
         RT_DESTROY: [lambda: u64(rt)],
         PING: [lambda: b""],
@@ -1170,6 +1176,42 @@ def test_launch_timeout(remote_server: Callable[..., Server], mlp: Path) -> None
     server.assert_serves()
 
 
+def test_memory_of_a_timed_out_launch_is_kept_until_it_ends(
+    remote_server: Callable[..., Server], mlp: Path
+) -> None:
+    """After its timeout the client may free a launch's memory, but the launch still runs on the board:
+    the server keeps that memory until the launch really ends, then frees it (no use after free)."""
+    server = remote_server("--launch-timeout", "1", env=SLOW_HOOK)
+    holder = ek.Device(server.url)  # another session on the same board device: its stats show the heap
+    base = holder.stats["allocations"]
+    with ek.Context(device=server.url) as ctx:
+        net = ctx.load_model(mlp).network()
+        req = net.create_request()
+        tensors = len(net.inputs) + len(net.outputs)  # one device allocation each
+        req.set_inputs([random_input(input_shape_of("mlp"))])
+        start = time.monotonic()
+        req.infer()
+        with pytest.raises(ek.WaitTimeoutError):
+            req.wait(timeout=10)
+        held = holder.stats["allocations"]
+        req.close()  # frees its tensors: the board must keep the ones the launch uses
+        assert holder.stats["allocations"] == held
+        assert time.monotonic() - start < 2.5, "the launch ended before the test could look"
+        # When the launch ends they go; its execution context (arena) was made after the test hook's
+        # sleep, so it may be one allocation more than before.
+        deadline = time.monotonic() + 10
+        while holder.stats["allocations"] > held - tensors + 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert holder.stats["allocations"] <= held - tensors + 1, "the deferred frees were not released"
+        assert time.monotonic() - start > 2.5  # released when the 3 s launch ended, not before
+    deadline = time.monotonic() + 10
+    while holder.stats["allocations"] != base and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert holder.stats["allocations"] == base
+    holder.close()
+    server.assert_serves()
+
+
 # ---- 6. 1000 sessions in a row ------------------------------------------------------------------------
 
 
@@ -1420,7 +1462,8 @@ def test_refuses_non_loopback_hosts(host: str) -> None:
     assert result.stdout == ""
     message = result.stderr
     assert f"refusing to listen on '{host}': it is not a loopback address" in message, message
-    assert "no authentication or encryption" in message and "SSH" in message and "ssh://" in message, message
+    assert "nothing would authenticate or encrypt" in message and "ssh://" in message, message
+    assert "--make-key" in message and "--key" in message, message
 
 
 def test_port_in_use(remote_server: Callable[..., Server]) -> None:
@@ -1491,7 +1534,7 @@ def test_remote_errors_are_the_boards(remote_server: Callable[..., Server], mlp:
         raw.ok(LOAD, u64(rt))
 
         def run(dims: tuple[int, ...], data: bytes) -> bytes:
-            return u64(rt) + text("mlp") + u32(1) + shape(*dims) + blob(data) + i64(0) + u64(0)
+            return u64(rt) + text("mlp") + u32(1) + shape(*dims) + blob(data) + i64(0) + u64(0) + u32(0)
 
         raw.error(RUN, run((1, 65), bytes(260)), E_ARG, "'input'", "1x65", "1x64")
         raw.error(RUN, run((1, 64), bytes(4)), E_RANGE, "'input'")
