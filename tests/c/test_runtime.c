@@ -571,6 +571,14 @@ static void test_launch_user_memory(void)
     y.offset = 200;
     CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, true, NULL, &l), EK_ERR_OUT_OF_RANGE);
     CHECK_ERROR_MENTIONS("output 'y'");
+    /* misaligned for float32: the kernels would load floats from an odd address */
+    y.offset = 101;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, true, NULL, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("offset 101 is not a multiple of the 4-byte float32 element size");
+    ek_tensor_t odd = x;
+    odd.offset = 2;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &odd, 1, &y, 1, false, NULL, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("input 'x'");
     /* an output over its own input */
     ek_tensor_t alias = x;
     CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, &alias, 1, true, NULL, &l), EK_ERR_INVALID_ARG);

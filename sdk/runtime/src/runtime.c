@@ -484,7 +484,7 @@ static ek_status_t check_options(const ek_launch_options_t *options, int *thread
 
 /* Check one tensor's memory under the (shared) device lock. */
 static ek_status_t check_memory(struct ek_device *device, const struct ek_network *net, const char *kind,
-                                const char *name, const ek_tensor_t *t, size_t nbytes) {
+                                const char *name, const ek_tensor_t *t, size_t nbytes, ek_dtype_t dtype) {
     void *obj;
     int owner;
     bool remote = EK_IS_REMOTE(t->mem.id); /* a remote device's memory (remote_client.c) */
@@ -501,6 +501,11 @@ static ek_status_t check_memory(struct ek_device *device, const struct ek_networ
         return ek_fail(EK_ERR_DEVICE_MISMATCH, "network '%s' %s '%s': memory 0x%016" PRIx64 " is on device %d, this "
                        "runtime on device %d", net->info.name, kind, name, t->mem.id, owner, device->index);
     const struct ek_mem_rec *mem = obj;
+    /* Kernels load elements with their type's alignment (memory itself starts 64-byte aligned). */
+    size_t element = ek_dtype_size(dtype);
+    if (element > 1 && t->offset % element != 0)
+        return ek_fail(EK_ERR_INVALID_ARG, "network '%s' %s '%s': offset %zu is not a multiple of the %zu-byte "
+                       "%s element size", net->info.name, kind, name, t->offset, element, ek_dtype_name(dtype));
     if (t->offset > mem->size || nbytes > mem->size - t->offset)
         return ek_fail(EK_ERR_OUT_OF_RANGE, "network '%s' %s '%s': %zu bytes at offset %zu go past the end of memory "
                        "0x%016" PRIx64 " (%zu bytes)", net->info.name, kind, name, nbytes, t->offset, t->mem.id,
@@ -554,10 +559,11 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     if ((status = ek_device_lock(rt->dev, false, &device)) != EK_OK)
         return status;
     for (int i = 0; i < input_count && status == EK_OK; i++)
-        status = check_memory(device, net, "input", info->inputs[i].name, &inputs[i], stage->input_tensors[i]->nbytes);
+        status = check_memory(device, net, "input", info->inputs[i].name, &inputs[i], stage->input_tensors[i]->nbytes,
+                              info->inputs[i].dtype);
     for (int i = 0; user_mem && i < output_count && status == EK_OK; i++) {
         size_t n = stage->output_tensors[i]->nbytes;
-        status = check_memory(device, net, "output", info->outputs[i].name, &outputs[i], n);
+        status = check_memory(device, net, "output", info->outputs[i].name, &outputs[i], n, info->outputs[i].dtype);
         for (int j = 0; j < input_count && status == EK_OK; j++)
             if (overlap(&outputs[i], n, &inputs[j], stage->input_tensors[j]->nbytes))
                 status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': output '%s' overlaps input '%s' in memory "
