@@ -1920,12 +1920,7 @@ static ek_status_t read_networks(struct rdev *d, struct rrt *rt, struct ek_rbuf 
     if (r->bad && status == EK_OK)
         status = bad_reply(d, r, "LOAD");
     if (status != EK_OK) {
-        for (uint32_t i = 0; i < count; i++) {
-            free(nets[i].strings);
-            free(nets[i].ios);
-            free(nets[i].stages);
-            free(nets[i].shapes);
-        }
+        free_nets(nets, (int)count);
         free(nets);
         return status;
     }

@@ -214,6 +214,22 @@ static void error_body(struct ek_wbuf *body, ek_status_t status) {
     ek_put_str(body, ek_last_error());
 }
 
+/* Send an error frame (status + message) where a session ends or is refused. A failure to send changes
+ * nothing then, so the thread's last error is put back as `status` with the message it had. */
+static void send_error(struct ek_channel *ch, uint16_t type, uint64_t request, ek_status_t status,
+                       const char *message) {
+    char saved[512];
+    snprintf(saved, sizeof saved, "%s", ek_last_error());
+    struct ek_wbuf out;
+    ek_wbuf_init(&out);
+    ek_put_u32(&out, (uint32_t)status);
+    ek_put_str(&out, message);
+    if (!out.failed)
+        ek_wire_send_frame(ch, type, request, out.data, out.len);
+    ek_wbuf_free(&out);
+    ek_fail(status, "%s", saved);
+}
+
 /* ---- launches ---- */
 
 static void launch_done(void *user, ek_status_t status) {
@@ -1123,15 +1139,8 @@ static bool pair(struct session *s, const struct ek_wire_header *h, struct ek_rb
             return false;
         }
     }
-    struct ek_wbuf out;
-    ek_wbuf_init(&out);
-    ek_put_u32(&out, (uint32_t)status);
-    ek_put_str(&out, ek_last_error());
-    char saved[512];
-    snprintf(saved, sizeof saved, "%s", ek_last_error());
-    ek_wire_send_frame(&s->ch, (uint16_t)(h->type | EK_MSG_REPLY), h->request, out.data, out.len);
-    ek_wbuf_free(&out);
-    slog(srv, "session %llu (%s): refused: %s", (unsigned long long)s->number, s->ch.peer, saved);
+    send_error(&s->ch, (uint16_t)(h->type | EK_MSG_REPLY), h->request, status, ek_last_error());
+    slog(srv, "session %llu (%s): refused: %s", (unsigned long long)s->number, s->ch.peer, ek_last_error());
     return false;
 }
 
@@ -1305,15 +1314,7 @@ static void *session_main(void *arg) {
             if (status != EK_OK) {
                 if (status != EK_ERR_CONNECTION || strstr(ek_last_error(), "closed the connection") == NULL) {
                     /* A broken frame: say why before closing, so the peer is not left guessing. */
-                    struct ek_wbuf out;
-                    ek_wbuf_init(&out);
-                    ek_put_u32(&out, (uint32_t)status);
-                    ek_put_str(&out, ek_last_error());
-                    char saved[512];
-                    snprintf(saved, sizeof saved, "%s", ek_last_error());
-                    ek_wire_send_frame(&s->ch, EK_MSG_REPLY, 0, out.data, out.len);
-                    ek_wbuf_free(&out);
-                    ek_fail(status, "%s", saved);
+                    send_error(&s->ch, EK_MSG_REPLY, 0, status, ek_last_error());
                 }
                 why = ek_last_error();
                 break;
@@ -1369,16 +1370,11 @@ static void reap_sessions(struct ek_server *srv, bool all) {
 }
 
 static void refuse(int fd, const char *peer, ek_status_t status, const char *message) {
-    struct ek_wbuf out;
-    ek_wbuf_init(&out);
-    ek_put_u32(&out, (uint32_t)status);
-    ek_put_str(&out, message);
     struct timeval tv = {.tv_sec = 2, .tv_usec = 0};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     struct ek_channel ch = {.fd = fd};
     snprintf(ch.peer, sizeof ch.peer, "%s", peer);
-    ek_wire_send_frame(&ch, EK_MSG_HELLO | EK_MSG_REPLY, 0, out.data, out.len);
-    ek_wbuf_free(&out);
+    send_error(&ch, EK_MSG_HELLO | EK_MSG_REPLY, 0, status, message);
     close(fd);
 }
 
