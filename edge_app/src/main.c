@@ -464,7 +464,7 @@ int main(int argc, char **argv) {
     struct device_ctx *dctx = calloc((size_t)opts.dev_count, sizeof *dctx);
     if (!dctx)
         die(EXIT_RUNTIME, "out of host memory");
-    ek_rt_config_t config = {opts.kernels, 0};
+    ek_rt_config_t config = {.kernels = opts.kernels};
     for (int d = 0; d < opts.dev_count; d++) {
         dctx[d].id = opts.dev_ids[d];
         if (opts.rpc_server) {

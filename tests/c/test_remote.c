@@ -1092,7 +1092,7 @@ static void test_runtime_load_and_info(void)
         CHECK(count == 3);
         CHECK_OK(ek_rt_destroy(frt));
     }
-    ek_rt_config_t cfg = {EK_KERNELS_PORTABLE, 2};
+    ek_rt_config_t cfg = {.kernels = EK_KERNELS_PORTABLE, .threads = 2};
     if (CHECK_OK(ek_rt_create_ex(&frt, dev, &cfg))) {
         const char *k = NULL;
         int threads = 0;
@@ -1100,8 +1100,24 @@ static void test_runtime_load_and_info(void)
         CHECK(k && strcmp(k, "portable") == 0);
         CHECK_OK(ek_rt_threads(frt, &threads));
         CHECK(threads == 2);
+        /* memory strategies are local: refused with the reason, nothing sent */
+        ek_stage_memory_t sm;
+        ek_workspace_t ws;
+        ek_mem_t m = {0};
+        CHECK_STATUS(ek_rt_stage_memory(frt, "net_a", 0, &sm), EK_ERR_UNSUPPORTED);
+        CHECK_ERROR_MENTIONS("workspaces are for local runtimes");
+        CHECK_STATUS(ek_rt_workspace_create(frt, "net_a", 0, m, 0, 4096, &ws), EK_ERR_UNSUPPORTED);
         CHECK_OK(ek_rt_destroy(frt));
     }
+    ek_allocator_t pool;
+    if (CHECK_OK(ek_allocator_create_pool(&pool, local, 1 << 20))) {
+        cfg.allocator = pool;
+        CHECK_STATUS(ek_rt_create_ex(&frt, dev, &cfg), EK_ERR_UNSUPPORTED);
+        CHECK_ERROR_MENTIONS("allocators are for local runtimes");
+        cfg.allocator.id = 0;
+        CHECK_OK(ek_allocator_destroy(pool));
+    }
+    CHECK_STATUS(ek_allocator_create_pool(&pool, dev, 1 << 20), EK_ERR_UNSUPPORTED);
     cfg.kernels = (ek_kernels_t)42;
     char kmsg[1024];
     CHECK_STATUS(ek_rt_create_ex(&frt, local, &cfg), EK_ERR_INVALID_ARG);

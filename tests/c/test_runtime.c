@@ -472,7 +472,7 @@ static void test_config(void)
     ek_dev_t dev;
     REQUIRE_OK(ekt_open(&dev, 0, 16 * MIB, EK_COHERENCE_DEFAULT));
     ek_rt_t rt;
-    ek_rt_config_t cfg = {EK_KERNELS_PORTABLE, 2};
+    ek_rt_config_t cfg = {.kernels = EK_KERNELS_PORTABLE, .threads = 2};
     if (CHECK_OK(ek_rt_create_ex(&rt, dev, &cfg))) {
         const char *k = NULL;
         CHECK_OK(ek_rt_kernels(rt, &k));
@@ -1068,6 +1068,338 @@ static void test_strict_coherence(void)
     teardown(dev, rt);
 }
 
+/* ---- memory strategies: static workspaces and allocators ---- */
+
+/* Input and output of "big" in fresh device memory. */
+static void big_tensors(ek_dev_t dev, ek_tensor_t *x, ek_tensor_t *y, float seed)
+{
+    static float data[BIG];
+    memset(x, 0, sizeof *x);
+    memset(y, 0, sizeof *y);
+    for (int i = 0; i < BIG; i++)
+        data[i] = seed + (float)(i % 97) - 48;
+    CHECK_OK(ek_malloc_device(dev, &x->mem, BIG * 4));
+    CHECK_OK(ek_memcpy_s2d(dev, x->mem, data));
+    CHECK_OK(ek_malloc_device(dev, &y->mem, BIG * 4));
+    x->dtype = y->dtype = EK_DTYPE_FLOAT32;
+    x->shape = y->shape = shape1(BIG);
+}
+
+static int check_big(ek_dev_t dev, const ek_tensor_t *y, float seed)
+{
+    static float out[BIG];
+    if (!CHECK_OK(ek_memcpy_d2s_partial_offset(dev, out, y->mem, BIG * 4, y->offset)))
+        return 0;
+    for (int i = 0; i < BIG; i++)
+        if (out[i] != expect_big(seed + (float)(i % 97) - 48))
+            return 0;
+    return 1;
+}
+
+static void test_stage_memory(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_stage_memory_t m;
+    CHECK_OK(ek_rt_stage_memory(rt, "big", 0, &m));
+    /* the arena of two BIG tensors, plus the slack kernels may read past it */
+    CHECK(m.workspace_bytes >= 2 * BIG * 4 && m.workspace_bytes <= 2 * BIG * 4 + 256);
+    CHECK(m.constant_bytes == 0 && m.alignment == 64);
+    CHECK_OK(ek_rt_stage_memory(rt, "net_a", 1, &m));
+    CHECK(m.constant_bytes == 8 * 4); /* c */
+    CHECK_STATUS(ek_rt_stage_memory(rt, "net_a", 2, &m), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("stages 0 .. 1, not 2");
+    CHECK_STATUS(ek_rt_stage_memory(rt, "nope", 0, &m), EK_ERR_INVALID_ARG);
+    CHECK_STATUS(ek_rt_stage_memory(rt, "big", 0, NULL), EK_ERR_INVALID_ARG);
+    teardown(dev, rt);
+}
+
+static void test_workspace_launches_allocate_nothing(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_stage_memory_t m;
+    REQUIRE_OK(ek_rt_stage_memory(rt, "big", 0, &m));
+    ek_mem_t block;
+    REQUIRE_OK(ek_malloc_device(dev, &block, m.workspace_bytes + 128));
+    ek_workspace_t ws;
+    REQUIRE_OK(ek_rt_workspace_create(rt, "big", 0, block, 128, m.workspace_bytes, &ws));
+    ek_tensor_t x, y;
+    big_tensors(dev, &x, &y, 1);
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.workspace = ws;
+    ek_heap_stats_t before = STATS(dev);
+    int ok = 1;
+    for (int i = 0; i < 1000 && ok; i++) {
+        ek_launch_t l;
+        ok = CHECK_OK(ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, &opt, &l)) && CHECK_OK(ek_launch_wait(l, -1));
+    }
+    ek_heap_stats_t after = STATS(dev);
+    CHECK(after.allocations == before.allocations && after.used == before.used && after.peak == before.peak);
+    CHECK(check_big(dev, &y, 1));
+
+    /* The launch's own checks. */
+    ek_launch_t l;
+    ek_tensor_t rt_out;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "big", &x, 1, &rt_out, 1, false, &opt, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("give the outputs' memory");
+    ek_tensor_t xa = input_a(dev, 1, 0), ya;
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &xa, 1, &ya, 1, true, &opt, &l), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("is for network 'big' stage 0");
+    ek_launch_options_t forged = opt;
+    forged.workspace.id = rt.id; /* a handle of another kind */
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, &forged, &l), EK_ERR_INVALID_HANDLE);
+    CHECK_ERROR_MENTIONS("workspace");
+
+    /* One launch at a time: queue one behind blocked workers, then another in the same workspace. */
+    ek_tensor_t gx[2], gy[2];
+    if (gate_block(dev, rt, gx, gy)) {
+        ek_launch_t first;
+        CHECK_OK(ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, &opt, &first));
+        CHECK_STATUS(ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, &opt, &l), EK_ERR_BUSY);
+        CHECK_ERROR_MENTIONS("concurrent launches each need their own workspace");
+        CHECK_STATUS(ek_workspace_destroy(ws), EK_ERR_BUSY);
+        gate_release(dev, gx, gy);
+        CHECK_OK(ek_launch_wait(first, -1));
+    }
+    /* A second workspace over other memory runs concurrently with the first. */
+    ek_mem_t block2;
+    ek_workspace_t ws2;
+    REQUIRE_OK(ek_malloc_device(dev, &block2, m.workspace_bytes));
+    CHECK_OK(ek_rt_workspace_create(rt, "big", 0, block2, 0, m.workspace_bytes, &ws2));
+    ek_tensor_t x2, y2;
+    big_tensors(dev, &x2, &y2, 5);
+    ek_launch_options_t opt2 = opt;
+    opt2.workspace = ws2;
+    ek_launch_t l1, l2;
+    CHECK_OK(ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, &opt, &l1));
+    CHECK_OK(ek_rt_launch_tensor(rt, "big", &x2, 1, &y2, 1, true, &opt2, &l2));
+    CHECK_OK(ek_launch_wait(l1, -1));
+    CHECK_OK(ek_launch_wait(l2, -1));
+    CHECK(check_big(dev, &y, 1) && check_big(dev, &y2, 5));
+
+    /* Freeing the memory under a workspace: the next launch says so, nothing crashes. */
+    CHECK_OK(ek_free_device(dev, block2));
+    CHECK_OK(ek_rt_launch_tensor(rt, "big", &x2, 1, &y2, 1, true, &opt2, &l2));
+    CHECK_STATUS(ek_launch_wait(l2, -1), EK_ERR_FREED_HANDLE);
+    CHECK_ERROR_MENTIONS("destroy the workspace before freeing its memory");
+    CHECK_OK(ek_workspace_destroy(ws2));
+    CHECK_STATUS(ek_workspace_destroy(ws2), EK_ERR_DOUBLE_FREE);
+    CHECK_STATUS(ek_rt_launch_tensor(rt, "big", &x2, 1, &y2, 1, true, &opt2, &l2), EK_ERR_FREED_HANDLE);
+
+    /* Creation checks. */
+    ek_workspace_t bad;
+    CHECK_STATUS(ek_rt_workspace_create(rt, "big", 0, block, 0, m.workspace_bytes - 64, &bad), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("needs a");
+    CHECK_STATUS(ek_rt_workspace_create(rt, "big", 0, block, 32, m.workspace_bytes, &bad), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("offset 32 is not a multiple of 64");
+    CHECK_STATUS(ek_rt_workspace_create(rt, "big", 0, block, 192, m.workspace_bytes, &bad), EK_ERR_OUT_OF_RANGE);
+    CHECK_STATUS(ek_rt_workspace_create(rt, "big", 1, block, 0, m.workspace_bytes, &bad), EK_ERR_INVALID_ARG);
+    CHECK_STATUS(ek_rt_workspace_create(rt, "big", 0, block2, 0, m.workspace_bytes, &bad), EK_ERR_FREED_HANDLE);
+    ek_dev_t dev1;
+    ek_mem_t other;
+    if (CHECK_OK(ekt_open(&dev1, 1, 4 * MIB, EK_COHERENCE_DEFAULT))) {
+        if (CHECK_OK(ek_malloc_device(dev1, &other, m.workspace_bytes))) {
+            CHECK_STATUS(ek_rt_workspace_create(rt, "big", 0, other, 0, m.workspace_bytes, &bad),
+                         EK_ERR_DEVICE_MISMATCH);
+            CHECK_OK(ek_free_device(dev1, other));
+        }
+        CHECK_OK(ekt_close(dev1));
+    }
+
+    /* The runtime destroys the workspaces left; their handles are then stale. */
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_STATUS(ek_workspace_destroy(ws), EK_ERR_DOUBLE_FREE);
+    CHECK_OK(ek_free_device(dev, block));
+    CHECK_OK(ek_free_device(dev, x.mem));
+    CHECK_OK(ek_free_device(dev, y.mem));
+    CHECK_OK(ek_free_device(dev, x2.mem));
+    CHECK_OK(ek_free_device(dev, y2.mem));
+    CHECK_OK(ek_free_device(dev, xa.mem));
+    CHECK_OK(ekt_close(dev));
+}
+
+/* A custom allocator over the device heap that counts its calls, and can be told to misbehave. */
+struct counting {
+    int allocs, frees;
+    int misbehave; /* 1: refuse; 2: answer a misaligned offset; 3: answer a forged memory */
+};
+
+static ek_status_t counting_alloc(void *user, ek_dev_t dev, size_t size, size_t alignment, ek_mem_t *mem,
+                                  size_t *offset)
+{
+    struct counting *c = user;
+    if (c->misbehave == 1)
+        return EK_ERR_OUT_OF_MEMORY;
+    ek_status_t status = ek_malloc_device(dev, mem, size + alignment);
+    if (status != EK_OK)
+        return status;
+    *offset = c->misbehave == 2 ? 8 : alignment; /* a part of a larger block, as a sub-allocator gives */
+    if (c->misbehave == 3)
+        mem->id ^= 0x10000;
+    c->allocs++;
+    return EK_OK;
+}
+
+static void counting_free(void *user, ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size)
+{
+    struct counting *c = user;
+    (void)offset;
+    (void)size;
+    if (c->misbehave == 3)
+        mem.id ^= 0x10000;
+    if (ek_free_device(dev, mem) == EK_OK)
+        c->frees++;
+}
+
+static void test_custom_allocator(void)
+{
+    ek_dev_t dev;
+    REQUIRE_OK(ekt_open(&dev, 0, 64 * MIB, EK_COHERENCE_DEFAULT));
+    struct counting c = {0, 0, 0};
+    ek_allocator_ops_t ops = {counting_alloc, counting_free};
+    ek_allocator_t a;
+    REQUIRE_OK(ek_allocator_create(&a, &ops, &c));
+    ek_rt_config_t cfg = {.kernels = EK_KERNELS_PORTABLE, .allocator = a};
+    ek_rt_t rt;
+    REQUIRE_OK(ek_rt_create_ex(&rt, dev, &cfg));
+    REQUIRE_OK(ek_rt_load_model_data(rt, model_bytes, model_size));
+    ek_allocator_stats_t st;
+    CHECK_OK(ek_allocator_stats(a, &st));
+    CHECK(st.runtimes == 1 && st.allocations == 0 && st.capacity == 0);
+
+    /* A launch's context and its runtime-allocated output come from the allocator. */
+    ek_tensor_t x, y;
+    big_tensors(dev, &x, &y, 2);
+    ek_tensor_t out;
+    ek_launch_t l;
+    REQUIRE_OK(ek_rt_launch_tensor(rt, "big", &x, 1, &out, 1, false, NULL, &l));
+    CHECK_OK(ek_launch_wait(l, -1));
+    CHECK(out.offset == 64);
+    CHECK(check_big(dev, &out, 2));
+    CHECK_OK(ek_allocator_stats(a, &st));
+    CHECK(st.allocations == 2 && st.live_blocks == 2 && c.allocs == 2);
+    CHECK(st.bytes_in_use >= 3 * BIG * 4 && st.peak_bytes == st.bytes_in_use);
+    /* ek_rt_launch_data stages its inputs and outputs through it too, and gives them back */
+    float xd[16], yd[16];
+    for (int i = 0; i < 16; i++)
+        xd[i] = (float)i;
+    const void *ins[1] = {xd};
+    void *outs[1] = {yd};
+    ek_shape_t s = shape2(2, 8), os;
+    size_t cap = sizeof yd;
+    CHECK_OK(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL));
+    CHECK(yd[3] == expect_a(3, 3));
+    CHECK_OK(ek_allocator_stats(a, &st));
+    CHECK(st.allocations == 5 && st.frees == 2 && st.live_blocks == 3); /* + net_a's context */
+
+    /* The allocator outlives its runtime, and the blocks it gave out. */
+    CHECK_STATUS(ek_allocator_destroy(a), EK_ERR_BUSY);
+    CHECK_ERROR_MENTIONS("still used by 1 runtime");
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_STATUS(ek_allocator_destroy(a), EK_ERR_BUSY);
+    CHECK_ERROR_MENTIONS("ek_allocator_free");
+    CHECK_OK(ek_allocator_free(a, out.mem, out.offset));
+    CHECK_STATUS(ek_allocator_free(a, out.mem, out.offset), EK_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("given back already");
+    CHECK_OK(ek_allocator_stats(a, &st));
+    CHECK(st.live_blocks == 0 && st.bytes_in_use == 0 && st.runtimes == 0 && c.frees == c.allocs);
+
+    /* Misbehaving allocators: each a clear launch error. */
+    const char *expect[4] = {"", "the allocator refused", "offset 8 is not a multiple of 64", "not a live memory"};
+    for (int mode = 1; mode <= 3; mode++) {
+        c.misbehave = mode;
+        REQUIRE_OK(ek_rt_create_ex(&rt, dev, &cfg));
+        REQUIRE_OK(ek_rt_load_model_data(rt, model_bytes, model_size));
+        ek_status_t got = ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, NULL, &l);
+        if (got == EK_OK)
+            got = ek_launch_wait(l, -1);
+        CHECK(got != EK_OK);
+        if (!strstr(ek_last_error(), expect[mode]))
+            ekt_report_failure(__FILE__, __LINE__, expect[mode]);
+        CHECK_OK(ek_rt_destroy(rt));
+    }
+    c.misbehave = 0;
+    CHECK_OK(ek_allocator_stats(a, &st));
+    CHECK(st.failures == 3 && st.live_blocks == 0);
+    CHECK(STATS(dev).allocations == 2); /* x and y: the misaligned answer was given back */
+    CHECK_OK(ek_allocator_destroy(a));
+    CHECK_STATUS(ek_allocator_destroy(a), EK_ERR_DOUBLE_FREE);
+    CHECK_STATUS(ek_rt_create_ex(&rt, dev, &cfg), EK_ERR_FREED_HANDLE);
+    CHECK_STATUS(ek_allocator_create(&a, NULL, NULL), EK_ERR_INVALID_ARG);
+    CHECK_OK(ek_free_device(dev, x.mem));
+    CHECK_OK(ek_free_device(dev, y.mem));
+    CHECK_OK(ekt_close(dev));
+}
+
+static void test_pool_allocator(void)
+{
+    ek_dev_t dev;
+    REQUIRE_OK(ekt_open(&dev, 0, 64 * MIB, EK_COHERENCE_DEFAULT));
+    ek_allocator_t pool, small;
+    REQUIRE_OK(ek_allocator_create_pool(&pool, dev, 4 * MIB));
+    REQUIRE_OK(ek_allocator_create_pool(&small, dev, 4096));
+    ek_heap_stats_t before = STATS(dev);
+    ek_rt_config_t cfg = {.allocator = pool};
+    ek_rt_t rt;
+    REQUIRE_OK(ek_rt_create_ex(&rt, dev, &cfg));
+    REQUIRE_OK(ek_rt_load_model_data(rt, model_bytes, model_size));
+    ek_tensor_t x, y;
+    big_tensors(dev, &x, &y, 3);
+    before = STATS(dev);
+    for (int i = 0; i < 50; i++) {
+        ek_launch_t l;
+        CHECK_OK(ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, NULL, &l));
+        CHECK_OK(ek_launch_wait(l, -1));
+    }
+    CHECK(check_big(dev, &y, 3));
+    CHECK(STATS(dev).allocations == before.allocations); /* the device heap is never asked */
+    ek_allocator_stats_t st;
+    CHECK_OK(ek_allocator_stats(pool, &st));
+    CHECK(st.capacity == 4 * MIB && st.allocations >= 1 && st.live_blocks >= 1 && st.runtimes == 1);
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_OK(ek_allocator_stats(pool, &st));
+    CHECK(st.live_blocks == 0 && st.bytes_in_use == 0 && st.peak_bytes >= 2 * BIG * 4);
+
+    /* Too small a pool: the launch fails, saying how full it is. */
+    cfg.allocator = small;
+    REQUIRE_OK(ek_rt_create_ex(&rt, dev, &cfg));
+    REQUIRE_OK(ek_rt_load_model_data(rt, model_bytes, model_size));
+    ek_launch_t l;
+    ek_status_t got = ek_rt_launch_tensor(rt, "big", &x, 1, &y, 1, true, NULL, &l);
+    if (got == EK_OK)
+        got = ek_launch_wait(l, -1);
+    CHECK(got == EK_ERR_OUT_OF_MEMORY);
+    CHECK_ERROR_MENTIONS("the pool allocator (4096 bytes");
+    CHECK_OK(ek_rt_destroy(rt));
+
+    /* A pool of another device. */
+    ek_dev_t dev1;
+    ek_allocator_t pool1;
+    if (CHECK_OK(ekt_open(&dev1, 1, 4 * MIB, EK_COHERENCE_DEFAULT))) {
+        if (CHECK_OK(ek_allocator_create_pool(&pool1, dev1, MIB))) {
+            cfg.allocator = pool1;
+            CHECK_STATUS(ek_rt_create_ex(&rt, dev, &cfg), EK_ERR_DEVICE_MISMATCH);
+            CHECK_ERROR_MENTIONS("pool on device 1");
+            CHECK_OK(ek_allocator_destroy(pool1));
+        }
+        CHECK_OK(ekt_close(dev1));
+    }
+    CHECK_STATUS(ek_allocator_create_pool(&pool1, dev, 0), EK_ERR_INVALID_ARG);
+    CHECK_STATUS(ek_allocator_create_pool(&pool1, dev, 1024 * MIB), EK_ERR_OUT_OF_MEMORY);
+    CHECK_OK(ek_allocator_destroy(pool));
+    CHECK_OK(ek_allocator_destroy(small));
+    CHECK(STATS(dev).allocations == 2); /* the pools' blocks went back: x and y remain */
+    CHECK_OK(ek_free_device(dev, x.mem));
+    CHECK_OK(ek_free_device(dev, y.mem));
+    CHECK_OK(ekt_close(dev));
+}
+
 int main(void)
 {
     ekt_init();
@@ -1088,6 +1420,10 @@ int main(void)
     RUN(test_threads_share_several_runtimes);
     RUN(test_destroy_waits_for_launches);
     RUN(test_strict_coherence);
+    RUN(test_stage_memory);
+    RUN(test_workspace_launches_allocate_nothing);
+    RUN(test_custom_allocator);
+    RUN(test_pool_allocator);
     free(model_bytes);
     return ek_test_summary();
 }

@@ -129,7 +129,9 @@ struct ek_exec {
     int want_threads; /* what the team was configured for */
     int threads;      /* the team's size: 1 + helpers started */
     uint64_t cpu_mask;
-    ek_mem_t arena;
+    ek_mem_t arena;      /* the intermediate tensors: at arena_offset of this memory */
+    size_t arena_offset;
+    bool arena_borrowed; /* a workspace's, the caller's memory; else the runtime allocated it */
     uint8_t *scratch;
     size_t scratch_stride;
     void **states; /* per op: the provider's state, or NULL for the portable kernel */
@@ -328,8 +330,8 @@ static void exec_free(struct ek_runtime *rt, struct ek_exec *exec) {
                 exec->provider->destroy(exec->states[i]);
         free(exec->states);
     }
-    if (exec->arena.id)
-        (void)ek_free_device(rt->dev, exec->arena);
+    if (exec->arena.id && !exec->arena_borrowed)
+        ek_rt_free(rt, exec->arena, exec->arena_offset);
     free(exec->scratch);
     free(exec->tensor_ptrs);
     free(exec->in_ptrs);
@@ -338,8 +340,19 @@ static void exec_free(struct ek_runtime *rt, struct ek_exec *exec) {
     free(exec);
 }
 
-static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, struct ek_stage *stage,
-                               struct ek_exec **out) {
+ek_status_t ek_engine_workspace_bytes(const struct ek_network *net, const struct ek_stage *stage, size_t *bytes) {
+    if (stage->arena_size > SIZE_MAX - 2 * ALIGN - ARENA_SLACK)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "network '%s': arena of %zu bytes is too large", net->info.name,
+                       stage->arena_size);
+    /* Rounded up to the alignment, at least one block, plus the slack. */
+    size_t arena = (stage->arena_size + ALIGN - 1) / ALIGN * ALIGN;
+    *bytes = (arena < ALIGN ? ALIGN : arena) + ARENA_SLACK;
+    return EK_OK;
+}
+
+/* A context whose arena is `mem` at `offset` (a workspace's), or one the runtime allocates (mem {0}). */
+static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, struct ek_stage *stage, ek_mem_t mem,
+                               size_t offset, struct ek_exec **out) {
     struct ek_exec *exec = calloc(1, sizeof *exec);
     if (!exec)
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for an execution context of network '%s'",
@@ -367,20 +380,18 @@ static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, st
         goto fail;
     }
 
-    /* The arena: its size rounded up to the alignment, at least one block, plus the slack. */
-    if (stage->arena_size > SIZE_MAX - 2 * ALIGN - ARENA_SLACK) {
-        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "network '%s': arena of %zu bytes is too large", net->info.name,
-                         stage->arena_size);
+    size_t arena = 0;
+    if ((status = ek_engine_workspace_bytes(net, stage, &arena)) != EK_OK)
         goto fail;
-    }
-    size_t arena = (stage->arena_size + ALIGN - 1) / ALIGN * ALIGN;
-    if (arena < ALIGN)
-        arena = ALIGN;
-    if ((status = ek_malloc_device(rt->dev, &exec->arena, arena + ARENA_SLACK)) != EK_OK) {
+    if (mem.id) {
+        exec->arena = mem;
+        exec->arena_offset = offset;
+        exec->arena_borrowed = true;
+    } else if ((status = ek_rt_alloc(rt, arena, &exec->arena, &exec->arena_offset)) != EK_OK) {
         char why[400];
         snprintf(why, sizeof why, "%s", ek_last_error());
-        status = ek_fail(status, "network '%s': no device memory for its %zu-byte arena: %s", net->info.name, arena,
-                         why);
+        status = ek_fail(status, "network '%s': no device memory for its %zu-byte workspace: %s", net->info.name,
+                         arena, why);
         goto fail;
     }
 
@@ -503,7 +514,7 @@ static ek_status_t exec_acquire(struct ek_runtime *rt, struct ek_network *net, s
     }
     pthread_mutex_unlock(&rt->lock);
     if (!exec) {
-        ek_status_t status = exec_create(rt, net, stage, &exec);
+        ek_status_t status = exec_create(rt, net, stage, (ek_mem_t){0}, 0, &exec);
         if (status != EK_OK)
             return status;
         pthread_mutex_lock(&rt->lock);
@@ -519,6 +530,13 @@ static ek_status_t exec_acquire(struct ek_runtime *rt, struct ek_network *net, s
     *out = exec;
     return EK_OK;
 }
+
+ek_status_t ek_engine_exec_create_in(struct ek_runtime *rt, struct ek_network *net, struct ek_stage *stage,
+                                     ek_mem_t mem, size_t offset, struct ek_exec **exec) {
+    return exec_create(rt, net, stage, mem, offset, exec);
+}
+
+void ek_engine_exec_free(struct ek_runtime *rt, struct ek_exec *exec) { exec_free(rt, exec); }
 
 void ek_engine_release_stage(struct ek_runtime *rt, struct ek_stage *stage) {
     struct ek_stage_engine *pool = stage->engine;
@@ -571,11 +589,22 @@ static ek_status_t resolve_memories(struct ek_device *device, struct ek_launch_r
         exec->io_recs[i] = mem;
     }
     void *obj;
-    ek_status_t status = ek_handle_get(exec->arena.id, EK_HANDLE_MEMORY, &obj, NULL);
+    int owner;
+    ek_status_t status = ek_handle_get(exec->arena.id, EK_HANDLE_MEMORY, &obj, &owner);
+    if (status != EK_OK && exec->arena_borrowed)
+        return ek_fail(EK_ERR_FREED_HANDLE, "network '%s': the memory of its workspace (0x%016" PRIx64 ") was freed "
+                       "before the launch ran; destroy the workspace before freeing its memory", info->name,
+                       exec->arena.id);
     if (status != EK_OK)
-        return ek_fail(EK_ERR_INTERNAL, "network '%s': its arena memory 0x%016" PRIx64 " was freed by someone else",
-                       info->name, exec->arena.id);
-    *arena = device->pool.base + ((struct ek_mem_rec *)obj)->offset;
+        return ek_fail(EK_ERR_INTERNAL, "network '%s': its workspace memory 0x%016" PRIx64 " was freed by someone "
+                       "else", info->name, exec->arena.id);
+    const struct ek_mem_rec *mem = obj;
+    size_t need = 0;
+    (void)ek_engine_workspace_bytes(rec->net, rec->stage, &need);
+    if (owner != device->index || exec->arena_offset > mem->size || need > mem->size - exec->arena_offset)
+        return ek_fail(EK_ERR_INTERNAL, "network '%s': its workspace memory 0x%016" PRIx64 " changed", info->name,
+                       exec->arena.id);
+    *arena = device->pool.base + mem->offset + exec->arena_offset;
     return EK_OK;
 }
 
@@ -800,7 +829,13 @@ static void execute(struct ek_launch_rec *rec) {
         while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
         }
     }
-    ek_status_t status = exec_acquire(rt, rec->net, rec->stage, threads, rec->cpu_mask, &exec);
+    ek_status_t status;
+    if (rec->workspace) {
+        exec = rec->workspace->exec;
+        status = exec_configure(exec, rec->net, threads, rec->cpu_mask);
+    } else {
+        status = exec_acquire(rt, rec->net, rec->stage, threads, rec->cpu_mask, &exec);
+    }
     if (profile) {
         t_ready = ek_now_ns();
         ek_profiler_span(profile, EK_PROFILE_REQUEST_INIT, rec->net->info.name, stage_index, rec->profile_launch,
@@ -811,10 +846,14 @@ static void execute(struct ek_launch_rec *rec) {
         status = exec_run(rec, exec);
         if (status != EK_OK)
             snprintf(rec->error, sizeof rec->error, "%s", ek_last_error());
-        exec_release(rt, exec);
+        if (!rec->workspace)
+            exec_release(rt, exec);
     } else {
         snprintf(rec->error, sizeof rec->error, "%s", ek_last_error());
     }
+    /* Free for the next launch before on_done, which may start it (or its waiter, at once after). */
+    if (rec->workspace)
+        atomic_store(&rec->workspace->busy, false);
     if (profile) {
         ek_profile_record_t r;
         memset(&r, 0, sizeof r);
@@ -939,6 +978,8 @@ ek_status_t ek_launch_new(struct ek_runtime *rt, int n_in, int n_out, bool with_
 
 void ek_launch_discard(struct ek_launch_rec *rec) {
     struct ek_runtime *rt = rec->rt;
+    if (rec->workspace)
+        atomic_store(&rec->workspace->busy, false);
     pthread_mutex_lock(&launch_lock);
     if (rec->handle)
         ek_handle_retire(rec->handle, EK_HANDLE_LAUNCH);

@@ -5,6 +5,7 @@
 #define EDGEKIT_ENGINE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,6 +43,8 @@ struct ek_runtime {
     /* Test hook: every launch sleeps this long before it runs (EDGEKIT_TEST_SLOW_LAUNCH_MS, with
      * EDGEKIT_TEST_HOOKS=1); 0 otherwise. */
     int test_slow_launch_ms;
+    struct ek_allocator_obj *allocator; /* NULL: the device heap */
+    struct ek_workspace_rec *workspaces; /* the runtime's workspaces (under `lock`) */
 };
 
 /* A launch's default threads: EDGEKIT_THREADS, else the CPUs this process may use, at most 8. */
@@ -51,7 +54,34 @@ ek_status_t ek_default_threads(int *threads);
 void ek_runtime_ref(struct ek_runtime *rt);
 void ek_runtime_unref(struct ek_runtime *rt);
 
+/* ---- allocator.c ---- */
+struct ek_allocator_obj;
+/* A runtime's reference to its allocator (config.allocator), which makes ek_allocator_destroy refuse. */
+ek_status_t ek_allocator_attach(ek_allocator_t handle, int device_index, struct ek_allocator_obj **a);
+void ek_allocator_detach(struct ek_allocator_obj *a);
+/* Every device allocation of a runtime: through its allocator, else the device heap (offset 0). */
+ek_status_t ek_rt_alloc(struct ek_runtime *rt, size_t size, ek_mem_t *mem, size_t *offset);
+void ek_rt_free(struct ek_runtime *rt, ek_mem_t mem, size_t offset);
+
 /* ---- engine.c ---- */
+struct ek_exec;
+/* A workspace (ek_rt_workspace_create): an execution context over the caller's memory. */
+struct ek_workspace_rec {
+    uint64_t handle;
+    struct ek_runtime *rt;
+    struct ek_network *net;
+    struct ek_stage *stage;
+    struct ek_exec *exec;
+    _Atomic bool busy; /* a launch runs in it */
+    struct ek_workspace_rec *next;
+};
+/* The size of a stage's workspace: its arena rounded up, plus the slack kernels may read past it. */
+ek_status_t ek_engine_workspace_bytes(const struct ek_network *net, const struct ek_stage *stage, size_t *bytes);
+/* An execution context for `stage` whose arena is [offset, offset + size) of `mem` (checked by the caller). */
+ek_status_t ek_engine_exec_create_in(struct ek_runtime *rt, struct ek_network *net, struct ek_stage *stage,
+                                     ek_mem_t mem, size_t offset, struct ek_exec **exec);
+void ek_engine_exec_free(struct ek_runtime *rt, struct ek_exec *exec);
+
 struct ek_launch_rec {
     uint64_t handle; /* 0: handle-less, its error goes to ek_dev_sync */
     struct ek_runtime *rt;
@@ -68,6 +98,7 @@ struct ek_launch_rec {
     uint64_t submit_ns;          /* when it was queued (profiled launches) */
     uint64_t caller_thread;      /* who queued it (profiled launches) */
     char *dump_dir;              /* owned; NULL: no dump */
+    struct ek_workspace_rec *workspace; /* run in it (its busy flag set by the launch); NULL: the pool */
     /* completion, under the engine's launch lock */
     ek_status_t status;
     char error[512];

@@ -48,7 +48,8 @@ static const char *kind_name(unsigned kind) {
     }
     return kind == EK_HANDLE_DEVICE ? "device" : kind == EK_HANDLE_MEMORY ? "memory"
          : kind == EK_HANDLE_RUNTIME ? "runtime" : kind == EK_HANDLE_LAUNCH ? "launch"
-         : kind == EK_HANDLE_PROFILE ? "profile" : "unknown";
+         : kind == EK_HANDLE_PROFILE ? "profile" : kind == EK_HANDLE_ALLOCATOR ? "allocator"
+         : kind == EK_HANDLE_WORKSPACE ? "workspace" : "unknown";
 }
 
 uint64_t ek_handle_new(enum ek_handle_kind kind, void *obj, int owner) {

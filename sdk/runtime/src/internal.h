@@ -22,7 +22,7 @@ ek_status_t ek_fail(ek_status_t status, const char *fmt, ...) EK_PRINTF(2, 3);
 
 /* ---- handles.c: generation-checked handles, so stale and forged ones are errors ---- */
 enum ek_handle_kind { EK_HANDLE_DEVICE = 1, EK_HANDLE_MEMORY = 2, EK_HANDLE_RUNTIME = 3, EK_HANDLE_LAUNCH = 4,
-                      EK_HANDLE_PROFILE = 5,
+                      EK_HANDLE_PROFILE = 5, EK_HANDLE_ALLOCATOR = 6, EK_HANDLE_WORKSPACE = 7,
                       /* or'ed into a kind for the objects of remote devices (remote_client.c) */
                       EK_HANDLE_REMOTE = 0x80 };
 /* A handle of a remote device's object: the kind's top bit, so the public calls test it without a lookup. */

@@ -2207,6 +2207,9 @@ static ek_status_t launch_extras(const ek_launch_options_t *options, const struc
     *flags = 0;
     if (!options)
         return EK_OK;
+    if (options->workspace.id)
+        return ek_fail(EK_ERR_UNSUPPORTED, "launch options: workspace: a remote runtime manages its memory on the "
+                       "board; workspaces are for local runtimes");
     ek_status_t status;
     if (options->dump_dir) {
         if ((status = ek_make_dir(options->dump_dir, "dump")) != EK_OK)

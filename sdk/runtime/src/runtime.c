@@ -135,9 +135,13 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
         if (config && (config->threads < 0 || config->threads > EK_MAX_LAUNCH_THREADS))
             return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_create: threads %d is outside 0 .. %d", config->threads,
                            EK_MAX_LAUNCH_THREADS);
+        if (config && config->allocator.id)
+            return ek_fail(EK_ERR_UNSUPPORTED, "ek_rt_create: a remote runtime allocates on the board, where the "
+                           "host's allocator cannot run; allocators are for local runtimes (run the program on the "
+                           "board to use one)");
         return ek_rc_rt_create(handle, dev, config);
     }
-    ek_rt_config_t cfg = config ? *config : (ek_rt_config_t){EK_KERNELS_DEFAULT, 0};
+    ek_rt_config_t cfg = config ? *config : (ek_rt_config_t){.kernels = EK_KERNELS_DEFAULT};
     if (cfg.threads < 0 || cfg.threads > EK_MAX_LAUNCH_THREADS)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_create: threads %d is outside 0 .. %d", cfg.threads,
                        EK_MAX_LAUNCH_THREADS);
@@ -155,7 +159,12 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
     struct ek_runtime *rt = calloc(1, sizeof *rt);
     if (!rt)
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a runtime");
+    if (cfg.allocator.id && (status = ek_allocator_attach(cfg.allocator, id, &rt->allocator)) != EK_OK) {
+        free(rt);
+        return status;
+    }
     if ((status = ek_dev_request(&rt->dev, id)) != EK_OK) {
+        ek_allocator_detach(rt->allocator);
         free(rt);
         return status;
     }
@@ -181,6 +190,7 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
     rt->threads = threads;
     pthread_mutex_init(&rt->lock, NULL);
     if (!(rt->handle = ek_handle_new(EK_HANDLE_RUNTIME, rt, id))) {
+        ek_allocator_detach(rt->allocator);
         ek_dev_free(rt->dev);
         pthread_mutex_destroy(&rt->lock);
         free(rt);
@@ -210,8 +220,17 @@ ek_status_t ek_rt_destroy(ek_rt_t handle) {
     /* Wait for the calls in progress and every queued or running launch. */
     while (rt->users > 0)
         pthread_cond_wait(&released, &table_lock);
+    /* Under the lock, so a concurrent ek_workspace_destroy sees them retired or the runtime busy. */
+    for (struct ek_workspace_rec *ws = rt->workspaces; ws; ws = ws->next)
+        ek_handle_retire(ws->handle, EK_HANDLE_WORKSPACE);
     pthread_mutex_unlock(&table_lock);
 
+    while (rt->workspaces) {
+        struct ek_workspace_rec *ws = rt->workspaces;
+        rt->workspaces = ws->next;
+        ek_engine_exec_free(rt, ws->exec);
+        free(ws);
+    }
     for (int i = 0; i < rt->network_count; i++) {
         struct ek_network *net = rt->networks[i];
         for (int s = 0; s < net->info.stage_count; s++)
@@ -221,6 +240,7 @@ ek_status_t ek_rt_destroy(ek_rt_t handle) {
         ek_model_free(rt->models[i]);
     free(rt->models);
     free(rt->networks);
+    ek_allocator_detach(rt->allocator);
     ek_dev_free(rt->dev);
     pthread_mutex_destroy(&rt->lock);
     free(rt->test_corrupt_op);
@@ -517,6 +537,74 @@ static bool overlap(const ek_tensor_t *a, size_t an, const ek_tensor_t *b, size_
     return a->mem.id == b->mem.id && a->offset < b->offset + bn && b->offset < a->offset + an;
 }
 
+/* The memories of a launch: valid, on this device, large enough; outputs overlap nothing else. */
+static ek_status_t check_launch_memory(struct ek_runtime *rt, const struct ek_network *net,
+                                       const struct ek_stage *stage, const ek_tensor_t *inputs, int input_count,
+                                       const ek_tensor_t *outputs, int output_count, bool user_mem) {
+    const ek_net_info_t *info = &net->info;
+    ek_status_t status;
+    struct ek_device *device;
+    if ((status = ek_device_lock(rt->dev, false, &device)) != EK_OK)
+        return status;
+    status = EK_OK;
+    for (int i = 0; i < input_count && status == EK_OK; i++)
+        status = check_memory(device, net, "input", info->inputs[i].name, &inputs[i], stage->input_tensors[i]->nbytes,
+                              info->inputs[i].dtype);
+    for (int i = 0; user_mem && i < output_count && status == EK_OK; i++) {
+        size_t n = stage->output_tensors[i]->nbytes;
+        status = check_memory(device, net, "output", info->outputs[i].name, &outputs[i], n, info->outputs[i].dtype);
+        for (int j = 0; j < input_count && status == EK_OK; j++)
+            if (overlap(&outputs[i], n, &inputs[j], stage->input_tensors[j]->nbytes))
+                status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': output '%s' overlaps input '%s' in memory "
+                                 "0x%016" PRIx64, info->name, info->outputs[i].name, info->inputs[j].name,
+                                 outputs[i].mem.id);
+        for (int j = 0; j < i && status == EK_OK; j++)
+            if (overlap(&outputs[i], n, &outputs[j], stage->output_tensors[j]->nbytes))
+                status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': outputs '%s' and '%s' overlap in memory "
+                                 "0x%016" PRIx64, info->name, info->outputs[j].name, info->outputs[i].name,
+                                 outputs[i].mem.id);
+    }
+    ek_device_unlock(device);
+    return status;
+}
+
+/* Take workspace `handle` for a launch of `net` in stage `s`: EK_ERR_BUSY while another launch runs in it. */
+static ek_status_t claim_workspace(struct ek_runtime *rt, ek_workspace_t handle, const struct ek_network *net, int s,
+                                   bool user_mem, struct ek_workspace_rec **out) {
+    if (!user_mem)
+        return ek_fail(EK_ERR_INVALID_ARG, "launch of network '%s' in a workspace: give the outputs' memory "
+                       "(user_mem): a launch in a workspace allocates nothing", net->info.name);
+    pthread_mutex_lock(&rt->lock); /* against ek_workspace_destroy */
+    void *obj = NULL;
+    ek_status_t status = ek_handle_get(handle.id, EK_HANDLE_WORKSPACE, &obj, NULL);
+    struct ek_workspace_rec *ws = obj;
+    if (status != EK_OK) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", ek_last_error());
+        status = ek_fail(status, "launch options: workspace: %s", why);
+    } else if (ws->rt != rt) {
+        status = ek_fail(EK_ERR_INVALID_ARG, "launch options: workspace 0x%016" PRIx64 " belongs to another runtime",
+                         handle.id);
+    } else if (ws->net != net || ws->stage != &net->stages[s]) {
+        status = ek_fail(EK_ERR_INVALID_ARG, "launch options: workspace 0x%016" PRIx64 " is for network '%s' stage %d; "
+                         "this launch is of network '%s' stage %d (its inputs' shapes)", handle.id, ws->net->info.name,
+                         (int)(ws->stage - ws->net->stages), net->info.name, s);
+    } else if (atomic_exchange(&ws->busy, true)) {
+        status = ek_fail(EK_ERR_BUSY, "launch options: workspace 0x%016" PRIx64 " of network '%s' is running a launch "
+                         "still: wait for it first; concurrent launches each need their own workspace",
+                         handle.id, net->info.name);
+    } else {
+        *out = ws;
+    }
+    pthread_mutex_unlock(&rt->lock);
+    return status;
+}
+
+static void release_workspace(struct ek_workspace_rec *ws) {
+    if (ws)
+        atomic_store(&ws->busy, false);
+}
+
 /* Validate and queue a launch on an acquired runtime. `sync_caller`: ek_rt_launch_data. */
 static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_tensor_t *inputs, int input_count,
                           ek_tensor_t *outputs, int output_count, bool user_mem, const ek_launch_options_t *options,
@@ -553,39 +641,27 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     if (status != EK_OK)
         return status;
     struct ek_stage *stage = &net->stages[s];
-
-    /* The memories: valid, on this device, large enough; outputs overlap nothing else. */
-    struct ek_device *device;
-    if ((status = ek_device_lock(rt->dev, false, &device)) != EK_OK)
+    struct ek_workspace_rec *ws = NULL;
+    if (options && options->workspace.id && (status = claim_workspace(rt, options->workspace, net, s, user_mem,
+                                                                      &ws)) != EK_OK)
         return status;
-    for (int i = 0; i < input_count && status == EK_OK; i++)
-        status = check_memory(device, net, "input", info->inputs[i].name, &inputs[i], stage->input_tensors[i]->nbytes,
-                              info->inputs[i].dtype);
-    for (int i = 0; user_mem && i < output_count && status == EK_OK; i++) {
-        size_t n = stage->output_tensors[i]->nbytes;
-        status = check_memory(device, net, "output", info->outputs[i].name, &outputs[i], n, info->outputs[i].dtype);
-        for (int j = 0; j < input_count && status == EK_OK; j++)
-            if (overlap(&outputs[i], n, &inputs[j], stage->input_tensors[j]->nbytes))
-                status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': output '%s' overlaps input '%s' in memory "
-                                 "0x%016" PRIx64, info->name, info->outputs[i].name, info->inputs[j].name,
-                                 outputs[i].mem.id);
-        for (int j = 0; j < i && status == EK_OK; j++)
-            if (overlap(&outputs[i], n, &outputs[j], stage->output_tensors[j]->nbytes))
-                status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': outputs '%s' and '%s' overlap in memory "
-                                 "0x%016" PRIx64, info->name, info->outputs[j].name, info->outputs[i].name,
-                                 outputs[i].mem.id);
+    /* From here on every failure gives the workspace back (ek_launch_discard does once it is the record's). */
+    if ((status = check_launch_memory(rt, net, stage, inputs, input_count, outputs, output_count, user_mem)) != EK_OK) {
+        release_workspace(ws);
+        return status;
     }
-    ek_device_unlock(device);
-    if (status != EK_OK)
-        return status;
-
     /* A dump directory that cannot be written fails here, before anything runs. */
-    if (options && options->dump_dir && (status = ek_make_dir(options->dump_dir, "dump")) != EK_OK)
+    if (options && options->dump_dir && (status = ek_make_dir(options->dump_dir, "dump")) != EK_OK) {
+        release_workspace(ws);
         return status;
+    }
 
     struct ek_launch_rec *rec;
-    if ((status = ek_launch_new(rt, input_count, output_count, launch_out != NULL, &rec)) != EK_OK)
+    if ((status = ek_launch_new(rt, input_count, output_count, launch_out != NULL, &rec)) != EK_OK) {
+        release_workspace(ws);
         return status;
+    }
+    rec->workspace = ws;
     rec->net = net;
     rec->stage = stage;
     rec->threads = threads;
@@ -617,14 +693,13 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
             t->mem = outputs[i].mem;
             t->offset = outputs[i].offset;
         } else {
-            if ((status = ek_malloc_device(rt->dev, &t->mem, desc->nbytes)) != EK_OK) {
+            if ((status = ek_rt_alloc(rt, desc->nbytes, &t->mem, &t->offset)) != EK_OK) {
                 char why[300];
                 snprintf(why, sizeof why, "%s", ek_last_error());
                 status = ek_fail(status, "network '%s': no device memory for output '%s': %s", info->name,
                                  info->outputs[i].name, why);
                 break;
             }
-            t->offset = 0;
             allocated++;
         }
         t->dtype = desc->dtype;
@@ -635,7 +710,7 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
         status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
     if (status != EK_OK) {
         for (int i = 0; i < allocated; i++)
-            ek_free_device(rt->dev, rec->tensors[input_count + i].mem);
+            ek_rt_free(rt, rec->tensors[input_count + i].mem, rec->tensors[input_count + i].offset);
         ek_launch_discard(rec);
         return status;
     }
@@ -646,7 +721,7 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
         rec->submit_ns = ek_now_ns();
     if ((status = ek_launch_submit(rec, sync_caller)) != EK_OK) {
         for (int i = 0; i < allocated; i++)
-            ek_free_device(rt->dev, out_copy[i].mem);
+            ek_rt_free(rt, out_copy[i].mem, out_copy[i].offset);
         free(out_copy);
         return status;
     }
@@ -748,9 +823,9 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
         ek_tensor_t *t = &tensors[staged];
         t->dtype = info->inputs[staged].dtype;
         t->shape = input_shapes[staged];
-        if ((status = ek_malloc_device(rt->dev, &t->mem, desc->nbytes)) != EK_OK)
+        if ((status = ek_rt_alloc(rt, desc->nbytes, &t->mem, &t->offset)) != EK_OK)
             break;
-        if ((status = ek_memcpy_s2d_partial(rt->dev, t->mem, inputs[staged], desc->nbytes)) != EK_OK) {
+        if ((status = ek_memcpy_s2d_partial_offset(rt->dev, t->mem, inputs[staged], desc->nbytes, t->offset)) != EK_OK) {
             staged++; /* allocated: free it below */
             break;
         }
@@ -772,7 +847,8 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     moved = 0;
     for (int i = 0; launched && i < output_count; i++) {
         if (status == EK_OK)
-            status = ek_memcpy_d2s_partial(rt->dev, outputs[i], outs[i].mem, stage->output_tensors[i]->nbytes);
+            status = ek_memcpy_d2s_partial_offset(rt->dev, outputs[i], outs[i].mem, stage->output_tensors[i]->nbytes,
+                                                  outs[i].offset);
         if (status == EK_OK) {
             output_shapes[i] = outs[i].shape;
             moved += stage->output_tensors[i]->nbytes;
@@ -785,10 +861,10 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     char why[512];
     snprintf(why, sizeof why, "%s", ek_last_error());
     for (int i = 0; launched && i < output_count; i++)
-        ek_free_device(rt->dev, outs[i].mem);
+        ek_rt_free(rt, outs[i].mem, outs[i].offset);
     for (int i = 0; i < staged; i++)
         if (tensors[i].mem.id)
-            ek_free_device(rt->dev, tensors[i].mem);
+            ek_rt_free(rt, tensors[i].mem, tensors[i].offset);
     free(tensors);
     if (status != EK_OK)
         ek_fail(status, "%s", why);
@@ -796,4 +872,156 @@ done:
     ek_profiler_release(profile);
     ek_runtime_unref(rt);
     return status;
+}
+
+/* ---- the static memory strategy: stage sizes and workspaces ---- */
+
+static ek_status_t find_stage(struct ek_runtime *rt, const char *net_name, int stage, struct ek_network **net,
+                              const char *call) {
+    ek_status_t status = find_network(rt, net_name, net);
+    if (status != EK_OK)
+        return status;
+    if (stage < 0 || stage >= (*net)->info.stage_count)
+        return ek_fail(EK_ERR_INVALID_ARG, "%s: network '%s' has stage%s 0 .. %d, not %d", call, (*net)->info.name,
+                       (*net)->info.stage_count == 1 ? "" : "s", (*net)->info.stage_count - 1, stage);
+    return EK_OK;
+}
+
+ek_status_t ek_rt_stage_memory(ek_rt_t handle, const char *net_name, int stage, ek_stage_memory_t *memory) {
+    if (!memory)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_stage_memory: memory is NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_fail(EK_ERR_UNSUPPORTED, "ek_rt_stage_memory: a remote runtime manages its memory on the board; "
+                       "workspaces are for local runtimes");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    struct ek_network *net;
+    if ((status = find_stage(rt, net_name, stage, &net, "ek_rt_stage_memory")) == EK_OK) {
+        const struct ek_stage *st = &net->stages[stage];
+        memset(memory, 0, sizeof *memory);
+        for (uint32_t t = 0; t < st->tensor_count; t++)
+            if (st->tensors[t].storage == EK_STORAGE_CONSTANT)
+                memory->constant_bytes += st->tensors[t].nbytes; /* each within the file: no overflow */
+        memory->alignment = EK_CACHE_LINE;
+        status = ek_engine_workspace_bytes(net, st, &memory->workspace_bytes);
+    }
+    ek_runtime_unref(rt);
+    return status;
+}
+
+ek_status_t ek_rt_workspace_create(ek_rt_t handle, const char *net_name, int stage, ek_mem_t mem, size_t offset,
+                                   size_t size, ek_workspace_t *workspace) {
+    if (!workspace)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_workspace_create: workspace is NULL");
+    workspace->id = 0;
+    if (EK_IS_REMOTE(handle.id))
+        return ek_fail(EK_ERR_UNSUPPORTED, "ek_rt_workspace_create: a remote runtime manages its memory on the "
+                       "board; workspaces are for local runtimes");
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    struct ek_network *net;
+    size_t need = 0;
+    if ((status = find_stage(rt, net_name, stage, &net, "ek_rt_workspace_create")) != EK_OK ||
+        (status = ek_engine_workspace_bytes(net, &net->stages[stage], &need)) != EK_OK)
+        goto done;
+    if (size < need) {
+        status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_workspace_create: network '%s' stage %d needs a %zu-byte "
+                         "workspace (ek_rt_stage_memory); %zu bytes given", net->info.name, stage, need, size);
+        goto done;
+    }
+    if (offset % EK_CACHE_LINE) {
+        status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_workspace_create: offset %zu is not a multiple of %d", offset,
+                         EK_CACHE_LINE);
+        goto done;
+    }
+    /* The memory: live, on this device, holding [offset, offset + size). */
+    struct ek_device *device;
+    if ((status = ek_device_lock(rt->dev, false, &device)) != EK_OK)
+        goto done;
+    void *obj;
+    int owner;
+    if (EK_IS_REMOTE(mem.id) || (status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner)) != EK_OK) {
+        status = ek_fail(EK_IS_REMOTE(mem.id) ? EK_ERR_DEVICE_MISMATCH : status, "ek_rt_workspace_create: memory "
+                         "0x%016" PRIx64 " is not a live memory of device %d", mem.id, device->index);
+    } else if (owner != device->index) {
+        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "ek_rt_workspace_create: memory 0x%016" PRIx64 " is on device %d, "
+                         "the runtime on device %d", mem.id, owner, device->index);
+    } else if (offset > ((struct ek_mem_rec *)obj)->size || size > ((struct ek_mem_rec *)obj)->size - offset) {
+        status = ek_fail(EK_ERR_OUT_OF_RANGE, "ek_rt_workspace_create: %zu bytes at offset %zu go past the end of "
+                         "memory 0x%016" PRIx64 " (%zu bytes)", size, offset, mem.id, ((struct ek_mem_rec *)obj)->size);
+    }
+    ek_device_unlock(device);
+    if (status != EK_OK)
+        goto done;
+
+    struct ek_workspace_rec *ws = calloc(1, sizeof *ws);
+    if (!ws) {
+        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a workspace");
+        goto done;
+    }
+    ws->rt = rt;
+    ws->net = net;
+    ws->stage = &net->stages[stage];
+    atomic_init(&ws->busy, false);
+    if ((status = ek_engine_exec_create_in(rt, net, ws->stage, mem, offset, &ws->exec)) != EK_OK) {
+        free(ws);
+        goto done;
+    }
+    if (!(ws->handle = ek_handle_new(EK_HANDLE_WORKSPACE, ws, rt->device_index))) {
+        ek_engine_exec_free(rt, ws->exec);
+        free(ws);
+        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no room for another workspace handle");
+        goto done;
+    }
+    pthread_mutex_lock(&rt->lock);
+    ws->next = rt->workspaces;
+    rt->workspaces = ws;
+    pthread_mutex_unlock(&rt->lock);
+    workspace->id = ws->handle;
+done:
+    ek_runtime_unref(rt);
+    return status;
+}
+
+ek_status_t ek_workspace_destroy(ek_workspace_t handle) {
+    /* The runtime table lock: its ek_rt_destroy retires workspaces under it, so a live workspace here
+     * has a runtime that is either live (referenced now, so it stays) or being destroyed. */
+    pthread_mutex_lock(&table_lock);
+    void *obj;
+    ek_status_t status = ek_handle_lookup(handle.id, EK_HANDLE_WORKSPACE, true, &obj, NULL);
+    if (status != EK_OK) {
+        pthread_mutex_unlock(&table_lock);
+        return status;
+    }
+    struct ek_workspace_rec *ws = obj;
+    struct ek_runtime *rt = ws->rt;
+    if (ek_handle_get(rt->handle, EK_HANDLE_RUNTIME, NULL, NULL) != EK_OK) {
+        pthread_mutex_unlock(&table_lock);
+        return ek_fail(EK_ERR_BUSY, "ek_workspace_destroy: its runtime is being destroyed, which destroys the "
+                       "workspace too");
+    }
+    rt->users++;
+    pthread_mutex_unlock(&table_lock);
+
+    pthread_mutex_lock(&rt->lock);
+    if (atomic_load(&ws->busy)) {
+        pthread_mutex_unlock(&rt->lock);
+        ek_runtime_unref(rt);
+        return ek_fail(EK_ERR_BUSY, "ek_workspace_destroy: a launch of network '%s' runs in workspace 0x%016" PRIx64
+                       "; wait for it first", ws->net->info.name, handle.id);
+    }
+    ek_handle_retire(handle.id, EK_HANDLE_WORKSPACE);
+    struct ek_workspace_rec **p = &rt->workspaces;
+    while (*p != ws)
+        p = &(*p)->next;
+    *p = ws->next;
+    pthread_mutex_unlock(&rt->lock);
+    ek_engine_exec_free(rt, ws->exec);
+    free(ws);
+    ek_runtime_unref(rt);
+    return EK_OK;
 }

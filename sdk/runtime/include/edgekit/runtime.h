@@ -65,12 +65,67 @@ typedef enum ek_kernels {
     EK_KERNELS_XNNPACK = 3   /* like AUTO, but a missing XNNPACK provider is an error (EK_ERR_UNSUPPORTED) */
 } ek_kernels_t;
 
+/* ---- memory strategies (docs/memory.md, "Inference memory"): where a runtime's device memory comes from ----
+ * By default a runtime allocates on its device's heap: each execution context's workspace (the
+ * intermediate tensors of one launch at a time; made on first use, then reused), outputs of launches
+ * without user_mem, and ek_rt_launch_data's staging copies.
+ *   dynamic: an allocator (ek_rt_config_t.allocator) through which all of those go;
+ *   static:  a workspace (ek_rt_workspace_create) that the caller sizes and allocates once per
+ *            request; launches in it (ek_launch_options_t.workspace) allocate nothing. */
+
+/* An allocator; checked on every call like the other handles. */
+typedef struct ek_allocator {
+    uint64_t id;
+} ek_allocator_t;
+
+/* A caller's allocator (MagicMind's IAllocator): device memory on the runtime's device, as (memory,
+ * offset) pairs, so it may hand out parts of larger blocks. Called from any thread (the device
+ * workers' included), one call at a time per allocator. */
+typedef struct ek_allocator_ops {
+    /* `size` bytes (> 0) on device `dev` at an offset that is a multiple of `alignment` (a power of
+     * two); on failure return another status than EK_OK (EK_ERR_OUT_OF_MEMORY), which the runtime
+     * reports with what it asked for. It checks what it gets back (a live memory of that device,
+     * large enough, aligned) before using it. */
+    ek_status_t (*alloc)(void *user_data, ek_dev_t dev, size_t size, size_t alignment, ek_mem_t *mem,
+                         size_t *offset);
+    /* Take back what alloc returned (exactly once per block). */
+    void (*free)(void *user_data, ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size);
+} ek_allocator_ops_t;
+
+typedef struct ek_allocator_stats {
+    uint64_t allocations;  /* successful allocations, ever */
+    uint64_t frees;        /* blocks given back, ever */
+    uint64_t failures;     /* allocations refused (out of memory, or a custom allocator's unusable answer) */
+    size_t live_blocks;    /* allocations - frees */
+    size_t bytes_in_use;   /* bytes of the live blocks, as requested */
+    size_t peak_bytes;     /* the most bytes_in_use has been */
+    size_t capacity;       /* a pool: its size; a custom allocator: 0 */
+    int runtimes;          /* runtimes created with it and not destroyed yet */
+} ek_allocator_stats_t;
+
+/* An allocator that calls `ops` with `user_data` (which must outlive it). */
+EK_API ek_status_t ek_allocator_create(ek_allocator_t *allocator, const ek_allocator_ops_t *ops, void *user_data);
+/* A pool: one `capacity`-byte block of device `dev`'s heap, taken now, handed out in parts (best fit,
+ * 64-byte aligned), so a runtime's allocations never reach the device heap and its peak is bounded. */
+EK_API ek_status_t ek_allocator_create_pool(ek_allocator_t *allocator, ek_dev_t dev, size_t capacity);
+/* EK_ERR_BUSY, naming what still uses it, while a runtime created with it exists or a block it gave
+ * out is live (an output of a launch without user_mem not given back with ek_allocator_free): destroy
+ * the runtimes first. A pool gives its block back to the device heap. */
+EK_API ek_status_t ek_allocator_destroy(ek_allocator_t allocator);
+EK_API ek_status_t ek_allocator_stats(ek_allocator_t allocator, ek_allocator_stats_t *stats);
+/* Give back an output a launch without user_mem allocated through `allocator` (outputs[i].mem and
+ * .offset). A block it did not give out, or gave back already, is an error and changes nothing. */
+EK_API ek_status_t ek_allocator_free(ek_allocator_t allocator, ek_mem_t mem, size_t offset);
+
 typedef struct ek_rt_config {
     ek_kernels_t kernels;
     /* Threads a launch uses by default. 0: EDGEKIT_THREADS, else the CPUs this process may use (its
      * affinity mask, and the cgroup CPU quota where one is set), at most 8. A launch never runs more
      * threads than the CPUs it may run on (the affinity, within its cpu_mask): extra ones only wait. */
     int threads;
+    /* Every device allocation of the runtime goes through this allocator; {0}: the device heap. The
+     * allocator cannot be destroyed before the runtime. Local devices only. */
+    ek_allocator_t allocator;
 } ek_rt_config_t;
 
 /* Create a runtime on the device `dev` is a handle of. The runtime holds the device open (its own
@@ -118,6 +173,33 @@ typedef struct ek_net_info {
 
 /* EK_ERR_INVALID_ARG naming the loaded networks when `name` is not one of them. */
 EK_API ek_status_t ek_rt_network_info(ek_rt_t rt, const char *name, const ek_net_info_t **info);
+
+/* What one stage of a network needs (the static memory strategy). */
+typedef struct ek_stage_memory {
+    size_t constant_bytes;  /* its weights: read in place from the loaded model (the file's mapping),
+                               shared by every launch and workspace; no device memory to provide */
+    size_t workspace_bytes; /* the device memory one launch at a time needs: its intermediate tensors */
+    size_t alignment;       /* a workspace's offset must be a multiple of this (64) */
+} ek_stage_memory_t;
+EK_API ek_status_t ek_rt_stage_memory(ek_rt_t rt, const char *net_name, int stage, ek_stage_memory_t *memory);
+
+/* A workspace: an execution context of one network stage set up once over the caller's device
+ * memory. Checked on every call like the other handles. */
+typedef struct ek_workspace {
+    uint64_t id;
+} ek_workspace_t;
+
+/* Make a workspace for stage `stage` of `net_name` in [offset, offset + size) of `mem` (on the
+ * runtime's device; size >= its workspace_bytes; offset a multiple of its alignment). Launches that name it
+ * (ek_launch_options_t.workspace, with user_mem outputs) run in it and allocate no device memory. It
+ * runs one launch at a time: a launch while one is still running in it is EK_ERR_BUSY, so concurrent
+ * requests each need their own workspace (and memory; workspaces of different stages that are
+ * never launched at once may share it). `mem` must stay allocated while the workspace exists.
+ * Local runtimes only. */
+EK_API ek_status_t ek_rt_workspace_create(ek_rt_t rt, const char *net_name, int stage, ek_mem_t mem, size_t offset,
+                                          size_t size, ek_workspace_t *workspace);
+/* EK_ERR_BUSY while a launch runs in it. ek_rt_destroy destroys the runtime's workspaces. */
+EK_API ek_status_t ek_workspace_destroy(ek_workspace_t workspace);
 
 /* A launch in flight; ek_launch_wait ends it. The zero handle is invalid. */
 typedef struct ek_launch {
@@ -215,6 +297,9 @@ typedef struct ek_launch_options {
      * directory fails the launch before it is queued (EK_ERR_SYSTEM); a write failing during the
      * launch fails the launch, and no manifest is written. Concurrent launches need distinct dirs. */
     const char *dump_dir;
+    /* Run in this workspace of the runtime (ek_rt_workspace_create: same network and stage; the
+     * launch must give its outputs' memory); {0}: a context from the runtime's pool. */
+    ek_workspace_t workspace;
 } ek_launch_options_t;
 
 /* Queue network `net_name` on the device's worker and return at once. The stage is the one whose
