@@ -28,6 +28,18 @@ def test_readme_python_examples_run(tmp_path: Path) -> None:
             assert "arena" in result.stdout and "(8, 2)" in result.stdout, result.stdout
 
 
+def test_memory_doc_examples_run(tmp_path: Path) -> None:
+    blocks = python_blocks(ROOT / "docs" / "memory.md")
+    assert blocks, "docs/memory.md should show the inference memory strategies in Python"
+    for code in blocks:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert result.returncode == 0, f"docs/memory.md example failed:\n{code}\n{result.stderr}"
+        assert "StageMemory(constant_bytes=864, " in result.stdout, result.stdout
+        assert "'capacity': 1048576, 'runtimes': 1}" in result.stdout, result.stdout
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()

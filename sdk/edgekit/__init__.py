@@ -30,11 +30,24 @@ from edgekit.errors import (
     VersionMismatchError,
     WaitTimeoutError,
 )
-from edgekit.inference import Context, Model, Network, Profile, ProfileRecord, Request, Stage, TensorInfo
+from edgekit.inference import (
+    Allocator,
+    Context,
+    Model,
+    Network,
+    PoolAllocator,
+    Profile,
+    ProfileRecord,
+    Request,
+    Stage,
+    StageMemory,
+    TensorInfo,
+)
 
 __version__ = runtime_version()
 
 __all__ = [
+    "Allocator",
     "BusyError",
     "CoherenceViolation",
     "ConnectionLostError",
@@ -57,10 +70,12 @@ __all__ = [
     "NotMappedError",
     "OutOfMemoryError",
     "OutOfRangeError",
+    "PoolAllocator",
     "Profile",
     "ProfileRecord",
     "Request",
     "Stage",
+    "StageMemory",
     "SystemCallError",
     "TensorInfo",
     "UnsupportedError",

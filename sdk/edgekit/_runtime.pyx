@@ -382,12 +382,19 @@ cdef class Runtime:
     cdef _DoneQueue _queue
     cdef object _dispatcher
     cdef object _lock
+    cdef readonly Allocator allocator  # kept alive while the runtime is: the C runtime calls it
 
-    def __cinit__(self, device, kernels=None, threads=None):
+    def __cinit__(self, device, kernels=None, threads=None, allocator=None):
         cdef ek_rt_config_t config
         cdef ek_dev_t dev
         if not isinstance(device, _Device):
             raise InvalidTypeError(f"device must be an edgekit.Device, got {type(device).__name__}")
+        if allocator is not None and not isinstance(allocator, Allocator):
+            raise InvalidTypeError(f"allocator must be an edgekit.Allocator (or PoolAllocator) or None, got "
+                                   f"{type(allocator).__name__}")
+        memset(&config, 0, sizeof(config))
+        if allocator is not None:
+            config.allocator = (<Allocator>allocator)._a
         config.kernels = <ek_kernels_t><int>kernels_code(kernels)
         config.threads = 0
         if threads is not None:
@@ -400,6 +407,7 @@ cdef class Runtime:
         if device.closed:  # closed by the caller, though views may keep the handle open in C for now
             raise FreedHandleError(f"device handle 0x{dev.id:016x} was freed (use after free)")
         check(ek_rt_create_ex(&self._rt, dev, &config))
+        self.allocator = allocator
         self._open = True
         self.device = device
         self._queue = _DoneQueue()
@@ -510,6 +518,35 @@ cdef class Runtime:
             stages.append(([shape_tuple(&info.stages[i].input_shapes[j]) for j in range(info.input_count)],
                            [shape_tuple(&info.stages[i].output_shapes[j]) for j in range(info.output_count)]))
         return (text(info.name), inputs, outputs, stages)
+
+    def stage_memory(self, str name, int stage) -> tuple:
+        """(constant_bytes, workspace_bytes, alignment) of one stage of network `name`."""
+        cdef ek_stage_memory_t m
+        cdef bytes encoded = name.encode()
+        check(ek_rt_stage_memory(self._rt, encoded, stage, &m))
+        return (m.constant_bytes, m.workspace_bytes, m.alignment)
+
+    def workspace_create(self, str name, int stage, memory, size_t offset, size_t size) -> int:
+        """A workspace (its handle) for `stage` of `name` in [offset, offset + size) of `memory`."""
+        cdef bytes encoded = name.encode()
+        cdef const char *c_name = encoded
+        cdef ek_mem_t mem
+        cdef ek_workspace_t ws
+        cdef ek_status_t status
+        mem.id = memory.handle
+        with nogil:
+            status = ek_rt_workspace_create(self._rt, c_name, stage, mem, offset, size, &ws)
+        check(status)
+        return ws.id
+
+    @staticmethod
+    def workspace_destroy(uint64_t handle) -> None:
+        cdef ek_workspace_t ws
+        cdef ek_status_t status
+        ws.id = handle
+        with nogil:
+            status = ek_workspace_destroy(ws)
+        check(status)
 
     cdef int _start_dispatcher(self) except -1:
         with self._lock:
@@ -626,6 +663,7 @@ cdef class Request:
     cdef object _error               # the last launch's exception, raised by every wait() until the next
     cdef object _callback
     cdef list _memories              # kept until the launch using them has ended
+    cdef ek_workspace_t _workspace   # launches run in it; {0}: the runtime's pool of contexts
     cdef readonly int launches
 
     def _setup(self, Runtime runtime not None, str net_name, int input_count, int output_count) -> None:
@@ -699,6 +737,12 @@ cdef class Request:
         self._tensors[index].dtype = <ek_dtype_t>dtype
         self._nbytes[index] = nbytes
 
+    def _use_workspace(self, uint64_t handle) -> None:
+        """Run the next launches in workspace `handle` (0: a context from the runtime's pool)."""
+        if self._launched:
+            raise BusyError("the request is running: wait() for it before changing its workspace")
+        self._workspace.id = handle
+
     def _set_mapped(self, int index, bint mapped) -> None:
         """Whether tensor `index` is mapped for the CPU: launches then flush it (an input) before, and
         invalidate it (an output) after."""
@@ -752,6 +796,7 @@ cdef class Request:
             options.profile = profile._profile
         if dump_path is not None:
             options.dump_dir = dump_path
+        options.workspace = self._workspace
         seq = self._seq + 1
         if notify:
             self.runtime._start_dispatcher()
@@ -830,3 +875,100 @@ cdef class Request:
         if index < 0 or index >= self._n_out:
             raise InvalidArgumentError(f"output index {index} is outside 0..{self._n_out - 1}")
         return shape_tuple(&self._tensors[self._n_in + index].shape)
+
+
+# ---- allocators (the dynamic memory strategy, docs/memory.md) ----
+
+cdef ek_status_t _py_alloc(void *user, ek_dev_t dev, size_t size, size_t alignment, ek_mem_t *mem,
+                           size_t *offset) noexcept with gil:
+    """ek_allocator_ops_t.alloc of a Python allocator: its alloc(size, alignment) -> (memory, offset)."""
+    cdef Allocator self = <Allocator>user
+    try:
+        memory, off = self.alloc(size, alignment)
+        handle = memory.handle
+        if isinstance(off, bool) or not isinstance(off, int) or off < 0:
+            raise InvalidTypeError(f"alloc() must return (DeviceMemory, offset >= 0), got offset {off!r}")
+        mem[0].id = handle
+        offset[0] = off
+        self._live[(handle, off)] = memory  # the runtime's checks may give it back at once
+        return EK_OK
+    except BaseException:
+        print(f"edgekit: {type(self).__name__}.alloc failed to allocate {size} bytes:", file=sys.stderr)
+        traceback.print_exc()
+        return <ek_status_t>EK_ERR_OUT_OF_MEMORY
+
+
+cdef void _py_free(void *user, ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size) noexcept with gil:
+    cdef Allocator self = <Allocator>user
+    memory = self._live.pop((mem.id, offset), None)
+    try:
+        self.free(memory, offset, size)
+    except BaseException:
+        print(f"edgekit: exception in {type(self).__name__}.free:", file=sys.stderr)
+        traceback.print_exc()
+
+
+cdef class Allocator:
+    """An allocator (ek_allocator_t) runtimes allocate their device memory through. Made by the
+    Pythonic subclasses: a pool over one device block (_init_pool), or Python methods (_init_custom)."""
+    cdef ek_allocator_t _a
+    cdef dict _live  # (memory handle, offset) -> the memory alloc() returned, until free()
+
+    def __cinit__(self, *args, **kwargs):
+        self._live = {}
+
+    def _init_pool(self, device, size_t capacity) -> None:
+        cdef ek_dev_t dev
+        if self._a.id:
+            raise BusyError("the allocator is set up already")
+        if not isinstance(device, _Device):
+            raise InvalidTypeError(f"device must be an edgekit.Device, got {type(device).__name__}")
+        dev.id = device.handle
+        check(ek_allocator_create_pool(&self._a, dev, capacity))
+
+    def _init_custom(self) -> None:
+        cdef ek_allocator_ops_t ops
+        if self._a.id:
+            raise BusyError("the allocator is set up already")
+        ops.alloc = _py_alloc
+        ops.free = _py_free
+        check(ek_allocator_create(&self._a, &ops, <void *>self))
+
+    def __dealloc__(self):
+        # No runtime refers to it now (each holds a reference); a block left over would be an output
+        # of a launch without user_mem, which Python never makes.
+        if self._a.id:
+            ek_allocator_destroy(self._a)
+
+    @property
+    def handle(self) -> int:
+        return self._a.id
+
+    @property
+    def closed(self) -> bool:
+        return self._a.id == 0
+
+    def close(self) -> None:
+        """Destroy it; BusyError while a runtime made with it is open."""
+        cdef ek_status_t status
+        if self._a.id == 0:
+            return
+        with nogil:
+            status = ek_allocator_destroy(self._a)
+        check(status)
+        self._a.id = 0
+
+    @property
+    def stats(self) -> dict:
+        """allocations, frees, failures, live_blocks, bytes_in_use, peak_bytes, capacity (a pool's; 0
+        for others), runtimes (using it now)."""
+        cdef ek_allocator_stats_t st
+        cdef ek_status_t status
+        if self._a.id == 0:
+            raise FreedHandleError("the allocator is closed")
+        with nogil:
+            status = ek_allocator_stats(self._a, &st)
+        check(status)
+        return {"allocations": st.allocations, "frees": st.frees, "failures": st.failures,
+                "live_blocks": st.live_blocks, "bytes_in_use": st.bytes_in_use, "peak_bytes": st.peak_bytes,
+                "capacity": st.capacity, "runtimes": st.runtimes}

@@ -139,6 +139,80 @@ class Profile(_runtime.Profile):
         super().write(os.fspath(path))
 
 
+@dataclass(frozen=True)
+class StageMemory:
+    """What one stage of a network needs (``Network.memory``), for the static memory strategy."""
+
+    constant_bytes: int  # its weights: read in place from the loaded model, shared; nothing to provide
+    workspace_bytes: int  # device memory one launch at a time needs (its intermediate tensors)
+    alignment: int  # a workspace's offset must be a multiple of this
+
+
+class Allocator(_runtime.Allocator):
+    """Your own device allocator, like MagicMind's ``IAllocator``: subclass it and implement
+    ``alloc`` and ``free``; ``Context(allocator=...)`` then takes every device allocation of the
+    context's runtime through it (execution workspaces, made at a network's first launches).
+
+    Slow by nature: the runtime calls it on its worker threads, which must take the GIL for each
+    call, so a busy Python program delays launches that need memory. Prefer ``PoolAllocator`` (in C)
+    unless the memory must come from your code; either way, launches of a warmed-up context reuse
+    their workspaces and do not allocate. An exception in ``alloc`` is printed and fails the launch
+    with ``OutOfMemoryError``."""
+
+    def __init__(self) -> None:
+        self._init_custom()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.stats['live_blocks']} live block(s)"
+        return f"<{type(self).__name__} {state}>"
+
+    def __enter__(self) -> Allocator:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.closed and self.stats["runtimes"] == 0:
+            self.close()  # else the last context using it closes first and the allocator goes with it
+
+    def alloc(self, size: int, alignment: int) -> tuple[DeviceMemory, int]:
+        """``size`` bytes of device memory: (a memory of the context's device, the byte offset in it,
+        a multiple of ``alignment``). The runtime checks the answer before using it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement alloc(size, alignment)")
+
+    def free(self, memory: DeviceMemory, offset: int, size: int) -> None:
+        """Take back what ``alloc`` returned."""
+        raise NotImplementedError(f"{type(self).__name__} must implement free(memory, offset, size)")
+
+
+class PoolAllocator(_runtime.Allocator):
+    """An allocator in C over one ``capacity``-byte block of ``device``'s heap, taken now and handed out
+    in parts (best fit, 64-byte aligned): a context made with it never reaches the device heap, and
+    its device memory is bounded by ``capacity``. ``stats`` counts its allocations."""
+
+    def __init__(self, device: Device, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise InvalidArgumentError(f"capacity must be a whole number of bytes >= 1, got {capacity!r}")
+        self._init_pool(device, capacity)
+        self.device = device
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<edgekit.PoolAllocator (closed)>"
+        st = self.stats
+        used, blocks = st["bytes_in_use"], st["live_blocks"]
+        return f"<edgekit.PoolAllocator {used}/{st['capacity']} bytes in {blocks} block(s)>"
+
+    def __enter__(self) -> PoolAllocator:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.closed and self.stats["runtimes"] == 0:
+            self.close()
+
+
 class Context:
     """A runtime on a device: it loads models and runs their networks.
 
@@ -151,6 +225,8 @@ class Context:
     ``threads`` is the threads a launch uses (None: ``EDGEKIT_THREADS``, else the CPUs this process may
     use: its affinity mask and cgroup CPU quota, at most 8). A launch never runs more threads than the
     CPUs it may run on.
+    ``allocator`` (an ``ek.PoolAllocator`` or your ``ek.Allocator``; local devices only) takes every
+    device allocation of the context's runtime; None: the device heap (docs/memory.md, "Inference memory").
     """
 
     def __init__(
@@ -159,6 +235,7 @@ class Context:
         kernels: str | None = None,
         threads: int | None = None,
         coherence: str | None = None,
+        allocator: Allocator | PoolAllocator | None = None,
     ) -> None:
         if kernels is not None and kernels not in KERNELS:
             raise InvalidArgumentError(
@@ -181,7 +258,7 @@ class Context:
                 f"got {type(device).__name__}"
             )
         try:
-            self._runtime = _runtime.Runtime(self._device, kernels, threads)
+            self._runtime = _runtime.Runtime(self._device, kernels, threads, allocator)
         except BaseException:
             if self._owns_device:
                 self._device.close()
@@ -220,6 +297,11 @@ class Context:
         """The kernels in use: ``"xnnpack"`` (with portable C for the ops it lacks) or ``"portable"``."""
         self._check_open()
         return str(self._runtime.kernels)
+
+    @property
+    def allocator(self) -> Allocator | PoolAllocator | None:
+        """The allocator the context was made with, or None (the device heap)."""
+        return cast(Union[Allocator, PoolAllocator, None], self._runtime.allocator)
 
     @property
     def threads(self) -> int:
@@ -363,9 +445,29 @@ class Network:
         """The stages' input shapes, for messages: "stage 0: x=1x3x8x8; stage 1: x=2x3x8x8"."""
         return "; ".join(str(stage) for stage in self.stages)
 
-    def create_request(self, stage: int | None = None) -> Request:
-        """A request for this network, starting in ``stage`` (an index; None: the first stage)."""
-        return Request(self, stage)
+    def memory(self, stage: int = 0) -> StageMemory:
+        """What ``stage`` needs: its constant bytes and the workspace bytes one launch needs at a time."""
+        if isinstance(stage, bool) or not isinstance(stage, int):
+            raise InvalidTypeError(f"stage must be an int index, got {type(stage).__name__}")
+        constant, workspace, alignment = self.context._runtime.stage_memory(self.name, stage)
+        return StageMemory(int(constant), int(workspace), int(alignment))
+
+    @property
+    def workspace_bytes(self) -> int:
+        """The workspace one request needs for any of the stages (the largest): the size of the block to
+        give ``create_request(workspace=...)``."""
+        return max(self.memory(s).workspace_bytes for s in range(len(self.stages)))
+
+    def create_request(
+        self, stage: int | None = None, *, workspace: DeviceMemory | tuple[DeviceMemory, int] | None = None
+    ) -> Request:
+        """A request for this network, starting in ``stage`` (an index; None: the first stage).
+
+        ``workspace``: device memory of yours (a ``DeviceMemory``, or ``(memory, offset)``) holding at
+        least ``workspace_bytes`` for the static memory strategy: the request's launches then run in it
+        and allocate no device memory. Each request needs its own (they run concurrently); keep the
+        memory until the request is closed."""
+        return Request(self, stage, workspace=workspace)
 
 
 class Request(_runtime.Request):
@@ -381,7 +483,13 @@ class Request(_runtime.Request):
 
     network: Network
 
-    def __init__(self, network: Network, stage: int | None = None) -> None:
+    def __init__(
+        self,
+        network: Network,
+        stage: int | None = None,
+        *,
+        workspace: DeviceMemory | tuple[DeviceMemory, int] | None = None,
+    ) -> None:
         context = network.context
         context._check_open()
         self._setup(context._runtime, network.name, len(network.inputs), len(network.outputs))
@@ -395,14 +503,19 @@ class Request(_runtime.Request):
         self._last_profile: Profile | None = None  # the profile of the last profiled launch
         self._input_copy: tuple[int, int] | None = None  # set_inputs' copy since the last launch
         self._output_profile: Profile | None = None  # get_outputs records its copy here
+        self._workspaces: list[int] = []  # per stage, over the caller's workspace memory
+        self._workspace_memory: DeviceMemory | None = None
         try:
             for index, info in enumerate(self._infos):
                 size = max([info.max_bytes, 1] + [info.nbytes(s) for s in range(len(network.stages))])
                 mem = context.device.malloc(size)
                 self._mems.append(mem)
                 self._bind(index, mem)
+            if workspace is not None:
+                self._make_workspaces(workspace)
             self._select_stage(self._stage_index(stage))
         except BaseException:
+            self._drop_workspaces()
             for mem in self._mems:
                 mem.free()
             self._mems = []
@@ -438,6 +551,38 @@ class Request(_runtime.Request):
         self._check_idle("changing the stage")
         self._select_stage(self._stage_index(stage))
 
+    def _make_workspaces(self, workspace: DeviceMemory | tuple[DeviceMemory, int]) -> None:
+        """One workspace per stage over the same memory: a request runs one launch at a time."""
+        if isinstance(workspace, tuple):
+            if len(workspace) != 2:
+                raise InvalidTypeError("workspace must be a DeviceMemory or (DeviceMemory, offset)")
+            memory, offset = workspace
+        else:
+            memory, offset = workspace, 0
+        if not isinstance(memory, DeviceMemory):
+            raise InvalidTypeError(
+                f"workspace must be a DeviceMemory or (DeviceMemory, offset), got {type(memory).__name__}"
+            )
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidArgumentError(f"the workspace offset must be a whole number >= 0, got {offset!r}")
+        runtime = self.network.context._runtime
+        size = memory.size - offset if offset <= memory.size else 0
+        for s in range(len(self.network.stages)):
+            self._workspaces.append(runtime.workspace_create(self.network.name, s, memory, offset, size))
+        self._workspace_memory = memory
+
+    def _drop_workspaces(self) -> None:
+        self._use_workspace(0)
+        for handle in self._workspaces:
+            _runtime.Runtime.workspace_destroy(handle)
+        self._workspaces = []
+        self._workspace_memory = None
+
+    @property
+    def workspace(self) -> DeviceMemory | None:
+        """The caller's workspace memory the launches run in (static strategy), or None."""
+        return self._workspace_memory
+
     def close(self) -> None:
         """Wait for a running launch (its error is dropped) and free the tensors' device memory. Numpy
         views of the tensors stay valid: the memory they view is released when the last of them goes."""
@@ -448,6 +593,8 @@ class Request(_runtime.Request):
                 self._wait(-1)
             except Exception:  # closing: the launch's own error is of no use now
                 pass
+        if self._workspaces and not self.network.context.closed:
+            self._drop_workspaces()  # a closed context destroyed them with its runtime
         self._views = [None] * len(self._infos)
         for mem in self._mems:
             if mem.mapped:
@@ -487,6 +634,8 @@ class Request(_runtime.Request):
             return
         for index, info in enumerate(self._infos):
             self._set_tensor(index, DTYPE_CODES[info.dtype], info.shapes[stage])
+        if self._workspaces:
+            self._use_workspace(self._workspaces[stage])
         self._stage = stage
 
     # ---- inputs -----------------------------------------------------------------------------------

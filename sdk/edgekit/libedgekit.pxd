@@ -136,9 +136,31 @@ cdef extern from "edgekit/edgekit.h" nogil:
         EK_KERNELS_AUTO
         EK_KERNELS_PORTABLE
         EK_KERNELS_XNNPACK
+    ctypedef struct ek_allocator_t:
+        uint64_t id
+    ctypedef struct ek_allocator_ops_t:
+        ek_status_t (*alloc)(void *user_data, ek_dev_t dev, size_t size, size_t alignment, ek_mem_t *mem,
+                             size_t *offset) noexcept nogil
+        void (*free)(void *user_data, ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size) noexcept nogil
+    ctypedef struct ek_allocator_stats_t:
+        uint64_t allocations
+        uint64_t frees
+        uint64_t failures
+        size_t live_blocks
+        size_t bytes_in_use
+        size_t peak_bytes
+        size_t capacity
+        int runtimes
+    ek_status_t ek_allocator_create(ek_allocator_t *allocator, const ek_allocator_ops_t *ops, void *user_data)
+    ek_status_t ek_allocator_create_pool(ek_allocator_t *allocator, ek_dev_t dev, size_t capacity)
+    ek_status_t ek_allocator_destroy(ek_allocator_t allocator)
+    ek_status_t ek_allocator_stats(ek_allocator_t allocator, ek_allocator_stats_t *stats)
+    ek_status_t ek_allocator_free(ek_allocator_t allocator, ek_mem_t mem, size_t offset)
+
     ctypedef struct ek_rt_config_t:
         ek_kernels_t kernels
         int threads
+        ek_allocator_t allocator
     ek_status_t ek_rt_create(ek_rt_t *rt, ek_dev_t dev)
     ek_status_t ek_rt_create_ex(ek_rt_t *rt, ek_dev_t dev, const ek_rt_config_t *config)
     ek_status_t ek_rt_destroy(ek_rt_t rt)
@@ -208,6 +230,17 @@ cdef extern from "edgekit/edgekit.h" nogil:
     uint64_t ek_profile_clock_ns()
     const char *ek_profile_kind_name(ek_profile_kind_t kind)
     ek_status_t ek_profile_write(ek_profile_t profile, const char *dir) nogil
+    ctypedef struct ek_stage_memory_t:
+        size_t constant_bytes
+        size_t workspace_bytes
+        size_t alignment
+    ek_status_t ek_rt_stage_memory(ek_rt_t rt, const char *net_name, int stage, ek_stage_memory_t *memory)
+    ctypedef struct ek_workspace_t:
+        uint64_t id
+    ek_status_t ek_rt_workspace_create(ek_rt_t rt, const char *net_name, int stage, ek_mem_t mem, size_t offset,
+                                       size_t size, ek_workspace_t *workspace)
+    ek_status_t ek_workspace_destroy(ek_workspace_t workspace)
+
     ctypedef struct ek_launch_options_t:
         int threads
         uint64_t cpu_mask
@@ -215,6 +248,7 @@ cdef extern from "edgekit/edgekit.h" nogil:
         void *user_data
         ek_profile_t profile
         const char *dump_dir
+        ek_workspace_t workspace
     ek_status_t ek_rt_launch_tensor(ek_rt_t rt, const char *net_name, const ek_tensor_t *inputs,
                                     int input_count, ek_tensor_t *outputs, int output_count, bint user_mem,
                                     const ek_launch_options_t *options, ek_launch_t *launch)
@@ -227,4 +261,5 @@ cdef extern from "edgekit/edgekit.h" nogil:
     # The status codes the inference layer tests for by name.
     enum:
         EK_ERR_BUSY
+        EK_ERR_OUT_OF_MEMORY
         EK_ERR_TIMEOUT

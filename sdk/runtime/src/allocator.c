@@ -23,7 +23,10 @@ struct live_block {
 
 struct ek_allocator_obj {
     uint64_t handle;
-    pthread_mutex_t lock; /* one alloc/free at a time; the live list and the statistics */
+    pthread_mutex_t calls; /* a custom allocator's callbacks, one at a time */
+    pthread_mutex_t lock;  /* the live list and the statistics; never held across a callback, which may
+                              read the statistics */
+    int users;             /* ek_allocator_free calls in progress (under registry_lock) */
     ek_allocator_ops_t ops; /* a custom allocator's; NULL functions for a pool */
     void *user_data;
     ek_dev_t dev;   /* a pool: its own device handle, so the block outlives the caller's */
@@ -50,8 +53,10 @@ static ek_status_t lookup(ek_allocator_t handle, const char *call, struct ek_all
 
 static ek_status_t publish(struct ek_allocator_obj *a, ek_allocator_t *out) {
     pthread_mutex_init(&a->lock, NULL);
+    pthread_mutex_init(&a->calls, NULL);
     if (!(a->handle = ek_handle_new(EK_HANDLE_ALLOCATOR, a, 0))) {
         pthread_mutex_destroy(&a->lock);
+        pthread_mutex_destroy(&a->calls);
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no room for another allocator handle");
     }
     out->id = a->handle;
@@ -131,6 +136,11 @@ ek_status_t ek_allocator_destroy(ek_allocator_t handle) {
     int runtimes = a->stats.runtimes;
     size_t blocks = a->stats.live_blocks, bytes = a->stats.bytes_in_use;
     pthread_mutex_unlock(&a->lock);
+    if (a->users && !runtimes && !blocks) {
+        pthread_mutex_unlock(&registry_lock);
+        return ek_fail(EK_ERR_BUSY, "ek_allocator_destroy: allocator 0x%016" PRIx64 " is giving a block back on "
+                       "another thread", handle.id);
+    }
     if (runtimes || blocks) {
         pthread_mutex_unlock(&registry_lock);
         if (runtimes)
@@ -150,6 +160,7 @@ ek_status_t ek_allocator_destroy(ek_allocator_t handle) {
         ek_dev_free(a->dev);
     }
     pthread_mutex_destroy(&a->lock);
+    pthread_mutex_destroy(&a->calls);
     free(a);
     return EK_OK;
 }
@@ -222,36 +233,44 @@ static ek_status_t check_answer(ek_dev_t dev, ek_mem_t mem, size_t offset, size_
     return status;
 }
 
+/* A block from the pool (under `lock`) or the custom callbacks (under `calls` only). */
+static ek_status_t take_block(struct ek_allocator_obj *a, ek_dev_t dev, size_t size, struct live_block *lb) {
+    if (a->heap) {
+        pthread_mutex_lock(&a->lock);
+        lb->block = ek_heap_alloc(a->heap, size);
+        ek_heap_stats_t hs;
+        ek_heap_stats(a->heap, &hs);
+        size_t in_use = a->stats.bytes_in_use;
+        pthread_mutex_unlock(&a->lock);
+        if (!lb->block)
+            return ek_fail(EK_ERR_OUT_OF_MEMORY, "the pool allocator (%zu bytes, %zu in use, largest free block %zu) "
+                           "has no room for %zu bytes", a->stats.capacity, in_use, hs.largest_free, size);
+        lb->mem = a->block;
+        lb->offset = ek_block_offset(lb->block);
+        return EK_OK;
+    }
+    pthread_mutex_lock(&a->calls);
+    ek_status_t status = a->ops.alloc(a->user_data, dev, size, ALLOC_ALIGN, &lb->mem, &lb->offset);
+    if (status != EK_OK) {
+        status = ek_fail(status > 0 && status < EK_STATUS_COUNT ? status : EK_ERR_OUT_OF_MEMORY,
+                         "the allocator refused %zu bytes (%s)", size, ek_status_name(status));
+    } else if (check_answer(dev, lb->mem, lb->offset, size) != EK_OK) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", ek_last_error());
+        a->ops.free(a->user_data, dev, lb->mem, lb->offset, size); /* not ours to keep */
+        status = ek_fail(EK_ERR_INVALID_ARG, "the allocator answered a request for %zu bytes with %s", size, why);
+    }
+    pthread_mutex_unlock(&a->calls);
+    return status;
+}
+
 static ek_status_t allocator_alloc(struct ek_allocator_obj *a, ek_dev_t dev, size_t size, ek_mem_t *mem,
                                    size_t *offset) {
     struct live_block *lb = calloc(1, sizeof *lb);
     if (!lb)
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory to track an allocation");
-    ek_status_t status = EK_OK;
+    ek_status_t status = take_block(a, dev, size, lb);
     pthread_mutex_lock(&a->lock);
-    if (a->heap) {
-        if (!(lb->block = ek_heap_alloc(a->heap, size))) {
-            ek_heap_stats_t hs;
-            ek_heap_stats(a->heap, &hs);
-            status = ek_fail(EK_ERR_OUT_OF_MEMORY, "the pool allocator (%zu bytes, %zu in use, largest free block "
-                             "%zu) has no room for %zu bytes", a->stats.capacity, a->stats.bytes_in_use,
-                             hs.largest_free, size);
-        } else {
-            lb->mem = a->block;
-            lb->offset = ek_block_offset(lb->block);
-        }
-    } else {
-        ek_status_t s = a->ops.alloc(a->user_data, dev, size, ALLOC_ALIGN, &lb->mem, &lb->offset);
-        if (s != EK_OK) {
-            status = ek_fail(s == EK_ERR_OUT_OF_MEMORY ? s : s > 0 && s < EK_STATUS_COUNT ? s : EK_ERR_OUT_OF_MEMORY,
-                             "the allocator refused %zu bytes (%s)", size, ek_status_name(s));
-        } else if ((s = check_answer(dev, lb->mem, lb->offset, size)) != EK_OK) {
-            char why[300];
-            snprintf(why, sizeof why, "%s", ek_last_error());
-            a->ops.free(a->user_data, dev, lb->mem, lb->offset, size); /* not ours to keep */
-            status = ek_fail(EK_ERR_INVALID_ARG, "the allocator answered a request for %zu bytes with %s", size, why);
-        }
-    }
     if (status == EK_OK) {
         lb->size = size;
         lb->next = a->live;
@@ -265,13 +284,15 @@ static ek_status_t allocator_alloc(struct ek_allocator_obj *a, ek_dev_t dev, siz
         *offset = lb->offset;
     } else {
         a->stats.failures++;
-        free(lb);
     }
     pthread_mutex_unlock(&a->lock);
+    if (status != EK_OK)
+        free(lb);
     return status;
 }
 
-/* Give a block back; EK_ERR_INVALID_ARG (nothing changed) for one this allocator has not given out. */
+/* Give a block back; EK_ERR_INVALID_ARG (nothing changed) for one this allocator has not given out.
+ * It counts as live until the callback has taken it, so the allocator cannot be destroyed meanwhile. */
 static ek_status_t allocator_give_back(struct ek_allocator_obj *a, ek_dev_t dev, ek_mem_t mem, size_t offset) {
     pthread_mutex_lock(&a->lock);
     struct live_block **p = &a->live;
@@ -286,8 +307,13 @@ static ek_status_t allocator_give_back(struct ek_allocator_obj *a, ek_dev_t dev,
     *p = lb->next;
     if (lb->block)
         ek_heap_free(a->heap, lb->block);
-    else
+    pthread_mutex_unlock(&a->lock);
+    if (!lb->block) {
+        pthread_mutex_lock(&a->calls);
         a->ops.free(a->user_data, dev, lb->mem, lb->offset, lb->size);
+        pthread_mutex_unlock(&a->calls);
+    }
+    pthread_mutex_lock(&a->lock);
     a->stats.frees++;
     a->stats.live_blocks--;
     a->stats.bytes_in_use -= lb->size;
@@ -300,18 +326,23 @@ ek_status_t ek_allocator_free(ek_allocator_t handle, ek_mem_t mem, size_t offset
     struct ek_allocator_obj *a;
     pthread_mutex_lock(&registry_lock);
     ek_status_t status = lookup(handle, "ek_allocator_free", &a);
-    if (status == EK_OK) {
-        /* A pool frees on its own device handle; a custom allocator is told the device of the memory. */
-        ek_dev_t dev = a->dev;
-        if (!a->heap) {
-            int owner = -1;
-            if (ek_handle_get(mem.id, EK_HANDLE_MEMORY, NULL, &owner) == EK_OK)
-                (void)ek_dev_request(&dev, owner);
-        }
-        status = allocator_give_back(a, dev, mem, offset);
-        if (!a->heap && dev.id)
-            ek_dev_free(dev);
+    if (status == EK_OK)
+        a->users++; /* no destroy until this returns; the callback runs without the registry lock */
+    pthread_mutex_unlock(&registry_lock);
+    if (status != EK_OK)
+        return status;
+    /* A pool frees on its own device handle; a custom allocator is told the device of the memory. */
+    ek_dev_t dev = a->dev;
+    if (!a->heap) {
+        int owner = -1;
+        if (ek_handle_get(mem.id, EK_HANDLE_MEMORY, NULL, &owner) == EK_OK)
+            (void)ek_dev_request(&dev, owner);
     }
+    status = allocator_give_back(a, dev, mem, offset);
+    if (!a->heap && dev.id)
+        ek_dev_free(dev);
+    pthread_mutex_lock(&registry_lock);
+    a->users--;
     pthread_mutex_unlock(&registry_lock);
     return status;
 }
