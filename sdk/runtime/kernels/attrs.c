@@ -35,6 +35,7 @@ static const char *const op_names[EK_OP_TYPE_MAX + 1] = {
     [EK_OP_SLICE] = "SLICE",
     [EK_OP_REDUCE_MEAN] = "REDUCE_MEAN",
     [EK_OP_RESHAPE] = "RESHAPE",
+    [EK_OP_PLUGIN] = "PLUGIN",
 };
 
 const char *ek_op_type_name(int type) {

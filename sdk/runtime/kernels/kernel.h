@@ -42,9 +42,10 @@ enum ek_op_type {
     EK_OP_PAD = 24,
     EK_OP_SLICE = 25,
     EK_OP_REDUCE_MEAN = 26,
-    EK_OP_RESHAPE = 27
+    EK_OP_RESHAPE = 27,
+    EK_OP_PLUGIN = 28 /* an op of a plugin library (src/plugin.c, include/edgekit/plugin.h) */
 };
-#define EK_OP_TYPE_MAX 27
+#define EK_OP_TYPE_MAX 28
 
 enum ek_storage { EK_STORAGE_ARENA = 0, EK_STORAGE_CONSTANT = 1, EK_STORAGE_INPUT = 2, EK_STORAGE_OUTPUT = 3 };
 
@@ -126,6 +127,8 @@ struct ek_kernel {
     ek_status_t (*run)(const struct ek_op *op, const void *const *in, void *const *out, struct ek_exec *exec);
     void (*release)(struct ek_op *op); /* may be NULL */
 };
+/* PLUGIN ops: prepared by the loader against the runtime's plugins (src/plugin.c), run through it. */
+extern const struct ek_kernel ek_kernel_plugin;
 /* The portable kernel of an op type; NULL for an unknown type. */
 const struct ek_kernel *ek_portable_kernel(int type);
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "plugin_internal.h"
 
 struct ek_dump {
     char *dir;
@@ -255,7 +256,7 @@ ek_status_t ek_dump_op(struct ek_dump *d, uint32_t k, const void *data) {
     file_name(name, sizeof name, "", k, tensor);
     struct sbuf *b = &d->ops;
     ek_sb_add(b, "%s\n    {\"index\": %u, \"op\": \"%s\", \"name\": ", d->n_ops ? "," : "", (unsigned)k,
-              ek_op_type_name(op->type));
+              ek_op_display_type(op));
     ek_sb_json_string(b, op->name);
     EK_SB_LIT(b, ", \"nodes\": [");
     if (src) {

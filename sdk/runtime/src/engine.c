@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "engine.h"
+#include "plugin_internal.h"
 
 #define ALIGN ((size_t)64)
 /* Bytes past the arena's end that a provider may read (XNNPACK reads up to XNN_EXTRA_BYTES = 16
@@ -562,7 +563,7 @@ static ek_status_t op_failed(const struct ek_network *net, const struct ek_op *o
     else
         snprintf(why, sizeof why, "%s", ek_last_error()[0] ? ek_last_error() : ek_status_str(status));
     return ek_fail(status, "network '%s', op '%s' (%s): %s", net->info.name, op->name ? op->name : "",
-                   ek_op_type_name(op->type), why);
+                   ek_op_display_type(op), why);
 }
 
 /* Find the memories of the launch's tensors again (they may have been freed since it was queued). */
@@ -650,7 +651,7 @@ static void profile_op(const struct ek_launch_rec *rec, const struct ek_exec *ex
     r.kind = EK_PROFILE_LAYER_EXECUTE;
     r.name = op->name;
     r.network = rec->net->info.name;
-    r.op_type = ek_op_type_name(op->type);
+    r.op_type = ek_op_display_type(op);
     r.provider = provider;
     r.nodes = nodes;
     r.tensor = src ? src->tensor : "";
@@ -710,7 +711,9 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec, stru
             corrupt_output(op, out[0]);
         if (profile)
             profile_op(rec, exec, k, t0, ek_now_ns(),
-                       exec->states && exec->states[k] ? exec->provider->name : "portable");
+                       exec->states && exec->states[k] ? exec->provider->name
+                       : op->type == EK_OP_PLUGIN        ? ek_plugin_provider(op)
+                                                         : "portable");
         if (dump && (status = ek_dump_op(dump, k, out[0])) != EK_OK)
             return status;
     }

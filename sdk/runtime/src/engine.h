@@ -45,11 +45,16 @@ struct ek_runtime {
     int test_slow_launch_ms;
     struct ek_allocator_obj *allocator; /* NULL: the device heap */
     struct ek_workspace_rec *workspaces; /* the runtime's workspaces (under `lock`) */
+    /* Plugin libraries loaded into this runtime (plugin.c): a list that only grows, under `lock`,
+     * closed by ek_rt_destroy after the models. */
+    struct ek_plugin_lib *plugins;
 };
 
 /* A launch's default threads: EDGEKIT_THREADS, else the CPUs this process may use, at most 8. */
 ek_status_t ek_default_threads(int *threads);
 
+/* The runtime behind a handle, with a reference (ek_runtime_unref releases it). */
+ek_status_t ek_runtime_acquire(ek_rt_t handle, struct ek_runtime **rt);
 /* A reference that keeps the runtime from being destroyed (each queued launch holds one). */
 void ek_runtime_ref(struct ek_runtime *rt);
 void ek_runtime_unref(struct ek_runtime *rt);

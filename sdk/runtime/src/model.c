@@ -19,6 +19,7 @@
 
 #include "internal.h"
 #include "model.h"
+#include "plugin_internal.h"
 
 #define BAD(...) ek_fail(EK_ERR_MODEL_INVALID, __VA_ARGS__)
 #define OOM(what) ek_fail(EK_ERR_OUT_OF_MEMORY, "out of memory loading the model (%s)", (what))
@@ -120,6 +121,7 @@ struct loader {
     bool has_sources; /* OP_SOURCES and SOURCE_NODES are present */
     struct ek_model *model;
     struct model_arrays *a;
+    const struct ek_plugin_lib *plugins; /* the runtime's, for PLUGIN ops (NULL: none) */
     /* per STAGES / OPS record: the first slot, or NO_SLOT for records no network loads */
     size_t *stage_slot;
     size_t *op_slot;
@@ -782,7 +784,8 @@ static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, c
     if ((int)rec.inputs < kernel->min_inputs || (int)rec.inputs > kernel->max_inputs)
         return BAD("OPS[%zu] '" NM "' (%s, %s): input_count %u is not within %d..%d", index, name, type_name, where,
                    (unsigned)rec.inputs, kernel->min_inputs, kernel->max_inputs);
-    if ((int)rec.outputs != kernel->outputs)
+    bool plugin = rec.type == EK_OP_PLUGIN; /* its counts are the plugin's, checked by ek_plugin_prepare */
+    if (plugin ? rec.outputs < 1 || rec.outputs > 16 : (int)rec.outputs != kernel->outputs)
         return BAD("OPS[%zu] '" NM "' (%s, %s): output_count %u is not %d", index, name, type_name, where,
                    (unsigned)rec.outputs, kernel->outputs);
     if (!range_ok(rec.first_operand, (uint64_t)rec.inputs + rec.outputs, L->sec[SEC_OPERANDS].count))
@@ -868,7 +871,7 @@ static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, c
     if (dup)
         return BAD("OPS[%zu] '" NM "' (%s, %s): two attributes are named '" NM "'", index, name, type_name, where, dup);
 
-    status = kernel->prepare(op);
+    status = plugin ? ek_plugin_prepare(op, L->plugins) : kernel->prepare(op);
     if (status != EK_OK) {
         /* the kernel's message names the op; add where it is in the file */
         char message[400];
@@ -1149,6 +1152,11 @@ static ek_status_t load(struct loader *L) {
 }
 
 ek_status_t ek_model_load(const uint8_t *data, size_t size, bool mapped, struct ek_model **model) {
+    return ek_model_load_ex(data, size, mapped, NULL, model);
+}
+
+ek_status_t ek_model_load_ex(const uint8_t *data, size_t size, bool mapped, const struct ek_plugin_lib *plugins,
+                             struct ek_model **model) {
     if (!model)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_model_load: model is NULL");
     *model = NULL;
@@ -1170,6 +1178,7 @@ ek_status_t ek_model_load(const uint8_t *data, size_t size, bool mapped, struct 
     L.data = data;
     L.size = size;
     L.model = m;
+    L.plugins = plugins;
     ek_status_t status = load(&L);
     free(L.stage_slot);
     free(L.op_slot);
@@ -1194,6 +1203,10 @@ ek_status_t ek_model_load(const uint8_t *data, size_t size, bool mapped, struct 
 }
 
 ek_status_t ek_model_load_file(const char *path, struct ek_model **model) {
+    return ek_model_load_file_ex(path, NULL, model);
+}
+
+ek_status_t ek_model_load_file_ex(const char *path, const struct ek_plugin_lib *plugins, struct ek_model **model) {
     if (!path || !model)
         return ek_fail(EK_ERR_INVALID_ARG, "ek_model_load_file: %s is NULL", path ? "model" : "path");
     *model = NULL;
@@ -1226,7 +1239,7 @@ ek_status_t ek_model_load_file(const char *path, struct ek_model **model) {
     close(fd);
     if (p == MAP_FAILED)
         return ek_fail(EK_ERR_SYSTEM, "cannot map model '%.300s': %s", path, strerror(err));
-    ek_status_t status = ek_model_load(p, size, true, model);
+    ek_status_t status = ek_model_load_ex(p, size, true, plugins, model);
     if (status != EK_OK) {
         /* name the file in front of the loader's message */
         char message[512];

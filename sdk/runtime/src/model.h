@@ -59,6 +59,11 @@ struct ek_model {
 ek_status_t ek_model_load(const uint8_t *data, size_t size, bool mapped, struct ek_model **model);
 /* Map `path` read-only and load it. */
 ek_status_t ek_model_load_file(const char *path, struct ek_model **model);
+/* The same, with the plugin libraries PLUGIN ops are prepared against (plugin.c; NULL: none). */
+struct ek_plugin_lib;
+ek_status_t ek_model_load_ex(const uint8_t *data, size_t size, bool mapped, const struct ek_plugin_lib *plugins,
+                             struct ek_model **model);
+ek_status_t ek_model_load_file_ex(const char *path, const struct ek_plugin_lib *plugins, struct ek_model **model);
 /* Release the ops' kernel state, the model's arrays and its bytes. The engine has released the
  * stages' execution contexts first. */
 void ek_model_free(struct ek_model *model);

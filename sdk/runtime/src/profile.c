@@ -356,6 +356,7 @@ uint64_t ek_op_flops(const struct ek_op *op) {
     case EK_OP_GLOBAL_AVERAGE_POOL: case EK_OP_REDUCE_MEAN:
         return x->count;
     case EK_OP_TRANSPOSE: case EK_OP_CONCAT: case EK_OP_PAD: case EK_OP_SLICE: case EK_OP_RESHAPE:
+    case EK_OP_PLUGIN: /* unknown to the runtime */
         return 0;
     }
     return 0;

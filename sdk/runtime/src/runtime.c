@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "plugin_internal.h"
 
 #define DEFAULT_MAX_THREADS 8
 
@@ -92,6 +93,8 @@ static ek_status_t rt_acquire(ek_rt_t handle, struct ek_runtime **out) {
     pthread_mutex_unlock(&table_lock);
     return status;
 }
+
+ek_status_t ek_runtime_acquire(ek_rt_t handle, struct ek_runtime **out) { return rt_acquire(handle, out); }
 
 void ek_runtime_ref(struct ek_runtime *rt) {
     pthread_mutex_lock(&table_lock);
@@ -238,6 +241,7 @@ ek_status_t ek_rt_destroy(ek_rt_t handle) {
     }
     for (size_t i = 0; i < rt->model_count; i++)
         ek_model_free(rt->models[i]);
+    ek_plugin_unload_all(rt); /* after the models, whose PLUGIN ops point into the libraries */
     free(rt->models);
     free(rt->networks);
     ek_allocator_detach(rt->allocator);
@@ -277,6 +281,14 @@ ek_status_t ek_rt_threads(ek_rt_t handle, int *threads) {
 }
 
 /* ---- models and networks ---- */
+
+/* The runtime's plugin libraries as of now: a list head that stays valid (the list only grows). */
+static const struct ek_plugin_lib *plugins_of(struct ek_runtime *rt) {
+    pthread_mutex_lock(&rt->lock);
+    const struct ek_plugin_lib *head = rt->plugins;
+    pthread_mutex_unlock(&rt->lock);
+    return head;
+}
 
 static ek_status_t add_model(struct ek_runtime *rt, struct ek_model *model) {
     pthread_mutex_lock(&rt->lock);
@@ -333,7 +345,8 @@ ek_status_t ek_rt_load_model(ek_rt_t handle, const char *path) {
     if (status != EK_OK)
         return status;
     struct ek_model *model;
-    if ((status = ek_model_load_file(path, &model)) == EK_OK && (status = add_model(rt, model)) != EK_OK)
+    if ((status = ek_model_load_file_ex(path, plugins_of(rt), &model)) == EK_OK &&
+        (status = add_model(rt, model)) != EK_OK)
         ek_model_free(model);
     ek_runtime_unref(rt);
     return status;
@@ -358,7 +371,7 @@ ek_status_t ek_rt_load_model_data(ek_rt_t handle, const void *data, size_t size)
     }
     memcpy(copy, data, size);
     struct ek_model *model;
-    if ((status = ek_model_load(copy, size, false, &model)) != EK_OK)
+    if ((status = ek_model_load_ex(copy, size, false, plugins_of(rt), &model)) != EK_OK)
         free(copy);
     else if ((status = add_model(rt, model)) != EK_OK)
         ek_model_free(model);

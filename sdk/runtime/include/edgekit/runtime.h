@@ -139,6 +139,16 @@ EK_API ek_status_t ek_rt_kernels(ek_rt_t rt, const char **name);
 /* The threads a launch of this runtime uses by default (see ek_rt_config_t.threads). */
 EK_API ek_status_t ek_rt_threads(ek_rt_t rt, int *threads);
 
+/* Load a plugin op library (docs/plugins.md, edgekit/plugin.h) into this runtime, before the models
+ * that use its ops. The file must be a shared library for this machine (checked before dlopen, which
+ * is RTLD_LOCAL) exporting the plugin ABI version this EdgeKit loads and ek_plugin_register; an op
+ * (domain, op type) already registered in this runtime is EK_ERR_BUSY naming both libraries. Errors:
+ * EK_ERR_SYSTEM (cannot open), EK_ERR_UNSUPPORTED (not a plugin, another machine, a remote runtime:
+ * its server never loads client code), EK_ERR_VERSION (another plugin ABI). Libraries stay loaded
+ * until ek_rt_destroy. A model with an op no loaded plugin registers fails to load
+ * (EK_ERR_UNSUPPORTED naming it). */
+EK_API ek_status_t ek_rt_load_plugin(ek_rt_t rt, const char *path);
+
 /* Load every network of a model file (mapped, constants used in place) or of a buffer (copied).
  * A network whose name is already loaded in this runtime is EK_ERR_BUSY. */
 EK_API ek_status_t ek_rt_load_model(ek_rt_t rt, const char *path);

@@ -31,6 +31,7 @@ static const struct ek_kernel *const kernels[EK_OP_TYPE_MAX + 1] = {
     [EK_OP_SLICE] = &ek_kernel_slice,
     [EK_OP_REDUCE_MEAN] = &ek_kernel_reduce_mean,
     [EK_OP_RESHAPE] = &ek_kernel_reshape,
+    [EK_OP_PLUGIN] = &ek_kernel_plugin,
 };
 
 const struct ek_kernel *ek_portable_kernel(int type) {
