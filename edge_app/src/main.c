@@ -411,6 +411,12 @@ int main(int argc, char **argv) {
     if (opts.rpc_server && opts.cluster_count)
         die(EXIT_USAGE, "--visible_cluster binds threads to this machine's CPU clusters, but with --rpc_server the "
             "inferences run on the board: run edgekit-app on the board to bind its clusters");
+    if (opts.rpc_server && opts.plugin_count)
+        die(EXIT_USAGE, "--plugin_libs with --rpc_server: a remote_server never loads client code, so plugins cannot "
+            "run on its devices: run edgekit-app with --plugin_libs on the board itself");
+    for (int i = 0; i < opts.plugin_count; i++)
+        if (access(opts.plugin_libs[i], R_OK) != 0)
+            die(EXIT_USAGE, "--plugin_libs %s: %s", opts.plugin_libs[i], strerror(errno));
     if (opts.cluster_count && opts.cluster_count != opts.threads)
         die(EXIT_USAGE, "--visible_cluster gave %d cluster(s) for %d thread(s) per device: give one per thread",
             opts.cluster_count, opts.threads);
@@ -487,9 +493,15 @@ int main(int argc, char **argv) {
         if (ek_rt_create_ex(&dctx[d].rt, dctx[d].dev, &config) != EK_OK)
             die(EXIT_RUNTIME, "device %d: %s", dctx[d].id, ek_last_error());
         dctx[d].rt_open = 1;
-        ek_status_t status = ek_rt_load_model(dctx[d].rt, opts.model_path);
+        ek_status_t status;
+        for (int i = 0; i < opts.plugin_count; i++)
+            if ((status = ek_rt_load_plugin(dctx[d].rt, opts.plugin_libs[i])) != EK_OK)
+                die(status == EK_ERR_OUT_OF_MEMORY || status == EK_ERR_INTERNAL ? EXIT_RUNTIME : EXIT_USAGE,
+                    "--plugin_libs %s: %s", opts.plugin_libs[i], ek_last_error());
+        status = ek_rt_load_model(dctx[d].rt, opts.model_path);
         if (status != EK_OK)
-            die(status == EK_ERR_MODEL_INVALID || status == EK_ERR_SYSTEM || status == EK_ERR_INVALID_ARG
+            die(status == EK_ERR_MODEL_INVALID || status == EK_ERR_SYSTEM || status == EK_ERR_INVALID_ARG ||
+                        status == EK_ERR_UNSUPPORTED
                     ? EXIT_USAGE : EXIT_RUNTIME,
                 "--model_path: %s", ek_last_error());
     }

@@ -75,6 +75,10 @@ const char app_help_text[] =
     "  --rpc_key FILE            the key file of a paired remote_server (one listening on a network\n"
     "                            address with --key): the session proves it and is encrypted\n"
     "                              --rpc_server board:9090 --rpc_key board.key\n"
+    "  --plugin_libs A.so,B.so   plugin op libraries (docs/plugins.md) to load into each device's runtime\n"
+    "                            before the model, for its plugin ops; built for this machine (commas or\n"
+    "                            several values; not with --rpc_server: a server never loads client code)\n"
+    "                              --plugin_libs /opt/edgekit/current/python/edgekit/plugins/libedgekit_example_plugin.so\n"
     "  --list-clusters           print the CPU clusters (from /sys/devices/system/cpu: package, cluster\n"
     "                            and cpu_capacity, so big.LITTLE cores are apart) and exit\n"
     "  --help                    this text\n"
@@ -97,7 +101,7 @@ static const struct flag {
     {"dev_ids", MULTI},        {"threads", SINGLE},     {"visible_cluster", MULTI}, {"launch_threads", SINGLE},
     {"iterations", SINGLE},    {"warmup", SINGLE},      {"kernels", SINGLE},       {"output_dir", SINGLE},
     {"profile", SINGLE},       {"dump", SINGLE},        {"list_clusters", SWITCH}, {"help", SWITCH},
-    {"rpc_server", SINGLE},    {"rpc_key", SINGLE},
+    {"rpc_server", SINGLE},    {"rpc_key", SINGLE},     {"plugin_libs", MULTI},
 };
 #define FLAG_COUNT ((int)(sizeof flags / sizeof flags[0]))
 
@@ -228,6 +232,25 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
                 return -1;
             }
             opts->rpc_server = v;
+        } else if (strcmp(name, "plugin_libs") == 0) {
+            for (int k = 0; k < count; k++) {
+                char *list = strdup(values[k]); /* kept for the process's life, like argv */
+                if (!list) {
+                    snprintf(err, errlen, "out of memory");
+                    return -1;
+                }
+                for (char *save = NULL, *path = strtok_r(list, ",", &save); path; path = strtok_r(NULL, ",", &save)) {
+                    if (opts->plugin_count == APP_MAX_PLUGINS) {
+                        snprintf(err, errlen, "--plugin_libs: more than %d libraries", APP_MAX_PLUGINS);
+                        return -1;
+                    }
+                    opts->plugin_libs[opts->plugin_count++] = path;
+                }
+            }
+            if (opts->plugin_count == 0) {
+                snprintf(err, errlen, "--plugin_libs needs a library path (see edgekit-app --help)");
+                return -1;
+            }
         } else if (strcmp(name, "rpc_key") == 0) {
             opts->rpc_key = v;
         } else if (strcmp(name, "output_dir") == 0) {

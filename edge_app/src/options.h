@@ -8,6 +8,7 @@
 #include <edgekit/runtime.h>
 
 #define APP_MAX_VALUES 64 /* values of one flag: inputs, devices, threads, clusters */
+#define APP_MAX_PLUGINS 16 /* --plugin_libs */
 
 typedef struct app_options {
     const char *model_path;
@@ -31,6 +32,8 @@ typedef struct app_options {
     bool dump;             /* --dump: each thread's first launch dumped to ./sample_dump */
     const char *rpc_server; /* --rpc_server HOST:PORT: the devices are a board's remote_server's; NULL: local */
     const char *rpc_key;    /* --rpc_key FILE: the paired server's key */
+    const char *plugin_libs[APP_MAX_PLUGINS]; /* --plugin_libs: loaded into each runtime before the model */
+    int plugin_count;
     bool list_clusters;
     bool help;
 } app_options_t;
