@@ -482,6 +482,24 @@ cdef class Runtime:
             check(status)
             return self.network_names()[before:]
 
+    def load_plugin(self, path) -> None:
+        """Load a plugin op library (a shared library for this machine, docs/plugins.md) into this
+        runtime, before the models that use its ops."""
+        cdef bytes encoded
+        cdef const char *c_path
+        cdef ek_status_t status
+        if isinstance(path, str):
+            encoded = path.encode(sys.getfilesystemencoding(), "surrogateescape")
+        elif isinstance(path, bytes):
+            encoded = path
+        else:
+            raise InvalidTypeError(f"path must be str or bytes, got {type(path).__name__}")
+        c_path = encoded
+        with self._lock:
+            with nogil:
+                status = ek_rt_load_plugin(self._rt, c_path)
+            check(status)
+
     def load_model_data(self, data) -> list:
         """Load a model from a bytes-like object (copied); returns the names of the networks it added."""
         cdef const unsigned char[::1] view

@@ -128,6 +128,14 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="device id (default 0), or a board's remote_server: tcp://HOST:PORT or ssh://user@board "
         "(runs there from here; docs/remote-protocol.md)",
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="LIB.so",
+        help="load a plugin op library (built for this machine; docs/plugins.md) before the model "
+        "(repeat for more; not with a remote --device)",
+    )
 
 
 def _device(text: str) -> int | str:
@@ -344,7 +352,14 @@ def _open(args: argparse.Namespace) -> Any:
     if not Path(args.model).is_file():
         raise CliError(f"no such model file: {args.model}")
     threads = getattr(args, "threads", None)
-    return ek.Context(device=args.device, kernels=args.kernels, threads=threads)
+    ctx = ek.Context(device=args.device, kernels=args.kernels, threads=threads)
+    try:
+        for plugin in getattr(args, "plugin", None) or []:
+            ctx.load_plugin(plugin)
+    except BaseException:
+        ctx.close()
+        raise
+    return ctx
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -355,6 +355,18 @@ class Context:
             self._models.append(model)
         return model
 
+    def load_plugin(self, path: str | os.PathLike[str]) -> None:
+        """Load a plugin op library (docs/plugins.md) into this context, before the models that use its
+        ops: a shared library built for this machine (``edgekit.plugins.example_plugin_path()`` is the
+        SDK's example). A remote context refuses (its server never loads client code): run on the
+        board instead. Errors: UnsupportedError (not a plugin, another machine's library, remote),
+        VersionMismatchError (another plugin ABI), BusyError (an op registered twice),
+        SystemCallError (cannot open)."""
+        self._check_open()
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidTypeError(f"load_plugin takes a path, got {type(path).__name__}")
+        self._runtime.load_plugin(os.fspath(path))
+
     def network(self, name: str) -> Network:
         """A loaded network of any model of this context, by name."""
         self._check_open()

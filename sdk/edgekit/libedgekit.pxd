@@ -167,6 +167,7 @@ cdef extern from "edgekit/edgekit.h" nogil:
     ek_status_t ek_rt_kernels(ek_rt_t rt, const char **name)
     ek_status_t ek_rt_threads(ek_rt_t rt, int *threads)
     ek_status_t ek_rt_load_model(ek_rt_t rt, const char *path)
+    ek_status_t ek_rt_load_plugin(ek_rt_t rt, const char *path)
     ek_status_t ek_rt_load_model_data(ek_rt_t rt, const void *data, size_t size)
     ek_status_t ek_rt_network_count(ek_rt_t rt, int *count)
     ek_status_t ek_rt_network_name(ek_rt_t rt, int index, const char **name)

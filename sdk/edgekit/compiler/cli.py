@@ -50,6 +50,14 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
         help="network name, once per model, in order (default: OUT.ekm's stem for one model, else each "
         "ONNX file's stem; a runtime holds each network name once, and exporters name every graph alike)",
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="LIB.so",
+        help="a plugin op library built for this machine (docs/plugins.md): the models' nodes of a custom "
+        "domain it registers become its ops (repeat for more libraries)",
+    )
 
 
 def _assignment(text: str) -> tuple[str, tuple[int, ...]]:
@@ -109,7 +117,7 @@ def run_compile(args: argparse.Namespace) -> int:
     """Run ``edgekit compile``; returns the exit status (0, 1 compile error, 2 usage error)."""
     try:
         specs = _specs(args)
-        report = compile_networks(specs, args.output, log=print)
+        report = compile_networks(specs, args.output, log=print, plugins=args.plugin)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR

@@ -15,6 +15,7 @@ from edgekit.compiler import ekm, layout, onnx_import, passes, plan
 from edgekit.compiler.graph import NCHW_PERM, NHWC, ONNX, CompileError, Graph, Op, OpType, Shape
 from edgekit.compiler.lower import StageLowering
 from edgekit.compiler.onnx_import import ModelSource, OnnxModel
+from edgekit.compiler.plugins import PluginPaths, PluginSet
 
 Log = Callable[[str], None]
 
@@ -161,8 +162,10 @@ class _CompiledStage:
     report: StageReport
 
 
-def compile_stage(model: OnnxModel, shapes: Mapping[str, Shape]) -> _CompiledStage:
-    lowering = StageLowering(model, shapes)
+def compile_stage(
+    model: OnnxModel, shapes: Mapping[str, Shape], plugins: PluginSet | None = None
+) -> _CompiledStage:
+    lowering = StageLowering(model, shapes, plugins)
     graph = lowering.run()
     passes.eliminate_dead_code(graph)
     fused = passes.fold_into_weights(graph)
@@ -238,6 +241,7 @@ def _stage_record(compiled: _CompiledStage) -> ekm.StageRecord:
             [index[n] for n in op.outputs],
             dict(op.attrs),
             _op_source(graph, op),
+            dict(op.attr_types),
         )
         for op in graph.ops
     ]
@@ -263,14 +267,22 @@ def default_name(source: ModelSource, graph_name: str, output: str | os.PathLike
 
 
 def compile_networks(
-    networks: Sequence[NetworkSpec], output: str | os.PathLike[str] | None = None, *, log: Log | None = None
+    networks: Sequence[NetworkSpec],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    log: Log | None = None,
+    plugins: PluginPaths = (),
 ) -> CompileReport:
     """Compile every network (each with its stages) into one .ekm; write it to ``output`` if given.
     Networks without a name get ``default_name``'s: the output's stem for one network, else the ONNX
-    file's stem."""
+    file's stem. ``plugins``: host builds of plugin op libraries (docs/plugins.md) whose ops the
+    networks' custom-domain nodes become."""
     say: Log = log or (lambda _message: None)
     if not networks:
         raise CompileError("no networks to compile")
+    plugin_set = PluginSet(plugins)
+    for lib in plugin_set.libraries:
+        say(f"plugin {lib.path}: " + ", ".join(f"{d}::{t}" for d, t in lib.ops))
     records: list[ekm.NetworkRecord] = []
     reports: list[NetworkReport] = []
     for spec in networks:
@@ -286,7 +298,7 @@ def compile_networks(
             shapes = _stage_shapes(model, stage, index)
             say(f"{name}: stage {index}: " + " ".join(f"{k}={_shape_str(v)}" for k, v in shapes.items()))
             try:
-                result = compile_stage(model, shapes)
+                result = compile_stage(model, shapes, plugin_set)
             except CompileError as exc:
                 if len(stage_specs) > 1 or len(networks) > 1:
                     exc.args = (f"network '{name}', stage {index}: {exc.args[0]}", *exc.args[1:])
@@ -334,10 +346,12 @@ def compile_model(
     stages: Sequence[Mapping[str, Sequence[int]]] = (),
     name: str | None = None,
     log: Log | None = None,
+    plugins: PluginPaths = (),
 ) -> CompileReport:
     """Compile one ONNX network (a path or a ModelProto) to .ekm. The network is named ``name``, by
-    default the stem of ``output`` (see ``default_name``)."""
-    return compile_networks([NetworkSpec(model, name, stages)], output, log=log)
+    default the stem of ``output`` (see ``default_name``). ``plugins``: plugin libraries for the
+    custom-domain nodes (docs/plugins.md)."""
+    return compile_networks([NetworkSpec(model, name, stages)], output, log=log, plugins=plugins)
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from edgekit.compiler.graph import ATTR_TYPES, AttrType, AttrValue, CompileError
 
 MAGIC = b"EDGEKIT\0"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections
+VERSION_MINOR = 2  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections; 1.2: PLUGIN ops
 HEADER_SIZE = 64
 ABSENT = 0xFFFFFFFF
 
@@ -116,6 +116,8 @@ class OpRecord:
     outputs: list[int]
     attrs: dict[str, AttrValue] = field(default_factory=dict)
     source: OpSource | None = None  # from OP_SOURCES; None in files without it
+    # The type of attributes the op table does not know (PLUGIN ops' node attributes); read back for all.
+    attr_types: dict[str, AttrType] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,8 +181,10 @@ class _Strings:
         return self.refs[text]
 
 
-def _attr_record(name: str, value: AttrValue, strings: _Strings, attr_data: bytearray) -> bytes:
-    kind = ATTR_TYPES.get(name)
+def _attr_record(
+    name: str, value: AttrValue, strings: _Strings, attr_data: bytearray, kind: AttrType | None = None
+) -> bytes:
+    kind = kind or ATTR_TYPES.get(name)
     if kind is None:
         raise CompileError(f"internal: attribute '{name}' has no type in the op table")
     count, raw = 1, 0
@@ -263,7 +267,7 @@ def write(model: ModelFile, *, source_map: bool = True) -> bytes:
             for op in stage.ops:
                 first_attr = n_attrs
                 for name, value in op.attrs.items():
-                    attrs += _attr_record(name, value, strings, attr_data)
+                    attrs += _attr_record(name, value, strings, attr_data, op.attr_types.get(name))
                     n_attrs += 1
                 ops += _OP.pack(
                     strings.ref(op.name),
@@ -323,7 +327,9 @@ def write(model: ModelFile, *, source_map: bool = True) -> bytes:
         body += payload
         pos = start + len(payload)
     file_size = pos
-    minor = VERSION_MINOR if source_map else 0
+    # 1.2 only when the file needs it (a PLUGIN op), so other files stay readable as 1.1 / 1.0
+    has_plugin = any(op.type == 28 for net in model.networks for st in net.stages for op in st.ops)
+    minor = VERSION_MINOR if has_plugin else 1 if source_map else 0
     header = _HEADER.pack(MAGIC, VERSION_MAJOR, minor, HEADER_SIZE, file_size, table_offset, len(sections), 0)
     return header + bytes(table) + bytes(body)
 
@@ -462,6 +468,7 @@ def read(data: bytes) -> ModelFile:
                         list(idx[n_oin:]),
                         dict(attr_value(a) for a in attr_recs[first_attr : first_attr + n_attr]),
                         op_source(op_index),
+                        {string(a[0]): AttrType(a[1]) for a in attr_recs[first_attr : first_attr + n_attr]},
                     )
                 )
                 src = ops[-1].source

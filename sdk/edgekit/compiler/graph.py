@@ -27,8 +27,9 @@ class UnsupportedOpsError(CompileError):
         listing = "\n".join(f"  {op}" for op in self.ops)
         super().__init__(
             f"{len(self.ops)} op(s) not supported:\n{listing}\n"
-            "These ops are not supported by EdgeKit's kernels yet; plugin ops are planned "
-            "(until then, replace them in the model or export it so they fold to constants)."
+            "These ops are not supported by EdgeKit's kernels: replace them in the model, export it so they "
+            "fold to constants, or implement them in a plugin library (docs/plugins.md) and compile with "
+            "--plugin lib.so."
         )
 
 
@@ -60,6 +61,7 @@ class OpType(enum.IntEnum):
     SLICE = 25
     REDUCE_MEAN = 26
     RESHAPE = 27
+    PLUGIN = 28  # an op of a plugin library (compiler/plugins.py, docs/plugins.md)
 
 
 class AttrType(enum.IntEnum):
@@ -176,6 +178,8 @@ class Op:
     # The ONNX nodes this op stands for, in graph order (several after BatchNorm folding or activation
     # fusion; none for a layout change the compiler inserted).
     sources: list[str] = field(default_factory=list)
+    # PLUGIN ops: the type of each attribute (their names are the ONNX node's, not the op table's).
+    attr_types: dict[str, AttrType] = field(default_factory=dict)
 
 
 @dataclass

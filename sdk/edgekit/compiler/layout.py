@@ -99,6 +99,14 @@ class _Layout:
         return self.dst
 
     def op(self, op: Op) -> None:
+        if op.type == OpType.PLUGIN:
+            # A plugin sees the ONNX layout (docs/plugins.md): its operands are converted back to it.
+            inputs = [self.get(n, ONNX) if n is not None else None for n in op.inputs]
+            outputs = [self.output(name, ONNX) for name in op.outputs]
+            self.dst.ops.append(
+                Op(op.type, op.name, inputs, outputs, dict(op.attrs), op.sources, dict(op.attr_types))
+            )
+            return
         if op.type in SPATIAL_OPS:
             first = op.inputs[0]
             inputs = [self.get(first, NHWC) if first is not None else None]

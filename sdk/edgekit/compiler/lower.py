@@ -19,8 +19,10 @@ import onnx
 from onnx import helper
 
 from edgekit.compiler import fold
+from edgekit.compiler import plugins as plugins_mod
 from edgekit.compiler.graph import (
     MAX_RANK,
+    AttrType,
     AttrValue,
     CompileError,
     Graph,
@@ -106,8 +108,11 @@ def _spatial_pads(
 class StageLowering:
     """Lower ``model`` with its inputs fixed to ``shapes``."""
 
-    def __init__(self, model: OnnxModel, shapes: Mapping[str, Shape]) -> None:
+    def __init__(
+        self, model: OnnxModel, shapes: Mapping[str, Shape], plugins: plugins_mod.PluginSet | None = None
+    ) -> None:
         self.model = model
+        self.plugins = plugins or plugins_mod.PluginSet()
         self.graph = Graph()
         self.env: dict[str, Value] = {}
         self.unsupported: list[str] = []
@@ -189,7 +194,9 @@ class StageLowering:
             ins: list[Value | None] = [self.env[n] if n else None for n in node.input]
             if any(isinstance(v, Unknown) for v in ins):
                 self._set_outputs(node, [Unknown() for _ in node.output])
-                if node.op_type not in LOWERINGS or node.domain not in ("", "ai.onnx"):
+                if node.domain not in ("", "ai.onnx") and not self.plugins.find(node.domain, node.op_type):
+                    self.unsupported.append(f"{fold.describe(node)}: {self._no_plugin(node)}")
+                elif node.op_type not in LOWERINGS or node.domain not in ("", "ai.onnx"):
                     self.unsupported.append(fold.describe(node))
                 continue
             outputs = self._node(node, ins)
@@ -219,6 +226,12 @@ class StageLowering:
                         tensor.onnx_name = name
 
     def _node(self, node: onnx.NodeProto, ins: list[Value | None]) -> list[Value]:
+        if node.domain not in ("", "ai.onnx"):  # a custom domain: a plugin op (never folded)
+            try:
+                return self._plugin_node(node, ins)
+            except Unsupported as exc:
+                self.unsupported.append(f"{fold.describe(node)}: {exc}")
+                return [Unknown() for _ in node.output]
         known = [v for v in ins if v is not None]
         if all(isinstance(v, Const) for v in known) and node.op_type not in NEVER_FOLD:
             self.stats.folded_nodes += 1
@@ -243,6 +256,67 @@ class StageLowering:
             self.unsupported.append(fold.describe(node) + (f": {reason}" if reason else ""))
             return [Unknown() for _ in node.output]
         return results
+
+    def _no_plugin(self, node: onnx.NodeProto) -> str:
+        given = ", ".join(lib.name for lib in self.plugins.libraries) or "none"
+        return (
+            f"domain '{node.domain}' is not ONNX's and no plugin given registers '{node.domain}::"
+            f"{node.op_type}' (plugins given: {given}): pass the plugin library that implements it, "
+            "edgekit compile --plugin lib.so (compile_model(..., plugins=[...]))"
+        )
+
+    def _plugin_node(self, node: onnx.NodeProto, ins: list[Value | None]) -> list[Value]:
+        """A node of a custom domain: a PLUGIN op of the --plugin library that registers it, with the
+        node's attributes; its output shapes are the library's infer() (docs/plugins.md)."""
+        op = self.plugins.find(node.domain, node.op_type)
+        if op is None:
+            raise Unsupported(self._no_plugin(node))
+        attrs: dict[str, AttrValue] = {"ek.domain": node.domain, "ek.op_type": node.op_type}
+        types: dict[str, AttrType] = {"ek.domain": AttrType.STRING, "ek.op_type": AttrType.STRING}
+        for a in node.attribute:
+            if a.name.startswith(plugins_mod.RESERVED_PREFIX):
+                raise Unsupported(f"attribute '{a.name}': names starting with 'ek.' are reserved")
+            value = helper.get_attribute_value(a)
+            if a.type == onnx.AttributeProto.INT:
+                attrs[a.name], types[a.name] = int(value), AttrType.INT
+            elif a.type == onnx.AttributeProto.FLOAT:
+                attrs[a.name], types[a.name] = float(value), AttrType.FLOAT
+            elif a.type == onnx.AttributeProto.STRING:
+                attrs[a.name], types[a.name] = _str(value), AttrType.STRING
+            elif a.type == onnx.AttributeProto.INTS:
+                attrs[a.name], types[a.name] = [int(v) for v in value], AttrType.INTS
+            elif a.type == onnx.AttributeProto.FLOATS:
+                attrs[a.name], types[a.name] = [float(v) for v in value], AttrType.FLOATS
+            else:
+                raise Unsupported(
+                    f"attribute '{a.name}' is of ONNX type {onnx.AttributeProto.AttributeType.Name(a.type)}; "
+                    "plugin ops take INT, FLOAT, STRING, INTS and FLOATS"
+                )
+            if isinstance(attrs[a.name], list) and len(attrs[a.name]) > 64:  # type: ignore[arg-type]
+                raise Unsupported(f"attribute '{a.name}' has more than 64 elements (the .ekm limit)")
+        if any(v is None for v in ins):
+            raise Unsupported("an input is absent (plugin ops take no absent inputs)")
+        inputs = [self.tensor(v, f"input{i}") for i, v in enumerate(ins)]
+        node_name = self.node.name or self.node.op_type
+        try:
+            shapes = self.plugins.infer(
+                op,
+                node_name,
+                plugins_mod.typed_attrs(attrs, types),
+                [self.graph.shape(n) for n in inputs],
+                len(node.output),
+            )
+        except plugins_mod.PluginError as exc:
+            raise CompileError(f"{self.where}: {exc}") from None
+        outputs = []
+        for index, shape in enumerate(shapes):
+            if len(shape) > MAX_RANK:
+                raise CompileError(f"{self.where}: output {index} of rank {len(shape)} (at most {MAX_RANK})")
+            outputs.append(self.graph.add(node.output[index] or f"{node_name}_out{index}", shape))
+        self.graph.ops.append(
+            Op(OpType.PLUGIN, node_name, list(inputs), outputs, attrs, sources=[node_name], attr_types=types)
+        )
+        return [Dyn(name) for name in outputs]
 
 
 def _topological(model: OnnxModel) -> list[onnx.NodeProto]:

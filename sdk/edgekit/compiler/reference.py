@@ -12,6 +12,7 @@ import numpy as np
 
 from edgekit.compiler import ekm
 from edgekit.compiler.graph import AttrValue, OpType
+from edgekit.compiler.plugins import PluginError, PluginPaths, PluginSet, typed_attrs
 
 Array = np.ndarray
 
@@ -257,6 +258,24 @@ _SPATIAL = (
 )
 
 
+def _run_plugin(
+    op: ekm.OpRecord, ins: list[Array | None], out_shapes: list[tuple[int, ...]], plugins: PluginSet
+) -> list[Array]:
+    domain, op_type = str(op.attrs.get("ek.domain", "")), str(op.attrs.get("ek.op_type", ""))
+    found = plugins.find(domain, op_type)
+    if found is None:
+        raise InterpreterError(
+            f"op '{op.name}' is plugin op '{domain}::{op_type}': give the plugin library that registers it "
+            "(run_reference(..., plugins=[path]))"
+        )
+    try:
+        return plugins.run(
+            found, op.name, typed_attrs(op.attrs, op.attr_types), [_req(x) for x in ins], out_shapes
+        )
+    except PluginError as exc:
+        raise InterpreterError(str(exc)) from None
+
+
 def _run_op(op: ekm.OpRecord, ins: list[Array | None], out_shapes: list[tuple[int, ...]]) -> list[Array]:
     t = op.type
     if t in _SPATIAL:
@@ -368,9 +387,12 @@ def run_reference(
     model_file: ekm.ModelFile | bytes,
     network: str | None,
     inputs: Mapping[str, np.ndarray],
+    plugins: PluginPaths | PluginSet = (),
 ) -> dict[str, np.ndarray]:
     """Run ``network`` (None: the only one) of a compiled model on ``inputs`` (by input name); returns
-    the outputs by name. The stage is the one whose input shapes match."""
+    the outputs by name. The stage is the one whose input shapes match. PLUGIN ops run through
+    ``plugins`` (host builds of their libraries); without one a PLUGIN op is an InterpreterError."""
+    plugin_set = plugins if isinstance(plugins, PluginSet) else PluginSet(plugins)
     model = model_file if isinstance(model_file, ekm.ModelFile) else ekm.read(bytes(model_file))
     net = model.network(network)
     names = [io.name for io in net.inputs]
@@ -396,7 +418,10 @@ def run_reference(
                 )
             ins.append(values[operand])
         shapes = [stage.tensors[i].shape for i in op.outputs]
-        results = _run_op(op, ins, shapes)
+        if op.type == OpType.PLUGIN:
+            results = _run_plugin(op, ins, shapes, plugin_set)
+        else:
+            results = _run_op(op, ins, shapes)
         for index, result in zip(op.outputs, results):
             if result.shape != stage.tensors[index].shape:
                 raise InterpreterError(
