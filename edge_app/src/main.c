@@ -414,9 +414,12 @@ int main(int argc, char **argv) {
     if (opts.rpc_server && opts.plugin_count)
         die(EXIT_USAGE, "--plugin_libs with --rpc_server: a remote_server never loads client code, so plugins cannot "
             "run on its devices: run edgekit-app with --plugin_libs on the board itself");
-    for (int i = 0; i < opts.plugin_count; i++)
-        if (access(opts.plugin_libs[i], R_OK) != 0)
+    for (int i = 0; i < opts.plugin_count; i++) { /* opened, not access(), as --model_path is */
+        FILE *plugin_file = fopen(opts.plugin_libs[i], "rb");
+        if (!plugin_file)
             die(EXIT_USAGE, "--plugin_libs %s: %s", opts.plugin_libs[i], strerror(errno));
+        fclose(plugin_file);
+    }
     if (opts.cluster_count && opts.cluster_count != opts.threads)
         die(EXIT_USAGE, "--visible_cluster gave %d cluster(s) for %d thread(s) per device: give one per thread",
             opts.cluster_count, opts.threads);
