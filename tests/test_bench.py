@@ -32,3 +32,17 @@ def test_quick_remote_bench_prints_both_tables_and_moves_the_data_intact() -> No
         assert row in out, f"{row!r} missing:\n{out}"
     assert "remote memory write + read" in out and "plain TCP echo" in out
     assert "data intact: True" in out
+
+
+def test_plugin_bench_prints_a_row_per_size() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgekit.bench_plugins", "--repeats", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "built-in SIGMOID us" in out and "plugin Swish us" in out and "plugin - built-in us" in out
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [row[0] for row in rows] == ["16", "4096", "262144"], out
