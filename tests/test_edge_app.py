@@ -45,6 +45,7 @@ FLAGS = (
     "--dump",
     "--rpc_server",
     "--rpc_key",
+    "--plugin_libs",
     "--list-clusters",
     "--help",
 )
@@ -280,8 +281,19 @@ def bad_inputs(folder: Path) -> Iterator[tuple[str, list[str | Path], dict[str, 
         {},
         r"--visible_cluster 99: there is no such cluster: .*--list-clusters",
     )
-    # A flag of a later issue (plugin op libraries): not accepted until it does something.
-    yield "unknown flag", ["--model_path", ekm, "--plugin_libs", "x.so"], {}, r"unknown flag --plugin_libs"
+    yield "unknown flag", ["--model_path", ekm, "--frobnicate", "x.so"], {}, r"unknown flag --frobnicate"
+    yield (
+        "plugin library missing",
+        ["--model_path", ekm, "--plugin_libs", "x.so"],
+        {},
+        r"--plugin_libs x.so: No such file or directory",
+    )
+    yield (
+        "plugin_libs with rpc_server",
+        ["--model_path", ekm, "--plugin_libs", "x.so", "--rpc_server", "127.0.0.1:9"],
+        {},
+        r"--plugin_libs with --rpc_server: a remote_server never loads client code",
+    )
     yield (
         "rpc_server",
         ["--model_path", ekm, "--rpc_server", "1"],
@@ -629,7 +641,7 @@ def test_on_the_board_bad_input_is_exit_2_and_clusters_list(app_board: Any, emu_
         "no stage": f"--model_path {BOARD_MODELS}/mlp2.ekm --input_dims 3,64",
         "device": f"--model_path {BOARD_MODELS}/mlp.ekm --dev_ids 1",
         "clusters": f"--model_path {BOARD_MODELS}/mlp.ekm --threads 2 --visible_cluster 0",
-        "unknown flag": f"--model_path {BOARD_MODELS}/mlp.ekm --plugin_libs x.so",
+        "unknown flag": f"--model_path {BOARD_MODELS}/mlp.ekm --frobnicate x.so",
         "dump value": f"--model_path {BOARD_MODELS}/mlp.ekm --dump yes",
         "unwritable profile": f"--model_path {BOARD_MODELS}/mlp.ekm --profile 1",
     }
