@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "sdk" / "runtime"
 SOURCES = sorted((RUNTIME / "src").glob("*.c")) + sorted((ROOT / "edge_app" / "src").glob("*.c"))
+SOURCES += sorted((ROOT / "sdk" / "plugins").rglob("*.c"))  # the example plugin op library
 COMPILERS = ["gcc", "aarch64-linux-gnu-gcc"]
 
 
