@@ -47,6 +47,7 @@ WEAK_KERNEL(ek_kernel_max_pool, EK_OP_MAX_POOL);
 WEAK_KERNEL(ek_kernel_average_pool, EK_OP_AVERAGE_POOL);
 WEAK_KERNEL(ek_kernel_global_average_pool, EK_OP_GLOBAL_AVERAGE_POOL);
 WEAK_KERNEL(ek_kernel_resize, EK_OP_RESIZE);
+WEAK_KERNEL(ek_kernel_plugin, EK_OP_PLUGIN); /* src/plugin.c */
 
 static struct ek_exec shim_exec = {3};
 static struct ek_exec *test_exec(void) { return &shim_exec; }
