@@ -40,6 +40,20 @@ def test_memory_doc_examples_run(tmp_path: Path) -> None:
         assert "'capacity': 1048576, 'runtimes': 1}" in result.stdout, result.stdout
 
 
+def test_host_graphs_examples_run(tmp_path: Path) -> None:
+    """docs/host-graphs.md: the EdgeKit node in an ONNX graph; each block in its own process."""
+    blocks = python_blocks(ROOT / "docs" / "host-graphs.md")
+    assert len(blocks) == 1
+    outputs = []
+    for code in blocks:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert result.returncode == 0, f"host-graphs.md example failed:\n{code}\n{result.stderr}"
+        outputs.append(result.stdout)
+    assert "[[ 1." in outputs[0], outputs[0]
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()

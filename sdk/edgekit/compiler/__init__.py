@@ -6,7 +6,8 @@
 
 Pipeline: onnx_import (load, constants) -> lower (static shapes, constant folding via fold, ONNX ops to
 EdgeKit ops) -> passes (BatchNorm folding, activation fusion, dead code) -> layout (NHWC for spatial
-ops) -> plan (static memory plan) -> ekm (the file). reference.run_reference interprets a compiled
+ops; an ai.edgekit EdgeKitNetwork node is inlined there, see subnet) -> plan (static memory plan) ->
+ekm (the file). reference.run_reference interprets a compiled
 file with numpy. This package never imports the runtime (edgekit._core).
 """
 

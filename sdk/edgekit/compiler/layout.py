@@ -3,6 +3,9 @@ layout-agnostic ops (element-wise, CONCAT, PAD, SLICE, REDUCE_MEAN, SOFTMAX) in 
 inputs already share, with their axes and constant operands remapped. A TRANSPOSE is inserted only
 where a tensor meets an op that needs the other layout, and each tensor is converted at most once.
 
+An inlined EdgeKit network (subnet.SubnetOp) takes its inputs and gives its outputs in the ONNX layout
+and is replaced by its ops, which are in their physical layouts already (compiler/subnet.py).
+
 Input: a graph whose tensors all have the ONNX layout (lowering's output). Output: a new graph whose
 tensor shapes are physical. Network inputs and outputs keep the ONNX layout.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekit.compiler import subnet
 from edgekit.compiler.graph import (
     BINARY_OPS,
     NCHW_PERM,
@@ -99,6 +103,10 @@ class _Layout:
         return self.dst
 
     def op(self, op: Op) -> None:
+        if isinstance(op, subnet.SubnetOp):  # an EdgeKitNetwork node: its ops, already in their layouts
+            bound = [self.get(n, ONNX) for n in op.inputs if n is not None]
+            subnet.inline(self.dst, op, bound, [self.output(n, ONNX) for n in op.outputs])
+            return
         if op.type == OpType.PLUGIN:
             # A plugin sees the ONNX layout (docs/plugins.md): its operands are converted back to it.
             inputs = [self.get(n, ONNX) if n is not None else None for n in op.inputs]

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgekit.compiler import fold
+from edgekit.compiler import fold, subnet
 from edgekit.compiler import plugins as plugins_mod
 from edgekit.compiler.graph import (
     MAX_RANK,
@@ -194,7 +194,9 @@ class StageLowering:
             ins: list[Value | None] = [self.env[n] if n else None for n in node.input]
             if any(isinstance(v, Unknown) for v in ins):
                 self._set_outputs(node, [Unknown() for _ in node.output])
-                if node.domain not in ("", "ai.onnx") and not self.plugins.find(node.domain, node.op_type):
+                if subnet.is_edgekit_node(node):
+                    pass  # an EdgeKit network after an unsupported node: that node is the one reported
+                elif node.domain not in ("", "ai.onnx") and not self.plugins.find(node.domain, node.op_type):
                     self.unsupported.append(f"{fold.describe(node)}: {self._no_plugin(node)}")
                 elif node.op_type not in LOWERINGS or node.domain not in ("", "ai.onnx"):
                     self.unsupported.append(fold.describe(node))
@@ -226,6 +228,8 @@ class StageLowering:
                         tensor.onnx_name = name
 
     def _node(self, node: onnx.NodeProto, ins: list[Value | None]) -> list[Value]:
+        if subnet.is_edgekit_node(node):  # a compiled EdgeKit network: inlined (compiler/subnet.py)
+            return subnet.lower_node(self, node, ins)
         if node.domain not in ("", "ai.onnx"):  # a custom domain: a plugin op (never folded)
             try:
                 return self._plugin_node(node, ins)
