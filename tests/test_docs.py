@@ -41,9 +41,10 @@ def test_memory_doc_examples_run(tmp_path: Path) -> None:
 
 
 def test_host_graphs_examples_run(tmp_path: Path) -> None:
-    """docs/host-graphs.md: the EdgeKit node in an ONNX graph; each block in its own process."""
+    """docs/host-graphs.md: RuntimeSubgraph in a torch model, the EdgeKit node in an ONNX graph, and
+    torch.onnx.export of a model with a RuntimeSubgraph; each block in its own process."""
     blocks = python_blocks(ROOT / "docs" / "host-graphs.md")
-    assert len(blocks) == 1
+    assert len(blocks) == 3
     outputs = []
     for code in blocks:
         result = subprocess.run(
@@ -51,7 +52,8 @@ def test_host_graphs_examples_run(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, f"host-graphs.md example failed:\n{code}\n{result.stderr}"
         outputs.append(result.stdout)
-    assert "[[ 1." in outputs[0], outputs[0]
+    assert "torch.Size([4, 8, 1, 1])" in outputs[0] and "run_network" in outputs[0], outputs[0]
+    assert "['EdgeKitNetwork', 'Gemm']" in outputs[2], outputs[2]
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
