@@ -291,3 +291,31 @@ def test_edgekit_does_not_import_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     done = _run_fresh("import sys; sys.modules['torch'] = None; import edgekit.torch", tmp_path)
     assert done.returncode != 0 and "ImportError" in done.stderr and "pip install torch" in done.stderr
+
+
+def test_exported_torch_model_runs_on_the_board(
+    flashed_emu: Any, models: dict[str, Any], tmp_path: Path
+) -> None:
+    """The board has no torch: the hybrid model goes there the ONNX way (export, compile, one .ekm) and
+    matches the pure-torch model there."""
+    import shutil
+
+    from toolchains.rootfs import run_on_board
+
+    board_dir = "/opt/edgekit-torchsub"
+    folder: Path = flashed_emu.rootfs / board_dir.lstrip("/")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    path = tmp_path / "hybrid.onnx"
+    torch.onnx.export(
+        models["hybrid"], (batch(2),), str(path), input_names=["a"], output_names=["z"], dynamo=False
+    )
+    compile_model(str(path), folder / "hybrid.ekm", stages=[{"a": (2, 3, 8, 8)}])
+    np.save(folder / "a.npy", batch(2).numpy())
+    with torch.no_grad():
+        np.save(folder / "expected.npy", models["torch"](batch(2)).numpy())
+    argv = ["python3", "-m", "edgekit", "run", f"{board_dir}/hybrid.ekm", "--input", f"{board_dir}/a.npy"]
+    done = run_on_board(flashed_emu.rootfs, [*argv, "--expect", f"{board_dir}/expected.npy"], timeout=600)
+    out = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, out[-3000:] + done.stderr.decode(errors="replace")[-2000:]
+    assert "expect z: OK" in out, out
