@@ -409,7 +409,9 @@ def bench(c: Context, quick: bool = False) -> None:
     device on loopback (remote_server in another process): the round trip of a one-op model against
     a local run and a TCP ping-pong, and 64 MiB there and back against a plain TCP echo.
     python -m edgekit.bench_plugins: a one-op model with the example plugin's Swish against the built-in
-    SIGMOID, per launch (the plugin call's overhead).
+    SIGMOID, per launch (the plugin call's overhead). python -m edgekit.bench_memory: the first launch of a
+    fresh context (it allocates) and steady launches with a PoolAllocator, a Python allocator and a static
+    workspace, against the device heap (the allocators' overhead).
     """
     _ensure_host_package(c)
     flag = " --quick" if quick else ""
@@ -421,6 +423,8 @@ def bench(c: Context, quick: bool = False) -> None:
     c.run(f"{PYTHON} -m edgekit.bench_profile{flag}")
     say("edgekit.bench_plugins: a plugin op's launch against the built-in op's")
     c.run(f"{PYTHON} -m edgekit.bench_plugins{flag}")
+    say("edgekit.bench_memory: launches with a pool, a Python allocator and a static workspace vs the heap")
+    c.run(f"{PYTHON} -m edgekit.bench_memory{flag}")
     say("edgekit.bench_remote: a remote device on loopback against plain TCP")
     c.run(f"{PYTHON} -m edgekit.bench_remote{flag}")
     allowed = sorted(os.sched_getaffinity(0))

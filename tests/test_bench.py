@@ -46,3 +46,19 @@ def test_plugin_bench_prints_a_row_per_size() -> None:
     assert "built-in SIGMOID us" in out and "plugin Swish us" in out and "plugin - built-in us" in out
     rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert [row[0] for row in rows] == ["16", "4096", "262144"], out
+
+
+def test_memory_bench_prints_every_strategy_for_both_models() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgekit.bench_memory", "--quick", "--repeats", "5"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["mlp"], ["yolo"])]
+    assert [(r[0], r[1]) for r in rows] == [
+        (m, c) for m in ("mlp", "yolo") for c in ("heap", "pool", "python", "static")
+    ], result.stdout
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[4]) > 0 and row[3].endswith("x") and row[5].endswith("x"), row

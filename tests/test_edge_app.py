@@ -46,6 +46,7 @@ FLAGS = (
     "--rpc_server",
     "--rpc_key",
     "--plugin_libs",
+    "--mem_stg",
     "--list-clusters",
     "--help",
 )
@@ -184,6 +185,39 @@ def test_model_on_two_devices_two_threads_matches_edgekit_run(
     assert total is not None and int(total[1]) == 12 and float(total[3]) > 0, done.stdout
 
 
+MEMORY_LINE = re.compile(r"^memory \(device (\d)\): (static|dynamic), (.*)$", re.M)
+
+
+@pytest.mark.parametrize("strategy", ["static", "dynamic"])
+def test_mem_stg_runs_the_same_and_reports_what_the_timed_launches_allocated(
+    model_files: Path, tmp_path: Path, strategy: str
+) -> None:
+    """--mem_stg static (a workspace per thread) and dynamic (the app's allocator) give the default run's
+    outputs, on two devices with two threads each, and say what the timed iterations allocated: nothing
+    with static workspaces."""
+    args: list[str | Path] = ["--model_path", model_files / "yolo.ekm", "--data_path", model_files / "yolo.bin",
+            "--dev_ids", "0", "1", "--threads", "2", "--iterations", "5",
+            "--kernels", "portable"]  # fmt: skip
+    env = {"EDGEKIT_DEVICES": "2"}
+    ref = run_app(*args, "--output_dir", tmp_path / "ref", env=env)
+    assert ref.returncode == 0 and not MEMORY_LINE.search(ref.stdout), ref.stdout + ref.stderr
+    done = run_app(*args, "--mem_stg", strategy, "--output_dir", tmp_path / "app", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_same_outputs(tmp_path / "app", tmp_path / "ref")
+    lines = MEMORY_LINE.findall(done.stdout)
+    assert [(d, s) for d, s, _ in lines] == [("0", strategy), ("1", strategy)], done.stdout
+    static = r"one \d+-byte workspace per thread; the timed iterations allocated no device memory"
+    # dynamic: a context per launch running at once, made when first needed (in the warm-up, or later if
+    # the two threads' launches first overlap in the timed iterations)
+    dynamic = r".*: (\d+) allocation\(s\), 0 free\(s\), peak (\d+) bytes; (\d+) during the timed iterations"
+    for _, _, text in lines:
+        if strategy == "static":
+            assert re.fullmatch(static, text), text
+        else:
+            m = re.fullmatch(dynamic, text)
+            assert m and 1 <= int(m[1]) <= 2 and int(m[2]) > 0 and int(m[3]) <= 2, text
+
+
 def test_input_dims_pick_the_stage(model_files: Path, tmp_path: Path) -> None:
     done = run_app(
         "--model_path", model_files / "mlp2.ekm", "--data_path", model_files / "mlp2-b4.bin",
@@ -293,6 +327,18 @@ def bad_inputs(folder: Path) -> Iterator[tuple[str, list[str | Path], dict[str, 
         ["--model_path", ekm, "--plugin_libs", "x.so", "--rpc_server", "127.0.0.1:9"],
         {},
         r"--plugin_libs with --rpc_server: a remote_server never loads client code",
+    )
+    yield (
+        "mem_stg value",
+        ["--model_path", ekm, "--mem_stg", "pooled"],
+        {},
+        r"--mem_stg: 'pooled' is not one of",
+    )
+    yield (
+        "mem_stg with rpc_server",
+        ["--model_path", ekm, "--mem_stg", "static", "--rpc_server", "127.0.0.1:9"],
+        {},
+        r"--mem_stg with --rpc_server: a remote_server manages the board's memory itself",
     )
     yield (
         "rpc_server",
@@ -631,6 +677,27 @@ def test_on_the_board_every_model_matches_edgekit_run(app_board: Any, emu_rootfs
     # PYTHONPATH put this test's release before the edgekit.pth that /opt/edgekit may have written.
     for name in MODEL_NAMES:
         assert_same_outputs(out / f"app-{name}", out / f"ref-{name}")
+
+
+def test_on_the_board_mem_stg_static_and_dynamic(app_board: Any, emu_rootfs: Path) -> None:
+    """Both memory strategies on the board (two threads), equal to the default run's outputs there."""
+    out = emu_rootfs / BOARD_MODELS.lstrip("/") / "out-mem"
+    shutil.rmtree(out, ignore_errors=True)
+    base = (
+        f"edgekit-app --model_path {BOARD_MODELS}/yolo.ekm --data_path {BOARD_MODELS}/yolo.bin --threads 2 "
+        "--iterations 3 --warmup 1"
+    )
+    script = "\n".join(
+        f"{base} {flag} --output_dir {BOARD_MODELS}/out-mem/{name} || exit 1"
+        for name, flag in [("default", ""), ("static", "--mem_stg static"), ("dynamic", "--mem_stg dynamic")]
+    )
+    done = on_board(emu_rootfs, script)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    lines = MEMORY_LINE.findall(done.stdout)
+    assert [s for _, s, _ in lines] == ["static", "dynamic"], done.stdout
+    assert lines[0][2].endswith("the timed iterations allocated no device memory"), lines[0]
+    assert_same_outputs(out / "static", out / "default")
+    assert_same_outputs(out / "dynamic", out / "default")
 
 
 def test_on_the_board_bad_input_is_exit_2_and_clusters_list(app_board: Any, emu_rootfs: Path) -> None:

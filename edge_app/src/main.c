@@ -3,6 +3,7 @@
  * outputs), optionally bound to a CPU cluster, and reports latency percentiles and throughput.
  * Bad flags or input: one line "error: ..." and exit 2; a runtime failure while running: exit 1. */
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
@@ -151,11 +152,47 @@ static void fill_random(void *data, ek_dtype_t dtype, size_t count, uint64_t *st
 
 /* ---- the run ---- */
 
+/* --mem_stg dynamic: the runtime's allocations through this allocator, over the device heap. */
+struct app_allocator {
+    pthread_mutex_t lock;
+    long allocations, frees;
+};
+
+static ek_status_t app_alloc(void *user, ek_dev_t dev, size_t size, size_t alignment, ek_mem_t *mem,
+                             size_t *offset) {
+    struct app_allocator *a = user;
+    (void)alignment; /* device memory starts at the heap's alignment, a multiple of any the runtime asks */
+    ek_status_t status = ek_malloc_device(dev, mem, size);
+    if (status == EK_OK) {
+        *offset = 0;
+        pthread_mutex_lock(&a->lock);
+        a->allocations++;
+        pthread_mutex_unlock(&a->lock);
+    }
+    return status;
+}
+
+static void app_free(void *user, ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size) {
+    struct app_allocator *a = user;
+    (void)offset;
+    (void)size;
+    if (ek_free_device(dev, mem) == EK_OK) {
+        pthread_mutex_lock(&a->lock);
+        a->frees++;
+        pthread_mutex_unlock(&a->lock);
+    }
+}
+
 struct device_ctx {
     int id;
     ek_dev_t dev;
     ek_rt_t rt;
     int dev_open, rt_open;
+    ek_allocator_t allocator; /* --mem_stg dynamic */
+    struct app_allocator counts;
+    /* what the device had allocated when its timed iterations began (thread 0 reads it) */
+    ek_heap_stats_t heap_at_start, heap_at_end;
+    ek_allocator_stats_t alloc_at_start, alloc_at_end;
 };
 
 struct app;
@@ -175,6 +212,7 @@ struct worker {
     double *latency;      /* seconds, one per timed iteration */
     int done;             /* timed iterations finished */
     double start, end;
+    size_t workspace_bytes; /* --mem_stg static */
     char error[1024];
 };
 
@@ -204,6 +242,8 @@ static void *worker_main(void *arg) {
     memset(inputs, 0, sizeof inputs);
     memset(outputs, 0, sizeof outputs);
     int ok = 1;
+    ek_mem_t workspace_mem = {0};
+    ek_workspace_t workspace = {0};
 
     if (w->cluster >= 0) {
         int rc = pthread_setaffinity_np(pthread_self(), sizeof w->cpus, &w->cpus);
@@ -232,6 +272,20 @@ static void *worker_main(void *arg) {
         }
     }
 
+    /* --mem_stg static: this thread's workspace, sized by the network and allocated now. */
+    if (ok && a->opts->mem_stg == APP_MEM_STATIC) {
+        ek_stage_memory_t need;
+        if (ek_rt_stage_memory(w->device->rt, a->net_name, a->stage, &need) != EK_OK ||
+            ek_malloc_device(dev, &workspace_mem, need.workspace_bytes) != EK_OK ||
+            ek_rt_workspace_create(w->device->rt, a->net_name, a->stage, workspace_mem, 0, need.workspace_bytes,
+                                   &workspace) != EK_OK) {
+            worker_fail(w, "--mem_stg static: making the workspace", ek_last_error());
+            ok = 0;
+        }
+        w->launch.workspace = workspace;
+        w->workspace_bytes = need.workspace_bytes;
+    }
+
     pthread_barrier_wait(&a->barrier); /* every request is ready */
     if (ok && a->opts->dump && !atomic_load(&a->failed)) {
         /* --dump: one extra, untimed launch first, written to this thread's dump directory. */
@@ -255,6 +309,11 @@ static void *worker_main(void *arg) {
         }
     }
     pthread_barrier_wait(&a->barrier); /* the timed iterations start together */
+    if (w->thread == 0) {
+        ek_dev_heap_stats(dev, &w->device->heap_at_start);
+        if (w->device->allocator.id)
+            ek_allocator_stats(w->device->allocator, &w->device->alloc_at_start);
+    }
     ek_launch_options_t timed = w->launch;
     timed.profile = w->profile; /* {0} without --profile */
     w->start = now_seconds();
@@ -277,11 +336,22 @@ static void *worker_main(void *arg) {
             worker_fail(w, "copying an output from the device", ek_last_error());
             ok = 0;
         }
+    pthread_barrier_wait(&a->barrier); /* every thread is done: what did the timed iterations allocate? */
+    if (w->thread == 0) {
+        ek_dev_heap_stats(dev, &w->device->heap_at_end);
+        if (w->device->allocator.id)
+            ek_allocator_stats(w->device->allocator, &w->device->alloc_at_end);
+    }
+    pthread_barrier_wait(&a->barrier); /* before any thread frees its memory */
     for (int i = 0; i < n_in + n_out; i++) {
         ek_tensor_t *t = i < n_in ? &inputs[i] : &outputs[i - n_in];
         if (t->mem.id)
             ek_free_device(dev, t->mem);
     }
+    if (workspace.id)
+        ek_workspace_destroy(workspace);
+    if (workspace_mem.id)
+        ek_free_device(dev, workspace_mem);
     return NULL;
 }
 
@@ -411,6 +481,9 @@ int main(int argc, char **argv) {
     if (opts.rpc_server && opts.cluster_count)
         die(EXIT_USAGE, "--visible_cluster binds threads to this machine's CPU clusters, but with --rpc_server the "
             "inferences run on the board: run edgekit-app on the board to bind its clusters");
+    if (opts.rpc_server && opts.mem_stg != APP_MEM_DEFAULT)
+        die(EXIT_USAGE, "--mem_stg with --rpc_server: a remote_server manages the board's memory itself; run "
+            "edgekit-app with --mem_stg on the board to choose its memory strategy");
     if (opts.rpc_server && opts.plugin_count)
         die(EXIT_USAGE, "--plugin_libs with --rpc_server: a remote_server never loads client code, so plugins cannot "
             "run on its devices: run edgekit-app with --plugin_libs on the board itself");
@@ -493,6 +566,14 @@ int main(int argc, char **argv) {
             die(EXIT_RUNTIME, "device %d: %s", dctx[d].id, ek_last_error());
         }
         dctx[d].dev_open = 1;
+        config.allocator.id = 0;
+        if (opts.mem_stg == APP_MEM_DYNAMIC) {
+            ek_allocator_ops_t ops = {app_alloc, app_free};
+            pthread_mutex_init(&dctx[d].counts.lock, NULL);
+            if (ek_allocator_create(&dctx[d].allocator, &ops, &dctx[d].counts) != EK_OK)
+                die(EXIT_RUNTIME, "--mem_stg dynamic: %s", ek_last_error());
+            config.allocator = dctx[d].allocator;
+        }
         if (ek_rt_create_ex(&dctx[d].rt, dctx[d].dev, &config) != EK_OK)
             die(EXIT_RUNTIME, "device %d: %s", dctx[d].id, ek_last_error());
         dctx[d].rt_open = 1;
@@ -713,6 +794,21 @@ int main(int argc, char **argv) {
     double wall = last - first;
     printf("total: %ld inferences in %.3f s: %.2f inferences/s\n", inferences, wall,
            wall > 0 ? (double)inferences / wall : 0.0);
+    for (int d = 0; opts.mem_stg != APP_MEM_DEFAULT && d < opts.dev_count; d++) {
+        const struct device_ctx *c = &dctx[d];
+        /* The heap's peak only grows: equal statistics mean nothing was allocated, even briefly. */
+        int heap_same = c->heap_at_end.allocations == c->heap_at_start.allocations &&
+                        c->heap_at_end.used == c->heap_at_start.used && c->heap_at_end.peak == c->heap_at_start.peak;
+        if (opts.mem_stg == APP_MEM_STATIC)
+            printf("memory (device %d): static, one %zu-byte workspace per thread; the timed iterations allocated %s\n",
+                   c->id, workers[d * opts.threads].workspace_bytes,
+                   heap_same ? "no device memory" : "device memory (see docs/memory.md)");
+        else
+            printf("memory (device %d): dynamic, the runtime's allocations through this program's allocator: %" PRIu64
+                   " allocation(s), %" PRIu64 " free(s), peak %zu bytes; %" PRIu64 " during the timed iterations\n",
+                   c->id, c->alloc_at_end.allocations, c->alloc_at_end.frees, c->alloc_at_end.peak_bytes,
+                   c->alloc_at_end.allocations - c->alloc_at_start.allocations);
+    }
 
     if (opts.profile) {
         printf("profiles of the timed iterations (trace.json, summary.csv), in %s:\n", cwd);
@@ -754,6 +850,8 @@ int main(int argc, char **argv) {
     for (int d = 0; d < opts.dev_count; d++) {
         if (dctx[d].rt_open)
             ek_rt_destroy(dctx[d].rt);
+        if (dctx[d].allocator.id)
+            ek_allocator_destroy(dctx[d].allocator); /* after its runtime, as it must be */
         if (dctx[d].dev_open)
             ek_dev_free(dctx[d].dev);
     }

@@ -79,6 +79,13 @@ const char app_help_text[] =
     "                            before the model, for its plugin ops; built for this machine (commas or\n"
     "                            several values; not with --rpc_server: a server never loads client code)\n"
     "                              --plugin_libs /opt/edgekit/current/python/edgekit/plugins/libedgekit_example_plugin.so\n"
+    "  --mem_stg static|dynamic  where the runtime's device memory comes from (docs/memory.md): static, a\n"
+    "                            workspace per thread sized by the network (ek_rt_stage_memory) and\n"
+    "                            allocated before the first launch, so launches allocate nothing; dynamic,\n"
+    "                            every allocation of the runtime through this program's allocator\n"
+    "                            (ek_allocator_create), counted; default: the device heap. The report says\n"
+    "                            what the timed iterations allocated. Not with --rpc_server\n"
+    "                              --mem_stg static\n"
     "  --list-clusters           print the CPU clusters (from /sys/devices/system/cpu: package, cluster\n"
     "                            and cpu_capacity, so big.LITTLE cores are apart) and exit\n"
     "  --help                    this text\n"
@@ -101,7 +108,7 @@ static const struct flag {
     {"dev_ids", MULTI},        {"threads", SINGLE},     {"visible_cluster", MULTI}, {"launch_threads", SINGLE},
     {"iterations", SINGLE},    {"warmup", SINGLE},      {"kernels", SINGLE},       {"output_dir", SINGLE},
     {"profile", SINGLE},       {"dump", SINGLE},        {"list_clusters", SWITCH}, {"help", SWITCH},
-    {"rpc_server", SINGLE},    {"rpc_key", SINGLE},     {"plugin_libs", MULTI},
+    {"rpc_server", SINGLE},    {"rpc_key", SINGLE},     {"plugin_libs", MULTI},    {"mem_stg", SINGLE},
 };
 #define FLAG_COUNT ((int)(sizeof flags / sizeof flags[0]))
 
@@ -249,6 +256,15 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
             }
             if (opts->plugin_count == 0) {
                 snprintf(err, errlen, "--plugin_libs needs a library path (see edgekit-app --help)");
+                return -1;
+            }
+        } else if (strcmp(name, "mem_stg") == 0) {
+            if (strcmp(v, "static") == 0)
+                opts->mem_stg = APP_MEM_STATIC;
+            else if (strcmp(v, "dynamic") == 0)
+                opts->mem_stg = APP_MEM_DYNAMIC;
+            else {
+                snprintf(err, errlen, "--mem_stg: '%s' is not one of static, dynamic", v);
                 return -1;
             }
         } else if (strcmp(name, "rpc_key") == 0) {

@@ -10,6 +10,13 @@
 #define APP_MAX_VALUES 64 /* values of one flag: inputs, devices, threads, clusters */
 #define APP_MAX_PLUGINS 16 /* --plugin_libs */
 
+/* --mem_stg: where the runtime's device memory comes from (docs/memory.md, "Inference memory"). */
+typedef enum app_mem_stg {
+    APP_MEM_DEFAULT = 0, /* the device heap */
+    APP_MEM_STATIC,      /* a workspace per thread, allocated before the launches */
+    APP_MEM_DYNAMIC      /* through the app's allocator (counted) */
+} app_mem_stg_t;
+
 typedef struct app_options {
     const char *model_path;
     const char *data_paths[APP_MAX_VALUES];
@@ -34,6 +41,7 @@ typedef struct app_options {
     const char *rpc_key;    /* --rpc_key FILE: the paired server's key */
     const char *plugin_libs[APP_MAX_PLUGINS]; /* --plugin_libs: loaded into each runtime before the model */
     int plugin_count;
+    app_mem_stg_t mem_stg;
     bool list_clusters;
     bool help;
 } app_options_t;

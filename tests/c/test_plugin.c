@@ -22,7 +22,7 @@ static ek_dev_t dev;
 
 static ek_rt_t new_rt(void) {
     ek_rt_t rt = {0};
-    ek_rt_config_t cfg = {EK_KERNELS_PORTABLE, 2};
+    ek_rt_config_t cfg = {.kernels = EK_KERNELS_PORTABLE, .threads = 2};
     if (!CHECK_OK(ek_rt_create_ex(&rt, dev, &cfg)))
         rt.id = 0;
     return rt;
