@@ -36,6 +36,8 @@ static const char *const op_names[EK_OP_TYPE_MAX + 1] = {
     [EK_OP_REDUCE_MEAN] = "REDUCE_MEAN",
     [EK_OP_RESHAPE] = "RESHAPE",
     [EK_OP_PLUGIN] = "PLUGIN",
+    [EK_OP_TOP_K] = "TOP_K",
+    [EK_OP_NON_MAX_SUPPRESSION] = "NON_MAX_SUPPRESSION",
 };
 
 const char *ek_op_type_name(int type) {

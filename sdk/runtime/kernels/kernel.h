@@ -43,9 +43,11 @@ enum ek_op_type {
     EK_OP_SLICE = 25,
     EK_OP_REDUCE_MEAN = 26,
     EK_OP_RESHAPE = 27,
-    EK_OP_PLUGIN = 28 /* an op of a plugin library (src/plugin.c, include/edgekit/plugin.h) */
+    EK_OP_PLUGIN = 28, /* an op of a plugin library (src/plugin.c, include/edgekit/plugin.h) */
+    EK_OP_TOP_K = 29,
+    EK_OP_NON_MAX_SUPPRESSION = 30
 };
-#define EK_OP_TYPE_MAX 28
+#define EK_OP_TYPE_MAX 30
 
 enum ek_storage { EK_STORAGE_ARENA = 0, EK_STORAGE_CONSTANT = 1, EK_STORAGE_INPUT = 2, EK_STORAGE_OUTPUT = 3 };
 
@@ -60,7 +62,8 @@ struct ek_tensor_desc {
     size_t nbytes; /* count * ek_dtype_size(dtype) */
     enum ek_storage storage;
     uint32_t io_index;    /* INPUT/OUTPUT: the network input/output */
-    size_t offset;        /* ARENA: in the arena */
+    size_t offset;        /* ARENA, and a DYNAMIC OUTPUT: in the arena */
+    bool dynamic;         /* DYNAMIC: dims are the most its op writes; the op reports what it wrote */
     const void *constant; /* CONSTANT: the data, 64-byte aligned, inside the loaded file */
 };
 
@@ -117,6 +120,11 @@ void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *a
 int ek_exec_threads(const struct ek_exec *exec);
 /* The op's scratch of thread `thread` (op->scratch_per_thread bytes, 64-byte aligned). */
 void *ek_exec_scratch(struct ek_exec *exec, int thread);
+/* For a DYNAMIC output `t` of the running op: the dims it wrote (t->rank of them, each 0 .. the
+ * recorded dim; its data is C-order in the first elements of its buffer). Until called, a DYNAMIC
+ * tensor has its recorded (largest) dims. EK_ERR_INVALID_ARG for a tensor that is not DYNAMIC or dims
+ * past the recorded ones. */
+ek_status_t ek_exec_set_dims(struct ek_exec *exec, const struct ek_tensor_desc *t, const int64_t *dims);
 
 /* ---- portable kernels (kernels/portable) ---- */
 struct ek_kernel {

@@ -141,6 +141,8 @@ struct ek_exec {
     const void **in_ptrs;    /* all ops' inputs, flat */
     void **out_ptrs;         /* all ops' outputs, flat */
     struct ek_mem_rec **io_recs; /* per network input, then output */
+    int64_t (*dims)[EK_MAX_DIMS]; /* per stage tensor: a DYNAMIC one's dims this launch (else unused); NULL
+                                     for stages without DYNAMIC tensors */
     struct ek_team team;
 };
 
@@ -338,6 +340,7 @@ static void exec_free(struct ek_runtime *rt, struct ek_exec *exec) {
     free(exec->in_ptrs);
     free(exec->out_ptrs);
     free(exec->io_recs);
+    free(exec->dims);
     free(exec);
 }
 
@@ -375,7 +378,12 @@ static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, st
     exec->in_ptrs = calloc(in_total ? in_total : 1, sizeof *exec->in_ptrs);
     exec->out_ptrs = calloc(out_total ? out_total : 1, sizeof *exec->out_ptrs);
     exec->io_recs = calloc(ios ? ios : 1, sizeof *exec->io_recs);
-    if (!exec->tensor_ptrs || !exec->in_ptrs || !exec->out_ptrs || !exec->io_recs) {
+    bool dynamic = false;
+    for (int i = 0; i < net->info.output_count; i++)
+        dynamic = dynamic || stage->output_tensors[i]->dynamic;
+    if (dynamic)
+        exec->dims = calloc(stage->tensor_count, sizeof *exec->dims);
+    if (!exec->tensor_ptrs || !exec->in_ptrs || !exec->out_ptrs || !exec->io_recs || (dynamic && !exec->dims)) {
         status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for an execution context of network '%s'",
                          net->info.name);
         goto fail;
@@ -539,6 +547,20 @@ ek_status_t ek_engine_exec_create_in(struct ek_runtime *rt, struct ek_network *n
 
 void ek_engine_exec_free(struct ek_runtime *rt, struct ek_exec *exec) { exec_free(rt, exec); }
 
+ek_status_t ek_exec_set_dims(struct ek_exec *exec, const struct ek_tensor_desc *t, const int64_t *dims) {
+    const struct ek_stage *stage = exec ? exec->stage : NULL;
+    if (!stage || !exec->dims || !t || !dims || t < stage->tensors || t >= stage->tensors + stage->tensor_count ||
+        !t->dynamic)
+        return ek_fail(EK_ERR_INVALID_ARG, "tensor '%s' is not a DYNAMIC output of the running stage",
+                       t && t->name ? t->name : "?");
+    for (int d = 0; d < t->rank; d++)
+        if (dims[d] < 0 || dims[d] > t->dims[d])
+            return ek_fail(EK_ERR_INVALID_ARG, "tensor '%s': dim %d of %" PRId64 " is outside 0 .. %" PRId64 ", its "
+                           "recorded bound", t->name, d, dims[d], t->dims[d]);
+    memcpy(exec->dims[t - stage->tensors], dims, (size_t)t->rank * sizeof *dims);
+    return EK_OK;
+}
+
 void ek_engine_release_stage(struct ek_runtime *rt, struct ek_stage *stage) {
     struct ek_stage_engine *pool = stage->engine;
     if (!pool)
@@ -583,8 +605,9 @@ static ek_status_t resolve_memories(struct ek_device *device, struct ek_launch_r
                            info->name, is_in ? "input" : "output", io->name, rec->tensors[i].mem.id,
                            status == EK_ERR_FREED_HANDLE ? "was freed" : "is not valid");
         struct ek_mem_rec *mem = obj;
-        if (owner != device->index || rec->tensors[i].offset > mem->size ||
-            desc->nbytes > mem->size - rec->tensors[i].offset)
+        /* A DYNAMIC output needs room for what it gets, checked when that is known. */
+        size_t need = desc->dynamic ? 0 : desc->nbytes;
+        if (owner != device->index || rec->tensors[i].offset > mem->size || need > mem->size - rec->tensors[i].offset)
             return ek_fail(EK_ERR_FREED_HANDLE, "network '%s': the memory of %s '%s' changed before the launch ran",
                            info->name, is_in ? "input" : "output", io->name);
         exec->io_recs[i] = mem;
@@ -720,6 +743,47 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec, stru
     return EK_OK;
 }
 
+static size_t shape_bytes(const ek_shape_t *shape, ek_dtype_t dtype) {
+    size_t n = ek_dtype_size(dtype);
+    for (int d = 0; d < shape->num_dims; d++)
+        n *= (size_t)shape->dims[d]; /* each within its recorded bound: no overflow */
+    return n;
+}
+
+/* A DYNAMIC output: the dims its op reported, its bytes copied from the arena to the caller's memory
+ * when they fit there (else an error naming the size needed; nothing is written), and its shape
+ * reported in the launch's outputs and the caller's array. */
+static ek_status_t copy_out_dynamic(struct ek_device *device, struct ek_launch_rec *rec, struct ek_exec *exec,
+                                    int i) {
+    const struct ek_stage *stage = rec->stage;
+    const struct ek_tensor_desc *desc = stage->output_tensors[i];
+    ek_tensor_t *out = &rec->tensors[rec->n_in + i];
+    ek_shape_t shape;
+    memset(&shape, 0, sizeof shape);
+    shape.num_dims = desc->rank;
+    memcpy(shape.dims, exec->dims[desc - stage->tensors], (size_t)desc->rank * sizeof shape.dims[0]);
+    size_t bytes = shape_bytes(&shape, desc->dtype);
+    const struct ek_mem_rec *mem = exec->io_recs[rec->n_in + i];
+    size_t room = mem->size - out->offset; /* offset <= size: resolve_memories checked */
+    if (bytes > room) {
+        char dims[160];
+        size_t at = 0;
+        dims[0] = '\0';
+        for (int d = 0; d < shape.num_dims && at < sizeof dims; d++)
+            at += (size_t)snprintf(dims + at, sizeof dims - at, "%s%" PRId64, d ? "x" : "", shape.dims[d]);
+        return ek_fail(EK_ERR_OUT_OF_RANGE, "network '%s': output '%s' is %s %s this launch, %zu bytes; its memory "
+                       "holds %zu bytes from offset %zu: give it at least %zu bytes (its bound is %zu)",
+                       rec->net->info.name, rec->net->info.outputs[i].name, shape.num_dims ? dims : "scalar",
+                       ek_dtype_name(desc->dtype), bytes, room, out->offset, bytes, desc->nbytes);
+    }
+    if (bytes)
+        memcpy(device->pool.base + mem->offset + out->offset, exec->tensor_ptrs[desc - stage->tensors], bytes);
+    out->shape = shape;
+    if (rec->caller_outputs)
+        rec->caller_outputs[i].shape = shape;
+    return EK_OK;
+}
+
 static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
     const struct ek_stage *stage = rec->stage;
     struct ek_device *device;
@@ -755,7 +819,12 @@ static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
             p = device->pool.base + exec->io_recs[io]->offset + rec->tensors[io].offset;
             break;
         case EK_STORAGE_OUTPUT:
-            p = device->pool.base + exec->io_recs[rec->n_in + io]->offset + rec->tensors[rec->n_in + io].offset;
+            if (desc->dynamic) { /* written in the arena; copied out below, if it fits */
+                p = arena + desc->offset;
+                memcpy(exec->dims[t], desc->dims, sizeof exec->dims[t]);
+            } else {
+                p = device->pool.base + exec->io_recs[rec->n_in + io]->offset + rec->tensors[rec->n_in + io].offset;
+            }
             break;
         }
         exec->tensor_ptrs[t] = p;
@@ -788,10 +857,17 @@ static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
     if (repin)
         pthread_setaffinity_np(pthread_self(), sizeof old_set, &old_set);
 
+    for (int i = 0; i < rec->n_out && status == EK_OK; i++)
+        if (stage->output_tensors[i]->dynamic)
+            status = copy_out_dynamic(device, rec, exec, i);
     if (status == EK_OK)
-        for (int i = 0; i < rec->n_out; i++)
-            ek_coh_device_wrote(device, exec->io_recs[rec->n_in + i], rec->tensors[rec->n_in + i].offset,
-                                stage->output_tensors[i]->nbytes);
+        for (int i = 0; i < rec->n_out; i++) {
+            const struct ek_tensor_desc *desc = stage->output_tensors[i];
+            ek_tensor_t *out = &rec->tensors[rec->n_in + i];
+            size_t wrote = desc->dynamic ? shape_bytes(&out->shape, desc->dtype) : desc->nbytes;
+            if (wrote)
+                ek_coh_device_wrote(device, exec->io_recs[rec->n_in + i], out->offset, wrote);
+        }
     ek_device_unlock(device);
     return status;
 }

@@ -104,6 +104,8 @@ struct ek_launch_rec {
     uint64_t caller_thread;      /* who queued it (profiled launches) */
     char *dump_dir;              /* owned; NULL: no dump */
     struct ek_workspace_rec *workspace; /* run in it (its busy flag set by the launch); NULL: the pool */
+    ek_tensor_t *caller_outputs; /* networks with DYNAMIC outputs: the caller's array, whose shapes the launch
+                                    sets when it ends; NULL: none */
     /* completion, under the engine's launch lock */
     ek_status_t status;
     char error[512];

@@ -400,6 +400,11 @@ static ek_status_t check_network_records(struct loader *L, const char **names) {
             if (!fits_size(rd64(r + 16)))
                 return BAD("IOS[%zu] '" NM "': max_bytes %llu is too large for this system", index, io_name,
                            (unsigned long long)rd64(r + 16));
+            if (r[5] & ~1u)
+                return BAD("IOS[%zu] '" NM "': flags 0x%x are unknown (bit 0 is DYNAMIC)", index, io_name,
+                           (unsigned)r[5]);
+            if ((r[5] & 1u) && k < net.inputs)
+                return BAD("IOS[%zu] '" NM "': an input cannot be DYNAMIC (only outputs are)", index, io_name);
             io_names[k] = io_name;
         }
         const char *dup = duplicate_name(io_names, n_io);
@@ -519,7 +524,7 @@ static ek_status_t build_tensor(struct loader *L, size_t index, const struct net
     const char *name = string_at(L, rd32(r));
     if (!name)
         return bad_string(L, "TENSORS", index, "name", rd32(r));
-    unsigned dtype = r[4], storage = r[5], rank = r[6];
+    unsigned dtype = r[4], storage = r[5], rank = r[6], flags = r[7];
     uint32_t io_index = rd32(r + 8);
     uint64_t offset = rd64(r + 16), nbytes = rd64(r + 24);
     size_t elem = dtype_size(dtype);
@@ -529,6 +534,12 @@ static ek_status_t build_tensor(struct loader *L, size_t index, const struct net
         return BAD("TENSORS[%zu] '" NM "' (%s): storage %u is not known", index, name, where, storage);
     if (rank > EK_MAX_DIMS)
         return BAD("TENSORS[%zu] '" NM "' (%s): rank %u is above %d", index, name, where, rank, EK_MAX_DIMS);
+    if (flags & ~1u)
+        return BAD("TENSORS[%zu] '" NM "' (%s): flags 0x%x are unknown (bit 0 is DYNAMIC)", index, name, where,
+                   flags);
+    if ((flags & 1u) && storage != EK_STORAGE_OUTPUT)
+        return BAD("TENSORS[%zu] '" NM "' (%s): a DYNAMIC tensor must be an OUTPUT, not %s", index, name, where,
+                   storage_names[storage]);
     size_t count = 1;
     for (unsigned i = 0; i < EK_MAX_DIMS; i++) {
         int64_t dim = (int64_t)rd64(r + 32 + 8 * i);
@@ -559,6 +570,7 @@ static ek_status_t build_tensor(struct loader *L, size_t index, const struct net
     t->io_index = io_index;
     t->offset = 0;
     t->constant = NULL;
+    t->dynamic = (flags & 1u) != 0;
 
     if (storage == EK_STORAGE_INPUT || storage == EK_STORAGE_OUTPUT) {
         uint32_t limit = storage == EK_STORAGE_INPUT ? net->inputs : net->outputs;
@@ -566,11 +578,22 @@ static ek_status_t build_tensor(struct loader *L, size_t index, const struct net
             return BAD("TENSORS[%zu] '" NM "' (%s): io_index %u is not one of the network's %u %ss", index, name,
                        where, (unsigned)io_index, (unsigned)limit,
                        storage == EK_STORAGE_INPUT ? "input" : "output");
-        if (offset != 0)
-            return BAD("TENSORS[%zu] '" NM "' (%s): offset %llu of an %s tensor (must be 0)", index, name, where,
-                       (unsigned long long)offset, storage_names[storage]);
         size_t io_rec = (size_t)net->first_io + (storage == EK_STORAGE_INPUT ? 0 : net->inputs) + io_index;
         const ek_io_info_t *io = &L->a->ios[io_rec];
+        if (t->dynamic != io->dynamic)
+            return BAD("TENSORS[%zu] '" NM "' (%s): %s DYNAMIC, but output '" NM "' (IOS[%zu]) %s", index, name, where,
+                       t->dynamic ? "is" : "is not", io->name, io_rec, io->dynamic ? "is" : "is not");
+        if (t->dynamic) { /* the op writes it in the arena; launches copy what it wrote out */
+            if (offset % 64 || offset > st->arena_size || nbytes > st->arena_size - offset)
+                return BAD("TENSORS[%zu] '" NM "' (%s): a DYNAMIC output's offset %llu + %llu bytes must be "
+                           "64-aligned within the arena (%llu bytes)", index, name, where,
+                           (unsigned long long)offset, (unsigned long long)nbytes,
+                           (unsigned long long)st->arena_size);
+            t->offset = (size_t)offset;
+        } else if (offset != 0) {
+            return BAD("TENSORS[%zu] '" NM "' (%s): offset %llu of an %s tensor (must be 0)", index, name, where,
+                       (unsigned long long)offset, storage_names[storage]);
+        }
         if (io->dtype != t->dtype)
             return BAD("TENSORS[%zu] '" NM "' (%s): dtype %s differs from %s '" NM "' (IOS[%zu]), which is %s", index,
                        name, where, dtype_name(t->dtype), storage == EK_STORAGE_INPUT ? "input" : "output",
@@ -764,6 +787,16 @@ static ek_status_t build_source(struct loader *L, size_t index, const struct ek_
     return EK_OK;
 }
 
+/* The dtype an op's operand must have: float32, except the int64 operands of TOP_K (K, Indices) and
+ * NON_MAX_SUPPRESSION (max_output_boxes_per_class, selected_indices). */
+static ek_dtype_t operand_dtype(uint32_t type, bool is_input, uint32_t n) {
+    if (type == EK_OP_TOP_K && n == 1)
+        return EK_DTYPE_INT64;
+    if (type == EK_OP_NON_MAX_SUPPRESSION && ((is_input && n == 2) || !is_input))
+        return EK_DTYPE_INT64;
+    return EK_DTYPE_FLOAT32;
+}
+
 static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, const struct stage_rec *st,
                             const char *where) {
     struct model_arrays *a = L->a;
@@ -829,11 +862,15 @@ static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, c
                        (unsigned)st->tensor_count);
         const struct ek_tensor_desc *t = &tensors[ti];
         size_t tr = (size_t)st->first_tensor + ti;
-        /* format 1.0: the kernels compute in float32 only */
-        if (t->dtype != EK_DTYPE_FLOAT32)
-            return BAD("OPS[%zu] '" NM "' (%s, %s): %s %u is TENSORS[%zu] '" NM "' of dtype %s (ops take float32 "
-                       "only)",
-                       index, name, type_name, where, role, (unsigned)n, tr, t->name, dtype_name(t->dtype));
+        /* the kernels compute in float32; TOP_K's K and indices and NMS's count and indices are int64 */
+        ek_dtype_t want = operand_dtype(rec.type, is_input, n);
+        if (t->dtype != want)
+            return BAD("OPS[%zu] '" NM "' (%s, %s): %s %u is TENSORS[%zu] '" NM "' of dtype %s (it must be %s)", index,
+                       name, type_name, where, role, (unsigned)n, tr, t->name, dtype_name(t->dtype),
+                       dtype_name(want));
+        if (is_input && t->dynamic)
+            return BAD("OPS[%zu] '" NM "' (%s, %s): input %u reads TENSORS[%zu] '" NM "', a DYNAMIC output (no op may)",
+                       index, name, type_name, where, (unsigned)n, tr, t->name);
         bool produced = t->storage == EK_STORAGE_ARENA || t->storage == EK_STORAGE_OUTPUT;
         if (is_input) {
             if (produced && L->writer[ti] == NONE)
@@ -1032,6 +1069,7 @@ static ek_status_t build_network(struct loader *L, size_t n) {
         memcpy(&io->scale, &scale_bits, sizeof io->scale);
         io->zero_point = (int32_t)rd32(r + 12);
         io->max_bytes = (size_t)rd64(r + 16);
+        io->dynamic = (r[5] & 1u) != 0;
     }
     ek_status_t status;
     for (uint32_t k = 0; k < net.stage_count; k++)

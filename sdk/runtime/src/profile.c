@@ -357,6 +357,7 @@ uint64_t ek_op_flops(const struct ek_op *op) {
         return x->count;
     case EK_OP_TRANSPOSE: case EK_OP_CONCAT: case EK_OP_PAD: case EK_OP_SLICE: case EK_OP_RESHAPE:
     case EK_OP_PLUGIN: /* unknown to the runtime */
+    case EK_OP_TOP_K: case EK_OP_NON_MAX_SUPPRESSION: /* comparisons, not floating-point arithmetic */
         return 0;
     }
     return 0;

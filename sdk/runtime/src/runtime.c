@@ -565,7 +565,9 @@ static ek_status_t check_launch_memory(struct ek_runtime *rt, const struct ek_ne
                               info->inputs[i].dtype);
     for (int i = 0; user_mem && i < output_count && status == EK_OK; i++) {
         size_t n = stage->output_tensors[i]->nbytes;
-        status = check_memory(device, net, "output", info->outputs[i].name, &outputs[i], n, info->outputs[i].dtype);
+        /* A DYNAMIC output's room is checked against what the launch produces (engine.c) */
+        status = check_memory(device, net, "output", info->outputs[i].name, &outputs[i],
+                              info->outputs[i].dynamic ? 0 : n, info->outputs[i].dtype);
         for (int j = 0; j < input_count && status == EK_OK; j++)
             if (overlap(&outputs[i], n, &inputs[j], stage->input_tensors[j]->nbytes))
                 status = ek_fail(EK_ERR_INVALID_ARG, "network '%s': output '%s' overlaps input '%s' in memory "
@@ -676,6 +678,9 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     }
     rec->workspace = ws;
     rec->net = net;
+    for (int i = 0; i < output_count && !rec->caller_outputs; i++)
+        if (info->outputs[i].dynamic)
+            rec->caller_outputs = outputs;
     rec->stage = stage;
     rec->threads = threads;
     rec->cpu_mask = mask;
@@ -802,7 +807,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
                              info->outputs[i].name);
             goto done;
         }
-        if (output_capacity[i] < desc->nbytes) {
+        if (output_capacity[i] < desc->nbytes && !info->outputs[i].dynamic) {
             struct text t = {.len = 0};
             ek_shape_t shape;
             desc_shape(desc, &shape);
@@ -859,12 +864,22 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     t0 = profile ? ek_now_ns() : 0;
     moved = 0;
     for (int i = 0; launched && i < output_count; i++) {
-        if (status == EK_OK)
-            status = ek_memcpy_d2s_partial_offset(rt->dev, outputs[i], outs[i].mem, stage->output_tensors[i]->nbytes,
-                                                  outs[i].offset);
+        size_t bytes = stage->output_tensors[i]->nbytes;
+        if (status == EK_OK && info->outputs[i].dynamic) { /* what this launch produced */
+            bytes = ek_dtype_size(stage->output_tensors[i]->dtype);
+            for (int d = 0; d < outs[i].shape.num_dims; d++)
+                bytes *= (size_t)outs[i].shape.dims[d];
+            if (bytes > output_capacity[i])
+                status = ek_fail(EK_ERR_OUT_OF_RANGE, "output '%s' of network '%s' is %zu bytes this launch; "
+                                 "output_capacity[%d] is %zu: give it at least %zu bytes (its bound is %zu)",
+                                 info->outputs[i].name, info->name, bytes, i, output_capacity[i], bytes,
+                                 stage->output_tensors[i]->nbytes);
+        }
+        if (status == EK_OK && bytes)
+            status = ek_memcpy_d2s_partial_offset(rt->dev, outputs[i], outs[i].mem, bytes, outs[i].offset);
         if (status == EK_OK) {
             output_shapes[i] = outs[i].shape;
-            moved += stage->output_tensors[i]->nbytes;
+            moved += bytes;
         }
     }
     if (profile && launched && status == EK_OK)

@@ -164,6 +164,10 @@ typedef struct ek_io_info {
     float scale;
     int32_t zero_point;
     size_t max_bytes; /* over all stages */
+    /* An output whose size depends on the data (NonMaxSuppression's, a TopK's with a run-time K, a
+     * plugin's that says so): the stages' output shapes are its largest; a launch writes what it
+     * produced and reports that shape (see ek_rt_launch_tensor). */
+    bool dynamic;
 } ek_io_info_t;
 
 typedef struct ek_stage_info {
@@ -319,7 +323,12 @@ typedef struct ek_launch_options {
  * outputs[i].mem/offset receive the outputs; without, the runtime allocates each output on the
  * device, and the caller frees it with ek_free_device. The call fills outputs[i] dtype and shape.
  * `launch` may be NULL: the launch is then waited for only by ek_dev_sync, which reports its error.
- * Inputs and outputs must stay allocated until the launch ends. `options` may be NULL. */
+ * Inputs and outputs must stay allocated until the launch ends. `options` may be NULL.
+ * Dynamic outputs (ek_io_info_t.dynamic): the call fills their largest shape; when the launch ends it
+ * sets outputs[i].shape to what it produced, so keep the `outputs` array until then. With user_mem an
+ * output's room is its memory from its offset to the end, which may be less than the largest shape
+ * takes: a launch producing more than fits fails with EK_ERR_OUT_OF_RANGE naming the bytes needed, and
+ * writes nothing there. */
 EK_API ek_status_t ek_rt_launch_tensor(ek_rt_t rt, const char *net_name, const ek_tensor_t *inputs,
                                        int input_count, ek_tensor_t *outputs, int output_count, bool user_mem,
                                        const ek_launch_options_t *options, ek_launch_t *launch);
@@ -330,7 +339,9 @@ EK_API ek_status_t ek_rt_launch_tensor(ek_rt_t rt, const char *net_name, const e
 EK_API ek_status_t ek_launch_wait(ek_launch_t launch, int timeout_ms);
 
 /* Run `net_name` synchronously on host buffers: inputs[i] holds input i with input_shapes[i];
- * outputs[i] has room for output_capacity[i] bytes; output_shapes[i] receives its shape. */
+ * outputs[i] has room for output_capacity[i] bytes; output_shapes[i] receives its shape. A dynamic
+ * output's capacity may be below its largest size: what the launch produced must fit (else
+ * EK_ERR_OUT_OF_RANGE naming the bytes needed, nothing written). */
 EK_API ek_status_t ek_rt_launch_data(ek_rt_t rt, const char *net_name, const void *const *inputs,
                                      const ek_shape_t *input_shapes, int input_count, void *const *outputs,
                                      const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,
