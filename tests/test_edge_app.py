@@ -47,6 +47,7 @@ FLAGS = (
     "--rpc_key",
     "--plugin_libs",
     "--mem_stg",
+    "--output_caps",
     "--list-clusters",
     "--help",
 )
@@ -195,9 +196,10 @@ def test_mem_stg_runs_the_same_and_reports_what_the_timed_launches_allocated(
     """--mem_stg static (a workspace per thread) and dynamic (the app's allocator) give the default run's
     outputs, on two devices with two threads each, and say what the timed iterations allocated: nothing
     with static workspaces."""
-    args: list[str | Path] = ["--model_path", model_files / "yolo.ekm", "--data_path", model_files / "yolo.bin",
-            "--dev_ids", "0", "1", "--threads", "2", "--iterations", "5",
-            "--kernels", "portable"]  # fmt: skip
+    args: list[str | Path] = [
+        "--model_path", model_files / "yolo.ekm", "--data_path", model_files / "yolo.bin",
+        "--dev_ids", "0", "1", "--threads", "2", "--iterations", "5", "--kernels", "portable",
+    ]  # fmt: skip
     env = {"EDGEKIT_DEVICES": "2"}
     ref = run_app(*args, "--output_dir", tmp_path / "ref", env=env)
     assert ref.returncode == 0 and not MEMORY_LINE.search(ref.stdout), ref.stdout + ref.stderr
@@ -327,6 +329,24 @@ def bad_inputs(folder: Path) -> Iterator[tuple[str, list[str | Path], dict[str, 
         ["--model_path", ekm, "--plugin_libs", "x.so", "--rpc_server", "127.0.0.1:9"],
         {},
         r"--plugin_libs with --rpc_server: a remote_server never loads client code",
+    )
+    yield (
+        "output_caps count",
+        ["--model_path", ekm, "--output_caps", "1", "2"],
+        {},
+        r"--output_caps gave 2 size",
+    )
+    yield (
+        "output_caps small",
+        ["--model_path", ekm, "--output_caps", "4"],
+        {},
+        r"always takes \d+ bytes, more than",
+    )
+    yield (
+        "output_caps text",
+        ["--model_path", ekm, "--output_caps", "lots"],
+        {},
+        r"'lots' is not a number of bytes",
     )
     yield (
         "mem_stg value",

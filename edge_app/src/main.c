@@ -208,6 +208,7 @@ struct worker {
     char profile_dir[THREAD_DIR_SIZE]; /* --profile: PROFILE_ROOT/dev<D>_thread<T> */
     char dump_dir[THREAD_DIR_SIZE];    /* --dump: DUMP_ROOT/dev<D>_thread<T> */
     int keep_outputs;     /* this worker's outputs go to --output_dir */
+    ek_shape_t out_shapes[APP_MAX_VALUES]; /* --output_dir: the outputs' shapes in the last launch */
     void **out_host;
     double *latency;      /* seconds, one per timed iteration */
     int done;             /* timed iterations finished */
@@ -222,7 +223,8 @@ struct app {
     const ek_net_info_t *info;
     int stage;
     void **in_data;       /* host copies of the inputs, shared read-only by all workers */
-    size_t *in_bytes, *out_bytes;
+    size_t *in_bytes, *out_bytes; /* out_bytes: the stage's (largest) output sizes */
+    size_t out_room[APP_MAX_VALUES]; /* the device memory each output gets (--output_caps) */
     pthread_barrier_t barrier;
     atomic_int failed;
 };
@@ -256,7 +258,7 @@ static void *worker_main(void *arg) {
     for (int i = 0; ok && i < n_in + n_out; i++) {
         int is_in = i < n_in;
         ek_tensor_t *t = is_in ? &inputs[i] : &outputs[i - n_in];
-        size_t nbytes = is_in ? a->in_bytes[i] : a->out_bytes[i - n_in];
+        size_t nbytes = is_in ? a->in_bytes[i] : a->out_room[i - n_in];
         if (ek_malloc_device(dev, &t->mem, nbytes ? nbytes : 1) != EK_OK) {
             worker_fail(w, "allocating device memory", ek_last_error());
             ok = 0;
@@ -331,11 +333,15 @@ static void *worker_main(void *arg) {
     }
     w->end = now_seconds();
 
-    for (int i = 0; ok && w->keep_outputs && i < n_out; i++)
-        if (a->out_bytes[i] && ek_memcpy_d2s_partial(dev, w->out_host[i], outputs[i].mem, a->out_bytes[i]) != EK_OK) {
+    for (int i = 0; ok && w->keep_outputs && i < n_out; i++) {
+        /* the shape the last launch produced (a dynamic output's may be smaller than its largest) */
+        w->out_shapes[i] = outputs[i].shape;
+        size_t bytes = ek_dtype_size(info->outputs[i].dtype) * shape_elements(&outputs[i].shape);
+        if (bytes && ek_memcpy_d2s_partial(dev, w->out_host[i], outputs[i].mem, bytes) != EK_OK) {
             worker_fail(w, "copying an output from the device", ek_last_error());
             ok = 0;
         }
+    }
     pthread_barrier_wait(&a->barrier); /* every thread is done: what did the timed iterations allocate? */
     if (w->thread == 0) {
         ek_dev_heap_stats(dev, &w->device->heap_at_end);
@@ -668,6 +674,16 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < info->output_count; i++)
         app.out_bytes[i] = ek_dtype_size(info->outputs[i].dtype) * shape_elements(&st->output_shapes[i]);
+    /* --output_caps: the room each output gets (a dynamic one may get less than its largest size) */
+    if (opts.caps_count && opts.caps_count != info->output_count)
+        die(EXIT_USAGE, "--output_caps gave %d size(s), network '%s' has %d output(s)", opts.caps_count, net_name,
+            info->output_count);
+    for (int i = 0; i < info->output_count; i++) {
+        app.out_room[i] = opts.caps_count ? opts.output_caps[i] : app.out_bytes[i];
+        if (!info->outputs[i].dynamic && app.out_room[i] < app.out_bytes[i])
+            die(EXIT_USAGE, "--output_caps: output '%s' always takes %zu bytes, more than the %zu given",
+                info->outputs[i].name, app.out_bytes[i], app.out_room[i]);
+    }
 
     /* The workers: threads per device, and how many launch threads each inference gets. */
     int total = opts.dev_count * opts.threads;
@@ -760,11 +776,12 @@ int main(int argc, char **argv) {
             app_file_name(info->outputs[i].name, name, sizeof name - 4);
             strcat(name, ".npy");
             snprintf(path, sizeof path, "%s/%s", opts.output_dir, name);
-            if (ek_npy_write(opts.output_dir, name, info->outputs[i].dtype, &st->output_shapes[i],
-                             workers[0].out_host[i], app.out_bytes[i]) != EK_OK)
+            const ek_shape_t *shape = &workers[0].out_shapes[i];
+            if (ek_npy_write(opts.output_dir, name, info->outputs[i].dtype, shape, workers[0].out_host[i],
+                             ek_dtype_size(info->outputs[i].dtype) * shape_elements(shape)) != EK_OK)
                 die(EXIT_RUNTIME, "%s", ek_last_error());
             char dims[160];
-            format_shape(&st->output_shapes[i], dims, sizeof dims);
+            format_shape(shape, dims, sizeof dims);
             printf("  output %s: %s %s -> %s\n", info->outputs[i].name, ek_dtype_name(info->outputs[i].dtype), dims,
                    path);
         }

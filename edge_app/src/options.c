@@ -86,6 +86,12 @@ const char app_help_text[] =
     "                            (ek_allocator_create), counted; default: the device heap. The report says\n"
     "                            what the timed iterations allocated. Not with --rpc_server\n"
     "                              --mem_stg static\n"
+    "  --output_caps B1 B2 ...   the bytes of device memory each output gets, one per output in output\n"
+    "                            order (default: its largest size). For outputs whose size depends on the\n"
+    "                            data (NonMaxSuppression's, ...; edgekit info marks them dynamic): a launch\n"
+    "                            producing more than fits fails, saying how many bytes it needs; other\n"
+    "                            outputs need at least their size\n"
+    "                              --output_caps 4800\n"
     "  --list-clusters           print the CPU clusters (from /sys/devices/system/cpu: package, cluster\n"
     "                            and cpu_capacity, so big.LITTLE cores are apart) and exit\n"
     "  --help                    this text\n"
@@ -109,6 +115,7 @@ static const struct flag {
     {"iterations", SINGLE},    {"warmup", SINGLE},      {"kernels", SINGLE},       {"output_dir", SINGLE},
     {"profile", SINGLE},       {"dump", SINGLE},        {"list_clusters", SWITCH}, {"help", SWITCH},
     {"rpc_server", SINGLE},    {"rpc_key", SINGLE},     {"plugin_libs", MULTI},    {"mem_stg", SINGLE},
+    {"output_caps", MULTI},
 };
 #define FLAG_COUNT ((int)(sizeof flags / sizeof flags[0]))
 
@@ -258,6 +265,18 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
                 snprintf(err, errlen, "--plugin_libs needs a library path (see edgekit-app --help)");
                 return -1;
             }
+        } else if (strcmp(name, "output_caps") == 0) {
+            for (int k = 0; k < count; k++) {
+                char *end;
+                errno = 0;
+                unsigned long long bytes = strtoull(values[k], &end, 10);
+                if (errno || end == values[k] || *end || values[k][0] == '-' || bytes > (unsigned long long)SIZE_MAX) {
+                    snprintf(err, errlen, "--output_caps: '%s' is not a number of bytes", values[k]);
+                    return -1;
+                }
+                opts->output_caps[k] = (size_t)bytes;
+            }
+            opts->caps_count = count;
         } else if (strcmp(name, "mem_stg") == 0) {
             if (strcmp(v, "static") == 0)
                 opts->mem_stg = APP_MEM_STATIC;

@@ -9,7 +9,7 @@ DTYPE_NAMES: dict[int, str]
 MAX_DIMS: int
 
 # (name, dtype code, scale, zero point, max bytes)
-IoInfo = tuple[str, int, float, int, int]
+IoInfo = tuple[str, int, float, int, int, bool]
 # (input shapes, output shapes)
 StageShapes = tuple[list[tuple[int, ...]], list[tuple[int, ...]]]
 

@@ -301,8 +301,16 @@ cdef tuple shape_tuple(const ek_shape_t *shape):
     return tuple([shape.dims[i] for i in range(shape.num_dims)])
 
 
+cdef size_t shape_nbytes(const ek_tensor_t *t) noexcept:
+    cdef size_t n = ek_dtype_size(t.dtype)
+    cdef int d
+    for d in range(t.shape.num_dims):
+        n *= <size_t>t.shape.dims[d]
+    return n
+
+
 cdef tuple io_tuple(const ek_io_info_t *io):
-    return (text(io.name), <int>io.dtype, io.scale, io.zero_point, io.max_bytes)
+    return (text(io.name), <int>io.dtype, io.scale, io.zero_point, io.max_bytes, bool(io.dynamic))
 
 
 cdef int wait_state(ekpy_state_t *state, int timeout_ms) except -1:
@@ -866,9 +874,11 @@ cdef class Request:
             self._error = error_for_status(<int>status, ek_last_error().decode("utf-8", "replace"))
             return 0
         for i in range(self._n_in, self._n_in + self._n_out):
-            if self._mapped[i] and self._nbytes[i]:
+            # the shape the launch reported: a dynamic output's may be smaller than _nbytes, and its memory too
+            nbytes = shape_nbytes(&self._tensors[i])
+            if self._mapped[i] and nbytes:
                 status = ek_mem_invalidate_partial(self._dev, self._tensors[i].mem, self._tensors[i].offset,
-                                                   self._nbytes[i])
+                                                   nbytes)
                 if status != EK_OK:
                     self._error = error_for_status(<int>status, ek_last_error().decode("utf-8", "replace"))
                     return 0

@@ -61,7 +61,8 @@ def _fmt_shape(shape: Shape) -> str:
 class TensorInfo:
     """An input or output of a network. ``shape`` is its shape in the first stage, ``shapes`` one per
     stage. ``scale``/``zero_point`` describe quantized tensors (1.0/0 for float ones); ``max_bytes`` is
-    the most bytes it takes in any stage."""
+    the most bytes it takes in any stage. ``dynamic``: an output whose size depends on the data
+    (NonMaxSuppression's, ...): its ``shapes`` are the largest, and a launch reports what it produced."""
 
     name: str
     dtype: np.dtype[Any]
@@ -70,6 +71,7 @@ class TensorInfo:
     scale: float
     zero_point: int
     max_bytes: int
+    dynamic: bool = False
 
     def nbytes(self, stage: int = 0) -> int:
         """Bytes the tensor takes in ``stage``."""
@@ -430,14 +432,21 @@ class Network:
         ]
 
     @staticmethod
-    def _info(io: tuple[str, int, float, int, int], shapes: tuple[Shape, ...]) -> TensorInfo:
-        name, code, scale, zero_point, max_bytes = io
+    def _info(io: tuple[str, int, float, int, int, bool], shapes: tuple[Shape, ...]) -> TensorInfo:
+        name, code, scale, zero_point, max_bytes, dynamic = io
         if code not in DTYPES:
             raise InvalidArgumentError(
                 f"tensor {name!r} has dtype code {code}, which this package does not know"
             )
         return TensorInfo(
-            name, DTYPES[code], shapes[0], shapes, float(scale), int(zero_point), int(max_bytes)
+            name,
+            DTYPES[code],
+            shapes[0],
+            shapes,
+            float(scale),
+            int(zero_point),
+            int(max_bytes),
+            dynamic=bool(dynamic),
         )
 
     def __repr__(self) -> str:
@@ -471,15 +480,23 @@ class Network:
         return max(self.memory(s).workspace_bytes for s in range(len(self.stages)))
 
     def create_request(
-        self, stage: int | None = None, *, workspace: DeviceMemory | tuple[DeviceMemory, int] | None = None
+        self,
+        stage: int | None = None,
+        *,
+        workspace: DeviceMemory | tuple[DeviceMemory, int] | None = None,
+        output_caps: Mapping[str, int] | None = None,
     ) -> Request:
         """A request for this network, starting in ``stage`` (an index; None: the first stage).
 
         ``workspace``: device memory of yours (a ``DeviceMemory``, or ``(memory, offset)``) holding at
         least ``workspace_bytes`` for the static memory strategy: the request's launches then run in it
         and allocate no device memory. Each request needs its own (they run concurrently); keep the
-        memory until the request is closed."""
-        return Request(self, stage, workspace=workspace)
+        memory until the request is closed.
+
+        ``output_caps``: bytes to allocate for dynamic outputs (``TensorInfo.dynamic``), by name; default
+        their largest size (``max_bytes``). A launch producing more than fits fails with
+        ``OutOfRangeError`` naming the bytes needed."""
+        return Request(self, stage, workspace=workspace, output_caps=output_caps)
 
 
 class Request(_runtime.Request):
@@ -501,8 +518,10 @@ class Request(_runtime.Request):
         stage: int | None = None,
         *,
         workspace: DeviceMemory | tuple[DeviceMemory, int] | None = None,
+        output_caps: Mapping[str, int] | None = None,
     ) -> None:
         context = network.context
+        caps = self._check_caps(network, output_caps)
         context._check_open()
         self._setup(context._runtime, network.name, len(network.inputs), len(network.outputs))
         self.network = network
@@ -520,6 +539,8 @@ class Request(_runtime.Request):
         try:
             for index, info in enumerate(self._infos):
                 size = max([info.max_bytes, 1] + [info.nbytes(s) for s in range(len(network.stages))])
+                if index >= len(network.inputs) and info.name in caps:
+                    size = max(caps[info.name], 1)
                 mem = context.device.malloc(size)
                 self._mems.append(mem)
                 self._bind(index, mem)
@@ -562,6 +583,34 @@ class Request(_runtime.Request):
         """Run the next launches in ``stage``; for writing inputs through ``input_tensors``."""
         self._check_idle("changing the stage")
         self._select_stage(self._stage_index(stage))
+
+    @staticmethod
+    def _check_caps(network: Network, output_caps: Mapping[str, int] | None) -> dict[str, int]:
+        if output_caps is None:
+            return {}
+        if not isinstance(output_caps, Mapping):
+            raise InvalidTypeError(
+                f"output_caps must map output names to bytes, got {type(output_caps).__name__}"
+            )
+        outputs = {t.name: t for t in network.outputs}
+        caps: dict[str, int] = {}
+        for name, cap in output_caps.items():
+            info = outputs.get(name)
+            if info is None:
+                raise InvalidArgumentError(
+                    f"output_caps: network {network.name!r} has no output {name!r}; its outputs: "
+                    f"{', '.join(outputs)}"
+                )
+            if not info.dynamic:
+                raise InvalidArgumentError(
+                    f"output_caps: output {name!r} is not dynamic: it always takes {info.max_bytes} bytes"
+                )
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+                raise InvalidArgumentError(
+                    f"output_caps[{name!r}] must be a whole number of bytes >= 0, got {cap!r}"
+                )
+            caps[name] = cap
+        return caps
 
     def _make_workspaces(self, workspace: DeviceMemory | tuple[DeviceMemory, int]) -> None:
         """One workspace per stage over the same memory: a request runs one launch at a time."""
@@ -863,7 +912,7 @@ class Request(_runtime.Request):
         start = _runtime.clock_ns()
         for k, info in enumerate(self.network.outputs):
             index = n_in + k
-            shape = info.shapes[self._stage]
+            shape = self._output_shape(k) if info.dynamic else info.shapes[self._stage]
             view = self._views[index]
             if view is not None:
                 results.append(np.array(view.ndarray(info.dtype, shape)))
@@ -886,7 +935,9 @@ class Request(_runtime.Request):
             self._set_mapped(index, True)
             self._views[index] = view
         info = self._infos[index]
-        return view.ndarray(info.dtype, info.shapes[self._stage])
+        n_in = len(self.network.inputs)
+        shape = self._output_shape(index - n_in) if info.dynamic else info.shapes[self._stage]
+        return view.ndarray(info.dtype, shape)
 
     @property
     def input_tensors(self) -> list[Array]:

@@ -178,6 +178,7 @@ cdef extern from "edgekit/edgekit.h" nogil:
         float scale
         int32_t zero_point
         size_t max_bytes
+        bint dynamic
     ctypedef struct ek_stage_info_t:
         const ek_shape_t *input_shapes
         const ek_shape_t *output_shapes

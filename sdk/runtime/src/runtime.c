@@ -734,6 +734,11 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     }
     /* Copy before submitting: the record may be finished and freed by the time submit returns. */
     memcpy(out_copy, rec->tensors + input_count, (size_t)output_count * sizeof *out_copy);
+    /* A launch with DYNAMIC outputs sets their shapes in the caller's array when it ends, maybe before
+     * submit returns: fill it first. */
+    bool dynamic = rec->caller_outputs != NULL;
+    if (dynamic)
+        memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
     uint64_t handle = rec->handle;
     if (rec->profile)
         rec->submit_ns = ek_now_ns();
@@ -743,7 +748,8 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
         free(out_copy);
         return status;
     }
-    memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
+    if (!dynamic)
+        memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
     free(out_copy);
     if (launch_out)
         launch_out->id = handle;
