@@ -310,12 +310,13 @@ static void *worker_main(void *arg) {
             ok = 0;
         }
     }
-    pthread_barrier_wait(&a->barrier); /* the timed iterations start together */
+    pthread_barrier_wait(&a->barrier); /* every warm-up is done: what has been allocated so far? */
     if (w->thread == 0) {
         ek_dev_heap_stats(dev, &w->device->heap_at_start);
         if (w->device->allocator.id)
             ek_allocator_stats(w->device->allocator, &w->device->alloc_at_start);
     }
+    pthread_barrier_wait(&a->barrier); /* the timed iterations start together */
     ek_launch_options_t timed = w->launch;
     timed.profile = w->profile; /* {0} without --profile */
     w->start = now_seconds();

@@ -18,6 +18,7 @@ struct live_block {
     ek_mem_t mem;
     size_t offset, size;
     struct ek_block *block; /* a pool's; NULL for a custom allocator's */
+    bool to_caller;         /* an output handed to the caller, who gives it back with ek_allocator_free */
     struct live_block *next;
 };
 
@@ -107,7 +108,9 @@ ek_status_t ek_allocator_create_pool(ek_allocator_t *allocator, ek_dev_t dev, si
         return ek_fail(status, "ek_allocator_create_pool: no %zu-byte block for the pool on device %d: %s", capacity,
                        id, why);
     }
-    if (!(a->heap = ek_heap_create(capacity, ALLOC_ALIGN))) {
+    if ((status = ek_mem_mark_pool(a->dev, a->block, true)) != EK_OK ||
+        !(a->heap = ek_heap_create(capacity, ALLOC_ALIGN))) {
+        (void)ek_mem_mark_pool(a->dev, a->block, false);
         ek_free_device(a->dev, a->block);
         ek_dev_free(a->dev);
         free(a);
@@ -116,6 +119,7 @@ ek_status_t ek_allocator_create_pool(ek_allocator_t *allocator, ek_dev_t dev, si
     a->stats.capacity = capacity;
     if ((status = publish(a, allocator)) != EK_OK) {
         ek_heap_destroy(a->heap);
+        (void)ek_mem_mark_pool(a->dev, a->block, false);
         ek_free_device(a->dev, a->block);
         ek_dev_free(a->dev);
         free(a);
@@ -156,6 +160,7 @@ ek_status_t ek_allocator_destroy(ek_allocator_t handle) {
     pthread_mutex_unlock(&registry_lock);
     if (a->heap) {
         ek_heap_destroy(a->heap);
+        (void)ek_mem_mark_pool(a->dev, a->block, false);
         ek_free_device(a->dev, a->block);
         ek_dev_free(a->dev);
     }
@@ -264,8 +269,8 @@ static ek_status_t take_block(struct ek_allocator_obj *a, ek_dev_t dev, size_t s
     return status;
 }
 
-static ek_status_t allocator_alloc(struct ek_allocator_obj *a, ek_dev_t dev, size_t size, ek_mem_t *mem,
-                                   size_t *offset) {
+static ek_status_t allocator_alloc(struct ek_allocator_obj *a, ek_dev_t dev, size_t size, bool to_caller,
+                                   ek_mem_t *mem, size_t *offset) {
     struct live_block *lb = calloc(1, sizeof *lb);
     if (!lb)
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory to track an allocation");
@@ -273,6 +278,7 @@ static ek_status_t allocator_alloc(struct ek_allocator_obj *a, ek_dev_t dev, siz
     pthread_mutex_lock(&a->lock);
     if (status == EK_OK) {
         lb->size = size;
+        lb->to_caller = to_caller;
         lb->next = a->live;
         a->live = lb;
         a->stats.allocations++;
@@ -293,14 +299,19 @@ static ek_status_t allocator_alloc(struct ek_allocator_obj *a, ek_dev_t dev, siz
 
 /* Give a block back; EK_ERR_INVALID_ARG (nothing changed) for one this allocator has not given out.
  * It counts as live until the callback has taken it, so the allocator cannot be destroyed meanwhile. */
-static ek_status_t allocator_give_back(struct ek_allocator_obj *a, ek_dev_t dev, ek_mem_t mem, size_t offset) {
+static ek_status_t allocator_give_back(struct ek_allocator_obj *a, ek_dev_t dev, ek_mem_t mem, size_t offset,
+                                       bool from_caller) {
     pthread_mutex_lock(&a->lock);
     struct live_block **p = &a->live;
     while (*p && ((*p)->mem.id != mem.id || (*p)->offset != offset))
         p = &(*p)->next;
     struct live_block *lb = *p;
-    if (!lb) {
+    if (!lb || (from_caller && !lb->to_caller)) {
         pthread_mutex_unlock(&a->lock);
+        if (lb) /* a runtime's own block (a workspace, a staging copy): not the caller's to give back */
+            return ek_fail(EK_ERR_INVALID_ARG, "memory 0x%016" PRIx64 " at offset %zu is a block a runtime of "
+                           "allocator 0x%016" PRIx64 " uses itself, not an output it handed out", mem.id, offset,
+                           a->handle);
         return ek_fail(EK_ERR_INVALID_ARG, "memory 0x%016" PRIx64 " at offset %zu is not a block allocator "
                        "0x%016" PRIx64 " gave out (or it was given back already)", mem.id, offset, a->handle);
     }
@@ -338,7 +349,7 @@ ek_status_t ek_allocator_free(ek_allocator_t handle, ek_mem_t mem, size_t offset
         if (ek_handle_get(mem.id, EK_HANDLE_MEMORY, NULL, &owner) == EK_OK)
             (void)ek_dev_request(&dev, owner);
     }
-    status = allocator_give_back(a, dev, mem, offset);
+    status = allocator_give_back(a, dev, mem, offset, true);
     if (!a->heap && dev.id)
         ek_dev_free(dev);
     pthread_mutex_lock(&registry_lock);
@@ -347,17 +358,17 @@ ek_status_t ek_allocator_free(ek_allocator_t handle, ek_mem_t mem, size_t offset
     return status;
 }
 
-ek_status_t ek_rt_alloc(struct ek_runtime *rt, size_t size, ek_mem_t *mem, size_t *offset) {
+ek_status_t ek_rt_alloc(struct ek_runtime *rt, size_t size, bool to_caller, ek_mem_t *mem, size_t *offset) {
     if (!rt->allocator) {
         *offset = 0;
         return ek_malloc_device(rt->dev, mem, size);
     }
-    return allocator_alloc(rt->allocator, rt->dev, size, mem, offset);
+    return allocator_alloc(rt->allocator, rt->dev, size, to_caller, mem, offset);
 }
 
 void ek_rt_free(struct ek_runtime *rt, ek_mem_t mem, size_t offset) {
     if (!rt->allocator)
         (void)ek_free_device(rt->dev, mem);
     else
-        (void)allocator_give_back(rt->allocator, rt->dev, mem, offset);
+        (void)allocator_give_back(rt->allocator, rt->dev, mem, offset, false);
 }

@@ -396,7 +396,7 @@ static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, st
         exec->arena = mem;
         exec->arena_offset = offset;
         exec->arena_borrowed = true;
-    } else if ((status = ek_rt_alloc(rt, arena, &exec->arena, &exec->arena_offset)) != EK_OK) {
+    } else if ((status = ek_rt_alloc(rt, arena, false, &exec->arena, &exec->arena_offset)) != EK_OK) {
         char why[400];
         snprintf(why, sizeof why, "%s", ek_last_error());
         status = ek_fail(status, "network '%s': no device memory for its %zu-byte workspace: %s", net->info.name,

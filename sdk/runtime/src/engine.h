@@ -64,8 +64,9 @@ struct ek_allocator_obj;
 /* A runtime's reference to its allocator (config.allocator), which makes ek_allocator_destroy refuse. */
 ek_status_t ek_allocator_attach(ek_allocator_t handle, int device_index, struct ek_allocator_obj **a);
 void ek_allocator_detach(struct ek_allocator_obj *a);
-/* Every device allocation of a runtime: through its allocator, else the device heap (offset 0). */
-ek_status_t ek_rt_alloc(struct ek_runtime *rt, size_t size, ek_mem_t *mem, size_t *offset);
+/* Every device allocation of a runtime: through its allocator, else the device heap (offset 0).
+ * `to_caller`: a launch's output the caller gives back (ek_allocator_free); else the runtime's own. */
+ek_status_t ek_rt_alloc(struct ek_runtime *rt, size_t size, bool to_caller, ek_mem_t *mem, size_t *offset);
 void ek_rt_free(struct ek_runtime *rt, ek_mem_t mem, size_t offset);
 
 /* ---- engine.c ---- */

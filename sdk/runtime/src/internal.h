@@ -37,6 +37,10 @@ ek_status_t ek_handle_lookup(uint64_t handle, enum ek_handle_kind kind, bool fre
 /* Retire a handle: later lookups report EK_ERR_FREED_HANDLE, a second retire EK_ERR_DOUBLE_FREE. */
 ek_status_t ek_handle_retire(uint64_t handle, enum ek_handle_kind kind);
 
+/* ---- memory.c ---- */
+/* Mark (or unmark, before the pool frees it) `mem` as an allocator pool's block. */
+ek_status_t ek_mem_mark_pool(ek_dev_t dev, ek_mem_t mem, bool pool);
+
 /* ---- heap.c: the allocator over a device pool (offsets only; it never touches the pool) ---- */
 struct ek_heap;
 struct ek_block;
@@ -77,6 +81,7 @@ struct ek_mem_rec {
     size_t size;   /* as requested */
     int map_count; /* below INT_MAX: ek_mem_mmap refuses past it */
     struct ek_shadow *shadow; /* strict mode, while mapped */
+    bool pool_block; /* an allocator pool's block (allocator.c): ek_free_device refuses it */
     struct ek_mem_rec *prev, *next; /* the device's live memories */
 };
 
@@ -177,6 +182,6 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t rt, const char *net_name, const voi
 
 /* The .ekm versions this runtime reads (model.c), also told to remote clients. */
 #define EK_MODEL_FORMAT_MAJOR 1
-#define EK_MODEL_FORMAT_MINOR 2
+#define EK_MODEL_FORMAT_MINOR 3
 
 #endif /* EDGEKIT_INTERNAL_H */

@@ -105,6 +105,12 @@ ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem) {
     ek_status_t status = lock_memory(dev, mem, true, true, &device, &rec);
     if (status != EK_OK)
         return status;
+    if (rec->pool_block) {
+        ek_device_unlock(device);
+        return ek_fail(EK_ERR_BUSY, "ek_free_device: memory 0x%016" PRIx64 " is the block of an allocator pool "
+                       "(ek_allocator_create_pool): give its parts back with ek_allocator_free, and the block goes "
+                       "with ek_allocator_destroy", mem.id);
+    }
     if (rec->map_count)
         ek_coh_unmap(device, rec, "ek_free_device");
     ek_handle_retire(rec->handle, EK_HANDLE_MEMORY);
@@ -116,6 +122,17 @@ ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem) {
         rec->next->prev = rec->prev;
     ek_heap_free(device->heap, rec->block);
     free(rec);
+    ek_device_unlock(device);
+    return EK_OK;
+}
+
+ek_status_t ek_mem_mark_pool(ek_dev_t dev, ek_mem_t mem, bool pool) {
+    struct ek_device *device;
+    struct ek_mem_rec *rec;
+    ek_status_t status = lock_memory(dev, mem, true, false, &device, &rec);
+    if (status != EK_OK)
+        return status;
+    rec->pool_block = pool;
     ek_device_unlock(device);
     return EK_OK;
 }

@@ -933,7 +933,7 @@ static ek_status_t check_plan(struct loader *L, const struct stage_rec *st, cons
         const struct ek_op *op = &a->ops[(size_t)st->first_op + k];
         for (int j = 0; j < op->n_out; j++) {
             const struct ek_tensor_desc *o = op->out[j];
-            if (o->storage != EK_STORAGE_ARENA)
+            if (o->storage != EK_STORAGE_ARENA && !o->dynamic) /* a DYNAMIC output lives in the arena too */
                 continue;
             for (uint32_t l = 0; l < n_live; l++) {
                 const struct ek_tensor_desc *t = &tensors[L->live[l]];
@@ -948,11 +948,12 @@ static ek_status_t check_plan(struct loader *L, const struct stage_rec *st, cons
             }
             L->live[n_live++] = (uint32_t)(o - tensors);
         }
-        /* drop the tensors whose last reader is this op (or that no op reads) */
+        /* drop the tensors whose last reader is this op (or that no op reads); DYNAMIC outputs stay to the
+         * end, when the launch copies them out */
         uint32_t kept = 0;
         for (uint32_t l = 0; l < n_live; l++) {
             uint32_t ti = L->live[l];
-            if (L->last_read[ti] != NONE && L->last_read[ti] > k)
+            if ((L->last_read[ti] != NONE && L->last_read[ti] > k) || tensors[ti].dynamic)
                 L->live[kept++] = ti;
         }
         n_live = kept;

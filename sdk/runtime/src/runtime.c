@@ -583,13 +583,16 @@ static ek_status_t check_launch_memory(struct ek_runtime *rt, const struct ek_ne
     return status;
 }
 
-/* Take workspace `handle` for a launch of `net` in stage `s`: EK_ERR_BUSY while another launch runs in it. */
+/* Take workspace `handle` for a launch of `net` in stage `s`: EK_ERR_BUSY while another launch runs in it.
+ * Under the runtime table lock, as ek_workspace_destroy and ek_rt_destroy retire workspaces, so the
+ * workspace looked up cannot be freed before it is claimed. */
 static ek_status_t claim_workspace(struct ek_runtime *rt, ek_workspace_t handle, const struct ek_network *net, int s,
                                    bool user_mem, struct ek_workspace_rec **out) {
     if (!user_mem)
         return ek_fail(EK_ERR_INVALID_ARG, "launch of network '%s' in a workspace: give the outputs' memory "
-                       "(user_mem): a launch in a workspace allocates nothing", net->info.name);
-    pthread_mutex_lock(&rt->lock); /* against ek_workspace_destroy */
+                       "(user_mem): a launch in a workspace allocates nothing (ek_rt_launch_data, which stages "
+                       "through device memory, cannot run in one)", net->info.name);
+    pthread_mutex_lock(&table_lock);
     void *obj = NULL;
     ek_status_t status = ek_handle_get(handle.id, EK_HANDLE_WORKSPACE, &obj, NULL);
     struct ek_workspace_rec *ws = obj;
@@ -611,7 +614,7 @@ static ek_status_t claim_workspace(struct ek_runtime *rt, ek_workspace_t handle,
     } else {
         *out = ws;
     }
-    pthread_mutex_unlock(&rt->lock);
+    pthread_mutex_unlock(&table_lock);
     return status;
 }
 
@@ -711,7 +714,7 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
             t->mem = outputs[i].mem;
             t->offset = outputs[i].offset;
         } else {
-            if ((status = ek_rt_alloc(rt, desc->nbytes, &t->mem, &t->offset)) != EK_OK) {
+            if ((status = ek_rt_alloc(rt, desc->nbytes, true, &t->mem, &t->offset)) != EK_OK) {
                 char why[300];
                 snprintf(why, sizeof why, "%s", ek_last_error());
                 status = ek_fail(status, "network '%s': no device memory for output '%s': %s", info->name,
@@ -743,8 +746,11 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     if (rec->profile)
         rec->submit_ns = ek_now_ns();
     if ((status = ek_launch_submit(rec, sync_caller)) != EK_OK) {
-        for (int i = 0; i < allocated; i++)
+        for (int i = 0; i < allocated; i++) {
             ek_rt_free(rt, out_copy[i].mem, out_copy[i].offset);
+            if (dynamic) /* the caller's array was filled: no freed handle left in it */
+                outputs[i].mem.id = 0;
+        }
         free(out_copy);
         return status;
     }
@@ -847,7 +853,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
         ek_tensor_t *t = &tensors[staged];
         t->dtype = info->inputs[staged].dtype;
         t->shape = input_shapes[staged];
-        if ((status = ek_rt_alloc(rt, desc->nbytes, &t->mem, &t->offset)) != EK_OK)
+        if ((status = ek_rt_alloc(rt, desc->nbytes, false, &t->mem, &t->offset)) != EK_OK)
             break;
         if ((status = ek_memcpy_s2d_partial_offset(rt->dev, t->mem, inputs[staged], desc->nbytes, t->offset)) != EK_OK) {
             staged++; /* allocated: free it below */
@@ -1022,8 +1028,9 @@ done:
 }
 
 ek_status_t ek_workspace_destroy(ek_workspace_t handle) {
-    /* The runtime table lock: its ek_rt_destroy retires workspaces under it, so a live workspace here
-     * has a runtime that is either live (referenced now, so it stays) or being destroyed. */
+    /* Lookup, busy check and retire in one section of the runtime table lock, which launches claim
+     * workspaces and ek_rt_destroy retires them under: two destroys of one handle, or a destroy racing
+     * a launch, see one consistent state. */
     pthread_mutex_lock(&table_lock);
     void *obj;
     ek_status_t status = ek_handle_lookup(handle.id, EK_HANDLE_WORKSPACE, true, &obj, NULL);
@@ -1038,21 +1045,24 @@ ek_status_t ek_workspace_destroy(ek_workspace_t handle) {
         return ek_fail(EK_ERR_BUSY, "ek_workspace_destroy: its runtime is being destroyed, which destroys the "
                        "workspace too");
     }
-    rt->users++;
-    pthread_mutex_unlock(&table_lock);
-
-    pthread_mutex_lock(&rt->lock);
     if (atomic_load(&ws->busy)) {
-        pthread_mutex_unlock(&rt->lock);
-        ek_runtime_unref(rt);
+        pthread_mutex_unlock(&table_lock);
         return ek_fail(EK_ERR_BUSY, "ek_workspace_destroy: a launch of network '%s' runs in workspace 0x%016" PRIx64
                        "; wait for it first", ws->net->info.name, handle.id);
     }
-    ek_handle_retire(handle.id, EK_HANDLE_WORKSPACE);
+    if ((status = ek_handle_retire(handle.id, EK_HANDLE_WORKSPACE)) != EK_OK) {
+        pthread_mutex_unlock(&table_lock);
+        return status;
+    }
+    rt->users++; /* the runtime (and its list) stays until the workspace is unlinked */
+    pthread_mutex_unlock(&table_lock);
+
+    pthread_mutex_lock(&rt->lock);
     struct ek_workspace_rec **p = &rt->workspaces;
-    while (*p != ws)
+    while (*p && *p != ws)
         p = &(*p)->next;
-    *p = ws->next;
+    if (*p)
+        *p = ws->next;
     pthread_mutex_unlock(&rt->lock);
     ek_engine_exec_free(rt, ws->exec);
     free(ws);

@@ -80,7 +80,9 @@ typedef struct ek_allocator {
 
 /* A caller's allocator (MagicMind's IAllocator): device memory on the runtime's device, as (memory,
  * offset) pairs, so it may hand out parts of larger blocks. Called from any thread (the device
- * workers' included), one call at a time per allocator. */
+ * workers' included), one call at a time per allocator. The callbacks may call ek_malloc_device,
+ * ek_free_device and ek_allocator_stats, but nothing that allocates or frees through this same
+ * allocator (a launch of a runtime using it, ek_allocator_free of it): that would wait for itself. */
 typedef struct ek_allocator_ops {
     /* `size` bytes (> 0) on device `dev` at an offset that is a multiple of `alignment` (a power of
      * two); on failure return another status than EK_OK (EK_ERR_OUT_OF_MEMORY), which the runtime
@@ -321,7 +323,8 @@ typedef struct ek_launch_options {
  * it, as device accesses (strict coherence: flush inputs written through a mapping first, and
  * invalidate outputs before reading them through one). With `user_mem` the caller's
  * outputs[i].mem/offset receive the outputs; without, the runtime allocates each output on the
- * device, and the caller frees it with ek_free_device. The call fills outputs[i] dtype and shape.
+ * device, and the caller frees it with ek_free_device (a runtime with an allocator: gives it back with
+ * ek_allocator_free). The call fills outputs[i] dtype and shape.
  * `launch` may be NULL: the launch is then waited for only by ek_dev_sync, which reports its error.
  * Inputs and outputs must stay allocated until the launch ends. `options` may be NULL.
  * Dynamic outputs (ek_io_info_t.dynamic): the call fills their largest shape; when the launch ends it
