@@ -1874,7 +1874,9 @@ static ek_status_t read_networks(struct rdev *d, struct rrt *rt, struct ek_rbuf 
             n_out = 0, r->bad = true;
         for (uint32_t k = 0; k < n_out && !r->bad; k++) {
             ek_get_str(r, names[n_in + k], sizeof names[n_in + k]);
-            ios[n_in + k].dtype = (ek_dtype_t)ek_get_u32(r);
+            uint32_t word = ek_get_u32(r); /* dtype; bit 16: a dynamic output */
+            ios[n_in + k].dtype = (ek_dtype_t)(word & 0xFFFFu);
+            ios[n_in + k].dynamic = (word >> 16 & 1u) != 0;
             ios[n_in + k].scale = ek_get_f32(r);
             ios[n_in + k].zero_point = (int32_t)ek_get_u32(r);
             ios[n_in + k].max_bytes = (size_t)ek_get_u64(r);
@@ -2521,7 +2523,7 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
         for (int k = 0; k < s->num_dims; k++)
             n *= (size_t)s->dims[k];
         out_bytes += n;
-        if (!outputs[i] || output_capacity[i] < n) {
+        if (!outputs[i] || (output_capacity[i] < n && !info->outputs[i].dynamic)) {
             free(in_sizes);
             unlock(d);
             return outputs[i] ? ek_fail(EK_ERR_INVALID_ARG, "output '%s' of network '%s' needs %zu bytes; "
@@ -2581,8 +2583,9 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
             if (r.bad)
                 status = bad_reply(d, &r, "RUN");
             else if (n > output_capacity[i])
-                status = ek_fail(EK_ERR_INVALID_ARG, "output '%s' came back with %zu bytes; output_capacity[%d] is "
-                                 "%zu", info->outputs[i].name, n, i, output_capacity[i]);
+                status = ek_fail(info->outputs[i].dynamic ? EK_ERR_OUT_OF_RANGE : EK_ERR_INVALID_ARG,
+                                 "output '%s' came back with %zu bytes; output_capacity[%d] is %zu: give it at least "
+                                 "%zu bytes", info->outputs[i].name, n, i, output_capacity[i], n);
             else {
                 memcpy(outputs[i], bytes, n);
                 output_shapes[i] = shape;

@@ -805,7 +805,8 @@ static ek_status_t h_upload(struct session *s, struct ek_rbuf *in, struct ek_wbu
 
 static void put_io(struct ek_wbuf *out, const ek_io_info_t *io) {
     ek_put_str(out, io->name);
-    ek_put_u32(out, (uint32_t)io->dtype);
+    /* bit 16 of the dtype word: a dynamic output (docs/remote-protocol.md); 0 for every other tensor */
+    ek_put_u32(out, (uint32_t)io->dtype | (io->dynamic ? 1u << 16 : 0));
     ek_put_f32(out, io->scale);
     ek_put_u32(out, (uint32_t)io->zero_point);
     ek_put_u64(out, io->max_bytes);
