@@ -941,8 +941,8 @@ static ek_status_t h_launch(struct session *s, uint64_t request, struct ek_rbuf 
         for (int i = 0; i < info->output_count && status == EK_OK; i++)
             if (info->outputs[i].dynamic) /* its shape is known at the end only, which LAUNCH_DONE does not carry */
                 status = ek_fail(EK_ERR_UNSUPPORTED, "network '%s': output '%s' has a data-dependent size; through a "
-                                 "remote device run it with ek_rt_launch_data (Python: edgekit run), which returns "
-                                 "the shapes it produced, or run on the board", info->name, info->outputs[i].name);
+                                 "remote device run it with ek_rt_launch_data (C), which returns the shapes it "
+                                 "produced, or run on the board", info->name, info->outputs[i].name);
     if (in->bad || status != EK_OK) {
         free(tensors);
         return status;
