@@ -1,4 +1,4 @@
-/* The portable element-wise, shape, softmax and reduce kernels against naive reference loops, and
+/* The portable element-wise, shape, softmax, reduce and select (TOP_K, NON_MAX_SUPPRESSION) kernels against naive reference loops, and
  * their prepare() rejecting malformed ops with EK_ERR_MODEL_INVALID.
  *
  * Ops are built by hand (ek_op, ek_tensor_desc, ek_attr). With EK_KERNEL_TEST_SHIM the file carries a
@@ -13,6 +13,9 @@
 
 #include "ek_test.h"
 #include "portable/portable.h"
+#ifdef EK_KERNEL_TEST_SHIM
+#include "internal.h" /* ek_fail */
+#endif
 
 /* ---- serial execution shim ---- */
 #ifdef EK_KERNEL_TEST_SHIM
@@ -48,6 +51,38 @@ WEAK_KERNEL(ek_kernel_average_pool, EK_OP_AVERAGE_POOL);
 WEAK_KERNEL(ek_kernel_global_average_pool, EK_OP_GLOBAL_AVERAGE_POOL);
 WEAK_KERNEL(ek_kernel_resize, EK_OP_RESIZE);
 WEAK_KERNEL(ek_kernel_plugin, EK_OP_PLUGIN); /* src/plugin.c */
+
+/* ek_exec_set_dims: what the last run reported for each DYNAMIC output (the engine's checks). */
+#define SHIM_DIMS 8
+static const struct ek_tensor_desc *shim_dims_of[SHIM_DIMS];
+static int64_t shim_dims[SHIM_DIMS][EK_MAX_DIMS];
+
+ek_status_t ek_exec_set_dims(struct ek_exec *exec, const struct ek_tensor_desc *t, const int64_t *dims) {
+    (void)exec;
+    if (!t || !dims || !t->dynamic)
+        return ek_fail(EK_ERR_INVALID_ARG, "tensor '%s' is not DYNAMIC", t && t->name ? t->name : "?");
+    for (int d = 0; d < t->rank; d++)
+        if (dims[d] < 0 || dims[d] > t->dims[d])
+            return ek_fail(EK_ERR_INVALID_ARG, "tensor '%s': dim %d of %lld is past its bound", t->name, d,
+                           (long long)dims[d]);
+    for (int i = 0; i < SHIM_DIMS; i++)
+        if (shim_dims_of[i] == t || !shim_dims_of[i]) {
+            shim_dims_of[i] = t;
+            memcpy(shim_dims[i], dims, (size_t)t->rank * sizeof *dims);
+            return EK_OK;
+        }
+    return ek_fail(EK_ERR_INTERNAL, "shim: too many DYNAMIC tensors");
+}
+
+/* The dims last reported for t (NULL: none). */
+static const int64_t *reported_dims(const struct ek_tensor_desc *t) {
+    for (int i = 0; i < SHIM_DIMS; i++)
+        if (shim_dims_of[i] == t)
+            return shim_dims[i];
+    return NULL;
+}
+
+static void forget_dims(void) { memset(shim_dims_of, 0, sizeof shim_dims_of); }
 
 static struct ek_exec shim_exec = {3};
 static struct ek_exec *test_exec(void) { return &shim_exec; }
@@ -987,6 +1022,492 @@ static void test_large_broadcast(void) {
     tensor_free(x);
 }
 
+/* ---- TOP_K and NON_MAX_SUPPRESSION (select.c) ---- */
+
+struct sel {
+    struct ek_op op;
+    const struct ek_tensor_desc *in[5];
+    const struct ek_tensor_desc *out[2];
+    struct ek_attr attrs[4];
+};
+
+static void mkdesc(struct ek_tensor_desc *d, const char *name, ek_dtype_t dtype, int rank, const int64_t *dims) {
+    memset(d, 0, sizeof *d);
+    d->name = name;
+    d->dtype = dtype;
+    d->rank = rank;
+    d->count = 1;
+    for (int i = 0; i < rank; i++) {
+        d->dims[i] = dims[i];
+        d->count *= (size_t)dims[i];
+    }
+    d->nbytes = d->count * (dtype == EK_DTYPE_INT64 ? 8u : 4u);
+    d->storage = EK_STORAGE_ARENA;
+}
+
+static void sel_init(struct sel *s, enum ek_op_type type, int n_in, int n_out) {
+    memset(s, 0, sizeof *s);
+    s->op.type = type;
+    s->op.name = "node";
+    s->op.n_in = n_in;
+    s->op.n_out = n_out;
+    s->op.in = s->in;
+    s->op.out = s->out;
+    s->op.attrs = s->attrs;
+}
+
+static void sel_int(struct sel *s, const char *name, int64_t v) {
+    struct ek_attr *a = &s->attrs[s->op.n_attrs++];
+    a->name = name;
+    a->type = EK_ATTR_INT;
+    a->count = 1;
+    a->i = v;
+}
+
+static ek_status_t sel_run(struct sel *s, const void *const *in, void *const *out) {
+    return ek_portable_kernel((int)s->op.type)->run(&s->op, in, out, test_exec());
+}
+
+static void sel_release(struct sel *s) { ek_portable_kernel((int)s->op.type)->release(&s->op); }
+
+static int sel_invalid(struct sel *s, const char *needle, int line) {
+    ek_status_t st = ek_portable_kernel((int)s->op.type)->prepare(&s->op);
+    if (st == EK_OK)
+        sel_release(s);
+    char what[256];
+    if (st != EK_ERR_MODEL_INVALID || !strstr(ek_last_error(), needle) || s->op.params) {
+        snprintf(what, sizeof what, "prepare returned %s, expected EK_ERR_MODEL_INVALID mentioning \"%s\"",
+                 ek_status_name(st), needle);
+        ekt_report_failure(__FILE__, line, what);
+        return 0;
+    }
+    return 1;
+}
+#define SEL_INVALID(s, needle) sel_invalid((s), (needle), __LINE__)
+
+/* Values with ties: multiples of 0.5 in [-3, 3). */
+static float tied(void) { return floorf(rnd(-3.0f, 3.0f) * 2.0f) / 2.0f; }
+
+/* The naive top-k of one row of n values with stride: repeated selection, ties to the lower index. */
+static void ref_topk_row(const float *x, size_t n, size_t stride, size_t k, bool largest, float *vals, int64_t *idx,
+                         size_t ostride) {
+    bool used[64] = {false};
+    for (size_t r = 0; r < k; r++) {
+        size_t best = n;
+        for (size_t i = 0; i < n; i++) {
+            if (used[i])
+                continue;
+            float v = x[i * stride];
+            if (best == n || (largest ? v > x[best * stride] : v < x[best * stride]))
+                best = i;
+        }
+        used[best] = true;
+        vals[r * ostride] = x[best * stride];
+        idx[r * ostride] = (int64_t)best;
+    }
+}
+
+/* TOP_K on X of `rank` dims, K given (CONSTANT, static outputs; or at run time, DYNAMIC outputs of the
+ * axis dim's bound), against the reference. */
+static void check_topk(int rank, const int64_t *dims, int axis, int64_t k, bool largest, bool dynamic, int line) {
+    struct ek_tensor_desc x, kd, v, ix;
+    mkdesc(&x, "X", EK_DTYPE_FLOAT32, rank, dims);
+    int64_t kdims[1] = {1}, odims[EK_MAX_DIMS];
+    memcpy(odims, dims, (size_t)rank * sizeof *dims);
+    odims[axis] = dynamic ? dims[axis] : k;
+    mkdesc(&kd, "K", EK_DTYPE_INT64, 1, kdims);
+    mkdesc(&v, "Values", EK_DTYPE_FLOAT32, rank, odims);
+    mkdesc(&ix, "Indices", EK_DTYPE_INT64, rank, odims);
+    v.dynamic = ix.dynamic = dynamic;
+    v.storage = ix.storage = dynamic ? EK_STORAGE_OUTPUT : EK_STORAGE_ARENA;
+    if (!dynamic) {
+        kd.storage = EK_STORAGE_CONSTANT;
+        kd.constant = &k;
+    }
+    float *xv = malloc(x.count * sizeof *xv), *vv = malloc(v.count * sizeof *vv), *wv = malloc(v.count * sizeof *wv);
+    int64_t *iv = malloc(ix.count * sizeof *iv), *wi = malloc(ix.count * sizeof *wi);
+    REQUIRE(xv && vv && wv && iv && wi);
+    for (size_t i = 0; i < x.count; i++)
+        xv[i] = tied();
+    size_t outer = 1, inner = 1, n = (size_t)dims[axis];
+    for (int d = 0; d < axis; d++)
+        outer *= (size_t)dims[d];
+    for (int d = axis + 1; d < rank; d++)
+        inner *= (size_t)dims[d];
+    for (size_t o = 0; o < outer; o++) /* compact, as C-order of the produced dims */
+        for (size_t j = 0; j < inner; j++)
+            ref_topk_row(xv + o * n * inner + j, n, inner, (size_t)k, largest, wv + o * (size_t)k * inner + j,
+                         wi + o * (size_t)k * inner + j, inner);
+    struct sel s;
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x;
+    s.in[1] = &kd;
+    s.out[0] = &v;
+    s.out[1] = &ix;
+    sel_int(&s, "axis", axis);
+    sel_int(&s, "largest", largest);
+    if (ekt_check_status(__FILE__, line, "prepare TOP_K", ek_portable_kernel(EK_OP_TOP_K)->prepare(&s.op), EK_OK)) {
+        const void *in[2] = {xv, &k};
+        void *out[2] = {vv, iv};
+#ifdef EK_KERNEL_TEST_SHIM
+        forget_dims();
+#endif
+        if (ekt_check_status(__FILE__, line, "run TOP_K", sel_run(&s, in, out), EK_OK)) {
+            size_t produced = outer * (size_t)k * inner;
+            compare(vv, wv, produced, 0.0f, "TOP_K values", line);
+            for (size_t i = 0; i < produced; i++)
+                if (iv[i] != wi[i]) {
+                    char msg[128];
+                    snprintf(msg, sizeof msg, "TOP_K index %zu is %lld, expected %lld", i, (long long)iv[i],
+                             (long long)wi[i]);
+                    ekt_report_failure(__FILE__, line, msg);
+                    break;
+                }
+#ifdef EK_KERNEL_TEST_SHIM
+            if (dynamic) {
+                const int64_t *got_v = reported_dims(&v), *got_i = reported_dims(&ix);
+                bool ok = got_v && got_i;
+                for (int d = 0; ok && d < rank; d++)
+                    ok = got_v[d] == (d == axis ? k : dims[d]) && got_i[d] == got_v[d];
+                if (!ok)
+                    ekt_report_failure(__FILE__, line, "TOP_K did not report its produced dims");
+            }
+#endif
+        }
+        sel_release(&s);
+    }
+    free(xv);
+    free(vv);
+    free(wv);
+    free(iv);
+    free(wi);
+}
+
+static void test_top_k(void) {
+    for (int trial = 0; trial < 60; trial++) {
+        int rank = 1 + (int)rnd(0.0f, 3.99f);
+        int64_t dims[EK_MAX_DIMS];
+        for (int d = 0; d < rank; d++)
+            dims[d] = 1 + (int64_t)rnd(0.0f, 6.99f);
+        int axis = (int)rnd(0.0f, (float)rank - 0.01f);
+        if (trial % 5 == 0)
+            dims[axis] = 40; /* longer rows */
+        int64_t k = 1 + (int64_t)rnd(0.0f, (float)dims[axis] - 0.01f);
+        check_topk(rank, dims, axis, k, trial % 2 == 0, false, __LINE__);
+    }
+    const int64_t one[1] = {1}, row[2] = {3, 17};
+    check_topk(1, one, 0, 1, true, false, __LINE__);
+    check_topk(2, row, 1, 17, false, false, __LINE__); /* K = the whole axis */
+}
+
+#ifdef EK_KERNEL_TEST_SHIM
+static void test_top_k_dynamic(void) {
+    for (int trial = 0; trial < 30; trial++) {
+        int rank = 1 + (int)rnd(0.0f, 2.99f);
+        int64_t dims[EK_MAX_DIMS];
+        for (int d = 0; d < rank; d++)
+            dims[d] = 1 + (int64_t)rnd(0.0f, 8.99f);
+        int axis = (int)rnd(0.0f, (float)rank - 0.01f);
+        int64_t k = trial == 0 ? 0 : trial == 1 ? dims[axis] : (int64_t)rnd(0.0f, (float)dims[axis] + 0.99f);
+        check_topk(rank, dims, axis, k, trial % 3 != 0, true, __LINE__);
+    }
+    /* K outside 0 .. the bound: a clear error naming both, nothing written past the bound */
+    struct ek_tensor_desc x, kd, v, ix;
+    const int64_t dims[2] = {2, 5}, one[1] = {1};
+    mkdesc(&x, "X", EK_DTYPE_FLOAT32, 2, dims);
+    mkdesc(&kd, "K", EK_DTYPE_INT64, 1, one);
+    mkdesc(&v, "Values", EK_DTYPE_FLOAT32, 2, dims);
+    mkdesc(&ix, "Indices", EK_DTYPE_INT64, 2, dims);
+    v.dynamic = ix.dynamic = true;
+    struct sel s;
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x;
+    s.in[1] = &kd;
+    s.out[0] = &v;
+    s.out[1] = &ix;
+    REQUIRE_OK(ek_portable_kernel(EK_OP_TOP_K)->prepare(&s.op));
+    float xv[10] = {0}, vv[10];
+    int64_t iv[10];
+    const int64_t bad[3] = {6, -1, INT64_MAX};
+    for (int i = 0; i < 3; i++) {
+        const void *in[2] = {xv, &bad[i]};
+        void *out[2] = {vv, iv};
+        CHECK_STATUS(sel_run(&s, in, out), EK_ERR_INVALID_ARG);
+        char want[64];
+        snprintf(want, sizeof want, "K is %lld, outside 0 .. 5", (long long)bad[i]);
+        if (!strstr(ek_last_error(), want))
+            ekt_report_failure(__FILE__, __LINE__, "the K error does not name K and the bound");
+    }
+    sel_release(&s);
+}
+#endif
+
+static void test_reject_top_k(void) {
+    struct ek_tensor_desc x, kd, kf, v, ix, vbad;
+    const int64_t dims[2] = {2, 5}, odims[2] = {2, 3}, bad[2] = {3, 3}, one[1] = {1};
+    int64_t k3 = 3;
+    mkdesc(&x, "X", EK_DTYPE_FLOAT32, 2, dims);
+    mkdesc(&kd, "K", EK_DTYPE_INT64, 1, one);
+    mkdesc(&kf, "K", EK_DTYPE_FLOAT32, 1, one);
+    mkdesc(&v, "Values", EK_DTYPE_FLOAT32, 2, odims);
+    mkdesc(&ix, "Indices", EK_DTYPE_INT64, 2, odims);
+    mkdesc(&vbad, "Values", EK_DTYPE_FLOAT32, 2, bad);
+    kd.storage = EK_STORAGE_CONSTANT;
+    kd.constant = &k3;
+    struct sel s;
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x, s.in[1] = &kf, s.out[0] = &v, s.out[1] = &ix;
+    SEL_INVALID(&s, "input K must be int64");
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x, s.in[1] = &kd, s.out[0] = &v, s.out[1] = &ix;
+    sel_int(&s, "axis", 2);
+    SEL_INVALID(&s, "axis");
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x, s.in[1] = &kd, s.out[0] = &vbad, s.out[1] = &ix;
+    SEL_INVALID(&s, "X's shape");
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x, s.in[1] = &kd, s.out[0] = &v, s.out[1] = &ix;
+    sel_int(&s, "largest", 2);
+    SEL_INVALID(&s, "largest");
+    k3 = 4; /* the constant K differs from the outputs' dim */
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x, s.in[1] = &kd, s.out[0] = &v, s.out[1] = &ix;
+    SEL_INVALID(&s, "K is 4");
+    kd.storage = EK_STORAGE_INPUT; /* a run-time K needs DYNAMIC outputs */
+    kd.constant = NULL;
+    sel_init(&s, EK_OP_TOP_K, 2, 2);
+    s.in[0] = &x, s.in[1] = &kd, s.out[0] = &v, s.out[1] = &ix;
+    SEL_INVALID(&s, "DYNAMIC");
+    sel_init(&s, EK_OP_TOP_K, 2, 1);
+    s.in[0] = &x, s.in[1] = &kd, s.out[0] = &v;
+    SEL_INVALID(&s, "outputs Values, Indices");
+}
+
+/* ---- NON_MAX_SUPPRESSION: the naive greedy loop (DYNAMIC output: the shim build reports its dims) ---- */
+#ifdef EK_KERNEL_TEST_SHIM
+
+static void ref_extent(const float *b, bool center, float *x0, float *x1, float *y0, float *y1) {
+    if (center) {
+        *x0 = b[0] - b[2] / 2;
+        *x1 = b[0] + b[2] / 2;
+        *y0 = b[1] - b[3] / 2;
+        *y1 = b[1] + b[3] / 2;
+    } else {
+        *x0 = fminf(b[1], b[3]);
+        *x1 = fmaxf(b[1], b[3]);
+        *y0 = fminf(b[0], b[2]);
+        *y1 = fmaxf(b[0], b[2]);
+    }
+}
+
+static bool ref_suppress(const float *a, const float *b, bool center, float thr) {
+    float ax0, ax1, ay0, ay1, bx0, bx1, by0, by1;
+    ref_extent(a, center, &ax0, &ax1, &ay0, &ay1);
+    ref_extent(b, center, &bx0, &bx1, &by0, &by1);
+    float w = fminf(ax1, bx1) - fmaxf(ax0, bx0), h = fminf(ay1, by1) - fmaxf(ay0, by0);
+    if (!(w > 0) || !(h > 0))
+        return false;
+    float inter = w * h, aa = (ax1 - ax0) * (ay1 - ay0), ab = (bx1 - bx0) * (by1 - by0);
+    float uni = aa + ab - inter;
+    if (!(inter > 0) || !(aa > 0) || !(ab > 0) || !(uni > 0))
+        return false;
+    return inter / uni > thr;
+}
+
+/* Rows (b, c, i) into want; returns their count. max_out < 0: absent (none). */
+static size_t ref_nms(const float *boxes, const float *scores, size_t B, size_t C, size_t N, int64_t max_out,
+                      float iou, bool has_score, float score_thr, bool center, int64_t *want) {
+    size_t rows = 0;
+    for (size_t b = 0; b < B; b++)
+        for (size_t c = 0; c < C; c++) {
+            const float *sc = scores + (b * C + c) * N;
+            bool done[64] = {false};
+            int64_t kept[64];
+            int64_t nk = 0;
+            while (nk < max_out) {
+                size_t best = N;
+                for (size_t i = 0; i < N; i++)
+                    if (!done[i] && !isnan(sc[i]) && (!has_score || sc[i] > score_thr) &&
+                        (best == N || sc[i] > sc[best]))
+                        best = i;
+                if (best == N)
+                    break;
+                done[best] = true;
+                bool keep = true;
+                for (int64_t k = 0; k < nk && keep; k++)
+                    keep = !ref_suppress(boxes + (b * N + (size_t)kept[k]) * 4, boxes + (b * N + best) * 4, center,
+                                         iou);
+                if (keep) {
+                    kept[nk++] = (int64_t)best;
+                    want[3 * rows] = (int64_t)b;
+                    want[3 * rows + 1] = (int64_t)c;
+                    want[3 * rows + 2] = (int64_t)best;
+                    rows++;
+                }
+            }
+        }
+    return rows;
+}
+
+/* One NMS: max_out < -100 absent; iou < 0 absent (0); score_thr NAN: absent. bound_max: the max_out
+ * input is a CONSTANT (bound B*C*min(N, max_out)) else a run-time input (bound B*C*N). */
+static void check_nms(size_t B, size_t C, size_t N, const float *boxes, const float *scores, int64_t max_out,
+                      float iou, float score_thr, bool center, bool constant_max, ek_status_t expect, int line) {
+    struct ek_tensor_desc bd, sd, md, id, td, yd;
+    int64_t bdims[3] = {(int64_t)B, (int64_t)N, 4}, sdims[3] = {(int64_t)B, (int64_t)C, (int64_t)N}, one[1] = {1};
+    mkdesc(&bd, "boxes", EK_DTYPE_FLOAT32, 3, bdims);
+    mkdesc(&sd, "scores", EK_DTYPE_FLOAT32, 3, sdims);
+    mkdesc(&md, "max_out", EK_DTYPE_INT64, 1, one);
+    mkdesc(&id, "iou", EK_DTYPE_FLOAT32, 0, one);
+    mkdesc(&td, "score", EK_DTYPE_FLOAT32, 1, one);
+    bool has_max = max_out >= -100, has_iou = !(iou < 0), has_score = !isnan(score_thr);
+    if (has_max && constant_max) {
+        md.storage = EK_STORAGE_CONSTANT;
+        md.constant = &max_out;
+    }
+    int64_t per = has_max && constant_max ? (max_out < 0 ? 0 : max_out < (int64_t)N ? max_out : (int64_t)N)
+                                          : (int64_t)N;
+    int64_t ydims[2] = {(int64_t)(B * C) * per, 3};
+    if (ydims[0] < 1)
+        ydims[0] = 1;
+    mkdesc(&yd, "selected_indices", EK_DTYPE_INT64, 2, ydims);
+    yd.dynamic = true;
+    yd.storage = EK_STORAGE_OUTPUT;
+    int64_t *got = malloc(yd.nbytes + 3 * sizeof(int64_t)), *want = malloc(B * C * N * 3 * sizeof(int64_t) + 24);
+    REQUIRE(got && want);
+    const int64_t canary = 0x5a5a5a5a5a5a5a5aLL;
+    for (size_t i = 0; i < yd.count + 3; i++)
+        got[i] = canary;
+    struct sel s;
+    sel_init(&s, EK_OP_NON_MAX_SUPPRESSION, has_score ? 5 : has_iou ? 4 : has_max ? 3 : 2, 1);
+    s.in[0] = &bd;
+    s.in[1] = &sd;
+    s.in[2] = has_max ? &md : NULL;
+    s.in[3] = has_iou ? &id : NULL;
+    s.in[4] = has_score ? &td : NULL;
+    s.out[0] = &yd;
+    sel_int(&s, "center_point_box", center);
+    if (ekt_check_status(__FILE__, line, "prepare NMS", ek_portable_kernel(EK_OP_NON_MAX_SUPPRESSION)->prepare(&s.op),
+                         EK_OK)) {
+        const void *in[5] = {boxes, scores, &max_out, &iou, &score_thr};
+        void *out[1] = {got};
+        forget_dims();
+        ek_status_t st = sel_run(&s, in, out);
+        if (ekt_check_status(__FILE__, line, "run NMS", st, expect) && st == EK_OK) {
+            size_t rows = ref_nms(boxes, scores, B, C, N, has_max ? max_out : 0, has_iou ? iou : 0.0f, has_score,
+                                  score_thr, center, want);
+            const int64_t *dims = reported_dims(&yd);
+            if (!dims || dims[0] != (int64_t)rows || dims[1] != 3) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "NMS reported %lld rows, expected %zu", dims ? (long long)dims[0] : -1LL,
+                         rows);
+                ekt_report_failure(__FILE__, line, msg);
+            } else if (memcmp(got, want, rows * 3 * sizeof *got) != 0) {
+                ekt_report_failure(__FILE__, line, "NMS selected other rows than the reference");
+            }
+            for (size_t i = yd.count; i < yd.count + 3; i++)
+                if (got[i] != canary)
+                    ekt_report_failure(__FILE__, line, "NMS wrote past its bound");
+        }
+        sel_release(&s);
+    }
+    free(got);
+    free(want);
+}
+
+static void random_boxes(float *boxes, size_t n, bool center) {
+    for (size_t i = 0; i < n; i++) {
+        float *b = boxes + 4 * i;
+        float a = floorf(rnd(0.0f, 8.0f)), c = floorf(rnd(0.0f, 8.0f));
+        float w = floorf(rnd(1.0f, 5.0f)), h = floorf(rnd(1.0f, 5.0f));
+        if (center) {
+            b[0] = a, b[1] = c, b[2] = w, b[3] = h;
+        } else if (i % 2) { /* y1, x1, y2, x2 */
+            b[0] = a, b[1] = c, b[2] = a + h, b[3] = c + w;
+        } else { /* corners swapped */
+            b[0] = a + h, b[1] = c + w, b[2] = a, b[3] = c;
+        }
+    }
+}
+
+static void test_nms(void) {
+    float boxes[2 * 40 * 4], scores[2 * 3 * 40];
+    for (int trial = 0; trial < 80; trial++) {
+        size_t B = 1 + (size_t)rnd(0.0f, 1.99f), C = 1 + (size_t)rnd(0.0f, 2.99f), N = 1 + (size_t)rnd(0.0f, 39.99f);
+        bool center = trial % 4 == 3;
+        random_boxes(boxes, B * N, center);
+        for (size_t i = 0; i < B * C * N; i++)
+            scores[i] = floorf(rnd(0.0f, 1.0f) * 8.0f) / 8.0f; /* ties */
+        int64_t max_out = trial % 7 == 0 ? -1000 : (int64_t)rnd(-1.0f, (float)N + 3.0f);
+        float iou = trial % 9 == 0 ? -1.0f : floorf(rnd(0.0f, 1.0f) * 10.0f) / 10.0f;
+        float thr = trial % 3 == 0 ? NAN : floorf(rnd(0.0f, 1.0f) * 8.0f) / 8.0f;
+        check_nms(B, C, N, boxes, scores, max_out, iou, thr, center, trial % 2 == 0, EK_OK, __LINE__);
+    }
+    /* boundaries */
+    random_boxes(boxes, 10, false);
+    for (int i = 0; i < 10; i++)
+        scores[i] = 0.5f;
+    check_nms(1, 1, 10, boxes, scores, -1000, 0.5f, NAN, false, true, EK_OK, __LINE__); /* no max: none */
+    check_nms(1, 1, 10, boxes, scores, 0, 0.5f, NAN, false, true, EK_OK, __LINE__);
+    check_nms(1, 1, 10, boxes, scores, -7, 0.5f, NAN, false, false, EK_OK, __LINE__);
+    check_nms(1, 1, 10, boxes, scores, 100, 0.5f, NAN, false, false, EK_OK, __LINE__); /* more than N */
+    check_nms(1, 1, 10, boxes, scores, 100, 0.5f, 0.5f, false, true, EK_OK, __LINE__); /* > is strict: none */
+    check_nms(1, 1, 10, boxes, scores, 5, 1.5f, NAN, false, true, EK_ERR_INVALID_ARG, __LINE__);
+    CHECK_ERROR_MENTIONS("iou_threshold is 1.5");
+    check_nms(1, 1, 10, boxes, scores, 5, NAN, NAN, false, true, EK_ERR_INVALID_ARG, __LINE__);
+    for (int i = 0; i < 10; i++) /* identical boxes: one survives */
+        memcpy(boxes + 4 * i, boxes, 4 * sizeof *boxes);
+    check_nms(1, 1, 10, boxes, scores, 10, 0.5f, NAN, false, true, EK_OK, __LINE__);
+    scores[3] = NAN; /* NaN scores are never selected */
+    scores[0] = NAN;
+    boxes[4 * 5] = NAN; /* nor do NaN coordinates crash or suppress */
+    check_nms(1, 1, 10, boxes, scores, 10, 0.5f, NAN, false, true, EK_OK, __LINE__);
+    check_nms(1, 1, 10, boxes, scores, 10, 0.0f, 0.1f, true, false, EK_OK, __LINE__);
+    for (int i = 0; i < 10; i++)
+        scores[i] = NAN;
+    check_nms(1, 1, 10, boxes, scores, 10, 0.5f, NAN, false, true, EK_OK, __LINE__);
+}
+#endif
+
+static void test_reject_nms(void) {
+    struct ek_tensor_desc bd, b3, sd, s2, md, mf, yd, ys;
+    const int64_t bdims[3] = {1, 6, 4}, b3dims[3] = {1, 6, 3}, sdims[3] = {1, 2, 6}, s2dims[3] = {1, 2, 5},
+                  one[1] = {1}, ydims[2] = {12, 3}, small[2] = {5, 3};
+    int64_t max_out = 3;
+    mkdesc(&bd, "boxes", EK_DTYPE_FLOAT32, 3, bdims);
+    mkdesc(&b3, "boxes", EK_DTYPE_FLOAT32, 3, b3dims);
+    mkdesc(&sd, "scores", EK_DTYPE_FLOAT32, 3, sdims);
+    mkdesc(&s2, "scores", EK_DTYPE_FLOAT32, 3, s2dims);
+    mkdesc(&md, "max", EK_DTYPE_INT64, 1, one);
+    mkdesc(&mf, "max", EK_DTYPE_FLOAT32, 1, one);
+    md.storage = EK_STORAGE_CONSTANT;
+    md.constant = &max_out;
+    mkdesc(&yd, "selected_indices", EK_DTYPE_INT64, 2, ydims);
+    mkdesc(&ys, "selected_indices", EK_DTYPE_INT64, 2, small);
+    yd.dynamic = ys.dynamic = true;
+    struct sel s;
+    sel_init(&s, EK_OP_NON_MAX_SUPPRESSION, 3, 1);
+    s.in[0] = &b3, s.in[1] = &sd, s.in[2] = &md, s.out[0] = &yd;
+    SEL_INVALID(&s, "[B,N,4] and [B,C,N]");
+    sel_init(&s, EK_OP_NON_MAX_SUPPRESSION, 3, 1);
+    s.in[0] = &bd, s.in[1] = &s2, s.in[2] = &md, s.out[0] = &yd;
+    SEL_INVALID(&s, "[B,N,4] and [B,C,N]");
+    sel_init(&s, EK_OP_NON_MAX_SUPPRESSION, 3, 1);
+    s.in[0] = &bd, s.in[1] = &sd, s.in[2] = &mf, s.out[0] = &yd;
+    SEL_INVALID(&s, "max_output_boxes_per_class must be int64");
+    sel_init(&s, EK_OP_NON_MAX_SUPPRESSION, 3, 1);
+    s.in[0] = &bd, s.in[1] = &sd, s.in[2] = &md, s.out[0] = &ys; /* 1 x 2 x 3 rows need 6 */
+    SEL_INVALID(&s, "fewer than the 6");
+    sel_init(&s, EK_OP_NON_MAX_SUPPRESSION, 3, 1);
+    s.in[0] = &bd, s.in[1] = &sd, s.in[2] = &md, s.out[0] = &yd;
+    sel_int(&s, "center_point_box", 2);
+    SEL_INVALID(&s, "center_point_box");
+    yd.dynamic = false;
+    sel_init(&s, EK_OP_NON_MAX_SUPPRESSION, 3, 1);
+    s.in[0] = &bd, s.in[1] = &sd, s.in[2] = &md, s.out[0] = &yd;
+    SEL_INVALID(&s, "DYNAMIC");
+}
+
 int main(void) {
     RUN(test_registry);
     RUN(test_binary_broadcast);
@@ -1003,5 +1524,12 @@ int main(void) {
     RUN(test_reject_shape);
     RUN(test_reject_softmax_reduce);
     RUN(test_large_broadcast);
+    RUN(test_top_k);
+    RUN(test_reject_top_k);
+    RUN(test_reject_nms);
+#ifdef EK_KERNEL_TEST_SHIM
+    RUN(test_top_k_dynamic);
+    RUN(test_nms);
+#endif
     return ek_test_summary();
 }

@@ -740,9 +740,11 @@ static ek_status_t build_attr(struct loader *L, size_t index, const struct ek_op
     }
 }
 
-/* Only the bias of the ops whose table entry marks it optional ("bias[M]?") may be absent. */
+/* Only the inputs of the ops whose table entry marks them optional ("bias[M]?", NON_MAX_SUPPRESSION's
+ * max_output_boxes_per_class? ...) may be absent. */
 static bool may_be_absent(int type, int input, const struct ek_kernel *kernel) {
-    bool has_optional = type == EK_OP_CONV || type == EK_OP_CONV_TRANSPOSE || type == EK_OP_FULLY_CONNECTED;
+    bool has_optional = type == EK_OP_CONV || type == EK_OP_CONV_TRANSPOSE || type == EK_OP_FULLY_CONNECTED ||
+                        type == EK_OP_NON_MAX_SUPPRESSION;
     return has_optional && input >= kernel->min_inputs;
 }
 

@@ -39,5 +39,8 @@ extern const struct ek_kernel ek_kernel_reshape;
 extern const struct ek_kernel ek_kernel_softmax;
 /* reduce.c */
 extern const struct ek_kernel ek_kernel_reduce_mean;
+/* select.c */
+extern const struct ek_kernel ek_kernel_top_k;
+extern const struct ek_kernel ek_kernel_non_max_suppression;
 
 #endif /* EDGEKIT_PORTABLE_H */

@@ -32,6 +32,8 @@ static const struct ek_kernel *const kernels[EK_OP_TYPE_MAX + 1] = {
     [EK_OP_REDUCE_MEAN] = &ek_kernel_reduce_mean,
     [EK_OP_RESHAPE] = &ek_kernel_reshape,
     [EK_OP_PLUGIN] = &ek_kernel_plugin,
+    [EK_OP_TOP_K] = &ek_kernel_top_k,
+    [EK_OP_NON_MAX_SUPPRESSION] = &ek_kernel_non_max_suppression,
 };
 
 const struct ek_kernel *ek_portable_kernel(int type) {
