@@ -1,4 +1,5 @@
-/* The portable element-wise, shape, softmax, reduce and select (TOP_K, NON_MAX_SUPPRESSION) kernels against naive reference loops, and
+/* The portable element-wise, shape, softmax, reduce and select (TOP_K, NON_MAX_SUPPRESSION) kernels
+ * against naive reference loops, and
  * their prepare() rejecting malformed ops with EK_ERR_MODEL_INVALID.
  *
  * Ops are built by hand (ek_op, ek_tensor_desc, ek_attr). With EK_KERNEL_TEST_SHIM the file carries a

@@ -83,7 +83,7 @@ struct topk_params {
     size_t outer, n, inner;
     int64_t bound; /* the outputs' axis dim: K (static) or the most K may be (DYNAMIC) */
     int axis;
-    bool largest, dynamic;
+    bool largest, dynamic; /* dynamic: K comes at run time (either output is DYNAMIC; an unused one is not) */
 };
 
 static ek_status_t prepare_top_k(struct ek_op *op) {
@@ -114,8 +114,6 @@ static ek_status_t prepare_top_k(struct ek_op *op) {
         return ek_op_invalid(op, "attribute 'sorted' is %lld (0 or 1)", (long long)sorted);
     if (v->dtype != EK_DTYPE_FLOAT32 || ix->dtype != EK_DTYPE_INT64)
         return ek_op_invalid(op, "outputs Values and Indices must be float32 and int64");
-    if (v->dynamic != ix->dynamic)
-        return ek_op_invalid(op, "outputs Values and Indices must both be DYNAMIC or both not");
     char xs[96], vs[96], is[96];
     for (int i = 0; i < 2; i++) {
         const struct ek_tensor_desc *o = op->out[i];
@@ -130,11 +128,11 @@ static ek_status_t prepare_top_k(struct ek_op *op) {
     if (v->dims[axis] != ix->dims[axis])
         return ek_op_invalid(op, "outputs Values %s and Indices %s differ", ek_shape_str(v, vs, sizeof vs),
                              ek_shape_str(ix, is, sizeof is));
-    if (!v->dynamic && k->storage == EK_STORAGE_CONSTANT && k->constant &&
-        read_i64(k->constant) != v->dims[axis])
+    bool dynamic = v->dynamic || ix->dynamic;
+    if (!dynamic && k->storage == EK_STORAGE_CONSTANT && k->constant && read_i64(k->constant) != v->dims[axis])
         return ek_op_invalid(op, "K is %lld but the outputs' axis dim is %lld", (long long)read_i64(k->constant),
                              (long long)v->dims[axis]);
-    if (!v->dynamic && k->storage != EK_STORAGE_CONSTANT)
+    if (!dynamic && k->storage != EK_STORAGE_CONSTANT)
         return ek_op_invalid(op, "input K is given at run time ('%s'), so outputs Values and Indices must be "
                              "DYNAMIC", k->name ? k->name : "?");
     struct topk_params *p = calloc(1, sizeof *p);
@@ -149,7 +147,7 @@ static ek_status_t prepare_top_k(struct ek_op *op) {
     p->bound = v->dims[axis];
     p->axis = (int)axis;
     p->largest = largest == 1;
-    p->dynamic = v->dynamic;
+    p->dynamic = dynamic;
     op->params = p;
     op->scratch_per_thread = 0;
     return EK_OK;
@@ -188,12 +186,11 @@ static ek_status_t run_top_k(const struct ek_op *op, const void *const *in, void
     const struct topk_params *p = op->params;
     int64_t k = read_i64(in[1]);
     if (k < 0 || k > p->bound)
-        return ek_fail(EK_ERR_INVALID_ARG, "op '%.120s' (TOP_K): K is %lld, outside 0 .. %lld (%s)",
-                       op->name ? op->name : "", (long long)k, (long long)p->bound,
+        return ek_fail(EK_ERR_INVALID_ARG, "K is %lld, outside 0 .. %lld (%s)", (long long)k, (long long)p->bound,
                        p->dynamic ? "the size of X's axis, the outputs' recorded bound" : "the compiled K");
     if (!p->dynamic && k != p->bound)
-        return ek_fail(EK_ERR_INVALID_ARG, "op '%.120s' (TOP_K): K is %lld, the model was compiled for %lld",
-                       op->name ? op->name : "", (long long)k, (long long)p->bound);
+        return ek_fail(EK_ERR_INVALID_ARG, "K is %lld, the model was compiled for %lld", (long long)k,
+                       (long long)p->bound);
     size_t tasks = p->outer * p->inner;
     if (k > 0 && tasks > 0) {
         int threads = ek_exec_threads(exec);
@@ -201,8 +198,7 @@ static ek_status_t run_top_k(const struct ek_op *op, const void *const *in, void
         size_t nthreads = par ? (size_t)threads : 1;
         struct pair *work = malloc(nthreads * p->n * sizeof *work);
         if (!work)
-            return ek_fail(EK_ERR_OUT_OF_MEMORY, "op '%.120s' (TOP_K): no host memory for its working rows",
-                           op->name ? op->name : "");
+            return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for its working rows");
         struct topk_job job = {p, in[0], out[0], out[1], (size_t)k, work};
         if (par)
             ek_parallel_for(exec, tasks, topk_range, &job);
@@ -214,11 +210,11 @@ static ek_status_t run_top_k(const struct ek_op *op, const void *const *in, void
         int64_t dims[EK_MAX_DIMS];
         memcpy(dims, op->out[0]->dims, sizeof dims);
         dims[p->axis] = k;
-        ek_status_t st = ek_exec_set_dims(exec, op->out[0], dims);
-        if (st == EK_OK)
-            st = ek_exec_set_dims(exec, op->out[1], dims);
-        if (st != EK_OK)
-            return st;
+        for (int i = 0; i < 2; i++) { /* an output no one reads is not DYNAMIC: written the same, unreported */
+            ek_status_t st = op->out[i]->dynamic ? ek_exec_set_dims(exec, op->out[i], dims) : EK_OK;
+            if (st != EK_OK)
+                return st;
+        }
     }
     return EK_OK;
 }
@@ -387,7 +383,6 @@ static void nms_range(void *arg, size_t begin, size_t end, int thread) {
 
 static ek_status_t run_nms(const struct ek_op *op, const void *const *in, void *const *out, struct ek_exec *exec) {
     const struct nms_params *p = op->params;
-    const char *name = op->name ? op->name : "";
     int64_t max_out = op->n_in > 2 && op->in[2] ? read_i64(in[2]) : 0;
     float iou = op->n_in > 3 && op->in[3] ? read_f32(in[3]) : 0.0f;
     struct nms_job job;
@@ -396,15 +391,14 @@ static ek_status_t run_nms(const struct ek_op *op, const void *const *in, void *
     job.score_threshold = job.has_score ? read_f32(in[4]) : 0.0f;
     job.iou_threshold = iou;
     if (!(iou >= 0.0f && iou <= 1.0f))
-        return ek_fail(EK_ERR_INVALID_ARG, "op '%.120s' (NON_MAX_SUPPRESSION): iou_threshold is %g, outside [0, 1]",
-                       name, (double)iou);
+        return ek_fail(EK_ERR_INVALID_ARG, "iou_threshold is %g, outside [0, 1]", (double)iou);
     size_t per = max_out <= 0 ? 0 : (uint64_t)max_out < p->boxes ? (size_t)max_out : p->boxes;
     size_t tasks = p->batches * p->classes, produced = 0;
     if (per > 0 && tasks > 0) {
         /* prepare checked the rows for a CONSTANT count; a run-time one was bounded by N there */
         if ((uint64_t)p->rows / tasks < per)
-            return ek_fail(EK_ERR_INVALID_ARG, "op '%.120s' (NON_MAX_SUPPRESSION): max_output_boxes_per_class %lld "
-                           "needs up to %zu rows, the output's bound is %lld", name, (long long)max_out,
+            return ek_fail(EK_ERR_INVALID_ARG, "max_output_boxes_per_class %lld needs up to %zu rows, the output's "
+                           "bound is %lld", (long long)max_out,
                            tasks * per, (long long)p->rows);
         int threads = ek_exec_threads(exec);
         bool par = exec && tasks > 1 && tasks * p->boxes * 16 >= EK_KERNEL_PAR_MIN && threads > 1;
@@ -414,8 +408,7 @@ static ek_status_t run_nms(const struct ek_op *op, const void *const *in, void *
         if (!job.work || !job.counts) {
             free(job.work);
             free(job.counts);
-            return ek_fail(EK_ERR_OUT_OF_MEMORY, "op '%.120s' (NON_MAX_SUPPRESSION): no host memory for its "
-                           "candidates", name);
+            return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for its candidates");
         }
         job.p = p;
         job.boxes = in[0];
