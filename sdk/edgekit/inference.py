@@ -918,7 +918,8 @@ class Request(_runtime.Request):
                 results.append(np.array(view.ndarray(info.dtype, shape)))
             else:
                 out = np.empty(shape, dtype=info.dtype)
-                self._mems[index].read(out.nbytes, out=out)
+                if out.nbytes:  # a dynamic output may produce nothing (NMS keeping no box)
+                    self._mems[index].read(out.nbytes, out=out)
                 results.append(out)
         if self._output_profile is not None:  # the first copy after a profiled launch
             self._output_profile.add("TransferToOutput", "get_outputs", start, _runtime.clock_ns() - start)
