@@ -363,7 +363,8 @@ def test_every_op_code_is_exercised() -> None:
     for case in CASES:
         model, _feeds = build(case)
         seen.update(op_types(compile_model(model)))
-    missing = {t.name for t in OpType} - seen - {"PLUGIN"}  # PLUGIN: tests/test_plugins.py
+    # PLUGIN: tests/test_plugins.py; TOP_K, NON_MAX_SUPPRESSION: tests/test_dynamic_outputs.py
+    missing = {t.name for t in OpType} - seen - {"PLUGIN", "TOP_K", "NON_MAX_SUPPRESSION"}
     assert not missing, missing
 
 

@@ -302,6 +302,7 @@ def _describe(ctx: Any, model: Any, path: str) -> dict[str, Any]:
                     "scale": t.scale,
                     "zero_point": t.zero_point,
                     "max_bytes": t.max_bytes,
+                    "dynamic": bool(t.dynamic),
                 }
                 for t in infos
             ]
@@ -335,6 +336,10 @@ def _print_info(info: dict[str, Any]) -> None:
             print(f"  {title}:")
             width = max(len(t["name"]) for t in tensors)
             for t in tensors:
+                if t.get("dynamic"):  # its shapes are bounds: the size depends on the data
+                    shapes = " | ".join(f"<={_fmt_shape(s)}" for s in t["shapes"])
+                    print(f"    {t['name']:<{width}}  {t['dtype']:<8} {shapes} (dynamic)")
+                    continue
                 shapes = " | ".join(_fmt_shape(s) for s in t["shapes"])
                 quant = f"  scale {t['scale']:g} zero_point {t['zero_point']}"
                 print(f"    {t['name']:<{width}}  {t['dtype']:<8} {shapes}{quant}")

@@ -12,7 +12,17 @@ from typing import Callable
 import onnx
 
 from edgekit.compiler import ekm, layout, onnx_import, passes, plan
-from edgekit.compiler.graph import NCHW_PERM, NHWC, ONNX, CompileError, Graph, Op, OpType, Shape
+from edgekit.compiler.graph import (
+    INT64,
+    NCHW_PERM,
+    NHWC,
+    ONNX,
+    CompileError,
+    Graph,
+    Op,
+    OpType,
+    Shape,
+)
 from edgekit.compiler.lower import StageLowering
 from edgekit.compiler.onnx_import import ModelSource, OnnxModel
 from edgekit.compiler.plugins import PluginPaths, PluginSet
@@ -175,6 +185,7 @@ def compile_stage(
     passes.merge_reshapes(graph)
     passes.fix_outputs(graph)
     passes.eliminate_dead_code(graph)
+    _check_dynamic(graph)
     memory = plan.plan_memory(graph)
     types: dict[str, int] = {}
     for op in graph.ops:
@@ -193,12 +204,36 @@ def compile_stage(
     return _CompiledStage(graph, memory, report)
 
 
+def _check_dynamic(graph: Graph) -> None:
+    """A DYNAMIC tensor (a size that depends on the data) must be a network output, once, that no op
+    reads (lowering names the ONNX node for the usual cases; this catches what passes made of them)."""
+    users = graph.consumers()
+    for name, tensor in graph.tensors.items():
+        if not tensor.dynamic:
+            continue
+        readers = users.get(name, [])
+        if readers:
+            raise CompileError(
+                f"op '{readers[0].name}' reads '{tensor.onnx_name or name}', whose size depends on the data: "
+                "EdgeKit supports data-dependent sizes only as network outputs"
+            )
+        if graph.outputs.count(name) != 1:
+            raise CompileError(
+                f"'{tensor.onnx_name or name}' has a size that depends on the data and must be exactly one "
+                "network output (it is listed "
+                f"{graph.outputs.count(name)} times)"
+            )
+
+
 def _op_source(graph: Graph, op: Op) -> ekm.OpSource:
     """The op's OP_SOURCES record: its ONNX nodes, the ONNX tensor its output holds, and the
     permutation back to the ONNX layout for an NHWC output."""
     out = graph.tensors[op.outputs[0]]
     perm = NCHW_PERM if out.layout == NHWC and len(out.shape) == 4 else None
     return ekm.OpSource(out.onnx_name or "", list(op.sources), perm)
+
+
+_DTYPE_CODES = {"float32": ekm.FLOAT32, INT64: ekm.INT64}
 
 
 def _stage_record(compiled: _CompiledStage) -> ekm.StageRecord:
@@ -224,14 +259,24 @@ def _stage_record(compiled: _CompiledStage) -> ekm.StageRecord:
         t = graph.tensors[name]
         if t.layout != ONNX and (name in graph.inputs or name in graph.outputs):
             raise CompileError(f"internal: network tensor '{name}' is not in the ONNX layout")
+        dtype = _DTYPE_CODES[t.dtype]
         if name in graph.inputs:
-            record = ekm.TensorRecord(name, t.shape, ekm.INPUT, io_index=graph.inputs.index(name))
+            record = ekm.TensorRecord(name, t.shape, ekm.INPUT, dtype, io_index=graph.inputs.index(name))
         elif name in graph.outputs:
-            record = ekm.TensorRecord(name, t.shape, ekm.OUTPUT, io_index=graph.outputs.index(name))
+            record = ekm.TensorRecord(
+                name,
+                t.shape,
+                ekm.OUTPUT,
+                dtype,
+                io_index=graph.outputs.index(name),
+                # a DYNAMIC output is written in the arena, then copied out (docs/model-format.md)
+                offset=compiled.plan.offsets[name] if t.dynamic else 0,
+                dynamic=t.dynamic,
+            )
         elif t.data is not None:
-            record = ekm.TensorRecord(name, t.shape, ekm.CONSTANT, data=t.data)
+            record = ekm.TensorRecord(name, t.shape, ekm.CONSTANT, dtype, data=t.data)
         else:
-            record = ekm.TensorRecord(name, t.shape, ekm.ARENA, offset=compiled.plan.offsets[name])
+            record = ekm.TensorRecord(name, t.shape, ekm.ARENA, dtype, offset=compiled.plan.offsets[name])
         tensors.append(record)
     ops = [
         ekm.OpRecord(
@@ -313,12 +358,29 @@ def compile_networks(
             if result.graph.output_names != compiled[0].graph.output_names:
                 raise CompileError(f"network '{name}': stage {index} has other outputs than stage 0")
         first = compiled[0].graph
+        for index, result in enumerate(compiled):
+            for i, out_name in enumerate(first.output_names):
+                here, there = result.graph.tensors[result.graph.outputs[i]], first.tensors[first.outputs[i]]
+                if (here.dtype, here.dynamic) != (there.dtype, there.dynamic):
+                    raise CompileError(
+                        f"network '{name}': output '{out_name}' is {here.dtype}"
+                        f"{' (dynamic)' if here.dynamic else ''} in stage {index} but {there.dtype}"
+                        f"{' (dynamic)' if there.dynamic else ''} in stage 0"
+                    )
         inputs = [
-            ekm.IORecord(n, max_bytes=max(c.graph.tensors[n].nbytes for c in compiled)) for n in first.inputs
+            ekm.IORecord(
+                n,
+                _DTYPE_CODES[first.tensors[n].dtype],
+                max_bytes=max(c.graph.tensors[n].nbytes for c in compiled),
+            )
+            for n in first.inputs
         ]
         outputs = [
             ekm.IORecord(
-                out_name, max_bytes=max(c.graph.tensors[c.graph.outputs[i]].nbytes for c in compiled)
+                out_name,
+                _DTYPE_CODES[first.tensors[first.outputs[i]].dtype],
+                max_bytes=max(c.graph.tensors[c.graph.outputs[i]].nbytes for c in compiled),
+                dynamic=first.tensors[first.outputs[i]].dynamic,
             )
             for i, out_name in enumerate(first.output_names)
         ]

@@ -16,7 +16,8 @@ from edgekit.compiler.graph import ATTR_TYPES, AttrType, AttrValue, CompileError
 
 MAGIC = b"EDGEKIT\0"
 VERSION_MAJOR = 1
-VERSION_MINOR = 2  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections; 1.2: PLUGIN ops
+VERSION_MINOR = 3  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections; 1.2: PLUGIN ops;
+# 1.3: TOP_K, NON_MAX_SUPPRESSION and the DYNAMIC flag of TENSORS / IOS records
 HEADER_SIZE = 64
 ABSENT = 0xFFFFFFFF
 
@@ -69,13 +70,15 @@ DTYPES: dict[int, np.dtype[np.generic]] = {
     6: np.dtype(np.int64),
 }
 FLOAT32 = 1
+INT64 = 6
+DYNAMIC = 1  # the flags bit of TENSORS and IOS records (1.3)
 
 _HEADER = struct.Struct("<8sHHIQQII24x")
 _SECTION = struct.Struct("<IIQQ")
 _NETWORK = struct.Struct("<IIIIIIQ")
-_IO = struct.Struct("<IB3xfiQQ")
+_IO = struct.Struct("<IBB2xfiQQ")
 _STAGE = struct.Struct("<IIIIIIQ16x")
-_TENSOR = struct.Struct("<IBBBxIIQQ8q")
+_TENSOR = struct.Struct("<IBBBBIIQQ8q")
 _OP = struct.Struct("<IHHIHHII")
 _ATTR = struct.Struct("<IB3xIIQ")
 _SOURCE = struct.Struct("<IIIB3x8B")
@@ -88,8 +91,9 @@ class TensorRecord:
     storage: int
     dtype: int = FLOAT32
     io_index: int = 0
-    offset: int = 0  # ARENA: in the arena; CONSTANT: in CONSTANTS (the writer assigns it)
+    offset: int = 0  # ARENA and DYNAMIC OUTPUT: in the arena; CONSTANT: in CONSTANTS (the writer assigns it)
     data: np.ndarray | None = None  # CONSTANT: the value
+    dynamic: bool = False  # an OUTPUT whose size depends on the data (1.3); shape is its bound
 
     @property
     def nbytes(self) -> int:
@@ -136,6 +140,7 @@ class IORecord:
     scale: float = 1.0
     zero_point: int = 0
     max_bytes: int = 0
+    dynamic: bool = False  # an output whose size depends on the data (1.3)
 
 
 @dataclass
@@ -232,7 +237,15 @@ def write(model: ModelFile, *, source_map: bool = True) -> bytes:
             strings.ref(net.name), len(net.inputs), len(net.outputs), len(net.stages), n_ios, n_stages, 0
         )
         for io in [*net.inputs, *net.outputs]:
-            ios += _IO.pack(strings.ref(io.name), io.dtype, io.scale, io.zero_point, io.max_bytes, 0)
+            ios += _IO.pack(
+                strings.ref(io.name),
+                io.dtype,
+                DYNAMIC if io.dynamic else 0,
+                io.scale,
+                io.zero_point,
+                io.max_bytes,
+                0,
+            )
             n_ios += 1
         for stage in net.stages:
             stages += _STAGE.pack(
@@ -257,6 +270,7 @@ def write(model: ModelFile, *, source_map: bool = True) -> bytes:
                     t.dtype,
                     t.storage,
                     len(t.shape),
+                    DYNAMIC if t.dynamic else 0,
                     t.io_index,
                     0,
                     t.offset,
@@ -327,9 +341,16 @@ def write(model: ModelFile, *, source_map: bool = True) -> bytes:
         body += payload
         pos = start + len(payload)
     file_size = pos
-    # 1.2 only when the file needs it (a PLUGIN op), so other files stay readable as 1.1 / 1.0
-    has_plugin = any(op.type == 28 for net in model.networks for st in net.stages for op in st.ops)
-    minor = VERSION_MINOR if has_plugin else 1 if source_map else 0
+    # 1.2 / 1.3 only when the file needs it (a PLUGIN op; TOP_K, NON_MAX_SUPPRESSION or a DYNAMIC
+    # output), so other files stay readable as 1.1 / 1.0 / 1.2
+    op_types = {op.type for net in model.networks for st in net.stages for op in st.ops}
+    has_dynamic = any(io.dynamic for net in model.networks for io in net.outputs)
+    if has_dynamic or op_types & {29, 30}:
+        minor = 3
+    elif 28 in op_types:
+        minor = 2
+    else:
+        minor = 1 if source_map else 0
     header = _HEADER.pack(MAGIC, VERSION_MAJOR, minor, HEADER_SIZE, file_size, table_offset, len(sections), 0)
     return header + bytes(table) + bytes(body)
 
@@ -429,7 +450,7 @@ def read(data: bytes) -> ModelFile:
     networks: list[NetworkRecord] = []
     for name_ref, n_in, n_out, n_stages, first_io, first_stage, _ in net_recs:
         ios = [
-            IORecord(string(r[0]), r[1], r[2], r[3], r[4])
+            IORecord(string(r[0]), r[1], r[3], r[4], r[5], bool(r[2] & DYNAMIC))
             for r in io_recs[first_io : first_io + n_in + n_out]
         ]
         if len(ios) != n_in + n_out:
@@ -439,11 +460,17 @@ def read(data: bytes) -> ModelFile:
             _net, first_t, n_t, first_op, n_op, first_b, arena = s
             tensors: list[TensorRecord] = []
             for t in tensor_recs[first_t : first_t + n_t]:
-                t_name, dtype, storage, rank, io_index, _r, offset, nbytes = t[:8]
+                t_name, dtype, storage, rank, flags, io_index, _r, offset, nbytes = t[:9]
                 if dtype not in DTYPES or rank > 8:
                     raise ModelFormatError(f"tensor '{string(t_name)}': bad dtype or rank")
                 record = TensorRecord(
-                    string(t_name), tuple(t[8 : 8 + rank]), storage, dtype, io_index, offset
+                    string(t_name),
+                    tuple(t[9 : 9 + rank]),
+                    storage,
+                    dtype,
+                    io_index,
+                    offset,
+                    dynamic=bool(flags & DYNAMIC),
                 )
                 if record.nbytes != nbytes:
                     raise ModelFormatError(f"tensor '{record.name}': nbytes {nbytes} != its shape's size")

@@ -2,7 +2,9 @@
 
 Lowering builds one ``Graph`` per stage whose tensors have the ONNX model's (logical) shapes; the
 layout pass then rewrites it so spatial ops see NHWC tensors (``Tensor.layout``). Constants are
-numpy arrays held by their tensors; every tensor that exists at run time is float32.
+numpy arrays held by their tensors; every tensor that exists at run time is float32, except the int64
+operands of TOP_K (K, Indices) and NON_MAX_SUPPRESSION (max_output_boxes_per_class, selected_indices).
+A ``dynamic`` tensor is an output whose size depends on the data: its shape is the most its op writes.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class OpType(enum.IntEnum):
     REDUCE_MEAN = 26
     RESHAPE = 27
     PLUGIN = 28  # an op of a plugin library (compiler/plugins.py, docs/plugins.md)
+    TOP_K = 29  # .ekm 1.3
+    NON_MAX_SUPPRESSION = 30  # .ekm 1.3
 
 
 class AttrType(enum.IntEnum):
@@ -98,7 +102,17 @@ ATTR_TYPES: dict[str, AttrType] = {
     "steps": AttrType.INTS,
     "axes": AttrType.INTS,
     "keepdims": AttrType.INT,
+    "largest": AttrType.INT,
+    "sorted": AttrType.INT,
+    "center_point_box": AttrType.INT,
 }
+
+# The run-time dtypes a tensor may have, and their .ekm codes.
+FLOAT32 = "float32"
+INT64 = "int64"
+DTYPE_SIZES = {FLOAT32: 4, INT64: 8}
+# Ops that keep the ONNX layout for all their operands and may have several outputs.
+ONNX_LAYOUT_OPS = frozenset({OpType.PLUGIN, OpType.TOP_K, OpType.NON_MAX_SUPPRESSION})
 
 # Ops with the fused activation clamp (act_min / act_max).
 ACT_OPS = frozenset(
@@ -158,6 +172,10 @@ class Tensor:
     # The ONNX tensor whose value this tensor holds (in ``layout``); None for intermediates of a
     # multi-op lowering and for constants. Kept for dumps (the .ekm OP_SOURCES section).
     onnx_name: str | None = None
+    dtype: str = FLOAT32  # FLOAT32, or INT64 for the int64 operands of TOP_K and NON_MAX_SUPPRESSION
+    # An output whose size depends on the data (TOP_K with a run-time K, NON_MAX_SUPPRESSION, a plugin's
+    # dynamic output): ``shape`` is the most its op writes. Only a network output no op reads may be.
+    dynamic: bool = False
 
     @property
     def is_const(self) -> bool:
@@ -165,7 +183,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return 4 * int(np.prod(self.shape, dtype=np.int64))
+        return DTYPE_SIZES[self.dtype] * int(np.prod(self.shape, dtype=np.int64))
 
 
 @dataclass
@@ -203,18 +221,28 @@ class Graph:
             if name not in self.tensors:
                 return name
 
-    def add(self, base: str, shape: Shape, data: FloatArray | None = None, layout: str = ONNX) -> str:
+    def add(
+        self,
+        base: str,
+        shape: Shape,
+        data: FloatArray | None = None,
+        layout: str = ONNX,
+        dtype: str = FLOAT32,
+        dynamic: bool = False,
+    ) -> str:
         if len(shape) > MAX_RANK:
             raise CompileError(f"tensor '{base}' has rank {len(shape)}; EdgeKit supports rank <= {MAX_RANK}")
         if any(d < 1 for d in shape):
             raise CompileError(f"tensor '{base}' has shape {list(shape)}; every dimension must be >= 1")
         name = self.unique(base)
-        self.tensors[name] = Tensor(name, tuple(int(d) for d in shape), data, layout)
+        self.tensors[name] = Tensor(
+            name, tuple(int(d) for d in shape), data, layout, dtype=dtype, dynamic=dynamic
+        )
         return name
 
-    def add_const(self, base: str, value: npt.ArrayLike) -> str:
-        array = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
-        return self.add(base, tuple(array.shape), array)
+    def add_const(self, base: str, value: npt.ArrayLike, dtype: str = FLOAT32) -> str:
+        array = np.ascontiguousarray(np.asarray(value, dtype=np.dtype(dtype)))
+        return self.add(base, tuple(array.shape), array, dtype=dtype)
 
     def shape(self, name: str) -> Shape:
         return self.tensors[name].shape

@@ -21,6 +21,7 @@ from edgekit.compiler.graph import (
     NHWC,
     NHWC_PERM,
     ONNX,
+    ONNX_LAYOUT_OPS,
     SPATIAL_OPS,
     UNARY_OPS,
     AttrValue,
@@ -68,7 +69,9 @@ class _Layout:
                 data = np.ascontiguousarray(
                     data.reshape((1,) * (4 - data.ndim) + data.shape).transpose(NHWC_PERM)
                 )
-            versions[layout] = self.dst.add_const(name if layout == ONNX else f"{name}_nhwc", data)
+            versions[layout] = self.dst.add_const(
+                name if layout == ONNX else f"{name}_nhwc", data, tensor.dtype
+            )
             return versions[layout]
         source_layout = self.primary[name]
         source = versions[source_layout]
@@ -90,8 +93,9 @@ class _Layout:
     def output(self, name: str, layout: str) -> str:
         logical = self.src.tensors[name].shape
         shape = _nhwc_shape(logical) if layout == NHWC else logical
-        phys = self.dst.add(name, shape, layout=layout)
-        self.dst.tensors[phys].onnx_name = self.src.tensors[name].onnx_name
+        src = self.src.tensors[name]
+        phys = self.dst.add(name, shape, layout=layout, dtype=src.dtype, dynamic=src.dynamic)
+        self.dst.tensors[phys].onnx_name = src.onnx_name
         self.versions[name] = {layout: phys}
         self.primary[name] = layout
         return phys
@@ -107,8 +111,9 @@ class _Layout:
             bound = [self.get(n, ONNX) for n in op.inputs if n is not None]
             subnet.inline(self.dst, op, bound, [self.output(n, ONNX) for n in op.outputs])
             return
-        if op.type == OpType.PLUGIN:
-            # A plugin sees the ONNX layout (docs/plugins.md): its operands are converted back to it.
+        if op.type in ONNX_LAYOUT_OPS:
+            # A plugin sees the ONNX layout (docs/plugins.md), and so do TOP_K and NON_MAX_SUPPRESSION:
+            # their operands are converted back to it.
             inputs = [self.get(n, ONNX) if n is not None else None for n in op.inputs]
             outputs = [self.output(name, ONNX) for name in op.outputs]
             self.dst.ops.append(

@@ -21,6 +21,8 @@ from onnx import helper
 from edgekit.compiler import fold, subnet
 from edgekit.compiler import plugins as plugins_mod
 from edgekit.compiler.graph import (
+    FLOAT32,
+    INT64,
     MAX_RANK,
     AttrType,
     AttrValue,
@@ -121,11 +123,12 @@ class StageLowering:
         for name, value in model.constants.items():
             self.env[name] = Const(value)
         for info in model.inputs:
-            if info.dtype != np.float32:
+            if info.dtype not in (np.float32, np.int64):
                 raise CompileError(
-                    f"input '{info.name}' is {info.dtype}; EdgeKit networks take float32 inputs"
+                    f"input '{info.name}' is {info.dtype}; EdgeKit networks take float32 inputs (and int64 "
+                    "ones for TopK's K and NonMaxSuppression's max_output_boxes_per_class)"
                 )
-            self.graph.add(info.name, shapes[info.name])
+            self.graph.add(info.name, shapes[info.name], dtype=str(info.dtype))
             self.graph.tensors[info.name].onnx_name = info.name
             self.graph.inputs.append(info.name)
             self.env[info.name] = Dyn(info.name)
@@ -170,12 +173,42 @@ class StageLowering:
             raise Unsupported(f"result of rank {len(shape)} (EdgeKit supports rank <= {MAX_RANK})")
         if any(d < 1 for d in shape):
             raise Unsupported(f"empty result shape {list(shape)}")
+        self.check_float(inputs)
         name = self.graph.add(base or (self.node.output[0] if self.node.output else "t"), shape)
         node_name = self.node.name or self.node.op_type
         self.graph.ops.append(
             Op(op_type, node_name, list(inputs), [name], dict(attrs or {}), sources=[node_name])
         )
         return Dyn(name)
+
+    def check_float(self, inputs: Sequence[str | None]) -> None:
+        """EdgeKit's ops compute in float32: an int64 run-time tensor may only feed the int64 operands of
+        TOP_K and NON_MAX_SUPPRESSION."""
+        for name in inputs:
+            if name is not None and self.graph.tensors[name].dtype != FLOAT32:
+                tensor = self.graph.tensors[name]
+                raise Unsupported(
+                    f"input '{tensor.onnx_name or name}' is {tensor.dtype} at run time; EdgeKit's ops "
+                    "compute in float32 (int64 tensors only as TopK's K and NonMaxSuppression's "
+                    "max_output_boxes_per_class, and as their index outputs, which must be network outputs)"
+                )
+
+    def dynamic_output(self, node: onnx.NodeProto, index: int) -> bool:
+        """Output ``index`` of ``node`` has a size that depends on the data: it must be a network output
+        no node reads (a CompileError naming the reader otherwise). False when no one uses it (it is
+        then an arena scratch of its bound)."""
+        name = node.output[index] if index < len(node.output) else ""
+        if not name:
+            return False
+        for other in self.model.nodes:
+            if name in other.input:
+                raise CompileError(
+                    f"{self.where}: output '{name}' has a size that depends on the data, and "
+                    f"{fold.describe(other)} reads it: EdgeKit supports data-dependent sizes only as "
+                    f"network outputs (make '{name}' a graph output that no node reads, and do what "
+                    "follows on the host)"
+                )
+        return name in self.model.outputs
 
     def reshape(self, x: Value, shape: Sequence[int]) -> Value:
         shape = tuple(int(d) for d in shape)
@@ -301,6 +334,7 @@ class StageLowering:
         if any(v is None for v in ins):
             raise Unsupported("an input is absent (plugin ops take no absent inputs)")
         inputs = [self.tensor(v, f"input{i}") for i, v in enumerate(ins)]
+        self.check_float(inputs)
         node_name = self.node.name or self.node.op_type
         try:
             shapes = self.plugins.infer(
@@ -344,8 +378,17 @@ def _topological(model: OnnxModel) -> list[onnx.NodeProto]:
     return order
 
 
+# Never evaluated at compile time, even with constant inputs: random ops, and NonMaxSuppression, whose
+# result size is the data's (it stays an op with a DYNAMIC output; TopK of constants folds).
 NEVER_FOLD = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+    {
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "Multinomial",
+        "NonMaxSuppression",
+    }
 )
 
 Lowering = Callable[[StageLowering, onnx.NodeProto, list[Optional[Value]], dict[str, Any]], list[Value]]
@@ -1121,3 +1164,126 @@ def _reduce_mean(
         else tuple(d for i, d in enumerate(shape) if i not in axes)
     )
     return [s.emit(OpType.REDUCE_MEAN, [s.tensor(x)], out, {"axes": axes, "keepdims": keep})]
+
+
+# ---- selection ops with data-dependent output sizes (.ekm 1.3) ----
+def _scalar_operand(s: StageLowering, value: Value | None, what: str, dtype: str) -> str | None:
+    """An optional 1-element operand of ``dtype`` (a constant, or a run-time tensor of that dtype)."""
+    if value is None:
+        return None
+    if isinstance(value, Const):
+        array = np.asarray(value.value)
+        if array.size != 1:
+            raise CompileError(f"{s.where}: {what} has {array.size} elements (it must have 1)")
+        if dtype == INT64 and array.dtype.kind not in "iu":
+            raise CompileError(f"{s.where}: {what} is {array.dtype} (it must be int64)")
+        return s.graph.add_const(f"{s.node.name or s.node.op_type}_{what}", array.reshape(1), dtype)
+    if not isinstance(value, Dyn):
+        raise Unsupported(f"{what} is missing")
+    tensor = s.graph.tensors[value.name]
+    if tensor.dtype != dtype or int(np.prod(tensor.shape)) != 1:
+        raise Unsupported(
+            f"{what} is a run-time {tensor.dtype} tensor of shape {list(tensor.shape)}; it must be "
+            f"{dtype} of 1 element"
+        )
+    return value.name
+
+
+def _emit_multi(
+    s: StageLowering,
+    op_type: OpType,
+    inputs: Sequence[str | None],
+    outputs: Sequence[tuple[Shape, str, bool]],
+    attrs: dict[str, AttrValue],
+) -> list[Value]:
+    """An op of several outputs, each (shape, dtype, dynamic), named after the node's outputs."""
+    node_name = s.node.name or s.node.op_type
+    names = []
+    for index, (shape, dtype, dynamic) in enumerate(outputs):
+        base = s.node.output[index] if index < len(s.node.output) and s.node.output[index] else node_name
+        names.append(s.graph.add(base, shape, dtype=dtype, dynamic=dynamic))
+    s.graph.ops.append(Op(op_type, node_name, list(inputs), names, attrs, sources=[node_name]))
+    return [Dyn(name) for name in names]
+
+
+@lowering("TopK")
+def _top_k(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x = _req(ins, 0, "input X")
+    shape = s.shape(x)
+    if not shape:
+        raise Unsupported("X is a scalar")
+    axis = int(attrs.get("axis", -1))
+    if not -len(shape) <= axis < len(shape):
+        raise CompileError(f"{s.where}: axis {axis} is outside X's rank {len(shape)}")
+    axis %= len(shape)
+    largest, ordered = int(attrs.get("largest", 1)), int(attrs.get("sorted", 1))
+    if largest not in (0, 1) or ordered not in (0, 1):
+        raise CompileError(f"{s.where}: largest {largest} / sorted {ordered} must be 0 or 1")
+    k_value = Const(np.array([int(attrs["k"])], np.int64)) if "k" in attrs else _req(ins, 1, "K")  # opset 1
+    dim = shape[axis]
+    if isinstance(k_value, Const):
+        k = int(np.asarray(k_value.value).reshape(-1)[0])
+        if not 0 <= k <= dim:
+            raise CompileError(f"{s.where}: K is {k}, outside 0 .. {dim} (the size of X's axis {axis})")
+        dynamic = k == 0  # an empty result: a DYNAMIC output that reports 0
+        bound = dim if dynamic else k
+    else:
+        dynamic, bound = True, dim
+    k_name = _scalar_operand(s, k_value, "K", INT64)
+    out_shape = tuple(bound if i == axis else d for i, d in enumerate(shape))
+    flags = [s.dynamic_output(node, i) if dynamic else False for i in range(2)]
+    return _emit_multi(
+        s,
+        OpType.TOP_K,
+        [s.tensor(x, "X"), k_name],
+        [(out_shape, FLOAT32, flags[0]), (out_shape, INT64, flags[1])],
+        {"axis": axis, "largest": largest, "sorted": ordered},
+    )
+
+
+@lowering("NonMaxSuppression")
+def _non_max_suppression(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    boxes, scores = _req(ins, 0, "boxes"), _req(ins, 1, "scores")
+    bshape, sshape = s.shape(boxes), s.shape(scores)
+    if (
+        len(bshape) != 3
+        or bshape[2] != 4
+        or len(sshape) != 3
+        or sshape[0] != bshape[0]
+        or sshape[2] != bshape[1]
+    ):
+        raise CompileError(
+            f"{s.where}: boxes {list(bshape)} and scores {list(sshape)} must be [B,N,4] and [B,C,N]"
+        )
+    center = int(attrs.get("center_point_box", 0))
+    if center not in (0, 1):
+        raise CompileError(f"{s.where}: center_point_box is {center} (0 or 1)")
+    batches, classes, n = bshape[0], sshape[1], bshape[1]
+    max_out = _input(ins, 2)
+    per = n
+    if max_out is None:
+        per = 0
+    elif isinstance(max_out, Const):
+        per = max(0, min(n, int(np.asarray(max_out.value).reshape(-1)[0])))
+    operands = [
+        s.tensor(boxes, "boxes"),
+        s.tensor(scores, "scores"),
+        _scalar_operand(s, max_out, "max_output_boxes_per_class", INT64),
+        _scalar_operand(s, _input(ins, 3), "iou_threshold", FLOAT32),
+        _scalar_operand(s, _input(ins, 4), "score_threshold", FLOAT32),
+    ]
+    while operands[-1] is None:
+        operands.pop()
+    s.check_float(operands[:2])
+    rows = max(1, batches * classes * per)  # a bound of 0 rows is stored as 1 (dims are >= 1)
+    return _emit_multi(
+        s,
+        OpType.NON_MAX_SUPPRESSION,
+        operands,
+        [((rows, 3), INT64, s.dynamic_output(node, 0))],
+        {"center_point_box": center},
+    )

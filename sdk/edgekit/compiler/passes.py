@@ -184,7 +184,9 @@ def fix_outputs(graph: Graph) -> int:
     for index, name in enumerate(graph.outputs):
         tensor = graph.tensors[name]
         if name in graph.inputs or tensor.is_const or name in seen:
-            copy = graph.add(graph.output_names[index], tensor.shape, layout=tensor.layout)
+            copy = graph.add(
+                graph.output_names[index], tensor.shape, layout=tensor.layout, dtype=tensor.dtype
+            )
             graph.tensors[copy].onnx_name = graph.output_names[index]
             graph.ops.append(Op(OpType.RESHAPE, graph.output_names[index], [name], [copy]))
             graph.outputs[index] = copy

@@ -4,6 +4,9 @@ Liveness is an interval of op indices [written by op a, last read by op b]; two 
 intervals overlap (an op's inputs and outputs always do) never share bytes. Offsets are assigned
 greedily, largest tensor first, each at the lowest aligned offset that fits between the tensors it
 overlaps in time.
+
+A DYNAMIC output (its size depends on the data) is written in the arena too, at its bound, and copied
+out after the stage's last op: it lives from its op to the end.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ ALIGNMENT = 64
 
 @dataclass
 class MemoryPlan:
-    offsets: dict[str, int]  # ARENA tensor name -> byte offset
+    offsets: dict[str, int]  # ARENA tensor (and DYNAMIC output) name -> byte offset
     arena_size: int
     sum_intermediate_bytes: int  # what the ARENA tensors would take without sharing
 
@@ -27,9 +30,10 @@ def _align(value: int) -> int:
 
 
 def plan_memory(graph: Graph) -> MemoryPlan:
-    io = set(graph.inputs) | set(graph.outputs)
+    io = set(graph.inputs) | {n for n in graph.outputs if not graph.tensors[n].dynamic}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
+    end = len(graph.ops)  # after the last op: the copy-out of DYNAMIC outputs
     for index, op in enumerate(graph.ops):
         for name in op.outputs:
             if name in io:
@@ -37,6 +41,8 @@ def plan_memory(graph: Graph) -> MemoryPlan:
             if name in first:
                 raise CompileError(f"internal: tensor '{name}' is written by two ops")
             first[name] = last[name] = index
+            if graph.tensors[name].dynamic:
+                last[name] = end
         for used in op.inputs:
             if used is not None and used in first:
                 last[used] = max(last[used], index)

@@ -363,6 +363,92 @@ def _run_op(op: ekm.OpRecord, ins: list[Array | None], out_shapes: list[tuple[in
     return [np.array(y, dtype=np.float32, order="C")]
 
 
+def _top_k(x: Array, k: int, attrs: Mapping[str, AttrValue]) -> list[Array]:
+    """ONNX TopK as docs/model-format.md defines TOP_K: in order, ties to the lower index, NaN above +inf."""
+    axis = _attr_int(attrs, "axis", x.ndim - 1)
+    largest = _attr_int(attrs, "largest", 1)
+    moved = np.moveaxis(x, axis, -1)
+    nan = np.isnan(moved)
+    value = np.where(nan, np.float32(0), moved)
+    index = np.broadcast_to(np.arange(moved.shape[-1]), moved.shape)
+    keys = (index, -value, ~nan) if largest else (index, value, nan)
+    order = np.lexsort(keys, axis=-1)[..., :k]
+    values = np.take_along_axis(moved, order, axis=-1)
+    return [
+        np.ascontiguousarray(np.moveaxis(values, -1, axis), dtype=np.float32),
+        np.ascontiguousarray(np.moveaxis(order, -1, axis), dtype=np.int64),
+    ]
+
+
+def _extent(box: Array, center: bool) -> tuple[np.float32, np.float32, np.float32, np.float32]:
+    """x0, x1, y0, y1 in float32 arithmetic, as the kernel computes them."""
+    b = [np.float32(v) for v in box]
+    two = np.float32(2)
+    if center:
+        return b[0] - b[2] / two, b[0] + b[2] / two, b[1] - b[3] / two, b[1] + b[3] / two
+    x0, x1 = (b[3], b[1]) if b[1] >= b[3] else (b[1], b[3])
+    y0, y1 = (b[2], b[0]) if b[0] >= b[2] else (b[0], b[2])
+    return x0, x1, y0, y1
+
+
+def _suppressed(kept: Array, cand: Array, center: bool, threshold: np.float32) -> bool:
+    ax0, ax1, ay0, ay1 = _extent(kept, center)
+    bx0, bx1, by0, by1 = _extent(cand, center)
+    ix0, ix1 = max(ax0, bx0), min(ax1, bx1)
+    if ix1 <= ix0:
+        return False
+    iy0, iy1 = max(ay0, by0), min(ay1, by1)
+    if iy1 <= iy0:
+        return False
+    inter = (ix1 - ix0) * (iy1 - iy0)
+    area_a, area_b = (ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0)
+    union = area_a + area_b - inter
+    if inter <= 0 or area_a <= 0 or area_b <= 0 or union <= 0:
+        return False
+    return bool(inter / union > threshold)
+
+
+def _non_max_suppression(ins: list[Array | None], attrs: Mapping[str, AttrValue]) -> Array:
+    """ONNX NonMaxSuppression as docs/model-format.md defines NON_MAX_SUPPRESSION (onnxruntime's)."""
+    boxes, scores = _req(ins[0]), _req(ins[1])
+    opt = [ins[i] if len(ins) > i else None for i in (2, 3, 4)]
+    max_out = int(opt[0].reshape(-1)[0]) if opt[0] is not None else 0
+    iou = np.float32(opt[1].reshape(-1)[0]) if opt[1] is not None else np.float32(0)
+    if not 0 <= iou <= 1:
+        raise InterpreterError(f"iou_threshold is {iou}, outside [0, 1]")
+    score_thr = np.float32(opt[2].reshape(-1)[0]) if opt[2] is not None else None
+    center = _attr_int(attrs, "center_point_box", 0) == 1
+    rows: list[tuple[int, int, int]] = []
+    for b in range(boxes.shape[0]):
+        for c in range(scores.shape[1]):
+            sc = scores[b, c]
+            cands = [
+                i
+                for i in range(sc.shape[0])
+                if not np.isnan(sc[i]) and (score_thr is None or sc[i] > score_thr)
+            ]
+            cands.sort(key=lambda i: (-float(sc[i]), i))
+            kept: list[int] = []
+            for i in cands:
+                if len(kept) >= max_out:
+                    break
+                if not any(_suppressed(boxes[b, k], boxes[b, i], center, iou) for k in kept):
+                    kept.append(i)
+            rows += [(b, c, i) for i in kept]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), 3)
+
+
+def _run_select(op: ekm.OpRecord, ins: list[Array | None]) -> list[Array]:
+    if op.type == OpType.TOP_K:
+        k = int(_req(ins[1]).reshape(-1)[0])
+        x = _req(ins[0])
+        bound = x.shape[_attr_int(op.attrs, "axis", x.ndim - 1)]
+        if not 0 <= k <= bound:
+            raise InterpreterError(f"op '{op.name}' (TOP_K): K is {k}, outside 0 .. {bound}")
+        return _top_k(x, k, op.attrs)
+    return [_non_max_suppression(ins, op.attrs)]
+
+
 def _req(value: Array | None) -> Array:
     if value is None:
         raise InterpreterError("a required input is absent")
@@ -390,7 +476,8 @@ def run_reference(
     plugins: PluginPaths | PluginSet = (),
 ) -> dict[str, np.ndarray]:
     """Run ``network`` (None: the only one) of a compiled model on ``inputs`` (by input name); returns
-    the outputs by name. The stage is the one whose input shapes match. PLUGIN ops run through
+    the outputs by name (a DYNAMIC output with the shape it has this run). The stage is the one whose
+    input shapes match. PLUGIN ops run through
     ``plugins`` (host builds of their libraries); without one a PLUGIN op is an InterpreterError."""
     plugin_set = plugins if isinstance(plugins, PluginSet) else PluginSet(plugins)
     model = model_file if isinstance(model_file, ekm.ModelFile) else ekm.read(bytes(model_file))
@@ -398,7 +485,7 @@ def run_reference(
     names = [io.name for io in net.inputs]
     if sorted(inputs) != sorted(names):
         raise InterpreterError(f"network '{net.name}' takes inputs {names}, got {sorted(inputs)}")
-    arrays = {name: np.asarray(inputs[name], dtype=np.float32) for name in names}
+    arrays = {io.name: np.asarray(inputs[io.name], dtype=ekm.DTYPES[io.dtype]) for io in net.inputs}
     stage = net.stages[select_stage(net, {n: tuple(a.shape) for n, a in arrays.items()})]
     values: list[Array | None] = [None] * len(stage.tensors)
     for index, t in enumerate(stage.tensors):
@@ -420,10 +507,19 @@ def run_reference(
         shapes = [stage.tensors[i].shape for i in op.outputs]
         if op.type == OpType.PLUGIN:
             results = _run_plugin(op, ins, shapes, plugin_set)
+        elif op.type in (OpType.TOP_K, OpType.NON_MAX_SUPPRESSION):
+            results = _run_select(op, ins)
         else:
             results = _run_op(op, ins, shapes)
         for index, result in zip(op.outputs, results):
-            if result.shape != stage.tensors[index].shape:
+            bound = stage.tensors[index].shape
+            if op.type in (OpType.TOP_K, OpType.NON_MAX_SUPPRESSION) or stage.tensors[index].dynamic:
+                # its size depends on the data: at most the bound the file records
+                fits = result.ndim == len(bound) and all(d <= b for d, b in zip(result.shape, bound))
+                if fits:  # (an unused output of a run-time K is arena scratch of its bound)
+                    values[index] = result
+                    continue
+            if result.shape != bound:
                 raise InterpreterError(
                     f"op '{op.name}' ({OpType(op.type).name}) computes shape {list(result.shape)} "
                     f"but the file says {list(stage.tensors[index].shape)} for '{stage.tensors[index].name}'"
