@@ -88,15 +88,15 @@ EK_PLUGIN_EXPORT int ek_plugin_register(const ek_plugin_api_t *api, ek_plugin_re
 #endif
     const char *domain = "test.plugins";
     ek_plugin_op_t ops[] = {
-        {sizeof(ek_plugin_op_t), domain, "Negate", 1, 1, 1, 1, same_infer, negate_run, NULL},
-        {sizeof(ek_plugin_op_t), domain, "Picky", 1, 1, 1, 1, picky_infer, negate_run, NULL},
-        {sizeof(ek_plugin_op_t), domain, "Grow", 1, 1, 1, 1, same_infer, grow_run, NULL},
-        {sizeof(ek_plugin_op_t), domain, "Double", 1, 1, 1, 1, double_infer, negate_run, NULL},
+        {sizeof(ek_plugin_op_t), domain, "Negate", 1, 1, 1, 1, same_infer, negate_run, NULL, 0},
+        {sizeof(ek_plugin_op_t), domain, "Picky", 1, 1, 1, 1, picky_infer, negate_run, NULL, 0},
+        {sizeof(ek_plugin_op_t), domain, "Grow", 1, 1, 1, 1, same_infer, grow_run, NULL, 0},
+        {sizeof(ek_plugin_op_t), domain, "Double", 1, 1, 1, 1, double_infer, negate_run, NULL, 0},
 #ifdef DUP_SELF
-        {sizeof(ek_plugin_op_t), domain, "Negate", 1, 1, 1, 1, same_infer, negate_run, NULL},
+        {sizeof(ek_plugin_op_t), domain, "Negate", 1, 1, 1, 1, same_infer, negate_run, NULL, 0},
 #endif
 #ifdef DUP_EXAMPLE
-        {sizeof(ek_plugin_op_t), "edgekit.example", "Swish", 1, 1, 1, 1, same_infer, negate_run, NULL},
+        {sizeof(ek_plugin_op_t), "edgekit.example", "Swish", 1, 1, 1, 1, same_infer, negate_run, NULL, 0},
 #endif
     };
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)

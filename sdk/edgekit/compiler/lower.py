@@ -350,7 +350,11 @@ class StageLowering:
         for index, shape in enumerate(shapes):
             if len(shape) > MAX_RANK:
                 raise CompileError(f"{self.where}: output {index} of rank {len(shape)} (at most {MAX_RANK})")
-            outputs.append(self.graph.add(node.output[index] or f"{node_name}_out{index}", shape))
+            # a dynamic output (the plugin's dynamic_outputs): infer gave its bound
+            dynamic = op.is_dynamic(index) and self.dynamic_output(node, index)
+            outputs.append(
+                self.graph.add(node.output[index] or f"{node_name}_out{index}", shape, dynamic=dynamic)
+            )
         self.graph.ops.append(
             Op(OpType.PLUGIN, node_name, list(inputs), outputs, attrs, sources=[node_name], attr_types=types)
         )

@@ -71,7 +71,14 @@ class OpDesc(ctypes.Structure):
         ("infer", OP_FN),
         ("run", OP_FN),
         ("user_data", ctypes.c_void_p),
+        # read only when the plugin's struct_size covers it (plugins built before it have none)
+        ("dynamic_outputs", ctypes.c_uint32),
     ]
+
+
+# The descriptor as the first release of ABI version 1 knew it, and where dynamic_outputs lies.
+OP_DESC_V1_SIZE = OpDesc.user_data.offset + ctypes.sizeof(ctypes.c_void_p)
+OP_DESC_DYNAMIC_END = OpDesc.dynamic_outputs.offset + ctypes.sizeof(ctypes.c_uint32)
 
 
 REGISTER_OP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(OpDesc))
@@ -307,6 +314,10 @@ class PluginOp:
     infer_fn: Any
     run_fn: Any
     user_data: int | None
+    dynamic_outputs: int = 0  # bit i: output i's size depends on the data (its shape is a bound)
+
+    def is_dynamic(self, index: int) -> bool:
+        return index < 32 and bool(self.dynamic_outputs >> index & 1)
 
     @property
     def label(self) -> str:
@@ -375,7 +386,7 @@ class PluginLibrary:
             raise PluginError(f"plugin {self.path} registers no op")
 
     def add_op(self, desc: OpDesc | None) -> None:
-        if desc is None or desc.struct_size < ctypes.sizeof(OpDesc):
+        if desc is None or desc.struct_size < OP_DESC_V1_SIZE:
             raise PluginError("register_op: the op descriptor is smaller than ABI version 1's")
         domain, op_type = _text(desc.domain), _text(desc.op_type)
         if not domain or not op_type or domain in ONNX_DOMAINS:
@@ -399,6 +410,7 @@ class PluginLibrary:
             _copy_fn(desc.infer),  # the descriptor may live on the plugin's stack: copy the pointers
             _copy_fn(desc.run),
             desc.user_data,
+            int(desc.dynamic_outputs) if desc.struct_size >= OP_DESC_DYNAMIC_END else 0,
         )
 
 
@@ -479,7 +491,8 @@ class PluginSet:
         inputs: Sequence[ArrayF],
         out_shapes: Sequence[Shape],
     ) -> list[ArrayF]:
-        """Run the op's ``run`` on numpy float32 arrays (the numpy reference interpreter)."""
+        """Run the op's ``run`` on numpy float32 arrays (the numpy reference interpreter). A dynamic output
+        comes back in the shape the plugin reported (each dim at most ``out_shapes``')."""
         arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
         outputs = [np.zeros(shape, np.float32) for shape in out_shapes]
         ins = (Tensor * len(arrays))()
@@ -491,13 +504,22 @@ class PluginSet:
         error = self._call(op, op.run_fn, node, attrs, ins, outs, len(arrays), len(outputs))
         if error:
             raise PluginError(f"plugin {op.library.path} ({op.label}) failed: {error}")
+        results = []
         for index, (tensor, array) in enumerate(zip(outs, outputs)):
-            if _shape(tensor)[2] != array.shape:
+            dtype, rank, shape = _shape(tensor)
+            if op.is_dynamic(index) and dtype == FLOAT32 and rank == array.ndim:
+                if all(0 <= d <= b for d, b in zip(shape, array.shape)):
+                    count = int(np.prod(shape, dtype=np.int64))
+                    results.append(array.reshape(-1)[:count].reshape(shape).copy())
+                    continue
+            if shape != array.shape:
+                within = " (or within it, for a dynamic output)" if op.is_dynamic(index) else ""
                 raise PluginError(
                     f"plugin {op.library.path} ({op.label}) reported output {index} as "
-                    f"{list(_shape(tensor)[2])}, not its recorded shape"
+                    f"{list(shape)}, not its recorded shape{within}"
                 )
-        return outputs
+            results.append(array)
+        return results
 
 
 def typed_attrs(

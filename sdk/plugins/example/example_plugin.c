@@ -1,9 +1,13 @@
-/* EdgeKit's example plugin op library (docs/plugins.md): two ops of the domain "edgekit.example".
+/* EdgeKit's example plugin op library (docs/plugins.md): three ops of the domain "edgekit.example".
  *
  *   Swish(X; beta FLOAT = 1.0) -> Y            y = x * sigmoid(beta * x)  (SiLU for beta = 1)
  *   ChannelAffine(X, scale, bias; axis INT = 1) -> Y
  *                                              y[..., c, ...] = x[..., c, ...] * scale[c] + bias[c]
  *                                              along `axis` of X (ONNX layout: axis 1 is C of NCHW)
+ *   FilterRows(X[N,D]; threshold FLOAT = 0.0, column INT = 0) -> Y[<=N,D]
+ *                                              the rows of X whose value in `column` is > threshold,
+ *                                              in order (a pre-NMS score filter): a dynamic output,
+ *                                              whose bound is [N,D] and whose rows the data decides
  *
  * float32 only. It uses nothing but edgekit/plugin.h and libm: a plugin does not link libedgekit. */
 #include <math.h>
@@ -160,10 +164,61 @@ static int affine_run(const ek_plugin_api_t *api, ek_plugin_call_t *call, int n_
     return 0;
 }
 
+/* ---- FilterRows (a dynamic output) ---- */
+
+static int filter_attrs(const ek_plugin_api_t *api, ek_plugin_call_t *call, const ek_plugin_tensor_t *x,
+                        float *threshold, int64_t *column) {
+    *threshold = 0.0f;
+    *column = 0;
+    if (api->attr_float(call, "threshold", threshold) < 0 || api->attr_int(call, "column", column) < 0)
+        return fail(api, call, "attributes 'threshold' (a float) and 'column' (an int) have the wrong type");
+    if (x->dtype != EK_PLUGIN_FLOAT32 || x->rank != 2)
+        return fail(api, call, "X must be a float32 [N,D] matrix");
+    if (*column < 0 || *column >= x->dims[1]) {
+        char message[96];
+        snprintf(message, sizeof message, "attribute 'column' is %lld; X has %lld columns", (long long)*column,
+                 (long long)x->dims[1]);
+        return fail(api, call, message);
+    }
+    return 0;
+}
+
+static int filter_infer(const ek_plugin_api_t *api, ek_plugin_call_t *call, int n_in, const ek_plugin_tensor_t *in,
+                        int n_out, ek_plugin_tensor_t *out) {
+    (void)n_in;
+    (void)n_out;
+    float threshold;
+    int64_t column;
+    if (filter_attrs(api, call, &in[0], &threshold, &column))
+        return 1;
+    copy_shape(&out[0], &in[0]); /* the bound: every row passes */
+    return 0;
+}
+
+static int filter_run(const ek_plugin_api_t *api, ek_plugin_call_t *call, int n_in, const ek_plugin_tensor_t *in,
+                      int n_out, ek_plugin_tensor_t *out) {
+    (void)n_in;
+    (void)n_out;
+    float threshold;
+    int64_t column;
+    if (filter_attrs(api, call, &in[0], &threshold, &column))
+        return 1;
+    const float *x = in[0].data;
+    float *y = out[0].data;
+    size_t n = (size_t)in[0].dims[0], d = (size_t)in[0].dims[1], kept = 0;
+    for (size_t r = 0; r < n; r++)
+        if (x[r * d + (size_t)column] > threshold) /* NaN never passes */
+            memcpy(y + kept++ * d, x + r * d, d * sizeof *y);
+    out[0].dims[0] = (int64_t)kept; /* what it wrote: kept rows of D, C-order at the start */
+    return 0;
+}
+
 EK_PLUGIN_EXPORT int ek_plugin_register(const ek_plugin_api_t *api, ek_plugin_registry_t *registry) {
     const ek_plugin_op_t ops[] = {
-        {sizeof(ek_plugin_op_t), "edgekit.example", "Swish", 1, 1, 1, 1, swish_infer, swish_run, NULL},
-        {sizeof(ek_plugin_op_t), "edgekit.example", "ChannelAffine", 3, 3, 1, 1, affine_infer, affine_run, NULL},
+        {sizeof(ek_plugin_op_t), "edgekit.example", "Swish", 1, 1, 1, 1, swish_infer, swish_run, NULL, 0},
+        {sizeof(ek_plugin_op_t), "edgekit.example", "ChannelAffine", 3, 3, 1, 1, affine_infer, affine_run, NULL, 0},
+        /* dynamic_outputs bit 0: output 0's rows depend on the data */
+        {sizeof(ek_plugin_op_t), "edgekit.example", "FilterRows", 1, 1, 1, 1, filter_infer, filter_run, NULL, 1u},
     };
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         if (api->register_op(registry, &ops[i]) != 0)

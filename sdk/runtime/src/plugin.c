@@ -112,7 +112,10 @@ static int api_register_op(ek_plugin_registry_t *registry, const ek_plugin_op_t 
         snprintf(registry->error, sizeof registry->error, "register_op: out of host memory");
         return -1;
     }
-    memcpy(&reg->desc, op, v1_size); /* what this ABI version knows of the descriptor */
+    memcpy(&reg->desc, op, v1_size); /* what the first release of ABI version 1 knew of the descriptor */
+    reg->desc.dynamic_outputs = 0;
+    if (op->struct_size >= offsetof(ek_plugin_op_t, dynamic_outputs) + sizeof op->dynamic_outputs)
+        reg->desc.dynamic_outputs = op->dynamic_outputs;
     reg->desc.struct_size = (uint32_t)sizeof reg->desc;
     reg->desc.domain = reg->domain;
     reg->desc.op_type = reg->op_type;
@@ -419,6 +422,16 @@ static bool same_shape(const ek_plugin_tensor_t *p, const struct ek_tensor_desc 
     return true;
 }
 
+/* The same dtype and rank as `t`, each dim 0 .. t's: what a dynamic output may report. */
+static bool fits_shape(const ek_plugin_tensor_t *p, const struct ek_tensor_desc *t) {
+    if (p->dtype != (int32_t)t->dtype || p->rank != t->rank)
+        return false;
+    for (int d = 0; d < t->rank; d++)
+        if (p->dims[d] < 0 || p->dims[d] > t->dims[d])
+            return false;
+    return true;
+}
+
 static const char *string_attr(const struct ek_op *op, const char *name) {
     const struct ek_attr *a = ek_attr_find(op, name);
     return a && a->type == EK_ATTR_STRING ? a->s : NULL;
@@ -508,18 +521,33 @@ static ek_status_t plugin_kernel_run(const struct ek_op *op, const void *const *
     if (reg->desc.run(&api, &call, op->n_in, pin, op->n_out, pout) != 0)
         return ek_fail(EK_ERR_INVALID_ARG, "plugin %s (%s) failed: %s", reg->lib->path, reg->label,
                        call.error[0] ? call.error : "its run returned non-zero without a message");
-    for (int i = 0; i < op->n_out; i++)
+    for (int i = 0; i < op->n_out; i++) {
+        /* A dynamic output (the model's DYNAMIC tensor, or an unused one the plugin says is dynamic,
+         * kept as arena scratch) may come back smaller: the same rank, each dim 0 .. the recorded. */
+        bool dynamic = op->out[i]->dynamic || (i < 32 && (reg->desc.dynamic_outputs >> i & 1u));
+        if (dynamic && fits_shape(&pout[i], op->out[i])) {
+            if (op->out[i]->dynamic) {
+                ek_status_t st = ek_exec_set_dims(exec, op->out[i], pout[i].dims);
+                if (st != EK_OK)
+                    return st;
+            }
+            continue;
+        }
         if (!same_shape(&pout[i], op->out[i])) {
-            char got[160];
+            char got[160], want[160];
             if (pout[i].rank < 0 || pout[i].rank > EK_PLUGIN_MAX_DIMS)
                 snprintf(got, sizeof got, "rank %d", (int)pout[i].rank);
             else
                 shape_text(got, sizeof got, pout[i].dtype, pout[i].rank, pout[i].dims);
+            shape_text(want, sizeof want, (int32_t)op->out[i]->dtype, op->out[i]->rank, op->out[i]->dims);
             return ek_fail(EK_ERR_INVALID_ARG,
-                           "plugin %s (%s) reported output %d as %s, not its recorded shape: outputs of a "
-                           "run-time shape are not supported by plugin ABI version %d",
-                           reg->lib->path, reg->label, i, got, EK_PLUGIN_ABI_VERSION);
+                           dynamic ? "plugin %s (%s) reported dynamic output %d as %s, past its recorded bound %s "
+                                     "(the same rank and dtype, each dim 0 .. the recorded one)"
+                                   : "plugin %s (%s) reported output %d as %s, not its recorded shape %s (only "
+                                     "outputs it registers in dynamic_outputs may change their shape)",
+                           reg->lib->path, reg->label, i, got, want);
         }
+    }
     return EK_OK;
 }
 

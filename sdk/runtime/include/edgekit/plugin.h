@@ -78,9 +78,11 @@ typedef void (*ek_plugin_range_fn)(void *arg, size_t begin, size_t end, int thre
 typedef int (*ek_plugin_infer_fn)(const ek_plugin_api_t *api, ek_plugin_call_t *call, int n_in,
                                   const ek_plugin_tensor_t *in, int n_out, ek_plugin_tensor_t *out);
 /* run: compute the outputs. out[i] arrives with the recorded dtype and shape, which is also the most
- * room its buffer has; the shape is an in/out parameter for a later ABI version (dynamic outputs);
- * in version 1 a plugin leaves it as it is, and a changed shape fails the launch. Return 0, or
- * non-zero after api->set_error: the launch fails with the message, naming the op and the library. */
+ * room its buffer has. A plugin leaves the shape as it is, except for a dynamic output (bit i of the
+ * op's dynamic_outputs): it may set out[i].dims to what it wrote (the same rank, each dim 0 .. the
+ * recorded one; the data C-order in the first elements of the buffer). Any other changed shape fails
+ * the launch. Return 0, or non-zero after api->set_error: the launch fails with the message, naming the
+ * op and the library. */
 typedef int (*ek_plugin_run_fn)(const ek_plugin_api_t *api, ek_plugin_call_t *call, int n_in,
                                 const ek_plugin_tensor_t *in, int n_out, ek_plugin_tensor_t *out);
 
@@ -95,6 +97,11 @@ typedef struct ek_plugin_op {
     ek_plugin_infer_fn infer;
     ek_plugin_run_fn run;
     void *user_data; /* given back by api->op_user_data */
+    /* Added in ABI version 1 after the fields above (read only when struct_size covers it; a plugin
+     * built before sees 0). Bit i: output i's size depends on the data (e.g. the rows that pass a
+     * filter); infer gives its bound, run the dims it wrote. Such an output must be a network output
+     * that no node reads (the compiler checks); docs/plugins.md "Dynamic outputs". */
+    uint32_t dynamic_outputs;
 } ek_plugin_op_t;
 
 /* Attribute lookups return 1 when the attribute is present with that type, 0 when it is absent (the
