@@ -433,3 +433,22 @@ def test_detector_on_the_board_matches_onnxruntime(detector: tuple[Path, bytes],
             assert got.dtype == np.int64
             np.testing.assert_array_equal(got, want)
             assert (len(want) == 0) == (tag == "none")
+
+
+def test_networks_with_dynamic_outputs_are_not_inlined(example_plugin: Path) -> None:
+    """An EdgeKitNetwork node of a compiled network with a dynamic output is refused (its size is known
+    only at run time): the plugin's float32 one here; NMS/TopK networks hold int64 tensors, refused too."""
+    from edgekit.compiler.subnet import make_edgekit_node
+
+    data = compile_model(filter_rows_model(0.5, 2), plugins=[example_plugin], name="filter").data
+    graph = helper.make_graph(
+        [make_edgekit_node(data, ["x"], ["rows"], name="inner")],
+        "host",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, 6])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.edgekit", 1)], ir_version=8
+    )
+    with pytest.raises(CompileError, match=r"'rows', whose size depends on the data.*cannot be inlined"):
+        compile_model(model, plugins=[example_plugin])

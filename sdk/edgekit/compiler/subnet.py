@@ -81,6 +81,11 @@ def _check_stage(net: ekm.NetworkRecord, index: int, where: str) -> None:
                 f"{where}: network '{net.name}' has a {ekm.DTYPES[t.dtype]} tensor '{t.name}'; only float32 "
                 "networks can be inlined"
             )
+        if t.dynamic:
+            raise CompileError(
+                f"{where}: network '{net.name}' has output '{t.name}', whose size depends on the data; "
+                "networks with dynamic outputs cannot be inlined (their sizes are known only at run time)"
+            )
     for rec in stage.ops:
         try:
             OpType(rec.type)
