@@ -814,6 +814,7 @@ def test_cli_info(models: dict[str, Path]) -> None:
         "scale": 1.0,
         "zero_point": 0,
         "max_bytes": 48,
+        "dynamic": False,
     }
 
 

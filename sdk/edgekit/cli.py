@@ -57,7 +57,8 @@ example:
 
 INFO_DESCRIPTION = """\
 Load a .ekm model through the runtime (which validates the whole file) and print its networks:
-inputs and outputs (name, dtype, shape per stage, scale, zero point), stages, and the kernels in use.
+inputs and outputs (name, dtype, shape per stage, scale, zero point; an output whose size depends on
+the data shows its largest shape as <=SHAPE and "(dynamic)"), stages, and the kernels in use.
 A network's name is set when compiling (edgekit compile --name; by default the .ekm file's stem);
 one context holds each name once.
 
@@ -346,7 +347,10 @@ def _print_info(info: dict[str, Any]) -> None:
         print("  stages:")
         for index, stage in enumerate(net["stages"]):
             ins = ", ".join(f"{k}={_fmt_shape(v)}" for k, v in stage["inputs"].items())
-            outs = ", ".join(f"{k}={_fmt_shape(v)}" for k, v in stage["outputs"].items())
+            dynamic = {t["name"] for t in net["outputs"] if t.get("dynamic")}
+            outs = ", ".join(
+                f"{k}={'<=' if k in dynamic else ''}{_fmt_shape(v)}" for k, v in stage["outputs"].items()
+            )
             print(f"    {index}: {ins} -> {outs}")
     print("(network names are set by edgekit compile --name; by default the .ekm file's stem)")
 
