@@ -82,17 +82,23 @@ static void ekb_network(struct ekb *b, const char *name, uint32_t n_in, uint32_t
     put_u64(r, 0);
 }
 
-static void ekb_io(struct ekb *b, const char *name, uint64_t max_bytes)
+static void ekb_io_ex(struct ekb *b, const char *name, uint64_t max_bytes, ek_dtype_t dtype, uint8_t flags)
 {
     struct buf *r = &b->s[S_IOS];
     float scale = 1.0f;
     put_u32(r, ekb_str(b, name));
-    put_u8(r, EK_DTYPE_FLOAT32);
-    put(r, NULL, 3);
+    put_u8(r, (uint8_t)dtype);
+    put_u8(r, flags);
+    put(r, NULL, 2);
     put(r, &scale, 4);
     put_u32(r, 0); /* zero_point; max_bytes is at byte 16 (as the loader reads it) */
     put_u64(r, max_bytes);
     put_u64(r, 0);
+}
+
+static void ekb_io(struct ekb *b, const char *name, uint64_t max_bytes)
+{
+    ekb_io_ex(b, name, max_bytes, EK_DTYPE_FLOAT32, 0);
 }
 
 static void ekb_stage(struct ekb *b, uint32_t network, uint32_t first_tensor, uint32_t tensor_count,
@@ -109,9 +115,9 @@ static void ekb_stage(struct ekb *b, uint32_t network, uint32_t first_tensor, ui
     put(r, NULL, 16);
 }
 
-/* A float32 tensor; returns its index in TENSORS. */
-static uint32_t ekb_tensor(struct ekb *b, const char *name, int storage, uint32_t io_index, uint64_t offset,
-                           int rank, const int64_t *dims)
+/* A tensor of `dtype` with `flags` (1: DYNAMIC); returns its index in TENSORS. */
+static uint32_t ekb_tensor_ex(struct ekb *b, const char *name, int storage, uint32_t io_index, uint64_t offset,
+                              int rank, const int64_t *dims, ek_dtype_t dtype, uint8_t flags)
 {
     struct buf *r = &b->s[S_TENSORS];
     uint32_t index = count_of(b, S_TENSORS);
@@ -119,17 +125,41 @@ static uint32_t ekb_tensor(struct ekb *b, const char *name, int storage, uint32_
     for (int d = 0; d < rank; d++)
         count *= (uint64_t)dims[d];
     put_u32(r, ekb_str(b, name));
-    put_u8(r, EK_DTYPE_FLOAT32);
+    put_u8(r, (uint8_t)dtype);
     put_u8(r, (uint8_t)storage);
     put_u8(r, (uint8_t)rank);
-    put_u8(r, 0);
+    put_u8(r, flags);
     put_u32(r, io_index);
     put_u32(r, 0);
     put_u64(r, offset);
-    put_u64(r, count * 4);
+    put_u64(r, count * ek_dtype_size(dtype));
     for (int d = 0; d < 8; d++)
         put_u64(r, d < rank ? (uint64_t)dims[d] : 0);
     return index;
+}
+
+/* A float32 tensor; returns its index in TENSORS. */
+static uint32_t ekb_tensor(struct ekb *b, const char *name, int storage, uint32_t io_index, uint64_t offset,
+                           int rank, const int64_t *dims)
+{
+    return ekb_tensor_ex(b, name, storage, io_index, offset, rank, dims, EK_DTYPE_FLOAT32, 0);
+}
+
+/* An INT attribute of the op written last (call right after ekb_op). */
+static void ekb_attr_int(struct ekb *b, const char *name, int64_t value)
+{
+    struct buf *ops = &b->s[S_OPS];
+    uint32_t count;
+    memcpy(&count, ops->p + ops->n - 4, 4);
+    count++;
+    memcpy(ops->p + ops->n - 4, &count, 4);
+    struct buf *r = &b->s[S_ATTRS];
+    put_u32(r, ekb_str(b, name));
+    put_u8(r, 1);
+    put(r, NULL, 3);
+    put_u32(r, 1);
+    put_u32(r, 0);
+    put_u64(r, (uint64_t)value);
 }
 
 /* An op; operands are stage-relative tensor indices. */
@@ -206,6 +236,7 @@ static uint8_t *ekb_finish(struct ekb *b, size_t *size)
 #define OP_ADD 5
 #define OP_RELU 9
 #define OP_RESHAPE 27
+#define OP_TOP_K 29
 static float c_data[8] = {1, -2, 3, -4, 5, -6, 7, -8};
 
 static uint8_t *build_model(size_t *size)
@@ -275,6 +306,33 @@ static uint8_t *build_model(size_t *size)
         put_u32(&b.s[S_BINDINGS], 0);
         put_u32(&b.s[S_BINDINGS], 3);
         ekb_stage(&b, 2, first, 4, first_op, 3, first_binding, 2 * BIG * 4);
+    }
+
+    /* topk: IOS 7 (x), 8 (k), 9 (values, DYNAMIC), 10 (indices, DYNAMIC); stage 4. K is a run-time input,
+     * so the outputs' bound is x's last dim (16) and their size is what K asks for. */
+    ekb_network(&b, "topk", 2, 2, 1, 7, 4);
+    ekb_io(&b, "x", 16 * 4);
+    ekb_io_ex(&b, "k", 8, EK_DTYPE_INT64, 0);
+    ekb_io_ex(&b, "values", 16 * 4, EK_DTYPE_FLOAT32, 1);
+    ekb_io_ex(&b, "indices", 16 * 8, EK_DTYPE_INT64, 1);
+    {
+        int64_t xd[2] = {1, 16}, kd[1] = {1};
+        uint32_t first = count_of(&b, S_TENSORS), first_op = count_of(&b, S_OPS);
+        uint32_t first_binding = count_of(&b, S_BINDINGS);
+        ekb_tensor(&b, "x", 2, 0, 0, 2, xd);
+        ekb_tensor_ex(&b, "k", 2, 1, 0, 1, kd, EK_DTYPE_INT64, 0);
+        ekb_tensor_ex(&b, "values", 3, 0, 0, 2, xd, EK_DTYPE_FLOAT32, 1);
+        ekb_tensor_ex(&b, "indices", 3, 1, 128, 2, xd, EK_DTYPE_INT64, 1);
+        uint32_t in[2] = {0, 1}, out[2] = {2, 3};
+        ekb_op(&b, "topk", OP_TOP_K, 2, in, 2, out);
+        ekb_attr_int(&b, "axis", 1);
+        ekb_attr_int(&b, "largest", 1);
+        ekb_attr_int(&b, "sorted", 1);
+        put_u32(&b.s[S_BINDINGS], 0);
+        put_u32(&b.s[S_BINDINGS], 1);
+        put_u32(&b.s[S_BINDINGS], 2);
+        put_u32(&b.s[S_BINDINGS], 3);
+        ekb_stage(&b, 3, first, 4, first_op, 1, first_binding, 256);
     }
     return ekb_finish(&b, size);
 }
@@ -434,11 +492,11 @@ static void test_load_and_info(void)
         return;
     int count = 0;
     CHECK_OK(ek_rt_network_count(rt, &count));
-    CHECK(count == 3);
+    CHECK(count == 4);
     const char *name = NULL;
     CHECK_OK(ek_rt_network_name(rt, 1, &name));
     CHECK(name && strcmp(name, "net_b") == 0);
-    CHECK_STATUS(ek_rt_network_name(rt, 3, &name), EK_ERR_INVALID_ARG);
+    CHECK_STATUS(ek_rt_network_name(rt, 4, &name), EK_ERR_INVALID_ARG);
     const ek_net_info_t *info = NULL;
     if (CHECK_OK(ek_rt_network_info(rt, "net_a", &info))) {
         CHECK(strcmp(info->name, "net_a") == 0);
@@ -448,12 +506,12 @@ static void test_load_and_info(void)
         CHECK(info->stages[1].input_shapes[0].num_dims == 2 && info->stages[1].input_shapes[0].dims[0] == 2);
     }
     CHECK_STATUS(ek_rt_network_info(rt, "nope", &info), EK_ERR_INVALID_ARG);
-    CHECK_ERROR_MENTIONS("no network 'nope' in this runtime; loaded: net_a, net_b, big");
+    CHECK_ERROR_MENTIONS("no network 'nope' in this runtime; loaded: net_a, net_b, big, topk");
     /* the same names again */
     CHECK_STATUS(ek_rt_load_model_data(rt, model_bytes, model_size), EK_ERR_BUSY);
     CHECK_ERROR_MENTIONS("net_a");
     CHECK_OK(ek_rt_network_count(rt, &count));
-    CHECK(count == 3);
+    CHECK(count == 4);
     const char *kernels = NULL;
     CHECK_OK(ek_rt_kernels(rt, &kernels));
     CHECK(kernels && (strcmp(kernels, "portable") == 0 || strcmp(kernels, "xnnpack") == 0));
@@ -599,7 +657,7 @@ static void test_validation_messages(void)
     ek_launch_t l;
     before = STATS(dev);
     CHECK_STATUS(ek_rt_launch_tensor(rt, "zzz", &x, 1, y, 1, false, NULL, &l), EK_ERR_INVALID_ARG);
-    CHECK_ERROR_MENTIONS("no network 'zzz' in this runtime; loaded: net_a, net_b, big");
+    CHECK_ERROR_MENTIONS("no network 'zzz' in this runtime; loaded: net_a, net_b, big, topk");
     CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &x, 1, y, 2, false, NULL, &l), EK_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("has 1 input and 1 output");
     ek_tensor_t bad = x;
@@ -1224,6 +1282,53 @@ static void test_workspace_launches_allocate_nothing(void)
     CHECK_OK(ekt_close(dev));
 }
 
+struct destroyer {
+    ek_workspace_t ws;
+    ek_status_t got;
+    pthread_barrier_t *go;
+};
+
+static void *destroy_main(void *p)
+{
+    struct destroyer *d = p;
+    pthread_barrier_wait(d->go);
+    d->got = ek_workspace_destroy(d->ws);
+    return NULL;
+}
+
+/* Two threads destroying one workspace: one succeeds, the other is told it was freed; nothing crashes. */
+static void test_workspace_destroyed_twice_at_once(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    ek_stage_memory_t m;
+    ek_mem_t block;
+    REQUIRE_OK(ek_rt_stage_memory(rt, "net_a", 0, &m));
+    REQUIRE_OK(ek_malloc_device(dev, &block, m.workspace_bytes));
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, 2);
+    for (int round = 0; round < 200; round++) {
+        struct destroyer d[2];
+        pthread_t threads[2];
+        REQUIRE_OK(ek_rt_workspace_create(rt, "net_a", 0, block, 0, m.workspace_bytes, &d[0].ws));
+        d[1].ws = d[0].ws;
+        for (int i = 0; i < 2; i++) {
+            d[i].go = &go;
+            pthread_create(&threads[i], NULL, destroy_main, &d[i]);
+        }
+        for (int i = 0; i < 2; i++)
+            pthread_join(threads[i], NULL);
+        int ok = (d[0].got == EK_OK) + (d[1].got == EK_OK);
+        ek_status_t other = d[0].got == EK_OK ? d[1].got : d[0].got;
+        CHECK(ok == 1 && (other == EK_ERR_DOUBLE_FREE || other == EK_ERR_FREED_HANDLE));
+    }
+    pthread_barrier_destroy(&go);
+    CHECK_OK(ek_free_device(dev, block));
+    teardown(dev, rt);
+}
+
 /* A custom allocator over the device heap that counts its calls, and can be told to misbehave. */
 struct counting {
     int allocs, frees;
@@ -1378,6 +1483,19 @@ static void test_pool_allocator(void)
     CHECK_ERROR_MENTIONS("the pool allocator (4096 bytes");
     CHECK_OK(ek_rt_destroy(rt));
 
+    /* The pool's block is the allocator's: ek_free_device refuses it (outputs go back with ek_allocator_free). */
+    cfg.allocator = pool;
+    REQUIRE_OK(ek_rt_create_ex(&rt, dev, &cfg));
+    REQUIRE_OK(ek_rt_load_model_data(rt, model_bytes, model_size));
+    ek_tensor_t out;
+    REQUIRE_OK(ek_rt_launch_tensor(rt, "big", &x, 1, &out, 1, false, NULL, &l));
+    CHECK_OK(ek_launch_wait(l, -1));
+    CHECK(check_big(dev, &out, 3));
+    CHECK_STATUS(ek_free_device(dev, out.mem), EK_ERR_BUSY);
+    CHECK_ERROR_MENTIONS("ek_allocator_free");
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_OK(ek_allocator_free(pool, out.mem, out.offset));
+
     /* A pool of another device. */
     ek_dev_t dev1;
     ek_allocator_t pool1;
@@ -1398,6 +1516,93 @@ static void test_pool_allocator(void)
     CHECK_OK(ek_free_device(dev, x.mem));
     CHECK_OK(ek_free_device(dev, y.mem));
     CHECK_OK(ekt_close(dev));
+}
+
+/* ---- dynamic outputs ---- */
+
+static void test_dynamic_outputs(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    const ek_net_info_t *info;
+    REQUIRE_OK(ek_rt_network_info(rt, "topk", &info));
+    CHECK(!info->inputs[1].dynamic && info->outputs[0].dynamic && info->outputs[1].dynamic);
+    float x[16];
+    for (int i = 0; i < 16; i++)
+        x[i] = (float)((i * 7) % 16) - 3.5f; /* a permutation: no ties */
+    ek_tensor_t in[2], out[2];
+    memset(in, 0, sizeof in);
+    memset(out, 0, sizeof out);
+    REQUIRE_OK(ek_malloc_device(dev, &in[0].mem, sizeof x));
+    REQUIRE_OK(ek_malloc_device(dev, &in[1].mem, 8));
+    CHECK_OK(ek_memcpy_s2d(dev, in[0].mem, x));
+    in[0].dtype = EK_DTYPE_FLOAT32;
+    in[0].shape = shape2(1, 16);
+    in[1].dtype = EK_DTYPE_INT64;
+    in[1].shape = shape1(1);
+    /* values: room for 3 floats; indices: room for 3, then a guard block right after it on the heap */
+    REQUIRE_OK(ek_malloc_device(dev, &out[0].mem, 12));
+    REQUIRE_OK(ek_malloc_device(dev, &out[1].mem, 24));
+    ek_mem_t guard;
+    REQUIRE_OK(ek_malloc_device(dev, &guard, 4096));
+    uint8_t pattern[4096], seen[4096];
+    memset(pattern, 0xA5, sizeof pattern);
+    CHECK_OK(ek_memcpy_s2d(dev, guard, pattern));
+    for (int64_t k = 0; k <= 4; k++) {
+        CHECK_OK(ek_memcpy_s2d(dev, in[1].mem, &k));
+        ek_launch_t l;
+        REQUIRE_OK(ek_rt_launch_tensor(rt, "topk", in, 2, out, 2, true, NULL, &l));
+        ek_status_t got = ek_launch_wait(l, -1);
+        if (k <= 3) {
+            /* the produced shapes, in the caller's array, and the values in order */
+            if (!CHECK_OK(got))
+                continue;
+            CHECK(out[0].shape.num_dims == 2 && out[0].shape.dims[0] == 1 && out[0].shape.dims[1] == k);
+            CHECK(out[1].shape.num_dims == 2 && out[1].shape.dims[1] == k);
+            float v[3] = {0};
+            int64_t idx[3] = {0};
+            if (k) {
+                CHECK_OK(ek_memcpy_d2s_partial(dev, v, out[0].mem, (size_t)k * 4));
+                CHECK_OK(ek_memcpy_d2s_partial(dev, idx, out[1].mem, (size_t)k * 8));
+            }
+            for (int j = 0; j < k; j++)
+                CHECK(v[j] == 11.5f - (float)j && x[idx[j]] == v[j]);
+        } else {
+            /* 4 values do not fit in 12 bytes: an error naming the bytes needed, nothing written */
+            CHECK(got == EK_ERR_OUT_OF_RANGE);
+            CHECK_ERROR_MENTIONS("give it at least 16 bytes");
+        }
+    }
+    CHECK_OK(ek_memcpy_d2s(dev, seen, guard));
+    CHECK(memcmp(seen, pattern, sizeof seen) == 0);
+    /* K past the bound, or negative: the kernel's error */
+    for (int64_t k = -1; k <= 17; k += 18) {
+        CHECK_OK(ek_memcpy_s2d(dev, in[1].mem, &k));
+        ek_launch_t l;
+        REQUIRE_OK(ek_rt_launch_tensor(rt, "topk", in, 2, out, 2, true, NULL, &l));
+        CHECK(ek_launch_wait(l, -1) != EK_OK);
+    }
+    /* launch_data: capacities below the bound, checked against what was produced */
+    int64_t k = 2;
+    const void *ins[2] = {x, &k};
+    float vals[16];
+    int64_t idxs[16];
+    void *outs[2] = {vals, idxs};
+    ek_shape_t in_shapes[2] = {shape2(1, 16), shape1(1)}, out_shapes[2];
+    size_t caps[2] = {8, 16};
+    CHECK_OK(ek_rt_launch_data(rt, "topk", ins, in_shapes, 2, outs, caps, out_shapes, 2, NULL));
+    CHECK(out_shapes[0].dims[1] == 2 && vals[0] == 11.5f && vals[1] == 10.5f);
+    k = 3;
+    CHECK_STATUS(ek_rt_launch_data(rt, "topk", ins, in_shapes, 2, outs, caps, out_shapes, 2, NULL), EK_ERR_OUT_OF_RANGE);
+    CHECK_ERROR_MENTIONS("at least 12 bytes");
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(ek_free_device(dev, in[i].mem));
+        CHECK_OK(ek_free_device(dev, out[i].mem));
+    }
+    CHECK_OK(ek_free_device(dev, guard));
+    teardown(dev, rt);
 }
 
 int main(void)
@@ -1422,8 +1627,10 @@ int main(void)
     RUN(test_strict_coherence);
     RUN(test_stage_memory);
     RUN(test_workspace_launches_allocate_nothing);
+    RUN(test_workspace_destroyed_twice_at_once);
     RUN(test_custom_allocator);
     RUN(test_pool_allocator);
+    RUN(test_dynamic_outputs);
     free(model_bytes);
     return ek_test_summary();
 }
