@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgekit as ek
+import edgekit.app
 from edgekit.compiler import CompileError, compile_model, ekm
 from edgekit.compiler.reference import InterpreterError, run_reference
 from models import INPUT_NAME, onnx_path, ort_run, random_input
@@ -452,3 +453,49 @@ def test_networks_with_dynamic_outputs_are_not_inlined(example_plugin: Path) -> 
     )
     with pytest.raises(CompileError, match=r"'rows', whose size depends on the data.*cannot be inlined"):
         compile_model(model, plugins=[example_plugin])
+
+
+def test_output_caps_in_python_and_the_edge_app(detector: tuple[Path, bytes], tmp_path: Path) -> None:
+    """A dynamic output's memory below its bound: enough for what a launch produces works (0 rows in 0
+    bytes); too little fails naming the bytes needed, in Python (create_request(output_caps=)) and in the
+    edge app (--output_caps), which writes what the last launch produced with --output_dir."""
+    path, data = detector
+    x = random_input(YOLO_SHAPE, 2) * 2
+    many = {INPUT_NAME: x, "score_threshold": np.array([0.05], np.float32)}
+    none = {INPUT_NAME: x, "score_threshold": np.array([1.0], np.float32)}
+    rows = len(ort_run(path, many)[0])
+    assert rows > 1
+    with ek.Context(kernels="portable") as ctx:
+        net = ctx.load_model(data).network()
+        with net.create_request(output_caps={"selected_indices": 24}) as req:  # one row
+            assert req.run(none)[net.output_names.index("selected_indices")].shape == (0, 3)
+            with pytest.raises(ek.OutOfRangeError, match=rf"give it at least {rows * 24} bytes"):
+                req.run(many)
+        with pytest.raises(ek.InvalidArgumentError, match="'boxes' is not dynamic"):
+            net.create_request(output_caps={"boxes": 8})
+        with pytest.raises(ek.InvalidArgumentError, match="has no output 'nope'"):
+            net.create_request(output_caps={"nope": 8})
+
+    app = edgekit.app.binary()
+    assert app is not None
+    model = tmp_path / "detector.ekm"
+    model.write_bytes(data)
+    x.tofile(tmp_path / "x.bin")
+    many["score_threshold"].tofile(tmp_path / "thr.bin")
+    with ek.Context(kernels="portable") as ctx:
+        outputs = ctx.load_model(data).network().output_names
+    caps = {"selected_indices": 24}
+    base = [
+        str(app), "--model_path", str(model),
+        "--data_path", str(tmp_path / "x.bin"), str(tmp_path / "thr.bin"),
+        "--iterations", "2", "--warmup", "0", "--kernels", "portable",
+    ]  # fmt: skip
+    small = [str(caps.get(name, 1 << 20)) for name in outputs]
+    done = subprocess.run([*base, "--output_caps", *small], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"give it at least {rows * 24} bytes" in done.stderr, done.stderr
+    out = tmp_path / "out"
+    done = subprocess.run([*base, "--output_dir", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = np.load(out / "selected_indices.npy")
+    np.testing.assert_array_equal(got, ort_run(path, many)[0])
