@@ -499,3 +499,24 @@ def test_output_caps_in_python_and_the_edge_app(detector: tuple[Path, bytes], tm
     assert done.returncode == 0, done.stdout + done.stderr
     got = np.load(out / "selected_indices.npy")
     np.testing.assert_array_equal(got, ort_run(path, many)[0])
+
+
+def test_dump_writes_what_a_dynamic_output_produced(detector: tuple[Path, bytes], tmp_path: Path) -> None:
+    """A dump's file of the NMS op holds the rows it produced (as onnxruntime's), not its bound."""
+    import json
+
+    path, data = detector
+    x = random_input(YOLO_SHAPE, 2) * 2
+    for threshold in (0.05, 1.0):
+        feeds = {INPUT_NAME: x, "score_threshold": np.array([threshold], np.float32)}
+        with ek.Context(kernels="portable") as ctx:
+            req = ctx.load_model(data).network().create_request()
+            req.set_inputs(feeds)
+            req.infer(dump=tmp_path / f"dump{threshold}")
+            req.wait()
+        manifest = json.loads((tmp_path / f"dump{threshold}" / "manifest.json").read_text())
+        nms = [op for op in manifest["ops"] if op["op"] == "NON_MAX_SUPPRESSION"]
+        assert len(nms) == 1
+        got = np.load(tmp_path / f"dump{threshold}" / nms[0]["file"])
+        np.testing.assert_array_equal(got, ort_run(path, feeds)[0])
+        assert nms[0]["shape"] == list(got.shape)

@@ -248,7 +248,7 @@ ek_status_t ek_dump_input(struct ek_dump *d, int index, const void *data) {
     return status;
 }
 
-ek_status_t ek_dump_op(struct ek_dump *d, uint32_t k, const void *data) {
+ek_status_t ek_dump_op(struct ek_dump *d, uint32_t k, const void *data, const int64_t *dims) {
     const struct ek_op *op = &d->stage->ops[k];
     const struct ek_op_source *src = d->stage->sources ? &d->stage->sources[k] : NULL;
     const char *tensor = src && src->tensor[0] ? src->tensor : op->out[0]->name;
@@ -271,7 +271,17 @@ ek_status_t ek_dump_op(struct ek_dump *d, uint32_t k, const void *data) {
     EK_SB_LIT(b, "], \"tensor\": ");
     ek_sb_json_string(b, src ? src->tensor : op->out[0]->name);
     ek_sb_add(b, ", \"layout\": \"%s\"", src ? "onnx" : "engine");
-    ek_status_t status = write_tensor(d, name, op->out[0], data, src && src->permuted ? src->perm : NULL, b);
+    /* a DYNAMIC output: what the op produced, not its bound */
+    struct ek_tensor_desc produced = *op->out[0];
+    if (dims) {
+        produced.count = 1;
+        for (int i = 0; i < produced.rank; i++) {
+            produced.dims[i] = dims[i];
+            produced.count *= (size_t)dims[i]; /* each within the recorded bound: no overflow */
+        }
+        produced.nbytes = produced.count * ek_dtype_size(produced.dtype);
+    }
+    ek_status_t status = write_tensor(d, name, &produced, data, src && src->permuted ? src->perm : NULL, b);
     EK_SB_LIT(b, "}");
     d->n_ops++;
     return status;

@@ -737,8 +737,12 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec, stru
                        exec->states && exec->states[k] ? exec->provider->name
                        : op->type == EK_OP_PLUGIN        ? ek_plugin_provider(op)
                                                          : "portable");
-        if (dump && (status = ek_dump_op(dump, k, out[0])) != EK_OK)
-            return status;
+        if (dump) {
+            const struct ek_tensor_desc *o = op->out[0];
+            const int64_t *dims = o->dynamic && exec->dims ? exec->dims[o - rec->stage->tensors] : NULL;
+            if ((status = ek_dump_op(dump, k, out[0], dims)) != EK_OK)
+                return status;
+        }
     }
     return EK_OK;
 }

@@ -175,7 +175,8 @@ struct ek_dump;
 ek_status_t ek_dump_begin(const char *dir, const struct ek_network *net, const struct ek_stage *stage,
                           struct ek_dump **dump);
 ek_status_t ek_dump_input(struct ek_dump *dump, int index, const void *data);
-ek_status_t ek_dump_op(struct ek_dump *dump, uint32_t op_index, const void *data);
+/* `dims`: a DYNAMIC output's dims this launch (what the op produced); NULL: its recorded dims. */
+ek_status_t ek_dump_op(struct ek_dump *dump, uint32_t op_index, const void *data, const int64_t *dims);
 /* Write manifest.json (the dump is complete only once it exists) and free the dump. */
 ek_status_t ek_dump_finish(struct ek_dump *dump);
 void ek_dump_free(struct ek_dump *dump);
