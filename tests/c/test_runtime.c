@@ -1282,17 +1282,24 @@ static void test_workspace_launches_allocate_nothing(void)
     CHECK_OK(ekt_close(dev));
 }
 
+#define DESTROY_ROUNDS 200
+
 struct destroyer {
-    ek_workspace_t ws;
-    ek_status_t got;
-    pthread_barrier_t *go;
+    ek_workspace_t *ws; /* the round's workspace, made by the test's thread */
+    ek_status_t got[DESTROY_ROUNDS];
+    pthread_barrier_t *go, *done;
 };
 
+/* One thread of the pair, for every round: wait for the workspace, destroy it, report. The same two
+ * threads serve every round (qemu-user, which runs the board tests, mishandles heavy thread churn). */
 static void *destroy_main(void *p)
 {
     struct destroyer *d = p;
-    pthread_barrier_wait(d->go);
-    d->got = ek_workspace_destroy(d->ws);
+    for (int round = 0; round < DESTROY_ROUNDS; round++) {
+        pthread_barrier_wait(d->go);
+        d->got[round] = ek_workspace_destroy(*d->ws);
+        pthread_barrier_wait(d->done);
+    }
     return NULL;
 }
 
@@ -1307,24 +1314,31 @@ static void test_workspace_destroyed_twice_at_once(void)
     ek_mem_t block;
     REQUIRE_OK(ek_rt_stage_memory(rt, "net_a", 0, &m));
     REQUIRE_OK(ek_malloc_device(dev, &block, m.workspace_bytes));
-    pthread_barrier_t go;
-    pthread_barrier_init(&go, NULL, 2);
-    for (int round = 0; round < 200; round++) {
-        struct destroyer d[2];
-        pthread_t threads[2];
-        REQUIRE_OK(ek_rt_workspace_create(rt, "net_a", 0, block, 0, m.workspace_bytes, &d[0].ws));
-        d[1].ws = d[0].ws;
-        for (int i = 0; i < 2; i++) {
-            d[i].go = &go;
-            pthread_create(&threads[i], NULL, destroy_main, &d[i]);
-        }
-        for (int i = 0; i < 2; i++)
-            pthread_join(threads[i], NULL);
-        int ok = (d[0].got == EK_OK) + (d[1].got == EK_OK);
-        ek_status_t other = d[0].got == EK_OK ? d[1].got : d[0].got;
-        CHECK(ok == 1 && (other == EK_ERR_DOUBLE_FREE || other == EK_ERR_FREED_HANDLE));
+    pthread_barrier_t go, done;
+    pthread_barrier_init(&go, NULL, 3);
+    pthread_barrier_init(&done, NULL, 3);
+    ek_workspace_t ws = {0};
+    static struct destroyer d[2];
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++) {
+        d[i].ws = &ws;
+        d[i].go = &go;
+        d[i].done = &done;
+        pthread_create(&threads[i], NULL, destroy_main, &d[i]);
     }
+    for (int round = 0; round < DESTROY_ROUNDS; round++) {
+        if (!CHECK_OK(ek_rt_workspace_create(rt, "net_a", 0, block, 0, m.workspace_bytes, &ws)))
+            ws.id = 0; /* the threads still take their turn: both then fail */
+        pthread_barrier_wait(&go);
+        pthread_barrier_wait(&done);
+        ek_status_t a = d[0].got[round], b = d[1].got[round];
+        ek_status_t other = a == EK_OK ? b : a;
+        CHECK(((a == EK_OK) + (b == EK_OK)) == 1 && (other == EK_ERR_DOUBLE_FREE || other == EK_ERR_FREED_HANDLE));
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(threads[i], NULL);
     pthread_barrier_destroy(&go);
+    pthread_barrier_destroy(&done);
     CHECK_OK(ek_free_device(dev, block));
     teardown(dev, rt);
 }
