@@ -2,8 +2,8 @@
 models (mlp: launch overhead dominates; yolo at 64x64: a few hundred KiB of intermediates), the
 median first launch of a fresh context (which makes its execution context, so it allocates) and the
 median steady launch (infer + wait) with the device heap, a PoolAllocator, a Python Allocator over
-the heap, and a static workspace, each against the heap in the same run. No asserts: the numbers
-are for reading.
+the heap, and a static workspace, each against the heap in the same run (the better of two rounds
+over the strategies). No asserts: the numbers are for reading.
 
     python -m edgekit.bench_memory [--quick] [--repeats N]
 
@@ -96,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             compile_model(str(onnx_file), str(path), stages=[{INPUT_NAME: shape}], name=name)
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             _measure("heap", dev, path, x, 2, 10)  # warm-up: the process's first contexts and threads
-            results = {case: _measure(case, dev, path, x, trials, repeats) for case in CASES}
+            # Two rounds over the cases, the better of each kept: the machine's noise and warm-up affect
+            # whichever case runs first, not the strategy.
+            results: dict[str, tuple[float, float]] = {}
+            for _ in range(2):
+                for case in CASES:
+                    first, steady = _measure(case, dev, path, x, trials, repeats)
+                    old = results.get(case, (first, steady))
+                    results[case] = (min(old[0], first), min(old[1], steady))
             base_first, base_steady = results["heap"]
             for case in CASES:
                 first, steady = results[case]
