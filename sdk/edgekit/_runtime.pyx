@@ -301,6 +301,15 @@ cdef tuple shape_tuple(const ek_shape_t *shape):
     return tuple([shape.dims[i] for i in range(shape.num_dims)])
 
 
+cdef bytes fs_path(path):
+    """A str or bytes path as the bytes the C calls take (file-system encoding, as os.fsencode)."""
+    if isinstance(path, str):
+        return path.encode(sys.getfilesystemencoding(), "surrogateescape")
+    if isinstance(path, bytes):
+        return path
+    raise InvalidTypeError(f"path must be str or bytes, got {type(path).__name__}")
+
+
 cdef size_t shape_nbytes(const ek_tensor_t *t) noexcept:
     cdef size_t n = ek_dtype_size(t.dtype)
     cdef int d
@@ -473,16 +482,9 @@ cdef class Runtime:
 
     def load_model(self, path) -> list:
         """Load a model file (mapped); returns the names of the networks it added."""
-        cdef bytes encoded
-        cdef const char *c_path
+        cdef bytes encoded = fs_path(path)
+        cdef const char *c_path = encoded
         cdef ek_status_t status
-        if isinstance(path, str):
-            encoded = path.encode(sys.getfilesystemencoding(), "surrogateescape")
-        elif isinstance(path, bytes):
-            encoded = path
-        else:
-            raise InvalidTypeError(f"path must be str or bytes, got {type(path).__name__}")
-        c_path = encoded
         with self._lock:
             before = len(self.network_names())
             with nogil:
@@ -493,16 +495,9 @@ cdef class Runtime:
     def load_plugin(self, path) -> None:
         """Load a plugin op library (a shared library for this machine, docs/plugins.md) into this
         runtime, before the models that use its ops."""
-        cdef bytes encoded
-        cdef const char *c_path
+        cdef bytes encoded = fs_path(path)
+        cdef const char *c_path = encoded
         cdef ek_status_t status
-        if isinstance(path, str):
-            encoded = path.encode(sys.getfilesystemencoding(), "surrogateescape")
-        elif isinstance(path, bytes):
-            encoded = path
-        else:
-            raise InvalidTypeError(f"path must be str or bytes, got {type(path).__name__}")
-        c_path = encoded
         with self._lock:
             with nogil:
                 status = ek_rt_load_plugin(self._rt, c_path)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import edgekit as ek
-from edgekit.bench_models import INPUT_NAME, MODELS, export_onnx, time_runs
+from edgekit.bench_models import INPUT_NAME, MODELS, aligned, export_onnx, time_runs
 
 CASES = ("heap", "pool", "python", "static")
 
@@ -110,13 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((name, case, first, first / base_first, steady, steady / base_steady))
     header = ("model", "memory", "first launch us", "vs heap", "steady launch us", "vs heap")
     table = [(m, c, f"{f:.1f}", f"{fr:.2f}x", f"{s:.2f}", f"{sr:.2f}x") for m, c, f, fr, s, sr in rows]
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     print(
         f"inference memory strategies: median first launch of {trials} fresh contexts (makes the execution "
         f"context: allocates) and median of {repeats} steady launches (infer + wait); portable, 1 thread"
     )
-    for row in [header, *table]:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print("\n".join(aligned(header, table, left=2)))
     return 0
 
 

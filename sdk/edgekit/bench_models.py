@@ -385,6 +385,17 @@ def threads_text(threads: int | None) -> str:
     return "default" if threads is None else str(threads)
 
 
+def aligned(header: Sequence[str], table: Sequence[Sequence[str]], left: int = 0) -> list[str]:
+    """The header and the rows as lines of columns padded to their widest cell: the first `left`
+    columns aligned left (names), the rest right (numbers)."""
+    rows = [list(header), *map(list, table)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+
+
 def print_table(rows: Sequence[Row], out: Callable[[str], None] = print) -> None:
     ort_median = {(r.model, r.threads): r.median for r in rows if r.engine == "onnxruntime"}
     out(

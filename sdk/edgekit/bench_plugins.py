@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 import edgekit as ek
-from edgekit.bench_models import time_runs
+from edgekit.bench_models import aligned, time_runs
 from edgekit.plugins import EXAMPLE_DOMAIN, example_plugin_path
 
 SIZES = (16, 4096, 262144)
@@ -72,12 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((size, times["builtin"], times["plugin"]))
     header = ("elements", "built-in SIGMOID us", "plugin Swish us", "plugin - built-in us")
     table = [(f"{n}", f"{b:.2f}", f"{p:.2f}", f"{p - b:+.2f}") for n, b, p in rows]
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     print(
         f"plugin op calls: median of {repeats} launches (infer + wait) of a one-op model, portable, 1 thread"
     )
-    for row in [header, *table]:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print("\n".join(aligned(header, table)))
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import edgekit as ek
-from edgekit.bench_models import INPUT_NAME, MODELS, export_onnx, time_runs
+from edgekit.bench_models import INPUT_NAME, MODELS, aligned, export_onnx, time_runs
 
 
 def _median_ms(run: Callable[[], object], warmup: int, repeats: int) -> float:
@@ -82,10 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for m, s, k, off, again, on, dump in rows
     ]
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     print(f"profiling and dumps: median of {repeats} launches (dumps: {dump_repeats}), infer + wait")
-    for row in [header, *table]:
-        print("  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print("\n".join(aligned(header, table, left=3)))
     return 0
 
 
