@@ -651,8 +651,7 @@ cdef class Profile:
 
     def write(self, path) -> None:
         """Write trace.json and summary.csv into directory `path` (made if missing)."""
-        cdef bytes encoded = path.encode(sys.getfilesystemencoding(), "surrogateescape") if isinstance(path, str) \
-            else bytes(path)
+        cdef bytes encoded = fs_path(path)
         cdef const char *c_path = encoded
         cdef ek_status_t status
         with nogil:
