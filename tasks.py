@@ -411,7 +411,9 @@ def bench(c: Context, quick: bool = False) -> None:
     python -m edgekit.bench_plugins: a one-op model with the example plugin's Swish against the built-in
     SIGMOID, per launch (the plugin call's overhead). python -m edgekit.bench_memory: the first launch of a
     fresh context (it allocates) and steady launches with a PoolAllocator, a Python allocator and a static
-    workspace, against the device heap (the allocators' overhead).
+    workspace, against the device heap (the allocators' overhead). python -m edgekit.bench_launch: the
+    launch overhead floor, a 1x16 Relu through edgekit-app (C), req.run and infer + wait (Python) against
+    onnxruntime's session.run.
     """
     _ensure_host_package(c)
     flag = " --quick" if quick else ""
@@ -425,6 +427,8 @@ def bench(c: Context, quick: bool = False) -> None:
     c.run(f"{PYTHON} -m edgekit.bench_plugins{flag}")
     say("edgekit.bench_memory: launches with a pool, a Python allocator and a static workspace vs the heap")
     c.run(f"{PYTHON} -m edgekit.bench_memory{flag}")
+    say("edgekit.bench_launch: the launch overhead floor (a one-op model) in C and Python vs onnxruntime")
+    c.run(f"{PYTHON} -m edgekit.bench_launch{flag}")
     say("edgekit.bench_remote: a remote device on loopback against plain TCP")
     c.run(f"{PYTHON} -m edgekit.bench_remote{flag}")
     allowed = sorted(os.sched_getaffinity(0))

@@ -62,3 +62,20 @@ def test_memory_bench_prints_every_strategy_for_both_models() -> None:
     ], result.stdout
     for row in rows:
         assert float(row[2]) > 0 and float(row[4]) > 0 and row[3].endswith("x") and row[5].endswith("x"), row
+
+
+def test_launch_bench_prints_every_path_against_onnxruntime() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgekit.bench_launch", "--repeats", "20"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "C edgekit-app launch + wait (portable)" in out and "Python req.run (portable)" in out, out
+    ort = [line for line in out.splitlines() if line.startswith("onnxruntime session.run")]
+    assert len(ort) == 1 and ort[0].split()[-1] == "1.00x", out
+    for line in out.splitlines()[2:]:
+        us, ratio = line.split()[-2:]
+        assert float(us) > 0 and ratio.endswith("x"), line
