@@ -142,6 +142,17 @@ def emu_bundle(emu_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Path
     return Path(made["bundle"])
 
 
+def edgekit_run_on_board(rootfs: Path, *args: str) -> str:
+    """`python3 -m edgekit run ARGS` in the emulated board's Python (the flashed release); its stdout. The
+    calling test fails with the output's tail when the command exits non-zero."""
+    from toolchains.rootfs import run_on_board
+
+    done = run_on_board(rootfs, ["python3", "-m", "edgekit", "run", *args], timeout=600)
+    out = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, out[-3000:] + done.stderr.decode(errors="replace")[-2000:]
+    return out
+
+
 @pytest.fixture(scope="session")
 def flashed_emu(emu_bundle: Path, emu_rootfs: Path) -> Any:
     """The emulated board with the bundle installed by flash (as invoke flash --device emu does)."""

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import edgekit_run_on_board
 from models import INPUT_NAME, MODEL_NAMES, compile_ekm, input_shape_of, onnx_path, ort_run, random_input
-from toolchains.rootfs import run_on_board
 
 ON_BOARD = "/opt/edgekit-models"
 
@@ -37,11 +37,8 @@ def models_on_board(flashed_emu: Any) -> Path:
 def test_model_matches_onnxruntime_on_the_board(
     models_on_board: Path, flashed_emu: Any, name: str, kernels: str
 ) -> None:
-    argv = [
-        "python3",
-        "-m",
-        "edgekit",
-        "run",
+    out = edgekit_run_on_board(
+        flashed_emu.rootfs,
         f"{ON_BOARD}/{name}.ekm",
         "--input",
         f"{ON_BOARD}/{name}-input.npy",
@@ -49,10 +46,7 @@ def test_model_matches_onnxruntime_on_the_board(
         f"{ON_BOARD}/{name}-expected.npy",
         "--kernels",
         kernels,
-    ]
-    done = run_on_board(flashed_emu.rootfs, argv, timeout=600)
-    out = done.stdout.decode(errors="replace")
-    assert done.returncode == 0, out[-3000:] + done.stderr.decode(errors="replace")[-2000:]
+    )
     # The board ran the kernels asked for (the XNNPACK provider loaded from the flashed lib/).
     assert f"{kernels} kernels" in out
     error = re.search(r"expect \S+: OK, error (\S+)", out)

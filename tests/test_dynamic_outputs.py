@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgekit as ek
 import edgekit.app
+from conftest import edgekit_run_on_board
 from edgekit.compiler import CompileError, compile_model, ekm
 from edgekit.compiler.reference import InterpreterError, run_reference
 from models import INPUT_NAME, onnx_path, ort_run, random_input
@@ -392,8 +393,6 @@ ON_BOARD = "/opt/edgekit-dynamic"
 def test_detector_on_the_board_matches_onnxruntime(detector: tuple[Path, bytes], flashed_emu: Any) -> None:
     """The detector through the flashed aarch64 runtime (`edgekit run` in the board's Python, XNNPACK
     and portable kernels), selected_indices compared with onnxruntime's on the host."""
-    from toolchains.rootfs import run_on_board
-
     path, data = detector
     folder: Path = flashed_emu.rootfs / ON_BOARD.lstrip("/")
     shutil.rmtree(folder, ignore_errors=True)
@@ -406,11 +405,8 @@ def test_detector_on_the_board_matches_onnxruntime(detector: tuple[Path, bytes],
     for kernels in ("xnnpack", "portable"):
         for tag, threshold in cases.items():
             out_dir = f"{ON_BOARD}/out-{kernels}-{tag}"
-            argv = [
-                "python3",
-                "-m",
-                "edgekit",
-                "run",
+            out = edgekit_run_on_board(
+                flashed_emu.rootfs,
                 f"{ON_BOARD}/detector.ekm",
                 "--input",
                 f"{INPUT_NAME}={ON_BOARD}/x-{tag}.npy",
@@ -420,10 +416,7 @@ def test_detector_on_the_board_matches_onnxruntime(detector: tuple[Path, bytes],
                 out_dir,
                 "--kernels",
                 kernels,
-            ]
-            done = run_on_board(flashed_emu.rootfs, argv, timeout=600)
-            out = done.stdout.decode(errors="replace")
-            assert done.returncode == 0, out[-3000:] + done.stderr.decode(errors="replace")[-2000:]
+            )
             assert f"{kernels} kernels" in out
             feeds = {
                 INPUT_NAME: np.load(folder / f"x-{tag}.npy"),

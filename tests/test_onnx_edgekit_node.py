@@ -269,7 +269,7 @@ ON_BOARD = "/opt/edgekit-subnet"
 def test_host_graph_with_a_network_runs_on_the_board(
     flashed_emu: Any, core_ekm: bytes, core_onnx: Path
 ) -> None:
-    from toolchains.rootfs import run_on_board
+    from conftest import edgekit_run_on_board
 
     folder: Path = flashed_emu.rootfs / ON_BOARD.lstrip("/")
     shutil.rmtree(folder, ignore_errors=True)
@@ -280,11 +280,8 @@ def test_host_graph_with_a_network_runs_on_the_board(
     expected = ort(standard_model(core_onnx), a)
     np.save(folder / "expected.npy", expected[0])
     np.save(folder / "expected2.npy", expected[1])
-    argv = [
-        "python3",
-        "-m",
-        "edgekit",
-        "run",
+    out = edgekit_run_on_board(
+        flashed_emu.rootfs,
         f"{ON_BOARD}/host.ekm",
         "--input",
         f"{ON_BOARD}/a.npy",
@@ -292,8 +289,5 @@ def test_host_graph_with_a_network_runs_on_the_board(
         f"out={ON_BOARD}/expected.npy",
         "--expect",
         f"out2={ON_BOARD}/expected2.npy",
-    ]
-    done = run_on_board(flashed_emu.rootfs, argv, timeout=600)
-    out = done.stdout.decode(errors="replace")
-    assert done.returncode == 0, out[-3000:] + done.stderr.decode(errors="replace")[-2000:]
+    )
     assert "expect out: OK" in out and "expect out2: OK" in out, out

@@ -300,7 +300,7 @@ def test_exported_torch_model_runs_on_the_board(
     matches the pure-torch model there."""
     import shutil
 
-    from toolchains.rootfs import run_on_board
+    from conftest import edgekit_run_on_board
 
     board_dir = "/opt/edgekit-torchsub"
     folder: Path = flashed_emu.rootfs / board_dir.lstrip("/")
@@ -314,8 +314,12 @@ def test_exported_torch_model_runs_on_the_board(
     np.save(folder / "a.npy", batch(2).numpy())
     with torch.no_grad():
         np.save(folder / "expected.npy", models["torch"](batch(2)).numpy())
-    argv = ["python3", "-m", "edgekit", "run", f"{board_dir}/hybrid.ekm", "--input", f"{board_dir}/a.npy"]
-    done = run_on_board(flashed_emu.rootfs, [*argv, "--expect", f"{board_dir}/expected.npy"], timeout=600)
-    out = done.stdout.decode(errors="replace")
-    assert done.returncode == 0, out[-3000:] + done.stderr.decode(errors="replace")[-2000:]
+    out = edgekit_run_on_board(
+        flashed_emu.rootfs,
+        f"{board_dir}/hybrid.ekm",
+        "--input",
+        f"{board_dir}/a.npy",
+        "--expect",
+        f"{board_dir}/expected.npy",
+    )
     assert "expect z: OK" in out, out
