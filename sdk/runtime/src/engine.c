@@ -747,13 +747,6 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec, stru
     return EK_OK;
 }
 
-static size_t shape_bytes(const ek_shape_t *shape, ek_dtype_t dtype) {
-    size_t n = ek_dtype_size(dtype);
-    for (int d = 0; d < shape->num_dims; d++)
-        n *= (size_t)shape->dims[d]; /* each within its recorded bound: no overflow */
-    return n;
-}
-
 /* A DYNAMIC output: the dims its op reported, its bytes copied from the arena to the caller's memory
  * when they fit there (else an error naming the size needed; nothing is written), and its shape
  * reported in the launch's outputs and the caller's array. */
@@ -766,7 +759,7 @@ static ek_status_t copy_out_dynamic(struct ek_device *device, struct ek_launch_r
     memset(&shape, 0, sizeof shape);
     shape.num_dims = desc->rank;
     memcpy(shape.dims, exec->dims[desc - stage->tensors], (size_t)desc->rank * sizeof shape.dims[0]);
-    size_t bytes = shape_bytes(&shape, desc->dtype);
+    size_t bytes = ek_shape_bytes(desc->dtype, &shape);
     const struct ek_mem_rec *mem = exec->io_recs[rec->n_in + i];
     size_t room = mem->size - out->offset; /* offset <= size: resolve_memories checked */
     if (bytes > room) {
@@ -868,7 +861,7 @@ static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
         for (int i = 0; i < rec->n_out; i++) {
             const struct ek_tensor_desc *desc = stage->output_tensors[i];
             ek_tensor_t *out = &rec->tensors[rec->n_in + i];
-            size_t wrote = desc->dynamic ? shape_bytes(&out->shape, desc->dtype) : desc->nbytes;
+            size_t wrote = desc->dynamic ? ek_shape_bytes(desc->dtype, &out->shape) : desc->nbytes;
             if (wrote)
                 ek_coh_device_wrote(device, exec->io_recs[rec->n_in + i], out->offset, wrote);
         }

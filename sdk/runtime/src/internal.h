@@ -37,6 +37,10 @@ ek_status_t ek_handle_lookup(uint64_t handle, enum ek_handle_kind kind, bool fre
 /* Retire a handle: later lookups report EK_ERR_FREED_HANDLE, a second retire EK_ERR_DOUBLE_FREE. */
 ek_status_t ek_handle_retire(uint64_t handle, enum ek_handle_kind kind);
 
+/* ---- runtime.c ---- */
+/* The bytes of a C-order tensor of `dtype` and `shape` (callers pass shapes already checked or bounded). */
+size_t ek_shape_bytes(ek_dtype_t dtype, const ek_shape_t *shape);
+
 /* ---- memory.c ---- */
 /* Mark (or unmark, before the pool frees it) `mem` as an allocator pool's block. */
 ek_status_t ek_mem_mark_pool(ek_dev_t dev, ek_mem_t mem, bool pool);

@@ -2375,9 +2375,7 @@ ek_status_t ek_rc_rt_launch_tensor(ek_rt_t handle, const char *net_name, const e
             outputs[i].dtype = dtype;
             outputs[i].shape = shape;
             if (!user_mem) {
-                size_t bytes = ek_dtype_size(dtype);
-                for (int k = 0; k < shape.num_dims; k++)
-                    bytes *= (size_t)shape.dims[k];
+                size_t bytes = ek_shape_bytes(dtype, &shape);
                 outputs[i].offset = (size_t)offset;
                 status = adopt_memory(d, mem_wire, bytes, &outputs[i].mem);
             }
@@ -2505,10 +2503,7 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
     }
     for (int i = 0; i < input_count; i++) {
-        const ek_shape_t *s = &input_shapes[i];
-        size_t n = ek_dtype_size(info->inputs[i].dtype);
-        for (int k = 0; k < s->num_dims; k++)
-            n *= (size_t)s->dims[k];
+        size_t n = ek_shape_bytes(info->inputs[i].dtype, &input_shapes[i]);
         in_sizes[i] = n;
         in_bytes += n;
         if (!inputs[i]) {
@@ -2518,10 +2513,7 @@ ek_status_t ek_rc_rt_launch_data(ek_rt_t handle, const char *net_name, const voi
         }
     }
     for (int i = 0; i < output_count; i++) {
-        const ek_shape_t *s = &info->stages[stage].output_shapes[i];
-        size_t n = ek_dtype_size(info->outputs[i].dtype);
-        for (int k = 0; k < s->num_dims; k++)
-            n *= (size_t)s->dims[k];
+        size_t n = ek_shape_bytes(info->outputs[i].dtype, &info->stages[stage].output_shapes[i]);
         out_bytes += n;
         if (!outputs[i] || (output_capacity[i] < n && !info->outputs[i].dynamic)) {
             free(in_sizes);
@@ -2626,9 +2618,7 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t handle, const char *net_name, const
         return status;
     int staged = 0;
     for (; staged < input_count && status == EK_OK; staged++) {
-        size_t n = ek_dtype_size(t[staged].dtype);
-        for (int k = 0; k < input_shapes[staged].num_dims; k++)
-            n *= (size_t)input_shapes[staged].dims[k];
+        size_t n = ek_shape_bytes(t[staged].dtype, &input_shapes[staged]);
         t[staged].shape = input_shapes[staged];
         if ((status = ek_rc_malloc(dev, &t[staged].mem, n)) == EK_OK)
             status = ek_rc_copy_host(dev, t[staged].mem, (void *)inputs[staged], n, 0, false, true, "ek_rt_launch_data");
@@ -2651,9 +2641,7 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t handle, const char *net_name, const
     }
     for (int i = 0; launched && i < output_count; i++) {
         ek_tensor_t *o_t = &t[input_count + i];
-        size_t n = ek_dtype_size(o_t->dtype);
-        for (int k = 0; k < o_t->shape.num_dims; k++)
-            n *= (size_t)o_t->shape.dims[k];
+        size_t n = ek_shape_bytes(o_t->dtype, &o_t->shape);
         if (status == EK_OK && n > output_capacity[i])
             status = ek_fail(EK_ERR_INVALID_ARG, "output %d needs %zu bytes; output_capacity[%d] is %zu", i, n, i,
                              output_capacity[i]);

@@ -395,9 +395,7 @@ static void run_outputs(struct session *s, struct slaunch *l, struct ek_wbuf *bo
     ek_put_u32(body, (uint32_t)l->n_out);
     for (int i = 0; i < l->n_out; i++) {
         ek_tensor_t *t = &l->tensors[l->n_in + i];
-        size_t n = ek_dtype_size(t->dtype);
-        for (int d = 0; d < t->shape.num_dims; d++)
-            n *= (size_t)t->shape.dims[d];
+        size_t n = ek_shape_bytes(t->dtype, &t->shape);
         ek_put_shape(body, &t->shape);
         ek_put_u64(body, n);
         uint8_t *at = ek_put_space(body, n);

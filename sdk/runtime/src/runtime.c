@@ -32,6 +32,13 @@ size_t ek_dtype_size(ek_dtype_t dtype) {
     return 0;
 }
 
+size_t ek_shape_bytes(ek_dtype_t dtype, const ek_shape_t *shape) {
+    size_t n = ek_dtype_size(dtype);
+    for (int d = 0; d < shape->num_dims; d++)
+        n *= (size_t)shape->dims[d];
+    return n;
+}
+
 const char *ek_dtype_name(ek_dtype_t dtype) {
     switch (dtype) {
     case EK_DTYPE_FLOAT32: return "float32";
@@ -878,9 +885,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     for (int i = 0; launched && i < output_count; i++) {
         size_t bytes = stage->output_tensors[i]->nbytes;
         if (status == EK_OK && info->outputs[i].dynamic) { /* what this launch produced */
-            bytes = ek_dtype_size(stage->output_tensors[i]->dtype);
-            for (int d = 0; d < outs[i].shape.num_dims; d++)
-                bytes *= (size_t)outs[i].shape.dims[d];
+            bytes = ek_shape_bytes(stage->output_tensors[i]->dtype, &outs[i].shape);
             if (bytes > output_capacity[i])
                 status = ek_fail(EK_ERR_OUT_OF_RANGE, "output '%s' of network '%s' is %zu bytes this launch; "
                                  "output_capacity[%d] is %zu: give it at least %zu bytes (its bound is %zu)",
