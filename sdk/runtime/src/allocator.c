@@ -12,7 +12,7 @@
 
 #include "engine.h"
 
-#define ALLOC_ALIGN ((size_t)64)
+#define ALLOC_ALIGN ((size_t)EK_CACHE_LINE) /* what ek_mem_check_block asks of an answer */
 
 struct live_block {
     ek_mem_t mem;
@@ -216,28 +216,6 @@ void ek_allocator_detach(struct ek_allocator_obj *a) {
     pthread_mutex_unlock(&a->lock);
 }
 
-/* Is (mem, offset, size) a live memory of `dev`'s device that holds the block, suitably aligned? */
-static ek_status_t check_answer(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size) {
-    struct ek_device *device;
-    ek_status_t status = ek_device_lock(dev, false, &device);
-    if (status != EK_OK)
-        return status;
-    void *obj;
-    int owner;
-    if (EK_IS_REMOTE(mem.id) || ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner) != EK_OK)
-        status = ek_fail(EK_ERR_INVALID_ARG, "memory 0x%016" PRIx64 " is not a live memory", mem.id);
-    else if (owner != device->index)
-        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " is on device %d, the runtime on device %d",
-                         mem.id, owner, device->index);
-    else if (offset % ALLOC_ALIGN)
-        status = ek_fail(EK_ERR_INVALID_ARG, "offset %zu is not a multiple of %zu", offset, ALLOC_ALIGN);
-    else if (offset > ((struct ek_mem_rec *)obj)->size || size > ((struct ek_mem_rec *)obj)->size - offset)
-        status = ek_fail(EK_ERR_OUT_OF_RANGE, "%zu bytes at offset %zu go past the end of memory 0x%016" PRIx64
-                         " (%zu bytes)", size, offset, mem.id, ((struct ek_mem_rec *)obj)->size);
-    ek_device_unlock(device);
-    return status;
-}
-
 /* A block from the pool (under `lock`) or the custom callbacks (under `calls` only). */
 static ek_status_t take_block(struct ek_allocator_obj *a, ek_dev_t dev, size_t size, struct live_block *lb) {
     if (a->heap) {
@@ -259,7 +237,7 @@ static ek_status_t take_block(struct ek_allocator_obj *a, ek_dev_t dev, size_t s
     if (status != EK_OK) {
         status = ek_fail(status > 0 && status < EK_STATUS_COUNT ? status : EK_ERR_OUT_OF_MEMORY,
                          "the allocator refused %zu bytes (%s)", size, ek_status_name(status));
-    } else if (check_answer(dev, lb->mem, lb->offset, size) != EK_OK) {
+    } else if (ek_mem_check_block(dev, lb->mem, lb->offset, size) != EK_OK) {
         char why[300];
         snprintf(why, sizeof why, "%s", ek_last_error());
         a->ops.free(a->user_data, dev, lb->mem, lb->offset, size); /* not ours to keep */

@@ -42,6 +42,10 @@ ek_status_t ek_handle_retire(uint64_t handle, enum ek_handle_kind kind);
 size_t ek_shape_bytes(ek_dtype_t dtype, const ek_shape_t *shape);
 
 /* ---- memory.c ---- */
+/* Is [offset, offset + size) of `mem` a live memory of `dev`'s device, the offset 64-aligned? A
+ * workspace's memory, a custom allocator's answer. The error's status: the handle's, DEVICE_MISMATCH,
+ * INVALID_ARG (alignment) or OUT_OF_RANGE. */
+ek_status_t ek_mem_check_block(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size);
 /* Mark (or unmark, before the pool frees it) `mem` as an allocator pool's block. */
 ek_status_t ek_mem_mark_pool(ek_dev_t dev, ek_mem_t mem, bool pool);
 

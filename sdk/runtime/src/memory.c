@@ -126,6 +126,29 @@ ek_status_t ek_free_device(ek_dev_t dev, ek_mem_t mem) {
     return EK_OK;
 }
 
+ek_status_t ek_mem_check_block(ek_dev_t dev, ek_mem_t mem, size_t offset, size_t size) {
+    struct ek_device *device;
+    ek_status_t status = ek_device_lock(dev, false, &device);
+    if (status != EK_OK)
+        return status;
+    void *obj;
+    int owner;
+    if (EK_IS_REMOTE(mem.id) || (status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner)) != EK_OK) {
+        status = ek_fail(EK_IS_REMOTE(mem.id) ? EK_ERR_DEVICE_MISMATCH : status, "memory 0x%016" PRIx64 " is not a "
+                         "live memory of device %d", mem.id, device->index);
+    } else if (owner != device->index) {
+        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "memory 0x%016" PRIx64 " is on device %d, the runtime on device %d",
+                         mem.id, owner, device->index);
+    } else if (offset % EK_CACHE_LINE) {
+        status = ek_fail(EK_ERR_INVALID_ARG, "offset %zu is not a multiple of %d", offset, EK_CACHE_LINE);
+    } else if (offset > ((struct ek_mem_rec *)obj)->size || size > ((struct ek_mem_rec *)obj)->size - offset) {
+        status = ek_fail(EK_ERR_OUT_OF_RANGE, "%zu bytes at offset %zu go past the end of memory 0x%016" PRIx64
+                         " (%zu bytes)", size, offset, mem.id, ((struct ek_mem_rec *)obj)->size);
+    }
+    ek_device_unlock(device);
+    return status;
+}
+
 ek_status_t ek_mem_mark_pool(ek_dev_t dev, ek_mem_t mem, bool pool) {
     struct ek_device *device;
     struct ek_mem_rec *rec;

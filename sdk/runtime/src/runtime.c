@@ -978,30 +978,13 @@ ek_status_t ek_rt_workspace_create(ek_rt_t handle, const char *net_name, int sta
                          "workspace (ek_rt_stage_memory); %zu bytes given", net->info.name, stage, need, size);
         goto done;
     }
-    if (offset % EK_CACHE_LINE) {
-        status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_workspace_create: offset %zu is not a multiple of %d", offset,
-                         EK_CACHE_LINE);
+    /* The memory: live, on this device, holding [offset, offset + size) at an aligned offset. */
+    if ((status = ek_mem_check_block(rt->dev, mem, offset, size)) != EK_OK) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", ek_last_error());
+        status = ek_fail(status, "ek_rt_workspace_create: %s", why);
         goto done;
     }
-    /* The memory: live, on this device, holding [offset, offset + size). */
-    struct ek_device *device;
-    if ((status = ek_device_lock(rt->dev, false, &device)) != EK_OK)
-        goto done;
-    void *obj;
-    int owner;
-    if (EK_IS_REMOTE(mem.id) || (status = ek_handle_get(mem.id, EK_HANDLE_MEMORY, &obj, &owner)) != EK_OK) {
-        status = ek_fail(EK_IS_REMOTE(mem.id) ? EK_ERR_DEVICE_MISMATCH : status, "ek_rt_workspace_create: memory "
-                         "0x%016" PRIx64 " is not a live memory of device %d", mem.id, device->index);
-    } else if (owner != device->index) {
-        status = ek_fail(EK_ERR_DEVICE_MISMATCH, "ek_rt_workspace_create: memory 0x%016" PRIx64 " is on device %d, "
-                         "the runtime on device %d", mem.id, owner, device->index);
-    } else if (offset > ((struct ek_mem_rec *)obj)->size || size > ((struct ek_mem_rec *)obj)->size - offset) {
-        status = ek_fail(EK_ERR_OUT_OF_RANGE, "ek_rt_workspace_create: %zu bytes at offset %zu go past the end of "
-                         "memory 0x%016" PRIx64 " (%zu bytes)", size, offset, mem.id, ((struct ek_mem_rec *)obj)->size);
-    }
-    ek_device_unlock(device);
-    if (status != EK_OK)
-        goto done;
 
     struct ek_workspace_rec *ws = calloc(1, sizeof *ws);
     if (!ws) {
