@@ -970,6 +970,15 @@ cdef class Allocator:
     def closed(self) -> bool:
         return self._a.id == 0
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Closed unless a runtime still uses it: then the last context using it closes first, and the
+        # allocator goes when nothing refers to it any more.
+        if self._a.id and self.stats["runtimes"] == 0:
+            self.close()
+
     def close(self) -> None:
         """Destroy it; BusyError while a runtime made with it is open."""
         cdef ek_status_t status

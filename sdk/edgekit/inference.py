@@ -168,15 +168,6 @@ class Allocator(_runtime.Allocator):
         state = "closed" if self.closed else f"{self.stats['live_blocks']} live block(s)"
         return f"<{type(self).__name__} {state}>"
 
-    def __enter__(self) -> Allocator:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self.closed and self.stats["runtimes"] == 0:
-            self.close()  # else the last context using it closes first and the allocator goes with it
-
     def alloc(self, size: int, alignment: int) -> tuple[DeviceMemory, int]:
         """``size`` bytes of device memory: (a memory of the context's device, the byte offset in it,
         a multiple of ``alignment``). The runtime checks the answer before using it."""
@@ -204,15 +195,6 @@ class PoolAllocator(_runtime.Allocator):
         st = self.stats
         used, blocks = st["bytes_in_use"], st["live_blocks"]
         return f"<edgekit.PoolAllocator {used}/{st['capacity']} bytes in {blocks} block(s)>"
-
-    def __enter__(self) -> PoolAllocator:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self.closed and self.stats["runtimes"] == 0:
-            self.close()
 
 
 class Context:
