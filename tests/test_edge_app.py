@@ -48,6 +48,7 @@ FLAGS = (
     "--plugin_libs",
     "--mem_stg",
     "--output_caps",
+    "--io",
     "--list-clusters",
     "--help",
 )
@@ -220,6 +221,24 @@ def test_mem_stg_runs_the_same_and_reports_what_the_timed_launches_allocated(
             assert m and 1 <= int(m[1]) <= 2 and int(m[2]) > 0 and int(m[3]) <= 2, text
 
 
+def test_io_host_runs_the_same_on_host_buffers(model_files: Path, tmp_path: Path) -> None:
+    """--io host (ek_rt_launch_data on host buffers every iteration) gives --io device's outputs (ek_rt_run
+    on device memory), on two threads, with the XNNPACK and portable
+    kernels."""
+    for kernels in ("portable", "auto"):
+        args: list[str | Path] = [
+            "--model_path", model_files / "yolo.ekm", "--data_path", model_files / "yolo.bin",
+            "--threads", "2", "--iterations", "3", "--kernels", kernels,
+        ]  # fmt: skip
+        ref = run_app(*args, "--io", "device", "--output_dir", tmp_path / f"device-{kernels}")
+        assert ref.returncode == 0, ref.stdout + ref.stderr
+        done = run_app(*args, "--io", "host", "--output_dir", tmp_path / f"host-{kernels}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = REPORT_ROW.findall(done.stdout)
+        assert [int(r[5]) for r in rows] == [3, 3], done.stdout
+        assert_same_outputs(tmp_path / f"host-{kernels}", tmp_path / f"device-{kernels}")
+
+
 def test_input_dims_pick_the_stage(model_files: Path, tmp_path: Path) -> None:
     done = run_app(
         "--model_path", model_files / "mlp2.ekm", "--data_path", model_files / "mlp2-b4.bin",
@@ -353,6 +372,18 @@ def bad_inputs(folder: Path) -> Iterator[tuple[str, list[str | Path], dict[str, 
         ["--model_path", ekm, "--mem_stg", "pooled"],
         {},
         r"--mem_stg: 'pooled' is not one of",
+    )
+    yield (
+        "io value",
+        ["--model_path", ekm, "--io", "shared"],
+        {},
+        r"--io: 'shared' is not one of device, host",
+    )
+    yield (
+        "io host with mem_stg static",
+        ["--model_path", ekm, "--io", "host", "--mem_stg", "static"],
+        {},
+        r"--io host with --mem_stg static: .*use --io device",
     )
     yield (
         "mem_stg with rpc_server",

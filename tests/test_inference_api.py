@@ -254,6 +254,46 @@ def test_run_with_a_list_a_dict_and_one_array(net: ek.Network) -> None:
         assert "idle" in repr(req)
 
 
+def test_run_gives_the_same_on_its_fast_path_and_its_full_path(net: ek.Network) -> None:
+    """req.run takes C-contiguous arrays of the stage's dtypes and shapes in one C call; every other
+    input (non-contiguous, another dtype, lists, another stage's shapes, mapped tensors) goes the full
+    way. Both give the same outputs, fresh arrays each run, and the same errors."""
+    x, y = xy(4, seed=3)
+    want = relu_add(x, y)
+    with net.create_request() as req:
+        cases: list[Any] = [
+            [x, y],  # fast
+            (x, y),  # fast
+            {"x": x, "y": y},  # fast
+            [np.asfortranarray(x), y],  # not C-contiguous: copied
+            [x.tolist(), y.tolist()],  # converted
+            [x[:2], y[:2]],  # another stage (2 rows) first, then back
+            [x, y],
+        ]
+        for inputs in cases:
+            (z,) = req.run(inputs)
+            rows = np.asarray(inputs[0] if not isinstance(inputs, dict) else inputs["x"]).shape[0]
+            np.testing.assert_allclose(z, want[:rows], rtol=1e-6)
+        (z1,) = req.run([x, y])
+        z1[:] = -1.0  # the caller's copy: the next run returns a new array
+        (z2,) = req.run([x, y])
+        np.testing.assert_allclose(z2, want, rtol=1e-6)
+        assert req.launches == len(cases) + 2
+        req.input_tensors[0][...] = x  # mapped: the full path, which flushes the mapping
+        (z3,) = req.run([x, y])
+        np.testing.assert_allclose(z3, want, rtol=1e-6)
+        req.infer()
+        with pytest.raises(ek.BusyError, match="running"):
+            req.run([x, y])
+        req.wait()
+        with pytest.raises(ek.InvalidArgumentError, match="unknown input 'z'"):
+            req.run({"x": x, "z": y})
+        with pytest.raises(ek.InvalidArgumentError, match="must be float32, got an array of float64"):
+            req.run([x.astype(np.float64), y])
+    with pytest.raises(ek.FreedHandleError, match="closed"):
+        req.run([x, y])
+
+
 def test_a_single_array_is_the_input_of_a_one_input_network(slow: ek.Network) -> None:
     x = np.random.default_rng(1).standard_normal((1, SLOW_N, SLOW_N)).astype(F32)
     with slow.create_request() as req:

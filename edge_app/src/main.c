@@ -210,6 +210,8 @@ struct worker {
     int keep_outputs;     /* this worker's outputs go to --output_dir */
     ek_shape_t out_shapes[APP_MAX_VALUES]; /* --output_dir: the outputs' shapes in the last launch */
     void **out_host;
+    void *io_out[APP_MAX_VALUES];      /* --io host: the launches' output buffers */
+    ek_shape_t io_shapes[APP_MAX_VALUES]; /* --io host: the shapes the last launch produced */
     double *latency;      /* seconds, one per timed iteration */
     int done;             /* timed iterations finished */
     double start, end;
@@ -232,6 +234,21 @@ struct app {
 static void worker_fail(struct worker *w, const char *what, const char *message) {
     snprintf(w->error, sizeof w->error, "device %d thread %d: %s: %s", w->device->id, w->thread, what, message);
     atomic_store(&w->app->failed, 1);
+}
+
+/* One launch, waited for: on the thread's device memory (ek_rt_run), or with --io host on host buffers,
+ * copied in and out by the launch (ek_rt_launch_data). */
+static ek_status_t run_once(struct worker *w, ek_tensor_t *inputs, ek_tensor_t *outputs,
+                            const ek_launch_options_t *options) {
+    struct app *a = w->app;
+    int n_in = a->info->input_count, n_out = a->info->output_count;
+    if (!a->opts->io_host)
+        return ek_rt_run(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, options);
+    ek_shape_t in_shapes[APP_MAX_VALUES];
+    for (int i = 0; i < n_in; i++)
+        in_shapes[i] = inputs[i].shape;
+    return ek_rt_launch_data(w->device->rt, a->net_name, (const void *const *)a->in_data, in_shapes, n_in,
+                             w->io_out, a->out_room, w->io_shapes, n_out, options);
 }
 
 static void *worker_main(void *arg) {
@@ -288,24 +305,23 @@ static void *worker_main(void *arg) {
         w->workspace_bytes = need.workspace_bytes;
     }
 
+    for (int i = 0; ok && a->opts->io_host && i < n_out; i++)
+        if (!(w->io_out[i] = malloc(a->out_room[i] ? a->out_room[i] : 1))) {
+            worker_fail(w, "allocating host memory for the outputs", "out of memory");
+            ok = 0;
+        }
     pthread_barrier_wait(&a->barrier); /* every request is ready */
     if (ok && a->opts->dump && !atomic_load(&a->failed)) {
         /* --dump: one extra, untimed launch first, written to this thread's dump directory. */
         ek_launch_options_t dumping = w->launch;
         dumping.dump_dir = w->dump_dir;
-        ek_launch_t launch;
-        if (ek_rt_launch_tensor(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, true, &dumping,
-                                &launch) != EK_OK ||
-            ek_launch_wait(launch, -1) != EK_OK) {
+        if (run_once(w, inputs, outputs, &dumping) != EK_OK) {
             worker_fail(w, "inference (dump)", ek_last_error());
             ok = 0;
         }
     }
     for (int it = 0; ok && it < a->opts->warmup && !atomic_load(&a->failed); it++) {
-        ek_launch_t launch;
-        if (ek_rt_launch_tensor(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, true, &w->launch,
-                                &launch) != EK_OK ||
-            ek_launch_wait(launch, -1) != EK_OK) {
+        if (run_once(w, inputs, outputs, &w->launch) != EK_OK) {
             worker_fail(w, "inference (warmup)", ek_last_error());
             ok = 0;
         }
@@ -322,10 +338,8 @@ static void *worker_main(void *arg) {
     w->start = now_seconds();
     for (int it = 0; ok && it < a->opts->iterations && !atomic_load(&a->failed); it++) {
         double t0 = now_seconds();
-        ek_launch_t launch;
-        if (ek_rt_launch_tensor(w->device->rt, a->net_name, inputs, n_in, outputs, n_out, true, &timed, &launch) !=
-                EK_OK ||
-            ek_launch_wait(launch, -1) != EK_OK) {
+        /* launch + wait in one call: on this thread, no hand-off to the device's worker */
+        if (run_once(w, inputs, outputs, &timed) != EK_OK) {
             worker_fail(w, "inference", ek_last_error());
             ok = 0;
             break;
@@ -336,9 +350,11 @@ static void *worker_main(void *arg) {
 
     for (int i = 0; ok && w->keep_outputs && i < n_out; i++) {
         /* the shape the last launch produced (a dynamic output's may be smaller than its largest) */
-        w->out_shapes[i] = outputs[i].shape;
-        size_t bytes = ek_dtype_size(info->outputs[i].dtype) * shape_elements(&outputs[i].shape);
-        if (bytes && ek_memcpy_d2s_partial(dev, w->out_host[i], outputs[i].mem, bytes) != EK_OK) {
+        w->out_shapes[i] = a->opts->io_host ? w->io_shapes[i] : outputs[i].shape;
+        size_t bytes = ek_dtype_size(info->outputs[i].dtype) * shape_elements(&w->out_shapes[i]);
+        if (bytes && a->opts->io_host) {
+            memcpy(w->out_host[i], w->io_out[i], bytes);
+        } else if (bytes && ek_memcpy_d2s_partial(dev, w->out_host[i], outputs[i].mem, bytes) != EK_OK) {
             worker_fail(w, "copying an output from the device", ek_last_error());
             ok = 0;
         }
@@ -359,6 +375,8 @@ static void *worker_main(void *arg) {
         ek_workspace_destroy(workspace);
     if (workspace_mem.id)
         ek_free_device(dev, workspace_mem);
+    for (int i = 0; i < n_out; i++)
+        free(w->io_out[i]);
     return NULL;
 }
 
@@ -491,6 +509,9 @@ int main(int argc, char **argv) {
     if (opts.rpc_server && opts.mem_stg != APP_MEM_DEFAULT)
         die(EXIT_USAGE, "--mem_stg with --rpc_server: a remote_server manages the board's memory itself; run "
             "edgekit-app with --mem_stg on the board to choose its memory strategy");
+    if (opts.io_host && opts.mem_stg == APP_MEM_STATIC)
+        die(EXIT_USAGE, "--io host with --mem_stg static: a launch on host buffers stages them through device "
+            "memory it allocates, which a static workspace rules out; use --io device");
     if (opts.rpc_server && opts.plugin_count)
         die(EXIT_USAGE, "--plugin_libs with --rpc_server: a remote_server never loads client code, so plugins cannot "
             "run on its devices: run edgekit-app with --plugin_libs on the board itself");
@@ -801,7 +822,7 @@ int main(int argc, char **argv) {
             app_format_cpus(&w->cpus, cpus, sizeof cpus);
         }
         double elapsed = w->end - w->start;
-        printf("%-6d %-6d %-7s %-10s %-7d %-10d %9.3f %9.3f %9.3f %12.2f\n", w->device->id, w->thread, cluster, cpus,
+        printf("%-6d %-6d %-7s %-10s %-7d %-10d %9.4f %9.4f %9.4f %12.2f\n", w->device->id, w->thread, cluster, cpus,
                w->launch.threads, w->done, percentile(w->latency, w->done, 50) * 1e3,
                percentile(w->latency, w->done, 90) * 1e3, percentile(w->latency, w->done, 99) * 1e3,
                elapsed > 0 ? w->done / elapsed : 0.0);

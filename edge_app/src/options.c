@@ -86,6 +86,12 @@ const char app_help_text[] =
     "                            (ek_allocator_create), counted; default: the device heap. The report says\n"
     "                            what the timed iterations allocated. Not with --rpc_server\n"
     "                              --mem_stg static\n"
+    "  --io device|host          where each launch's inputs and outputs are: device, the thread's device\n"
+    "                            memory, written once (ek_rt_run: launch and wait); host, host buffers\n"
+    "                            copied in and out by every launch (ek_rt_launch_data), as a program\n"
+    "                            with its data in its own arrays does; default device. Not with\n"
+    "                            --mem_stg static\n"
+    "                              --io host\n"
     "  --output_caps B1 B2 ...   the bytes of device memory each output gets, one per output in output\n"
     "                            order (default: its largest size). For outputs whose size depends on the\n"
     "                            data (NonMaxSuppression's, ...; edgekit info marks them dynamic): a launch\n"
@@ -115,7 +121,7 @@ static const struct flag {
     {"iterations", SINGLE},    {"warmup", SINGLE},      {"kernels", SINGLE},       {"output_dir", SINGLE},
     {"profile", SINGLE},       {"dump", SINGLE},        {"list_clusters", SWITCH}, {"help", SWITCH},
     {"rpc_server", SINGLE},    {"rpc_key", SINGLE},     {"plugin_libs", MULTI},    {"mem_stg", SINGLE},
-    {"output_caps", MULTI},
+    {"output_caps", MULTI},    {"io", SINGLE},
 };
 #define FLAG_COUNT ((int)(sizeof flags / sizeof flags[0]))
 
@@ -284,6 +290,13 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
                 opts->mem_stg = APP_MEM_DYNAMIC;
             else {
                 snprintf(err, errlen, "--mem_stg: '%s' is not one of static, dynamic", v);
+                return -1;
+            }
+        } else if (strcmp(name, "io") == 0) {
+            if (strcmp(v, "host") == 0 || strcmp(v, "device") == 0) {
+                opts->io_host = strcmp(v, "host") == 0;
+            } else {
+                snprintf(err, errlen, "--io: '%s' is not one of device, host", v);
                 return -1;
             }
         } else if (strcmp(name, "rpc_key") == 0) {

@@ -42,6 +42,7 @@ typedef struct app_options {
     const char *plugin_libs[APP_MAX_PLUGINS]; /* --plugin_libs: loaded into each runtime before the model */
     int plugin_count;
     app_mem_stg_t mem_stg;
+    bool io_host;          /* --io host: launches on host buffers (ek_rt_launch_data); else device memory (ek_rt_run) */
     size_t output_caps[APP_MAX_VALUES]; /* --output_caps: bytes per output, in output order */
     int caps_count;
     bool list_clusters;

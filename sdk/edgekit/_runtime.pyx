@@ -11,6 +11,7 @@ worker never takes the GIL, so no Python state can deadlock or stall it. Waits b
 variable without the GIL; callbacks run on one dispatcher thread per Runtime, started on first use.
 """
 cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
@@ -19,6 +20,8 @@ from edgekit.libedgekit cimport *
 
 import sys
 import threading
+
+import numpy as np
 import traceback
 
 from edgekit.errors import (
@@ -843,6 +846,75 @@ cdef class Request:
         self._launched = True
         self._error = None
         self.launches += 1
+
+    def _run_fast(self, inputs, fast):
+        """``run``'s fast path: copy in, launch and wait on this thread (ek_rt_run), copy out, with no
+        step in Python. `fast` is (input names, (dtype, shape) of each input and output of the current
+        stage), or None. Returns the outputs, or None when the fast path does not apply (closed, running,
+        a callback, mapped tensors, inputs that need converting or another stage): the caller then
+        takes the full path, which also raises the right errors."""
+        cdef Py_buffer view
+        cdef ek_launch_options_t options
+        cdef ek_status_t status = EK_OK
+        cdef int i, n_in = self._n_in, n_out = self._n_out
+        cdef size_t nbytes
+        if (fast is None or self._tensors == NULL or self._launched or self._callback is not None
+                or self.runtime.closed):
+            return None
+        names, specs = fast
+        if type(inputs) is dict:
+            if len(inputs) != n_in:
+                return None
+            arrays = []
+            for name in names:
+                value = inputs.get(name)
+                if value is None:
+                    return None
+                arrays.append(value)
+        elif type(inputs) is list or type(inputs) is tuple:
+            if len(inputs) != n_in:
+                return None
+            arrays = inputs
+        else:
+            return None
+        for i in range(n_in + n_out):
+            if self._mapped[i]:
+                return None
+        for i in range(n_in):
+            a = arrays[i]
+            dtype, shape = specs[i]
+            if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape or not a.flags.c_contiguous:
+                return None
+        for i in range(n_in):
+            PyObject_GetBuffer(arrays[i], &view, PyBUF_SIMPLE)
+            with nogil:
+                status = ek_memcpy_s2d_partial_offset(self._dev, self._tensors[i].mem, view.buf, <size_t>view.len,
+                                                      self._tensors[i].offset)
+            PyBuffer_Release(&view)
+            check(status)
+        memset(&options, 0, sizeof(options))
+        options.workspace = self._workspace
+        cdef ek_rt_t rt = self.runtime._rt
+        cdef const char *net_name = self._net_name
+        with nogil:
+            status = ek_rt_run(rt, net_name, self._tensors, n_in, self._tensors + n_in, n_out, &options)
+        self.launches += 1
+        self._error = None
+        check(status)
+        results = []
+        for i in range(n_out):
+            dtype, shape = specs[n_in + i]
+            out = np.empty(shape, dtype)
+            nbytes = self._nbytes[n_in + i]
+            if nbytes:
+                PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                with nogil:
+                    status = ek_memcpy_d2s_partial_offset(self._dev, view.buf, self._tensors[n_in + i].mem, nbytes,
+                                                          self._tensors[n_in + i].offset)
+                PyBuffer_Release(&view)
+                check(status)
+            results.append(out)
+        return results
 
     def _wait(self, int timeout_ms=-1) -> bool:
         """Wait up to timeout_ms (< 0: forever) for the launch: False if it is still running; True

@@ -1,8 +1,9 @@
 """Benchmark of the launch overhead floor (issue: performance): one small model of one op (a 1x16
 Relu), so the time is the runtime's fixed cost per launch, measured in one run for:
 
-- C: ``edgekit-app`` on the model (``ek_rt_launch_tensor`` + ``ek_launch_wait`` per iteration, the
-  inputs and outputs already in device memory), its p50;
+- C: ``edgekit-app`` on the model, its p50: ``--io device`` (``ek_rt_run`` per iteration: launch and
+  wait in one call, the inputs and outputs already in device memory) and ``--io host``
+  (``ek_rt_launch_data`` per iteration: host buffers copied in and out by the call);
 - Python: ``req.run(x)`` (copy in, launch, wait, copy out) and ``req.infer(); req.wait()`` (the launch
   alone), medians;
 - onnxruntime: ``session.run(None, {"x": x})`` on the same ONNX model, one thread, median;
@@ -49,14 +50,15 @@ def _model(path: Path) -> Path:
     return path
 
 
-def _app_p50_us(ekm: Path, kernels: str, iterations: int) -> float | None:
-    """edgekit-app's p50 latency (ms in its report) of `iterations` launches, in µs; None without the app."""
+def _app_p50_us(ekm: Path, kernels: str, io: str, iterations: int) -> float | None:
+    """edgekit-app's p50 latency (ms in its report) of `iterations` launches with ``--io io``, in µs;
+    None without the app."""
     app = binary()
     if app is None:
         return None
     done = subprocess.run(
         [str(app), "--model_path", str(ekm), "--iterations", str(iterations), "--warmup", "200",
-         "--launch_threads", "1", "--kernels", kernels],
+         "--launch_threads", "1", "--kernels", kernels, "--io", io],
         capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     row = re.search(r"^0\s+0\s+\S+\s+\S+\s+\d+\s+\d+\s+([\d.]+)\s", done.stdout, re.M)
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 launch_us = statistics.median(time_runs(launch, 200, repeats)) * 1000.0
                 req.close()
-            rows.append((f"C edgekit-app launch + wait ({kernels})", _app_p50_us(ekm, kernels, repeats)))
+            rows.append((f"C ek_rt_run ({kernels})", _app_p50_us(ekm, kernels, "device", repeats)))
+            rows.append((f"C ek_rt_launch_data ({kernels})", _app_p50_us(ekm, kernels, "host", repeats)))
             rows.append((f"Python req.run ({kernels})", run_us))
             rows.append((f"Python infer + wait ({kernels})", launch_us))
         rows.append(("onnxruntime session.run", ort_us))

@@ -255,6 +255,8 @@ cdef extern from "edgekit/edgekit.h" nogil:
                                     int input_count, ek_tensor_t *outputs, int output_count, bint user_mem,
                                     const ek_launch_options_t *options, ek_launch_t *launch)
     ek_status_t ek_launch_wait(ek_launch_t launch, int timeout_ms)
+    ek_status_t ek_rt_run(ek_rt_t rt, const char *net_name, const ek_tensor_t *inputs, int input_count,
+                          ek_tensor_t *outputs, int output_count, const ek_launch_options_t *options)
     ek_status_t ek_rt_launch_data(ek_rt_t rt, const char *net_name, const void *const *inputs,
                                   const ek_shape_t *input_shapes, int input_count, void *const *outputs,
                                   const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,

@@ -2,13 +2,16 @@
  * memory, waits, launch_data, validation messages, freed memories, ek_dev_sync errors, many threads,
  * several runtimes, strict coherence. Models are built in memory by a small .ekm writer below. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* syscall(SYS_gettid) */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ek_test.h"
 #include "ek_helpers.h"
@@ -643,6 +646,121 @@ static void test_launch_user_memory(void)
     CHECK_ERROR_MENTIONS("overlaps input 'x'");
     CHECK_OK(ek_free_device(dev, y.mem));
     CHECK_OK(ek_free_device(dev, x.mem));
+    teardown(dev, rt);
+}
+
+/* The thread the ModelExecute record of the profile's only launch names; 0 if none. */
+static uint64_t executed_on(ek_profile_t p)
+{
+    size_t n = 0;
+    ek_profile_record_t r;
+    CHECK_OK(ek_profile_count(p, &n));
+    for (size_t i = 0; i < n; i++)
+        if (ek_profile_get(p, i, &r) == EK_OK && r.kind == EK_PROFILE_MODEL_EXECUTE)
+            return r.thread;
+    return 0;
+}
+
+static atomic_int run_callbacks;
+static void count_callback(void *user, ek_status_t status)
+{
+    (void)user;
+    if (status == EK_OK)
+        atomic_fetch_add(&run_callbacks, 1);
+}
+
+struct queued_run {
+    ek_rt_t rt;
+    ek_tensor_t x, y;
+    ek_profile_t profile;
+    uint64_t tid;
+    atomic_int finished;
+    ek_status_t status;
+};
+
+static void *run_thread(void *arg)
+{
+    struct queued_run *q = arg;
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.profile = q->profile;
+    q->tid = (uint64_t)syscall(SYS_gettid);
+    q->status = ek_rt_run(q->rt, "net_a", &q->x, 1, &q->y, 1, &opt);
+    atomic_store(&q->finished, 1);
+    return NULL;
+}
+
+/* ek_rt_run: launch and wait in one call, on the calling thread when a worker slot is free; with
+ * on_done, or with both slots taken, on a worker, waited for. */
+static void test_run(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    ek_profile_t p;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    REQUIRE_OK(ek_profile_create(&p));
+    ek_tensor_t x = input_a(dev, 2, 3), y;
+    memset(&y, 0, sizeof y);
+    REQUIRE_OK(ek_malloc_device(dev, &y.mem, 256));
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.profile = p;
+    if (CHECK_OK(ek_rt_run(rt, "net_a", &x, 1, &y, 1, &opt))) {
+        CHECK(y.shape.num_dims == 2 && y.shape.dims[0] == 2 && y.dtype == EK_DTYPE_FLOAT32);
+        CHECK(check_output_a(dev, &y, 2, 3));
+        CHECK(executed_on(p) == (uint64_t)syscall(SYS_gettid));
+    }
+    /* on_done is promised a worker thread: it runs there, before ek_rt_run returns */
+    CHECK_OK(ek_profile_clear(p));
+    opt.on_done = count_callback;
+    atomic_store(&run_callbacks, 0);
+    if (CHECK_OK(ek_rt_run(rt, "net_a", &x, 1, &y, 1, &opt))) {
+        CHECK(atomic_load(&run_callbacks) == 1);
+        uint64_t tid = executed_on(p);
+        CHECK(tid != 0 && tid != (uint64_t)syscall(SYS_gettid));
+    }
+    opt.on_done = NULL;
+    /* the same validation as a launch; its errors go to the caller, not to ek_dev_sync */
+    ek_tensor_t small = y;
+    small.offset = 200;
+    CHECK_STATUS(ek_rt_run(rt, "net_a", &x, 1, &small, 1, NULL), EK_ERR_OUT_OF_RANGE);
+    CHECK_ERROR_MENTIONS("output 'y'");
+    CHECK_STATUS(ek_rt_run(rt, "no_such_net", &x, 1, &y, 1, NULL), EK_ERR_INVALID_ARG);
+    CHECK_OK(ek_dev_sync(dev));
+
+    /* both worker slots taken: it is queued, runs when one frees, on a worker */
+    ek_tensor_t bx[2], by[2];
+    if (gate_block(dev, rt, bx, by)) {
+        struct queued_run q;
+        memset(&q, 0, sizeof q);
+        q.rt = rt;
+        q.x = x;
+        q.y = y;
+        q.profile = p;
+        CHECK_OK(ek_profile_clear(p));
+        pthread_t thread;
+        int started = pthread_create(&thread, NULL, run_thread, &q) == 0;
+        CHECK(started);
+        if (started) {
+            struct timespec pause = {0, 50 * 1000000L};
+            nanosleep(&pause, NULL);
+            CHECK(!atomic_load(&q.finished));
+            gate_release(dev, bx, by);
+            pthread_join(thread, NULL);
+            CHECK_OK(q.status);
+            CHECK(check_output_a(dev, &q.y, 2, 3));
+            uint64_t tid = executed_on(p);
+            CHECK(tid != 0 && tid != q.tid);
+        } else {
+            gate_release(dev, bx, by);
+        }
+    } else {
+        gate_release(dev, bx, by);
+    }
+    CHECK_OK(ek_free_device(dev, y.mem));
+    CHECK_OK(ek_free_device(dev, x.mem));
+    CHECK_OK(ek_profile_destroy(p));
     teardown(dev, rt);
 }
 
@@ -1628,6 +1746,7 @@ int main(void)
     RUN(test_config);
     RUN(test_launch_runtime_memory);
     RUN(test_launch_user_memory);
+    RUN(test_run);
     RUN(test_validation_messages);
     RUN(test_launch_data);
     RUN(test_wait_timeout_and_callbacks);

@@ -945,7 +945,7 @@ static void execute(struct ek_launch_rec *rec) {
         ek_profiler_add(profile, &r);
     }
     rec->status = status;
-    if (status != EK_OK && !rec->handle) {
+    if (status != EK_OK && !rec->handle && !rec->caller_waits) {
         struct ek_dev_worker *w = &ek_device_at(rt->device_index)->worker;
         pthread_mutex_lock(&w->lock);
         if (w->error == EK_OK) {
@@ -1068,27 +1068,32 @@ void ek_launch_discard(struct ek_launch_rec *rec) {
     ek_runtime_unref(rt);
 }
 
-ek_status_t ek_launch_submit(struct ek_launch_rec *rec, bool run_here_on_worker) {
-    if (run_here_on_worker && tls_worker) {
-        /* A synchronous launch from a callback: queueing it could wait for this very thread. */
-        execute(rec);
-        return EK_OK;
-    }
-    struct ek_device *device = ek_device_at(rec->rt->device_index);
+/* Start the device's workers if they are not running yet (under w->lock). */
+static ek_status_t start_workers(struct ek_device *device) {
     struct ek_dev_worker *w = &device->worker;
-    pthread_mutex_lock(&w->lock);
     while (w->threads < EK_WORKER_THREADS) {
         pthread_t thread;
         int rc = start_thread(&thread, worker_main, w, true);
         if (rc != 0) {
             if (w->threads > 0)
                 break; /* one worker is enough to make progress */
-            pthread_mutex_unlock(&w->lock);
-            ek_launch_discard(rec);
             return ek_fail(EK_ERR_SYSTEM, "could not start the worker thread of device %d: %s", device->index,
                            strerror(rc));
         }
         w->threads++;
+    }
+    return EK_OK;
+}
+
+ek_status_t ek_launch_submit(struct ek_launch_rec *rec) {
+    struct ek_device *device = ek_device_at(rec->rt->device_index);
+    struct ek_dev_worker *w = &device->worker;
+    pthread_mutex_lock(&w->lock);
+    ek_status_t status = start_workers(device);
+    if (status != EK_OK) {
+        pthread_mutex_unlock(&w->lock);
+        ek_launch_discard(rec);
+        return status;
     }
     rec->next = NULL;
     if (w->tail)
@@ -1098,6 +1103,48 @@ ek_status_t ek_launch_submit(struct ek_launch_rec *rec, bool run_here_on_worker)
     w->tail = rec;
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
+    return EK_OK;
+}
+
+ek_status_t ek_launch_run(struct ek_launch_rec *rec) {
+    rec->caller_waits = true;
+    rec->refs++; /* the caller's, until it has read the result (not shared yet: no lock needed) */
+    if (tls_worker) {
+        execute(rec); /* from an on_done callback: queueing it could wait for this very thread */
+    } else {
+        struct ek_dev_worker *w = &ek_device_at(rec->rt->device_index)->worker;
+        bool here = false;
+        if (!rec->on_done) { /* on_done is promised a worker thread */
+            pthread_mutex_lock(&w->lock);
+            /* A free slot, and nothing queued that would have gone first. */
+            if (!w->head && w->running < EK_WORKER_THREADS) {
+                w->running++;
+                here = true;
+            }
+            pthread_mutex_unlock(&w->lock);
+        }
+        if (here) {
+            execute(rec);
+            pthread_mutex_lock(&w->lock);
+            if (--w->running == 0 && !w->head)
+                pthread_cond_broadcast(&w->idle);
+            pthread_mutex_unlock(&w->lock);
+        } else {
+            ek_status_t status = ek_launch_submit(rec);
+            if (status != EK_OK)
+                return status; /* the record is discarded */
+        }
+    }
+    pthread_mutex_lock(&launch_lock);
+    while (!rec->done)
+        pthread_cond_wait(&rec->cond, &launch_lock);
+    ek_status_t status = rec->status;
+    char text[sizeof rec->error];
+    memcpy(text, rec->error, sizeof text);
+    rec_unref_locked(rec);
+    pthread_mutex_unlock(&launch_lock);
+    if (status != EK_OK)
+        return ek_fail(status, "%s", text);
     return EK_OK;
 }
 

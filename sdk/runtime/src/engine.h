@@ -107,6 +107,7 @@ struct ek_launch_rec {
     struct ek_workspace_rec *workspace; /* run in it (its busy flag set by the launch); NULL: the pool */
     ek_tensor_t *caller_outputs; /* networks with DYNAMIC outputs: the caller's array, whose shapes the launch
                                     sets when it ends; NULL: none */
+    bool caller_waits;           /* ek_launch_run's: its status goes to the caller, not to ek_dev_sync */
     /* completion, under the engine's launch lock */
     ek_status_t status;
     char error[512];
@@ -122,10 +123,14 @@ ek_status_t ek_launch_new(struct ek_runtime *rt, int n_in, int n_out, bool with_
                           struct ek_launch_rec **rec);
 /* Free a record that was never submitted (retires its handle). */
 void ek_launch_discard(struct ek_launch_rec *rec);
-/* Queue a launch on its device's worker. On failure the record is discarded. With
- * `run_here_on_worker`, a launch submitted from a worker thread (an on_done callback) runs at once on
- * that thread instead, so a synchronous launch there cannot wait for itself. */
-ek_status_t ek_launch_submit(struct ek_launch_rec *rec, bool run_here_on_worker);
+/* Queue a launch on its device's worker. On failure the record is discarded. */
+ek_status_t ek_launch_submit(struct ek_launch_rec *rec);
+/* Run a handle-less launch whose caller waits for it, and return its status (its message in
+ * ek_last_error()). It runs on the calling thread, without a hand-off to a worker, when it has no
+ * on_done and the device has a free worker slot (it takes that slot: ek_dev_sync waits for it, and
+ * the device still runs EK_WORKER_THREADS launches at once); from an on_done callback it runs there
+ * (queueing it could wait for that very thread); otherwise it is queued and waited for. */
+ek_status_t ek_launch_run(struct ek_launch_rec *rec);
 /* True on a device worker thread (inside a launch or its on_done callback). */
 bool ek_engine_on_worker(void);
 /* True when the calling thread runs an on_done callback of a launch of `rt`. */

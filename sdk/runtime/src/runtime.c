@@ -630,10 +630,11 @@ static void release_workspace(struct ek_workspace_rec *ws) {
         atomic_store(&ws->busy, false);
 }
 
-/* Validate and queue a launch on an acquired runtime. `sync_caller`: ek_rt_launch_data. */
+/* Validate and queue a launch on an acquired runtime; with `wait` (launch_out NULL), run it as
+ * ek_launch_run does and return its status. */
 static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_tensor_t *inputs, int input_count,
                           ek_tensor_t *outputs, int output_count, bool user_mem, const ek_launch_options_t *options,
-                          ek_launch_t *launch_out, bool sync_caller) {
+                          ek_launch_t *launch_out, bool wait) {
     int threads;
     uint64_t mask;
     struct ek_network *net;
@@ -752,7 +753,15 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
     uint64_t handle = rec->handle;
     if (rec->profile)
         rec->submit_ns = ek_now_ns();
-    if ((status = ek_launch_submit(rec, sync_caller)) != EK_OK) {
+    if (wait) {
+        /* user_mem (ek_rt_run, ek_rt_launch_data): nothing allocated here, and the caller's outputs
+         * hold the dtypes and shapes before the launch sets a dynamic output's. */
+        if (!dynamic)
+            memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
+        free(out_copy);
+        return ek_launch_run(rec);
+    }
+    if ((status = ek_launch_submit(rec)) != EK_OK) {
         for (int i = 0; i < allocated; i++) {
             ek_rt_free(rt, out_copy[i].mem, out_copy[i].offset);
             if (dynamic) /* the caller's array was filled: no freed handle left in it */
@@ -780,6 +789,23 @@ ek_status_t ek_rt_launch_tensor(ek_rt_t handle, const char *net_name, const ek_t
     if (status != EK_OK)
         return status;
     status = launch(rt, net_name, inputs, input_count, outputs, output_count, user_mem, options, launch_out, false);
+    ek_runtime_unref(rt);
+    return status;
+}
+
+ek_status_t ek_rt_run(ek_rt_t handle, const char *net_name, const ek_tensor_t *inputs, int input_count,
+                      ek_tensor_t *outputs, int output_count, const ek_launch_options_t *options) {
+    if (EK_IS_REMOTE(handle.id)) {
+        ek_launch_t l;
+        ek_status_t status = ek_rc_rt_launch_tensor(handle, net_name, inputs, input_count, outputs, output_count,
+                                                    true, options, &l);
+        return status == EK_OK ? ek_rc_launch_wait(l, -1) : status;
+    }
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    status = launch(rt, net_name, inputs, input_count, outputs, output_count, true, options, NULL, true);
     ek_runtime_unref(rt);
     return status;
 }
@@ -839,7 +865,13 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
         }
     }
 
-    /* Device copies of the inputs, a runtime-memory launch, then the outputs back. */
+    if (options && options->workspace.id) {
+        status = ek_fail(EK_ERR_INVALID_ARG, "ek_rt_launch_data of network '%s' in a workspace: it stages the data "
+                         "through device memory it allocates, so it cannot run in one; use ek_rt_run or "
+                         "ek_rt_launch_tensor with your memory", info->name);
+        goto done;
+    }
+    /* Device copies of the inputs, a launch on them, then the outputs back. */
     if (options && options->profile.id && (status = ek_profiler_acquire(options->profile, &profile)) != EK_OK) {
         char why[300];
         snprintf(why, sizeof why, "%s", ek_last_error());
@@ -854,7 +886,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
         goto done;
     }
     ek_tensor_t *outs = tensors + input_count;
-    int staged = 0;
+    int staged = 0, staged_out = 0;
     for (; staged < input_count && status == EK_OK; staged++) {
         const struct ek_tensor_desc *desc = stage->input_tensors[staged];
         ek_tensor_t *t = &tensors[staged];
@@ -868,17 +900,18 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
         }
         moved += desc->nbytes;
     }
+    for (; staged_out < output_count && status == EK_OK; staged_out++) {
+        ek_tensor_t *t = &outs[staged_out];
+        if ((status = ek_rt_alloc(rt, stage->output_tensors[staged_out]->nbytes, false, &t->mem, &t->offset)) != EK_OK)
+            break;
+    }
     if (profile)
         ek_profiler_span(profile, EK_PROFILE_TRANSFER_FROM_INPUT, info->name, s, 0, t0, ek_now_ns(), ek_thread_id(),
                          moved);
     bool launched = false;
     if (status == EK_OK) {
-        ek_launch_t l;
-        status = launch(rt, net_name, tensors, input_count, outs, output_count, false, options, &l, true);
-        if (status == EK_OK) {
-            launched = true;
-            status = ek_launch_wait(l, -1);
-        }
+        launched = true;
+        status = launch(rt, net_name, tensors, input_count, outs, output_count, true, options, NULL, true);
     }
     t0 = profile ? ek_now_ns() : 0;
     moved = 0;
@@ -905,7 +938,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
     /* Free without losing the first error's message. */
     char why[512];
     snprintf(why, sizeof why, "%s", ek_last_error());
-    for (int i = 0; launched && i < output_count; i++)
+    for (int i = 0; i < staged_out; i++)
         ek_rt_free(rt, outs[i].mem, outs[i].offset);
     for (int i = 0; i < staged; i++)
         if (tensors[i].mem.id)

@@ -336,15 +336,24 @@ EK_API ek_status_t ek_rt_launch_tensor(ek_rt_t rt, const char *net_name, const e
                                        int input_count, ek_tensor_t *outputs, int output_count, bool user_mem,
                                        const ek_launch_options_t *options, ek_launch_t *launch);
 
+/* Launch and wait in one call: ek_rt_launch_tensor with user_mem, then ek_launch_wait, returning the
+ * launch's status. The fast way for a caller that waits anyway: without on_done it runs on the calling
+ * thread (as the team's thread 0) when one of the device's worker slots is free, so no hand-off to a
+ * worker thread; otherwise (or with on_done, which then runs on a worker) it is queued and waited
+ * for. It counts as one of the device's concurrent launches, so ek_dev_sync waits for it. */
+EK_API ek_status_t ek_rt_run(ek_rt_t rt, const char *net_name, const ek_tensor_t *inputs, int input_count,
+                             ek_tensor_t *outputs, int output_count, const ek_launch_options_t *options);
+
 /* Wait up to `timeout_ms` (< 0: forever) for a launch. EK_ERR_TIMEOUT if it is still running (the
  * handle stays valid); otherwise the handle is retired and the launch's own status is returned,
  * with its message in ek_last_error(). */
 EK_API ek_status_t ek_launch_wait(ek_launch_t launch, int timeout_ms);
 
-/* Run `net_name` synchronously on host buffers: inputs[i] holds input i with input_shapes[i];
- * outputs[i] has room for output_capacity[i] bytes; output_shapes[i] receives its shape. A dynamic
- * output's capacity may be below its largest size: what the launch produced must fit (else
- * EK_ERR_OUT_OF_RANGE naming the bytes needed, nothing written). */
+/* Run `net_name` synchronously on host buffers, staged through device memory (on the calling thread,
+ * as ek_rt_run does): inputs[i] holds input i with input_shapes[i]; outputs[i] has room for
+ * output_capacity[i] bytes; output_shapes[i] receives its shape. A dynamic output's capacity may be
+ * below its largest size: what the launch produced must fit (else EK_ERR_OUT_OF_RANGE naming the
+ * bytes needed, nothing written). Not in a workspace (options->workspace): EK_ERR_INVALID_ARG. */
 EK_API ek_status_t ek_rt_launch_data(ek_rt_t rt, const char *net_name, const void *const *inputs,
                                      const ek_shape_t *input_shapes, int input_count, void *const *outputs,
                                      const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,
