@@ -528,13 +528,15 @@ static void run_binary_case(enum ek_op_type type, int ra, const int64_t *da, boo
 
 static void test_binary(void)
 {
-    const int64_t s4[4] = {2, 3, 4, 5}, s3[3] = {3, 1, 5}, s1[1] = {5};
-    run_binary_case(EK_OP_ADD, 4, s4, false, 3, s3, false, 4, s4, -INFINITY, INFINITY, "add, broadcast [3,1,5]");
-    run_binary_case(EK_OP_SUB, 1, s1, true, 4, s4, false, 4, s4, -0.5f, 0.5f, "sub, constant [5] - X, clamp");
+    /* Broadcasts keep inner runs of 256 or more: shorter ones are left to the portable kernel (below). */
+    const int64_t s4[4] = {2, 3, 4, 256}, s3[3] = {3, 1, 256}, s1[1] = {256};
+    run_binary_case(EK_OP_ADD, 4, s4, false, 3, s3, false, 4, s4, -INFINITY, INFINITY, "add, broadcast [3,1,256]");
+    run_binary_case(EK_OP_SUB, 1, s1, true, 4, s4, false, 4, s4, -0.5f, 0.5f, "sub, constant [256] - X, clamp");
     run_binary_case(EK_OP_MUL, 4, s4, false, 0, NULL, true, 4, s4, 0.0f, INFINITY, "mul by a scalar, relu");
     run_binary_case(EK_OP_DIV, 4, s4, false, 4, s4, false, 4, s4, -INFINITY, INFINITY, "div, same shapes");
     /* Rank 8 with alternating broadcasts: folded to XNNPACK's 6 dims or fewer where it can be. */
-    const int64_t a8[8] = {2, 1, 3, 1, 2, 1, 2, 3}, b8[8] = {1, 2, 1, 2, 1, 2, 2, 3}, y8[8] = {2, 2, 3, 2, 2, 2, 2, 3};
+    const int64_t a8[8] = {2, 1, 3, 1, 2, 1, 2, 256}, b8[8] = {1, 2, 1, 2, 1, 2, 2, 256};
+    const int64_t y8[8] = {2, 2, 3, 2, 2, 2, 2, 256};
     struct tensor a, b, y;
     tensor_init(&a, 8, a8, false, 1);
     tensor_init(&b, 8, b8, false, 2);
@@ -545,9 +547,20 @@ static void test_binary(void)
     tensor_free(&a);
     tensor_free(&b);
     tensor_free(&y);
-    const int64_t a8b[8] = {2, 1, 1, 1, 2, 3, 2, 3}, b8b[8] = {1, 2, 3, 2, 2, 3, 2, 3};
-    const int64_t y8b[8] = {2, 2, 3, 2, 2, 3, 2, 3};
+    const int64_t a8b[8] = {2, 1, 1, 1, 2, 3, 2, 256}, b8b[8] = {1, 2, 3, 2, 2, 3, 2, 256};
+    const int64_t y8b[8] = {2, 2, 3, 2, 2, 3, 2, 256};
     run_binary_case(EK_OP_MUL, 8, a8b, false, 8, b8b, false, 8, y8b, -INFINITY, INFINITY, "mul of rank 8, folded");
+    /* An SE block's channel gate, [1, H, W, C] x [1, 1, 1, C]: XNNPACK would run one micro-kernel call per
+     * pixel, so the portable kernel takes it. */
+    const int64_t px[4] = {1, 16, 16, 32}, gate[4] = {1, 1, 1, 32};
+    tensor_init(&a, 4, px, false, 3);
+    tensor_init(&b, 4, gate, false, 4);
+    tensor_init(&y, 4, px, false, 0);
+    opdef_init(&d, EK_OP_MUL, 2, (struct tensor *[]){&a, &b}, &y, 0, NULL);
+    check_unsupported(&d, "mul by a per-channel gate (inner runs of 32)");
+    tensor_free(&a);
+    tensor_free(&b);
+    tensor_free(&y);
 }
 
 /* ---- unary, PRELU, SOFTMAX ---- */

@@ -445,6 +445,12 @@ static ek_status_t create_binary(const struct ek_op *op, struct ekx_state *s) {
     float lo, hi;
     if (!b || !attr_act(op, &lo, &hi) || !fold_broadcast(a, b, y, s))
         return EK_ERR_UNSUPPORTED;
+    /* A broadcast whose innermost run is short (an SE block's [H*W, C] x [1, C]): XNNPACK's 2022 operator
+     * calls its micro-kernel once per run, several times slower than the portable kernel's loop. */
+    size_t run = s->shape_a[s->rank_a - 1] > s->shape_b[s->rank_b - 1] ? s->shape_a[s->rank_a - 1]
+                                                                         : s->shape_b[s->rank_b - 1];
+    if (s->rank_a > 1 && run < 256)
+        return EK_ERR_UNSUPPORTED;
     enum xnn_status st;
     switch (op->type) {
     case EK_OP_ADD:
