@@ -161,7 +161,9 @@ static void opdef_init(struct opdef *d, enum ek_op_type type, int n_in, struct t
     d->op.attrs = attrs;
 }
 
-/* Create, run with 1 and 3 threads, compare with `ref` (count floats); destroy. */
+/* Create; run with 1 thread, 3 threads, 3 again on the same buffers (the provider skips its setup
+ * then), and 3 with the input and output moved to other buffers (it must set up again); compare each
+ * with `ref` (count floats); destroy. */
 static void check_against(struct opdef *d, const float *ref, size_t count, const char *what)
 {
     void *state = NULL;
@@ -171,22 +173,40 @@ static void check_against(struct opdef *d, const float *ref, size_t count, const
         CHECK(status == EK_OK);
         return;
     }
-    float *y = d->out_data[0];
-    for (int threads = 1; threads <= 3; threads += 2) {
+    size_t in0_bytes = d->in[0] && d->in_data[0] ? d->in[0]->nbytes : 0;
+    float *moved_y = malloc(count * sizeof(float) + 64);
+    void *moved_x = in0_bytes ? malloc(in0_bytes + 64) : NULL;
+    if (moved_x)
+        memcpy(moved_x, d->in_data[0], in0_bytes);
+    static const int threads_of[4] = {1, 3, 3, 3};
+    for (int pass = 0; pass < 4; pass++) {
+        const void *ins[4];
+        memcpy(ins, d->in_data, sizeof ins);
+        void *outs[1] = {d->out_data[0]};
+        if (pass == 3) {
+            if (moved_x)
+                ins[0] = moved_x;
+            outs[0] = moved_y;
+        }
+        float *y = outs[0];
+        int threads = threads_of[pass];
         memset(y, 0xff, count * sizeof(float)); /* NaN: every element must be written */
         const struct ek_parallel team = team_of(threads);
-        CHECK_OK(prov->run(state, d->in_data, d->out_data, &team));
+        CHECK_OK(prov->run(state, ins, outs, &team));
         size_t bad = 0;
         for (size_t i = 0; i < count; i++) {
             if (!(fabsf(y[i] - ref[i]) <= 1e-4f * (1.0f + fabsf(ref[i])))) {
                 if (bad++ < 3)
-                    printf("    %s (%d threads): [%zu] = %.7g, expected %.7g\n", what, threads, i, y[i], ref[i]);
+                    printf("    %s (pass %d, %d threads): [%zu] = %.7g, expected %.7g\n", what, pass, threads, i,
+                           y[i], ref[i]);
             }
         }
         if (bad)
-            printf("    %s (%d threads): %zu of %zu differ\n", what, threads, bad, count);
+            printf("    %s (pass %d, %d threads): %zu of %zu differ\n", what, pass, threads, bad, count);
         CHECK(bad == 0);
     }
+    free(moved_x);
+    free(moved_y);
     prov->destroy(state);
 }
 

@@ -110,6 +110,11 @@ struct ekx_state {
     size_t shape_a[XNN_MAX_TENSOR_DIMS], shape_b[XNN_MAX_TENSOR_DIMS];
     float *constant[2];        /* BINARY: padded copies of constant operands (else NULL) */
     float *slope;              /* PRELU: the slopes, expanded to the channels */
+    /* The buffers and team size of the last setup: a run on the same ones (a context's arena, a request's
+     * memory) skips xnn_setup_*, which rebuilds indirection buffers and work splits. */
+    const void *set_x, *set_b;
+    void *set_y;
+    int set_threads;
 };
 
 static void state_free(struct ekx_state *s) {
@@ -688,9 +693,13 @@ static ek_status_t ekx_create(const struct ek_op *op, void **state) {
 }
 
 static enum xnn_status setup_and_run(struct ekx_state *s, const void *const *in, void *const *out,
-                                     pthreadpool_t pool) {
+                                     pthreadpool_t pool, int threads) {
     const float *x = in[0];
     float *y = out[0];
+    const void *second = s->kind == EKX_BINARY ? in[1] : NULL;
+    if (s->set_y && s->set_x == x && s->set_b == second && s->set_y == y && s->set_threads == threads)
+        return xnn_run_operator(s->op, pool);
+    s->set_y = NULL; /* until this setup succeeds */
     enum xnn_status st;
     switch (s->kind) {
     case EKX_CONV:
@@ -725,9 +734,13 @@ static enum xnn_status setup_and_run(struct ekx_state *s, const void *const *in,
     default:
         return xnn_status_invalid_state;
     }
-    if (st == xnn_status_success)
-        st = xnn_run_operator(s->op, pool);
-    return st;
+    if (st != xnn_status_success)
+        return st;
+    s->set_x = x;
+    s->set_b = second;
+    s->set_y = y;
+    s->set_threads = threads;
+    return xnn_run_operator(s->op, pool);
 }
 
 static ek_status_t ekx_run(void *state, const void *const *in, void *const *out, const struct ek_parallel *team) {
@@ -740,10 +753,11 @@ static ek_status_t ekx_run(void *state, const void *const *in, void *const *out,
     if (on_team) {
         /* XNNPACK sizes its work from the team (pthreadpool_get_threads_count) at setup: both in. */
         ekx_threadpool_enter(team);
-        st = setup_and_run(s, in, out, NULL);
+        st = setup_and_run(s, in, out, NULL, team ? team->threads : 1);
         ekx_threadpool_leave();
     } else {
-        st = setup_and_run(s, in, out, pool_for(team ? team->threads : 1));
+        int threads = team ? team->threads : 1;
+        st = setup_and_run(s, in, out, pool_for(threads), threads);
     }
     if (st == xnn_status_success)
         return EK_OK;
