@@ -12,9 +12,10 @@ import importlib.util
 import os
 import shutil
 import sys
+import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT / "packaging"))
 from edgekit_packaging import devices  # noqa: E402
 from edgekit_packaging.bundle import PackageError  # noqa: E402
 from edgekit_packaging.package import make_packages, parse_formats  # noqa: E402
+from edgekit_packaging.ssh import DEFAULT_PREFIX  # noqa: E402
 from toolchains import boards, detect  # noqa: E402
 from toolchains.crossbuild import BuildError, BuildResult, board_rootfs, cross_build  # noqa: E402
 from toolchains.rootfs import RootfsError  # noqa: E402
@@ -252,18 +254,52 @@ def flash(
     with _clear_errors():
         devices.check_spec(device)  # before the build, not after it
         result = _cross_build(arch, board, toolchain, jobs)
-        steps = Steps("flash")
-        try:
-            with steps("bundle"):
-                made = make_packages(
-                    result.stage, ROOT / "dist", result.build_dir / "package", ["bundle"], Steps("package")
-                )
-            with devices.open_fleet(device, result.info.board) as fleet:
-                flashed = devices.flash(fleet, made["bundle"], steps, python_link=not no_python_link)
-        finally:
-            print(steps.summary(), flush=True)
-        if not flashed:
-            raise Exit("error: flashing failed on a board (see the table above)", code=1)
+        _flash_built(result, device, python_link=not no_python_link)
+
+
+def _bundle(result: BuildResult) -> Path:
+    """The bundle tarball of a build (made again only where the build changed)."""
+    made = make_packages(
+        result.stage, ROOT / "dist", result.build_dir / "package", ["bundle"], Steps("package")
+    )
+    return made["bundle"]
+
+
+def _flash_built(result: BuildResult, device: str, *, python_link: bool = True) -> None:
+    steps = Steps("flash")
+    try:
+        with steps("bundle"):
+            bundle = _bundle(result)
+        with devices.open_fleet(device, result.info.board) as fleet:
+            flashed = devices.flash(fleet, bundle, steps, python_link=python_link)
+    finally:
+        print(steps.summary(), flush=True)
+    if not flashed:
+        raise Exit("error: flashing failed on a board (see the table above)", code=1)
+
+
+def _bundle_sums(bundle: Path) -> bytes:
+    """The SHA256SUMS of a bundle tarball (every file of the release but install.sh)."""
+    with tarfile.open(bundle) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and PurePosixPath(member.name).parts[1:] == ("SHA256SUMS",):
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    return extracted.read()
+    raise PackageError(f"{bundle} has no SHA256SUMS")
+
+
+def _ensure_emu_current(c: Context, board: str) -> None:
+    """Cross-build (incrementally) and flash the emulated board unless the release installed there is
+    this build already (the same SHA256SUMS: every file the same)."""
+    result = _cross_build("aarch64", board, "", 0)
+    profile = _board_for("aarch64", board)
+    installed = board_rootfs(profile) / DEFAULT_PREFIX.lstrip("/") / "current" / "SHA256SUMS"
+    if installed.is_file() and installed.read_bytes() == _bundle_sums(_bundle(result)):
+        say("EdgeKit on the emulated board is the current build (no flash)")
+        return
+    say("flashing the current EdgeKit build to the emulated board")
+    _flash_built(result, "emu")
 
 
 BOARD_HELP = "the board profile the device runs (default emu-debian12)"
@@ -394,9 +430,25 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
         c.run(f"{PYTHON} -m pytest {selection}", pty=False)
 
 
-@task(help={"quick": "smaller sizes and fewer repeats (a smoke run)"})
-def bench(c: Context, quick: bool = False) -> None:
+BENCH_HELP = {
+    "quick": "smaller sizes and fewer repeats (a smoke run)",
+    "board": "emu: instead, the aarch64 instruction table on the emulated board (instructions per inference "
+    "of the five test models, EdgeKit portable/xnnpack/auto and onnxruntime's aarch64 wheel, counted by a "
+    "qemu plugin; python -m edgekit_packaging.bench_board); it cross-builds and flashes the board first "
+    "when its EdgeKit is not the current build",
+}
+
+
+@task(help=BENCH_HELP)
+def bench(c: Context, quick: bool = False, board: str = "") -> None:
     """Build (when sdk/ or edge_app/ changed), then run the memory benchmark and the model benchmark.
+
+    With --board emu, only the emulated board's aarch64 instruction table instead: the five test
+    models at their test shapes, on the board's Python under qemu-aarch64 with an instruction-count
+    TCG plugin (built with the host C compiler into $EDGEKIT_CACHE/icount), 1 thread, EdgeKit's
+    portable, XNNPACK and auto kernels and onnxruntime (the host's version, its aarch64 wheel from
+    PyPI unpacked into the board), millions of instructions per inference, the ratio to onnxruntime
+    and each output's max error against onnxruntime on the host. --quick counts 1 inference, not 3.
 
     python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size, and a
     small DeviceMemory.write against a no-op Cython call. python -m edgekit.bench_models: MobileNetV2-
@@ -415,6 +467,11 @@ def bench(c: Context, quick: bool = False) -> None:
     launch overhead floor, a 1x16 Relu through edgekit-app (C), req.run and infer + wait (Python) against
     onnxruntime's session.run.
     """
+    if board:
+        if board != "emu":
+            raise Exit(f"error: --board {board!r}: only emu (the emulated board) is supported", code=2)
+        _bench_board(c, quick)
+        return
     _ensure_host_package(c)
     flag = " --quick" if quick else ""
     say("edgekit.bench")
@@ -441,6 +498,25 @@ def bench(c: Context, quick: bool = False) -> None:
         c.run(
             f"{PYTHON} -m edgekit.bench_models{flag} {large} --cpus {cpus} --busy {allowed[1]} --threads 1,2"
         )
+
+
+def _bench_board(c: Context, quick: bool) -> None:
+    """invoke bench --board emu: the host package (the compiler), the board's EdgeKit, the plugin, then
+    python -m edgekit_packaging.bench_board (which sets up onnxruntime on the board itself)."""
+    from edgekit_packaging import icount
+
+    _ensure_host_package(c)
+    board = boards.default_board("aarch64")
+    with _clear_errors():
+        _ensure_emu_current(c, board)
+        try:
+            say(f"instruction-count plugin: {icount.build_plugin()}")
+        except icount.IcountError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+    say("edgekit_packaging.bench_board: aarch64 instructions per inference on the emulated board")
+    path = os.pathsep.join([str(ROOT), str(ROOT / "packaging")])
+    runs = " --runs 1" if quick else ""
+    c.run(f"{PYTHON} -m edgekit_packaging.bench_board --board {board}{runs}", env={"PYTHONPATH": path})
 
 
 # The main job's model: compiled on the host, run on the board, checked against onnxruntime's outputs.

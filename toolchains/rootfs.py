@@ -739,12 +739,16 @@ def board_command(
     env: Mapping[str, str] | None = None,
     binds: Sequence[tuple[str | Path, str]] = (),
     runner: Runner = "auto",
+    qemu_args: Sequence[str] = (),
 ) -> list[str]:
     """The host command that runs ``argv`` on the board: inside ``rootfs``, emulated, in a clean environment.
 
     The environment is only PATH, HOME=/root, LANG=C.UTF-8 and ``env`` (plus PWD, set by proot). ``binds``
     are (host path, board path) pairs made visible on the board (proot only). ``runner`` picks proot or
-    qemu -L; "auto" is proot when it works here, else qemu -L (or $EDGEKIT_BOARD_RUNNER).
+    qemu -L; "auto" is proot when it works here, else qemu -L (or $EDGEKIT_BOARD_RUNNER). ``qemu_args``
+    go to every qemu-user the program (and, under proot, each program it execs) runs in, e.g. a TCG
+    plugin; under proot the paths in them are board paths (qemu's own file accesses are translated too)
+    and they may not contain whitespace (proot splits its -q command on it).
     """
     if not argv:
         raise ValueError("argv is empty")
@@ -768,7 +772,11 @@ def board_command(
         qemu = None if _is_native(arch) else _qemu_binary(arch)
         command = [host_env, "-i", *assignments, proot]
         if qemu is not None:
-            command += ["-q", qemu]
+            if any(not arg or any(c.isspace() for c in arg) for arg in qemu_args):
+                raise ValueError(f"qemu_args must be non-empty words without whitespace: {list(qemu_args)}")
+            command += ["-q", " ".join([qemu, *qemu_args])]
+        elif qemu_args:
+            raise RootfsError("qemu_args given, but this board runs natively here (no qemu)")
         command += ["-r", str(rootfs), "-w", cwd]
         # The kernel file systems: devices (null, urandom, shm for memfd/POSIX shm, pts), /proc (ps,
         # /proc/self/*, cpuinfo) and /sys (cpu topology for thread counts).
@@ -782,7 +790,13 @@ def board_command(
     if binds:
         raise RootfsError("binds need proot; qemu -L sees the host's own paths wherever the rootfs has none")
     chdir = f"--chdir={rootfs / cwd.lstrip('/')}"
-    return [host_env, "-i", chdir, *assignments, *_qemu_command(rootfs, arch, argv, variables["PATH"])]
+    return [
+        host_env,
+        "-i",
+        chdir,
+        *assignments,
+        *_qemu_command(rootfs, arch, argv, variables["PATH"], qemu_args),
+    ]
 
 
 def run_on_board(
@@ -797,6 +811,7 @@ def run_on_board(
     check: bool = False,
     binds: Sequence[tuple[str | Path, str]] = (),
     runner: Runner = "auto",
+    qemu_args: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Runs ``argv`` on the board and waits for it (see ``board_command``).
 
@@ -811,6 +826,7 @@ def run_on_board(
         env=env,
         binds=binds,
         runner=runner,
+        qemu_args=qemu_args,
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
         stdout=pipe,
         stderr=pipe,
@@ -840,6 +856,7 @@ def start_on_board(
     env: Mapping[str, str] | None = None,
     binds: Sequence[tuple[str | Path, str]] = (),
     runner: Runner = "auto",
+    qemu_args: Sequence[str] = (),
     stdin: int | IO[Any] | None = subprocess.DEVNULL,
     stdout: int | IO[Any] | None = subprocess.PIPE,
     stderr: int | IO[Any] | None = subprocess.PIPE,
@@ -852,7 +869,7 @@ def start_on_board(
     Stop it with ``stop_on_board``: a signal to the Popen's process alone (proot) is not passed on to
     the program it runs.
     """
-    command = board_command(rootfs, argv, cwd=cwd, env=env, binds=binds, runner=runner)
+    command = board_command(rootfs, argv, cwd=cwd, env=env, binds=binds, runner=runner, qemu_args=qemu_args)
     return subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
 
 
@@ -877,7 +894,9 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _qemu_command(rootfs: Path, arch: _Arch, argv: Sequence[str], path: str) -> list[str]:
+def _qemu_command(
+    rootfs: Path, arch: _Arch, argv: Sequence[str], path: str, qemu_args: Sequence[str] = ()
+) -> list[str]:
     """``qemu-<arch> -L rootfs``: the fallback for when proot cannot ptrace (e.g. seccomp-filtered sandboxes).
 
     Its limits, all because qemu-user only redirects the paths that exist under the -L prefix and nothing
@@ -887,7 +906,7 @@ def _qemu_command(rootfs: Path, arch: _Arch, argv: Sequence[str], path: str) -> 
     cwd is the host path of the board directory. So it suits single programs that read the board (python3
     -c, a test binary); anything that writes or spawns must use proot.
     """
-    emulator = [_qemu_binary(arch), "-L", str(rootfs)]
+    emulator = [_qemu_binary(arch), *qemu_args, "-L", str(rootfs)]
     program = argv[0]
     guest = program if "/" in program else _which_in_root(rootfs, program, path)
     host = rootfs / _resolve_in_root(rootfs, guest).lstrip("/")
