@@ -265,11 +265,15 @@ def _bundle(result: BuildResult) -> Path:
     return made["bundle"]
 
 
-def _flash_built(result: BuildResult, device: str, *, python_link: bool = True) -> None:
+def _flash_built(
+    result: BuildResult, device: str, *, python_link: bool = True, bundle: Path | None = None
+) -> None:
+    """Install the build's bundle (made now unless given) on the device(s)."""
     steps = Steps("flash")
     try:
-        with steps("bundle"):
-            bundle = _bundle(result)
+        if bundle is None:
+            with steps("bundle"):
+                bundle = _bundle(result)
         with devices.open_fleet(device, result.info.board) as fleet:
             flashed = devices.flash(fleet, bundle, steps, python_link=python_link)
     finally:
@@ -295,11 +299,12 @@ def _ensure_emu_current(c: Context, board: str) -> None:
     result = _cross_build("aarch64", board, "", 0)
     profile = _board_for("aarch64", board)
     installed = board_rootfs(profile) / DEFAULT_PREFIX.lstrip("/") / "current" / "SHA256SUMS"
-    if installed.is_file() and installed.read_bytes() == _bundle_sums(_bundle(result)):
+    bundle = _bundle(result)
+    if installed.is_file() and installed.read_bytes() == _bundle_sums(bundle):
         say("EdgeKit on the emulated board is the current build (no flash)")
         return
     say("flashing the current EdgeKit build to the emulated board")
-    _flash_built(result, "emu")
+    _flash_built(result, "emu", bundle=bundle)
 
 
 BOARD_HELP = "the board profile the device runs (default emu-debian12)"

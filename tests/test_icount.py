@@ -152,3 +152,12 @@ def test_board_bench_counts_the_mlp_with_edgekit(
     per_inference, startup, error = (float(value) for value in row.groups())
     assert 0.001 < per_inference < 50 and startup > per_inference  # millions of instructions
     assert error < 1e-4
+
+
+def test_qemu_args_reach_proot_as_one_word_list(emu_rootfs: Path) -> None:
+    from toolchains.rootfs import board_command
+
+    command = board_command(emu_rootfs, ["true"], runner="proot", qemu_args=["-plugin", "/x.so,outfile=/o"])
+    assert command[command.index("-q") + 1].endswith("qemu-aarch64 -plugin /x.so,outfile=/o")
+    with pytest.raises(ValueError, match="without whitespace"):
+        board_command(emu_rootfs, ["true"], runner="proot", qemu_args=["-plugin", "/a b.so"])

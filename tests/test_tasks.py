@@ -36,3 +36,38 @@ def test_the_host_fingerprint_follows_every_source(tmp_path: Path, monkeypatch: 
         (tmp_path / name).write_text(original)
     (tmp_path / "edge_app/src/new.c").write_text("")
     assert tasks._host_fingerprint() != before, "a new source file must rebuild"
+
+
+def test_bench_board_flashes_only_a_board_whose_release_differs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """invoke bench --board emu: the board is flashed unless its release's SHA256SUMS are the build's."""
+    import tarfile
+    from types import SimpleNamespace
+
+    folder = tmp_path / "edgekit-0.1.0-aarch64-emu-debian12"
+    folder.mkdir()
+    (folder / "SHA256SUMS").write_text("abc  lib/libedgekit.so\n")
+    (folder / "lib").mkdir()
+    (folder / "lib" / "SHA256SUMS").write_text("not the bundle's\n")
+    bundle = tmp_path / "bundle.tar.gz"
+    with tarfile.open(bundle, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    assert tasks._bundle_sums(bundle) == b"abc  lib/libedgekit.so\n"
+
+    rootfs = tmp_path / "rootfs"
+    installed = rootfs / "opt/edgekit/current/SHA256SUMS"
+    flashed: list[Path | None] = []
+    monkeypatch.setattr(tasks, "_cross_build", lambda *args: SimpleNamespace())
+    monkeypatch.setattr(tasks, "_bundle", lambda result: bundle)
+    monkeypatch.setattr(tasks, "board_rootfs", lambda profile: rootfs)
+    monkeypatch.setattr(tasks, "_flash_built", lambda result, device, bundle=None: flashed.append(bundle))
+    tasks._ensure_emu_current(None, "emu-debian12")  # type: ignore[arg-type]
+    assert flashed == [bundle]  # nothing installed
+    installed.parent.mkdir(parents=True)
+    installed.write_text("abc  lib/libedgekit.so\n")
+    tasks._ensure_emu_current(None, "emu-debian12")  # type: ignore[arg-type]
+    assert flashed == [bundle]  # the same release: no flash
+    installed.write_text("def  lib/libedgekit.so\n")
+    tasks._ensure_emu_current(None, "emu-debian12")  # type: ignore[arg-type]
+    assert flashed == [bundle, bundle]
