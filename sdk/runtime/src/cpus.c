@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "internal.h"
 
 static pthread_once_t quota_once = PTHREAD_ONCE_INIT;
 static int quota_cpus; /* the quota in whole CPUs, rounded up; 0: no quota */
@@ -178,4 +178,36 @@ int ek_usable_cpus(uint64_t mask) {
         count = 1;
     int quota = cpu_quota();
     return quota > 0 && quota < count ? quota : count;
+}
+
+static pthread_once_t process_once = PTHREAD_ONCE_INIT;
+static cpu_set_t process_cpus; /* the process's affinity when first asked: what threads are unpinned to */
+static bool process_cpus_known;
+static uint64_t online_mask;
+
+static void find_process_cpus(void) {
+    CPU_ZERO(&process_cpus);
+    if (sched_getaffinity(0, sizeof process_cpus, &process_cpus) == 0) {
+        process_cpus_known = true;
+        for (int i = 0; i < 64 && i < CPU_SETSIZE; i++)
+            if (CPU_ISSET(i, &process_cpus))
+                online_mask |= (uint64_t)1 << i;
+    }
+}
+
+uint64_t ek_online_mask(void) {
+    pthread_once(&process_once, find_process_cpus);
+    return online_mask;
+}
+
+void ek_cpu_set_of(uint64_t mask, cpu_set_t *set) {
+    pthread_once(&process_once, find_process_cpus);
+    if (!mask && process_cpus_known) {
+        *set = process_cpus;
+        return;
+    }
+    CPU_ZERO(set);
+    for (int i = 0; i < 64 && i < CPU_SETSIZE; i++)
+        if (mask >> i & 1)
+            CPU_SET(i, set);
 }

@@ -25,7 +25,6 @@ static void init_devices(void) {
     for (int i = 0; i < EK_MAX_DEVICES; i++) {
         pthread_rwlock_init(&devices[i].lock, &attr);
         pthread_mutex_init(&devices[i].coh_lock, NULL);
-        ek_worker_init(&devices[i].worker);
         devices[i].index = i;
     }
     pthread_rwlockattr_destroy(&attr);
@@ -244,17 +243,6 @@ ek_status_t ek_dev_free(ek_dev_t handle) {
         ek_device_release_memory(device);
     pthread_rwlock_unlock(&device->lock);
     return status;
-}
-
-ek_status_t ek_dev_sync(ek_dev_t handle) {
-    if (EK_IS_REMOTE(handle.id))
-        return ek_rc_dev_sync(handle);
-    int index;
-    ek_status_t status = ek_handle_get(handle.id, EK_HANDLE_DEVICE, NULL, &index);
-    if (status != EK_OK)
-        return status;
-    /* Without the device lock: the launches we wait for take it themselves. */
-    return ek_worker_sync(&devices[index]);
 }
 
 ek_status_t ek_dev_id(ek_dev_t handle, int *id) {

@@ -1,19 +1,16 @@
-/* The inference engine: device workers, execution contexts, thread teams, launch completion.
+/* The inference engine: device workers, execution contexts, running a launch, launch completion.
  *
  * Each device has a worker: a FIFO of launches and EK_WORKER_THREADS threads, started with the first
  * launch and kept for the process (idle on a condition variable), so launches of different requests
- * run concurrently. A launch runs in an *execution context* of its stage, taken from the stage's
- * pool (a new one when none is free): the stage's arena (device memory, so it shows in the heap
- * statistics), per-thread scratch, the provider's per-op states and a team of threads. Concurrent
- * launches of one network therefore never share intermediate tensors or scratch, and contexts are
- * reused, so the hot path allocates nothing.
+ * run concurrently; a launch whose caller waits for it (ek_launch_run) runs on the caller's thread when
+ * a worker slot is free. A launch runs in an *execution context* of its stage (exec.h), taken from the
+ * stage's pool (a new one when none is free): the stage's arena (device memory, so it shows in the heap
+ * statistics), per-thread scratch, the provider's per-op states and a team of threads (team.c).
+ * Concurrent launches of one network therefore never share intermediate tensors or scratch, and
+ * contexts are reused, so the hot path allocates nothing.
  *
- * A team is the launching worker thread plus threads-1 helpers owned by the context, never more
- * threads than the CPUs the launch may run on (ek_usable_cpus). ek_parallel_for is a fork-join over
- * chunks the threads take as they come, so a late helper (asleep, or its CPU taken by other work)
- * leaves its share to the others; its threads spin briefly for the next job or for the last chunks
- * (ops follow each other within microseconds), then block on the team's condition variables, so a
- * team that shares its CPUs with other work loses at most the spin per op, not its time slices.
+ * A team is the launching thread plus threads-1 helpers owned by the context, never more threads than
+ * the CPUs the launch may run on (ek_usable_cpus).
  *
  * Locks, outermost first: the runtime's lock (pools, never held while running), the device lock
  * (shared while a launch touches device memory, as copies hold it), the worker lock, the launch
@@ -29,6 +26,7 @@
 #include <time.h>
 
 #include "engine.h"
+#include "exec.h"
 #include "plugin_internal.h"
 
 #define ALIGN ((size_t)64)
@@ -37,296 +35,59 @@
 #define ARENA_SLACK ((size_t)64)
 
 static pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t launches_ended = PTHREAD_COND_INITIALIZER; /* some runtime's `launches` reached 0 */
 static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
 static pthread_condattr_t monotonic_attr;
-static cpu_set_t process_cpus; /* what threads are unpinned to */
-static bool process_cpus_known;
-static uint64_t online_mask;
 
 static _Thread_local bool tls_worker;                 /* a device worker thread */
 static _Thread_local struct ek_launch_rec *tls_callback; /* its on_done callback runs on this thread */
-static _Thread_local struct ek_exec *tls_exec;       /* inside a range of this context's team */
-static _Thread_local int tls_thread;
+
+/* A device's worker: the FIFO of launches and the threads that run them (one per device index). */
+struct ek_dev_worker {
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* workers: the queue is not empty */
+    pthread_cond_t idle; /* ek_dev_sync: the queue is empty and nothing runs */
+    struct ek_launch_rec *head, *tail;
+    int index;   /* the device's */
+    int threads; /* started (they live for the process, idle on `wake`) */
+    int running; /* launches taken off the queue, or run by their callers (ek_launch_run), not finished */
+    ek_status_t error; /* the first failure of a handle-less launch since the last ek_dev_sync */
+    char error_text[512];
+};
+static struct ek_dev_worker workers[EK_MAX_DEVICES];
 
 static void engine_init(void) {
+    for (int i = 0; i < EK_MAX_DEVICES; i++) {
+        struct ek_dev_worker *w = &workers[i];
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->wake, NULL);
+        pthread_cond_init(&w->idle, NULL);
+        w->index = i;
+        w->error = EK_OK;
+    }
     pthread_condattr_init(&monotonic_attr);
     pthread_condattr_setclock(&monotonic_attr, CLOCK_MONOTONIC);
-    CPU_ZERO(&process_cpus);
-    if (sched_getaffinity(0, sizeof process_cpus, &process_cpus) == 0) {
-        process_cpus_known = true;
-        for (int i = 0; i < 64 && i < CPU_SETSIZE; i++)
-            if (CPU_ISSET(i, &process_cpus))
-                online_mask |= (uint64_t)1 << i;
-    }
 }
 
-uint64_t ek_engine_online_mask(void) {
+/* The worker of device `index` (a valid device index: the caller checked its handle). */
+static struct ek_dev_worker *worker_of(int index) {
     pthread_once(&engine_once, engine_init);
-    return online_mask;
+    return &workers[index];
 }
 
 bool ek_engine_on_worker(void) { return tls_worker; }
 
 bool ek_engine_in_callback_of(const struct ek_runtime *rt) { return tls_callback && tls_callback->rt == rt; }
 
-/* Start a thread with every signal blocked, so signals go to the application's threads. */
-static int start_thread(pthread_t *thread, void *(*fn)(void *), void *arg, bool detached) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    if (detached)
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(thread, &attr, fn, arg);
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return rc;
-}
-
-static void mask_to_set(uint64_t mask, cpu_set_t *set) {
-    if (!mask && process_cpus_known) {
-        *set = process_cpus;
-        return;
-    }
-    CPU_ZERO(set);
-    for (int i = 0; i < 64 && i < CPU_SETSIZE; i++)
-        if (mask >> i & 1)
-            CPU_SET(i, set);
-}
-
 /* ---- execution contexts and their teams ---- */
-
-struct helper_start {
-    struct ek_exec *exec;
-    int index;
-    uint64_t seen; /* the team's generation when the helper was started */
-};
-
-struct ek_team {
-    pthread_mutex_t lock;
-    pthread_cond_t start, done;
-    pthread_t *helpers;
-    struct helper_start *starts;
-    int helper_count;
-    _Atomic uint64_t generation; /* bumped per ek_parallel_for (under `lock`) */
-    _Atomic uint64_t claim;      /* (generation << 32) | the next chunk to take */
-    atomic_size_t finished;      /* chunks of this generation done */
-    bool quit;
-    ek_range_fn fn; /* the job of this generation (under `lock`) */
-    void *arg;
-    size_t count;
-    int chunks;
-};
-
-/* ek_parallel_for splits its range into this many chunks per thread, which the team's threads take
- * as they come: a thread that is late (asleep, or its CPU taken by other work) leaves its share to
- * the others instead of holding everyone up, and a tiny op is done before a helper has woken. */
-#define CHUNKS_PER_THREAD 4
-
-struct ek_exec {
-    struct ek_stage *stage;
-    struct ek_exec *next_free, *next_all;
-    int want_threads; /* what the team was configured for */
-    int threads;      /* the team's size: 1 + helpers started */
-    uint64_t cpu_mask;
-    ek_mem_t arena;      /* the intermediate tensors: at arena_offset of this memory */
-    size_t arena_offset;
-    bool arena_borrowed; /* a workspace's, the caller's memory; else the runtime allocated it */
-    uint8_t *scratch;
-    size_t scratch_stride;
-    void **states; /* per op: the provider's state, or NULL for the portable kernel */
-    const struct ek_provider *provider;
-    void **tensor_ptrs;      /* per stage tensor, resolved per launch */
-    const void **in_ptrs;    /* all ops' inputs, flat */
-    void **out_ptrs;         /* all ops' outputs, flat */
-    struct ek_mem_rec **io_recs; /* per network input, then output */
-    int64_t (*dims)[EK_MAX_DIMS]; /* per stage tensor: a DYNAMIC one's dims this launch (else unused); NULL
-                                     for stages without DYNAMIC tensors */
-    struct ek_team team;
-};
 
 struct ek_stage_engine {
     struct ek_exec *free_list;
     struct ek_exec *all;
 };
 
-static void range_of(size_t count, int ranges, int index, size_t *begin, size_t *end) {
-    size_t base = count / (size_t)ranges, rem = count % (size_t)ranges, i = (size_t)index;
-    *begin = i * base + (i < rem ? i : rem);
-    *end = *begin + base + (i < rem ? 1 : 0);
-}
-
-/* How long a team thread spins before it blocks: longer than the gap between two ops' fork-joins,
- * short enough that a thread whose CPU is taken by other work gives it up soon. */
-#define SPIN_NS 50000
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __asm__ __volatile__("pause");
-#elif defined(__aarch64__) || defined(__arm__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static bool new_range(struct ek_team *t, uint64_t seen) {
-    return atomic_load_explicit(&t->generation, memory_order_acquire) != seen;
-}
-
-static bool all_finished(struct ek_team *t, uint64_t chunks) {
-    return atomic_load_explicit(&t->finished, memory_order_acquire) == chunks;
-}
-
-/* Spin until ready(t, arg) or SPIN_NS pass; the caller then blocks if it is still not ready. */
-static void spin_until(bool (*ready)(struct ek_team *, uint64_t), struct ek_team *t, uint64_t arg) {
-    uint64_t deadline = 0;
-    for (unsigned i = 1;; i++) {
-        if (ready(t, arg))
-            return;
-        cpu_relax();
-        if (i % 64 == 0) {
-            uint64_t now = ek_now_ns();
-            if (!deadline)
-                deadline = now + SPIN_NS;
-            else if (now >= deadline)
-                return;
-        }
-    }
-}
-
-/* Take chunks of generation `gen` and run them until none is left; true when this thread finished
- * the job's last chunk. A claim is a compare-and-swap on (generation, next chunk), so a thread that
- * read an older generation's job can take nothing of a newer one. */
-static bool run_chunks(struct ek_team *t, uint64_t gen, ek_range_fn fn, void *arg, size_t count, int chunks,
-                       int thread) {
-    uint64_t tag = (gen & 0xffffffffu) << 32;
-    uint64_t want = atomic_load_explicit(&t->claim, memory_order_acquire);
-    bool last = false;
-    while ((want & ~(uint64_t)0xffffffffu) == tag && (want & 0xffffffffu) < (uint64_t)chunks) {
-        if (!atomic_compare_exchange_weak_explicit(&t->claim, &want, want + 1, memory_order_acq_rel,
-                                                   memory_order_acquire))
-            continue;
-        size_t begin, end;
-        range_of(count, chunks, (int)(want & 0xffffffffu), &begin, &end);
-        fn(arg, begin, end, thread);
-        last = atomic_fetch_add_explicit(&t->finished, 1, memory_order_acq_rel) + 1 == (size_t)chunks;
-        want = atomic_load_explicit(&t->claim, memory_order_acquire);
-    }
-    return last;
-}
-
-static void *helper_main(void *p) {
-    struct helper_start *hs = p;
-    struct ek_exec *exec = hs->exec;
-    struct ek_team *t = &exec->team;
-    uint64_t seen = hs->seen;
-    for (;;) {
-        spin_until(new_range, t, seen);
-        pthread_mutex_lock(&t->lock);
-        while (!new_range(t, seen) && !t->quit)
-            pthread_cond_wait(&t->start, &t->lock);
-        if (t->quit) {
-            pthread_mutex_unlock(&t->lock);
-            return NULL;
-        }
-        seen = atomic_load_explicit(&t->generation, memory_order_relaxed);
-        ek_range_fn fn = t->fn;
-        void *arg = t->arg;
-        size_t count = t->count;
-        int chunks = t->chunks;
-        pthread_mutex_unlock(&t->lock);
-        tls_exec = exec;
-        tls_thread = hs->index;
-        bool last = run_chunks(t, seen, fn, arg, count, chunks, hs->index);
-        tls_exec = NULL;
-        if (last) {
-            /* The launching thread may be blocked on `done` (after its spin): wake it under the lock,
-             * so the signal cannot fall between its check of `finished` and its wait. */
-            pthread_mutex_lock(&t->lock);
-            pthread_cond_signal(&t->done);
-            pthread_mutex_unlock(&t->lock);
-        }
-    }
-}
-
-static void team_stop(struct ek_exec *exec) {
-    struct ek_team *t = &exec->team;
-    if (t->helper_count) {
-        pthread_mutex_lock(&t->lock);
-        t->quit = true;
-        pthread_cond_broadcast(&t->start);
-        pthread_mutex_unlock(&t->lock);
-        for (int i = 0; i < t->helper_count; i++)
-            pthread_join(t->helpers[i], NULL);
-        t->quit = false;
-    }
-    free(t->helpers);
-    free(t->starts);
-    t->helpers = NULL;
-    t->starts = NULL;
-    t->helper_count = 0;
-    exec->threads = 1;
-}
-
-void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *arg) {
-    if (count == 0 || !fn)
-        return;
-    if (!exec) {
-        fn(arg, 0, count, 0);
-        return;
-    }
-    if (tls_exec == exec) { /* nested inside one of this team's ranges: run it on this thread */
-        fn(arg, 0, count, tls_thread);
-        return;
-    }
-    struct ek_team *t = &exec->team;
-    int threads = exec->threads;
-    if (threads <= 1 || count == 1) {
-        tls_exec = exec;
-        tls_thread = 0;
-        fn(arg, 0, count, 0);
-        tls_exec = NULL;
-        return;
-    }
-    int chunks = count < (size_t)threads * CHUNKS_PER_THREAD ? (int)count : threads * CHUNKS_PER_THREAD;
-    pthread_mutex_lock(&t->lock);
-    uint64_t gen = atomic_load_explicit(&t->generation, memory_order_relaxed) + 1;
-    t->fn = fn;
-    t->arg = arg;
-    t->count = count;
-    t->chunks = chunks;
-    atomic_store_explicit(&t->finished, 0, memory_order_relaxed);
-    atomic_store_explicit(&t->claim, (gen & 0xffffffffu) << 32, memory_order_release);
-    atomic_store_explicit(&t->generation, gen, memory_order_release);
-    pthread_cond_broadcast(&t->start); /* only the helpers past their spin are waiting */
-    pthread_mutex_unlock(&t->lock);
-    tls_exec = exec;
-    tls_thread = 0;
-    run_chunks(t, gen, fn, arg, count, chunks, 0);
-    tls_exec = NULL;
-    /* Only chunks other threads took can still be running. */
-    spin_until(all_finished, t, (uint64_t)chunks);
-    if (!all_finished(t, (uint64_t)chunks)) {
-        pthread_mutex_lock(&t->lock);
-        while (!all_finished(t, (uint64_t)chunks))
-            pthread_cond_wait(&t->done, &t->lock);
-        pthread_mutex_unlock(&t->lock);
-    }
-}
-
-int ek_exec_threads(const struct ek_exec *exec) { return exec ? exec->threads : 1; }
-
-void *ek_exec_scratch(struct ek_exec *exec, int thread) {
-    if (!exec || !exec->scratch || thread < 0 || thread >= exec->threads)
-        return NULL;
-    return exec->scratch + (size_t)thread * exec->scratch_stride;
-}
-
 static void exec_free(struct ek_runtime *rt, struct ek_exec *exec) {
-    team_stop(exec);
-    pthread_mutex_destroy(&exec->team.lock);
-    pthread_cond_destroy(&exec->team.start);
-    pthread_cond_destroy(&exec->team.done);
+    ek_team_destroy(exec);
     if (exec->states) {
         for (uint32_t i = 0; i < exec->stage->op_count; i++)
             if (exec->states[i])
@@ -362,10 +123,7 @@ static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, st
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for an execution context of network '%s'",
                        net->info.name);
     exec->stage = stage;
-    exec->threads = 1;
-    pthread_mutex_init(&exec->team.lock, NULL);
-    pthread_cond_init(&exec->team.start, NULL);
-    pthread_cond_init(&exec->team.done, NULL);
+    ek_team_init(exec);
 
     ek_status_t status = EK_OK;
     size_t in_total = 0, out_total = 0;
@@ -435,9 +193,8 @@ fail:
 
 /* Size the team and scratch for `threads`, pin them to `mask`. */
 static ek_status_t exec_configure(struct ek_exec *exec, const struct ek_network *net, int threads, uint64_t mask) {
-    struct ek_team *t = &exec->team;
     if (threads != exec->want_threads) {
-        team_stop(exec);
+        ek_team_stop(exec);
         free(exec->scratch);
         exec->scratch = NULL;
         exec->want_threads = 0;
@@ -456,34 +213,16 @@ static ek_status_t exec_configure(struct ek_exec *exec, const struct ek_network 
                                net->info.name, threads, stride);
         }
         exec->scratch_stride = stride;
-        if (threads > 1) {
-            t->helpers = calloc((size_t)threads - 1, sizeof *t->helpers);
-            t->starts = calloc((size_t)threads - 1, sizeof *t->starts);
-            if (!t->helpers || !t->starts) {
-                team_stop(exec);
-                return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a team of %d threads", threads);
-            }
-            for (int i = 0; i < threads - 1; i++) {
-                t->starts[i] = (struct helper_start){exec, i + 1, atomic_load(&t->generation)};
-                /* Fewer helpers than asked for is not an error: the team is just smaller. */
-                if (start_thread(&t->helpers[i], helper_main, &t->starts[i], false) != 0)
-                    break;
-                t->helper_count++;
-            }
-        }
-        exec->threads = 1 + t->helper_count;
+        ek_status_t status = ek_team_start(exec, threads);
+        if (status != EK_OK)
+            return status;
         exec->want_threads = threads;
         exec->cpu_mask = 0;
     }
     if (mask != exec->cpu_mask) {
-        cpu_set_t set;
-        mask_to_set(mask, &set);
-        for (int i = 0; i < t->helper_count; i++) {
-            int rc = pthread_setaffinity_np(t->helpers[i], sizeof set, &set);
-            if (rc != 0 && mask)
-                return ek_fail(EK_ERR_SYSTEM, "could not pin a launch thread to cpu_mask 0x%" PRIx64 ": %s", mask,
-                               strerror(rc));
-        }
+        ek_status_t status = ek_team_pin(exec, mask);
+        if (status != EK_OK)
+            return status;
         exec->cpu_mask = mask;
     }
     return EK_OK;
@@ -546,20 +285,6 @@ ek_status_t ek_engine_exec_create_in(struct ek_runtime *rt, struct ek_network *n
 }
 
 void ek_engine_exec_free(struct ek_runtime *rt, struct ek_exec *exec) { exec_free(rt, exec); }
-
-ek_status_t ek_exec_set_dims(struct ek_exec *exec, const struct ek_tensor_desc *t, const int64_t *dims) {
-    const struct ek_stage *stage = exec ? exec->stage : NULL;
-    if (!stage || !exec->dims || !t || !dims || t < stage->tensors || t >= stage->tensors + stage->tensor_count ||
-        !t->dynamic)
-        return ek_fail(EK_ERR_INVALID_ARG, "tensor '%s' is not a DYNAMIC output of the running stage",
-                       t && t->name ? t->name : "?");
-    for (int d = 0; d < t->rank; d++)
-        if (dims[d] < 0 || dims[d] > t->dims[d])
-            return ek_fail(EK_ERR_INVALID_ARG, "tensor '%s': dim %d of %" PRId64 " is outside 0 .. %" PRId64 ", its "
-                           "recorded bound", t->name, d, dims[d], t->dims[d]);
-    memcpy(exec->dims[t - stage->tensors], dims, (size_t)t->rank * sizeof *dims);
-    return EK_OK;
-}
 
 void ek_engine_release_stage(struct ek_runtime *rt, struct ek_stage *stage) {
     struct ek_stage_engine *pool = stage->engine;
@@ -832,7 +557,7 @@ static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
     bool repin = false;
     if (rec->cpu_mask) {
         cpu_set_t set;
-        mask_to_set(rec->cpu_mask, &set);
+        ek_cpu_set_of(rec->cpu_mask, &set);
         if (pthread_getaffinity_np(pthread_self(), sizeof old_set, &old_set) == 0 &&
             pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0)
             repin = true;
@@ -877,6 +602,18 @@ static void rec_unref_locked(struct ek_launch_rec *rec) {
         free(rec->tensors);
         free(rec);
     }
+}
+
+static void launch_ended_locked(struct ek_runtime *rt) {
+    if (--rt->launches == 0)
+        pthread_cond_broadcast(&launches_ended);
+}
+
+void ek_engine_wait_launches(struct ek_runtime *rt) {
+    pthread_mutex_lock(&launch_lock);
+    while (rt->launches > 0)
+        pthread_cond_wait(&launches_ended, &launch_lock);
+    pthread_mutex_unlock(&launch_lock);
 }
 
 /* Run a launch and publish its result; `rec` may be gone when this returns. */
@@ -946,7 +683,7 @@ static void execute(struct ek_launch_rec *rec) {
     }
     rec->status = status;
     if (status != EK_OK && !rec->handle && !rec->caller_waits) {
-        struct ek_dev_worker *w = &ek_device_at(rt->device_index)->worker;
+        struct ek_dev_worker *w = worker_of(rt->device_index);
         pthread_mutex_lock(&w->lock);
         if (w->error == EK_OK) {
             w->error = status;
@@ -967,22 +704,11 @@ static void execute(struct ek_launch_rec *rec) {
     rec->done = true;
     pthread_cond_broadcast(&rec->cond);
     rec_unref_locked(rec);
+    launch_ended_locked(rt); /* the last touch of rt: ek_rt_destroy may free it once we unlock */
     pthread_mutex_unlock(&launch_lock);
-    ek_runtime_unref(rt);
 }
 
 /* ---- device workers ---- */
-
-void ek_worker_init(struct ek_dev_worker *w) {
-    pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->wake, NULL);
-    pthread_cond_init(&w->idle, NULL);
-    w->head = w->tail = NULL;
-    w->threads = 0;
-    w->running = 0;
-    w->error = EK_OK;
-    w->error_text[0] = '\0';
-}
 
 static void *worker_main(void *arg) {
     struct ek_dev_worker *w = arg;
@@ -1005,15 +731,22 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-ek_status_t ek_worker_sync(struct ek_device *device) {
-    struct ek_dev_worker *w = &device->worker;
+ek_status_t ek_dev_sync(ek_dev_t handle) {
+    if (EK_IS_REMOTE(handle.id))
+        return ek_rc_dev_sync(handle);
+    int index;
+    ek_status_t status = ek_handle_get(handle.id, EK_HANDLE_DEVICE, NULL, &index);
+    if (status != EK_OK)
+        return status;
+    /* Without the device lock: the launches we wait for take it themselves. */
+    struct ek_dev_worker *w = worker_of(index);
     if (tls_worker)
         return ek_fail(EK_ERR_BUSY, "ek_dev_sync on a device worker thread (in an on_done callback) would wait "
                        "for itself");
     pthread_mutex_lock(&w->lock);
     while (w->head || w->running)
         pthread_cond_wait(&w->idle, &w->lock);
-    ek_status_t status = w->error;
+    status = w->error;
     char text[sizeof w->error_text];
     memcpy(text, w->error_text, sizeof text);
     w->error = EK_OK;
@@ -1047,7 +780,9 @@ ek_status_t ek_launch_new(struct ek_runtime *rt, int n_in, int n_out, bool with_
     rec->n_in = n_in;
     rec->n_out = n_out;
     rec->refs = with_handle ? 2 : 1;
-    ek_runtime_ref(rt);
+    pthread_mutex_lock(&launch_lock);
+    rt->launches++;
+    pthread_mutex_unlock(&launch_lock);
     *out = rec;
     return EK_OK;
 }
@@ -1064,20 +799,19 @@ void ek_launch_discard(struct ek_launch_rec *rec) {
     free(rec->dump_dir);
     free(rec->tensors);
     free(rec);
+    launch_ended_locked(rt);
     pthread_mutex_unlock(&launch_lock);
-    ek_runtime_unref(rt);
 }
 
 /* Start the device's workers if they are not running yet (under w->lock). */
-static ek_status_t start_workers(struct ek_device *device) {
-    struct ek_dev_worker *w = &device->worker;
+static ek_status_t start_workers(struct ek_dev_worker *w) {
     while (w->threads < EK_WORKER_THREADS) {
         pthread_t thread;
-        int rc = start_thread(&thread, worker_main, w, true);
+        int rc = ek_start_thread(&thread, worker_main, w, true);
         if (rc != 0) {
             if (w->threads > 0)
                 break; /* one worker is enough to make progress */
-            return ek_fail(EK_ERR_SYSTEM, "could not start the worker thread of device %d: %s", device->index,
+            return ek_fail(EK_ERR_SYSTEM, "could not start the worker thread of device %d: %s", w->index,
                            strerror(rc));
         }
         w->threads++;
@@ -1086,10 +820,9 @@ static ek_status_t start_workers(struct ek_device *device) {
 }
 
 ek_status_t ek_launch_submit(struct ek_launch_rec *rec) {
-    struct ek_device *device = ek_device_at(rec->rt->device_index);
-    struct ek_dev_worker *w = &device->worker;
+    struct ek_dev_worker *w = worker_of(rec->rt->device_index);
     pthread_mutex_lock(&w->lock);
-    ek_status_t status = start_workers(device);
+    ek_status_t status = start_workers(w);
     if (status != EK_OK) {
         pthread_mutex_unlock(&w->lock);
         ek_launch_discard(rec);
@@ -1112,7 +845,7 @@ ek_status_t ek_launch_run(struct ek_launch_rec *rec) {
     if (tls_worker) {
         execute(rec); /* from an on_done callback: queueing it could wait for this very thread */
     } else {
-        struct ek_dev_worker *w = &ek_device_at(rec->rt->device_index)->worker;
+        struct ek_dev_worker *w = worker_of(rec->rt->device_index);
         bool here = false;
         if (!rec->on_done) { /* on_done is promised a worker thread */
             pthread_mutex_lock(&w->lock);

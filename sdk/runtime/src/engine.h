@@ -18,11 +18,6 @@
 /* Worker threads per device: launches of different requests run concurrently on them. */
 #define EK_WORKER_THREADS 2
 
-/* ---- cpus.c ---- */
-/* The CPUs the calling thread may run on (within `mask` when it is not 0), at most the cgroup CPU
- * quota rounded up; at least 1. What a team of threads should be sized to. */
-int ek_usable_cpus(uint64_t mask);
-
 /* ---- runtime.c ---- */
 struct ek_runtime {
     uint64_t handle;
@@ -36,7 +31,8 @@ struct ek_runtime {
     size_t model_count, model_cap;
     struct ek_network **networks;
     int network_count, network_cap;
-    int users; /* API calls in progress and launches not finished (under the runtime table lock) */
+    int users;    /* API calls in progress (runtime.c, under its table lock) */
+    int launches; /* launches queued or running (engine.c, under its launch lock) */
     /* Test hook (docs/profiling.md): the op name whose output every launch corrupts, from
      * EDGEKIT_TEST_CORRUPT_OP, honoured only with EDGEKIT_TEST_HOOKS=1; NULL otherwise. */
     char *test_corrupt_op;
@@ -52,12 +48,6 @@ struct ek_runtime {
 
 /* A launch's default threads: EDGEKIT_THREADS, else the CPUs this process may use, at most 8. */
 ek_status_t ek_default_threads(int *threads);
-
-/* The runtime behind a handle, with a reference (ek_runtime_unref releases it). */
-ek_status_t ek_runtime_acquire(ek_rt_t handle, struct ek_runtime **rt);
-/* A reference that keeps the runtime from being destroyed (each queued launch holds one). */
-void ek_runtime_ref(struct ek_runtime *rt);
-void ek_runtime_unref(struct ek_runtime *rt);
 
 /* ---- allocator.c ---- */
 struct ek_allocator_obj;
@@ -118,7 +108,7 @@ struct ek_launch_rec {
 };
 
 /* A new record (refs 1, for the worker; +1 when `with_handle`, whose handle it issues). The
- * tensors array is allocated for n_in + n_out. */
+ * tensors array is allocated for n_in + n_out. It counts in rt->launches until it ends or is discarded. */
 ek_status_t ek_launch_new(struct ek_runtime *rt, int n_in, int n_out, bool with_handle,
                           struct ek_launch_rec **rec);
 /* Free a record that was never submitted (retires its handle). */
@@ -135,14 +125,13 @@ ek_status_t ek_launch_run(struct ek_launch_rec *rec);
 bool ek_engine_on_worker(void);
 /* True when the calling thread runs an on_done callback of a launch of `rt`. */
 bool ek_engine_in_callback_of(const struct ek_runtime *rt);
+/* Wait until no launch of `rt` is queued or running (ek_rt_destroy, once no new one can start). */
+void ek_engine_wait_launches(struct ek_runtime *rt);
 /* Free the execution contexts of a stage (arena memory via ek_free_device on `rt`'s device). */
 void ek_engine_release_stage(struct ek_runtime *rt, struct ek_stage *stage);
-/* The CPUs (bits) a launch may be pinned to; 0 when unknown. */
-uint64_t ek_engine_online_mask(void);
 
 /* ---- profile.c ---- */
 struct ek_profiler;
-uint64_t ek_now_ns(void); /* CLOCK_MONOTONIC */
 uint64_t ek_thread_id(void); /* the OS thread id (gettid) */
 /* The profile behind a handle, with a reference the caller releases. */
 ek_status_t ek_profiler_acquire(ek_profile_t profile, struct ek_profiler **p);

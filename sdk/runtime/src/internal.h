@@ -3,6 +3,7 @@
 #define EDGEKIT_INTERNAL_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -95,19 +96,6 @@ struct ek_mem_rec {
 
 #define EK_MAX_VIOLATIONS 1024
 
-/* engine.c: a device's worker, the FIFO of launches and the threads that run them. */
-struct ek_launch_rec;
-struct ek_dev_worker {
-    pthread_mutex_t lock;
-    pthread_cond_t wake; /* workers: the queue is not empty */
-    pthread_cond_t idle; /* ek_dev_sync: the queue is empty and nothing runs */
-    struct ek_launch_rec *head, *tail;
-    int threads; /* started (they live for the process, idle on `wake`) */
-    int running; /* launches taken off the queue and not finished */
-    ek_status_t error; /* the first failure of a handle-less launch since the last ek_dev_sync */
-    char error_text[512];
-};
-
 struct ek_device {
     pthread_rwlock_t lock; /* copies take it shared; malloc/free/map/open/close exclusive */
     int index;
@@ -120,7 +108,6 @@ struct ek_device {
     pthread_mutex_t coh_lock; /* strict-mode shadows and the violations, under the shared device lock */
     ek_coh_violation_t *violations; /* the first EK_MAX_VIOLATIONS */
     size_t violation_count;          /* all that were recorded */
-    struct ek_dev_worker worker;     /* engine.c; under its own lock, not `lock` */
 };
 
 /* The device at `index` (0 .. EK_MAX_DEVICES-1); the table is static, so the pointer is stable. */
@@ -142,11 +129,17 @@ void ek_coh_device_read(struct ek_device *device, struct ek_mem_rec *mem, size_t
 void ek_coh_device_wrote(struct ek_device *device, struct ek_mem_rec *mem, size_t offset, size_t size);
 void *ek_coh_cpu_address(struct ek_mem_rec *mem);
 
-/* ---- engine.c: the device worker ---- */
-void ek_worker_init(struct ek_dev_worker *worker);
-/* Wait until the device's queue is empty and nothing runs; return (and clear) the first error of a
- * handle-less launch since the last sync. Call without holding the device lock. */
-ek_status_t ek_worker_sync(struct ek_device *device);
+/* ---- profile.c: the clock of profiles and spins ---- */
+uint64_t ek_now_ns(void); /* CLOCK_MONOTONIC */
+
+/* ---- cpus.c ---- */
+/* The CPUs the calling thread may run on (within `mask` when it is not 0), at most the cgroup CPU
+ * quota rounded up; at least 1. What a team of threads should be sized to. */
+int ek_usable_cpus(uint64_t mask);
+/* The CPUs (bits) this process may run on, as when first asked; 0 when unknown. */
+uint64_t ek_online_mask(void);
+/* `mask` as a cpu_set_t; 0: the CPUs the process may run on. */
+void ek_cpu_set_of(uint64_t mask, cpu_set_t *set);
 
 /* ---- remote_client.c: the public calls on remote handles (docs/remote-protocol.md) ---- */
 ek_status_t ek_rc_dev_free(ek_dev_t handle);

@@ -554,22 +554,3 @@ static ek_status_t plugin_kernel_run(const struct ek_op *op, const void *const *
 const struct ek_kernel ek_kernel_plugin = {
     EK_OP_PLUGIN, 1, MAX_PLUGIN_INPUTS, 1, plugin_kernel_prepare, plugin_kernel_run, NULL,
 };
-
-/* ---- the public call ---- */
-
-ek_status_t ek_rt_load_plugin(ek_rt_t handle, const char *path) {
-    if (!path || !*path)
-        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_load_plugin: path is %s", path ? "empty" : "NULL");
-    if (EK_IS_REMOTE(handle.id))
-        return ek_fail(EK_ERR_UNSUPPORTED,
-                       "ek_rt_load_plugin(" PATH_FMT "): this runtime is on a remote device, and its server never "
-                       "loads client code: run the program that loads plugins on the board itself (e.g. edgekit-app "
-                       "--plugin_libs there)", path);
-    struct ek_runtime *rt;
-    ek_status_t status = ek_runtime_acquire(handle, &rt);
-    if (status != EK_OK)
-        return status;
-    status = ek_plugin_load(rt, path);
-    ek_runtime_unref(rt);
-    return status;
-}

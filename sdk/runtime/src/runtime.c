@@ -1,9 +1,9 @@
-/* The ek_rt_* API: runtimes (generation-checked handles), loading models, network information and
- * the validation of launches before they are queued on the device's worker (engine.c).
+/* The ek_rt_* API: runtimes (generation-checked handles), loading models and plugins, network
+ * information and the validation of launches before they go to the engine (engine.c).
  *
- * A runtime is freed only when nothing uses it: every API call on it and every queued launch holds a
- * reference (`users`, under the runtime table lock); ek_rt_destroy retires the handle first, so no
- * new reference can be taken, then waits for the count to drop to zero. */
+ * A runtime is freed only when nothing uses it: every API call on it holds a reference (`users`,
+ * under the runtime table lock) and the engine counts its launches (`launches`); ek_rt_destroy
+ * retires the handle first, so no new call or launch can start, then waits for both to drop to 0. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -19,37 +19,6 @@
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t released = PTHREAD_COND_INITIALIZER;
-
-size_t ek_dtype_size(ek_dtype_t dtype) {
-    switch (dtype) {
-    case EK_DTYPE_FLOAT32: return 4;
-    case EK_DTYPE_FLOAT16: return 2;
-    case EK_DTYPE_INT8: return 1;
-    case EK_DTYPE_UINT8: return 1;
-    case EK_DTYPE_INT32: return 4;
-    case EK_DTYPE_INT64: return 8;
-    }
-    return 0;
-}
-
-size_t ek_shape_bytes(ek_dtype_t dtype, const ek_shape_t *shape) {
-    size_t n = ek_dtype_size(dtype);
-    for (int d = 0; d < shape->num_dims; d++)
-        n *= (size_t)shape->dims[d];
-    return n;
-}
-
-const char *ek_dtype_name(ek_dtype_t dtype) {
-    switch (dtype) {
-    case EK_DTYPE_FLOAT32: return "float32";
-    case EK_DTYPE_FLOAT16: return "float16";
-    case EK_DTYPE_INT8: return "int8";
-    case EK_DTYPE_UINT8: return "uint8";
-    case EK_DTYPE_INT32: return "int32";
-    case EK_DTYPE_INT64: return "int64";
-    }
-    return "unknown";
-}
 
 /* ---- a bounded string builder for messages ---- */
 struct text {
@@ -101,15 +70,7 @@ static ek_status_t rt_acquire(ek_rt_t handle, struct ek_runtime **out) {
     return status;
 }
 
-ek_status_t ek_runtime_acquire(ek_rt_t handle, struct ek_runtime **out) { return rt_acquire(handle, out); }
-
-void ek_runtime_ref(struct ek_runtime *rt) {
-    pthread_mutex_lock(&table_lock);
-    rt->users++;
-    pthread_mutex_unlock(&table_lock);
-}
-
-void ek_runtime_unref(struct ek_runtime *rt) {
+static void rt_release(struct ek_runtime *rt) {
     pthread_mutex_lock(&table_lock);
     if (--rt->users == 0)
         pthread_cond_broadcast(&released);
@@ -227,9 +188,12 @@ ek_status_t ek_rt_destroy(ek_rt_t handle) {
                        "for itself");
     }
     ek_handle_retire(handle.id, EK_HANDLE_RUNTIME);
-    /* Wait for the calls in progress and every queued or running launch. */
+    /* Wait for the calls in progress, then every queued or running launch (none can start now). */
     while (rt->users > 0)
         pthread_cond_wait(&released, &table_lock);
+    pthread_mutex_unlock(&table_lock);
+    ek_engine_wait_launches(rt);
+    pthread_mutex_lock(&table_lock);
     /* Under the lock, so a concurrent ek_workspace_destroy sees them retired or the runtime busy. */
     for (struct ek_workspace_rec *ws = rt->workspaces; ws; ws = ws->next)
         ek_handle_retire(ws->handle, EK_HANDLE_WORKSPACE);
@@ -269,7 +233,7 @@ ek_status_t ek_rt_kernels(ek_rt_t handle, const char **name) {
     if (status != EK_OK)
         return status;
     *name = rt->provider ? "xnnpack" : "portable";
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return EK_OK;
 }
 
@@ -283,7 +247,7 @@ ek_status_t ek_rt_threads(ek_rt_t handle, int *threads) {
     if (status != EK_OK)
         return status;
     *threads = rt->threads;
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return EK_OK;
 }
 
@@ -355,7 +319,7 @@ ek_status_t ek_rt_load_model(ek_rt_t handle, const char *path) {
     if ((status = ek_model_load_file_ex(path, plugins_of(rt), &model)) == EK_OK &&
         (status = add_model(rt, model)) != EK_OK)
         ek_model_free(model);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -373,7 +337,7 @@ ek_status_t ek_rt_load_model_data(ek_rt_t handle, const void *data, size_t size)
     /* 64-byte aligned, so the constants inside are too (the format aligns them in the file). */
     uint8_t *copy = aligned_alloc(64, (size + 63) / 64 * 64);
     if (!copy) {
-        ek_runtime_unref(rt);
+        rt_release(rt);
         return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a %zu-byte copy of the model", size);
     }
     memcpy(copy, data, size);
@@ -382,7 +346,7 @@ ek_status_t ek_rt_load_model_data(ek_rt_t handle, const void *data, size_t size)
         free(copy);
     else if ((status = add_model(rt, model)) != EK_OK)
         ek_model_free(model);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -398,7 +362,7 @@ ek_status_t ek_rt_network_count(ek_rt_t handle, int *count) {
     pthread_mutex_lock(&rt->lock);
     *count = rt->network_count;
     pthread_mutex_unlock(&rt->lock);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return EK_OK;
 }
 
@@ -418,7 +382,7 @@ ek_status_t ek_rt_network_name(ek_rt_t handle, int index, const char **name) {
     else
         *name = rt->networks[index]->info.name;
     pthread_mutex_unlock(&rt->lock);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -453,7 +417,26 @@ ek_status_t ek_rt_network_info(ek_rt_t handle, const char *name, const ek_net_in
     struct ek_network *net;
     if ((status = find_network(rt, name, &net)) == EK_OK)
         *info = &net->info;
-    ek_runtime_unref(rt);
+    rt_release(rt);
+    return status;
+}
+
+/* ---- plugins (plugin.c does the work) ---- */
+
+ek_status_t ek_rt_load_plugin(ek_rt_t handle, const char *path) {
+    if (!path || !*path)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_load_plugin: path is %s", path ? "empty" : "NULL");
+    if (EK_IS_REMOTE(handle.id))
+        return ek_fail(EK_ERR_UNSUPPORTED,
+                       "ek_rt_load_plugin('%.200s'): this runtime is on a remote device, and its server never "
+                       "loads client code: run the program that loads plugins on the board itself (e.g. edgekit-app "
+                       "--plugin_libs there)", path);
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    status = ek_plugin_load(rt, path);
+    rt_release(rt);
     return status;
 }
 
@@ -513,7 +496,7 @@ static ek_status_t check_options(const ek_launch_options_t *options, int *thread
     if (options->threads)
         *threads = options->threads;
     if (options->cpu_mask) {
-        uint64_t online = ek_engine_online_mask();
+        uint64_t online = ek_online_mask();
         if (online && !(options->cpu_mask & online))
             return ek_fail(EK_ERR_INVALID_ARG, "launch options: cpu_mask 0x%" PRIx64 " has no CPU this process may "
                            "run on (those are 0x%" PRIx64 ")", options->cpu_mask, online);
@@ -789,7 +772,7 @@ ek_status_t ek_rt_launch_tensor(ek_rt_t handle, const char *net_name, const ek_t
     if (status != EK_OK)
         return status;
     status = launch(rt, net_name, inputs, input_count, outputs, output_count, user_mem, options, launch_out, false);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -806,7 +789,7 @@ ek_status_t ek_rt_run(ek_rt_t handle, const char *net_name, const ek_tensor_t *i
     if (status != EK_OK)
         return status;
     status = launch(rt, net_name, inputs, input_count, outputs, output_count, true, options, NULL, true);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -948,7 +931,7 @@ ek_status_t ek_rt_launch_data(ek_rt_t handle, const char *net_name, const void *
         ek_fail(status, "%s", why);
 done:
     ek_profiler_release(profile);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -985,7 +968,7 @@ ek_status_t ek_rt_stage_memory(ek_rt_t handle, const char *net_name, int stage, 
         memory->alignment = EK_CACHE_LINE;
         status = ek_engine_workspace_bytes(net, st, &memory->workspace_bytes);
     }
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -1044,7 +1027,7 @@ ek_status_t ek_rt_workspace_create(ek_rt_t handle, const char *net_name, int sta
     pthread_mutex_unlock(&rt->lock);
     workspace->id = ws->handle;
 done:
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return status;
 }
 
@@ -1087,6 +1070,6 @@ ek_status_t ek_workspace_destroy(ek_workspace_t handle) {
     pthread_mutex_unlock(&rt->lock);
     ek_engine_exec_free(rt, ws->exec);
     free(ws);
-    ek_runtime_unref(rt);
+    rt_release(rt);
     return EK_OK;
 }
