@@ -1,7 +1,8 @@
 /* The portable spatial and matrix kernels (CONV, CONV_TRANSPOSE, FULLY_CONNECTED, MATMUL, the pools,
  * RESIZE) against naive reference loops written here, on 1 and 3 threads, with constant (packed at
  * prepare) and non-constant (packed at run) weights; and prepare() refusing malformed ops with
- * EK_ERR_MODEL_INVALID.
+ * EK_ERR_MODEL_INVALID. The SGEMM (ek_gemm) and the kernels on it run once per microkernel this
+ * build and CPU have (generic, avx2, avx512 on x86-64; generic, neon on aarch64).
  *
  * The kernels are internal to libedgekit (hidden symbols), so this test compiles them from source
  * together with kernels/attrs.c and src/status.c, and with the small pthread ek_exec below in place
@@ -16,6 +17,7 @@
 
 #include "ek_test.h"
 #include "kernel.h"
+#include "portable/helpers.h"
 #include "portable/portable.h"
 
 #ifndef EK_KERNEL_TEST_SHIM
@@ -487,6 +489,104 @@ static void test_matmul(void) {
             matmul_case(2, a5, 2, b5, c, t);
             matmul_case(4, a6, 4, b6, c, t);
         }
+}
+
+/* ------------------------------------------------------------------ the SGEMM, per microkernel */
+
+static const char *const gemm_isas[] = {"generic", "avx2", "avx512", "neon"};
+
+/* One ek_gemm against a double reference: B given as B^T or row-major (each with a row stride past
+ * its width), A and C with row strides past theirs; C's padding must stay untouched. The buffers are
+ * exactly as large as the SGEMM may touch, for ASan. */
+static void gemm_case(size_t m, size_t n, size_t k, bool bt, bool with_bias, float lo, float hi) {
+    size_t lda = k + rng_state % 3, ldc = n + (rng_state >> 4) % 3, ldb = (bt ? k : n) + (rng_state >> 8) % 2;
+    size_t brows = bt ? n : k, bcols = bt ? k : n, packed_floats;
+    REQUIRE(ek_gemm_packed_size(k, n, &packed_floats));
+    float *a = rand_buf(m ? (m - 1) * lda + k : 1), *b = rand_buf(brows ? (brows - 1) * ldb + bcols : 1);
+    float *bias = with_bias ? rand_buf(n) : NULL, *packed = malloc((packed_floats ? packed_floats : 1) * sizeof(float));
+    float *c = malloc((m ? (m - 1) * ldc + n : 1) * sizeof(float));
+    double *ref = malloc((m && n ? m * n : 1) * sizeof(double));
+    for (size_t i = 0; m && i < (m - 1) * ldc + n; i++)
+        c[i] = 1234.5f; /* also over C's padding, which must keep it */
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double acc = bias ? bias[j] : 0.0;
+            for (size_t p = 0; p < k; p++)
+                acc += (double)a[i * lda + p] * (bt ? b[j * ldb + p] : b[p * ldb + j]);
+            ref[i * n + j] = clampd(acc, lo, hi);
+        }
+    if (bt)
+        ek_gemm_pack_bt(n, k, b, ldb, packed);
+    else
+        ek_gemm_pack_b(k, n, b, ldb, packed);
+    ek_gemm(m, n, k, a, lda, packed, c, ldc, bias, lo, hi);
+    size_t bad = 0, pad_bad = 0;
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++) {
+            double g = c[i * ldc + j], w = ref[i * n + j];
+            if (!(fabs(g - w) <= 1e-5 * (double)(k + 10) * (1.0 + fabs(w)))) {
+                if (bad++ < 3)
+                    printf("  C[%zu][%zu] is %.7g, expected %.7g\n", i, j, g, w);
+            }
+        }
+        for (size_t j = n; i + 1 < m && j < ldc; j++)
+            pad_bad += c[i * ldc + j] != 1234.5f;
+    }
+    if (bad || pad_bad)
+        printf("  ek_gemm %s m=%zu n=%zu k=%zu lda=%zu ldb=%zu ldc=%zu bias=%d clamp=[%g, %g]: %zu wrong, %zu padding "
+               "changed\n",
+               ek_gemm_isa(), m, n, k, lda, ldb, ldc, with_bias, (double)lo, (double)hi, bad, pad_bad);
+    CHECK(bad == 0 && pad_bad == 0);
+    free(a);
+    free(b);
+    free(bias);
+    free(packed);
+    free(c);
+    free(ref);
+}
+
+/* Edge sizes around the register tile (MR x NR) of the microkernel in use, k past the k slice. */
+static void test_gemm(void) {
+    const size_t mr = ek_gemm_mr(), nr = ek_gemm_nr();
+    const size_t ms[] = {1, mr - 1, mr, mr + 1, 2 * mr + 3, 131}, ns[] = {1, nr - 1, nr, nr + 1, 2 * nr + 3, 70};
+    const size_t ks[] = {1, 3, 17, 300, 600};
+    size_t index = 0;
+    for (size_t im = 0; im < sizeof ms / sizeof ms[0]; im++)
+        for (size_t in = 0; in < sizeof ns / sizeof ns[0]; in++)
+            for (size_t ik = 0; ik < sizeof ks / sizeof ks[0]; ik++, index++) {
+                float lo = index % 3 == 0 ? -0.5f : -INFINITY, hi = index % 4 == 1 ? 0.75f : INFINITY;
+                gemm_case(ms[im], ns[in], ks[ik], index % 2 == 0, index % 5 != 2, lo, hi);
+            }
+    gemm_case(5, 9, 0, true, true, -INFINITY, INFINITY); /* no products: the bias */
+    gemm_case(5, 9, 0, false, false, 0.0f, 1.0f);
+    gemm_case(0, 9, 4, true, true, -INFINITY, INFINITY); /* nothing to do */
+    gemm_case(7, 0, 4, false, true, -INFINITY, INFINITY);
+}
+
+/* The process default is the best microkernel there is; unknown names are refused. gcc's own CPU
+ * detection says what this x86-64 CPU has; aarch64 always has NEON. */
+static void test_gemm_choice(void) {
+    const char *forced = getenv("EDGEKIT_GEMM_ISA");
+    const char *isa = ek_gemm_isa();
+    const char *best = NULL;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    __builtin_cpu_init();
+    best = __builtin_cpu_supports("avx512f")                                  ? "avx512"
+           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2"
+                                                                              : "generic";
+#elif defined(__aarch64__) && defined(__GNUC__)
+    best = "neon";
+#endif
+    printf("  default SGEMM microkernel: %s (EDGEKIT_GEMM_ISA=%s)\n", isa, forced ? forced : "unset");
+    if (best) {
+        CHECK(ek_gemm_force_isa(best));
+        if (!forced)
+            CHECK(strcmp(isa, best) == 0);
+    }
+    CHECK(ek_gemm_force_isa("generic"));
+    CHECK(!ek_gemm_force_isa("bogus"));
+    CHECK(!ek_gemm_force_isa(NULL));
+    CHECK(strcmp(ek_gemm_isa(), "generic") == 0);
 }
 
 /* ------------------------------------------------------------------ pools */
@@ -973,10 +1073,19 @@ static void test_pool_rejects(void) {
 }
 
 int main(void) {
-    RUN(test_conv);
-    RUN(test_conv_transpose);
-    RUN(test_fully_connected);
-    RUN(test_matmul);
+    RUN(test_gemm_choice);
+    for (size_t i = 0; i < sizeof gemm_isas / sizeof gemm_isas[0]; i++) {
+        if (!ek_gemm_force_isa(gemm_isas[i])) {
+            printf("-- SGEMM microkernel %s: not in this build or CPU\n", gemm_isas[i]);
+            continue;
+        }
+        printf("-- SGEMM microkernel %s (%zu x %zu)\n", ek_gemm_isa(), ek_gemm_mr(), ek_gemm_nr());
+        RUN(test_gemm);
+        RUN(test_conv);
+        RUN(test_conv_transpose);
+        RUN(test_fully_connected);
+        RUN(test_matmul);
+    }
     RUN(test_pools);
     RUN(test_global_average_pool);
     RUN(test_resize);

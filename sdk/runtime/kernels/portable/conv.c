@@ -14,7 +14,7 @@
 #include "internal.h"
 #include "portable.h"
 
-#define MR EK_GEMM_MR
+#define MR ek_gemm_mr() /* the SGEMM register tile's rows (per-process microkernel choice) */
 #define ATTR_MAX ((int64_t)1 << 30) /* strides, dilations and pads beyond this are not real models */
 #define IM2COL_BYTES ((size_t)256 * 1024) /* a block of gathered rows stays in L2 */
 

@@ -1,9 +1,11 @@
-/* The portable SGEMM (matmul.c) that CONV, CONV_TRANSPOSE, FULLY_CONNECTED and MATMUL share, and
+/* The portable SGEMM (gemm.c) that CONV, CONV_TRANSPOSE, FULLY_CONNECTED and MATMUL share, and
  * small checked-arithmetic and validation helpers of the spatial kernels. Not installed.
  *
- * The right-hand operand is packed once into panels of EK_GEMM_NR columns: panel j holds, for each
+ * The right-hand operand is packed once into panels of ek_gemm_nr() columns: panel j holds, for each
  * p in [0, k), the NR values B[p][j*NR .. j*NR+NR) (zero past the last column). Constant weights are
- * packed by prepare(); others into the thread's scratch at run time. */
+ * packed by prepare(); others into the thread's scratch at run time. NR (and the register tile's MR)
+ * depend on the microkernel chosen once per process (ek_gemm_isa()), so packing and products agree;
+ * callers that split n into column blocks use multiples of ek_gemm_nr(). */
 #ifndef EDGEKIT_PORTABLE_HELPERS_H
 #define EDGEKIT_PORTABLE_HELPERS_H
 
@@ -13,9 +15,6 @@
 #include <stdint.h>
 
 #include "kernel.h"
-
-#define EK_GEMM_MR 4 /* rows of the register tile */
-#define EK_GEMM_NR 8 /* columns of the register tile and of a packed panel */
 
 /* Floats of a packed k x n operand; false on overflow. */
 bool ek_gemm_packed_size(size_t k, size_t n, size_t *floats);
@@ -27,6 +26,14 @@ void ek_gemm_pack_b(size_t k, size_t n, const float *b, size_t ldb, float *packe
  * for exactly these n columns; bias may be NULL; the result is clamped to [lo, hi]. */
 void ek_gemm(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *packed, float *c, size_t ldc,
              const float *bias, float lo, float hi);
+/* The microkernel in use: "avx512", "avx2", "neon" or "generic" (the best this CPU has, or the one
+ * EDGEKIT_GEMM_ISA names when this build and CPU have it; chosen at the first call of any ek_gemm_*). */
+const char *ek_gemm_isa(void);
+size_t ek_gemm_mr(void); /* rows of its register tile: row blocks that are multiples of it run fastest */
+size_t ek_gemm_nr(void); /* columns of a packed panel */
+/* Tests only: use the named microkernel from now on (false when this build or CPU lacks it). Weights
+ * packed before the switch are invalid after it; no other thread may be using the SGEMM meanwhile. */
+bool ek_gemm_force_isa(const char *name);
 
 /* GNU C vector types (gcc, clang): four floats, which every SIMD ISA we target has (SSE2, NEON),
  * so accumulators stay in registers whatever the optimisation level (loops over small arrays left

@@ -1,9 +1,4 @@
-/* FULLY_CONNECTED and MATMUL, and the SGEMM they share with CONV (helpers.h).
- *
- * The SGEMM is cache-blocked (KC deep slices of k, MC rows of A per slice) around an MR x NR
- * register tile written with GNU C vector types of four floats (helpers.h; no intrinsics: gcc and
- * clang lower them to SSE2 on x86_64 and NEON on aarch64; plain loops for other compilers); B is
- * pre-packed into NR-wide panels so the tile reads it contiguously. */
+/* FULLY_CONNECTED and MATMUL, on the SGEMM they share with CONV (gemm.c, helpers.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,166 +6,6 @@
 #include "helpers.h"
 #include "internal.h"
 #include "portable.h"
-
-#define MR EK_GEMM_MR
-#define NR EK_GEMM_NR
-#if MR != 4 || NR != 8
-#error "the register tile below is written for 4 x 8"
-#endif
-#define KC 256 /* a KC x NR panel slice (8 KiB) stays in L1 while MC rows of A go past it */
-#define MC 64  /* an MC x KC block of A (64 KiB) stays in L2 */
-
-/* ---------------------------------------------------------------- SGEMM */
-
-bool ek_gemm_packed_size(size_t k, size_t n, size_t *floats) {
-    if (n > SIZE_MAX - NR)
-        return false;
-    return ek_size_mul(k, ek_round_up(n, NR), floats);
-}
-
-void ek_gemm_pack_bt(size_t n, size_t k, const float *bt, size_t ldb, float *packed) {
-    for (size_t j0 = 0; j0 < n; j0 += NR) {
-        size_t cols = n - j0 < NR ? n - j0 : NR;
-        float *dst = packed + j0 * k;
-        for (size_t p = 0; p < k; p++) {
-            size_t jj = 0;
-            for (; jj < cols; jj++)
-                dst[p * NR + jj] = bt[(j0 + jj) * ldb + p];
-            for (; jj < NR; jj++)
-                dst[p * NR + jj] = 0.0f;
-        }
-    }
-}
-
-void ek_gemm_pack_b(size_t k, size_t n, const float *b, size_t ldb, float *packed) {
-    for (size_t j0 = 0; j0 < n; j0 += NR) {
-        size_t cols = n - j0 < NR ? n - j0 : NR;
-        float *dst = packed + j0 * k;
-        for (size_t p = 0; p < k; p++) {
-            const float *src = b + p * ldb + j0;
-            size_t jj = 0;
-            for (; jj < cols; jj++)
-                dst[p * NR + jj] = src[jj];
-            for (; jj < NR; jj++)
-                dst[p * NR + jj] = 0.0f;
-        }
-    }
-}
-
-#if EK_HAVE_V4F
-/* acc[MR][NR] = A[MR rows][kc] * panel[kc][NR]. */
-static inline void tile_full(size_t kc, const float *restrict a, size_t lda, const float *restrict b,
-                             float *restrict acc) {
-    ek_v4f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-    const float *a0 = a, *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-    for (size_t p = 0; p < kc; p++, b += NR) {
-        const ek_v4f b0 = ek_v4f_load(b), b1 = ek_v4f_load(b + 4);
-        const ek_v4f x0 = {a0[p], a0[p], a0[p], a0[p]}, x1 = {a1[p], a1[p], a1[p], a1[p]};
-        const ek_v4f x2 = {a2[p], a2[p], a2[p], a2[p]}, x3 = {a3[p], a3[p], a3[p], a3[p]};
-        c00 += x0 * b0;
-        c01 += x0 * b1;
-        c10 += x1 * b0;
-        c11 += x1 * b1;
-        c20 += x2 * b0;
-        c21 += x2 * b1;
-        c30 += x3 * b0;
-        c31 += x3 * b1;
-    }
-    ek_v4f_store(acc + 0, c00);
-    ek_v4f_store(acc + 4, c01);
-    ek_v4f_store(acc + 8, c10);
-    ek_v4f_store(acc + 12, c11);
-    ek_v4f_store(acc + 16, c20);
-    ek_v4f_store(acc + 20, c21);
-    ek_v4f_store(acc + 24, c30);
-    ek_v4f_store(acc + 28, c31);
-}
-
-/* One row (the m % MR tail, and matrix-vector products). */
-static inline void tile_row(size_t kc, const float *restrict a, const float *restrict b, float *restrict acc) {
-    ek_v4f c0 = {0}, c1 = {0};
-    for (size_t p = 0; p < kc; p++, b += NR) {
-        const ek_v4f x = {a[p], a[p], a[p], a[p]};
-        c0 += x * ek_v4f_load(b);
-        c1 += x * ek_v4f_load(b + 4);
-    }
-    ek_v4f_store(acc, c0);
-    ek_v4f_store(acc + 4, c1);
-}
-#else
-static inline void tile_full(size_t kc, const float *restrict a, size_t lda, const float *restrict b,
-                             float *restrict acc) {
-    float c[MR][NR] = {{0}};
-    for (size_t p = 0; p < kc; p++, b += NR)
-        for (int i = 0; i < MR; i++)
-            for (int j = 0; j < NR; j++)
-                c[i][j] += a[i * lda + p] * b[j];
-    memcpy(acc, c, sizeof c);
-}
-
-static inline void tile_row(size_t kc, const float *restrict a, const float *restrict b, float *restrict acc) {
-    float c[NR] = {0};
-    for (size_t p = 0; p < kc; p++, b += NR)
-        for (int j = 0; j < NR; j++)
-            c[j] += a[p] * b[j];
-    memcpy(acc, c, sizeof c);
-}
-#endif
-
-static void store_tile(const float *acc, size_t rows, size_t cols, float *c, size_t ldc, const float *bias,
-                       bool first, bool last, float lo, float hi) {
-    for (size_t r = 0; r < rows; r++) {
-        float *cr = c + r * ldc;
-        const float *ar = acc + r * NR;
-        for (size_t j = 0; j < cols; j++) {
-            float v = ar[j] + (first ? (bias ? bias[j] : 0.0f) : cr[j]);
-            if (last) {
-                v = v < lo ? lo : v;
-                v = v > hi ? hi : v;
-            }
-            cr[j] = v;
-        }
-    }
-}
-
-void ek_gemm(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *packed, float *c, size_t ldc,
-             const float *bias, float lo, float hi) {
-    if (m == 0 || n == 0)
-        return;
-    if (k == 0) { /* no products: the bias alone */
-        float zero[MR * NR] = {0};
-        for (size_t j0 = 0; j0 < n; j0 += NR)
-            for (size_t i = 0; i < m; i++)
-                store_tile(zero, 1, n - j0 < NR ? n - j0 : NR, c + i * ldc + j0, ldc, bias ? bias + j0 : NULL,
-                           true, true, lo, hi);
-        return;
-    }
-    size_t panels = (n + NR - 1) / NR;
-    for (size_t p0 = 0; p0 < k; p0 += KC) {
-        size_t kc = k - p0 < KC ? k - p0 : KC;
-        bool first = p0 == 0, last = p0 + kc == k;
-        for (size_t i0 = 0; i0 < m; i0 += MC) {
-            size_t i1 = m - i0 < MC ? m : i0 + MC;
-            for (size_t jp = 0; jp < panels; jp++) {
-                const float *bp = packed + (jp * k + p0) * NR;
-                size_t cols = n - jp * NR < NR ? n - jp * NR : NR;
-                float *cp = c + jp * NR;
-                const float *bias_p = bias ? bias + jp * NR : NULL;
-                for (size_t i = i0; i < i1; i += MR) {
-                    float acc[MR * NR];
-                    size_t rows = i1 - i < MR ? i1 - i : MR;
-                    if (rows == MR) {
-                        tile_full(kc, a + i * lda + p0, lda, bp, acc);
-                    } else {
-                        for (size_t r = 0; r < rows; r++)
-                            tile_row(kc, a + (i + r) * lda + p0, bp, acc + r * NR);
-                    }
-                    store_tile(acc, rows, cols, cp + i * ldc, ldc, bias_p, first, last, lo, hi);
-                }
-            }
-        }
-    }
-}
 
 /* ---------------------------------------------------------------- FULLY_CONNECTED / MATMUL */
 
@@ -186,7 +21,7 @@ struct mm_params {
     size_t b_matrices;     /* distinct B matrices */
     float *packed;         /* constant B packed at prepare (b_matrices of packed_floats), or NULL */
     size_t packed_floats;  /* of one packed B */
-    size_t ncb;            /* column block (multiple of NR) packed into scratch at run */
+    size_t ncb;            /* column block (multiple of ek_gemm_nr()) packed into scratch at run */
     float lo, hi;
 };
 
@@ -205,7 +40,8 @@ static ek_status_t mm_finish(struct ek_op *op, struct mm_params *p, const struct
     if (!ek_gemm_packed_size(p->k, p->n, &one))
         return ek_op_invalid(op, "weights too large");
     p->packed_floats = one;
-    p->ncb = ek_round_up(p->n, NR);
+    const size_t nr = ek_gemm_nr();
+    p->ncb = ek_round_up(p->n, nr);
     op->scratch_per_thread = 0;
     if (bdesc->storage == EK_STORAGE_CONSTANT && bdesc->constant) {
         size_t total, bytes;
@@ -228,9 +64,9 @@ static ek_status_t mm_finish(struct ek_op *op, struct mm_params *p, const struct
     size_t per_col;
     if (!ek_size_mul(p->k, sizeof(float), &per_col))
         return ek_op_invalid(op, "weights too large");
-    size_t cols = ((size_t)1 << 20) / per_col / NR * NR;
-    if (cols < NR)
-        cols = NR;
+    size_t cols = ((size_t)1 << 20) / per_col / nr * nr;
+    if (cols < nr)
+        cols = nr;
     if (cols < p->ncb)
         p->ncb = cols;
     if (!ek_size_mul(p->ncb, per_col, &op->scratch_per_thread))
@@ -399,16 +235,17 @@ static ek_status_t mm_run(const struct ek_op *op, const void *const *in, void *c
     if (p->has_bias && op->n_in > 2)
         r.bias = in[2];
     size_t threads = (size_t)(ek_exec_threads(exec) > 0 ? ek_exec_threads(exec) : 1);
-    /* Row blocks: an even share per thread, rounded to the register tile, at most 256 rows. */
-    r.mb = ek_round_up((p->m + threads - 1) / threads, MR);
+    /* Row blocks: an even share per thread, rounded to the register tile, at most about 256 rows. */
+    const size_t mr = ek_gemm_mr(), nr = ek_gemm_nr();
+    r.mb = ek_round_up((p->m + threads - 1) / threads, mr);
     if (r.mb > 256)
-        r.mb = 256;
+        r.mb = 256 / mr * mr;
     r.rblocks = (p->m + r.mb - 1) / r.mb;
     /* Too few blocks for the threads (a matrix-vector product): split the columns too. */
     r.ncb = p->ncb;
     r.cblocks = (p->n + r.ncb - 1) / r.ncb;
-    while (p->batches * r.rblocks * r.cblocks < threads && r.ncb > NR) {
-        r.ncb = ek_round_up(r.ncb / 2, NR);
+    while (p->batches * r.rblocks * r.cblocks < threads && r.ncb > nr) {
+        r.ncb = ek_round_up(r.ncb / 2, nr);
         r.cblocks = (p->n + r.ncb - 1) / r.ncb;
     }
     ek_parallel_for(exec, p->batches * r.rblocks * r.cblocks, mm_range, &r);
