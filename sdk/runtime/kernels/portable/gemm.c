@@ -264,7 +264,7 @@ AVX512_TILE(tile_avx512, 8, 1)
         }                                                                                                           \
     }
 
-NEON_TILE(tile_neon, 8, 2)
+NEON_TILE(tile_neon, 6, 2)
 #endif
 
 /* ---------------------------------------------------------------- choice */
@@ -278,7 +278,7 @@ static const struct gemm_isa isas[ISA_COUNT] = {
     [ISA_AVX512] = {"avx512", 8, 16, 256, tile_avx512},
 #endif
 #if EK_GEMM_NEON
-    [ISA_NEON] = {"neon", 8, 8, 256, tile_neon},
+    [ISA_NEON] = {"neon", 6, 8, 256, tile_neon},
 #endif
 };
 
