@@ -2,7 +2,8 @@
  *
  * One cache-blocked driver (KC deep slices of k, MC rows of A per slice, the packed NR-wide panels of
  * B innermost) around an MR x NR register-tile microkernel, of which there are several:
- * - avx512: AVX-512F intrinsics (x86-64), compiled with __attribute__((target("avx512f")));
+ * - avx512: AVX-512F intrinsics (x86-64), compiled with __attribute__((target("avx512f"))) (clang 18
+ *   and later: "avx512f,evex512");
  * - avx2:   AVX2 + FMA intrinsics (x86-64), compiled with target("avx2,fma");
  * - neon:   NEON intrinsics (aarch64, where NEON is always there);
  * - generic: GNU C vector types of four floats (gcc and clang lower them to SSE2 / NEON / ...), or
@@ -35,9 +36,12 @@
 #define MC 128 /* an MC x KC block of A stays in L2 while the panels go past it */
 #define FIRST 1u /* the first k slice: C = bias (or 0) + product, else C += product */
 #define LAST 2u  /* the last k slice: clamp */
-#define MAX_TILE (16 * 32) /* floats of the largest register tile */
+#define MAX_NR 32 /* at least every kernel's NR */
 
-/* acc (rows x cols of a tile whose rows are nr apart) into C, with the bias or C itself, clamped last. */
+/* One register tile: C[rows][cols] (row stride ldc) = (first k slice ? bias, or 0 : C) + A[rows][kc]
+ * (row stride lda) * b, the kc x NR slice of a packed panel; clamped to [lo, hi] on the last k slice.
+ * rows <= MR and cols <= NR: the kernels compute a whole MR x NR tile (rows past `rows` repeat the
+ * last one) and store only the rows x cols corner. */
 typedef void tile_fn(size_t kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, size_t rows,
                      size_t cols, const float *bias, unsigned flags, float lo, float hi);
 
@@ -47,7 +51,7 @@ struct gemm_isa {
     tile_fn *tile;
 };
 
-/* The store of a tile computed into a buffer (edge tiles, and the generic kernel). */
+/* The store of a tile computed into acc (rows nr apart): edge tiles, and the generic kernel. */
 static void store_acc(const float *acc, size_t nr, size_t rows, size_t cols, float *c, size_t ldc,
                       const float *bias, unsigned flags, float lo, float hi) {
     for (size_t r = 0; r < rows; r++) {
@@ -407,7 +411,7 @@ static void gemm(const struct gemm_isa *isa, size_t m, size_t n, size_t k, const
         return;
     const size_t mr = isa->mr, nr = isa->nr, kcmax = isa->kc;
     if (k == 0) { /* no products: the bias alone */
-        static const float zero[MAX_TILE];
+        static const float zero[MAX_NR];
         for (size_t j0 = 0; j0 < n; j0 += nr)
             for (size_t i = 0; i < m; i++)
                 store_acc(zero, nr, 1, n - j0 < nr ? n - j0 : nr, c + i * ldc + j0, ldc, bias ? bias + j0 : NULL,
