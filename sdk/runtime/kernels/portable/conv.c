@@ -217,8 +217,11 @@ static ek_status_t conv_prepare_common(struct ek_op *op, bool transpose) {
     }
     if (p->kind == CONV_IM2COL) {
         size_t row_bytes = p->k * sizeof(float), rows = IM2COL_BYTES / row_bytes / MR * MR, col;
-        if (rows < MR)
-            rows = MR;
+        /* At least 64 rows even past IM2COL_BYTES: each ek_gemm call streams all the packed weights
+         * (9 MiB for a 3x3 conv of 512 channels), so a few rows per call made that traffic the cost;
+         * the SGEMM's own k slices keep its working set in cache whatever the block's size. */
+        if (rows < 64)
+            rows = ek_round_up(64, MR);
         if (rows > 512)
             rows = 512;
         p->block_rows = rows;
