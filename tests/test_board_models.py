@@ -15,6 +15,8 @@ import pytest
 from conftest import edgekit_run_on_board
 from models import INPUT_NAME, MODEL_NAMES, compile_ekm, input_shape_of, onnx_path, ort_run, random_input
 
+KERNELS = ("xnnpack", "portable")
+
 ON_BOARD = "/opt/edgekit-models"
 
 
@@ -52,3 +54,44 @@ def test_model_matches_onnxruntime_on_the_board(
     error = re.search(r"expect \S+: OK, error (\S+)", out)
     assert error is not None, out
     print(f"{name} on the board, {kernels}: error {error.group(1)}")
+
+
+def test_fused_model_on_the_board(flashed_emu: Any) -> None:
+    """A downsampling block (an Add of two convs) and an identity block, fused, run by the aarch64 runtime
+    with both kernel paths on the emulated board, checked there against onnxruntime's host output."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from test_fusion import Block, export_block, fused_convs
+
+    from edgekit.compiler import compile_model
+
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(Block(5, 12, "down"), Block(12, 12, "basic"))
+    shape = (1, 5, 14, 11)
+    onnx_bytes = export_block(net, shape)
+    report = compile_model(onnx.load_from_string(onnx_bytes))
+    assert fused_convs(report.data) == 2
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    (expected,) = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    folder: Path = flashed_emu.rootfs / "opt/edgekit-fusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "block.ekm").write_bytes(report.data)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "expected.npy", expected)
+    for kernels in KERNELS:
+        out = edgekit_run_on_board(
+            flashed_emu.rootfs,
+            "/opt/edgekit-fusion/block.ekm",
+            "--input",
+            "/opt/edgekit-fusion/x.npy",
+            "--expect",
+            "/opt/edgekit-fusion/expected.npy",
+            "--kernels",
+            kernels,
+        )
+        assert f"{kernels} kernels" in out
+        error = re.search(r"expect \S+: OK, error (\S+)", out)
+        assert error is not None, out
+        print(f"fused blocks on the board, {kernels}: error {error.group(1)}")

@@ -825,3 +825,126 @@ def test_default_network_names(tmp_path: Path) -> None:
     assert names(compile_networks(both, tmp_path / "both.ekm")) == ["det", "cls"]
     with pytest.raises(CompileError, match=r"two networks are named 'main_graph'.*--name"):
         compile_networks([NetworkSpec(proto), NetworkSpec(proto)])
+
+
+# ---------------------------------------------------------------- Conv + residual Add fusion
+def _conv_nodes(prefix: str, x: str, out: str, **attrs: Any) -> Any:
+    return helper.make_node("Conv", [x, f"{prefix}W", f"{prefix}B"], [out], name=prefix, **attrs)
+
+
+def _stage_ops(report: CompileReport) -> list[ekm.OpRecord]:
+    return ekm.read(report.data).networks[0].stages[0].ops
+
+
+def test_conv_add_relu_fuses_into_one_conv_with_z() -> None:
+    """Conv -> Add(·, x) -> Relu (ResNet's basic block tail) is one CONV whose fourth input is Z, in
+    a .ekm 1.4 file; the result matches onnxruntime."""
+    inits = {"aW": rand(4, 4, 3, 3), "aB": rand(4)}
+    nodes = [
+        _conv_nodes("a", "x", "c", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "x"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu"),
+    ]
+    report = check(make_model(nodes, {"x": (2, 4, 6, 5)}, ["y"], inits), {"x": rand(2, 4, 6, 5)})
+    assert op_types(report) == {"CONV": 1, "TRANSPOSE": 2}, op_types(report)
+    assert report.networks[0].stages[0].fused_ops == 2  # the Add and the Relu
+    model = ekm.read(report.data)
+    assert model.version == (1, 4)
+    (conv,) = [op for op in model.networks[0].stages[0].ops if op.type == OpType.CONV]
+    assert len(conv.inputs) == 4 and conv.inputs[3] is not None
+    assert conv.attrs["act_min"] == 0.0
+
+
+def test_conv_add_fuses_without_bias_and_when_z_comes_later() -> None:
+    """Z computed after the CONV in the ONNX order (the fused op moves to the Add's place), and a CONV
+    without bias (an absent third input before Z)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 0, 1, 0]),
+        helper.make_node("Sigmoid", ["r"], ["s"], name="sig"),
+        helper.make_node("Slice", ["s", "st", "en", "ax"], ["z"], name="slice"),
+        helper.make_node("Add", ["z", "c"], ["y"], name="add"),
+    ]
+    inits = {
+        "W": rand(3, 3, 3, 1),
+        "st": np.array([1], np.int64),
+        "en": np.array([7], np.int64),
+        "ax": np.array([2], np.int64),
+    }
+    model = make_model(nodes, {"x": (1, 3, 6, 4), "r": (1, 3, 8, 4)}, ["y"], inits)
+    report = check(model, {"x": rand(1, 3, 6, 4), "r": rand(1, 3, 8, 4)})
+    assert "ADD" not in op_types(report), op_types(report)
+    (conv,) = [op for op in _stage_ops(report) if op.type == OpType.CONV]
+    assert len(conv.inputs) == 4 and conv.inputs[2] is None and conv.inputs[3] is not None
+
+
+def test_add_of_two_convs_fuses_exactly_one() -> None:
+    """A downsampling block's tail: Add(conv3x3 stride 2, conv1x1 stride 2 shortcut) + Relu."""
+    inits = {"aW": rand(6, 4, 3, 3), "aB": rand(6), "bW": rand(6, 4, 1, 1), "bB": rand(6)}
+    nodes = [
+        _conv_nodes("a", "x", "c1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        _conv_nodes("b", "x", "c2", strides=[2, 2]),
+        helper.make_node("Add", ["c1", "c2"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu"),
+    ]
+    report = check(make_model(nodes, {"x": (1, 4, 9, 8)}, ["y"], inits), {"x": rand(1, 4, 9, 8)})
+    types = op_types(report)
+    assert types.get("CONV") == 2 and "ADD" not in types and "RELU" not in types, types
+    convs = [op for op in _stage_ops(report) if op.type == OpType.CONV]
+    assert [len(op.inputs) for op in convs] == [3, 4]  # the later CONV fused, reading the other's output
+    assert convs[1].inputs[3] == convs[0].outputs[0]
+
+
+@pytest.mark.parametrize(
+    "case", ["broadcast", "two_consumers", "graph_output", "act_before_add", "same_input"]
+)
+def test_conv_add_does_not_fuse(case: str) -> None:
+    """No fusion where it would change the result or lose a tensor: a broadcast Add, a conv output
+    another op reads or the network outputs, a Relu between the Conv and the Add, Add(c, c)."""
+    inits = {"aW": rand(4, 4, 3, 3), "aB": rand(4)}
+    inputs: dict[str, Sequence[int | str]] = {"x": (1, 4, 5, 5)}
+    outputs = ["y"]
+    conv = _conv_nodes("a", "x", "c", pads=[1, 1, 1, 1])
+    if case == "broadcast":
+        inputs["r"] = (1, 4, 1, 1)  # a run-time per-channel operand: not folded into the bias either
+        nodes = [conv, helper.make_node("Add", ["c", "r"], ["y"], name="add")]
+    elif case == "two_consumers":
+        nodes = [
+            conv,
+            helper.make_node("Add", ["c", "x"], ["s"], name="add"),
+            helper.make_node("Mul", ["c", "s"], ["y"], name="mul"),
+        ]
+    elif case == "graph_output":
+        nodes = [conv, helper.make_node("Add", ["c", "x"], ["y"], name="add")]
+        outputs = ["y", "c"]
+    elif case == "act_before_add":
+        nodes = [
+            conv,
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("Add", ["r", "x"], ["y"], name="add"),
+        ]
+    else:
+        nodes = [conv, helper.make_node("Add", ["c", "c"], ["y"], name="add")]
+    feeds = {name: rand(*(int(d) for d in shape)) for name, shape in inputs.items()}
+    report = check(make_model(nodes, inputs, outputs, inits), feeds)
+    assert op_types(report).get("ADD") == 1, op_types(report)
+    assert all(len(op.inputs) <= 3 for op in _stage_ops(report) if op.type == OpType.CONV)
+    assert ekm.read(report.data).version < (1, 4)
+
+
+def test_fused_z_is_live_through_the_op_and_never_shares_y() -> None:
+    """The planner keeps Z apart from Y (the XNNPACK path writes Y before it reads Z)."""
+    inits = {"aW": rand(8, 8, 3, 3), "aB": rand(8), "bW": rand(8, 8, 3, 3), "bB": rand(8)}
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu0"),
+        _conv_nodes("a", "r", "c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        _conv_nodes("b", "r1", "c2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r"], ["s"], name="add"),
+        helper.make_node("Sigmoid", ["s"], ["y"], name="sig"),
+    ]
+    report = check(make_model(nodes, {"x": (1, 8, 6, 6)}, ["y"], inits), {"x": rand(1, 8, 6, 6)})
+    stage = ekm.read(report.data).networks[0].stages[0]
+    (fused,) = [op for op in stage.ops if op.type == OpType.CONV and len(op.inputs) == 4]
+    z, y = stage.tensors[fused.inputs[3]], stage.tensors[fused.outputs[0]]  # type: ignore[index]
+    assert z.storage == ekm.ARENA and y.storage == ekm.ARENA
+    assert z.offset + z.nbytes <= y.offset or y.offset + y.nbytes <= z.offset

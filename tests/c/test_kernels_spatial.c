@@ -105,7 +105,7 @@ static struct ek_tensor_desc mkdesc(const char *name, int rank, const int64_t *d
 
 struct opb {
     struct ek_op op;
-    const struct ek_tensor_desc *in[3];
+    const struct ek_tensor_desc *in[4];
     const struct ek_tensor_desc *out[1];
     struct ek_attr attrs[MAX_ATTRS];
     int64_t ints[MAX_ATTRS][8];
@@ -200,7 +200,9 @@ struct conv_case {
     float lo, hi;
 };
 
-static void conv_case(const struct conv_case *cc, bool transpose, bool constant, int threads, int index) {
+/* residual: CONV with the input Z (.ekm 1.4), against the reference conv, + Z, then the clamp. */
+static void conv_case(const struct conv_case *cc, bool transpose, bool constant, int threads, int index,
+                      bool residual) {
     int64_t oh, ow;
     if (!transpose) {
         oh = (cc->h + cc->pt + cc->pb - ((cc->kh - 1) * cc->dh + 1)) / cc->sh + 1;
@@ -216,15 +218,18 @@ static void conv_case(const struct conv_case *cc, bool transpose, bool constant,
     float *xv = rand_buf(x.count), *wv = rand_buf(w.count), *bv = rand_buf(b.count);
     float *yv = malloc(y.count * sizeof(float));
     double *ref = calloc(y.count, sizeof(double));
+    struct ek_tensor_desc z = mkdesc("z", 4, yd);
+    float *zv = residual ? rand_buf(z.count) : NULL;
     if (constant) {
         w.storage = EK_STORAGE_CONSTANT;
         w.constant = wv;
     }
     struct opb ob;
-    opb_init(&ob, transpose ? EK_OP_CONV_TRANSPOSE : EK_OP_CONV, cc->bias ? 3 : 2);
+    opb_init(&ob, transpose ? EK_OP_CONV_TRANSPOSE : EK_OP_CONV, residual ? 4 : cc->bias ? 3 : 2);
     ob.in[0] = &x;
     ob.in[1] = &w;
-    ob.in[2] = cc->bias ? &b : NULL;
+    ob.in[2] = cc->bias ? &b : NULL; /* absent bias with Z: in[2] NULL, as the loader gives it */
+    ob.in[3] = residual ? &z : NULL;
     ob.out[0] = &y;
     int64_t pads[4] = {cc->pt, cc->pl, cc->pb, cc->pr}, strides[2] = {cc->sh, cc->sw}, dil[2] = {cc->dh, cc->dw};
     int64_t adj[2] = {cc->adjh, cc->adjw};
@@ -283,17 +288,17 @@ static void conv_case(const struct conv_case *cc, bool transpose, bool constant,
         }
     }
     for (size_t i = 0; i < y.count; i++)
-        ref[i] = clampd(ref[i], cc->lo, cc->hi);
+        ref[i] = clampd(ref[i] + (zv ? zv[i] : 0.0), cc->lo, cc->hi);
 
     ek_status_t st = k->prepare(&ob.op);
     if (!CHECK_OK(st)) {
         printf("  case %d (%s)\n", index, transpose ? "transpose" : "conv");
     } else {
-        const void *ins[3] = {xv, wv, cc->bias ? bv : NULL};
+        const void *ins[4] = {xv, wv, cc->bias ? bv : NULL, zv};
         CHECK_OK(run_op(k, &ob.op, ins, yv, y.count, threads));
         char what[96];
-        snprintf(what, sizeof what, "%s case %d, %s weights, %d threads", transpose ? "conv_transpose" : "conv",
-                 index, constant ? "constant" : "arena", threads);
+        snprintf(what, sizeof what, "%s case %d, %s weights, %d threads%s", transpose ? "conv_transpose" : "conv",
+                 index, constant ? "constant" : "arena", threads, residual ? ", + Z" : "");
         CHECK(compare(what, yv, ref, y.count, (size_t)(cc->kh * cc->kw * cg)));
         k->release(&ob.op);
         CHECK(ob.op.params == NULL);
@@ -301,6 +306,7 @@ static void conv_case(const struct conv_case *cc, bool transpose, bool constant,
     free(xv);
     free(wv);
     free(bv);
+    free(zv);
     free(yv);
     free(ref);
 }
@@ -335,18 +341,28 @@ static const struct conv_case conv_transpose_cases[] = {
 static void test_conv(void) {
     int n = (int)(sizeof conv_cases / sizeof conv_cases[0]);
     for (int i = 0; i < n; i++) {
-        conv_case(&conv_cases[i], false, true, 1, i);
-        conv_case(&conv_cases[i], false, true, 3, i);
-        conv_case(&conv_cases[i], false, false, 2, i);
+        conv_case(&conv_cases[i], false, true, 1, i, false);
+        conv_case(&conv_cases[i], false, true, 3, i, false);
+        conv_case(&conv_cases[i], false, false, 2, i, false);
+    }
+}
+
+/* Every conv kind (pointwise, depthwise, im2col; with and without bias and clamp) with the residual Z. */
+static void test_conv_residual(void) {
+    int n = (int)(sizeof conv_cases / sizeof conv_cases[0]);
+    for (int i = 0; i < n; i++) {
+        conv_case(&conv_cases[i], false, true, 1, i, true);
+        conv_case(&conv_cases[i], false, true, 3, i, true);
+        conv_case(&conv_cases[i], false, false, 2, i, true);
     }
 }
 
 static void test_conv_transpose(void) {
     int n = (int)(sizeof conv_transpose_cases / sizeof conv_transpose_cases[0]);
     for (int i = 0; i < n; i++) {
-        conv_case(&conv_transpose_cases[i], true, true, 1, i);
-        conv_case(&conv_transpose_cases[i], true, true, 3, i);
-        conv_case(&conv_transpose_cases[i], true, false, 2, i);
+        conv_case(&conv_transpose_cases[i], true, true, 1, i, false);
+        conv_case(&conv_transpose_cases[i], true, true, 3, i, false);
+        conv_case(&conv_transpose_cases[i], true, false, 2, i, false);
     }
 }
 
@@ -920,6 +936,28 @@ static void test_conv_rejects(void) {
     opb_int(&ob, "pads", 1);
     expect_invalid(&ek_kernel_conv, &ob, "pads as INT");
 
+    /* the residual input Z: Y's exact shape, float32; CONV_TRANSPOSE takes none */
+    const int64_t z_bad[4] = {1, 6, 6, 1};
+    struct ek_tensor_desc z = mkdesc("z", 4, yd), zb = mkdesc("z", 4, z_bad), zi = z;
+    zi.dtype = EK_DTYPE_INT8;
+    zi.nbytes = zi.count;
+    conv_op(&ob, EK_OP_CONV, &x, &w, &b, &y);
+    ob.op.n_in = 4;
+    ob.in[3] = &z;
+    if (CHECK_OK(ek_kernel_conv.prepare(&ob.op))) /* valid */
+        ek_kernel_conv.release(&ob.op);
+    ob.in[3] = &zb;
+    expect_invalid(&ek_kernel_conv, &ob, "Z broadcast over channels");
+    ob.in[3] = &zi;
+    expect_invalid(&ek_kernel_conv, &ob, "int8 Z");
+    struct ek_tensor_desc z3 = mkdesc("z", 3, yd + 1);
+    ob.in[3] = &z3;
+    expect_invalid(&ek_kernel_conv, &ob, "rank 3 Z");
+    conv_op(&ob, EK_OP_CONV_TRANSPOSE, &x, &w, &b, &y);
+    ob.op.n_in = 4;
+    ob.in[3] = &z;
+    expect_invalid(&ek_kernel_conv_transpose, &ob, "CONV_TRANSPOSE with Z");
+
     /* a kernel larger than the padded input */
     const int64_t wbig[4] = {6, 9, 3, 4};
     struct ek_tensor_desc wg = mkdesc("w", 4, wbig);
@@ -1082,6 +1120,7 @@ int main(void) {
         printf("-- SGEMM microkernel %s (%zu x %zu)\n", ek_gemm_isa(), ek_gemm_mr(), ek_gemm_nr());
         RUN(test_gemm);
         RUN(test_conv);
+        RUN(test_conv_residual);
         RUN(test_conv_transpose);
         RUN(test_fully_connected);
         RUN(test_matmul);

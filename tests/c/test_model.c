@@ -277,6 +277,68 @@ static void test_minor_version_and_unknown_section(void)
     free_sample(&s);
 }
 
+/* ---- CONV's residual input Z (.ekm 1.4) ---- */
+
+/* One network: CONV(x, W, bias absent, Z = input r) -> y. z_dtype / z_channels make Z wrong. */
+static uint8_t *residual_model(int z_dtype, int64_t z_channels, size_t *size)
+{
+    ekb_t b;
+    ekb_init(&b);
+    int64_t xd[] = {1, 4, 4, 3}, wd[] = {8, 3, 3, 3}, yd[] = {1, 4, 4, 8}, zd[] = {1, 4, 4, z_channels};
+    ekb_network(&b, "res", 2, 1);
+    ekb_io(&b, "x", EK_DTYPE_FLOAT32, sizeof(float) * 4 * 4 * 3);
+    ekb_io(&b, "r", z_dtype, ekb_dtype_bytes(z_dtype) * 4 * 4 * (uint64_t)z_channels);
+    ekb_io(&b, "y", EK_DTYPE_FLOAT32, sizeof(float) * 4 * 4 * 8);
+    ekb_stage(&b);
+    uint32_t x = ekb_input(&b, "x", 0, 4, xd);
+    uint32_t z = ekb_tensor(&b, "r", z_dtype, EKB_INPUT, 1, 0, 4, zd);
+    uint32_t w = ekb_constant(&b, "conv.weight", 4, wd, weights);
+    uint32_t y = ekb_output(&b, "y", 0, 4, yd);
+    uint32_t conv_in[4] = {x, w, EKB_ABSENT, z};
+    ekb_op(&b, EK_OP_CONV, "conv_res", 4, conv_in, 1, &y);
+    int64_t pads[4] = {1, 1, 1, 1};
+    ekb_attr_ints(&b, "pads", 4, pads);
+    ekb_attr_float(&b, "act_min", 0.0f);
+    uint8_t *data = ekb_finish(&b, size);
+    ekb_free(&b);
+    return data;
+}
+
+static void test_conv_residual_input(void)
+{
+    size_t size;
+    uint8_t *data = residual_model(EK_DTYPE_FLOAT32, 8, &size);
+    REQUIRE(data);
+    struct ek_model *m = NULL;
+    uint8_t *copy = aligned_alloc(64, (size + 63) / 64 * 64);
+    REQUIRE(copy);
+    memcpy(copy, data, size);
+    if (CHECK_OK(ek_model_load(copy, size, false, &m))) {
+        const struct ek_op *conv = &m->networks[0].stages[0].ops[0];
+        CHECK(conv->n_in == 4 && conv->in[2] == NULL && conv->in[3] && strcmp(conv->in[3]->name, "r") == 0);
+        ek_model_free(m);
+    } else {
+        free(copy);
+    }
+    free(data);
+
+    data = residual_model(EK_DTYPE_FLOAT32, 1, &size); /* Z broadcast over the channels: refused */
+    REQUIRE(data);
+    CHECK_STATUS(load_copy(data, size), EK_ERR_MODEL_INVALID);
+    CHECK_ERROR_MENTIONS("conv_res");
+    CHECK_ERROR_MENTIONS("Z is [1,4,4,1]");
+    printf("     %-28s -> %s\n", "Z of another shape", ek_last_error());
+    free(data);
+
+    data = residual_model(EK_DTYPE_INT64, 8, &size);
+    REQUIRE(data);
+    CHECK_STATUS(load_copy(data, size), EK_ERR_MODEL_INVALID);
+    CHECK_ERROR_MENTIONS("conv_res");
+    CHECK_ERROR_MENTIONS("must be float32");
+    printf("     %-28s -> %s\n", "int64 Z", ek_last_error());
+    free(data);
+}
+
 /* ---- specific corruptions, specific messages ---- */
 
 typedef void (*patch_fn)(struct sample *s);
@@ -693,6 +755,7 @@ int main(void)
 {
     RUN(test_load_sample);
     RUN(test_absent_bias);
+    RUN(test_conv_residual_input);
     RUN(test_minor_version_and_unknown_section);
     RUN(test_specific_errors);
     RUN(test_same_stage_shapes);

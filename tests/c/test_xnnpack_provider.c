@@ -236,7 +236,8 @@ struct conv_case {
     float lo, hi;
 };
 
-static void run_conv_case(const struct conv_case *k, const char *what)
+/* residual: 0 none, 1 the input Z (.ekm 1.4) in the arena, 2 a constant Z: Y = clamp(conv + bias + Z). */
+static void run_conv_case(const struct conv_case *k, int residual, const char *what)
 {
     const int64_t cg = k->c / k->group, mg = k->m / k->group;
     const int64_t ekh = (k->kh - 1) * k->dilations[0] + 1, ekw = (k->kw - 1) * k->dilations[1] + 1;
@@ -247,6 +248,8 @@ static void run_conv_case(const struct conv_case *k, const char *what)
     tensor_init(&w, 4, (int64_t[]){k->m, k->kh, k->kw, cg}, true, 2);
     tensor_init(&b, 1, (int64_t[]){k->m}, true, 3);
     tensor_init(&y, 4, (int64_t[]){k->n, oh, ow, k->m}, false, 0);
+    struct tensor z;
+    tensor_init(&z, 4, (int64_t[]){k->n, oh, ow, k->m}, residual == 2, 4);
     float *ref = calloc(y.desc.count, sizeof(float));
     for (int64_t n = 0; n < k->n; n++)
         for (int64_t oy = 0; oy < oh; oy++)
@@ -264,14 +267,21 @@ static void run_conv_case(const struct conv_case *k, const char *what)
                                 acc += (double)x.data[((n * k->h + iy) * k->w + ix) * k->c + g * cg + ci] *
                                        w.data[((m * k->kh + ky) * k->kw + kx) * cg + ci];
                         }
-                    ref[((n * oh + oy) * ow + ox) * k->m + m] = clampf((float)acc, k->lo, k->hi);
+                    const size_t at = (size_t)(((n * oh + oy) * ow + ox) * k->m + m);
+                    ref[at] = clampf((float)(acc + (residual ? z.data[at] : 0.0)), k->lo, k->hi);
                 }
     struct ek_attr attrs[6] = {attr_ints("pads", 4, k->pads),       attr_ints("strides", 2, k->strides),
                                attr_ints("dilations", 2, k->dilations), attr_int("group", k->group),
                                attr_float("act_min", k->lo),         attr_float("act_max", k->hi)};
     struct opdef d;
-    opdef_init(&d, EK_OP_CONV, 3, (struct tensor *[]){&x, &w, k->bias ? &b : NULL}, &y, 6, attrs);
+    opdef_init(&d, EK_OP_CONV, residual ? 4 : 3, (struct tensor *[]){&x, &w, k->bias ? &b : NULL, &z}, &y, 6,
+               attrs);
     check_against(&d, ref, y.desc.count, what);
+    if (residual) { /* a Z of another shape (the portable kernel refuses it first; this provider declines) */
+        z.desc.dims[3] = 1;
+        check_unsupported(&d, "conv with a Z of another shape");
+        z.desc.dims[3] = k->m;
+    }
 
     /* Weights that are not constants: XNNPACK packs them at create, so it declines. */
     w.desc.storage = EK_STORAGE_ARENA;
@@ -282,22 +292,29 @@ static void run_conv_case(const struct conv_case *k, const char *what)
     tensor_free(&w);
     tensor_free(&b);
     tensor_free(&y);
+    tensor_free(&z);
 }
 
 static void test_conv(void)
 {
     const struct conv_case plain = {2, 7, 6, 4, 6, 3, 3, 1, {1, 0, 2, 1}, {2, 1}, {1, 2}, true, -0.5f, 0.7f};
-    run_conv_case(&plain, "conv 3x3, asymmetric pads, stride 2x1, dilation 1x2, clamp");
+    run_conv_case(&plain, 0, "conv 3x3, asymmetric pads, stride 2x1, dilation 1x2, clamp");
+    run_conv_case(&plain, 1, "conv 3x3, asymmetric pads, stride 2x1, dilation 1x2, clamp + Z");
+    run_conv_case(&plain, 2, "conv 3x3, clamp + a constant Z");
     const struct conv_case pointwise = {1, 5, 5, 8, 3, 1, 1, 1, {0, 0, 0, 0}, {1, 1}, {1, 1}, false, -INFINITY,
                                         INFINITY};
-    run_conv_case(&pointwise, "conv 1x1, no bias");
+    run_conv_case(&pointwise, 0, "conv 1x1, no bias");
+    run_conv_case(&pointwise, 1, "conv 1x1, no bias + Z");
     const struct conv_case grouped = {1, 6, 5, 4, 6, 3, 2, 2, {1, 1, 1, 0}, {1, 2}, {1, 1}, true, 0.0f, INFINITY};
-    run_conv_case(&grouped, "grouped conv (2 groups), relu");
+    run_conv_case(&grouped, 0, "grouped conv (2 groups), relu");
+    run_conv_case(&grouped, 1, "grouped conv (2 groups), relu + Z");
     const struct conv_case depthwise = {2, 8, 7, 5, 5, 3, 3, 5, {1, 1, 1, 1}, {1, 1}, {1, 1}, true, -INFINITY,
                                         INFINITY};
-    run_conv_case(&depthwise, "depthwise conv 3x3");
+    run_conv_case(&depthwise, 0, "depthwise conv 3x3");
+    run_conv_case(&depthwise, 1, "depthwise conv 3x3 + Z");
     const struct conv_case multiplier = {1, 9, 9, 3, 6, 3, 3, 3, {0, 1, 2, 1}, {2, 2}, {1, 1}, true, 0.0f, 6.0f};
-    run_conv_case(&multiplier, "depthwise conv, multiplier 2, stride 2, relu6");
+    run_conv_case(&multiplier, 0, "depthwise conv, multiplier 2, stride 2, relu6");
+    run_conv_case(&multiplier, 1, "depthwise conv, multiplier 2, stride 2, relu6 + Z");
 }
 
 /* ---- CONV_TRANSPOSE ---- */
@@ -762,7 +779,7 @@ static void test_many_thread_counts(void)
 {
     const struct conv_case k = {1, 16, 16, 8, 16, 3, 3, 1, {1, 1, 1, 1}, {1, 1}, {1, 1}, true, -INFINITY, INFINITY};
     for (int i = 0; i < 3; i++)
-        run_conv_case(&k, "conv 16x16x8 -> 16 (again)");
+        run_conv_case(&k, i == 2, "conv 16x16x8 -> 16 (again)");
 }
 
 /* After the ops above ran with 3 threads: XNNPACK's parallel loops ran on the team handed to run()

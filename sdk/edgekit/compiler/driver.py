@@ -48,7 +48,7 @@ class StageReport:
     arena_bytes: int
     sum_intermediate_bytes: int
     folded_constants: int  # ONNX nodes evaluated at compile time
-    fused_ops: int  # BatchNorm/Mul/Add folded into weights + activations fused
+    fused_ops: int  # BatchNorm/Mul/Add folded into weights + residual Adds and activations fused
     inserted_transposes: int  # layout changes (TRANSPOSE ops) the compiler added
     op_types: dict[str, int] = field(default_factory=dict)
 
@@ -179,6 +179,7 @@ def compile_stage(
     graph = lowering.run()
     passes.eliminate_dead_code(graph)
     fused = passes.fold_into_weights(graph)
+    fused += passes.fuse_residual_adds(graph)
     fused += passes.fuse_activations(graph)
     passes.eliminate_dead_code(graph)
     graph, transposes = layout.assign_layouts(graph)

@@ -123,7 +123,9 @@ class _Layout:
         if op.type in SPATIAL_OPS:
             first = op.inputs[0]
             inputs = [self.get(first, NHWC) if first is not None else None]
-            inputs += [self.get(n, ONNX) if n is not None else None for n in op.inputs[1:]]
+            inputs += [self.get(n, ONNX) if n is not None else None for n in op.inputs[1:3]]
+            # a CONV's residual input Z has the output's shape: NHWC like it
+            inputs += [self.get(n, NHWC) if n is not None else None for n in op.inputs[3:]]
             self.dst.ops.append(
                 Op(op.type, op.name, inputs, [self.output(op.outputs[0], NHWC)], dict(op.attrs), op.sources)
             )

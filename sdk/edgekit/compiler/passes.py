@@ -1,6 +1,7 @@
 """Graph passes on one stage: BatchNorm (and other per-channel Mul/Add) folding into the preceding
-convolution or fully-connected op, Relu/Clip fusion into the fused activation clamp, dead-code
-elimination, merging RESHAPE chains, and the network-output rule of the file format."""
+convolution or fully-connected op, residual Add fusion into a CONV (its optional input Z), Relu/Clip
+fusion into the fused activation clamp, dead-code elimination, merging RESHAPE chains, and the
+network-output rule of the file format."""
 
 from __future__ import annotations
 
@@ -91,6 +92,68 @@ def fold_into_weights(graph: Graph) -> int:
     if folded:
         eliminate_dead_code(graph)
     return folded
+
+
+def _residual_candidate(graph: Graph, users: dict[str, list[Op]], producer: Op | None, add: Op) -> bool:
+    """May ``add`` (an ADD of ``producer``'s output and a tensor of the same shape) fuse into
+    ``producer`` as its input Z?"""
+    if producer is None or producer.type != OpType.CONV or producer.attrs.get("act_min") is not None:
+        return False
+    if "act_max" in producer.attrs or len(producer.inputs) > 3:
+        return False
+    return _single_consumer(graph, users, producer.outputs[0]) is add
+
+
+def fuse_residual_adds(graph: Graph) -> int:
+    """CONV followed by an ADD of a tensor Z with exactly the CONV output's shape (no broadcast), when the
+    ADD is the CONV output's only consumer (and that output is no network output): one CONV with the
+    optional fourth input Z, Y = act(conv(X) + bias + Z), which saves the ADD's pass over memory. Runs
+    before ``fuse_activations`` so a RELU / CLIP after the ADD becomes the fused op's clamp. Of an ADD of
+    two CONV outputs, the later CONV fuses (the other is computed by then). Returns the count."""
+    fused = 0
+    changed = True
+    while changed:
+        changed = False
+        users = graph.consumers()
+        producers = graph.producers()
+        position = {id(op): i for i, op in enumerate(graph.ops)}
+        for add in graph.ops:
+            if add.type != OpType.ADD or add.attrs or len(add.inputs) != 2 or None in add.inputs:
+                continue
+            a, b = add.inputs[0], add.inputs[1]
+            assert a is not None and b is not None
+            out_shape = graph.shape(add.outputs[0])
+            if a == b or graph.shape(a) != out_shape or graph.shape(b) != out_shape:
+                continue
+            if graph.tensors[a].dtype != graph.tensors[b].dtype or graph.tensors[a].dynamic:
+                continue
+            choices = []
+            for conv_out, z in ((a, b), (b, a)):
+                conv = producers.get(conv_out)
+                if conv is not None and _residual_candidate(graph, users, conv, add):
+                    z_op = producers.get(z)
+                    z_at = -1 if z_op is None else position[id(z_op)]
+                    choices.append((position[id(conv)], z_at, conv, z))
+            if not choices:
+                continue
+            _at, z_at, conv, z = max(choices, key=lambda c: c[0])  # the later CONV
+            inputs = list(conv.inputs) + [None] * (3 - len(conv.inputs))
+            conv.inputs = [*inputs, z]
+            conv.outputs[0] = add.outputs[0]
+            conv.sources = _merged(conv.sources, add.sources)
+            index = graph.ops.index(add)
+            if z_at > position[id(conv)]:
+                # Z is computed after the CONV: the fused op runs where the ADD did
+                graph.ops.remove(conv)
+                graph.ops[graph.ops.index(add)] = conv
+            else:
+                del graph.ops[index]
+            fused += 1
+            changed = True
+            break
+    if fused:
+        eliminate_dead_code(graph)
+    return fused
 
 
 def fuse_activations(graph: Graph) -> int:

@@ -287,7 +287,15 @@ def _run_op(op: ekm.OpRecord, ins: list[Array | None], out_shapes: list[tuple[in
     out = out_shapes[0]
     y: Array
     if t == OpType.CONV:
-        y = _act(_conv(x, _req(ins[1]), ins[2] if len(ins) > 2 else None, a, out), a)
+        y = _conv(x, _req(ins[1]), ins[2] if len(ins) > 2 else None, a, out)
+        z = ins[3] if len(ins) > 3 else None
+        if z is not None:  # the fused residual input (.ekm 1.4): act(conv + bias + Z)
+            if z.shape != y.shape:
+                raise InterpreterError(
+                    f"op '{op.name}': Z is {list(z.shape)}, it must have Y's shape {list(y.shape)}"
+                )
+            y = y + z
+        y = _act(y, a)
     elif t == OpType.CONV_TRANSPOSE:
         y = _act(_conv_transpose(x, _req(ins[1]), ins[2] if len(ins) > 2 else None, a, out), a)
     elif t == OpType.FULLY_CONNECTED:

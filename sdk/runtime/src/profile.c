@@ -335,8 +335,8 @@ uint64_t ek_op_flops(const struct ek_op *op) {
     const struct ek_tensor_desc *w = op->n_in > 1 ? op->in[1] : NULL;
     uint64_t out = y->count;
     switch (op->type) {
-    case EK_OP_CONV: /* W[M,KH,KW,C/group]: each output element sums KH*KW*C/group products */
-        return w && w->rank == 4 ? 2 * out * dims_product(w, 1, 4) : 0;
+    case EK_OP_CONV: /* W[M,KH,KW,C/group]: each output element sums KH*KW*C/group products (+ Z: one add) */
+        return w && w->rank == 4 ? 2 * out * dims_product(w, 1, 4) + (op->n_in > 3 && op->in[3] ? out : 0) : 0;
     case EK_OP_CONV_TRANSPOSE: /* each input pixel scatters into M x KH x KW outputs from C/group channels */
         return w && w->rank == 4 && x->rank == 4 ? 2 * dims_product(x, 0, 3) * dims_product(w, 0, 4) : 0;
     case EK_OP_FULLY_CONNECTED:

@@ -5,8 +5,12 @@
  * - depthwise (CONV with group == C == M): a direct loop with the channels innermost;
  * - otherwise im2col: each thread gathers a block of output pixels' receptive fields into its scratch
  *   (zeros for taps outside the input) and multiplies that block by the packed weights.
+ * A CONV's optional input Z (a fused residual Add, .ekm 1.4) is added after the bias and before the
+ * clamp, in the epilogue of each block while it is in cache: the GEMM runs without the clamp, then
+ * the block gets + Z and the clamp.
  * CONV_TRANSPOSE uses the same im2col + GEMM: output pixel o takes input i through tap t when
  * i * stride + t * dilation == o + pad_begin, so its gathered row holds X[i] at tap t, or zero. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +31,7 @@ struct conv_params {
     int64_t sh, sw, dh, dw, pt, pl;
     float lo, hi;
     bool has_bias;
+    bool has_z;          /* CONV's input Z: Y = act(conv(X) + bias + Z) */
     float *packed;       /* constant weights packed at prepare, or NULL: packed into scratch by run */
     size_t group_floats; /* packed floats per group (depthwise: the whole kh * kw * c) */
     size_t packed_total;
@@ -97,10 +102,11 @@ static int64_t out_len(const struct ek_op *op, bool transpose, const char *axis,
 }
 
 static ek_status_t conv_prepare_common(struct ek_op *op, bool transpose) {
-    ek_status_t st = ek_check_arity(op, 2, 3);
+    ek_status_t st = ek_check_arity(op, 2, transpose ? 3 : 4);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *w = op->in[1], *b = op->n_in > 2 ? op->in[2] : NULL;
+    const struct ek_tensor_desc *z = op->n_in > 3 ? op->in[3] : NULL;
     const struct ek_tensor_desc *y = op->out[0];
     if ((st = ek_check_float_tensor(op, x, "X", 4)) != EK_OK || (st = ek_check_float_tensor(op, w, "W", 4)) != EK_OK ||
         (st = ek_check_float_tensor(op, y, "Y", 4)) != EK_OK)
@@ -148,6 +154,15 @@ static ek_status_t conv_prepare_common(struct ek_op *op, bool transpose) {
                              (long long)y->dims[0], (long long)y->dims[1], (long long)y->dims[2],
                              (long long)y->dims[3], (long long)x->dims[0], (long long)oh, (long long)ow,
                              (long long)m);
+    if (z) {
+        if ((st = ek_check_float_tensor(op, z, "Z", 4)) != EK_OK)
+            return st;
+        if (memcmp(z->dims, y->dims, 4 * sizeof z->dims[0]) != 0) {
+            char zs[96], ys[96];
+            return ek_op_invalid(op, "Z is %s, it must have Y's shape %s", ek_shape_str(z, zs, sizeof zs),
+                                 ek_shape_str(y, ys, sizeof ys));
+        }
+    }
 
     struct conv_params *p = calloc(1, sizeof *p);
     if (!p)
@@ -174,6 +189,7 @@ static ek_status_t conv_prepare_common(struct ek_op *op, bool transpose) {
     p->pt = pads[0];
     p->pl = pads[1];
     p->has_bias = b != NULL;
+    p->has_z = z != NULL;
     if ((st = ek_parse_act(op, &p->lo, &p->hi)) != EK_OK)
         goto fail;
 
@@ -249,6 +265,7 @@ static ek_status_t conv_transpose_prepare(struct ek_op *op) { return conv_prepar
 struct conv_run {
     const struct conv_params *p;
     const float *x, *w, *bias;
+    const float *z; /* CONV's Z, or NULL */
     float *y;
     struct ek_exec *exec;
     size_t rows; /* output pixels: n * oh * ow */
@@ -260,6 +277,19 @@ static const float *thread_weights(const struct conv_run *r, float *scratch) {
         return r->p->packed;
     pack_weights(r->p, r->w, scratch);
     return scratch;
+}
+
+/* Y += Z, then the clamp, on `rows` rows of `cols` values (row stride ld) of a block just written. */
+static void residual_epilogue(float *y, const float *z, size_t rows, size_t cols, size_t ld, float lo, float hi) {
+    for (size_t i = 0; i < rows; i++) {
+        float *yr = y + i * ld;
+        const float *zr = z + i * ld;
+        for (size_t j = 0; j < cols; j++) {
+            float v = yr[j] + zr[j];
+            v = v < lo ? lo : v;
+            yr[j] = v > hi ? hi : v;
+        }
+    }
 }
 
 /* Gather rows [r0, r0 + count) of group g's receptive fields into col (count x k). */
@@ -326,12 +356,16 @@ static void gemm_range(void *arg, size_t begin, size_t end, int thread) {
             const float *wg = weights + g * p->group_floats;
             const float *bias = r->bias ? r->bias + g * p->mg : NULL;
             float *yg = r->y + r0 * p->m + g * p->mg;
+            /* with Z the clamp comes after + Z, in the epilogue */
+            const float lo = r->z ? -INFINITY : p->lo, hi = r->z ? INFINITY : p->hi;
             if (p->kind == CONV_POINTWISE) {
-                ek_gemm(count, p->mg, p->cg, r->x + r0 * p->c + g * p->cg, p->c, wg, yg, p->m, bias, p->lo, p->hi);
+                ek_gemm(count, p->mg, p->cg, r->x + r0 * p->c + g * p->cg, p->c, wg, yg, p->m, bias, lo, hi);
             } else {
                 im2col(p, r->x, r0, count, g, col);
-                ek_gemm(count, p->mg, p->k, col, p->k, wg, yg, p->m, bias, p->lo, p->hi);
+                ek_gemm(count, p->mg, p->k, col, p->k, wg, yg, p->m, bias, lo, hi);
             }
+            if (r->z)
+                residual_epilogue(yg, r->z + r0 * p->m + g * p->mg, count, p->mg, p->m, p->lo, p->hi);
         }
     }
 }
@@ -388,11 +422,14 @@ static void depthwise_range(void *arg, size_t begin, size_t end, int thread) {
                 }
                 out[ch] = acc;
             }
-            for (ch = 0; ch < c; ch++) {
-                float v = out[ch];
-                v = v < p->lo ? p->lo : v;
-                out[ch] = v > p->hi ? p->hi : v;
-            }
+            if (r->z)
+                residual_epilogue(out, r->z + (row * p->ow + ow) * c, 1, c, c, p->lo, p->hi);
+            else
+                for (ch = 0; ch < c; ch++) {
+                    float v = out[ch];
+                    v = v < p->lo ? p->lo : v;
+                    out[ch] = v > p->hi ? p->hi : v;
+                }
         }
     }
 }
@@ -404,9 +441,11 @@ static ek_status_t conv_run(const struct ek_op *op, const void *const *in, void 
     if (op->scratch_per_thread && !ek_exec_scratch(exec, 0))
         return ek_fail(EK_ERR_INTERNAL, "op '%.120s' (%s): no scratch memory given", op->name ? op->name : "",
                        ek_op_type_name((int)op->type));
-    struct conv_run r = {p, in[0], in[1], NULL, out[0], exec, p->n * p->oh * p->ow, 0};
+    struct conv_run r = {p, in[0], in[1], NULL, NULL, out[0], exec, p->n * p->oh * p->ow, 0};
     if (p->has_bias && op->n_in > 2)
         r.bias = in[2];
+    if (p->has_z && op->n_in > 3)
+        r.z = in[3];
     if (p->kind == CONV_DEPTHWISE) {
         ek_parallel_for(exec, p->n * p->oh, depthwise_range, &r);
         return EK_OK;
@@ -419,6 +458,6 @@ static ek_status_t conv_run(const struct ek_op *op, const void *const *in, void 
     return EK_OK;
 }
 
-const struct ek_kernel ek_kernel_conv = {EK_OP_CONV, 2, 3, 1, conv_prepare, conv_run, conv_release};
+const struct ek_kernel ek_kernel_conv = {EK_OP_CONV, 2, 4, 1, conv_prepare, conv_run, conv_release};
 const struct ek_kernel ek_kernel_conv_transpose = {EK_OP_CONV_TRANSPOSE, 2, 3, 1, conv_transpose_prepare, conv_run,
                                                    conv_release};

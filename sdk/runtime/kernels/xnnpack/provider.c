@@ -11,6 +11,9 @@
  * XNNPACK of Debian 12 (libxnnpack-dev 0.0~git20220216): the operator API with batch sizes and a
  * pthreadpool at setup, XNN_MAX_TENSOR_DIMS 6, no tanh.
  *
+ * A CONV with the residual input Z (.ekm 1.4) is two XNNPACK operators in one state: the convolution
+ * without the clamp, then add_nd_f32 (with the clamp) of Y and Z into Y, in place.
+ *
  * Buffers: XNNPACK may read up to XNN_EXTRA_BYTES (16) bytes past the end of an input (never write).
  * Constants read at run time (binary-op operands) are copied here into padded buffers; arena and
  * user buffers must have that slack (the engine pads the arena; device blocks are rounded to 64). */
@@ -115,6 +118,9 @@ struct ekx_state {
     const void *set_x, *set_b;
     void *set_y;
     int set_threads;
+    xnn_operator_t residual;   /* CONV with Z: Y = clamp(Y + Z), run after the convolution */
+    size_t residual_count;     /* Y's elements */
+    float *residual_z;         /* a padded copy of a constant Z (else NULL: Z is in[3]) */
 };
 
 static void state_free(struct ekx_state *s) {
@@ -122,6 +128,9 @@ static void state_free(struct ekx_state *s) {
         return;
     if (s->op)
         xnn_delete_operator(s->op);
+    if (s->residual)
+        xnn_delete_operator(s->residual);
+    free(s->residual_z);
     free(s->constant[0]);
     free(s->constant[1]);
     free(s->slope);
@@ -221,6 +230,8 @@ static bool optional_bias(const struct ek_op *op, int index, int64_t n, const fl
 
 /* ---- ops ---- */
 
+static ek_status_t padded_copy(const struct ek_tensor_desc *t, float **copy);
+
 static ek_status_t create_conv(const struct ek_op *op, struct ekx_state *s) {
     const struct ek_tensor_desc *x = op->in[0], *w = op->n_in > 1 ? op->in[1] : NULL, *y = op->out[0];
     if (!w || x->rank != 4 || w->rank != 4 || y->rank != 4 || !is_constant(w))
@@ -245,13 +256,26 @@ static ek_status_t create_conv(const struct ek_op *op, struct ekx_state *s) {
     const float *bias;
     if (!optional_bias(op, 2, m, &bias))
         return EK_ERR_UNSUPPORTED;
+    const struct ek_tensor_desc *z = op->n_in > 3 ? op->in[3] : NULL;
+    if (z && (z->rank != 4 || memcmp(z->dims, y->dims, 4 * sizeof z->dims[0]) != 0))
+        return EK_ERR_UNSUPPORTED;
     /* W[M,KH,KW,C/group] is XNNPACK's [groups, group_output_channels, kh, kw, group_input_channels]. */
     enum xnn_status st = xnn_create_convolution2d_nhwc_f32(
         pads[0], pads[3], pads[2], pads[1], (uint32_t)kh, (uint32_t)kw, strides[0], strides[1], dilations[0],
         dilations[1], (uint32_t)group, (size_t)cg, (size_t)(m / group), (size_t)c, (size_t)m,
-        (const float *)w->constant, bias, lo, hi, 0, &s->op);
+        (const float *)w->constant, bias, z ? -INFINITY : lo, z ? INFINITY : hi, 0, &s->op);
     if (st != xnn_status_success)
         return create_failed(st);
+    if (z) {
+        if ((st = xnn_create_add_nd_f32(lo, hi, 0, &s->residual)) != xnn_status_success)
+            return create_failed(st);
+        s->residual_count = y->count;
+        if (is_constant(z)) {
+            ek_status_t status = padded_copy(z, &s->residual_z);
+            if (status != EK_OK)
+                return status;
+        }
+    }
     s->kind = EKX_CONV;
     s->batch = (size_t)x->dims[0];
     s->height = (size_t)x->dims[1];
@@ -692,18 +716,42 @@ static ek_status_t ekx_create(const struct ek_op *op, void **state) {
     return EK_OK;
 }
 
+static enum xnn_status setup(struct ekx_state *s, const void *const *in, const float *x, float *y, const void *second,
+                             pthreadpool_t pool);
+
+/* Run the op's operators, setting them up first unless the buffers and team are the last setup's. */
 static enum xnn_status setup_and_run(struct ekx_state *s, const void *const *in, void *const *out,
                                      pthreadpool_t pool, int threads) {
     const float *x = in[0];
     float *y = out[0];
-    const void *second = s->kind == EKX_BINARY ? in[1] : NULL;
-    if (s->set_y && s->set_x == x && s->set_b == second && s->set_y == y && s->set_threads == threads)
-        return xnn_run_operator(s->op, pool);
-    s->set_y = NULL; /* until this setup succeeds */
+    /* the other buffer an op reads: a binary op's B, a CONV's Z */
+    const void *second = s->kind == EKX_BINARY ? in[1] : s->residual ? (s->residual_z ? s->residual_z : in[3]) : NULL;
+    if (!(s->set_y && s->set_x == x && s->set_b == second && s->set_y == y && s->set_threads == threads)) {
+        enum xnn_status st = setup(s, in, x, y, second, pool);
+        if (st != xnn_status_success) {
+            s->set_y = NULL;
+            return st;
+        }
+        s->set_x = x;
+        s->set_b = second;
+        s->set_y = y;
+        s->set_threads = threads;
+    }
+    enum xnn_status st = xnn_run_operator(s->op, pool);
+    if (st == xnn_status_success && s->residual) /* Y = clamp(Y + Z), after the convolution wrote Y */
+        st = xnn_run_operator(s->residual, pool);
+    return st;
+}
+
+/* Bind the buffers into the op's operators (XNNPACK's setup). */
+static enum xnn_status setup(struct ekx_state *s, const void *const *in, const float *x, float *y, const void *second,
+                             pthreadpool_t pool) {
     enum xnn_status st;
     switch (s->kind) {
     case EKX_CONV:
         st = xnn_setup_convolution2d_nhwc_f32(s->op, s->batch, s->height, s->width, x, y, pool);
+        if (st == xnn_status_success && s->residual)
+            st = xnn_setup_add_nd_f32(s->residual, 1, &s->residual_count, 1, &s->residual_count, y, second, y, pool);
         break;
     case EKX_DECONV:
         st = xnn_setup_deconvolution2d_nhwc_f32(s->op, s->batch, s->height, s->width, s->adj_h, s->adj_w, x, y,
@@ -734,13 +782,7 @@ static enum xnn_status setup_and_run(struct ekx_state *s, const void *const *in,
     default:
         return xnn_status_invalid_state;
     }
-    if (st != xnn_status_success)
-        return st;
-    s->set_x = x;
-    s->set_b = second;
-    s->set_y = y;
-    s->set_threads = threads;
-    return xnn_run_operator(s->op, pool);
+    return st;
 }
 
 static ek_status_t ekx_run(void *state, const void *const *in, void *const *out, const struct ek_parallel *team) {
@@ -748,6 +790,8 @@ static ek_status_t ekx_run(void *state, const void *const *in, void *const *out,
     if (!s || !in || !out || !out[0] || (!in[0] && !(s->kind == EKX_BINARY && s->constant[0])))
         return EK_ERR_INVALID_ARG;
     if (s->kind == EKX_BINARY && !s->constant[1] && !in[1]) /* binary ops have two inputs */
+        return EK_ERR_INVALID_ARG;
+    if (s->residual && !s->residual_z && !in[3]) /* a CONV's Z */
         return EK_ERR_INVALID_ARG;
     enum xnn_status st;
     if (on_team) {

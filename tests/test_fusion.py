@@ -1,0 +1,123 @@
+"""Conv + residual Add (+ Relu) fusion end to end: torch residual blocks of random shapes and the
+ResNet-18 test model compiled with the fused CONV (its fourth input Z, .ekm 1.4) and run by the runtime
+with the portable and the XNNPACK kernels, against onnxruntime. The compiler-side rules (when it fuses
+and when not) are in test_compiler.py; a fused model on the emulated board in test_board_models.py."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from test_models import TOLERANCE, check_close, open_context
+
+from edgekit.compiler import compile_model, ekm
+from edgekit.compiler.graph import OpType
+from models import INPUT_NAME, compile_ekm, input_shape_of, max_error, onnx_path, ort_run, random_input
+
+KERNELS = ("portable", "xnnpack")
+
+
+class Block(torch.nn.Module):
+    """A residual block: conv-bn-relu, conv-bn, + shortcut (identity, or a strided 1x1 conv-bn), relu.
+    ``kind``: "basic" (3x3 convs), "depthwise" (a depthwise 3x3 then a pointwise conv, MobileNet-like,
+    no relu after the add) or "down" (stride 2 with a projection shortcut: an Add of two convs)."""
+
+    def __init__(self, c: int, m: int, kind: str) -> None:
+        super().__init__()
+        nn = torch.nn
+        stride = 2 if kind == "down" else 1
+        if kind == "depthwise":
+            self.body = nn.Sequential(
+                nn.Conv2d(c, c, 3, 1, 1, groups=c), nn.BatchNorm2d(c), nn.ReLU6(), nn.Conv2d(c, m, 1)
+            )
+        else:
+            self.body = nn.Sequential(
+                nn.Conv2d(c, m, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(m),
+                nn.ReLU(),
+                nn.Conv2d(m, m, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(m),
+            )
+        self.short = (
+            nn.Sequential(nn.Conv2d(c, m, 1, stride, bias=False), nn.BatchNorm2d(m))
+            if c != m or stride != 1
+            else None
+        )
+        self.relu = kind != "depthwise"
+
+    def forward(self, x: Any) -> Any:
+        y = self.body(x) + (x if self.short is None else self.short(x))
+        return torch.relu(y) if self.relu else y
+
+
+def export_block(block: Any, shape: tuple[int, ...]) -> bytes:
+    """The block in eval mode with non-trivial BatchNorm statistics, as ONNX (opset 17)."""
+    block.eval()
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "block.onnx"
+        torch.onnx.export(
+            block,
+            (torch.randn(*shape),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+        )
+        return path.read_bytes()
+
+
+def fused_convs(data: bytes) -> int:
+    ops = ekm.read(data).networks[0].stages[0].ops
+    assert not any(op.type == OpType.ADD for op in ops), "an Add was left unfused"
+    return sum(1 for op in ops if op.type == OpType.CONV and len(op.inputs) == 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_residual_blocks_match_onnxruntime(seed: int) -> None:
+    """Random channels, sizes and batch; every block kind; both kernel paths and 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    kind = ("basic", "depthwise", "down")[seed % 3]
+    c = int(rng.integers(1, 20))
+    m = c if kind == "basic" and seed < 3 else int(rng.integers(1, 20))
+    shape = (int(rng.integers(1, 3)), c, int(rng.integers(3, 17)), int(rng.integers(3, 17)))
+    torch.manual_seed(seed)
+    onnx_bytes = export_block(Block(c, m, kind), shape)
+    report = compile_model(onnx.load_from_string(onnx_bytes))
+    assert fused_convs(report.data) == 1
+    x = rng.standard_normal(shape).astype(np.float32)
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    (expected,) = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for kernels in KERNELS:
+        for threads in (1, 2):
+            with open_context(kernels, threads) as ctx:
+                (actual,) = ctx.load_model(report.data).network().create_request().run([x])
+                check_close(f"{kind} block {shape} -> {m} [{kernels}, {threads} threads]", actual, expected)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_resnet18_is_fused_and_matches_onnxruntime(kernels: str) -> None:
+    """Every basic block's tail (Conv -> Add -> Relu) is one CONV: 8 blocks, no ADD left."""
+    name = "resnet18"
+    path = compile_ekm(name)
+    assert fused_convs(path.read_bytes()) == 8
+    x = random_input(input_shape_of(name))
+    (expected,) = ort_run(onnx_path(name), {INPUT_NAME: x})
+    with open_context(kernels) as ctx:
+        (actual,) = ctx.load_model(str(path)).network().create_request().run([x])
+    assert max_error(actual, expected) <= TOLERANCE
+    check_close(f"{name} [{kernels}]", actual, expected)
