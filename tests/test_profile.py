@@ -97,21 +97,26 @@ def test_every_kind_nested_in_the_trace(ctx: Any, tmp_path: Path) -> None:
 
 
 def test_conv_flops(ctx: Any) -> None:
-    """FLOPs of a convolution: 2 x output elements x KH x KW x input channels per group."""
+    """FLOPs of a convolution: 2 x output elements x KH x KW x input channels per group, plus one add
+    per output element for a fused residual input Z (ResNet-18's blocks have 8)."""
     path = compile_ekm("resnet18")
     stage = ekm.read(path.read_bytes()).networks[0].stages[0]
     req = ctx.load_model(str(path)).network().create_request()
     req.run([random_input(input_shape_of("resnet18"))], profile=True)
-    checked = 0
+    checked = fused = 0
     for r in req.profile_data:
         if r.kind != "LayerExecute" or r.details["op_type"] != "CONV":
             continue
         op = stage.ops[r.details["op_index"]]
         out = stage.tensors[op.outputs[0]].shape
         weight = stage.tensors[op.inputs[1]].shape  # [M, KH, KW, C/group]
-        assert r.details["flops"] == 2 * math.prod(out) * weight[1] * weight[2] * weight[3]
+        residual = len(op.inputs) > 3 and op.inputs[3] is not None
+        fused += residual
+        assert r.details["flops"] == 2 * math.prod(out) * weight[1] * weight[2] * weight[3] + (
+            math.prod(out) if residual else 0
+        )
         checked += 1
-    assert checked >= 10
+    assert checked >= 10 and fused == 8
 
 
 def test_profile_off_records_nothing(ctx: Any) -> None:
