@@ -121,3 +121,47 @@ def test_resnet18_is_fused_and_matches_onnxruntime(kernels: str) -> None:
         (actual,) = ctx.load_model(str(path)).network().create_request().run([x])
     assert max_error(actual, expected) <= TOLERANCE
     check_close(f"{name} [{kernels}]", actual, expected)
+
+
+def test_constant_z_and_graph_input_z_match_onnxruntime() -> None:
+    """Z that is a constant of the output's full shape (converted to NHWC at compile time; the XNNPACK
+    provider keeps a padded copy) and Z that is a network input (an NCHW -> NHWC transpose feeds it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(42)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    k = rng.standard_normal((1, 5, 6, 7)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "K"], ["s"], name="add_const"),
+        helper.make_node("Conv", ["s", "W2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["r", "c2"], ["y"], name="add_input"),
+    ]
+    w2 = rng.standard_normal((5, 5, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "z",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7]),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 5, 6, 7]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(k, "K"), numpy_helper.from_array(w2, "W2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    report = compile_model(model)
+    assert fused_convs(report.data) == 2
+    feeds = {
+        "x": rng.standard_normal((1, 3, 6, 7)).astype(np.float32),
+        "r": rng.standard_normal((1, 5, 6, 7)).astype(np.float32),
+    }
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
+    for kernels in KERNELS:
+        with open_context(kernels) as ctx:
+            (actual,) = ctx.load_model(report.data).network().create_request().run(feeds)
+            check_close(f"constant and input Z [{kernels}]", actual, expected)

@@ -50,6 +50,8 @@ def fold_into_weights(graph: Graph) -> int:
         for op in graph.ops:
             if op.type not in _WEIGHTED or "act_min" in op.attrs or "act_max" in op.attrs:
                 continue
+            if len(op.inputs) > 3:  # a fused residual Z: a scale would have to apply to it too
+                continue
             out = op.outputs[0]
             nxt = _single_consumer(graph, users, out)
             if nxt is None or nxt.type not in (OpType.MUL, OpType.DIV, OpType.ADD, OpType.SUB) or nxt.attrs:
