@@ -156,7 +156,7 @@ def test_constant_z_and_graph_input_z_match_onnxruntime() -> None:
         "x": rng.standard_normal((1, 3, 6, 7)).astype(np.float32),
         "r": rng.standard_normal((1, 5, 6, 7)).astype(np.float32),
     }
-    import onnxruntime as ort  # type: ignore[import-untyped]
+    import onnxruntime as ort
 
     (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, feeds
