@@ -587,17 +587,21 @@ static void test_binary(void)
     const int64_t a8b[8] = {2, 1, 1, 1, 2, 3, 2, 256}, b8b[8] = {1, 2, 3, 2, 2, 3, 2, 256};
     const int64_t y8b[8] = {2, 2, 3, 2, 2, 3, 2, 256};
     run_binary_case(EK_OP_MUL, 8, a8b, false, 8, b8b, false, 8, y8b, -INFINITY, INFINITY, "mul of rank 8, folded");
-    /* An SE block's channel gate, [1, H, W, C] x [1, 1, 1, C]: XNNPACK would run one micro-kernel call per
-     * pixel, so the portable kernel takes it. */
-    const int64_t px[4] = {1, 16, 16, 32}, gate[4] = {1, 1, 1, 32};
-    tensor_init(&a, 4, px, false, 3);
-    tensor_init(&b, 4, gate, false, 4);
-    tensor_init(&y, 4, px, false, 0);
+
+    /* A per-channel operand of an NHWC tensor: many short rows are left to the portable kernel, rows of
+     * 256 floats and more (or few rows) stay with XNNPACK. */
+    const int64_t se_x[4] = {1, 64, 64, 16}, se_g[4] = {1, 1, 1, 16};
+    tensor_init(&a, 4, se_x, false, 1);
+    tensor_init(&b, 4, se_g, false, 2);
+    tensor_init(&y, 4, se_x, false, 0);
     opdef_init(&d, EK_OP_MUL, 2, (struct tensor *[]){&a, &b}, &y, 0, NULL);
-    check_unsupported(&d, "mul by a per-channel gate (inner runs of 32)");
+    check_unsupported(&d, "mul [1,64,64,16] x [1,1,1,16] (4096 rows of 16)");
     tensor_free(&a);
     tensor_free(&b);
     tensor_free(&y);
+    const int64_t wide_x[4] = {1, 8, 8, 256}, wide_g[4] = {1, 1, 1, 256};
+    run_binary_case(EK_OP_MUL, 4, wide_x, false, 4, wide_g, false, 4, wide_x, -INFINITY, INFINITY,
+                    "mul [1,8,8,256] x [1,1,1,256] (rows of 256)");
 }
 
 /* ---- unary, PRELU, SOFTMAX ---- */
