@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from edgekit.compiler.graph import ACT_OPS, Graph, Op, OpType
+from edgekit.compiler.graph import ACT_OPS, FLOAT32, Graph, Op, OpType
 
 _WEIGHTED = (OpType.CONV, OpType.CONV_TRANSPOSE, OpType.FULLY_CONNECTED)
 
@@ -99,9 +99,9 @@ def fold_into_weights(graph: Graph) -> int:
 def _residual_candidate(graph: Graph, users: dict[str, list[Op]], producer: Op | None, add: Op) -> bool:
     """May ``add`` (an ADD of ``producer``'s output and a tensor of the same shape) fuse into
     ``producer`` as its input Z?"""
-    if producer is None or producer.type != OpType.CONV or producer.attrs.get("act_min") is not None:
+    if producer is None or producer.type != OpType.CONV or len(producer.inputs) > 3:
         return False
-    if "act_max" in producer.attrs or len(producer.inputs) > 3:
+    if "act_min" in producer.attrs or "act_max" in producer.attrs:  # act(conv) + Z is not act(conv + Z)
         return False
     return _single_consumer(graph, users, producer.outputs[0]) is add
 
@@ -127,7 +127,7 @@ def fuse_residual_adds(graph: Graph) -> int:
             out_shape = graph.shape(add.outputs[0])
             if a == b or graph.shape(a) != out_shape or graph.shape(b) != out_shape:
                 continue
-            if graph.tensors[a].dtype != graph.tensors[b].dtype or graph.tensors[a].dynamic:
+            if any(graph.tensors[n].dtype != FLOAT32 or graph.tensors[n].dynamic for n in (a, b)):
                 continue
             choices = []
             for conv_out, z in ((a, b), (b, a)):
