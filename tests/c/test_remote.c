@@ -1337,8 +1337,18 @@ static void test_launch_tensor(void)
             for (int i = 0; i < 6; i++)
                 CHECK(out[i] == a[i] + b[i]);
         }
+        /* ek_rt_run on a remote runtime: a launch and its wait, one call */
+        float zero[6] = {0};
+        CHECK_OK(ek_memcpy_s2d_partial_offset(dev, y.mem, zero, sizeof zero, 100));
+        if (CHECK_OK(ek_rt_run(rrt, "net_b", in, 2, &y, 1, NULL))) {
+            CHECK(y.shape.num_dims == 1 && y.shape.dims[0] == 6);
+            CHECK_OK(ek_memcpy_d2s_partial_offset(dev, out, y.mem, sizeof out, 100));
+            for (int i = 0; i < 6; i++)
+                CHECK(out[i] == a[i] + b[i]);
+        }
         /* the board checks user memory as locally */
         y.offset = 240;
+        CHECK_STATUS(ek_rt_run(rrt, "net_b", in, 2, &y, 1, NULL), EK_ERR_OUT_OF_RANGE);
         CHECK_STATUS(ek_rt_launch_tensor(rrt, "net_b", in, 2, &y, 1, true, NULL, &l), EK_ERR_OUT_OF_RANGE);
         CHECK_ERROR_MENTIONS("output 'y'");
         ek_tensor_t alias = in[0];
