@@ -137,6 +137,10 @@ static void opb_float(struct opb *b, const char *name, float v) {
     b->attrs[b->op.n_attrs++] = (struct ek_attr){.name = name, .type = EK_ATTR_FLOAT, .count = 1, .f = v};
 }
 
+static void opb_string(struct opb *b, const char *name, const char *v) {
+    b->attrs[b->op.n_attrs++] = (struct ek_attr){.name = name, .type = EK_ATTR_STRING, .count = 1, .s = v};
+}
+
 static void opb_floats2(struct opb *b, const char *name, float v0, float v1) {
     int i = b->op.n_attrs++;
     b->floats[i][0] = v0;
@@ -851,6 +855,83 @@ static void test_resize(void) {
     resize_case(row3, 1, 9, 1.0f, 3.0f, 0, 0, 0, 1, in3, nn3);
 }
 
+/* ------------------------------------------------------------------ Winograd F(4x4, 3x3) */
+
+static void conv_op(struct opb *ob, enum ek_op_type type, const struct ek_tensor_desc *x, const struct ek_tensor_desc *w,
+                    const struct ek_tensor_desc *b, const struct ek_tensor_desc *y);
+
+static int irand(int lo, int hi) { /* [lo, hi] */
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return lo + (int)((rng_state >> 8) % (uint32_t)(hi - lo + 1));
+}
+
+/* A random 3x3 stride-1 CONV run with algorithm "winograd" and without (im2col): equal within
+ * 1e-4 * max(1, max|im2col|), the scale taken before the activation (a clamp hides the magnitude of
+ * the sums the transforms work on). */
+static void winograd_case(int index) {
+    int64_t pads[4] = {irand(0, 2), irand(0, 2), irand(0, 2), irand(0, 2)}, ones[2] = {1, 1};
+    int64_t n = irand(1, 3), c = irand(1, 70), m = irand(1, 70);
+    int64_t hmin = 3 - pads[0] - pads[2] > 1 ? 3 - pads[0] - pads[2] : 1;
+    int64_t wmin = 3 - pads[1] - pads[3] > 1 ? 3 - pads[1] - pads[3] : 1;
+    int64_t h = irand((int)hmin, 20), w = irand((int)wmin, 20);
+    int64_t oh = h + pads[0] + pads[2] - 2, ow = w + pads[1] + pads[3] - 2;
+    int bias = irand(0, 1), act = irand(0, 2), threads = irand(1, 3);
+    float lo = act == 1 ? 0.0f : act == 2 ? -0.3f : -INFINITY, hi = act == 2 ? 0.4f : INFINITY;
+    int64_t xd[4] = {n, h, w, c}, wd[4] = {m, 3, 3, c}, bd[1] = {m}, yd[4] = {n, oh, ow, m};
+    struct ek_tensor_desc x = mkdesc("x", 4, xd), wt = mkdesc("w", 4, wd), b = mkdesc("b", 1, bd), y = mkdesc("y", 4, yd);
+    float *xv = rand_buf(x.count), *wv = rand_buf(wt.count), *bv = rand_buf(b.count);
+    float *ys[3];
+    for (int i = 0; i < 3; i++)
+        ys[i] = malloc(y.count * sizeof(float));
+    wt.storage = EK_STORAGE_CONSTANT;
+    wt.constant = wv;
+    const void *ins[3] = {xv, wv, bias ? bv : NULL};
+    bool ok = true;
+    /* pass 0: im2col without activation (the scale), 1: im2col, 2: Winograd */
+    for (int pass = 0; pass < 3 && ok; pass++) {
+        struct opb ob;
+        conv_op(&ob, EK_OP_CONV, &x, &wt, bias ? &b : NULL, &y);
+        opb_ints(&ob, "pads", 4, pads);
+        opb_ints(&ob, "strides", 2, ones);
+        if (act && pass)
+            opb_float(&ob, "act_min", lo);
+        if (act == 2 && pass)
+            opb_float(&ob, "act_max", hi);
+        if (pass == 2)
+            opb_string(&ob, "algorithm", "winograd");
+        ok = CHECK_OK(ek_kernel_conv.prepare(&ob.op));
+        if (ok) {
+            ok = CHECK_OK(run_op(&ek_kernel_conv, &ob.op, ins, ys[pass], y.count, threads));
+            ek_kernel_conv.release(&ob.op);
+        }
+    }
+    if (ok) {
+        double maxref = 1.0, maxdiff = 0.0;
+        for (size_t i = 0; i < y.count; i++)
+            maxref = fabs(ys[0][i]) > maxref ? fabs(ys[0][i]) : maxref;
+        for (size_t i = 0; i < y.count; i++) {
+            double d = fabs((double)ys[1][i] - ys[2][i]);
+            maxdiff = d > maxdiff || d != d ? d : maxdiff;
+        }
+        if (!(maxdiff <= 1e-4 * maxref))
+            printf("  winograd case %d: n %lld h %lld w %lld c %lld m %lld pads %lld,%lld,%lld,%lld bias %d act %d "
+                   "threads %d: max diff %g (max |ref| %g)\n",
+                   index, (long long)n, (long long)h, (long long)w, (long long)c, (long long)m, (long long)pads[0],
+                   (long long)pads[1], (long long)pads[2], (long long)pads[3], bias, act, threads, maxdiff, maxref);
+        CHECK(maxdiff <= 1e-4 * maxref);
+    }
+    free(xv);
+    free(wv);
+    free(bv);
+    for (int i = 0; i < 3; i++)
+        free(ys[i]);
+}
+
+static void test_winograd(void) {
+    for (int i = 0; i < 80; i++)
+        winograd_case(i);
+}
+
 /* ------------------------------------------------------------------ prepare() refusals */
 
 static void expect_invalid(const struct ek_kernel *k, struct opb *ob, const char *what) {
@@ -908,6 +989,33 @@ static void test_conv_rejects(void) {
     conv_op(&ob, EK_OP_CONV, &x, &w, &b, &y);
     ob.in[0] = NULL;
     expect_invalid(&ek_kernel_conv, &ob, "missing input");
+
+    /* algorithm: an unknown value, a non-string, Winograd where it does not apply */
+    struct ek_tensor_desc wc = w;
+    wc.storage = EK_STORAGE_CONSTANT;
+    wc.constant = calloc(w.count, sizeof(float));
+    conv_op(&ob, EK_OP_CONV, &x, &wc, &b, &y);
+    opb_string(&ob, "algorithm", "winograd");
+    if (CHECK_OK(ek_kernel_conv.prepare(&ob.op))) /* qualifies */
+        ek_kernel_conv.release(&ob.op);
+    conv_op(&ob, EK_OP_CONV, &x, &wc, &b, &y);
+    opb_string(&ob, "algorithm", "fft");
+    expect_invalid(&ek_kernel_conv, &ob, "unknown algorithm");
+    CHECK(strstr(ek_last_error(), "fft") != NULL);
+    conv_op(&ob, EK_OP_CONV, &x, &wc, &b, &y);
+    opb_int(&ob, "algorithm", 1);
+    expect_invalid(&ek_kernel_conv, &ob, "algorithm not a string");
+    conv_op(&ob, EK_OP_CONV, &x, &w, &b, &y);
+    opb_string(&ob, "algorithm", "winograd");
+    expect_invalid(&ek_kernel_conv, &ob, "winograd on arena weights");
+    const int64_t two[2] = {2, 2}, y2d[4] = {1, 3, 3, 6};
+    struct ek_tensor_desc y2 = mkdesc("y", 4, y2d);
+    conv_op(&ob, EK_OP_CONV, &x, &wc, &b, &y2);
+    opb_ints(&ob, "strides", 2, two);
+    opb_string(&ob, "algorithm", "winograd");
+    expect_invalid(&ek_kernel_conv, &ob, "winograd on a stride-2 conv");
+    CHECK(strstr(ek_last_error(), "stride") != NULL);
+    free((void *)wc.constant);
 
     const int64_t zero_stride[2] = {0, 1}, neg_pads[4] = {-1, 0, 1, 0}, huge[3] = {(int64_t)1 << 40, 1, 1};
     conv_op(&ob, EK_OP_CONV, &x, &w, &b, &y);
@@ -1122,6 +1230,7 @@ int main(void) {
         RUN(test_conv);
         RUN(test_conv_residual);
         RUN(test_conv_transpose);
+        RUN(test_winograd);
         RUN(test_fully_connected);
         RUN(test_matmul);
     }

@@ -1,10 +1,13 @@
 /* CONV and CONV_TRANSPOSE on NHWC tensors with weights W[M, KH, KW, C/group].
  *
- * Three ways to run, chosen at prepare:
+ * Four ways to run, chosen at prepare:
  * - pointwise (1x1, stride 1, no padding): the input rows already are the GEMM's A, one GEMM per group;
  * - depthwise (CONV with group == C == M): a direct loop with the channels innermost;
  * - otherwise im2col: each thread gathers a block of output pixels' receptive fields into its scratch
- *   (zeros for taps outside the input) and multiplies that block by the packed weights.
+ *   (zeros for taps outside the input) and multiplies that block by the packed weights;
+ * - Winograd F(4x4, 3x3) (winograd.c) when the op's STRING attribute `algorithm` is "winograd": only
+ *   for a 3x3 CONV with stride 1, dilation 1, group 1 and constant weights; otherwise (or an unknown
+ *   value) the model is invalid. The compiler records the attribute where it pays.
  * A CONV's optional input Z (a fused residual Add, .ekm 1.4) is added after the bias and before the
  * clamp, in the epilogue of each block while it is in cache: the GEMM runs without the clamp, then
  * the block gets + Z and the clamp.
@@ -17,12 +20,13 @@
 #include "helpers.h"
 #include "internal.h"
 #include "portable.h"
+#include "winograd.h"
 
 #define MR ek_gemm_mr() /* the SGEMM register tile's rows (per-process microkernel choice) */
 #define ATTR_MAX ((int64_t)1 << 30) /* strides, dilations and pads beyond this are not real models */
 #define IM2COL_BYTES ((size_t)256 * 1024) /* a block of gathered rows stays in L2 */
 
-enum conv_kind { CONV_IM2COL, CONV_POINTWISE, CONV_DEPTHWISE };
+enum conv_kind { CONV_IM2COL, CONV_POINTWISE, CONV_DEPTHWISE, CONV_WINOGRAD };
 
 struct conv_params {
     bool transpose;
@@ -37,12 +41,14 @@ struct conv_params {
     size_t packed_total;
     size_t block_rows;   /* im2col rows per block, a multiple of MR */
     size_t col_offset;   /* floats: where the im2col block starts in the scratch */
+    struct ek_wino *wino; /* CONV_WINOGRAD */
 };
 
 static void conv_release(struct ek_op *op) {
     struct conv_params *p = op->params;
     if (p) {
         free(p->packed);
+        ek_wino_free(p->wino);
         free(p);
     }
     op->params = NULL;
@@ -99,6 +105,22 @@ static int64_t out_len(const struct ek_op *op, bool transpose, const char *axis,
         return -1;
     }
     return v - pb - pe;
+}
+
+/* The optional STRING attribute `algorithm`: absent, or "winograd" (CONV only). */
+static ek_status_t conv_algorithm(const struct ek_op *op, bool transpose, bool *winograd) {
+    const struct ek_attr *a = ek_attr_find(op, "algorithm");
+    *winograd = false;
+    if (!a)
+        return EK_OK;
+    if (a->type != EK_ATTR_STRING || !a->s)
+        return ek_op_invalid(op, "attribute 'algorithm' must be a string");
+    if (strcmp(a->s, "winograd") == 0 && !transpose) {
+        *winograd = true;
+        return EK_OK;
+    }
+    return ek_op_invalid(op, "unknown algorithm '%.60s'%s", a->s,
+                         transpose ? " (CONV_TRANSPOSE takes none)" : " (known: winograd)");
 }
 
 static ek_status_t conv_prepare_common(struct ek_op *op, bool transpose) {
@@ -193,6 +215,25 @@ static ek_status_t conv_prepare_common(struct ek_op *op, bool transpose) {
     if ((st = ek_parse_act(op, &p->lo, &p->hi)) != EK_OK)
         goto fail;
 
+    bool winograd = false;
+    if ((st = conv_algorithm(op, transpose, &winograd)) != EK_OK)
+        goto fail;
+    if (winograd) {
+        if (p->kh != 3 || p->kw != 3 || p->sh != 1 || p->sw != 1 || p->dh != 1 || p->dw != 1 || p->group != 1 ||
+            w->storage != EK_STORAGE_CONSTANT || !w->constant) {
+            st = ek_op_invalid(op, "algorithm 'winograd' needs a 3x3 kernel, stride 1, dilation 1, group 1 and "
+                                   "constant weights (kernel %zux%zu, strides %lld,%lld, dilations %lld,%lld, "
+                                   "group %zu%s)",
+                               p->kh, p->kw, (long long)p->sh, (long long)p->sw, (long long)p->dh, (long long)p->dw,
+                               p->group, w->storage == EK_STORAGE_CONSTANT ? "" : ", weights not constant");
+            goto fail;
+        }
+        struct ek_wino_shape ws = {p->n, p->h, p->w, p->c, p->oh, p->ow, p->m, (size_t)pads[0], (size_t)pads[1]};
+        p->kind = CONV_WINOGRAD;
+        if ((st = ek_wino_prepare(op, &ws, w->constant, p->lo, p->hi, &p->wino, &op->scratch_per_thread)) != EK_OK)
+            goto fail;
+        return EK_OK;
+    }
     if (!transpose && p->group == p->c && p->m == p->c)
         p->kind = CONV_DEPTHWISE;
     else if (p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && pads[0] == 0 && pads[1] == 0 &&
@@ -446,6 +487,10 @@ static ek_status_t conv_run(const struct ek_op *op, const void *const *in, void 
         r.bias = in[2];
     if (p->has_z && op->n_in > 3)
         r.z = in[3];
+    if (p->kind == CONV_WINOGRAD) {
+        ek_wino_run(p->wino, r.x, r.bias, r.z, r.y, exec);
+        return EK_OK;
+    }
     if (p->kind == CONV_DEPTHWISE) {
         ek_parallel_for(exec, p->n * p->oh, depthwise_range, &r);
         return EK_OK;
