@@ -639,7 +639,8 @@ cdef class Profile:
                 nodes = text(r.nodes)
                 details.update(op_index=r.op_index, op_type=text(r.op_type), provider=text(r.provider),
                                nodes=nodes.split("\x1f") if nodes else [], tensor=text(r.tensor),
-                               shapes=text(r.shapes), flops=r.flops)
+                               shapes=text(r.shapes), flops=r.flops,
+                               algorithm=text(r.algorithm) if r.algorithm else "")
             out.append((text(ek_profile_kind_name(r.kind)), text(r.name), r.start_ns, r.duration_ns, details))
         return out
 

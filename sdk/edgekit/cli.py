@@ -289,7 +289,48 @@ def _fmt_shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape) if len(shape) else "scalar"
 
 
+def _conv_algorithms(path: str) -> dict[str, list[dict[str, Any]]] | None:
+    """Each network's CONV ops and the algorithm the portable kernels run them with (from the file:
+    "winograd" where the compiler recorded it, else what the kernel picks: "depthwise", "pointwise"
+    or "gemm", im2col); None where the file reader (edgekit.compiler, needs onnx) is missing."""
+    try:
+        from edgekit.compiler import ekm
+    except ImportError:
+        return None
+    model = ekm.read(Path(path).read_bytes())
+    out: dict[str, list[dict[str, Any]]] = {}
+    for net in model.networks:
+        convs = out.setdefault(net.name, [])
+        for index, stage in enumerate(net.stages):
+            for op in stage.ops:
+                if op.type != 1 or op.inputs[1] is None:
+                    continue
+                m, kh, kw, cg = stage.tensors[op.inputs[1]].shape
+                group = int(op.attrs.get("group", 1))  # type: ignore[arg-type]
+                strides = list(op.attrs.get("strides", [1, 1]))  # type: ignore[arg-type]
+                pads = list(op.attrs.get("pads", [0, 0, 0, 0]))  # type: ignore[arg-type]
+                if op.attrs.get("algorithm") == "winograd":
+                    algorithm = "winograd"
+                elif group > 1 and group == m and cg == 1:
+                    algorithm = "depthwise"
+                elif (kh, kw) == (1, 1) and strides == [1, 1] and not any(pads):
+                    algorithm = "pointwise"
+                else:
+                    algorithm = "gemm"
+                convs.append(
+                    {
+                        "stage": index,
+                        "op": op.name,
+                        "kernel": f"{kh}x{kw}/{'x'.join(map(str, strides))}",
+                        "channels": [cg * group, m],
+                        "algorithm": algorithm,
+                    }
+                )
+    return out
+
+
 def _describe(ctx: Any, model: Any, path: str) -> dict[str, Any]:
+    convs = _conv_algorithms(path)
     networks = []
     for name in model.network_names:
         net = model.network(name)
@@ -322,6 +363,8 @@ def _describe(ctx: Any, model: Any, path: str) -> dict[str, Any]:
                 ],
             }
         )
+        if convs is not None:
+            networks[-1]["convolutions"] = convs.get(name, [])
     return {"model": path, "bytes": os.path.getsize(path), "kernels": ctx.kernels, "networks": networks}
 
 
@@ -352,6 +395,17 @@ def _print_info(info: dict[str, Any]) -> None:
                 f"{k}={'<=' if k in dynamic else ''}{_fmt_shape(v)}" for k, v in stage["outputs"].items()
             )
             print(f"    {index}: {ins} -> {outs}")
+        convs = net.get("convolutions")
+        if convs:
+            winograd = sum(c["algorithm"] == "winograd" for c in convs)
+            print(
+                f"  convolutions: {len(convs)}, {winograd} Winograd F(4x4,3x3) "
+                "(the others: XNNPACK under auto/xnnpack kernels, else the portable algorithm shown)"
+            )
+            width = max(len(c["op"]) for c in convs)
+            for c in convs:
+                chans = "->".join(map(str, c["channels"]))
+                print(f"    {c['stage']}: {c['op']:<{width}}  {c['kernel']:<7} {chans:<9}  {c['algorithm']}")
     print("(network names are set by edgekit compile --name; by default the .ekm file's stem)")
 
 

@@ -101,7 +101,8 @@ class ProfileRecord:
     ``name`` the op (LayerExecute), "request"/"reply" (Transport) or the network; ``start_ns`` and
     ``duration_ns`` CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``); ``details`` the rest: thread,
     network, stage, launch, threads, bytes, and for LayerExecute op_index, op_type, provider, nodes (the
-    ONNX nodes), tensor (the ONNX tensor), shapes, flops."""
+    ONNX nodes), tensor (the ONNX tensor), shapes, flops, algorithm (the portable kernel's choice:
+    "winograd-f4/avx512", "gemm", "depthwise"; "" when a provider ran the op or it has no choice)."""
 
     kind: str
     name: str

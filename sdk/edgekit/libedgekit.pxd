@@ -222,6 +222,7 @@ cdef extern from "edgekit/edgekit.h" nogil:
         uint64_t start_ns
         uint64_t duration_ns
         uint64_t thread
+        const char *algorithm
     ek_status_t ek_profile_create(ek_profile_t *profile)
     ek_status_t ek_profile_destroy(ek_profile_t profile)
     ek_status_t ek_profile_clear(ek_profile_t profile)

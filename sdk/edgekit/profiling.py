@@ -51,9 +51,9 @@ def _cut(text: str, width: int) -> str:
 
 
 def format_summary(rows: Sequence[dict[str, str]], limit: int | None = 20) -> str:
-    """The per-op table, sorted by time as in the CSV: rank, op, type, provider, count, total, mean, %,
-    GFLOP/s."""
-    header = ("#", "op", "type", "provider", "count", "total ms", "mean ms", "%", "GFLOP/s")
+    """The per-op table, sorted by time as in the CSV: rank, op, type, provider, algorithm, count, total,
+    mean, %, GFLOP/s."""
+    header = ("#", "op", "type", "provider", "algorithm", "count", "total ms", "mean ms", "%", "GFLOP/s")
     shown = rows if limit is None else rows[:limit]
     table = [
         (
@@ -61,6 +61,7 @@ def format_summary(rows: Sequence[dict[str, str]], limit: int | None = 20) -> st
             _cut(r["name"], 48),
             r["op_type"],
             r["provider"],
+            r.get("algorithm") or "-",
             r["count"],
             f"{float(r['total_ms']):.3f}",
             f"{float(r['mean_ms']):.4f}",
@@ -71,7 +72,9 @@ def format_summary(rows: Sequence[dict[str, str]], limit: int | None = 20) -> st
     ]
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
     lines = [
-        "  ".join(c.ljust(w) if i in (1, 2, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        "  ".join(
+            c.ljust(w) if i in (1, 2, 3, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+        )
         for row in [header, *table]
     ]
     if limit is not None and len(rows) > limit:

@@ -58,6 +58,14 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
         help="a plugin op library built for this machine (docs/plugins.md): the models' nodes of a custom "
         "domain it registers become its ops (repeat for more libraries)",
     )
+    parser.add_argument(
+        "--conv-algorithm",
+        choices=["auto", "winograd", "gemm"],
+        default="auto",
+        help="3x3 stride-1 convolutions: 'auto' (default) marks Winograd F(4x4,3x3) where it pays "
+        "(32 to 128 input and output channels, output 8x8 or larger), 'winograd' on every one that qualifies "
+        "(group 1, dilation 1), 'gemm' on none (im2col or the XNNPACK provider run them)",
+    )
 
 
 def _assignment(text: str) -> tuple[str, tuple[int, ...]]:
@@ -117,7 +125,9 @@ def run_compile(args: argparse.Namespace) -> int:
     """Run ``edgekit compile``; returns the exit status (0, 1 compile error, 2 usage error)."""
     try:
         specs = _specs(args)
-        report = compile_networks(specs, args.output, log=print, plugins=args.plugin)
+        report = compile_networks(
+            specs, args.output, log=print, plugins=args.plugin, conv_algorithm=args.conv_algorithm
+        )
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR

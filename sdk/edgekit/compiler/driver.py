@@ -173,7 +173,10 @@ class _CompiledStage:
 
 
 def compile_stage(
-    model: OnnxModel, shapes: Mapping[str, Shape], plugins: PluginSet | None = None
+    model: OnnxModel,
+    shapes: Mapping[str, Shape],
+    plugins: PluginSet | None = None,
+    conv_algorithm: str = "auto",
 ) -> _CompiledStage:
     lowering = StageLowering(model, shapes, plugins)
     graph = lowering.run()
@@ -182,6 +185,7 @@ def compile_stage(
     fused += passes.fuse_residual_adds(graph)
     fused += passes.fuse_activations(graph)
     passes.eliminate_dead_code(graph)
+    passes.choose_conv_algorithms(graph, conv_algorithm)
     graph, transposes = layout.assign_layouts(graph)
     passes.merge_reshapes(graph)
     passes.fix_outputs(graph)
@@ -318,12 +322,18 @@ def compile_networks(
     *,
     log: Log | None = None,
     plugins: PluginPaths = (),
+    conv_algorithm: str = "auto",
 ) -> CompileReport:
     """Compile every network (each with its stages) into one .ekm; write it to ``output`` if given.
     Networks without a name get ``default_name``'s: the output's stem for one network, else the ONNX
     file's stem. ``plugins``: host builds of plugin op libraries (docs/plugins.md) whose ops the
-    networks' custom-domain nodes become."""
+    networks' custom-domain nodes become. ``conv_algorithm``: "auto" records Winograd on the 3x3
+    stride-1 convolutions where it pays, "winograd" on all that qualify, "gemm" on none."""
     say: Log = log or (lambda _message: None)
+    if conv_algorithm not in passes.CONV_ALGORITHMS:
+        raise CompileError(
+            f"unknown conv algorithm '{conv_algorithm}' (expected {', '.join(passes.CONV_ALGORITHMS)})"
+        )
     if not networks:
         raise CompileError("no networks to compile")
     plugin_set = PluginSet(plugins)
@@ -344,7 +354,7 @@ def compile_networks(
             shapes = _stage_shapes(model, stage, index)
             say(f"{name}: stage {index}: " + " ".join(f"{k}={_shape_str(v)}" for k, v in shapes.items()))
             try:
-                result = compile_stage(model, shapes, plugin_set)
+                result = compile_stage(model, shapes, plugin_set, conv_algorithm)
             except CompileError as exc:
                 if len(stage_specs) > 1 or len(networks) > 1:
                     exc.args = (f"network '{name}', stage {index}: {exc.args[0]}", *exc.args[1:])
@@ -410,11 +420,14 @@ def compile_model(
     name: str | None = None,
     log: Log | None = None,
     plugins: PluginPaths = (),
+    conv_algorithm: str = "auto",
 ) -> CompileReport:
     """Compile one ONNX network (a path or a ModelProto) to .ekm. The network is named ``name``, by
     default the stem of ``output`` (see ``default_name``). ``plugins``: plugin libraries for the
-    custom-domain nodes (docs/plugins.md)."""
-    return compile_networks([NetworkSpec(model, name, stages)], output, log=log, plugins=plugins)
+    custom-domain nodes (docs/plugins.md). ``conv_algorithm``: see ``compile_networks``."""
+    return compile_networks(
+        [NetworkSpec(model, name, stages)], output, log=log, plugins=plugins, conv_algorithm=conv_algorithm
+    )
 
 
 __all__ = [

@@ -18,7 +18,7 @@ MAGIC = b"EDGEKIT\0"
 VERSION_MAJOR = 1
 VERSION_MINOR = 4  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections; 1.2: PLUGIN ops;
 # 1.3: TOP_K, NON_MAX_SUPPRESSION and the DYNAMIC flag of TENSORS / IOS records;
-# 1.4: CONV's optional fourth input Z (a fused residual Add)
+# 1.4: CONV's optional fourth input Z (a fused residual Add) and its STRING attribute `algorithm`
 HEADER_SIZE = 64
 ABSENT = 0xFFFFFFFF
 
@@ -343,13 +343,11 @@ def write(model: ModelFile, *, source_map: bool = True) -> bytes:
         pos = start + len(payload)
     file_size = pos
     # 1.2 / 1.3 / 1.4 only when the file needs it (a PLUGIN op; TOP_K, NON_MAX_SUPPRESSION or a DYNAMIC
-    # output; a CONV with Z), so other files stay readable as 1.1 / 1.0 / 1.2 / 1.3
-    op_types = {op.type for net in model.networks for st in net.stages for op in st.ops}
+    # output; a CONV with Z or an `algorithm`), so other files stay readable as 1.1 / 1.0 / 1.2 / 1.3
+    records = [o for net in model.networks for st in net.stages for o in st.ops]
+    op_types = {o.type for o in records}
     has_dynamic = any(io.dynamic for net in model.networks for io in net.outputs)
-    has_residual = any(
-        op.type == 1 and len(op.inputs) > 3 for net in model.networks for st in net.stages for op in st.ops
-    )
-    if has_residual:
+    if any(o.type == 1 and (len(o.inputs) > 3 or "algorithm" in o.attrs) for o in records):
         minor = 4
     elif has_dynamic or op_types & {29, 30}:
         minor = 3

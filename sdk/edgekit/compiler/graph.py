@@ -83,6 +83,7 @@ ATTR_TYPES: dict[str, AttrType] = {
     "dilations": AttrType.INTS,
     "adjustments": AttrType.INTS,
     "group": AttrType.INT,
+    "algorithm": AttrType.STRING,
     "act_min": AttrType.FLOAT,
     "act_max": AttrType.FLOAT,
     "min": AttrType.FLOAT,

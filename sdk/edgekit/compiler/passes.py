@@ -268,3 +268,51 @@ def fix_outputs(graph: Graph) -> int:
             rename(graph, wanted, graph.unique(f"{wanted}_{graph.tensors[wanted].layout}"))
         rename(graph, name, wanted)
     return copies
+
+
+CONV_ALGORITHMS = ("auto", "winograd", "gemm")
+# Where Winograd F(4x4, 3x3) pays in "auto" (measured against XNNPACK on ResNet-18 / YOLO-style layers,
+# docs/performance.md): enough channels for its GEMMs, enough 4x4 tiles for its transforms, and not the
+# deep layers (256+ channels on few tiles), where the 36 per-frequency weight matrices outweigh the
+# saved multiplications with today's portable SGEMM.
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MAX_CHANNELS = 128
+WINOGRAD_MIN_SIDE = 8
+
+
+def winograd_qualifies(graph: Graph, op: Op) -> bool:
+    """A CONV the runtime's Winograd kernel can run: 3x3, stride 1, dilation 1, group 1, constant W."""
+    if op.type != OpType.CONV or op.attrs.get("group", 1) != 1:
+        return False
+    if op.attrs.get("strides", [1, 1]) != [1, 1] or op.attrs.get("dilations", [1, 1]) != [1, 1]:
+        return False
+    w = op.inputs[1]
+    if w is None or graph.const(w) is None:
+        return False
+    shape = graph.shape(w)
+    return len(shape) == 4 and shape[1] == 3 and shape[2] == 3
+
+
+def choose_conv_algorithms(graph: Graph, mode: str = "auto") -> int:
+    """Record ``algorithm`` = "winograd" on the CONV ops that qualify: all of them for mode
+    "winograd", those where it pays for "auto" (input and output channels within
+    [WINOGRAD_MIN_CHANNELS, WINOGRAD_MAX_CHANNELS], output sides of WINOGRAD_MIN_SIDE or more), none
+    for "gemm". Run before layout assignment (the output shape is still NCHW). Returns the count."""
+    if mode not in CONV_ALGORITHMS:
+        raise ValueError(f"unknown conv algorithm {mode!r} (expected one of {', '.join(CONV_ALGORITHMS)})")
+    count = 0
+    for op in graph.ops:
+        op.attrs.pop("algorithm", None)
+        if mode == "gemm" or not winograd_qualifies(graph, op):
+            continue
+        m, _kh, _kw, c = graph.shape(op.inputs[1] or "")
+        _n, _m, oh, ow = graph.shape(op.outputs[0])
+        if mode == "auto" and (
+            min(c, m) < WINOGRAD_MIN_CHANNELS
+            or max(c, m) > WINOGRAD_MAX_CHANNELS
+            or min(oh, ow) < WINOGRAD_MIN_SIDE
+        ):
+            continue
+        op.attrs["algorithm"] = "winograd"
+        count += 1
+    return count

@@ -137,6 +137,12 @@ struct ek_kernel {
 };
 /* PLUGIN ops: prepared by the loader against the runtime's plugins (src/plugin.c), run through it. */
 extern const struct ek_kernel ek_kernel_plugin;
+/* The op asks for a portable algorithm that beats the providers' (a CONV with algorithm "winograd"):
+ * under EK_KERNELS_AUTO the engine gives it to the portable kernel, not to a provider. */
+bool ek_op_prefers_portable(const struct ek_op *op);
+/* The algorithm the portable kernel chose at prepare for a prepared op, for profiles:
+ * "winograd-f4/<isa>", "gemm", "depthwise" for CONV, "gemm" for CONV_TRANSPOSE, "" for other ops. */
+const char *ek_op_algorithm(const struct ek_op *op);
 /* The portable kernel of an op type; NULL for an unknown type. */
 const struct ek_kernel *ek_portable_kernel(int type);
 

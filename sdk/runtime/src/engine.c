@@ -173,6 +173,8 @@ static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, st
         for (uint32_t i = 0; i < stage->op_count; i++) {
             const struct ek_op *op = &stage->ops[i];
             void *state = NULL;
+            if (rt->kernels == EK_KERNELS_AUTO && ek_op_prefers_portable(op))
+                continue; /* e.g. a Winograd CONV: faster than the provider's */
             ek_status_t s = rt->provider->create(op, &state);
             if (s == EK_ERR_UNSUPPORTED) {
                 continue; /* the portable kernel runs this op */
@@ -401,6 +403,7 @@ static void profile_op(const struct ek_launch_rec *rec, const struct ek_exec *ex
     r.network = rec->net->info.name;
     r.op_type = ek_op_display_type(op);
     r.provider = provider;
+    r.algorithm = strcmp(provider, "portable") == 0 ? ek_op_algorithm(op) : "";
     r.nodes = nodes;
     r.tensor = src ? src->tensor : "";
     r.shapes = shapes;

@@ -186,7 +186,8 @@ bool ek_profiler_add(struct ek_profiler *p, const ek_profile_record_t *r) {
         p->cap = cap;
     }
     ek_profile_record_t c = *r;
-    const char **fields[] = {&c.name, &c.network, &c.op_type, &c.provider, &c.nodes, &c.tensor, &c.shapes};
+    const char **fields[] = {&c.name, &c.network, &c.op_type, &c.provider, &c.nodes, &c.tensor, &c.shapes,
+                             &c.algorithm};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         if (!(*fields[i] = intern(p, *fields[i]))) {
             pthread_mutex_unlock(&p->lock);
@@ -594,6 +595,8 @@ static void trace_json(struct sbuf *b, const ek_profile_record_t *const *sorted,
             ek_sb_json_string(b, r->tensor);
             EK_SB_LIT(b, ", \"shapes\": ");
             ek_sb_json_string(b, r->shapes);
+            EK_SB_LIT(b, ", \"algorithm\": ");
+            ek_sb_json_string(b, r->algorithm ? r->algorithm : "");
             EK_SB_LIT(b, ", \"nodes\": [");
             const char *s = r->nodes;
             for (int k = 0; *s; k++) {
@@ -642,7 +645,7 @@ static void summary_csv(struct sbuf *b, const ek_profile_record_t *records, size
     }
     qsort(totals, groups, sizeof *totals, compare_totals);
     ek_sb_add(b, "rank,network,stage,op_index,name,op_type,provider,count,total_ms,mean_ms,percent,flops,"
-              "gflops_per_s,tensor,nodes,shapes\n");
+              "gflops_per_s,tensor,nodes,shapes,algorithm\n");
     for (size_t g = 0; g < groups; g++) {
         const ek_profile_record_t *r = totals[g].first;
         ek_sb_add(b, "%zu,", g + 1);
@@ -669,6 +672,8 @@ static void summary_csv(struct sbuf *b, const ek_profile_record_t *records, size
         }
         EK_SB_LIT(b, ",");
         sb_csv(b, r->shapes);
+        EK_SB_LIT(b, ",");
+        sb_csv(b, r->algorithm ? r->algorithm : "");
         EK_SB_LIT(b, "\n");
     }
     free(totals);

@@ -275,6 +275,10 @@ typedef struct ek_profile_record {
     uint64_t start_ns;
     uint64_t duration_ns;
     uint64_t thread; /* the OS thread id (gettid) it ran on */
+    /* LayerExecute: the portable kernel's algorithm for the op ("winograd-f4/avx512", "gemm",
+     * "depthwise"; docs/profiling.md), "" when a provider ran it or the kernel has no choice (and for
+     * a remote device's records, which do not carry it) */
+    const char *algorithm;
 } ek_profile_record_t;
 
 EK_API ek_status_t ek_profile_create(ek_profile_t *profile);

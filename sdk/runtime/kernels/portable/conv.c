@@ -503,6 +503,27 @@ static ek_status_t conv_run(const struct ek_op *op, const void *const *in, void 
     return EK_OK;
 }
 
+const char *ek_op_algorithm(const struct ek_op *op) {
+    const struct conv_params *p = op->params;
+    if ((op->type != EK_OP_CONV && op->type != EK_OP_CONV_TRANSPOSE) || !p)
+        return "";
+    switch (p->kind) {
+    case CONV_WINOGRAD:
+        return ek_wino_name();
+    case CONV_DEPTHWISE:
+        return "depthwise";
+    default:
+        return "gemm";
+    }
+}
+
+bool ek_op_prefers_portable(const struct ek_op *op) {
+    if (op->type != EK_OP_CONV)
+        return false;
+    const struct ek_attr *a = ek_attr_find(op, "algorithm");
+    return a && a->type == EK_ATTR_STRING && a->s && strcmp(a->s, "winograd") == 0;
+}
+
 const struct ek_kernel ek_kernel_conv = {EK_OP_CONV, 2, 4, 1, conv_prepare, conv_run, conv_release};
 const struct ek_kernel ek_kernel_conv_transpose = {EK_OP_CONV_TRANSPOSE, 2, 3, 1, conv_transpose_prepare, conv_run,
                                                    conv_release};

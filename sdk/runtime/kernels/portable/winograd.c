@@ -24,9 +24,15 @@
 #include "helpers.h"
 #include "internal.h"
 
+#ifndef WINO_BLOCK_BYTES
 #define WINO_BLOCK_BYTES ((size_t)768 * 1024) /* V and P of a block: about half of L2 */
-#define WINO_BLOCK_MIN 16                      /* tiles: each frequency's weights are reused this often */
+#endif
+#ifndef WINO_BLOCK_MIN
+#define WINO_BLOCK_MIN 16 /* tiles: each frequency's weights are reused this often */
+#endif
+#ifndef WINO_BLOCK_MAX
 #define WINO_BLOCK_MAX 96
+#endif
 
 typedef void (*wino_in_fn)(const float *const *src, size_t c, float *dst, size_t fstride);
 typedef void (*wino_out_fn)(const float *src, size_t fstride, size_t m, float *const *dst, const float *const *z,
@@ -201,7 +207,9 @@ typedef int32_t wino_v16i __attribute__((vector_size(64)));
 #define WINO_CLAMP8(v, l, h) WINO_VCLAMP(wino_v8f, wino_v8i, v, l, h)
 #define WINO_CLAMP16(v, l, h) WINO_VCLAMP(wino_v16f, wino_v16i, v, l, h)
 WINO_DEFINE(avx2, __attribute__((target("avx2,fma"))), wino_v8f, wino_v8i, 8, WINO_CLAMP8)
+#if !defined(EK_WINO_NO_AVX512) /* -D: test the AVX2 path on an AVX-512 machine */
 WINO_DEFINE(avx512, __attribute__((target("avx512f"))), wino_v16f, wino_v16i, 16, WINO_CLAMP16)
+#endif
 #endif
 #else
 static inline float wino_clamp1(float v, float lo, float hi) {
@@ -216,12 +224,14 @@ static void pick_isa(wino_in_fn *in, wino_out_fn *out, const char **name) {
 #if EK_HAVE_V4F
 #if defined(WINO_X86)
     __builtin_cpu_init();
+#if !defined(EK_WINO_NO_AVX512) /* -D: test the AVX2 path on an AVX-512 machine */
     if (__builtin_cpu_supports("avx512f")) {
         *in = wino_in_avx512;
         *out = wino_out_avx512;
         *name = "avx512";
         return;
     }
+#endif
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         *in = wino_in_avx2;
         *out = wino_out_avx2;
@@ -251,6 +261,17 @@ const char *ek_wino_isa(void) {
     const char *name;
     pick_isa(&in, &out, &name);
     return name;
+}
+
+const char *ek_wino_name(void) {
+    const char *isa = ek_wino_isa();
+    static const char *const names[][2] = {{"avx512", "winograd-f4/avx512"}, {"avx2", "winograd-f4/avx2"},
+                                           {"neon", "winograd-f4/neon"},     {"sse2", "winograd-f4/sse2"},
+                                           {"vector4", "winograd-f4/vector4"}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(isa, names[i][0]) == 0)
+            return names[i][1];
+    return "winograd-f4/scalar";
 }
 
 /* U[f][m][c] = (G g G^T)[f] for g = W[m][.][.][c], in double. */

@@ -30,5 +30,7 @@ void ek_wino_run(const struct ek_wino *wp, const float *x, const float *bias, co
 void ek_wino_free(struct ek_wino *wp);
 /* The transforms' instruction set the running CPU gets: "avx512", "avx2", "neon", "sse2" or "scalar". */
 const char *ek_wino_isa(void);
+/* "winograd-f4/" and the ISA, for profiles. */
+const char *ek_wino_name(void);
 
 #endif /* EDGEKIT_PORTABLE_WINOGRAD_H */
