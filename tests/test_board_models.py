@@ -95,3 +95,35 @@ def test_fused_model_on_the_board(flashed_emu: Any) -> None:
         error = re.search(r"expect \S+: OK, error (\S+)", out)
         assert error is not None, out
         print(f"fused blocks on the board, {kernels}: error {error.group(1)}")
+
+
+def test_winograd_model_matches_onnxruntime_on_the_board(
+    flashed_emu: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A conv stack compiled with --conv-algorithm winograd on the board: the portable kernels run the
+    aarch64 (NEON) transforms, auto too (it keeps Winograd ops off XNNPACK)."""
+    from test_winograd import stack_case
+
+    from edgekit.compiler import compile_model
+
+    folder: Path = flashed_emu.rootfs / ON_BOARD.lstrip("/") / "winograd"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    onnx_file, x = stack_case(0, tmp_path_factory.mktemp("winograd"))
+    compile_model(str(onnx_file), str(folder / "w.ekm"), name="w", conv_algorithm="winograd")
+    np.save(folder / "input.npy", x)
+    np.save(folder / "expected.npy", ort_run(onnx_file, {"input": x})[0])
+    for kernels in ("portable", "auto"):
+        out = edgekit_run_on_board(
+            flashed_emu.rootfs,
+            f"{ON_BOARD}/winograd/w.ekm",
+            "--input",
+            f"{ON_BOARD}/winograd/input.npy",
+            "--expect",
+            f"{ON_BOARD}/winograd/expected.npy",
+            "--kernels",
+            kernels,
+        )
+        error = re.search(r"expect \S+: OK, error (\S+)", out)
+        assert error is not None, out
+        print(f"winograd stack on the board, {kernels}: error {error.group(1)}")
