@@ -1,7 +1,8 @@
 """Model benchmark: python -m edgekit.bench_models [--quick]
 
 Exports small but real PyTorch models to ONNX, compiles them with edgekit.compiler, and times one
-inference of each through EdgeKit (portable C kernels, XNNPACK kernels) and onnxruntime, with 1 and 2
+inference of each through EdgeKit (portable C kernels, XNNPACK kernels, auto = XNNPACK + the portable
+Winograd convolutions) and onnxruntime, with 1 and 2
 threads, all in the same run on this machine: a warm-up, then N timed runs; median and p90 in
 milliseconds, and EdgeKit's median over onnxruntime's at the same thread count (< 1: EdgeKit is faster).
 Every run goes host arrays in -> host arrays out on both sides (EdgeKit: Request.run, onnxruntime:
@@ -462,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--kernels",
-        default="portable,xnnpack",
-        help="comma list of EdgeKit kernels (default: portable,xnnpack)",
+        default="portable,xnnpack,auto",
+        help="comma list of EdgeKit kernels (default: portable,xnnpack,auto). The models are compiled "
+        "with --conv-algorithm auto: 'portable' and 'auto' run the marked 3x3 convolutions with "
+        "Winograd (auto: XNNPACK for the other ops), 'xnnpack' gives XNNPACK every op it supports",
     )
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per row (default: 20, --quick 3)")
     args = parser.parse_args(argv)
