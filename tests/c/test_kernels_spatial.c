@@ -19,6 +19,7 @@
 #include "kernel.h"
 #include "portable/helpers.h"
 #include "portable/portable.h"
+#include "portable/winograd.h"
 
 #ifndef EK_KERNEL_TEST_SHIM
 #error "build with -DEK_KERNEL_TEST_SHIM and the kernel sources (see tests/c/CMakeLists.txt)"
@@ -932,6 +933,56 @@ static void test_winograd(void) {
         winograd_case(i);
 }
 
+/* ek_wino_run's residual z (the fused Conv + Add the CONV op will take as a 4th input): Y = clamp(conv
+ * + bias + z), against im2col's conv + bias, plus z, clamped here. */
+static void test_winograd_residual(void) {
+    const int64_t xd[4] = {2, 11, 9, 13}, wd[4] = {21, 3, 3, 13}, bd[1] = {21}, yd[4] = {2, 10, 9, 21};
+    int64_t pads[4] = {1, 0, 0, 2};
+    struct ek_tensor_desc x = mkdesc("x", 4, xd), w = mkdesc("w", 4, wd), b = mkdesc("b", 1, bd), y = mkdesc("y", 4, yd);
+    float *xv = rand_buf(x.count), *wv = rand_buf(w.count), *bv = rand_buf(b.count), *zv = rand_buf(y.count);
+    float *ref = malloc(y.count * sizeof(float)), *got = malloc(y.count * sizeof(float));
+    w.storage = EK_STORAGE_CONSTANT;
+    w.constant = wv;
+    struct opb ob;
+    conv_op(&ob, EK_OP_CONV, &x, &w, &b, &y);
+    opb_ints(&ob, "pads", 4, pads);
+    const void *ins[3] = {xv, wv, bv};
+    if (CHECK_OK(ek_kernel_conv.prepare(&ob.op))) {
+        CHECK_OK(run_op(&ek_kernel_conv, &ob.op, ins, ref, y.count, 2));
+        ek_kernel_conv.release(&ob.op);
+    }
+    struct ek_wino_shape shape = {2, 11, 9, 13, 10, 9, 21, 1, 0};
+    struct ek_wino *wp = NULL;
+    size_t scratch = 0;
+    const float lo = -2.0f, hi = 3.0f;
+    if (CHECK_OK(ek_wino_prepare(&ob.op, &shape, wv, lo, hi, &wp, &scratch))) {
+        struct ek_exec ex;
+        memset(&ex, 0, sizeof ex);
+        ex.threads = 2;
+        for (int i = 0; i < 2; i++)
+            ex.scratch[i] = aligned_alloc(64, (scratch + 63) / 64 * 64);
+        ek_wino_run(wp, xv, bv, zv, got, &ex);
+        for (int i = 0; i < 2; i++)
+            free(ex.scratch[i]);
+        ek_wino_free(wp);
+        double maxdiff = 0, maxref = 1;
+        for (size_t i = 0; i < y.count; i++) {
+            double want = clampd((double)ref[i] + zv[i], lo, hi);
+            maxref = fabs((double)ref[i] + zv[i]) > maxref ? fabs((double)ref[i] + zv[i]) : maxref;
+            double d = fabs(want - got[i]);
+            maxdiff = d > maxdiff || d != d ? d : maxdiff;
+        }
+        printf("  residual: max diff %g (max |ref| %g)\n", maxdiff, maxref);
+        CHECK(maxdiff <= 1e-4 * maxref);
+    }
+    free(xv);
+    free(wv);
+    free(bv);
+    free(zv);
+    free(ref);
+    free(got);
+}
+
 /* ------------------------------------------------------------------ prepare() refusals */
 
 static void expect_invalid(const struct ek_kernel *k, struct opb *ob, const char *what) {
@@ -1231,6 +1282,7 @@ int main(void) {
         RUN(test_conv_residual);
         RUN(test_conv_transpose);
         RUN(test_winograd);
+        RUN(test_winograd_residual);
         RUN(test_fully_connected);
         RUN(test_matmul);
     }
