@@ -435,14 +435,16 @@ void ek_wino_run(const struct ek_wino *wp, const float *x, const float *bias, co
     if (!wp->tiles)
         return;
     struct wino_run r = {wp, x, bias, z, y, exec, wp->block};
-    /* at least two blocks per thread when the tiles allow it, for the team's load balance */
+    /* a multiple of the team's threads of equal blocks (at most wp->block tiles, at least 4 unless
+     * the tiles are fewer), so the threads finish together */
     size_t threads = (size_t)(ek_exec_threads(exec) > 0 ? ek_exec_threads(exec) : 1);
     if (threads > 1) {
-        size_t want = (wp->tiles + 2 * threads - 1) / (2 * threads);
-        if (want < 4)
-            want = 4;
-        if (want < r.block)
-            r.block = want;
+        size_t blocks = (wp->tiles + wp->block - 1) / wp->block;
+        blocks = (blocks + threads - 1) / threads * threads;
+        size_t block = (wp->tiles + blocks - 1) / blocks;
+        if (block < 4)
+            block = wp->block < 4 ? wp->block : 4;
+        r.block = block < wp->block ? block : wp->block;
     }
     ek_parallel_for(exec, (wp->tiles + r.block - 1) / r.block, wino_range, &r);
 }
