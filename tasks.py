@@ -470,7 +470,8 @@ def bench(c: Context, quick: bool = False, board: str = "") -> None:
     fresh context (it allocates) and steady launches with a PoolAllocator, a Python allocator and a static
     workspace, against the device heap (the allocators' overhead). python -m edgekit.bench_launch: the
     launch overhead floor, a 1x16 Relu through edgekit-app (C), req.run and infer + wait (Python) against
-    onnxruntime's session.run.
+    onnxruntime's session.run. python -m edgekit.bench_winograd: ResNet-18 / YOLO-style 3x3 layers with
+    Winograd F(4x4,3x3) against XNNPACK and the portable im2col (the compiler's thresholds).
     """
     if board:
         if board != "emu":
@@ -483,6 +484,8 @@ def bench(c: Context, quick: bool = False, board: str = "") -> None:
     c.run(f"{PYTHON} -m edgekit.bench{flag}")
     say("edgekit.bench_models")
     c.run(f"{PYTHON} -m edgekit.bench_models{flag}")
+    say("edgekit.bench_winograd: 3x3 layers, Winograd F(4x4,3x3) against XNNPACK and im2col")
+    c.run(f"{PYTHON} -m edgekit.bench_winograd{flag}")
     say("edgekit.bench_profile: launches without and with a profile, and with a dump")
     c.run(f"{PYTHON} -m edgekit.bench_profile{flag}")
     say("edgekit.bench_plugins: a plugin op's launch against the built-in op's")

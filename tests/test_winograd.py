@@ -217,3 +217,21 @@ def test_info_and_profile_show_the_algorithm(tmp_path: Path) -> None:
             trace = json.loads((tmp_path / kernels / "trace.json").read_text())
             events = trace["traceEvents"] if isinstance(trace, dict) else trace
             assert any(str(e.get("args", {}).get("algorithm", "")).startswith("winograd-f4/") for e in events)
+
+
+def test_winograd_bench_quick_smoke() -> None:
+    """python -m edgekit.bench_winograd keeps working: a quick run prints a row per layer and thread count
+    (speed is never asserted)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "edgekit.bench_winograd", "--quick", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [(r[0], r[2]) for r in rows] == [("16x16", "1"), ("16x16", "2"), ("8x8", "1"), ("8x8", "2")], (
+        done.stdout
+    )
+    assert all(r[-1].endswith("x") and r[-2].endswith("x") for r in rows), done.stdout
