@@ -3,7 +3,8 @@
 Exports small but real PyTorch models to ONNX, compiles them with edgekit.compiler, and times one
 inference of each through EdgeKit (portable C kernels, XNNPACK kernels, auto = XNNPACK + the portable
 Winograd convolutions) and onnxruntime, with 1 and 2 threads, all in the same run on this machine:
-a warm-up, then N timed runs; median and p90 in milliseconds, and EdgeKit's median over onnxruntime's at the same thread count (< 1: EdgeKit is faster).
+a warm-up, then N timed runs; median and p90 in milliseconds, and EdgeKit's median over onnxruntime's
+at the same thread count (< 1: EdgeKit is faster).
 Every run goes host arrays in -> host arrays out on both sides (EdgeKit: Request.run, onnxruntime:
 InferenceSession.run). The max error against onnxruntime is printed too (max |a-b| / max(1, max |ref|)).
 
