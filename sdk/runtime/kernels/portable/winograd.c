@@ -33,6 +33,9 @@
 #ifndef WINO_BLOCK_MAX
 #define WINO_BLOCK_MAX 96
 #endif
+/* GEMM rows (tiles) per block in multiples of this: the SGEMM's register tiles have up to 8 rows, so
+ * no block ends in a partial one (a heuristic; the layout of ek_gemm stays its own) */
+#define WINO_BLOCK_ROUND 8
 
 typedef void (*wino_in_fn)(const float *const *src, size_t c, float *dst, size_t fstride);
 typedef void (*wino_out_fn)(const float *src, size_t fstride, size_t m, float *const *dst, const float *const *z,
@@ -348,6 +351,7 @@ ek_status_t ek_wino_prepare(const struct ek_op *op, const struct ek_wino_shape *
         block = WINO_BLOCK_MIN;
     if (block > WINO_BLOCK_MAX)
         block = WINO_BLOCK_MAX;
+    block = block / WINO_BLOCK_ROUND * WINO_BLOCK_ROUND;
     if (block > wp->tiles)
         block = wp->tiles;
     wp->block = block;
@@ -441,7 +445,7 @@ void ek_wino_run(const struct ek_wino *wp, const float *x, const float *bias, co
     if (threads > 1) {
         size_t blocks = (wp->tiles + wp->block - 1) / wp->block;
         blocks = (blocks + threads - 1) / threads * threads;
-        size_t block = (wp->tiles + blocks - 1) / blocks;
+        size_t block = ek_round_up((wp->tiles + blocks - 1) / blocks, WINO_BLOCK_ROUND);
         if (block < 4)
             block = wp->block < 4 ? wp->block : 4;
         r.block = block < wp->block ? block : wp->block;
