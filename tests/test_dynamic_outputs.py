@@ -134,7 +134,11 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 
 def test_detector_file_marks_selected_indices_dynamic(detector: tuple[Path, bytes]) -> None:
     model = ekm.read(detector[1])
-    assert model.version == (1, 3)
+    # DYNAMIC is 1.3; the detector's 3x3 stride-1 fuse conv (128->64 at 8x8) is marked Winograd too
+    # (the CONV algorithm attribute, 1.4)
+    algorithms = [op.attrs.get("algorithm") for st in model.network().stages for op in st.ops if op.type == 1]
+    assert algorithms.count("winograd") == len(model.network().stages)
+    assert model.version == (1, 4)
     net = model.network()
     out = {io.name: io for io in net.outputs}
     assert out["selected_indices"].dynamic and not out["boxes"].dynamic and not out["scores"].dynamic
