@@ -271,10 +271,11 @@ def fix_outputs(graph: Graph) -> int:
 
 
 CONV_ALGORITHMS = ("auto", "winograd", "gemm")
-# Where Winograd F(4x4, 3x3) pays in "auto" (measured against XNNPACK on ResNet-18 / YOLO-style layers,
-# docs/performance.md): enough channels for its GEMMs, enough 4x4 tiles for its transforms, and not the
-# deep layers (256+ channels on few tiles), where the 36 per-frequency weight matrices outweigh the
-# saved multiplications with today's portable SGEMM.
+# Where Winograd F(4x4, 3x3) pays in "auto", from python -m edgekit.bench_winograd (one layer, kernels=auto,
+# against XNNPACK; 1 thread, best of 15, this 2-core AVX-512 host): 56x56 64->64 0.94x, 28x28 128->128
+# 0.97x, 16x16 128->64 0.88x, 32x32 32->32 1.04x, but 64x64 16->16 1.19x, 14x14 256->256 1.24x and
+# 7x7 512->512 2.1x (few tiles: the 36 per-frequency weight matrices outweigh the saved multiplications).
+# 85-93% of a Winograd layer is its 36 SGEMMs (perf), so re-measure when the portable SGEMM changes.
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MAX_CHANNELS = 128
 WINOGRAD_MIN_SIDE = 8
