@@ -16,6 +16,7 @@ import pytest
 import torch
 from test_models import TOLERANCE, check_close, open_context
 
+import edgekit as ek
 from edgekit.compiler import compile_model, ekm
 from edgekit.compiler.graph import OpType
 from models import INPUT_NAME, compile_ekm, input_shape_of, max_error, onnx_path, ort_run, random_input
@@ -86,9 +87,12 @@ def fused_convs(data: bytes) -> int:
     return sum(1 for op in ops if op.type == OpType.CONV and len(op.inputs) == 4)
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "winograd"])
 @pytest.mark.parametrize("seed", range(6))
-def test_random_residual_blocks_match_onnxruntime(seed: int) -> None:
-    """Random channels, sizes and batch; every block kind; both kernel paths and 1 and 2 threads."""
+def test_random_residual_blocks_match_onnxruntime(seed: int, algorithm: str) -> None:
+    """Random channels, sizes and batch; every block kind; both kernel paths and 1 and 2 threads. With
+    --conv-algorithm winograd the fused 3x3 stride-1 conv runs Winograd, which adds Z in its output
+    transform (auto kernels keep it off XNNPACK)."""
     rng = np.random.default_rng(seed)
     kind = ("basic", "depthwise", "down")[seed % 3]
     c = int(rng.integers(1, 20))
@@ -96,17 +100,29 @@ def test_random_residual_blocks_match_onnxruntime(seed: int) -> None:
     shape = (int(rng.integers(1, 3)), c, int(rng.integers(3, 17)), int(rng.integers(3, 17)))
     torch.manual_seed(seed)
     onnx_bytes = export_block(Block(c, m, kind), shape)
-    report = compile_model(onnx.load_from_string(onnx_bytes))
+    report = compile_model(onnx.load_from_string(onnx_bytes), conv_algorithm=algorithm)
     assert fused_convs(report.data) == 1
+    if algorithm == "winograd" and kind == "basic" and c == m:  # (else the 1x1 shortcut conv takes Z)
+        ops = ekm.read(report.data).networks[0].stages[0].ops
+        assert any(len(op.inputs) == 4 and "algorithm" in op.attrs for op in ops), "no fused Winograd conv"
     x = rng.standard_normal(shape).astype(np.float32)
     import onnxruntime as ort  # type: ignore[import-untyped]
 
     (expected,) = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    for kernels in KERNELS:
+    for kernels in (*KERNELS, "auto"):
         for threads in (1, 2):
-            with open_context(kernels, threads) as ctx:
+            # auto reports the provider it found (xnnpack, or portable without it)
+            with (
+                ek.Context(device=0, kernels="auto", threads=threads)
+                if kernels == "auto"
+                else open_context(kernels, threads) as ctx
+            ):
                 (actual,) = ctx.load_model(report.data).network().create_request().run([x])
-                check_close(f"{kind} block {shape} -> {m} [{kernels}, {threads} threads]", actual, expected)
+                check_close(
+                    f"{kind} block {shape} -> {m}, {algorithm} [{kernels}, {threads} threads]",
+                    actual,
+                    expected,
+                )
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
