@@ -73,7 +73,8 @@ def test_launch_bench_prints_every_path_against_onnxruntime() -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "C edgekit-app launch + wait (portable)" in out and "Python req.run (portable)" in out, out
+    for path in ("C ek_rt_run", "C ek_rt_launch_data", "Python req.run", "Python infer + wait"):
+        assert f"{path} (portable)" in out, out
     ort = [line for line in out.splitlines() if line.startswith("onnxruntime session.run")]
     assert len(ort) == 1 and ort[0].split()[-1] == "1.00x", out
     for line in out.splitlines()[2:]:
