@@ -271,14 +271,17 @@ def fix_outputs(graph: Graph) -> int:
 
 
 CONV_ALGORITHMS = ("auto", "winograd", "gemm")
-# Where Winograd F(4x4, 3x3) pays in "auto", from python -m edgekit.bench_winograd (one layer, kernels=auto,
-# against XNNPACK; 1 thread, best of 15, this 2-core AVX-512 host): 56x56 64->64 0.94x, 28x28 128->128
-# 0.97x, 16x16 128->64 0.88x, 32x32 32->32 1.04x, but 64x64 16->16 1.19x, 14x14 256->256 1.24x and
-# 7x7 512->512 2.1x (few tiles: the 36 per-frequency weight matrices outweigh the saved multiplications).
-# 85-93% of a Winograd layer is its 36 SGEMMs (perf), so re-measure when the portable SGEMM changes.
-WINOGRAD_MIN_CHANNELS = 32
-WINOGRAD_MAX_CHANNELS = 128
-WINOGRAD_MIN_SIDE = 8
+# Where Winograd F(4x4, 3x3) pays in "auto", from python -m edgekit.bench_winograd (one layer, against
+# XNNPACK, 1 / 2 threads, this 2-core AVX-512 host, with the AVX-512 SGEMM): 56x56 64->64 0.42x / 0.53x,
+# 28x28 128->128 0.39x / 0.48x, 14x14 256->256 0.52x / 0.56x, 16x16 128->64 0.37x / 0.43x, 32x32 32->32
+# 0.62x / 0.63x, 64x64 16->16 0.75x / 0.89x; but 7x7 512->512 1.25x / 3.1x: with 4 tiles the 36
+# per-frequency weight matrices (36 x C x M floats) outweigh the saved multiplications, so wide layers
+# need more tiles (a larger output side). 85-95% of a Winograd layer is its 36 SGEMMs, so re-measure
+# when the portable SGEMM changes.
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MAX_CHANNELS = 256
+WINOGRAD_MIN_SIDE = 8  # up to 128 channels
+WINOGRAD_MIN_SIDE_WIDE = 14  # above 128 channels: 16 tiles or more
 
 
 def winograd_qualifies(graph: Graph, op: Op) -> bool:
@@ -297,8 +300,9 @@ def winograd_qualifies(graph: Graph, op: Op) -> bool:
 def choose_conv_algorithms(graph: Graph, mode: str = "auto") -> int:
     """Record ``algorithm`` = "winograd" on the CONV ops that qualify: all of them for mode
     "winograd", those where it pays for "auto" (input and output channels within
-    [WINOGRAD_MIN_CHANNELS, WINOGRAD_MAX_CHANNELS], output sides of WINOGRAD_MIN_SIDE or more), none
-    for "gemm". Run before layout assignment (the output shape is still NCHW). Returns the count."""
+    [WINOGRAD_MIN_CHANNELS, WINOGRAD_MAX_CHANNELS], output sides of WINOGRAD_MIN_SIDE or more, or
+    WINOGRAD_MIN_SIDE_WIDE above 128 channels), none for "gemm". Run before layout assignment (the
+    output shape is still NCHW). Returns the count."""
     if mode not in CONV_ALGORITHMS:
         raise ValueError(f"unknown conv algorithm {mode!r} (expected one of {', '.join(CONV_ALGORITHMS)})")
     count = 0
@@ -311,7 +315,7 @@ def choose_conv_algorithms(graph: Graph, mode: str = "auto") -> int:
         if mode == "auto" and (
             min(c, m) < WINOGRAD_MIN_CHANNELS
             or max(c, m) > WINOGRAD_MAX_CHANNELS
-            or min(oh, ow) < WINOGRAD_MIN_SIDE
+            or min(oh, ow) < (WINOGRAD_MIN_SIDE if max(c, m) <= 128 else WINOGRAD_MIN_SIDE_WIDE)
         ):
             continue
         op.attrs["algorithm"] = "winograd"
