@@ -9,8 +9,9 @@ each compiled twice (``--conv-algorithm winograd`` and ``gemm``), interleaved in
 
 and the ratios winograd/xnnpack and winograd/im2col (< 1: Winograd is faster), with 1 and 2 threads.
 These are the figures the compiler's ``auto`` thresholds (edgekit.compiler.passes: WINOGRAD_MIN_CHANNELS,
-WINOGRAD_MAX_CHANNELS, WINOGRAD_MIN_SIDE, WINOGRAD_MIN_SIDE_WIDE) come from; re-run it when the SGEMM changes. Each layer's
-time includes the NCHW <-> NHWC transposes of the one-layer model (the same on both sides).
+WINOGRAD_MAX_CHANNELS, WINOGRAD_MIN_SIDE, WINOGRAD_MIN_SIDE_WIDE) come from; re-run it when the SGEMM
+changes. Each layer's time includes the NCHW <-> NHWC transposes of the one-layer model (the same on
+both sides).
 """
 
 from __future__ import annotations

@@ -63,9 +63,9 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "winograd", "gemm"],
         default="auto",
         help="3x3 stride-1 convolutions: 'auto' (default) marks Winograd F(4x4,3x3) where it pays "
-        "(16 to 256 input and output channels, output 8x8 or larger, 14x14 above 128 channels), 'winograd' on "
-        "every one that qualifies "
-        "(group 1, dilation 1), 'gemm' on none (im2col or the XNNPACK provider run them)",
+        "(16 to 256 input and output channels, output 8x8 or larger, 14x14 above 128 channels), "
+        "'winograd' on every one that qualifies (group 1, dilation 1), 'gemm' on none (im2col or the "
+        "XNNPACK provider run them)",
     )
 
 
