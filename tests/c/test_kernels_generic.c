@@ -507,6 +507,13 @@ static void test_transpose(void) {
     x = T(4, 2, 37, 41, 5);
     check_transpose(x, to_nchw, __LINE__);
     tensor_free(x);
+    /* 2 and 4 channels to NHWC, over more rows than one interleaved block (2048) */
+    x = T(4, 3, 2, 50, 45);
+    check_transpose(x, to_nhwc, __LINE__);
+    tensor_free(x);
+    x = T(4, 2, 4, 33, 70);
+    check_transpose(x, to_nhwc, __LINE__);
+    tensor_free(x);
     x = T(4, 1, 3, 1, 5); /* unit dims */
     const int64_t p2[4] = {3, 2, 1, 0};
     check_transpose(x, p2, __LINE__);

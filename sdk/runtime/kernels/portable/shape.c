@@ -72,8 +72,14 @@ struct gather {
     ptrdiff_t base;              /* input element offset of output element 0 */
     size_t count;
     bool tiled; /* dim rank-2 walks the input contiguously: copy in TILE x TILE tiles */
+    size_t block; /* tiled: rows of dim rank-2 per task (TILE, or SHORT_BLOCK when the last dim is short) */
     size_t tasks;
 };
+
+/* A tiled gather whose last dim has 2..4 elements (NCHW -> NHWC of an RGB image: 3) interleaves that
+ * many contiguous input runs, SHORT_BLOCK rows per task, in a loop the compiler unrolls and vectorises
+ * for each count: about 4x the generic tile loop, whose inner loop would run 3 times. */
+#define SHORT_BLOCK 2048
 
 /* Build the view from per-output-dim dims and steps: drop unit dims, merge contiguous walks. */
 static void gather_init(struct gather *g, int rank, const size_t *dims, const ptrdiff_t *steps,
@@ -102,8 +108,9 @@ static void gather_init(struct gather *g, int rank, const size_t *dims, const pt
     g->base = base;
     g->tiled = m >= 2 && g->steps[m - 1] != 1 && g->steps[m - 2] == 1;
     size_t rows = g->count / g->dims[m - 1];
-    /* tiled: one task per TILE rows of dim rank-2 (within one outer index) */
-    g->tasks = g->tiled ? rows / g->dims[m - 2] * ((g->dims[m - 2] + TILE - 1) / TILE) : rows;
+    /* tiled: one task per block of rows of dim rank-2 (within one outer index) */
+    g->block = g->tiled && g->dims[m - 1] >= 2 && g->dims[m - 1] <= 4 ? SHORT_BLOCK : TILE;
+    g->tasks = g->tiled ? rows / g->dims[m - 2] * ((g->dims[m - 2] + g->block - 1) / g->block) : rows;
 }
 
 struct gather_job {
@@ -156,6 +163,12 @@ static void gather_rows(void *arg, size_t begin, size_t end, int thread) {
     }
 }
 
+/* Rows [j0, j1) of an interleave of N input runs `step` apart: dst[j * N + i] = src[i * step + j]. */
+#define INTERLEAVE(N)                                                                                       \
+    for (size_t j = j0; j < j1; j++)                                                                        \
+        for (size_t i = 0; i < (N); i++)                                                                    \
+            dst[j * (N) + i] = src[(ptrdiff_t)i * step + (ptrdiff_t)j];
+
 /* Tiled: the output's last two dims (J, I) read the input at j * 1 + i * step, so a TILE x TILE
  * block reads TILE contiguous input runs and writes TILE contiguous output runs. */
 static void gather_tiles(void *arg, size_t begin, size_t end, int thread) {
@@ -165,14 +178,24 @@ static void gather_tiles(void *arg, size_t begin, size_t end, int thread) {
     const int r = g->rank;
     const size_t ni = g->dims[r - 1], nj = g->dims[r - 2];
     const ptrdiff_t step = g->steps[r - 1];
-    const size_t blocks = (nj + TILE - 1) / TILE;
+    const size_t block = g->block, blocks = (nj + block - 1) / block;
     size_t idx[EK_MAX_DIMS];
     for (size_t task = begin; task < end; task++) {
-        size_t outer = task / blocks, j0 = task % blocks * TILE;
-        size_t j1 = j0 + TILE < nj ? j0 + TILE : nj;
+        size_t outer = task / blocks, j0 = task % blocks * block;
+        size_t j1 = j0 + block < nj ? j0 + block : nj;
         ptrdiff_t off = gather_row_offset(g, r - 2, outer, idx);
         const float *src = job->x + off;
         float *dst = job->y + outer * nj * ni;
+        if (block == SHORT_BLOCK) {
+            if (ni == 2) {
+                INTERLEAVE(2)
+            } else if (ni == 3) {
+                INTERLEAVE(3)
+            } else {
+                INTERLEAVE(4)
+            }
+            continue;
+        }
         for (size_t i0 = 0; i0 < ni; i0 += TILE) {
             size_t i1 = i0 + TILE < ni ? i0 + TILE : ni;
             for (size_t j = j0; j < j1; j++)
