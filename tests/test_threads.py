@@ -178,3 +178,34 @@ def test_two_threads_with_their_cpus_taken_by_other_processes(kernels: str) -> N
     # Sharing the CPUs, the two threads wait for each other now and then (measured 0.5-1.4x here):
     # bounded, unlike the collapse this guards against.
     assert two <= 2.0 * one, f"2 threads on busy CPUs took {two / one:.1f}x the 1-thread latency"
+
+
+def test_ops_too_small_to_share_run_on_one_thread() -> None:
+    """A 2-thread launch runs the ops with only a few microseconds of work (the MLP's, an SE gate's) on
+    the launching thread alone, and shares the large ones: the profile's LayerExecute records say how
+    many threads each op had."""
+    import numpy as np
+
+    import edgekit as ek
+
+    if len(ALLOWED) < 2:
+        pytest.skip("needs two CPUs")
+    mlp = compile_ekm("mlp", [{INPUT_NAME: (1, 64)}])
+    mobilenet = compile_ekm("mobilenetv2", [{INPUT_NAME: (1, 3, 64, 64)}])
+    with ek.Context(device=0, kernels="portable", threads=2) as ctx:
+        for model, shape in ((mlp, (1, 64)), (mobilenet, (1, 3, 64, 64))):
+            req = ctx.load_model(str(model)).network().create_request()
+            profile = ek.Profile()
+            req.set_inputs([np.ones(shape, np.float32)])
+            req.infer(profile=profile)
+            req.wait()
+            launch = [r for r in profile.records if r.kind == "ModelExecute"]
+            layers = [r for r in profile.records if r.kind == "LayerExecute"]
+            assert [r.details["threads"] for r in launch] == [2]
+            threads = {r.name: r.details["threads"] for r in layers}
+            if model == mlp:  # 64-wide layers: every op is solo
+                assert set(threads.values()) == {1}, threads
+            else:  # the 1x1 expansions of 16x16 maps and larger are shared; the classifier's pool is not
+                assert threads["/features/features.3/body/body.0/Conv"] == 2, threads
+                assert 1 in threads.values(), threads
+            req.close()

@@ -27,13 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-# (output side, input channels, output channels): ResNet-18 at 224 (layer1..4), YOLO-style at 128 (fuse)
+# (output side, input channels, output channels): ResNet-18 at 224 (layer1..4), YOLO-style at 128 and 64
+# (fuse), small and wide layers
 LAYERS: list[tuple[int, int, int]] = [
     (56, 64, 64),
     (28, 128, 128),
     (14, 256, 256),
     (7, 512, 512),
     (16, 128, 64),
+    (8, 128, 64),  # the YOLO-style model's fuse layer at 64x64, the test and board shape
+    (8, 32, 32),
     (32, 32, 32),
     (64, 16, 16),
 ]

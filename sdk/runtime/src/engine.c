@@ -102,6 +102,7 @@ static void exec_free(struct ek_runtime *rt, struct ek_exec *exec) {
     free(exec->out_ptrs);
     free(exec->io_recs);
     free(exec->dims);
+    free(exec->solo_ops);
     free(exec);
 }
 
@@ -113,6 +114,20 @@ ek_status_t ek_engine_workspace_bytes(const struct ek_network *net, const struct
     size_t arena = (stage->arena_size + ALIGN - 1) / ALIGN * ALIGN;
     *bytes = (arena < ALIGN ? ALIGN : arena) + ARENA_SLACK;
     return EK_OK;
+}
+
+/* Ops below this much work (FLOPs plus elements written: a few microseconds on one core) run on one
+ * thread: sharing them costs a fork-join that outweighs what the second thread would save, which made
+ * small models (an MLP, an SE block's gate) slower with 2 threads than with 1. */
+#define SOLO_WORK ((uint64_t)32768)
+
+static bool solo_op(const struct ek_op *op) {
+    if (op->type == EK_OP_PLUGIN || op->n_out < 1) /* a plugin's work is unknown to the runtime */
+        return false;
+    uint64_t written = 0;
+    for (int i = 0; i < op->n_out; i++)
+        written += op->out[i]->count;
+    return ek_op_flops(op) + written < SOLO_WORK;
 }
 
 /* A context whose arena is `mem` at `offset` (a workspace's), or one the runtime allocates (mem {0}). */
@@ -141,10 +156,17 @@ static ek_status_t exec_create(struct ek_runtime *rt, struct ek_network *net, st
         dynamic = dynamic || stage->output_tensors[i]->dynamic;
     if (dynamic)
         exec->dims = calloc(stage->tensor_count, sizeof *exec->dims);
-    if (!exec->tensor_ptrs || !exec->in_ptrs || !exec->out_ptrs || !exec->io_recs || (dynamic && !exec->dims)) {
+    exec->solo_ops = calloc(stage->op_count ? stage->op_count : 1, sizeof *exec->solo_ops);
+    if (!exec->tensor_ptrs || !exec->in_ptrs || !exec->out_ptrs || !exec->io_recs || (dynamic && !exec->dims) ||
+        !exec->solo_ops) {
         status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for an execution context of network '%s'",
                          net->info.name);
         goto fail;
+    }
+
+    for (uint32_t i = 0; i < stage->op_count; i++) {
+        exec->solo_ops[i] = solo_op(&stage->ops[i]);
+        exec->any_shared = exec->any_shared || !exec->solo_ops[i];
     }
 
     size_t arena = 0;
@@ -409,7 +431,7 @@ static void profile_op(const struct ek_launch_rec *rec, const struct ek_exec *ex
     r.shapes = shapes;
     r.op_index = (int)k;
     r.stage = (int)(stage - rec->net->stages);
-    r.threads = exec->threads;
+    r.threads = ek_exec_threads(exec);
     r.launch = rec->profile_launch;
     r.flops = ek_op_flops(op);
     r.start_ns = t0;
@@ -435,6 +457,7 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec, stru
     for (uint32_t k = 0; k < stage->op_count; k++) {
         uint64_t t0 = profile ? ek_now_ns() : 0;
         const struct ek_op *op = &stage->ops[k];
+        exec->solo = exec->solo_ops[k];
         const void **in = exec->in_ptrs + in_at;
         void **out = exec->out_ptrs + out_at;
         for (int i = 0; i < op->n_in; i++)
@@ -445,7 +468,7 @@ static ek_status_t run_ops(struct ek_launch_rec *rec, struct ek_exec *exec, stru
         out_at += (size_t)op->n_out;
         ek_status_t status;
         if (exec->states && exec->states[k]) {
-            const struct ek_parallel team = {exec->threads, ek_parallel_for, exec};
+            const struct ek_parallel team = {ek_exec_threads(exec), ek_parallel_for, exec};
             status = exec->provider->run(exec->states[k], in, out, &team);
             if (status != EK_OK)
                 return op_failed(rec->net, op, status, exec->provider->name);
@@ -511,6 +534,8 @@ static ek_status_t copy_out_dynamic(struct ek_device *device, struct ek_launch_r
 
 static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
     const struct ek_stage *stage = rec->stage;
+    if (exec->any_shared)
+        ek_team_wake(exec); /* its helpers spin while this thread resolves memories and runs solo ops */
     struct ek_device *device;
     /* Shared, like a copy: a concurrent ek_free_device of an input waits for the launch. */
     ek_status_t status = ek_device_lock(rec->rt->dev, false, &device);
@@ -573,6 +598,7 @@ static ek_status_t exec_run(struct ek_launch_rec *rec, struct ek_exec *exec) {
     }
     if (status == EK_OK)
         status = run_ops(rec, exec, dump);
+    exec->solo = false;
     if (dump) {
         if (status == EK_OK)
             status = ek_dump_finish(dump); /* frees it */

@@ -55,6 +55,9 @@ struct ek_exec {
     struct ek_mem_rec **io_recs; /* per network input, then output */
     int64_t (*dims)[EK_MAX_DIMS]; /* per stage tensor: a DYNAMIC one's dims this launch (else unused); NULL
                                      for stages without DYNAMIC tensors */
+    bool *solo_ops; /* per op: too little work to share (engine.c solo_op), so it runs on one thread */
+    bool any_shared; /* some op is not solo: a launch wakes the team */
+    bool solo;      /* the running op is a solo one: ek_parallel_for runs it on the calling thread */
     struct ek_team team;
 };
 
@@ -69,6 +72,9 @@ void ek_team_stop(struct ek_exec *exec);
 /* Start threads - 1 helpers on a stopped team (fewer when threads cannot start: the team is smaller,
  * exec->threads says how many). EK_ERR_OUT_OF_MEMORY without memory for the list. */
 ek_status_t ek_team_start(struct ek_exec *exec, int threads);
+/* Wake the helpers that blocked after their spin, so they spin again: at the start of a launch, whose
+ * first shared op would otherwise run alone while a helper takes tens of microseconds to wake. */
+void ek_team_wake(struct ek_exec *exec);
 /* Pin the helpers to `mask` (0: the CPUs the process may use). EK_ERR_SYSTEM when a non-zero mask
  * cannot be set. */
 ek_status_t ek_team_pin(struct ek_exec *exec, uint64_t mask);

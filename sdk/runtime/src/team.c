@@ -111,8 +111,12 @@ static void *helper_main(void *p) {
     for (;;) {
         spin_until(new_range, t, seen);
         pthread_mutex_lock(&t->lock);
-        while (!new_range(t, seen) && !t->quit)
+        if (!new_range(t, seen) && !t->quit) {
+            /* Block until a job, the team's end or ek_team_wake; then spin again, as work comes soon. */
             pthread_cond_wait(&t->start, &t->lock);
+            pthread_mutex_unlock(&t->lock);
+            continue;
+        }
         if (t->quit) {
             pthread_mutex_unlock(&t->lock);
             return NULL;
@@ -168,7 +172,7 @@ void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *a
         return;
     }
     struct ek_team *t = &exec->team;
-    int threads = exec->threads;
+    int threads = exec->solo ? 1 : exec->threads;
     if (threads <= 1 || count == 1) {
         tls_exec = exec;
         tls_thread = 0;
@@ -202,7 +206,7 @@ void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *a
     }
 }
 
-int ek_exec_threads(const struct ek_exec *exec) { return exec ? exec->threads : 1; }
+int ek_exec_threads(const struct ek_exec *exec) { return exec && !exec->solo ? exec->threads : 1; }
 
 void *ek_exec_scratch(struct ek_exec *exec, int thread) {
     if (!exec || !exec->scratch || thread < 0 || thread >= exec->threads)
@@ -222,6 +226,15 @@ ek_status_t ek_exec_set_dims(struct ek_exec *exec, const struct ek_tensor_desc *
                            "recorded bound", t->name, d, dims[d], t->dims[d]);
     memcpy(exec->dims[t - stage->tensors], dims, (size_t)t->rank * sizeof *dims);
     return EK_OK;
+}
+
+void ek_team_wake(struct ek_exec *exec) {
+    struct ek_team *t = &exec->team;
+    if (!t->helper_count)
+        return;
+    pthread_mutex_lock(&t->lock);
+    pthread_cond_broadcast(&t->start);
+    pthread_mutex_unlock(&t->lock);
 }
 
 void ek_team_init(struct ek_exec *exec) {
