@@ -18,6 +18,7 @@ import atexit
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "MODEL_NAMES",
     "OUTPUT_NAME",
     "compile_ekm",
+    "export_module",
     "input_shape_of",
     "max_error",
     "onnx_path",
@@ -98,3 +100,40 @@ def ort_run(path: Path, inputs: Mapping[str, np.ndarray[Any, Any]]) -> list[np.n
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return [np.asarray(y) for y in session.run(None, dict(inputs))]
+
+
+def export_module(
+    module: Any,
+    shape: Sequence[int],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    *,
+    fold: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> bytes:
+    """A torch module in eval mode, its BatchNorm layers given non-trivial statistics (so folding them
+    matters; from torch's current seed), as ONNX bytes (opset 17, the TorchScript exporter)."""
+    import torch
+
+    module.eval()
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation: it is the fast one
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            module,
+            (torch.randn(*shape),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=fold,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()} if dynamic_axes else None,
+        )
+        return path.read_bytes()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -487,6 +486,8 @@ def test_planner_shares_memory_and_respects_liveness() -> None:
 # ---------------------------------------------------------------- torch models
 import torch  # noqa: E402
 
+from models import export_module  # noqa: E402
+
 
 class SmallNet(torch.nn.Module):
     def __init__(self) -> None:
@@ -515,29 +516,8 @@ class SmallNet(torch.nn.Module):
 
 def export(module: Any, shape: Sequence[int], dynamic_batch: bool = False, fold: bool = False) -> bytes:
     torch.manual_seed(0)
-    module.eval()
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics, so folding them matters
-            assert m.running_mean is not None and m.running_var is not None
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
     axes = {"x": {0: "batch"}, "p": {0: "batch"}, "f": {0: "batch"}} if dynamic_batch else None
-    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is the fast one
-        path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            module,
-            (torch.randn(*shape),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            do_constant_folding=fold,
-            input_names=["x"],
-            output_names=["p", "f"],
-            dynamic_axes=axes,
-        )
-        return path.read_bytes()
+    return export_module(module, shape, ["x"], ["p", "f"], fold=fold, dynamic_axes=axes)
 
 
 @pytest.fixture(scope="module")

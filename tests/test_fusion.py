@@ -5,9 +5,6 @@ and when not) are in test_compiler.py; a fused model on the emulated board in te
 
 from __future__ import annotations
 
-import tempfile
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +16,16 @@ from test_models import TOLERANCE, check_close, open_context
 import edgekit as ek
 from edgekit.compiler import compile_model, ekm
 from edgekit.compiler.graph import OpType
-from models import INPUT_NAME, compile_ekm, input_shape_of, max_error, onnx_path, ort_run, random_input
+from models import (
+    INPUT_NAME,
+    compile_ekm,
+    export_module,
+    input_shape_of,
+    max_error,
+    onnx_path,
+    ort_run,
+    random_input,
+)
 
 KERNELS = ("portable", "xnnpack")
 
@@ -59,26 +65,7 @@ class Block(torch.nn.Module):
 
 def export_block(block: Any, shape: tuple[int, ...]) -> bytes:
     """The block in eval mode with non-trivial BatchNorm statistics, as ONNX (opset 17)."""
-    block.eval()
-    for m in block.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            assert m.running_mean is not None and m.running_var is not None
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = Path(tmp) / "block.onnx"
-        torch.onnx.export(
-            block,
-            (torch.randn(*shape),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-        )
-        return path.read_bytes()
+    return export_module(block, shape, ["x"], ["y"])
 
 
 def fused_convs(data: bytes) -> int:
