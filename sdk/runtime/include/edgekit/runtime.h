@@ -228,7 +228,8 @@ typedef struct ek_launch {
  *   ModelInit          loading the model (added once per model, with the profile's first launch of it)
  *   TransferFromInput  copies of inputs to the device (ek_rt_launch_data's; callers add their own)
  *   Wait               a launch queued, until a device worker takes it (the caller's thread)
- *   ModelExecute       the launch on the worker (or the caller's thread: ek_rt_run), with RequestInit and every LayerExecute
+ *   ModelExecute       the launch on a worker (ek_rt_run: the caller's thread), with RequestInit and
+ *                      every LayerExecute
  *   RequestInit        taking and setting up an execution context (arena, scratch, threads)
  *   LayerExecute       one op: its type, ONNX nodes, kernel provider, shapes, FLOPs, thread
  *   TransferToOutput   copies of outputs from the device (ek_rt_launch_data's; callers add their own)
