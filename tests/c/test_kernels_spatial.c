@@ -567,6 +567,45 @@ static void gemm_case(size_t m, size_t n, size_t k, bool bt, bool with_bias, flo
 }
 
 /* Edge sizes around the register tile (MR x NR) of the microkernel in use, k past the k slice. */
+/* A NaN in A makes NaN in its row of C, full register tiles and edge ones alike, with and without a
+ * clamp (as ONNX: a NaN is no number to clamp), never -inf or the clamp's bound. */
+static void gemm_nan(void) {
+    const size_t m = 2 * ek_gemm_mr() + 1, n = 2 * ek_gemm_nr() + 3, k = 5;
+    size_t floats = 0;
+    bool sized = ek_gemm_packed_size(k, n, &floats);
+    CHECK(sized);
+    float *a = calloc(m * k, sizeof *a), *b = calloc(k * n, sizeof *b), *c = calloc(m * n, sizeof *c);
+    float *packed = sized ? calloc(floats, sizeof *packed) : NULL;
+    CHECK(a && b && c && packed);
+    if (!a || !b || !c || !packed)
+        goto done;
+    for (size_t i = 0; i < k * n; i++)
+        b[i] = 0.25f * (float)(i % 7) - 0.5f;
+    ek_gemm_pack_b(k, n, b, n, packed);
+    const size_t nan_rows[2] = {0, m - 1}; /* in the first full tile, and in the edge tile */
+    for (int clamp = 0; clamp < 2; clamp++) {
+        for (size_t i = 0; i < m * k; i++)
+            a[i] = 1.0f;
+        for (int r = 0; r < 2; r++)
+            a[nan_rows[r] * k + 2] = NAN;
+        ek_gemm(m, n, k, a, k, packed, c, n, NULL, clamp ? 0.0f : -INFINITY, clamp ? 6.0f : INFINITY);
+        size_t wrong = 0;
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < n; j++) {
+                bool nan_row = i == nan_rows[0] || i == nan_rows[1];
+                wrong += nan_row != (c[i * n + j] != c[i * n + j]);
+            }
+        if (wrong)
+            printf("    %s: %zu elements wrong about NaN (clamp %d)\n", ek_gemm_isa(), wrong, clamp);
+        CHECK(wrong == 0);
+    }
+done:
+    free(a);
+    free(b);
+    free(c);
+    free(packed);
+}
+
 static void test_gemm(void) {
     const size_t mr = ek_gemm_mr(), nr = ek_gemm_nr();
     const size_t ms[] = {1, mr - 1, mr, mr + 1, 2 * mr + 3, 131}, ns[] = {1, nr - 1, nr, nr + 1, 2 * nr + 3, 70};
@@ -582,6 +621,7 @@ static void test_gemm(void) {
     gemm_case(5, 9, 0, false, false, 0.0f, 1.0f);
     gemm_case(0, 9, 4, true, true, -INFINITY, INFINITY); /* nothing to do */
     gemm_case(7, 0, 4, false, true, -INFINITY, INFINITY);
+    gemm_nan();
 }
 
 /* The process default is the best microkernel there is; unknown names are refused. gcc's own CPU

@@ -116,6 +116,8 @@ static void tile_generic(size_t kc, const float *a, size_t lda, const float *b, 
 #endif
 
 /* ---------------------------------------------------------------- x86-64: AVX2 + FMA, AVX-512F */
+/* The clamps pass v as max/min's second operand, which they return when either is NaN: a NaN result
+ * stays NaN, as in the other kernels and ONNX. */
 
 /* The SIMD kernels are written once over arrays of accumulators with constant trip counts; the
  * pragmas fully unroll them so that every accumulator lives in a register. */
@@ -155,7 +157,7 @@ static void tile_generic(size_t kc, const float *a, size_t lda, const float *b, 
                     float *cij = c + (size_t)i * ldc + 8 * j;                                                       \
                     __m256 v = _mm256_add_ps(acc[i][j], (flags & FIRST) ? bj : _mm256_loadu_ps(cij));               \
                     if (flags & LAST)                                                                               \
-                        v = _mm256_min_ps(_mm256_max_ps(v, vlo), vhi);                                              \
+                        v = _mm256_min_ps(vhi, _mm256_max_ps(vlo, v));                                              \
                     _mm256_storeu_ps(cij, v);                                                                       \
                 }                                                                                                   \
             }                                                                                                       \
@@ -200,7 +202,7 @@ static void tile_generic(size_t kc, const float *a, size_t lda, const float *b, 
                 float *cij = c + (size_t)i * ldc + c0;                                                              \
                 __m512 v = _mm512_add_ps(acc[i][j], (flags & FIRST) ? bj : _mm512_maskz_loadu_ps(m, cij));          \
                 if (flags & LAST)                                                                                   \
-                    v = _mm512_min_ps(_mm512_max_ps(v, vlo), vhi);                                                  \
+                    v = _mm512_min_ps(vhi, _mm512_max_ps(vlo, v));                                                  \
                 _mm512_mask_storeu_ps(cij, m, v);                                                                   \
             }                                                                                                       \
         }                                                                                                           \
@@ -307,6 +309,17 @@ static bool x86_has(int id) {
     return false;
 }
 #endif
+
+bool ek_x86_has(const char *feature) {
+#if EK_GEMM_X86
+    if (strcmp(feature, "avx2") == 0)
+        return x86_has(ISA_AVX2);
+    if (strcmp(feature, "avx512f") == 0)
+        return x86_has(ISA_AVX512);
+#endif
+    (void)feature;
+    return false;
+}
 
 static bool isa_available(int id) {
     if (id < 0 || id >= ISA_COUNT || !isas[id].tile)
