@@ -34,6 +34,9 @@ size_t ek_gemm_nr(void); /* columns of a packed panel */
 /* Tests only: use the named microkernel from now on (false when this build or CPU lacks it). Weights
  * packed before the switch are invalid after it; no other thread may be using the SGEMM meanwhile. */
 bool ek_gemm_force_isa(const char *name);
+/* Whether the CPU and OS support "avx2" (with FMA) or "avx512f" (x86-64; false elsewhere), by CPUID and
+ * XGETBV: what the x86 kernels (SGEMM, Winograd) are chosen by. */
+bool ek_x86_has(const char *feature);
 
 /* GNU C vector types (gcc, clang): four floats, which every SIMD ISA we target has (SSE2, NEON),
  * so accumulators stay in registers whatever the optimisation level (loops over small arrays left

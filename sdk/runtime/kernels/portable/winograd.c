@@ -12,7 +12,7 @@
  *
  * The transforms work on vectors of channels (NHWC: a pixel's channels are contiguous), written once
  * as macros over a GNU vector type and instantiated for AVX-512, AVX2 (target attributes, chosen at
- * run time by __builtin_cpu_supports, so the library still runs on any x86-64), and 4 floats (SSE2
+ * run time by CPUID (ek_x86_has), so the library still runs on any x86-64), and 4 floats (SSE2
  * on x86-64, NEON on aarch64); plain floats without the vector extension. A chunk of channels
  * shorter than the vector goes through a zero-filled staging buffer. */
 #include "winograd.h"
@@ -226,16 +226,16 @@ WINO_DEFINE(scalar, , float, int, 1, WINO_CLAMP1)
 static void pick_isa(wino_in_fn *in, wino_out_fn *out, const char **name) {
 #if EK_HAVE_V4F
 #if defined(WINO_X86)
-    __builtin_cpu_init();
+    /* gemm.c's CPUID check: __builtin_cpu_supports's __cpu_model does not link into a zig-built library */
 #if !defined(EK_WINO_NO_AVX512) /* -D: test the AVX2 path on an AVX-512 machine */
-    if (__builtin_cpu_supports("avx512f")) {
+    if (ek_x86_has("avx512f")) {
         *in = wino_in_avx512;
         *out = wino_out_avx512;
         *name = "avx512";
         return;
     }
 #endif
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (ek_x86_has("avx2")) {
         *in = wino_in_avx2;
         *out = wino_out_avx2;
         *name = "avx2";
