@@ -40,6 +40,7 @@ static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
 static pthread_condattr_t monotonic_attr;
 
 static _Thread_local bool tls_worker;                 /* a device worker thread */
+static _Thread_local bool tls_in_launch; /* running a launch on its caller's thread (ek_launch_run) */
 static _Thread_local struct ek_launch_rec *tls_callback; /* its on_done callback runs on this thread */
 
 /* A device's worker: the FIFO of launches and the threads that run them (one per device index). */
@@ -769,9 +770,9 @@ ek_status_t ek_dev_sync(ek_dev_t handle) {
         return status;
     /* Without the device lock: the launches we wait for take it themselves. */
     struct ek_dev_worker *w = worker_of(index);
-    if (tls_worker)
-        return ek_fail(EK_ERR_BUSY, "ek_dev_sync on a device worker thread (in an on_done callback) would wait "
-                       "for itself");
+    if (tls_worker || tls_in_launch)
+        return ek_fail(EK_ERR_BUSY, "ek_dev_sync inside a launch (an on_done callback, or a plugin op of a "
+                       "launch run on its caller's thread) would wait for itself");
     pthread_mutex_lock(&w->lock);
     while (w->head || w->running)
         pthread_cond_wait(&w->idle, &w->lock);
@@ -871,31 +872,27 @@ ek_status_t ek_launch_submit(struct ek_launch_rec *rec) {
 ek_status_t ek_launch_run(struct ek_launch_rec *rec) {
     rec->caller_waits = true;
     rec->refs++; /* the caller's, until it has read the result (not shared yet: no lock needed) */
-    if (tls_worker) {
-        execute(rec); /* from an on_done callback: queueing it could wait for this very thread */
+    struct ek_dev_worker *w = worker_of(rec->rt->device_index);
+    pthread_mutex_lock(&w->lock);
+    /* From an on_done callback: queueing it could wait for this very thread. Else a free slot, with
+     * nothing queued that would have gone first; on_done is promised a worker thread. */
+    bool here = tls_worker || (!rec->on_done && !w->head && w->running < EK_WORKER_THREADS);
+    if (here)
+        w->running++; /* so ek_dev_sync waits for it */
+    pthread_mutex_unlock(&w->lock);
+    if (here) {
+        bool outer = tls_in_launch;
+        tls_in_launch = true;
+        execute(rec);
+        tls_in_launch = outer;
+        pthread_mutex_lock(&w->lock);
+        if (--w->running == 0 && !w->head)
+            pthread_cond_broadcast(&w->idle);
+        pthread_mutex_unlock(&w->lock);
     } else {
-        struct ek_dev_worker *w = worker_of(rec->rt->device_index);
-        bool here = false;
-        if (!rec->on_done) { /* on_done is promised a worker thread */
-            pthread_mutex_lock(&w->lock);
-            /* A free slot, and nothing queued that would have gone first. */
-            if (!w->head && w->running < EK_WORKER_THREADS) {
-                w->running++;
-                here = true;
-            }
-            pthread_mutex_unlock(&w->lock);
-        }
-        if (here) {
-            execute(rec);
-            pthread_mutex_lock(&w->lock);
-            if (--w->running == 0 && !w->head)
-                pthread_cond_broadcast(&w->idle);
-            pthread_mutex_unlock(&w->lock);
-        } else {
-            ek_status_t status = ek_launch_submit(rec);
-            if (status != EK_OK)
-                return status; /* the record is discarded */
-        }
+        ek_status_t status = ek_launch_submit(rec);
+        if (status != EK_OK)
+            return status; /* the record is discarded */
     }
     pthread_mutex_lock(&launch_lock);
     while (!rec->done)
