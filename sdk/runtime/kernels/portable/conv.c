@@ -280,7 +280,7 @@ static ek_status_t conv_prepare_common(struct ek_op *op, bool transpose) {
         if (rows < 64)
             rows = ek_round_up(64, MR);
         if (rows > 512)
-            rows = 512;
+            rows = 512 / MR * MR;
         p->block_rows = rows;
         if (!ek_size_mul(rows, p->k, &col) || !ek_size_add(scratch, col, &scratch)) {
             st = ek_op_invalid(op, "im2col scratch too large");
