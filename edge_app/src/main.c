@@ -306,7 +306,7 @@ static void *worker_main(void *arg) {
     }
 
     for (int i = 0; ok && a->opts->io_host && i < n_out; i++)
-        if (!(w->io_out[i] = malloc(a->out_room[i] ? a->out_room[i] : 1))) {
+        if (!(w->io_out[i] = calloc(1, a->out_room[i] ? a->out_room[i] : 1))) {
             worker_fail(w, "allocating host memory for the outputs", "out of memory");
             ok = 0;
         }
