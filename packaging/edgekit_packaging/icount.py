@@ -45,8 +45,11 @@ MARK = 0x4943504D41524B
 # An ARM /proc/cpuinfo (a 4-core Cortex-A76-class CPU, as on a Raspberry Pi 5 or RK3588 board), bound
 # over the board's /proc/cpuinfo. Under qemu-user the guest otherwise reads the host's x86 cpuinfo;
 # onnxruntime's aarch64 CPU detection (cpuinfo) finds no ARM processor entry there and crashes at
-# import (SIGSEGV). qemu-aarch64's default CPU ("max") implements these features, so nothing the
-# guest picks from this file is missing in the emulator.
+# import (SIGSEGV). The counted programs run on an emulated Cortex-A76 too (QEMU_CPU), so the features
+# the guest finds in the kernel's HWCAP agree with this file: qemu's default CPU ("max") also has SVE,
+# which boards of this class lack and onnxruntime's MLAS picks from HWCAP (wider vectors: fewer
+# instructions than any Cortex-A76 would run).
+QEMU_CPU = "cortex-a76"
 CPUINFO_CORE = """\
 processor\t: {n}
 BogoMIPS\t: 108.00
@@ -151,7 +154,7 @@ def count_on_board(
     with tempfile.TemporaryDirectory(prefix="edgekit-icount-") as tmp:
         out = Path(tmp)
         args = list(plugin_args) if plugin_args else [f"outfile={_COUNTS_ON_BOARD}"]
-        qemu_args = ["-plugin", ",".join([_PLUGIN_ON_BOARD, *args])]
+        qemu_args = ["-cpu", QEMU_CPU, "-plugin", ",".join([_PLUGIN_ON_BOARD, *args])]
         all_binds = [(plugin, _PLUGIN_ON_BOARD), (out, f"{BOARD_DIR}/out"), *binds]
         try:
             done = run_on_board(
