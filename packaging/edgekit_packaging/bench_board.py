@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit_packaging.icount import IcountError, count_on_board, fake_cpuinfo
+from edgekit_packaging.icount import QEMU_CPU, IcountError, count_on_board, fake_cpuinfo
 from toolchains.boards import Board, cache_dir, load_board
 from toolchains.crossbuild import board_rootfs
 
@@ -242,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         rootfs = board_rootfs(board)
         ort_dir = board_onnxruntime(board, rootfs, log) if "onnxruntime" in engines else ""
         print(
-            f"aarch64 instructions per inference on the emulated board ({board.name}, qemu-aarch64 + "
-            f"instruction-count plugin), onnxruntime {host_onnxruntime_version()} (PyPI aarch64 wheel); "
+            f"aarch64 instructions per inference on the emulated board ({board.name}, qemu-aarch64 -cpu "
+            f"{QEMU_CPU} + instruction-count plugin), onnxruntime {host_onnxruntime_version()} (PyPI aarch64 "
+            f"wheel); "
             f"models at their test shapes; 1 thread",
             flush=True,
         )
