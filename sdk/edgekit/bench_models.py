@@ -3,8 +3,8 @@
 Exports small but real PyTorch models to ONNX, compiles them with edgekit.compiler, and times one
 inference of each through EdgeKit (portable C kernels, XNNPACK kernels, auto = XNNPACK + the portable
 Winograd convolutions) and onnxruntime, with 1 and 2 threads, all in the same run on this machine:
-a warm-up, then N timed runs in rounds (onnxruntime and each EdgeKit kernel path taking turns, so a
-slow moment of the machine hits them all); median and p90 in milliseconds, and EdgeKit's median over
+a warm-up, then N timed runs in four blocks per engine that take turns (onnxruntime, then each
+EdgeKit kernel path; a slow moment of the machine hits them all); median and p90 in milliseconds, and EdgeKit's median over
 onnxruntime's at the same thread count (< 1: EdgeKit is faster).
 Every run goes host arrays in -> host arrays out on both sides (EdgeKit: Request.run, onnxruntime:
 InferenceSession.run). The max error against onnxruntime is printed too (max |a-b| / max(1, max |ref|)).
@@ -363,8 +363,8 @@ def bench_model(
     for threads in threads_list:
         session = ort_session(onnx_path, threads)
         expected = session.run(None, {INPUT_NAME: x})[0]
-        # Every engine set up first, then timed in rounds of one run each (onnxruntime and each EdgeKit
-        # kernel path in turn), so a slow moment of the machine hits all of them, not whichever was
+        # Every engine set up first, then timed in blocks that take turns (onnxruntime, then each EdgeKit
+        # kernel path, four rounds), so a slow moment of the machine hits all of them, not whichever was
         # being timed then: the ratios hold even when the 2-CPU VM's second CPU is taken for a while.
         engines: list[tuple[str, Callable[[], object], float | None]] = [
             ("onnxruntime", functools.partial(session.run, None, {INPUT_NAME: x}), None)
@@ -394,18 +394,25 @@ def bench_model(
     return rows
 
 
+SETTLE_S = 0.02  # between two engines' blocks: the last one's threads stop spinning (onnxruntime's spin)
+
+
 def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int, repeats: int) -> list[list[float]]:
-    """Milliseconds of `repeats` runs of each callable, timed in rounds (one run of each per round) after
-    `warmup` rounds."""
-    for _ in range(warmup):
-        for run in runs:
-            run()
+    """Milliseconds of `repeats` runs of each callable, timed in blocks that take turns (4 rounds, or
+    fewer for fewer repeats), each block after its own `warmup` runs and a pause: a run right after
+    another engine's would share the CPUs with that engine's threads still spinning for work."""
+    rounds = max(1, min(4, repeats))
     times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
+    for r in range(rounds):
+        block = repeats // rounds + (1 if r < repeats % rounds else 0)
         for run, out in zip(runs, times):
-            start = time.perf_counter()
-            run()
-            out.append((time.perf_counter() - start) * 1e3)
+            time.sleep(SETTLE_S)
+            for _ in range(warmup):
+                run()
+            for _ in range(block):
+                start = time.perf_counter()
+                run()
+                out.append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -532,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(os.sched_getaffinity(0))} allowed{busy}), "
         f"Python {platform.python_version()}, onnxruntime {version('onnxruntime')}, "
         f"torch {torch.__version__}; "
-        f"{warmup} warm-up + {repeats} timed runs per row, the engines of a row group taking turns",
+        f"{warmup} warm-up + {repeats} timed runs per row, in blocks the engines of a row group take turns at",
         flush=True,
     )
 
