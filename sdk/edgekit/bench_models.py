@@ -3,9 +3,9 @@
 Exports small but real PyTorch models to ONNX, compiles them with edgekit.compiler, and times one
 inference of each through EdgeKit (portable C kernels, XNNPACK kernels, auto = XNNPACK + the portable
 Winograd convolutions) and onnxruntime, with 1 and 2 threads, all in the same run on this machine:
-a warm-up, then N timed runs in four blocks per engine that take turns (onnxruntime, then each
-EdgeKit kernel path; a slow moment of the machine hits them all); median and p90 in milliseconds, and EdgeKit's median over
-onnxruntime's at the same thread count (< 1: EdgeKit is faster).
+a warm-up, then N timed runs in ten blocks per engine that take turns (onnxruntime, then each
+EdgeKit kernel path; a slow moment of the machine hits them all); median and p90 in milliseconds,
+and EdgeKit's median over onnxruntime's at the same thread count (< 1: EdgeKit is faster).
 Every run goes host arrays in -> host arrays out on both sides (EdgeKit: Request.run, onnxruntime:
 InferenceSession.run). The max error against onnxruntime is printed too (max |a-b| / max(1, max |ref|)).
 
@@ -364,7 +364,7 @@ def bench_model(
         session = ort_session(onnx_path, threads)
         expected = session.run(None, {INPUT_NAME: x})[0]
         # Every engine set up first, then timed in blocks that take turns (onnxruntime, then each EdgeKit
-        # kernel path, four rounds), so a slow moment of the machine hits all of them, not whichever was
+        # kernel path, ten rounds), so a slow moment of the machine hits all of them, not whichever was
         # being timed then: the ratios hold even when the 2-CPU VM's second CPU is taken for a while.
         engines: list[tuple[str, Callable[[], object], float | None]] = [
             ("onnxruntime", functools.partial(session.run, None, {INPUT_NAME: x}), None)
@@ -394,14 +394,15 @@ def bench_model(
     return rows
 
 
-SETTLE_S = 0.02  # between two engines' blocks: the last one's threads stop spinning (onnxruntime's spin)
+SETTLE_S = 0.05  # between two engines' blocks, so the last one's threads have stopped spinning for work
 
 
 def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int, repeats: int) -> list[list[float]]:
-    """Milliseconds of `repeats` runs of each callable, timed in blocks that take turns (4 rounds, or
-    fewer for fewer repeats), each block after its own `warmup` runs and a pause: a run right after
-    another engine's would share the CPUs with that engine's threads still spinning for work."""
-    rounds = max(1, min(4, repeats))
+    """Milliseconds of `repeats` runs of each callable, timed in blocks that take turns (10 rounds, or
+    fewer for fewer repeats: the 2-CPU VM's second CPU comes and goes over seconds, so many short
+    blocks), each block after its own `warmup` runs and a pause: a run right after another engine's
+    would share the CPUs with that engine's threads still spinning for work."""
+    rounds = max(1, min(10, repeats))
     times: list[list[float]] = [[] for _ in runs]
     for r in range(rounds):
         block = repeats // rounds + (1 if r < repeats % rounds else 0)
@@ -539,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(os.sched_getaffinity(0))} allowed{busy}), "
         f"Python {platform.python_version()}, onnxruntime {version('onnxruntime')}, "
         f"torch {torch.__version__}; "
-        f"{warmup} warm-up + {repeats} timed runs per row, in blocks the engines of a row group take turns at",
+        f"{warmup} warm-up + {repeats} timed runs per row, in blocks the row group's engines take turns at",
         flush=True,
     )
 
