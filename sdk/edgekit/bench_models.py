@@ -3,9 +3,8 @@
 Exports small but real PyTorch models to ONNX, compiles them with edgekit.compiler, and times one
 inference of each through EdgeKit (portable C kernels, XNNPACK kernels, auto = XNNPACK + the portable
 Winograd convolutions) and onnxruntime, with 1 and 2 threads, all in the same run on this machine:
-a warm-up, then N timed runs in ten blocks per engine that take turns (onnxruntime, then each
-EdgeKit kernel path; a slow moment of the machine hits them all); median and p90 in milliseconds,
-and EdgeKit's median over onnxruntime's at the same thread count (< 1: EdgeKit is faster).
+a warm-up, then N timed runs; median and p90 in milliseconds, and EdgeKit's median over onnxruntime's
+at the same thread count (< 1: EdgeKit is faster).
 Every run goes host arrays in -> host arrays out on both sides (EdgeKit: Request.run, onnxruntime:
 InferenceSession.run). The max error against onnxruntime is printed too (max |a-b| / max(1, max |ref|)).
 
@@ -363,58 +362,24 @@ def bench_model(
     for threads in threads_list:
         session = ort_session(onnx_path, threads)
         expected = session.run(None, {INPUT_NAME: x})[0]
-        # Every engine set up first, then timed in blocks that take turns (onnxruntime, then each EdgeKit
-        # kernel path, ten rounds), so a slow moment of the machine hits all of them, not whichever was
-        # being timed then: the ratios hold even when the 2-CPU VM's second CPU is taken for a while.
-        engines: list[tuple[str, Callable[[], object], float | None]] = [
-            ("onnxruntime", functools.partial(session.run, None, {INPUT_NAME: x}), None)
-        ]
-        contexts = []
+        log(f"  {name} {'x'.join(map(str, shape))}: onnxruntime, {threads_text(threads)} thread(s)")
+        ort_times = time_runs(functools.partial(session.run, None, {INPUT_NAME: x}), warmup, repeats)
+        rows.append(Row(name, shape, "onnxruntime", threads, ort_times, None))
         for kernels in kernels_list:
+            log(f"  {name}: edgekit-{kernels}, {threads_text(threads)} thread(s)")
             try:
                 ctx = ek.Context(device=0, kernels=kernels, threads=threads)
             except ek.UnsupportedError as exc:
-                log(f"  {name}: edgekit-{kernels} skipped: {exc}")
+                log(f"    skipped: {exc}")
                 continue
-            contexts.append(ctx)
-            request = ctx.load_model(str(ekm_path)).network(name).create_request()
-            actual = request.run([x])[0]
-            engines.append(
-                (f"edgekit-{kernels}", functools.partial(request.run, [x]), max_error(actual, expected))
-            )
-        names = ", ".join(e[0] for e in engines)
-        log(f"  {name} {'x'.join(map(str, shape))}: {names}, {threads_text(threads)} thread(s), interleaved")
-        try:
-            times = time_interleaved([run for _, run, _ in engines], warmup, repeats)
-        finally:
-            for ctx in contexts:
-                ctx.close()
-        for (engine, _, error), engine_times in zip(engines, times):
-            rows.append(Row(name, shape, engine, threads, engine_times, error))
+            with ctx:
+                request = ctx.load_model(str(ekm_path)).network(name).create_request()
+                actual = request.run([x])[0]
+                times = time_runs(functools.partial(request.run, [x]), warmup, repeats)
+                rows.append(
+                    Row(name, shape, f"edgekit-{kernels}", threads, times, max_error(actual, expected))
+                )
     return rows
-
-
-SETTLE_S = 0.05  # between two engines' blocks, so the last one's threads have stopped spinning for work
-
-
-def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int, repeats: int) -> list[list[float]]:
-    """Milliseconds of `repeats` runs of each callable, timed in blocks that take turns (10 rounds, or
-    fewer for fewer repeats: the 2-CPU VM's second CPU comes and goes over seconds, so many short
-    blocks), each block after its own `warmup` runs and a pause: a run right after another engine's
-    would share the CPUs with that engine's threads still spinning for work."""
-    rounds = max(1, min(10, repeats))
-    times: list[list[float]] = [[] for _ in runs]
-    for r in range(rounds):
-        block = repeats // rounds + (1 if r < repeats % rounds else 0)
-        for run, out in zip(runs, times):
-            time.sleep(SETTLE_S)
-            for _ in range(warmup):
-                run()
-            for _ in range(block):
-                start = time.perf_counter()
-                run()
-                out.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def threads_text(threads: int | None) -> str:
@@ -540,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(os.sched_getaffinity(0))} allowed{busy}), "
         f"Python {platform.python_version()}, onnxruntime {version('onnxruntime')}, "
         f"torch {torch.__version__}; "
-        f"{warmup} warm-up + {repeats} timed runs per row, in blocks the row group's engines take turns at",
+        f"{warmup} warm-up + {repeats} timed runs per row",
         flush=True,
     )
 
