@@ -34,7 +34,6 @@ struct ek_team {
     void *arg;
     size_t count;
     int chunks;
-    int launcher_cpu; /* the CPU the job's launching thread was on (under `lock`); -1: unknown */
 };
 
 struct ek_exec {

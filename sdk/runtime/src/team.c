@@ -103,22 +103,6 @@ static bool run_chunks(struct ek_team *t, uint64_t gen, ek_range_fn fn, void *ar
     return last;
 }
 
-/* A helper on its launching thread's CPU (where the scheduler often puts a thread that thread woke or
- * started) would share that CPU with it, which spins for the helper's chunks, while another CPU idles:
- * for tens of milliseconds a 2-thread launch ran at the 1-thread speed or slower. Move to another CPU
- * the helper may use (setting its affinity without `cpu` moves it now), then give its mask back, which
- * leaves it there. Under the team lock, so ek_team_pin never interleaves with the two calls. */
-static void move_off(int cpu) {
-    cpu_set_t mine, others;
-    if (pthread_getaffinity_np(pthread_self(), sizeof mine, &mine) != 0 || !CPU_ISSET(cpu, &mine) ||
-        CPU_COUNT(&mine) < 2)
-        return;
-    others = mine;
-    CPU_CLR(cpu, &others);
-    if (pthread_setaffinity_np(pthread_self(), sizeof others, &others) == 0)
-        pthread_setaffinity_np(pthread_self(), sizeof mine, &mine);
-}
-
 static void *helper_main(void *p) {
     struct helper_start *hs = p;
     struct ek_exec *exec = hs->exec;
@@ -142,9 +126,6 @@ static void *helper_main(void *p) {
         void *arg = t->arg;
         size_t count = t->count;
         int chunks = t->chunks;
-        int launcher = t->launcher_cpu;
-        if (launcher >= 0 && sched_getcpu() == launcher)
-            move_off(launcher);
         pthread_mutex_unlock(&t->lock);
         tls_exec = exec;
         tls_thread = hs->index;
@@ -206,7 +187,6 @@ void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *a
     t->arg = arg;
     t->count = count;
     t->chunks = chunks;
-    t->launcher_cpu = sched_getcpu();
     atomic_store_explicit(&t->finished, 0, memory_order_relaxed);
     atomic_store_explicit(&t->claim, (gen & 0xffffffffu) << 32, memory_order_release);
     atomic_store_explicit(&t->generation, gen, memory_order_release);
@@ -259,7 +239,6 @@ void ek_team_wake(struct ek_exec *exec) {
 
 void ek_team_init(struct ek_exec *exec) {
     exec->threads = 1;
-    exec->team.launcher_cpu = -1;
     pthread_mutex_init(&exec->team.lock, NULL);
     pthread_cond_init(&exec->team.start, NULL);
     pthread_cond_init(&exec->team.done, NULL);
@@ -297,15 +276,11 @@ ek_status_t ek_team_pin(struct ek_exec *exec, uint64_t mask) {
     struct ek_team *t = &exec->team;
     cpu_set_t set;
     ek_cpu_set_of(mask, &set);
-    pthread_mutex_lock(&t->lock); /* not between a helper's move_off calls */
     for (int i = 0; i < t->helper_count; i++) {
         int rc = pthread_setaffinity_np(t->helpers[i], sizeof set, &set);
-        if (rc != 0 && mask) {
-            pthread_mutex_unlock(&t->lock);
+        if (rc != 0 && mask)
             return ek_fail(EK_ERR_SYSTEM, "could not pin a launch thread to cpu_mask 0x%" PRIx64 ": %s", mask,
                            strerror(rc));
-        }
     }
-    pthread_mutex_unlock(&t->lock);
     return EK_OK;
 }
