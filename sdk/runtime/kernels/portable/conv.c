@@ -509,7 +509,7 @@ const char *ek_op_algorithm(const struct ek_op *op) {
         return "";
     switch (p->kind) {
     case CONV_WINOGRAD:
-        return ek_wino_name();
+        return ek_wino_name(p->wino);
     case CONV_DEPTHWISE:
         return "depthwise";
     default:

@@ -52,6 +52,7 @@ struct ek_wino {
     size_t v_off, p_off, zero_off, trash_off; /* floats, into a thread's scratch */
     wino_in_fn in_tf;
     wino_out_fn out_tf;
+    const char *name; /* "winograd-f4/" and the transforms' ISA, chosen at prepare */
 };
 
 /* ---- the transforms, as macros over a vector type VT of W floats ---- */
@@ -223,6 +224,7 @@ static inline float wino_clamp1(float v, float lo, float hi) {
 WINO_DEFINE(scalar, , float, int, 1, WINO_CLAMP1)
 #endif
 
+/* The transforms the running CPU gets, and their label for profiles ("winograd-f4/avx512", ...). */
 static void pick_isa(wino_in_fn *in, wino_out_fn *out, const char **name) {
 #if EK_HAVE_V4F
 #if defined(WINO_X86)
@@ -231,51 +233,34 @@ static void pick_isa(wino_in_fn *in, wino_out_fn *out, const char **name) {
     if (ek_x86_has("avx512f")) {
         *in = wino_in_avx512;
         *out = wino_out_avx512;
-        *name = "avx512";
+        *name = "winograd-f4/avx512";
         return;
     }
 #endif
     if (ek_x86_has("avx2")) {
         *in = wino_in_avx2;
         *out = wino_out_avx2;
-        *name = "avx2";
+        *name = "winograd-f4/avx2";
         return;
     }
 #endif
     *in = wino_in_v4;
     *out = wino_out_v4;
 #if defined(__aarch64__) || defined(__ARM_NEON)
-    *name = "neon";
+    *name = "winograd-f4/neon";
 #elif defined(__x86_64__) || defined(__SSE2__)
-    *name = "sse2";
+    *name = "winograd-f4/sse2";
 #else
-    *name = "vector4";
+    *name = "winograd-f4/vector4";
 #endif
 #else
     *in = wino_in_scalar;
     *out = wino_out_scalar;
-    *name = "scalar";
+    *name = "winograd-f4/scalar";
 #endif
 }
 
-const char *ek_wino_isa(void) {
-    wino_in_fn in;
-    wino_out_fn out;
-    const char *name;
-    pick_isa(&in, &out, &name);
-    return name;
-}
-
-const char *ek_wino_name(void) {
-    const char *isa = ek_wino_isa();
-    static const char *const names[][2] = {{"avx512", "winograd-f4/avx512"}, {"avx2", "winograd-f4/avx2"},
-                                           {"neon", "winograd-f4/neon"},     {"sse2", "winograd-f4/sse2"},
-                                           {"vector4", "winograd-f4/vector4"}};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(isa, names[i][0]) == 0)
-            return names[i][1];
-    return "winograd-f4/scalar";
-}
+const char *ek_wino_name(const struct ek_wino *wp) { return wp->name; }
 
 /* U[f][m][c] = (G g G^T)[f] for g = W[m][.][.][c], in double. */
 static const double wino_g[6][3] = {{1.0 / 4, 0, 0},
@@ -320,8 +305,7 @@ ek_status_t ek_wino_prepare(const struct ek_op *op, const struct ek_wino_shape *
     wp->lo = lo;
     wp->hi = hi;
     wp->clamp = !(isinf(lo) && lo < 0 && isinf(hi) && hi > 0);
-    const char *isa;
-    pick_isa(&wp->in_tf, &wp->out_tf, &isa);
+    pick_isa(&wp->in_tf, &wp->out_tf, &wp->name);
     wp->tiles_h = (shape->oh + 3) / 4;
     wp->tiles_w = (shape->ow + 3) / 4;
     size_t c = shape->c, m = shape->m, per_image, total_u, ut_floats, ut_bytes, bytes;

@@ -28,9 +28,8 @@ ek_status_t ek_wino_prepare(const struct ek_op *op, const struct ek_wino_shape *
 void ek_wino_run(const struct ek_wino *wp, const float *x, const float *bias, const float *z, float *y,
                  struct ek_exec *exec);
 void ek_wino_free(struct ek_wino *wp);
-/* The transforms' instruction set the running CPU gets: "avx512", "avx2", "neon", "sse2" or "scalar". */
-const char *ek_wino_isa(void);
-/* "winograd-f4/" and the ISA, for profiles. */
-const char *ek_wino_name(void);
+/* "winograd-f4/" and the transforms' instruction set this plan runs ("avx512", "avx2", "neon", "sse2" or
+ * "scalar"), for profiles. */
+const char *ek_wino_name(const struct ek_wino *wp);
 
 #endif /* EDGEKIT_PORTABLE_WINOGRAD_H */
