@@ -76,8 +76,6 @@ static struct ek_dev_worker *worker_of(int index) {
     return &workers[index];
 }
 
-bool ek_engine_on_worker(void) { return tls_worker; }
-
 bool ek_engine_in_callback_of(const struct ek_runtime *rt) { return tls_callback && tls_callback->rt == rt; }
 
 /* ---- execution contexts and their teams ---- */
@@ -740,6 +738,12 @@ static void execute(struct ek_launch_rec *rec) {
 
 /* ---- device workers ---- */
 
+/* A launch taken from the queue or run by its caller has ended (under w->lock): ek_dev_sync may go on. */
+static void slot_freed_locked(struct ek_dev_worker *w) {
+    if (--w->running == 0 && !w->head)
+        pthread_cond_broadcast(&w->idle);
+}
+
 static void *worker_main(void *arg) {
     struct ek_dev_worker *w = arg;
     tls_worker = true;
@@ -755,8 +759,7 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&w->lock);
         execute(rec);
         pthread_mutex_lock(&w->lock);
-        if (--w->running == 0 && !w->head)
-            pthread_cond_broadcast(&w->idle);
+        slot_freed_locked(w);
     }
     return NULL;
 }
@@ -886,8 +889,7 @@ ek_status_t ek_launch_run(struct ek_launch_rec *rec) {
         execute(rec);
         tls_in_launch = outer;
         pthread_mutex_lock(&w->lock);
-        if (--w->running == 0 && !w->head)
-            pthread_cond_broadcast(&w->idle);
+        slot_freed_locked(w);
         pthread_mutex_unlock(&w->lock);
     } else {
         ek_status_t status = ek_launch_submit(rec);

@@ -121,8 +121,6 @@ ek_status_t ek_launch_submit(struct ek_launch_rec *rec);
  * the device still runs EK_WORKER_THREADS launches at once); from an on_done callback it runs there
  * (queueing it could wait for that very thread); otherwise it is queued and waited for. */
 ek_status_t ek_launch_run(struct ek_launch_rec *rec);
-/* True on a device worker thread (inside a launch or its on_done callback). */
-bool ek_engine_on_worker(void);
 /* True when the calling thread runs an on_done callback of a launch of `rt`. */
 bool ek_engine_in_callback_of(const struct ek_runtime *rt);
 /* Wait until no launch of `rt` is queued or running (ek_rt_destroy, once no new one can start). */
