@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench_models import INPUT_NAME, MODELS, OUTPUT_NAME, SEED, export_onnx, max_error
+from edgekit.bench_models import INPUT_NAME, MODELS, OUTPUT_NAME, SEED, export_onnx, max_error, quantize_onnx
 
 __all__ = [
     "INPUT_NAME",
@@ -37,6 +37,7 @@ __all__ = [
     "max_error",
     "onnx_path",
     "ort_run",
+    "quantized_onnx_path",
     "random_input",
 ]
 
@@ -69,6 +70,21 @@ def onnx_path(name: str, shape: Sequence[int] | None = None) -> Path:
         if key not in _exported:
             path = cache_dir() / f"{name}-{'x'.join(map(str, key[1]))}.onnx"
             _exported[key] = export_onnx(name, key[1], path)
+        return _exported[key]
+
+
+def quantized_onnx_path(name: str, *, per_channel: bool = True, qoperator: bool = False) -> Path:
+    """Model `name` quantized to int8 by onnxruntime.quantization (edgekit.bench_models.quantize_onnx),
+    QDQ or QOperator form, per-channel or per-tensor weights; made once per session."""
+    src = onnx_path(name)
+    tag = f"{'qop' if qoperator else 'qdq'}-{'pc' if per_channel else 'pt'}"
+    key = (f"{name}-{tag}", input_shape_of(name))
+    with _lock:
+        if key not in _exported:
+            path = cache_dir() / f"{name}-{tag}.onnx"
+            _exported[key] = quantize_onnx(
+                src, path, input_shape_of(name), per_channel=per_channel, qoperator=qoperator
+            )
         return _exported[key]
 
 

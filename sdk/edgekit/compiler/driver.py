@@ -11,12 +11,16 @@ from typing import Callable
 
 import onnx
 
-from edgekit.compiler import ekm, layout, onnx_import, passes, plan
+from edgekit.compiler import ekm, layout, onnx_import, passes, plan, quantize
 from edgekit.compiler.graph import (
+    FLOAT32,
+    INT8,
+    INT32,
     INT64,
     NCHW_PERM,
     NHWC,
     ONNX,
+    UINT8,
     CompileError,
     Graph,
     Op,
@@ -238,7 +242,7 @@ def _op_source(graph: Graph, op: Op) -> ekm.OpSource:
     return ekm.OpSource(out.onnx_name or "", list(op.sources), perm)
 
 
-_DTYPE_CODES = {"float32": ekm.FLOAT32, INT64: ekm.INT64}
+_DTYPE_CODES = {FLOAT32: ekm.FLOAT32, INT64: ekm.INT64, INT8: ekm.INT8, UINT8: ekm.UINT8, INT32: ekm.INT32}
 
 
 def _stage_record(compiled: _CompiledStage) -> ekm.StageRecord:
@@ -342,8 +346,13 @@ def compile_networks(
     records: list[ekm.NetworkRecord] = []
     reports: list[NetworkReport] = []
     for spec in networks:
-        model = onnx_import.load(spec.model)
+        model, qstats = quantize.fold_qdq(onnx_import.load(spec.model))
         name = spec.name or default_name(spec.model, model.name, output if len(networks) == 1 else None)
+        if qstats.fused or qstats.expanded:
+            say(
+                f"{name}: quantized: {qstats.fused} int8 ops from QDQ groups"
+                + (f" ({qstats.expanded} QOperator nodes rewritten)" if qstats.expanded else "")
+            )
         if any(r.name == name for r in records):
             raise CompileError(
                 f"two networks are named '{name}'; give each a unique name (--name, once per model)"
@@ -382,6 +391,7 @@ def compile_networks(
             ekm.IORecord(
                 n,
                 _DTYPE_CODES[first.tensors[n].dtype],
+                *(first.tensors[n].qparams or (1.0, 0)),
                 max_bytes=max(c.graph.tensors[n].nbytes for c in compiled),
             )
             for n in first.inputs
@@ -390,6 +400,7 @@ def compile_networks(
             ekm.IORecord(
                 out_name,
                 _DTYPE_CODES[first.tensors[first.outputs[i]].dtype],
+                *(first.tensors[first.outputs[i]].qparams or (1.0, 0)),
                 max_bytes=max(c.graph.tensors[c.graph.outputs[i]].nbytes for c in compiled),
                 dynamic=first.tensors[first.outputs[i]].dynamic,
             )

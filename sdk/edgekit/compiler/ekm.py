@@ -16,9 +16,10 @@ from edgekit.compiler.graph import ATTR_TYPES, AttrType, AttrValue, CompileError
 
 MAGIC = b"EDGEKIT\0"
 VERSION_MAJOR = 1
-VERSION_MINOR = 4  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections; 1.2: PLUGIN ops;
+VERSION_MINOR = 5  # 1.1: the optional OP_SOURCES + SOURCE_NODES sections; 1.2: PLUGIN ops;
 # 1.3: TOP_K, NON_MAX_SUPPRESSION and the DYNAMIC flag of TENSORS / IOS records;
-# 1.4: CONV's optional fourth input Z (a fused residual Add) and its STRING attribute `algorithm`
+# 1.4: CONV's optional fourth input Z (a fused residual Add) and its STRING attribute `algorithm`;
+# 1.5: the quantized ops (31..39) and int8 / uint8 / int32 tensors
 HEADER_SIZE = 64
 ABSENT = 0xFFFFFFFF
 
@@ -71,6 +72,9 @@ DTYPES: dict[int, np.dtype[np.generic]] = {
     6: np.dtype(np.int64),
 }
 FLOAT32 = 1
+INT8 = 3
+UINT8 = 4
+INT32 = 5
 INT64 = 6
 DYNAMIC = 1  # the flags bit of TENSORS and IOS records (1.3)
 
@@ -342,12 +346,18 @@ def write(model: ModelFile, *, source_map: bool = True) -> bytes:
         body += payload
         pos = start + len(payload)
     file_size = pos
-    # 1.2 / 1.3 / 1.4 only when the file needs it (a PLUGIN op; TOP_K, NON_MAX_SUPPRESSION or a DYNAMIC
-    # output; a CONV with Z or an `algorithm`), so other files stay readable as 1.1 / 1.0 / 1.2 / 1.3
+    # 1.2 .. 1.5 only when the file needs it (a PLUGIN op; TOP_K, NON_MAX_SUPPRESSION or a DYNAMIC
+    # output; a CONV with Z or an `algorithm`; a quantized op or network input/output), so other files
+    # stay readable by older readers
     records = [o for net in model.networks for st in net.stages for o in st.ops]
     op_types = {o.type for o in records}
     has_dynamic = any(io.dynamic for net in model.networks for io in net.outputs)
-    if any(o.type == 1 and (len(o.inputs) > 3 or "algorithm" in o.attrs) for o in records):
+    quantized_io = any(
+        io.dtype not in (FLOAT32, INT64) for net in model.networks for io in net.inputs + net.outputs
+    )
+    if quantized_io or any(o.type >= 31 for o in records):
+        minor = 5
+    elif any(o.type == 1 and (len(o.inputs) > 3 or "algorithm" in o.attrs) for o in records):
         minor = 4
     elif has_dynamic or op_types & {29, 30}:
         minor = 3

@@ -34,6 +34,8 @@ def evaluate(
         value = constant_node_value(node)
         if value is not None:
             return [value]
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx"):
+        return [_quantize_linear(node, inputs)]  # onnx's reference has them from opset 19 only
     in_names = [f"in{i}" if value is not None else "" for i, value in enumerate(inputs)]
     out_names = [f"out{i}" if name else "" for i, name in enumerate(node.output)]
     copy = helper.make_node(node.op_type, in_names, out_names, domain=node.domain)
@@ -60,3 +62,36 @@ def evaluate(
         raise CompileError(f"{describe(node)}: folding its constant inputs failed: {exc}") from exc
     values = iter(results)
     return [np.asarray(next(values)) if name else np.zeros(0, np.float32) for name in out_names]
+
+
+def _quantize_linear(node: onnx.NodeProto, inputs: Sequence[np.ndarray | None]) -> np.ndarray:
+    """ONNX QuantizeLinear / DequantizeLinear on constants, per tensor or per axis (float32 math)."""
+    x, scale = inputs[0], inputs[1] if len(inputs) > 1 else None
+    zp = inputs[2] if len(inputs) > 2 else None
+    if x is None or scale is None:
+        raise CompileError(f"{describe(node)}: x and scale are required")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if int(attrs.get("block_size", 0)):
+        raise CompileError(f"{describe(node)}: blocked quantization (block_size) is not supported")
+    x = np.asarray(x)
+    scale = np.asarray(scale, np.float32)
+    shape = [1] * x.ndim
+    if scale.ndim == 1 and scale.size > 1:
+        axis = int(attrs.get("axis", 1)) % max(x.ndim, 1)
+        shape[axis] = scale.size
+    scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
+    zero = np.zeros((), np.int64) if zp is None else np.asarray(zp).astype(np.int64).reshape(scale.shape)
+    if node.op_type == "DequantizeLinear":
+        result: np.ndarray = ((x.astype(np.int64) - zero).astype(np.float32) * scale).astype(np.float32)
+        return result
+    out = int(attrs.get("output_dtype", 0))
+    dtype = (
+        np.dtype(zp.dtype)
+        if zp is not None
+        else np.dtype(helper.tensor_dtype_to_np_dtype(out) if out else np.uint8)
+    )
+    info = np.iinfo(dtype)
+    with np.errstate(invalid="ignore"):
+        q = np.rint(x.astype(np.float32) / scale) + zero.astype(np.float32)
+    q = np.where(np.isnan(q), zero, q)
+    return np.clip(q, info.min, info.max).astype(dtype)

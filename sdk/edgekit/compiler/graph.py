@@ -3,7 +3,9 @@
 Lowering builds one ``Graph`` per stage whose tensors have the ONNX model's (logical) shapes; the
 layout pass then rewrites it so spatial ops see NHWC tensors (``Tensor.layout``). Constants are
 numpy arrays held by their tensors; every tensor that exists at run time is float32, except the int64
-operands of TOP_K (K, Indices) and NON_MAX_SUPPRESSION (max_output_boxes_per_class, selected_indices).
+operands of TOP_K (K, Indices) and NON_MAX_SUPPRESSION (max_output_boxes_per_class, selected_indices)
+and the int8 tensors of quantized ops (compiler/quantize.py: int8 activations and weights, int32
+biases; uint8 only at a QUANTIZE, DEQUANTIZE or QLUT at the network's edge).
 A ``dynamic`` tensor is an output whose size depends on the data: its shape is the most its op writes.
 """
 
@@ -66,6 +68,16 @@ class OpType(enum.IntEnum):
     PLUGIN = 28  # an op of a plugin library (compiler/plugins.py, docs/plugins.md)
     TOP_K = 29  # .ekm 1.3
     NON_MAX_SUPPRESSION = 30  # .ekm 1.3
+    # .ekm 1.5: quantized ops (docs/model-format.md "Quantized ops"; compiler/quantize.py)
+    QUANTIZE = 31
+    DEQUANTIZE = 32
+    QCONV = 33
+    QFULLY_CONNECTED = 34
+    QADD = 35
+    QMUL = 36
+    QAVERAGE_POOL = 37
+    QGLOBAL_AVERAGE_POOL = 38
+    QLUT = 39
 
 
 class AttrType(enum.IntEnum):
@@ -106,12 +118,26 @@ ATTR_TYPES: dict[str, AttrType] = {
     "largest": AttrType.INT,
     "sorted": AttrType.INT,
     "center_point_box": AttrType.INT,
+    "scale": AttrType.FLOAT,
+    "zero_point": AttrType.INT,
+    "x_scale": AttrType.FLOAT,
+    "x_zero_point": AttrType.INT,
+    "b_scale": AttrType.FLOAT,
+    "b_zero_point": AttrType.INT,
+    "y_scale": AttrType.FLOAT,
+    "y_zero_point": AttrType.INT,
+    "q_min": AttrType.INT,
+    "q_max": AttrType.INT,
 }
 
 # The run-time dtypes a tensor may have, and their .ekm codes.
 FLOAT32 = "float32"
 INT64 = "int64"
-DTYPE_SIZES = {FLOAT32: 4, INT64: 8}
+INT8 = "int8"  # quantized activations and weights (.ekm 1.5)
+UINT8 = "uint8"  # only at QUANTIZE's output, DEQUANTIZE's and QLUT's operands (network inputs/outputs)
+INT32 = "int32"  # quantized biases
+DTYPE_SIZES = {FLOAT32: 4, INT64: 8, INT8: 1, UINT8: 1, INT32: 4}
+QUANTIZED_DTYPES = frozenset({INT8, UINT8})
 # Ops that keep the ONNX layout for all their operands and may have several outputs.
 ONNX_LAYOUT_OPS = frozenset({OpType.PLUGIN, OpType.TOP_K, OpType.NON_MAX_SUPPRESSION})
 
@@ -136,8 +162,14 @@ SPATIAL_OPS = frozenset(
         OpType.AVERAGE_POOL,
         OpType.GLOBAL_AVERAGE_POOL,
         OpType.RESIZE,
+        OpType.QCONV,
+        OpType.QAVERAGE_POOL,
+        OpType.QGLOBAL_AVERAGE_POOL,
     }
 )
+# Quantized ops whose operands after the first are constants in their own layout (weights, scales,
+# bias, a table): the layout pass converts only the first input.
+FIRST_INPUT_OPS = frozenset({OpType.QCONV, OpType.QFULLY_CONNECTED, OpType.QLUT})
 UNARY_OPS = frozenset(
     {
         OpType.RELU,
@@ -149,7 +181,11 @@ UNARY_OPS = frozenset(
         OpType.TANH,
     }
 )
-BINARY_OPS = frozenset({OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV, OpType.PRELU})
+BINARY_OPS = frozenset(
+    {OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV, OpType.PRELU, OpType.QADD, OpType.QMUL}
+)
+# Element-wise ops of one run-time input, in any layout (with QLUT's table kept as it is).
+ELEMENTWISE_QUANT_OPS = frozenset({OpType.QUANTIZE, OpType.DEQUANTIZE, OpType.QLUT})
 
 AttrValue = Union[int, float, str, list[int], list[float]]
 Shape = tuple[int, ...]
@@ -173,10 +209,13 @@ class Tensor:
     # The ONNX tensor whose value this tensor holds (in ``layout``); None for intermediates of a
     # multi-op lowering and for constants. Kept for dumps (the .ekm OP_SOURCES section).
     onnx_name: str | None = None
-    dtype: str = FLOAT32  # FLOAT32, or INT64 for the int64 operands of TOP_K and NON_MAX_SUPPRESSION
+    dtype: str = FLOAT32  # FLOAT32; INT64 for TOP_K's and NON_MAX_SUPPRESSION's; INT8/UINT8/INT32 quantized
     # An output whose size depends on the data (TOP_K with a run-time K, NON_MAX_SUPPRESSION, a plugin's
     # dynamic output): ``shape`` is the most its op writes. Only a network output no op reads may be.
     dynamic: bool = False
+    # An int8/uint8 tensor's quantization (scale, zero point): real = (q - zero_point) * scale. Kept
+    # for network inputs and outputs, whose IOS records carry it.
+    qparams: tuple[float, int] | None = None
 
     @property
     def is_const(self) -> bool:

@@ -17,6 +17,8 @@ import numpy as np
 from edgekit.compiler import subnet
 from edgekit.compiler.graph import (
     BINARY_OPS,
+    ELEMENTWISE_QUANT_OPS,
+    FIRST_INPUT_OPS,
     NCHW_PERM,
     NHWC,
     NHWC_PERM,
@@ -32,7 +34,12 @@ from edgekit.compiler.graph import (
     is_order_preserving,
 )
 
-_FLEX = UNARY_OPS | BINARY_OPS | {OpType.CONCAT, OpType.PAD, OpType.SLICE, OpType.REDUCE_MEAN, OpType.SOFTMAX}
+_FLEX = (
+    UNARY_OPS
+    | BINARY_OPS
+    | ELEMENTWISE_QUANT_OPS
+    | {OpType.CONCAT, OpType.PAD, OpType.SLICE, OpType.REDUCE_MEAN, OpType.SOFTMAX}
+)
 
 
 def _nhwc_shape(shape: Shape) -> Shape:
@@ -78,7 +85,7 @@ class _Layout:
         src_shape = self.dst.shape(source)
         perm = NHWC_PERM if layout == NHWC else NCHW_PERM
         shape = tuple(src_shape[p] for p in perm)
-        out = self.dst.add(f"{name}_{layout}", shape, layout=layout)
+        out = self.dst.add(f"{name}_{layout}", shape, layout=layout, dtype=tensor.dtype)
         self.dst.tensors[out].onnx_name = tensor.onnx_name
         if is_order_preserving(src_shape, perm):
             self.dst.ops.append(Op(OpType.RESHAPE, f"{name}_to_{layout}", [source], [out]))
@@ -123,15 +130,19 @@ class _Layout:
         if op.type in SPATIAL_OPS:
             first = op.inputs[0]
             inputs = [self.get(first, NHWC) if first is not None else None]
-            inputs += [self.get(n, ONNX) if n is not None else None for n in op.inputs[1:3]]
+            # a QCONV's other operands (weights, scales, bias) are constants in their own layout
+            rest = len(op.inputs) if op.type in FIRST_INPUT_OPS else 3
+            inputs += [self.get(n, ONNX) if n is not None else None for n in op.inputs[1:rest]]
             # a CONV's residual input Z has the output's shape: NHWC like it
-            inputs += [self.get(n, NHWC) if n is not None else None for n in op.inputs[3:]]
+            inputs += [self.get(n, NHWC) if n is not None else None for n in op.inputs[rest:]]
             self.dst.ops.append(
                 Op(op.type, op.name, inputs, [self.output(op.outputs[0], NHWC)], dict(op.attrs), op.sources)
             )
             return
         if op.type in _FLEX and self._flex_nhwc(op):
             inputs = [self.get(n, NHWC) if n is not None else None for n in op.inputs]
+            if op.type in FIRST_INPUT_OPS:  # QLUT's table stays as it is
+                inputs[1:] = [self.get(n, ONNX) if n is not None else None for n in op.inputs[1:]]
             attrs = self._remap(op)
             out_layout = NHWC
             if op.type == OpType.REDUCE_MEAN and not op.attrs.get("keepdims", 1):
@@ -167,13 +178,14 @@ class _Layout:
 
     def _flex_nhwc(self, op: Op) -> bool:
         """Run this layout-agnostic op in NHWC? Only when all its run-time inputs are NHWC."""
-        layouts = [self.layout_of(n) for n in op.inputs if n is not None]
+        operands = op.inputs[:1] if op.type in FIRST_INPUT_OPS else op.inputs
+        layouts = [self.layout_of(n) for n in operands if n is not None]
         dynamic = [x for x in layouts if x is not None]
         if not dynamic or any(x != NHWC for x in dynamic):
             return False
         if len(self.src.shape(op.outputs[0])) != 4 and op.type != OpType.REDUCE_MEAN:
             return False
-        for name in op.inputs:
+        for name in operands:
             if name is not None and self.src.tensors[name].is_const and len(self.src.shape(name)) > 4:
                 return False
         if op.type == OpType.REDUCE_MEAN and not op.attrs.get("keepdims", 1):

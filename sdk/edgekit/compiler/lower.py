@@ -18,12 +18,16 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgekit.compiler import fold, subnet
+from edgekit.compiler import fold, onnx_import, quantize, subnet
 from edgekit.compiler import plugins as plugins_mod
 from edgekit.compiler.graph import (
     FLOAT32,
+    INT8,
+    INT32,
     INT64,
     MAX_RANK,
+    QUANTIZED_DTYPES,
+    UINT8,
     AttrType,
     AttrValue,
     CompileError,
@@ -43,7 +47,7 @@ class Const:
 
 @dataclass
 class Dyn:
-    name: str  # a float32 tensor of the stage graph
+    name: str  # a run-time tensor of the stage graph (float32; int8 when quantized, int64 for TopK/NMS)
 
 
 class Unknown:
@@ -123,10 +127,11 @@ class StageLowering:
         for name, value in model.constants.items():
             self.env[name] = Const(value)
         for info in model.inputs:
-            if info.dtype not in (np.float32, np.int64):
+            if info.dtype not in (np.float32, np.int64, np.int8, np.uint8):
                 raise CompileError(
-                    f"input '{info.name}' is {info.dtype}; EdgeKit networks take float32 inputs (and int64 "
-                    "ones for TopK's K and NonMaxSuppression's max_output_boxes_per_class)"
+                    f"input '{info.name}' is {info.dtype}; EdgeKit networks take float32 inputs (int8 and "
+                    "uint8 ones that DequantizeLinear reads, and int64 ones for TopK's K and "
+                    "NonMaxSuppression's max_output_boxes_per_class)"
                 )
             self.graph.add(info.name, shapes[info.name], dtype=str(info.dtype))
             self.graph.tensors[info.name].onnx_name = info.name
@@ -145,12 +150,18 @@ class StageLowering:
             return self.graph.shape(value.name)
         raise Unsupported("input of unknown shape")
 
-    def tensor(self, value: Value | None, what: str = "input") -> str:
+    def tensor(self, value: Value | None, what: str = "input", dtype: str = FLOAT32) -> str:
+        """The graph tensor of a value; a constant becomes a CONSTANT tensor of ``dtype`` (float32 unless
+        a quantized op takes its int8 / int32 values as they are)."""
         if isinstance(value, Dyn):
             return value.name
         if isinstance(value, Const):
-            data = _float32(value.value, f"{self.where}: {what}")
-            return self.graph.add_const(f"{self.node.name or self.node.op_type}_{what}", data)
+            base = f"{self.node.name or self.node.op_type}_{what}"
+            if dtype != FLOAT32:
+                if value.value.dtype != np.dtype(dtype):
+                    raise CompileError(f"{self.where}: {what} is {value.value.dtype}, expected {dtype}")
+                return self.graph.add_const(base, value.value, dtype)
+            return self.graph.add_const(base, _float32(value.value, f"{self.where}: {what}"))
         raise Unsupported(f"{what} is missing")
 
     def const(self, value: Value | None, what: str) -> np.ndarray:
@@ -168,18 +179,40 @@ class StageLowering:
         shape: Shape,
         attrs: dict[str, AttrValue] | None = None,
         base: str | None = None,
+        dtype: str | None = None,
     ) -> Dyn:
+        """Add an op with one output of ``shape``. ``dtype`` None: float32, or int8 for a data-movement
+        op on int8 tensors (every run-time input int8); a quantized op's lowering gives its dtype."""
         if len(shape) > MAX_RANK:
             raise Unsupported(f"result of rank {len(shape)} (EdgeKit supports rank <= {MAX_RANK})")
         if any(d < 1 for d in shape):
             raise Unsupported(f"empty result shape {list(shape)}")
-        self.check_float(inputs)
-        name = self.graph.add(base or (self.node.output[0] if self.node.output else "t"), shape)
+        if dtype is None:
+            dtype = self.moved_dtype(op_type, inputs, attrs or {})
+        name = self.graph.add(base or (self.node.output[0] if self.node.output else "t"), shape, dtype=dtype)
         node_name = self.node.name or self.node.op_type
         self.graph.ops.append(
             Op(op_type, node_name, list(inputs), [name], dict(attrs or {}), sources=[node_name])
         )
         return Dyn(name)
+
+    def moved_dtype(
+        self, op_type: OpType, inputs: Sequence[str | None], attrs: Mapping[str, AttrValue]
+    ) -> str:
+        """The output dtype of a non-quantized op: int8 for the data-movement ops that take int8
+        tensors (docs/model-format.md), when their inputs are int8; else float32, checked."""
+        first = self.graph.tensors[inputs[0]] if inputs and inputs[0] is not None else None
+        if first is not None and first.dtype == INT8 and op_type in INT8_MOVE_OPS:
+            others = [n for n in inputs if n is not None and self.graph.tensors[n].dtype != INT8]
+            if others or (op_type == OpType.RESIZE and attrs.get("mode", 0) != 0):
+                raise Unsupported(
+                    "a mix of int8 and float inputs, or a linear Resize of an int8 tensor (quantized "
+                    "data-movement ops take int8 inputs only; linear Resize runs in float: put it between "
+                    "DequantizeLinear and QuantizeLinear)"
+                )
+            return INT8
+        self.check_float(inputs)
+        return FLOAT32
 
     def check_float(self, inputs: Sequence[str | None]) -> None:
         """EdgeKit's ops compute in float32: an int64 run-time tensor may only feed the int64 operands of
@@ -189,8 +222,9 @@ class StageLowering:
                 tensor = self.graph.tensors[name]
                 raise Unsupported(
                     f"input '{tensor.onnx_name or name}' is {tensor.dtype} at run time; EdgeKit's ops "
-                    "compute in float32 (int64 tensors only as TopK's K and NonMaxSuppression's "
-                    "max_output_boxes_per_class, and as their index outputs, which must be network outputs)"
+                    "compute in float32 (int8 tensors only in quantized ops and data movement, int64 "
+                    "tensors only as TopK's K and NonMaxSuppression's max_output_boxes_per_class, and as "
+                    "their index outputs, which must be network outputs)"
                 )
 
     def dynamic_output(self, node: onnx.NodeProto, index: int) -> bool:
@@ -222,13 +256,13 @@ class StageLowering:
 
     # ---- driver ----
     def run(self) -> Graph:
-        for node in _topological(self.model):
+        for node in onnx_import.topological(self.model):
             self.node = node
             ins: list[Value | None] = [self.env[n] if n else None for n in node.input]
             if any(isinstance(v, Unknown) for v in ins):
                 self._set_outputs(node, [Unknown() for _ in node.output])
-                if subnet.is_edgekit_node(node):
-                    pass  # an EdgeKit network after an unsupported node: that node is the one reported
+                if subnet.is_edgekit_node(node) or node.domain == quantize.DOMAIN:
+                    pass  # an EdgeKit network or int8 op after an unsupported node: that node is reported
                 elif node.domain not in ("", "ai.onnx") and not self.plugins.find(node.domain, node.op_type):
                     self.unsupported.append(f"{fold.describe(node)}: {self._no_plugin(node)}")
                 elif node.op_type not in LOWERINGS or node.domain not in ("", "ai.onnx"):
@@ -246,10 +280,23 @@ class StageLowering:
                 tensor = self.graph.add_const(name, _float32(value.value, f"output '{name}'"))
             else:
                 assert isinstance(value, Dyn)
-                tensor = value.name
+                tensor = self.onnx_dtype_output(name, value.name)
             self.graph.outputs.append(tensor)
             self.graph.output_names.append(name)
         return self.graph
+
+    def onnx_dtype_output(self, name: str, tensor: str) -> str:
+        """A network output that the ONNX model declares uint8 but that runs as canonical int8 (compiler/
+        quantize.py) gets a QLUT back to uint8 (the same bytes + 128), so the caller sees the model's type."""
+        t = self.graph.tensors[tensor]
+        if t.dtype != INT8 or self.model.value_dtypes.get(name) != np.uint8:
+            return tensor
+        table = self.graph.add_const(f"{name}_to_uint8", np.arange(256, dtype=np.uint8), UINT8)
+        out = self.graph.add(f"{name}_uint8", t.shape, dtype=UINT8)
+        if t.qparams is not None:
+            self.graph.tensors[out].qparams = (t.qparams[0], t.qparams[1] + 128)
+        self.graph.ops.append(Op(OpType.QLUT, name, [tensor, table], [out], sources=[name]))
+        return out
 
     def _set_outputs(self, node: onnx.NodeProto, values: Sequence[Value]) -> None:
         for name, value in zip(node.output, values):
@@ -263,6 +310,13 @@ class StageLowering:
     def _node(self, node: onnx.NodeProto, ins: list[Value | None]) -> list[Value]:
         if subnet.is_edgekit_node(node):  # a compiled EdgeKit network: inlined (compiler/subnet.py)
             return subnet.lower_node(self, node, ins)
+        if node.domain == quantize.DOMAIN:  # an int8 op of compiler/quantize.py
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            try:
+                return Q_LOWERINGS[node.op_type](self, node, ins, attrs)
+            except Unsupported as exc:
+                self.unsupported.append(f"{fold.describe(node)}: {exc}")
+                return [Unknown() for _ in node.output]
         if node.domain not in ("", "ai.onnx"):  # a custom domain: a plugin op (never folded)
             try:
                 return self._plugin_node(node, ins)
@@ -361,27 +415,6 @@ class StageLowering:
         return [Dyn(name) for name in outputs]
 
 
-def _topological(model: OnnxModel) -> list[onnx.NodeProto]:
-    """The nodes in an order where every input is produced first (ONNX files are usually sorted)."""
-    ready = set(model.constants) | {i.name for i in model.inputs} | {""}
-    pending = list(model.nodes)
-    order: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(n in ready for n in node.input):
-                order.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            node = rest[0]
-            missing = [n for n in node.input if n not in ready]
-            raise CompileError(f"{fold.describe(node)} reads {missing}, which no node produces (or a cycle)")
-        pending = rest
-    return order
-
-
 # Never evaluated at compile time, even with constant inputs: random ops, and NonMaxSuppression, whose
 # result size is the data's (it stays an op with a DYNAMIC output; TopK of constants folds).
 NEVER_FOLD = frozenset(
@@ -397,6 +430,12 @@ NEVER_FOLD = frozenset(
 
 Lowering = Callable[[StageLowering, onnx.NodeProto, list[Optional[Value]], dict[str, Any]], list[Value]]
 LOWERINGS: dict[str, Lowering] = {}
+Q_LOWERINGS: dict[str, Lowering] = {}  # the int8 nodes of compiler/quantize.py (its DOMAIN)
+
+# Ops that also take int8 tensors (data movement: the same bytes in another order or selection).
+INT8_MOVE_OPS = frozenset(
+    {OpType.MAX_POOL, OpType.TRANSPOSE, OpType.RESHAPE, OpType.CONCAT, OpType.SLICE, OpType.RESIZE}
+)
 
 
 def lowering(*op_types: str) -> Callable[[Lowering], Lowering]:
@@ -743,6 +782,27 @@ def _conv_transpose(
 
 
 # ---- pools ----
+def _pool_output(
+    s: StageLowering,
+    hw: Sequence[int],
+    ek: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int],
+    ceil: bool,
+) -> list[int]:
+    """A pool's output H, W (``ek``: the dilated window)."""
+    out = []
+    for i, size in enumerate(hw):
+        span = size + pads[i] + pads[i + 2] - ek[i]
+        if span < 0:
+            raise CompileError(f"{s.where}: the window is larger than the padded input")
+        o = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
+        if ceil and (o - 1) * strides[i] >= size + pads[i]:
+            o -= 1  # a window may not start in the end padding
+        out.append(o)
+    return out
+
+
 @lowering("MaxPool", "AveragePool")
 def _pool(
     s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
@@ -761,16 +821,7 @@ def _pool(
         raise Unsupported("AveragePool with dilations")
     ek = [(kernel[0] - 1) * dil[0] + 1, (kernel[1] - 1) * dil[1] + 1]
     pads = _spatial_pads(attrs, (h, w), ek, strides)
-    ceil = bool(attrs.get("ceil_mode", 0))
-    out = []
-    for i, size in enumerate((h, w)):
-        span = size + pads[i] + pads[i + 2] - ek[i]
-        if span < 0:
-            raise CompileError(f"{s.where}: the window is larger than the padded input")
-        o = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
-        if ceil and (o - 1) * strides[i] >= size + pads[i]:
-            o -= 1  # a window may not start in the end padding
-        out.append(o)
+    out = _pool_output(s, (h, w), ek, strides, pads, bool(attrs.get("ceil_mode", 0)))
     params: dict[str, AttrValue] = {"kernel": kernel, "strides": strides, "pads": pads}
     if is_max:
         params["dilations"] = dil
@@ -1291,3 +1342,216 @@ def _non_max_suppression(
         [((rows, 3), INT64, s.dynamic_output(node, 0))],
         {"center_point_box": center},
     )
+
+
+# ---- quantized models (compiler/quantize.py folds QDQ groups into the nodes lowered here) ----
+def _qparams(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], data_dtype: str
+) -> tuple[float, int]:
+    """A QuantizeLinear / DequantizeLinear's per-tensor (scale, zero point) for a run-time tensor of
+    ``data_dtype``: a uint8 zero point is shifted to canonical int8 when the tensor runs as int8."""
+    scale = s.const(_req(ins, 1, "scale"), "scale")
+    if scale.size != 1:
+        raise Unsupported(
+            "per-axis quantization of a run-time tensor (EdgeKit quantizes activations per tensor; "
+            "per-channel scales are for constant weights)"
+        )
+    zp_v = _input(ins, 2)
+    zp = s.const(zp_v, "zero_point") if zp_v is not None else None
+    if zp is not None and zp.dtype not in (np.int8, np.uint8):
+        raise Unsupported(f"{zp.dtype} quantization (EdgeKit runs 8-bit quantization: int8, uint8)")
+    if zp is None and node.op_type == "QuantizeLinear":
+        out = int(node_attr_int(node, "output_dtype"))
+        zp_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(out)) if out else np.dtype(np.uint8)
+        if zp_dtype not in (np.int8, np.uint8):
+            raise Unsupported(f"{zp_dtype} quantization (EdgeKit runs 8-bit quantization: int8, uint8)")
+    else:
+        zp_dtype = zp.dtype if zp is not None else np.dtype(data_dtype)
+    z = int(zp.reshape(-1)[0]) if zp is not None else 0
+    if zp_dtype == np.uint8 and data_dtype == INT8:
+        z -= 128
+    return float(np.float32(scale.reshape(-1)[0])), z
+
+
+def node_attr_int(node: onnx.NodeProto, name: str, default: int = 0) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(helper.get_attribute_value(a))
+    return default
+
+
+@lowering("QuantizeLinear")
+def _quantize_linear(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x = _req(ins, 0, "x")
+    if not isinstance(x, Dyn) or s.graph.tensors[x.name].dtype != FLOAT32:
+        raise Unsupported("x is not a float32 run-time tensor")
+    # canonical int8, except a network output, which keeps the model's type
+    is_output = node.output[0] in s.model.outputs
+    zp_v = _input(ins, 2)
+    declared = s.const(zp_v, "zero_point").dtype if zp_v is not None else None
+    out_dtype = (
+        UINT8
+        if is_output and declared in (None, np.uint8) and not node_attr_int(node, "output_dtype")
+        else INT8
+    )
+    if is_output and node_attr_int(node, "output_dtype") == onnx.TensorProto.UINT8:
+        out_dtype = UINT8
+    scale, zp = _qparams(s, node, ins, out_dtype)
+    y = s.emit(OpType.QUANTIZE, [x.name], s.shape(x), {"scale": scale, "zero_point": zp}, dtype=out_dtype)
+    s.graph.tensors[y.name].qparams = (scale, zp)
+    return [y]
+
+
+@lowering("DequantizeLinear")
+def _dequantize_linear(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x = _req(ins, 0, "x")
+    if not isinstance(x, Dyn) or s.graph.tensors[x.name].dtype not in QUANTIZED_DTYPES:
+        raise Unsupported("x is not an int8 or uint8 run-time tensor")
+    tensor = s.graph.tensors[x.name]
+    scale, zp = _qparams(s, node, ins, tensor.dtype)
+    if x.name in s.graph.inputs and tensor.qparams is None:
+        tensor.qparams = (scale, zp)  # the network input's IOS record carries it
+    return [
+        s.emit(OpType.DEQUANTIZE, [x.name], s.shape(x), {"scale": scale, "zero_point": zp}, dtype=FLOAT32)
+    ]
+
+
+def _q_attrs(attrs: Mapping[str, Any], names: Sequence[str]) -> dict[str, AttrValue]:
+    out: dict[str, AttrValue] = {}
+    for name in names:
+        value = attrs[name]
+        out[name] = float(value) if name.endswith("scale") else int(value)
+    return out
+
+
+_Y_ATTRS = ("x_scale", "x_zero_point", "y_scale", "y_zero_point")
+_CLAMP = ("q_min", "q_max")
+
+
+def _q_weights(s: StageLowering, ins: list[Value | None], prefix: str, channels: int) -> list[str | None]:
+    """W, w_scale and the optional bias of QCONV / QFULLY_CONNECTED as constants."""
+    w_scale = s.const(_req(ins, 2, "w_scale"), "w_scale").astype(np.float32).reshape(-1)
+    if w_scale.size not in (1, channels):
+        raise CompileError(f"{s.where}: {w_scale.size} weight scales for {channels} output channels")
+    inputs: list[str | None] = [s.graph.add_const(f"{prefix}_w_scale", w_scale)]
+    bias = _input(ins, 3)
+    if bias is not None:
+        inputs.append(s.graph.add_const(f"{prefix}_bias", s.const(bias, "bias").astype(np.int32), INT32))
+    return inputs
+
+
+def _qconv(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x, one_d = _to_2d(s, _req(ins, 0, "X"), "X")
+    w = s.const(_req(ins, 1, "W"), "W")
+    if one_d:
+        attrs, w = _attrs_to_2d(attrs), w[:, :, None, :]
+    if w.ndim != 4:
+        raise Unsupported(f"weights of rank {w.ndim}")
+    n, c, h, wd = s.shape(x)
+    group = int(attrs.get("group", 1))
+    m, cg, kh, kw = w.shape
+    if group < 1 or c != cg * group or m % group:
+        raise CompileError(
+            f"{s.where}: {c} input channels, weights {list(w.shape)} and group {group} disagree"
+        )
+    strides, dil = _conv_params(attrs, (kh, kw))
+    ek = [(kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1]
+    pads = _spatial_pads(attrs, (h, wd), ek, strides)
+    oh = (h + pads[0] + pads[2] - ek[0]) // strides[0] + 1
+    ow = (wd + pads[1] + pads[3] - ek[1]) // strides[1] + 1
+    if oh < 1 or ow < 1:
+        raise CompileError(f"{s.where}: the kernel is larger than the padded input")
+    prefix = node.name or "qconv"
+    w_ek = s.graph.add_const(f"{prefix}_W", np.ascontiguousarray(w.transpose(0, 2, 3, 1)), INT8)
+    inputs = [s.tensor(x), w_ek, *_q_weights(s, ins, prefix, m)]
+    params: dict[str, AttrValue] = {"pads": pads, "strides": strides, "dilations": dil, "group": group}
+    params.update(_q_attrs(attrs, (*_Y_ATTRS, *_CLAMP)))
+    y = s.emit(OpType.QCONV, inputs, (n, m, oh, ow), params, dtype=INT8)
+    return [s.reshape(y, (n, m, ow)) if one_d else y]
+
+
+def _qfully_connected(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x = _req(ins, 0, "X")
+    w = s.const(_req(ins, 1, "W"), "W")
+    shape = s.shape(x)
+    if w.ndim != 2 or not shape or shape[-1] != w.shape[1]:
+        raise CompileError(f"{s.where}: X {list(shape)} and weights {list(w.shape)} do not fit")
+    prefix = node.name or "qfc"
+    inputs = [s.tensor(x), s.graph.add_const(f"{prefix}_W", w, INT8), *_q_weights(s, ins, prefix, w.shape[0])]
+    params = _q_attrs(attrs, (*_Y_ATTRS, *_CLAMP))
+    return [s.emit(OpType.QFULLY_CONNECTED, inputs, (*shape[:-1], w.shape[0]), params, dtype=INT8)]
+
+
+def _qbinary(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    a, b = _req(ins, 0, "A"), _req(ins, 1, "B")
+    shape = _broadcast(s.shape(a), s.shape(b), s.where)
+    params = _q_attrs(
+        attrs, ("x_scale", "x_zero_point", "b_scale", "b_zero_point", "y_scale", "y_zero_point", *_CLAMP)
+    )
+    op = OpType.QADD if node.op_type == "QAdd" else OpType.QMUL
+    return [s.emit(op, [s.tensor(a, "A", INT8), s.tensor(b, "B", INT8)], shape, params, dtype=INT8)]
+
+
+def _qpool(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x, one_d = _to_2d(s, _req(ins, 0, "X"), "X")
+    if one_d:
+        attrs = _attrs_to_2d(attrs)
+    n, c, h, w = s.shape(x)
+    q = _q_attrs(attrs, _Y_ATTRS)
+    if node.op_type == "QGlobalAveragePool":
+        y = s.emit(OpType.QGLOBAL_AVERAGE_POOL, [s.tensor(x)], (n, c, 1, 1), q, dtype=INT8)
+        return [s.reshape(y, (n, c, 1)) if one_d else y]
+    kernel = [int(v) for v in attrs.get("kernel_shape", [])]
+    if len(kernel) != 2:
+        raise Unsupported(f"kernel_shape {kernel}")
+    strides, dil = _conv_params(attrs, kernel)
+    if dil != [1, 1]:
+        raise Unsupported("AveragePool with dilations")
+    pads = _spatial_pads(attrs, (h, w), kernel, strides)
+    out = _pool_output(s, (h, w), kernel, strides, pads, bool(attrs.get("ceil_mode", 0)))
+    params: dict[str, AttrValue] = {"kernel": kernel, "strides": strides, "pads": pads}
+    params["count_include_pad"] = int(attrs.get("count_include_pad", 0))
+    params.update(q)
+    y = s.emit(OpType.QAVERAGE_POOL, [s.tensor(x)], (n, c, *out), params, dtype=INT8)
+    return [s.reshape(y, (n, c, out[1])) if one_d else y]
+
+
+def _qlut(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x = _req(ins, 0, "X")
+    table = s.const(_req(ins, 1, "table"), "table")
+    dtype = str(table.dtype)
+    return [
+        s.emit(
+            OpType.QLUT,
+            [s.tensor(x), s.graph.add_const(f"{node.name}_table", table, dtype)],
+            s.shape(x),
+            dtype=dtype,
+        )
+    ]
+
+
+Q_LOWERINGS.update(
+    {
+        "QConv": _qconv,
+        "QFullyConnected": _qfully_connected,
+        "QAdd": _qbinary,
+        "QMul": _qbinary,
+        "QAveragePool": _qpool,
+        "QGlobalAveragePool": _qpool,
+        "QLut": _qlut,
+    }
+)

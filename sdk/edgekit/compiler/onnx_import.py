@@ -149,3 +149,25 @@ def load(source: ModelSource) -> OnnxModel:
         outputs=[o.name for o in graph.output],
         value_dtypes=dtypes,
     )
+
+
+def topological(model: OnnxModel) -> list[onnx.NodeProto]:
+    """The nodes in an order where every input is produced first (ONNX files are usually sorted)."""
+    ready = set(model.constants) | {i.name for i in model.inputs} | {""}
+    pending = list(model.nodes)
+    order: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(n in ready for n in node.input):
+                order.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            node = rest[0]
+            missing = [n for n in node.input if n not in ready]
+            what = f"{node.op_type} ({node.name or '<unnamed>'})"
+            raise CompileError(f"{what} reads {missing}, which no node produces (or a cycle)")
+        pending = rest
+    return order

@@ -57,7 +57,12 @@ def _taps(x: Array, axis: int, start: int, count: int, step: int) -> Array:
 
 
 def _conv(
-    x: Array, w: Array, bias: Array | None, attrs: Mapping[str, AttrValue], out_shape: tuple[int, ...]
+    x: Array,
+    w: Array,
+    bias: Array | None,
+    attrs: Mapping[str, AttrValue],
+    out_shape: tuple[int, ...],
+    result: type = np.float32,
 ) -> Array:
     top, left, bottom, right = _attr_ints(attrs, "pads", [0, 0, 0, 0])
     sh, sw = _attr_ints(attrs, "strides", [1, 1])
@@ -77,7 +82,7 @@ def _conv(
     y = y.reshape(n, oh, ow, m)
     if bias is not None:
         y += bias
-    return y.astype(np.float32)
+    return y.astype(result)
 
 
 def _conv_transpose(
@@ -108,17 +113,18 @@ def _conv_transpose(
 
 
 def _pool(x: Array, op_type: int, attrs: Mapping[str, AttrValue], out_shape: tuple[int, ...]) -> Array:
-    kh, kw = _attr_ints(attrs, "kernel")
-    sh, sw = _attr_ints(attrs, "strides", [1, 1])
-    top, left, bottom, right = _attr_ints(attrs, "pads", [0, 0, 0, 0])
-    dh, dw = _attr_ints(attrs, "dilations", [1, 1]) if op_type == OpType.MAX_POOL else (1, 1)
-    _n, h, w, _c = x.shape
-    _n, oh, ow, _c = out_shape
-    # pad enough at the end for every window's last tap (ceil-mode windows may pass pad_end)
-    end_h = max(0, (oh - 1) * sh - top + (kh - 1) * dh + 1 - h)
-    end_w = max(0, (ow - 1) * sw - left + (kw - 1) * dw + 1 - w)
     if op_type == OpType.MAX_POOL:
-        xp = np.pad(x, ((0, 0), (top, end_h), (left, end_w), (0, 0)), constant_values=-np.inf)
+        kh, kw = _attr_ints(attrs, "kernel")
+        sh, sw = _attr_ints(attrs, "strides", [1, 1])
+        top, left, _bottom, _right = _attr_ints(attrs, "pads", [0, 0, 0, 0])
+        dh, dw = _attr_ints(attrs, "dilations", [1, 1])
+        _n, h, w, _c = x.shape
+        _n, oh, ow, _c = out_shape
+        # pad enough at the end for every window's last tap (ceil-mode windows may pass pad_end)
+        end_h = max(0, (oh - 1) * sh - top + (kh - 1) * dh + 1 - h)
+        end_w = max(0, (ow - 1) * sw - left + (kw - 1) * dw + 1 - w)
+        padding = ((0, 0), (top, end_h), (left, end_w), (0, 0))
+        xp = np.pad(x.astype(np.float32), padding, constant_values=-np.inf)
         y = np.full(out_shape, -np.inf, np.float32)
         for i in range(kh):
             for j in range(kw):
@@ -126,6 +132,22 @@ def _pool(x: Array, op_type: int, attrs: Mapping[str, AttrValue], out_shape: tup
         if np.isinf(y).any() and not np.isinf(x).any():
             raise InterpreterError("MAX_POOL has a window with no tap inside the input")
         return y
+    total, divisor = _pool_sum_count(x, attrs, out_shape)
+    result: Array = (total / divisor).astype(np.float32)
+    return result
+
+
+def _pool_sum_count(
+    x: Array, attrs: Mapping[str, AttrValue], out_shape: tuple[int, ...]
+) -> tuple[Array, Array]:
+    """AVERAGE_POOL's sums over the taps inside the input (float64) and its divisors ([1, OH, OW, 1])."""
+    kh, kw = _attr_ints(attrs, "kernel")
+    sh, sw = _attr_ints(attrs, "strides", [1, 1])
+    top, left, bottom, right = _attr_ints(attrs, "pads", [0, 0, 0, 0])
+    _n, h, w, _c = x.shape
+    _n, oh, ow, _c = out_shape
+    end_h = max(0, (oh - 1) * sh - top + kh - h)
+    end_w = max(0, (ow - 1) * sw - left + kw - w)
     xp = np.pad(x, ((0, 0), (top, end_h), (left, end_w), (0, 0))).astype(np.float64)
     total = np.zeros(out_shape, np.float64)
     for i in range(kh):
@@ -143,8 +165,7 @@ def _pool(x: Array, op_type: int, attrs: Mapping[str, AttrValue], out_shape: tup
     divisor = ch[:, None] * cw[None, :]
     if (divisor <= 0).any():
         raise InterpreterError("AVERAGE_POOL has a window with no tap inside the input")
-    result: Array = (total / divisor[None, :, :, None]).astype(np.float32)
-    return result
+    return total, divisor[None, :, :, None]
 
 
 def _source_coords(out_size: int, in_size: int, scale: float, coordinate: int) -> Array:
@@ -276,6 +297,75 @@ def _run_plugin(
         raise InterpreterError(str(exc)) from None
 
 
+# ---- quantized ops (.ekm 1.5): the formulas of docs/model-format.md "Quantized ops", in float32 ----
+_QUANTIZED = frozenset(range(OpType.QUANTIZE, OpType.QLUT + 1))
+
+
+def _requantize(real: Array, zero_point: int, lo: int, hi: int) -> Array:
+    """sat(rint(real) + zero_point) into [lo, hi]; ``real`` is float32."""
+    clipped: Array = np.clip(np.rint(real) + np.float32(zero_point), lo, hi)
+    return clipped
+
+
+def _q_clamp(attrs: Mapping[str, AttrValue]) -> tuple[int, int]:
+    return _attr_int(attrs, "q_min", -128), _attr_int(attrs, "q_max", 127)
+
+
+def _run_quantized(
+    op: ekm.OpRecord, ins: list[Array | None], out: tuple[int, ...], out_dtype: np.dtype
+) -> Array:
+    t, a = op.type, op.attrs
+    x = _req(ins[0])
+    f32 = np.float32
+    xs, xz = f32(_attr_float(a, "x_scale", 1.0)), _attr_int(a, "x_zero_point", 0)
+    ys, yz = f32(_attr_float(a, "y_scale", 1.0)), _attr_int(a, "y_zero_point", 0)
+    if t == OpType.QUANTIZE:
+        scale, zp = f32(_attr_float(a, "scale", 1.0)), _attr_int(a, "zero_point", 0)
+        info = np.iinfo(out_dtype)
+        with np.errstate(invalid="ignore"):
+            y = _requantize(x.astype(f32) / scale, zp, info.min, info.max)
+        y = np.where(np.isnan(x), zp, y)
+    elif t == OpType.DEQUANTIZE:
+        scale, zp = f32(_attr_float(a, "scale", 1.0)), _attr_int(a, "zero_point", 0)
+        return ((x.astype(np.int32) - zp).astype(f32) * scale).astype(f32)
+    elif t in (OpType.QCONV, OpType.QFULLY_CONNECTED):
+        w, w_scale, bias = _req(ins[1]), _req(ins[2]).astype(f32), ins[3] if len(ins) > 3 else None
+        xi = x.astype(np.float64) - xz  # exact: int8 differences, sums below 2^53
+        if t == OpType.QCONV:
+            acc = _conv(xi, w.astype(np.float64), None, a, out, result=np.float64)
+        else:
+            acc = np.matmul(xi, w.T.astype(np.float64))
+        if bias is not None:
+            acc = acc + bias.astype(np.float64)
+        mult = (xs * w_scale).astype(f32) / ys
+        y = _requantize(acc.astype(np.int64).astype(f32) * mult.astype(f32), yz, *_q_clamp(a))
+    elif t in (OpType.QADD, OpType.QMUL):
+        b = _req(ins[1])
+        bs, bz = f32(_attr_float(a, "b_scale", 1.0)), _attr_int(a, "b_zero_point", 0)
+        xd = (x.astype(np.int32) - xz).astype(f32)
+        bd = (b.astype(np.int32) - bz).astype(f32)
+        if t == OpType.QADD:
+            real = xd * (xs / ys) + bd * (bs / ys)
+        else:
+            real = ((x.astype(np.int32) - xz) * (b.astype(np.int32) - bz)).astype(f32) * ((xs * bs) / ys)
+        y = np.broadcast_to(_requantize(real.astype(f32), yz, *_q_clamp(a)), out)
+    elif t == OpType.QGLOBAL_AVERAGE_POOL:
+        sums = (x.astype(np.int64) - xz).sum(axis=(1, 2), keepdims=True)
+        pixels = f32(x.shape[1] * x.shape[2])
+        y = _requantize(sums.astype(f32) * (xs / (ys * pixels)), yz, -128, 127)
+    elif t == OpType.QAVERAGE_POOL:
+        # the sum over the taps inside the input, and the divisor AVERAGE_POOL uses
+        total, count = _pool_sum_count((x.astype(np.int64) - xz).astype(np.float64), a, out)
+        y = _requantize(total.astype(f32) * (xs / (ys * count.astype(f32))), yz, -128, 127)
+    elif t == OpType.QLUT:
+        table = _req(ins[1])
+        index = x.astype(np.int32) + (128 if x.dtype == np.int8 else 0)
+        return table[index]
+    else:
+        raise InterpreterError(f"unknown op type {t} ('{op.name}')")
+    return np.asarray(y).astype(out_dtype)
+
+
 def _run_op(op: ekm.OpRecord, ins: list[Array | None], out_shapes: list[tuple[int, ...]]) -> list[Array]:
     t = op.type
     if t in _SPATIAL:
@@ -368,7 +458,8 @@ def _run_op(op: ekm.OpRecord, ins: list[Array | None], out_shapes: list[tuple[in
         y = x.reshape(out)
     else:
         raise InterpreterError(f"unknown op type {t} ('{op.name}')")
-    return [np.array(y, dtype=np.float32, order="C")]
+    # data movement keeps int8 (docs/model-format.md); every other op computes float32
+    return [np.array(y, dtype=np.int8 if x.dtype == np.int8 else np.float32, order="C")]
 
 
 def _top_k(x: Array, k: int, attrs: Mapping[str, AttrValue]) -> list[Array]:
@@ -517,6 +608,9 @@ def run_reference(
             results = _run_plugin(op, ins, shapes, plugin_set)
         elif op.type in (OpType.TOP_K, OpType.NON_MAX_SUPPRESSION):
             results = _run_select(op, ins)
+        elif op.type in _QUANTIZED:
+            out_dtype = ekm.DTYPES[stage.tensors[op.outputs[0]].dtype]
+            results = [np.ascontiguousarray(_run_quantized(op, ins, shapes[0], out_dtype))]
         else:
             results = _run_op(op, ins, shapes)
         for index, result in zip(op.outputs, results):
