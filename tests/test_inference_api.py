@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -145,6 +146,36 @@ def test_context_auto_kernels_are_xnnpack_or_portable(dev: ek.Device) -> None:
         assert context.kernels in ("xnnpack", "portable")
         assert context.device is dev
     assert not dev.closed  # a device passed in is the caller's
+
+
+def test_auto_without_the_provider_says_why_once(tmp_path: Path) -> None:
+    # The installed package without libedgekit_xnnpack.so, as a build without XNNPACK (or a wheel whose
+    # provider cannot load): "auto" runs portable, says why (the dlopen error) and logs it once.
+    package = Path(ek.__file__).parent
+    if not (package / "libedgekit_xnnpack.so").is_file():
+        pytest.skip("this build has no XNNPACK provider")
+    shutil.copytree(package, tmp_path / "edgekit", ignore=shutil.ignore_patterns("libedgekit_xnnpack.so"))
+    code = (
+        "import edgekit as ek\n"
+        "for kernels in ('auto', 'auto', 'portable'):\n"
+        "    with ek.Context(kernels=kernels) as ctx:\n"
+        "        print(kernels, ctx.kernels, repr(ctx.kernels_reason))\n"
+        "try:\n"
+        "    ek.Context(kernels='xnnpack')\n"
+        "except ek.UnsupportedError as error:\n"
+        "    print('xnnpack', error)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEKIT_KERNELS", "LD_LIBRARY_PATH")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    auto, again, portable, xnnpack = done.stdout.splitlines()
+    assert auto == again and auto.startswith("auto portable '") and "libedgekit_xnnpack.so" in auto
+    assert portable == "portable portable ''"  # asked for portable: nothing to explain
+    assert xnnpack.startswith("xnnpack XNNPACK kernels were asked for, but the provider cannot be used")
+    assert done.stderr.count("kernels 'auto' run the portable kernels") == 1, done.stderr
+    assert "libedgekit_xnnpack.so" in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -468,6 +468,12 @@ cdef class Runtime:
         return text(name)
 
     @property
+    def kernels_reason(self) -> str:
+        cdef const char *reason = NULL
+        check(ek_rt_kernels_reason(self._rt, &reason))
+        return text(reason)
+
+    @property
     def threads(self) -> int:
         cdef int threads = 0
         check(ek_rt_threads(self._rt, &threads))

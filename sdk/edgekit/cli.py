@@ -365,12 +365,19 @@ def _describe(ctx: Any, model: Any, path: str) -> dict[str, Any]:
         )
         if convs is not None:
             networks[-1]["convolutions"] = convs.get(name, [])
-    return {"model": path, "bytes": os.path.getsize(path), "kernels": ctx.kernels, "networks": networks}
+    return {
+        "model": path,
+        "bytes": os.path.getsize(path),
+        "kernels": ctx.kernels,
+        "kernels_reason": ctx.kernels_reason,
+        "networks": networks,
+    }
 
 
 def _print_info(info: dict[str, Any]) -> None:
     print(f"model:   {info['model']} ({info['bytes']} bytes)")
-    print(f"kernels: {info['kernels']}")
+    reason = info.get("kernels_reason")
+    print(f"kernels: {info['kernels']}" + (f" (XNNPACK is not used: {reason})" if reason else ""))
     for net in info["networks"]:
         print(
             f"network {net['name']!r}: {len(net['inputs'])} input(s), {len(net['outputs'])} output(s), "
@@ -398,10 +405,12 @@ def _print_info(info: dict[str, Any]) -> None:
         convs = net.get("convolutions")
         if convs:
             winograd = sum(c["algorithm"] == "winograd" for c in convs)
-            print(
-                f"  convolutions: {len(convs)}, {winograd} Winograd F(4x4,3x3) "
-                "(the others: XNNPACK under auto/xnnpack kernels, else the portable algorithm shown)"
+            others = (
+                "XNNPACK where it takes the op, else the portable algorithm shown"
+                if info["kernels"] == "xnnpack"
+                else "the portable algorithm shown"
             )
+            print(f"  convolutions: {len(convs)}, {winograd} Winograd F(4x4,3x3) (the others: {others})")
             width = max(len(c["op"]) for c in convs)
             for c in convs:
                 chans = "->".join(map(str, c["channels"]))

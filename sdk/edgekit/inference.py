@@ -12,6 +12,7 @@ docs/python-api.md.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -49,6 +50,13 @@ DTYPES: dict[int, np.dtype[Any]] = {
 }
 DTYPE_CODES: dict[np.dtype[Any], int] = {dtype: code for code, dtype in DTYPES.items()}
 KERNELS = ("auto", "portable", "xnnpack")
+
+# The "edgekit" loggers are silent unless the application configures logging, except warnings, which
+# Python's last-resort handler prints to stderr.
+_log = logging.getLogger(__name__)
+# The provider loads (or fails to) once per process, so its reason is logged once per process too.
+_fallback_logged = False
+_fallback_lock = threading.Lock()
 
 _INT_MAX = 2**31 - 1
 
@@ -205,8 +213,10 @@ class Context:
     its remote_server, see docs/remote-protocol.md); the context then opens and owns an ``ek.Device``,
     with ``coherence`` ``"coherent"``/``"strict"``/None. Or it is an open ``ek.Device`` (shared; not
     closed by the context), for other device numbers or connection options.
-    ``kernels`` is ``"auto"`` (XNNPACK where it has the op, portable C for the rest), ``"portable"``,
-    ``"xnnpack"`` (an error if the provider is missing) or None (``EDGEKIT_KERNELS``, else auto).
+    ``kernels`` is ``"auto"`` (XNNPACK where it has the op, portable C for the rest; portable alone, and
+    ``kernels_reason`` says why, when the XNNPACK provider is missing or cannot run here), ``"portable"``,
+    ``"xnnpack"`` (an error naming the cause if the provider is missing or cannot run here) or None
+    (``EDGEKIT_KERNELS``, else auto).
     ``threads`` is the threads a launch uses (None: ``EDGEKIT_THREADS``, else the CPUs this process may
     use: its affinity mask and cgroup CPU quota, at most 8). A launch never runs more threads than the
     CPUs it may run on.
@@ -251,6 +261,18 @@ class Context:
         self._lock = threading.Lock()
         self._models: list[Model] = []
         self._requests: weakref.WeakSet[Request] = weakref.WeakSet()
+        self._log_fallback()
+
+    def _log_fallback(self) -> None:
+        global _fallback_logged
+        reason = self._runtime.kernels_reason
+        if not reason:
+            return
+        with _fallback_lock:
+            if _fallback_logged:
+                return
+            _fallback_logged = True
+        _log.warning("kernels 'auto' run the portable kernels: the XNNPACK provider is not used: %s", reason)
 
     def __enter__(self) -> Context:
         return self
@@ -282,6 +304,16 @@ class Context:
         """The kernels in use: ``"xnnpack"`` (with portable C for the ops it lacks) or ``"portable"``."""
         self._check_open()
         return str(self._runtime.kernels)
+
+    @property
+    def kernels_reason(self) -> str:
+        """Why ``kernels="auto"`` (or None resolving to it) runs ``"portable"``: the XNNPACK provider did
+        not load (the dlopen error) or cannot run here (e.g. ``xnn_initialize`` failed, with its status);
+        also logged once per process, as a warning of the ``edgekit.inference`` logger, when the first
+        such context is made. ``""`` when the context runs the kernels it was asked for, and for remote
+        devices."""
+        self._check_open()
+        return str(self._runtime.kernels_reason)
 
     @property
     def allocator(self) -> Allocator | PoolAllocator | None:

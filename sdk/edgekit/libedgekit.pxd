@@ -165,6 +165,7 @@ cdef extern from "edgekit/edgekit.h" nogil:
     ek_status_t ek_rt_create_ex(ek_rt_t *rt, ek_dev_t dev, const ek_rt_config_t *config)
     ek_status_t ek_rt_destroy(ek_rt_t rt)
     ek_status_t ek_rt_kernels(ek_rt_t rt, const char **name)
+    ek_status_t ek_rt_kernels_reason(ek_rt_t rt, const char **reason)
     ek_status_t ek_rt_threads(ek_rt_t rt, int *threads)
     ek_status_t ek_rt_load_model(ek_rt_t rt, const char *path)
     ek_status_t ek_rt_load_plugin(ek_rt_t rt, const char *path)

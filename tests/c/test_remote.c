@@ -987,6 +987,9 @@ static void test_runtime_load_and_info(void)
         CHECK_OK(ek_rt_kernels(lrt, &lk));
         CHECK_OK(ek_rt_kernels(rrt, &rk));
         CHECK(lk && rk && strcmp(lk, rk) == 0);
+        const char *rreason = NULL;
+        CHECK_OK(ek_rt_kernels_reason(rrt, &rreason)); /* the board keeps its own */
+        CHECK(rreason && rreason[0] == '\0');
         int lt = 0, rt_threads = 0;
         CHECK_OK(ek_rt_threads(lrt, &lt));
         CHECK_OK(ek_rt_threads(rrt, &rt_threads));

@@ -518,6 +518,13 @@ static void test_load_and_info(void)
     const char *kernels = NULL;
     CHECK_OK(ek_rt_kernels(rt, &kernels));
     CHECK(kernels && (strcmp(kernels, "portable") == 0 || strcmp(kernels, "xnnpack") == 0));
+    /* XNNPACK in use: nothing to explain; portable under auto: the provider's dlopen or init error */
+    const char *reason = NULL;
+    CHECK_OK(ek_rt_kernels_reason(rt, &reason));
+    CHECK(reason && (strcmp(kernels, "portable") == 0 || reason[0] == '\0'));
+    const char *env = getenv("EDGEKIT_KERNELS");
+    if (kernels && strcmp(kernels, "portable") == 0 && (!env || !*env || strcmp(env, "auto") == 0))
+        CHECK(reason && strstr(reason, "libedgekit_xnnpack.so"));
     /* a corrupt buffer is the loader's error */
     uint8_t bad[64];
     memset(bad, 0, sizeof bad);
@@ -538,12 +545,17 @@ static void test_config(void)
         const char *k = NULL;
         CHECK_OK(ek_rt_kernels(rt, &k));
         CHECK(k && strcmp(k, "portable") == 0);
+        const char *reason = NULL;
+        CHECK_OK(ek_rt_kernels_reason(rt, &reason)); /* asked for portable: nothing to explain */
+        CHECK(reason && reason[0] == '\0');
+        CHECK_STATUS(ek_rt_kernels_reason(rt, NULL), EK_ERR_INVALID_ARG);
         int threads = 0;
         CHECK_OK(ek_rt_threads(rt, &threads));
         CHECK(threads == 2);
         CHECK_STATUS(ek_rt_threads(rt, NULL), EK_ERR_INVALID_ARG);
         CHECK_OK(ek_rt_destroy(rt));
         CHECK_STATUS(ek_rt_threads(rt, &threads), EK_ERR_FREED_HANDLE);
+        CHECK_STATUS(ek_rt_kernels_reason(rt, &reason), EK_ERR_FREED_HANDLE);
     }
     cfg.kernels = (ek_kernels_t)42;
     CHECK_STATUS(ek_rt_create_ex(&rt, dev, &cfg), EK_ERR_INVALID_ARG);

@@ -147,7 +147,7 @@ const char *ek_op_algorithm(const struct ek_op *op);
 const struct ek_kernel *ek_portable_kernel(int type);
 
 /* ---- kernel providers: a shared library the runtime dlopens (libedgekit_xnnpack.so) ---- */
-#define EK_PROVIDER_ABI 2
+#define EK_PROVIDER_ABI 3
 
 /* The launch's team as a provider sees it (a provider does not link libedgekit): its own parallel
  * loops run on the team's threads through parallel_for(exec, ...), like the portable kernels'. */
@@ -166,6 +166,10 @@ struct ek_provider {
     /* Run on these buffers, on `team`. */
     ek_status_t (*run)(void *state, const void *const *in, void *const *out, const struct ek_parallel *team);
     void (*destroy)(void *state);
+    /* Called once, when the library is loaded: EK_OK when the provider can run ops on this machine, else
+     * a status and, in `why`, what failed and the likely cause (e.g. XNNPACK's xnn_initialize). A
+     * provider that fails here is not used: EK_KERNELS_XNNPACK fails with `why`, AUTO runs portable. */
+    ek_status_t (*init)(char *why, size_t why_size);
 };
 /* What the provider library exports, under this name. */
 typedef const struct ek_provider *(*ek_provider_entry_fn)(void);

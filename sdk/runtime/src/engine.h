@@ -25,6 +25,7 @@ struct ek_runtime {
     int device_index;
     ek_kernels_t kernels;              /* resolved: EK_KERNELS_PORTABLE, _AUTO or _XNNPACK */
     const struct ek_provider *provider; /* NULL: the portable kernels only */
+    const char *kernels_why;            /* "" or why AUTO runs the portable kernels (ek_provider_select) */
     int threads;                        /* a launch's default */
     pthread_mutex_t lock;               /* the model and network lists, the stages' context pools */
     struct ek_model **models;
@@ -175,7 +176,9 @@ void ek_dump_free(struct ek_dump *dump);
 
 /* ---- provider.c ---- */
 /* Resolve `requested` (EK_KERNELS_DEFAULT reads EDGEKIT_KERNELS) to the kernels used and the
- * provider, if any (loaded once per process). */
-ek_status_t ek_provider_select(ek_kernels_t requested, ek_kernels_t *resolved, const struct ek_provider **provider);
+ * provider, if any (loaded and initialised once per process). `why` (may be NULL): "" or, when AUTO
+ * resolved to the portable kernels, why the provider is not used (a string for the process's life). */
+ek_status_t ek_provider_select(ek_kernels_t requested, ek_kernels_t *resolved, const struct ek_provider **provider,
+                               const char **why);
 
 #endif /* EDGEKIT_ENGINE_H */

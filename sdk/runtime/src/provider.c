@@ -12,7 +12,7 @@
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static const struct ek_provider *loaded;
-static char load_error[400]; /* why it did not load */
+static char load_error[600]; /* why it is not used */
 
 /* Any object of libedgekit: dladdr on it names the library file. */
 static const int anchor = 1;
@@ -66,16 +66,26 @@ static void load_provider(void) {
     ek_provider_entry_fn entry;
     memcpy(&entry, &sym, sizeof entry);
     const struct ek_provider *p = entry();
-    if (!p || p->abi != EK_PROVIDER_ABI || !p->create || !p->run || !p->destroy) {
+    if (!p || p->abi != EK_PROVIDER_ABI || !p->create || !p->run || !p->destroy || !p->init) {
         snprintf(load_error, sizeof load_error, "%s provides ABI %d, this runtime needs ABI %d",
                  PROVIDER_LIBRARY, p ? p->abi : -1, EK_PROVIDER_ABI);
         dlclose(lib);
         return;
     }
+    /* The library may load on a machine where its kernels cannot run (XNNPACK's own initialisation
+     * fails): then it is not used, and this says why. It stays loaded (its state may point into it). */
+    char why[300] = "";
+    ek_status_t status = p->init(why, sizeof why);
+    if (status != EK_OK) {
+        snprintf(load_error, sizeof load_error, "%s loaded, but its kernels cannot run here: %s", PROVIDER_LIBRARY,
+                 why[0] ? why : ek_status_str(status));
+        return;
+    }
     loaded = p; /* the library stays loaded for the process */
 }
 
-ek_status_t ek_provider_select(ek_kernels_t requested, ek_kernels_t *resolved, const struct ek_provider **provider) {
+ek_status_t ek_provider_select(ek_kernels_t requested, ek_kernels_t *resolved, const struct ek_provider **provider,
+                               const char **why) {
     ek_kernels_t kernels = requested;
     if (kernels == EK_KERNELS_DEFAULT) {
         const char *env = getenv("EDGEKIT_KERNELS");
@@ -93,15 +103,19 @@ ek_status_t ek_provider_select(ek_kernels_t requested, ek_kernels_t *resolved, c
                        "_PORTABLE or _XNNPACK", (int)requested);
     }
     *provider = NULL;
+    if (why)
+        *why = "";
     if (kernels != EK_KERNELS_PORTABLE) {
         pthread_once(&load_once, load_provider);
         if (loaded) {
             *provider = loaded;
         } else if (kernels == EK_KERNELS_XNNPACK) {
-            return ek_fail(EK_ERR_UNSUPPORTED, "XNNPACK kernels were asked for, but the provider did not load: %s",
+            return ek_fail(EK_ERR_UNSUPPORTED, "XNNPACK kernels were asked for, but the provider cannot be used: %s",
                            load_error);
         } else {
             kernels = EK_KERNELS_PORTABLE; /* AUTO without the provider */
+            if (why)
+                *why = load_error; /* written once, under load_once, before this read */
         }
     }
     *resolved = kernels;

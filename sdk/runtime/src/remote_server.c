@@ -1082,7 +1082,7 @@ static ek_status_t h_hello(struct session *s, const struct ek_wire_header *h, st
     const struct ek_provider *provider;
     ek_dev_count(&devices);
     ek_default_threads(&threads);
-    if (ek_provider_select(EK_KERNELS_DEFAULT, &kernels, &provider) != EK_OK)
+    if (ek_provider_select(EK_KERNELS_DEFAULT, &kernels, &provider, NULL) != EK_OK)
         kernels = EK_KERNELS_PORTABLE;
     ek_put_u32(out, EK_REMOTE_PROTOCOL);
     ek_put_str(out, ek_version());

@@ -122,7 +122,8 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
         return status;
     ek_kernels_t kernels;
     const struct ek_provider *provider;
-    if ((status = ek_provider_select(cfg.kernels, &kernels, &provider)) != EK_OK)
+    const char *kernels_why;
+    if ((status = ek_provider_select(cfg.kernels, &kernels, &provider, &kernels_why)) != EK_OK)
         return status;
     int id;
     if ((status = ek_dev_id(dev, &id)) != EK_OK)
@@ -158,6 +159,7 @@ ek_status_t ek_rt_create_ex(ek_rt_t *handle, ek_dev_t dev, const ek_rt_config_t 
     }
     rt->kernels = kernels;
     rt->provider = provider;
+    rt->kernels_why = kernels_why;
     rt->threads = threads;
     pthread_mutex_init(&rt->lock, NULL);
     if (!(rt->handle = ek_handle_new(EK_HANDLE_RUNTIME, rt, id))) {
@@ -233,6 +235,24 @@ ek_status_t ek_rt_kernels(ek_rt_t handle, const char **name) {
     if (status != EK_OK)
         return status;
     *name = rt->provider ? "xnnpack" : "portable";
+    rt_release(rt);
+    return EK_OK;
+}
+
+ek_status_t ek_rt_kernels_reason(ek_rt_t handle, const char **reason) {
+    if (!reason)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_rt_kernels_reason: reason is NULL");
+    if (EK_IS_REMOTE(handle.id)) {
+        const char *name;
+        ek_status_t status = ek_rc_rt_kernels(handle, &name); /* checks the handle; the board keeps its why */
+        *reason = "";
+        return status;
+    }
+    struct ek_runtime *rt;
+    ek_status_t status = rt_acquire(handle, &rt);
+    if (status != EK_OK)
+        return status;
+    *reason = rt->kernels_why ? rt->kernels_why : "";
     rt_release(rt);
     return EK_OK;
 }

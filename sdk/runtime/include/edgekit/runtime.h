@@ -138,6 +138,11 @@ EK_API ek_status_t ek_rt_create_ex(ek_rt_t *rt, ek_dev_t dev, const ek_rt_config
 EK_API ek_status_t ek_rt_destroy(ek_rt_t rt);
 /* The kernels this runtime uses: "portable" or "xnnpack" (with portable for the ops XNNPACK lacks). */
 EK_API ek_status_t ek_rt_kernels(ek_rt_t rt, const char **name);
+/* Why a runtime made with EK_KERNELS_AUTO (or DEFAULT resolving to it) runs the portable kernels: the
+ * XNNPACK provider did not load (the dlopen error) or cannot run here (e.g. xnn_initialize failed, and
+ * its status). "" when the runtime runs the kernels it was asked for, and for remote runtimes. The
+ * string lives as long as the process. */
+EK_API ek_status_t ek_rt_kernels_reason(ek_rt_t rt, const char **reason);
 /* The threads a launch of this runtime uses by default (see ek_rt_config_t.threads). */
 EK_API ek_status_t ek_rt_threads(ek_rt_t rt, int *threads);
 

@@ -20,6 +20,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -814,12 +815,49 @@ static void ekx_destroy(void *state) {
     state_free(state);
 }
 
+static const char *xnn_status_name(enum xnn_status status) {
+    switch (status) {
+    case xnn_status_success: return "xnn_status_success";
+    case xnn_status_uninitialized: return "xnn_status_uninitialized";
+    case xnn_status_invalid_parameter: return "xnn_status_invalid_parameter";
+    case xnn_status_invalid_state: return "xnn_status_invalid_state";
+    case xnn_status_unsupported_parameter: return "xnn_status_unsupported_parameter";
+    case xnn_status_unsupported_hardware: return "xnn_status_unsupported_hardware";
+    case xnn_status_out_of_memory: return "xnn_status_out_of_memory";
+    default: return "an unknown xnn_status";
+    }
+}
+
+/* xnn_initialize, once per process, at load: the runtime uses this provider only when it succeeds. */
+static ek_status_t ekx_init(char *why, size_t why_size) {
+    pthread_once(&init_once, init_xnnpack);
+    if (init_status == xnn_status_success)
+        return EK_OK;
+    /* XNNPACK first initialises cpuinfo, which on Linux reads the CPU lists of /sys (and /proc/cpuinfo);
+     * the 2022 XNNPACK reports a cpuinfo failure as xnn_status_out_of_memory. The file is opened, not
+     * access()ed: under qemu-user, access() of a missing /sys path can succeed. */
+    FILE *cpus = fopen("/sys/devices/system/cpu/possible", "r");
+    bool have_sys = cpus != NULL;
+    if (cpus)
+        fclose(cpus);
+    const char *cause =
+        !have_sys ? "its cpuinfo cannot read /sys/devices/system/cpu/possible (no /sys in this root, e.g. a "
+                    "chroot or container: mount sysfs there, or use the portable kernels)"
+        : init_status == xnn_status_out_of_memory
+            ? "its cpuinfo could not describe this CPU (see cpuinfo's message on stderr), or memory ran out"
+            : "this CPU lacks what XNNPACK needs";
+    snprintf(why, why_size, "xnn_initialize failed with %s (%d): %s", xnn_status_name(init_status),
+             (int)init_status, cause);
+    return EK_ERR_UNSUPPORTED;
+}
+
 static const struct ek_provider provider = {
     .abi = EK_PROVIDER_ABI,
     .name = "xnnpack",
     .create = ekx_create,
     .run = ekx_run,
     .destroy = ekx_destroy,
+    .init = ekx_init,
 };
 
 /* The one symbol this library exports (EK_PROVIDER_ENTRY). */
