@@ -264,6 +264,32 @@ def rootfs_spec(board: Board) -> RootfsSpec:
     )
 
 
+# What a new user's board has: Debian's Python and numpy, and nothing of XNNPACK (no libxnnpack0,
+# libpthreadpool0, libcpuinfo0). The basics are what extract mode needs to run anything (see the board
+# profiles); python3-pip installs a wheel as a user would.
+PYTHON_ONLY_PACKAGES = (
+    "base-files",
+    "base-passwd",
+    "libc-bin",
+    "dash",
+    "coreutils",
+    "python3",
+    "python3-numpy",
+    "python3-pip",
+)
+
+
+def python_only_rootfs(board: Board, log: Callable[[str], None] = detail) -> Path:
+    """A rootfs of the board's Debian suite with only python3, numpy and pip (made on first use and cached
+    next to the board's, like it): where the board wheel must run on what it carries (tests/test_wheel.py)."""
+    if board.debian is None:
+        raise BuildError(f"board {board.name} has no [debian] section: there is no rootfs to make for it")
+    spec = RootfsSpec(
+        suite=board.debian.suite, debian_arch=DEBIAN_ARCH[board.arch], packages=PYTHON_ONLY_PACKAGES
+    )
+    return ensure_rootfs(spec, rootfs_dir(board).parent / "python-only-rootfs", log=log)
+
+
 def _run(argv: list[str], *, echo: bool = False) -> None:
     """Runs a build command; its output is shown line by line when echo, and kept for the error."""
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

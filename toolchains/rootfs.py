@@ -42,6 +42,8 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 BOARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The host's kernel file systems a proot board sees (board_command's kernel_fs).
+KERNEL_FS = ("/dev", "/proc", "/sys")
 STAMP_NAME = ".edgekit-rootfs.json"
 _STAMP_FORMAT = 1
 Runner = Literal["auto", "proot", "qemu"]
@@ -740,6 +742,7 @@ def board_command(
     binds: Sequence[tuple[str | Path, str]] = (),
     runner: Runner = "auto",
     qemu_args: Sequence[str] = (),
+    kernel_fs: Sequence[str] = KERNEL_FS,
 ) -> list[str]:
     """The host command that runs ``argv`` on the board: inside ``rootfs``, emulated, in a clean environment.
 
@@ -748,7 +751,9 @@ def board_command(
     qemu -L; "auto" is proot when it works here, else qemu -L (or $EDGEKIT_BOARD_RUNNER). ``qemu_args``
     go to every qemu-user the program (and, under proot, each program it execs) runs in, e.g. a TCG
     plugin; under proot the paths in them are board paths (qemu's own file accesses are translated too)
-    and they may not contain whitespace (proot splits its -q command on it).
+    and they may not contain whitespace (proot splits its -q command on it). ``kernel_fs`` are the host's
+    kernel file systems bound into the board (proot only); leave one out to run as in a root without it,
+    e.g. ("/dev", "/proc"): no /sys, where XNNPACK's cpuinfo fails (tests/test_wheel.py).
     """
     if not argv:
         raise ValueError("argv is empty")
@@ -780,7 +785,7 @@ def board_command(
         command += ["-r", str(rootfs), "-w", cwd]
         # The kernel file systems: devices (null, urandom, shm for memfd/POSIX shm, pts), /proc (ps,
         # /proc/self/*, cpuinfo) and /sys (cpu topology for thread counts).
-        for shared in ("/dev", "/proc", "/sys"):
+        for shared in kernel_fs:
             command += ["-b", shared]
         for host_path, board_path in binds:
             command += ["-b", f"{os.path.abspath(host_path)}:{board_path}"]
@@ -789,6 +794,8 @@ def board_command(
         return [*command, *argv]
     if binds:
         raise RootfsError("binds need proot; qemu -L sees the host's own paths wherever the rootfs has none")
+    if tuple(kernel_fs) != KERNEL_FS:
+        raise RootfsError("kernel_fs needs proot; qemu -L always sees the host's /dev, /proc and /sys")
     chdir = f"--chdir={rootfs / cwd.lstrip('/')}"
     return [
         host_env,
@@ -812,6 +819,7 @@ def run_on_board(
     binds: Sequence[tuple[str | Path, str]] = (),
     runner: Runner = "auto",
     qemu_args: Sequence[str] = (),
+    kernel_fs: Sequence[str] = KERNEL_FS,
 ) -> subprocess.CompletedProcess[bytes]:
     """Runs ``argv`` on the board and waits for it (see ``board_command``).
 
@@ -827,6 +835,7 @@ def run_on_board(
         binds=binds,
         runner=runner,
         qemu_args=qemu_args,
+        kernel_fs=kernel_fs,
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
         stdout=pipe,
         stderr=pipe,
@@ -857,6 +866,7 @@ def start_on_board(
     binds: Sequence[tuple[str | Path, str]] = (),
     runner: Runner = "auto",
     qemu_args: Sequence[str] = (),
+    kernel_fs: Sequence[str] = KERNEL_FS,
     stdin: int | IO[Any] | None = subprocess.DEVNULL,
     stdout: int | IO[Any] | None = subprocess.PIPE,
     stderr: int | IO[Any] | None = subprocess.PIPE,
@@ -869,7 +879,9 @@ def start_on_board(
     Stop it with ``stop_on_board``: a signal to the Popen's process alone (proot) is not passed on to
     the program it runs.
     """
-    command = board_command(rootfs, argv, cwd=cwd, env=env, binds=binds, runner=runner, qemu_args=qemu_args)
+    command = board_command(
+        rootfs, argv, cwd=cwd, env=env, binds=binds, runner=runner, qemu_args=qemu_args, kernel_fs=kernel_fs
+    )
     return subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
 
 
