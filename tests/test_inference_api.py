@@ -148,7 +148,7 @@ def test_context_auto_kernels_are_xnnpack_or_portable(dev: ek.Device) -> None:
     assert not dev.closed  # a device passed in is the caller's
 
 
-def test_auto_without_the_provider_says_why_once(tmp_path: Path) -> None:
+def test_auto_without_the_provider_says_why_once(models: dict[str, Path], tmp_path: Path) -> None:
     # The installed package without libedgekit_xnnpack.so, as a build without XNNPACK (or a wheel whose
     # provider cannot load): "auto" runs portable, says why (the dlopen error) and logs it once.
     package = Path(ek.__file__).parent
@@ -176,6 +176,17 @@ def test_auto_without_the_provider_says_why_once(tmp_path: Path) -> None:
     assert xnnpack.startswith("xnnpack XNNPACK kernels were asked for, but the provider cannot be used")
     assert done.stderr.count("kernels 'auto' run the portable kernels") == 1, done.stderr
     assert "libedgekit_xnnpack.so" in done.stderr
+    # The edge app of that copy (rpath $ORIGIN/..: the same libedgekit) says it on stderr.
+    app = tmp_path / "edgekit" / "bin" / "edgekit-app"
+    if app.is_file():
+        ran = subprocess.run(
+            [str(app), "--model_path", str(models["addrelu"]), "--iterations", "1", "--warmup", "0",
+             "--kernels", "auto"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "portable kernels" in ran.stdout
+        assert re.search(r"XNNPACK is not used: .*libedgekit_xnnpack\.so", ran.stderr), ran.stderr
 
 
 @pytest.mark.parametrize(

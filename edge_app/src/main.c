@@ -762,6 +762,9 @@ int main(int argc, char **argv) {
     const char *kernels = "?";
     ek_rt_kernels(rt0, &kernels);
     printf("edgekit-app: model %s, network '%s', %s, %s kernels\n", opts.model_path, net_name, stages, kernels);
+    const char *kernels_why = "";
+    if (ek_rt_kernels_reason(rt0, &kernels_why) == EK_OK && kernels_why[0])
+        fprintf(stderr, "edgekit-app: the portable kernels run, XNNPACK is not used: %s\n", kernels_why);
     printf("running stage %d on device(s)", stage);
     for (int d = 0; d < opts.dev_count; d++)
         printf(" %d", dctx[d].id);
