@@ -25,7 +25,9 @@ import pytest
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
+from edgekit_packaging.bundle import PackageError, read_build
 from edgekit_packaging.package import make_packages
+from edgekit_packaging.wheels import check_wheel
 from models import INPUT_NAME, compile_ekm, input_shape_of, onnx_path, ort_run, random_input
 from toolchains.boards import load_board
 from toolchains.crossbuild import python_only_rootfs
@@ -123,7 +125,7 @@ def dynamic_tags(data: bytes, path: Path) -> dict[str, list[str]]:
     return tags
 
 
-def test_board_wheel_carries_the_xnnpack_libraries(board_wheel: Path, tmp_path: Path) -> None:
+def test_board_wheel_carries_the_xnnpack_libraries(emu_build: Any, board_wheel: Path, tmp_path: Path) -> None:
     assert board_wheel.name == "edgekit-0.1.0-cp311-cp311-manylinux_2_36_aarch64.whl"
     with zipfile.ZipFile(board_wheel) as wheel:
         names = wheel.namelist()
@@ -154,6 +156,20 @@ def test_board_wheel_carries_the_xnnpack_libraries(board_wheel: Path, tmp_path: 
     glibc = re.fullmatch(r"manylinux_2_(\d+)_aarch64", verdict["overall_tag"])
     assert glibc and int(glibc[1]) <= 36, verdict["overall_tag"]
     assert verdict["external_libs"] == {}
+    # Packaging's own check refuses a wheel that needs libraries it does not carry.
+    stripped = tmp_path / board_wheel.name
+    with zipfile.ZipFile(board_wheel) as source, zipfile.ZipFile(stripped, "w") as dest:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines(keepends=True)
+                data = "".join(line for line in lines if not line.startswith("edgekit.libs/")).encode()
+            if not item.filename.startswith("edgekit.libs/"):
+                dest.writestr(item, data)
+    with pytest.raises(
+        PackageError, match=r"consistent with linux_aarch64 and needing libXNNPACK-\w+\.so\.0"
+    ):
+        check_wheel(stripped, read_build(emu_build.stage))
 
 
 def test_wheel_runs_xnnpack_on_a_board_with_only_python_and_numpy(bare_board: Board) -> None:

@@ -95,11 +95,17 @@ def _auditwheel(args: list[str], *, cwd: Path) -> subprocess.CompletedProcess[st
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     try:
-        return subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "auditwheel", *args], capture_output=True, text=True, cwd=cwd, env=env
         )
     except OSError as error:
         raise PackageError(f"cannot run auditwheel: {error}") from None
+    if "No module named auditwheel" in done.stderr:
+        raise PackageError(
+            "auditwheel is not installed: the board wheel is checked and its XNNPACK libraries vendored with "
+            "it (pip install -r requirements-dev.txt)"
+        )
+    return done
 
 
 def board_library_dirs(build: BuildTree) -> list[Path]:
@@ -129,11 +135,6 @@ def vendor_libraries(wheel: Path, build: BuildTree, work: Path) -> None:
     )
     repaired = out / wheel.name
     if done.returncode != 0 or not repaired.is_file():
-        if "No module named auditwheel" in done.stderr:
-            raise PackageError(
-                "auditwheel is not installed: the board wheel vendors its XNNPACK libraries with it "
-                "(pip install -r requirements-dev.txt)"
-            )
         raise PackageError(f"auditwheel repair failed: {(done.stdout + done.stderr).strip()[-3000:]}")
     os.replace(repaired, wheel)
 
