@@ -24,6 +24,7 @@ C_TESTS = (
     "test_runtime",
     "test_kernels_generic",
     "test_kernels_spatial",
+    "test_kernels_quantized",
 )
 
 

@@ -29,6 +29,7 @@ BINARIES = (
     "test_kernels_generic",
     "test_kernels_generic_rt",
     "test_kernels_spatial",
+    "test_kernels_quantized",
     "test_remote",
 )
 JOBS = "2"

@@ -319,6 +319,38 @@ static inline uint32_t ekb_constant(ekb_t *b, const char *name, int rank, const 
     return ekb_tensor(b, name, 1, EKB_CONSTANT, 0, offset, rank, dims);
 }
 
+/* An ARENA tensor of any dtype (int8, int32, ... : .ekm 1.5), at the end of the stage's arena. */
+static inline uint32_t ekb_arena_typed(ekb_t *b, const char *name, int dtype, int rank, const int64_t *dims)
+{
+    if (b->stage < 0) {
+        b->failed = true;
+        return 0;
+    }
+    uint64_t count = 1;
+    for (int i = 0; i < rank; i++)
+        count *= (uint64_t)dims[i];
+    uint8_t *st = ekb_stage_record(b);
+    uint64_t offset = (ekb_get64(st, 24) + 63) / 64 * 64;
+    ekb_put64(st, 24, offset + count * ekb_dtype_bytes(dtype));
+    return ekb_tensor(b, name, dtype, EKB_ARENA, 0, offset, rank, dims);
+}
+
+/* A CONSTANT tensor of any dtype holding `values` (count of the dims x the dtype's size). */
+static inline uint32_t ekb_constant_typed(ekb_t *b, const char *name, int dtype, int rank, const int64_t *dims,
+                                          const void *values)
+{
+    uint64_t count = 1;
+    for (int i = 0; i < rank; i++)
+        count *= (uint64_t)dims[i];
+    size_t bytes = (size_t)count * ekb_dtype_bytes(dtype);
+    ekb_align(b, EKB_CONSTANTS, 64);
+    uint64_t offset = b->sec[EKB_CONSTANTS].len;
+    uint8_t *p = ekb_grow(b, EKB_CONSTANTS, bytes);
+    if (p && values)
+        memcpy(p, values, bytes);
+    return ekb_tensor(b, name, dtype, EKB_CONSTANT, 0, offset, rank, dims);
+}
+
 /* An op of the current stage; inputs may hold EKB_ABSENT. Attributes added next belong to it. */
 static inline void ekb_op(ekb_t *b, int type, const char *name, int n_in, const uint32_t *in, int n_out,
                           const uint32_t *out)

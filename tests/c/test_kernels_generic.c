@@ -52,6 +52,15 @@ WEAK_KERNEL(ek_kernel_average_pool, EK_OP_AVERAGE_POOL);
 WEAK_KERNEL(ek_kernel_global_average_pool, EK_OP_GLOBAL_AVERAGE_POOL);
 WEAK_KERNEL(ek_kernel_resize, EK_OP_RESIZE);
 WEAK_KERNEL(ek_kernel_plugin, EK_OP_PLUGIN); /* src/plugin.c */
+WEAK_KERNEL(ek_kernel_quantize, EK_OP_QUANTIZE); /* quantized.c, qconv.c, pool.c */
+WEAK_KERNEL(ek_kernel_dequantize, EK_OP_DEQUANTIZE);
+WEAK_KERNEL(ek_kernel_qconv, EK_OP_QCONV);
+WEAK_KERNEL(ek_kernel_qfully_connected, EK_OP_QFULLY_CONNECTED);
+WEAK_KERNEL(ek_kernel_qadd, EK_OP_QADD);
+WEAK_KERNEL(ek_kernel_qmul, EK_OP_QMUL);
+WEAK_KERNEL(ek_kernel_qaverage_pool, EK_OP_QAVERAGE_POOL);
+WEAK_KERNEL(ek_kernel_qglobal_average_pool, EK_OP_QGLOBAL_AVERAGE_POOL);
+WEAK_KERNEL(ek_kernel_qlut, EK_OP_QLUT);
 
 /* ek_exec_set_dims: what the last run reported for each DYNAMIC output (the engine's checks). */
 #define SHIM_DIMS 8

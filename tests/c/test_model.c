@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ek_test.h"
+#include "ek_helpers.h"
 #include "ekm_builder.h"
 #include "model.h"
 
@@ -337,6 +338,192 @@ static void test_conv_residual_input(void)
     CHECK_ERROR_MENTIONS("must be float32");
     printf("     %-28s -> %s\n", "int64 Z", ek_last_error());
     free(data);
+}
+
+
+/* ---- quantized models (.ekm 1.5) ---- */
+
+enum qvariant { Q_OK, Q_MIXED_MOVEMENT, Q_WSCALE_INT32, Q_X_UINT8, Q_IOS_SCALE, Q_IOS_ZERO_POINT, Q_LUT_TABLE_DTYPE,
+                Q_BIAS_FLOAT, Q_DEQUANTIZE_INT32 };
+
+static int8_t q_weights[8 * 3 * 3 * 4];
+static float q_wscale[8];
+static int32_t q_bias[8];
+
+/* x (int8 [1,5,5,4], scale 0.05, zero point -3) -> QCONV 3x3 pads 1 -> t (int8 [1,5,5,8])
+ * -> MAX_POOL 3x3 stride 2 pads 1 -> u (int8 [1,3,3,8]) -> DEQUANTIZE -> y (float32);
+ * u -> RESHAPE (or a QLUT) -> q (int8 output, scale 0.1, zero point 2). */
+static uint8_t *quantized_model(enum qvariant v, size_t *size)
+{
+    for (size_t i = 0; i < sizeof q_weights; i++)
+        q_weights[i] = (int8_t)((int)(i * 37 % 255) - 127);
+    for (int j = 0; j < 8; j++) {
+        q_wscale[j] = 0.002f + 0.0005f * (float)j;
+        q_bias[j] = 100 * j - 300;
+    }
+    ekb_t b;
+    ekb_init(&b);
+    int64_t xd[] = {1, 5, 5, 4}, wd[] = {8, 3, 3, 4}, md[] = {8}, td[] = {1, 5, 5, 8}, ud[] = {1, 3, 3, 8};
+    int64_t lutd[] = {256};
+    int xt = v == Q_X_UINT8 ? EK_DTYPE_UINT8 : EK_DTYPE_INT8;
+    ekb_network(&b, "q", 1, 2);
+    ekb_io_q(&b, "x", xt, 100, v == Q_IOS_SCALE ? 0.0f : 0.05f, v == Q_IOS_ZERO_POINT ? 200 : v == Q_X_UINT8 ? 3 : -3);
+    ekb_io(&b, "y", EK_DTYPE_FLOAT32, 4 * 72);
+    ekb_io_q(&b, "q", EK_DTYPE_INT8, 72, 0.1f, 2);
+    ekb_stage(&b);
+    uint32_t x = ekb_tensor(&b, "x", xt, EKB_INPUT, 0, 0, 4, xd);
+    uint32_t w = ekb_constant_typed(&b, "w", EK_DTYPE_INT8, 4, wd, q_weights);
+    uint32_t ws = v == Q_WSCALE_INT32 ? ekb_constant_typed(&b, "w_scale", EK_DTYPE_INT32, 1, md, q_wscale)
+                                      : ekb_constant_typed(&b, "w_scale", EK_DTYPE_FLOAT32, 1, md, q_wscale);
+    uint32_t bias = ekb_constant_typed(&b, "bias", v == Q_BIAS_FLOAT ? EK_DTYPE_FLOAT32 : EK_DTYPE_INT32, 1, md,
+                                       q_bias);
+    uint32_t t = ekb_arena_typed(&b, "t", EK_DTYPE_INT8, 4, td);
+    uint32_t u = ekb_arena_typed(&b, "u", v == Q_MIXED_MOVEMENT ? EK_DTYPE_FLOAT32 : EK_DTYPE_INT8, 4, ud);
+    uint32_t y = ekb_output(&b, "y", 0, 4, ud);
+    uint32_t q = ekb_tensor(&b, "q", EK_DTYPE_INT8, EKB_OUTPUT, 1, 0, 4, ud);
+    uint32_t conv_in[4] = {x, w, ws, bias};
+    ekb_op(&b, EK_OP_QCONV, "qconv", 4, conv_in, 1, &t);
+    int64_t pads[4] = {1, 1, 1, 1}, k3[2] = {3, 3}, s2[2] = {2, 2};
+    ekb_attr_ints(&b, "pads", 4, pads);
+    ekb_attr_float(&b, "x_scale", 0.05f);
+    ekb_attr_int(&b, "x_zero_point", -3);
+    ekb_attr_float(&b, "y_scale", 0.1f);
+    ekb_attr_int(&b, "y_zero_point", 2);
+    ekb_attr_int(&b, "q_min", 2); /* a fused Relu */
+    ekb_attr_int(&b, "q_max", 127);
+    ekb_op1(&b, EK_OP_MAX_POOL, "pool", t, u);
+    ekb_attr_ints(&b, "kernel", 2, k3);
+    ekb_attr_ints(&b, "strides", 2, s2);
+    ekb_attr_ints(&b, "pads", 4, pads);
+    if (v == Q_DEQUANTIZE_INT32) {
+        uint32_t u32 = ekb_arena_typed(&b, "u32", EK_DTYPE_INT32, 4, ud);
+        ekb_op1(&b, EK_OP_RESHAPE, "bad", u, u32); /* refused before: int32 is no movement dtype */
+    }
+    ekb_op1(&b, EK_OP_DEQUANTIZE, "dequant", u, y);
+    ekb_attr_float(&b, "scale", 0.1f);
+    ekb_attr_int(&b, "zero_point", 2);
+    if (v == Q_LUT_TABLE_DTYPE) {
+        static uint8_t table[256];
+        uint32_t tab = ekb_constant_typed(&b, "table", EK_DTYPE_UINT8, 1, lutd, table);
+        ekb_op2(&b, EK_OP_QLUT, "lut", u, tab, q);
+    } else {
+        ekb_op1(&b, EK_OP_RESHAPE, "copy", u, q);
+    }
+    uint8_t *data = ekb_finish(&b, size);
+    ekb_free(&b);
+    return data;
+}
+
+static void test_quantized_model(void)
+{
+    size_t size;
+    uint8_t *data = quantized_model(Q_OK, &size);
+    REQUIRE(data);
+    struct ek_model *m = NULL;
+    uint8_t *copy = aligned_alloc(64, (size + 63) / 64 * 64);
+    REQUIRE(copy);
+    memcpy(copy, data, size);
+    if (CHECK_OK(ek_model_load(copy, size, false, &m))) {
+        const struct ek_network *net = &m->networks[0];
+        CHECK(net->ios[0].dtype == EK_DTYPE_INT8 && net->ios[0].scale == 0.05f && net->ios[0].zero_point == -3);
+        CHECK(net->ios[2].dtype == EK_DTYPE_INT8 && net->ios[2].scale == 0.1f && net->ios[2].zero_point == 2);
+        const struct ek_op *qc = &net->stages[0].ops[0];
+        CHECK(qc->type == EK_OP_QCONV && strcmp(ek_op_type_name((int)qc->type), "QCONV") == 0);
+        CHECK(strncmp(ek_op_algorithm(qc), "qgemm/", 6) == 0);
+        ek_model_free(m);
+    } else {
+        free(copy);
+    }
+
+    /* run it through the API: the int8 input and outputs go through as bytes */
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (CHECK_OK(ekt_open(&dev, 0, 16u << 20, EK_COHERENCE_DEFAULT))) {
+        if (CHECK_OK(ek_rt_create(&rt, dev))) {
+            if (CHECK_OK(ek_rt_load_model_data(rt, data, size))) {
+                int8_t x[100], q[72], t[200], u[72], qref[72];
+                float y[72];
+                for (int i = 0; i < 100; i++)
+                    x[i] = (int8_t)((i * 53) % 256 - 128);
+                /* the reference: the spec's formulas */
+                for (int i = 0; i < 5; i++)
+                    for (int j = 0; j < 5; j++)
+                        for (int mo = 0; mo < 8; mo++) {
+                            int64_t acc = q_bias[mo];
+                            for (int a = 0; a < 3; a++)
+                                for (int bb = 0; bb < 3; bb++) {
+                                    int ih = i - 1 + a, iw = j - 1 + bb;
+                                    if (ih < 0 || ih > 4 || iw < 0 || iw > 4)
+                                        continue;
+                                    for (int c = 0; c < 4; c++)
+                                        acc += (int64_t)(x[(ih * 5 + iw) * 4 + c] + 3) *
+                                               q_weights[((mo * 3 + a) * 3 + bb) * 4 + c];
+                                }
+                            float mult = 0.05f * q_wscale[mo] / 0.1f;
+                            float r = nearbyintf((float)(int32_t)acc * mult) + 2;
+                            t[(i * 5 + j) * 8 + mo] = (int8_t)(r < 2 ? 2 : r > 127 ? 127 : r);
+                        }
+                for (int i = 0; i < 3; i++)
+                    for (int j = 0; j < 3; j++)
+                        for (int c = 0; c < 8; c++) {
+                            int best = -128;
+                            for (int a = -1; a <= 1; a++)
+                                for (int bb = -1; bb <= 1; bb++) {
+                                    int ih = 2 * i + a, iw = 2 * j + bb;
+                                    if (ih >= 0 && ih < 5 && iw >= 0 && iw < 5 && t[(ih * 5 + iw) * 8 + c] > best)
+                                        best = t[(ih * 5 + iw) * 8 + c];
+                                }
+                            u[(i * 3 + j) * 8 + c] = (int8_t)best;
+                            qref[(i * 3 + j) * 8 + c] = (int8_t)best;
+                        }
+                const void *ins[1] = {x};
+                void *outs[2] = {y, q};
+                ek_shape_t is, os[2];
+                memset(&is, 0, sizeof is);
+                is.num_dims = 4;
+                is.dims[0] = 1;
+                is.dims[1] = is.dims[2] = 5;
+                is.dims[3] = 4;
+                size_t caps[2] = {sizeof y, sizeof q};
+                if (CHECK_OK(ek_rt_launch_data(rt, "q", ins, &is, 1, outs, caps, os, 2, NULL))) {
+                    CHECK(memcmp(q, qref, sizeof q) == 0);
+                    size_t bad = 0;
+                    for (int i = 0; i < 72; i++)
+                        bad += y[i] != (float)(u[i] - 2) * 0.1f;
+                    CHECK(bad == 0);
+                    CHECK(os[1].num_dims == 4 && os[1].dims[3] == 8);
+                }
+            }
+            CHECK_OK(ek_rt_destroy(rt));
+        }
+        CHECK_OK(ekt_close(dev));
+    }
+    free(data);
+
+    static const struct {
+        enum qvariant v;
+        const char *needle, *needle2;
+    } bad[] = {
+        {Q_MIXED_MOVEMENT, "'pool' (MAX_POOL", "is TENSORS[5] 'u' of dtype float32 (it must be int8, as input 0 is)"},
+        {Q_WSCALE_INT32, "'qconv' (QCONV", "input 2 is TENSORS[2] 'w_scale' of dtype int32 (it must be float32)"},
+        {Q_X_UINT8, "'qconv' (QCONV", "of dtype uint8 (it must be int8)"},
+        {Q_IOS_SCALE, "IOS[0] 'x' (int8): scale 0", "finite and > 0"},
+        {Q_IOS_ZERO_POINT, "IOS[0] 'x' (int8): zero_point 200", "-128..127"},
+        {Q_LUT_TABLE_DTYPE, "'lut' (QLUT", "its table (input 1, 'table') is uint8"},
+        {Q_BIAS_FLOAT, "'qconv' (QCONV", "'bias' of dtype float32 (it must be int32)"},
+        {Q_DEQUANTIZE_INT32, "'bad' (RESHAPE", "of dtype int32 (it must be int8, as input 0 is)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        data = quantized_model(bad[i].v, &size);
+        REQUIRE(data);
+        if (CHECK_STATUS(load_copy(data, size), EK_ERR_MODEL_INVALID)) {
+            const char *msg = ek_last_error();
+            printf("     %s\n", msg);
+            if (!strstr(msg, bad[i].needle) || !strstr(msg, bad[i].needle2))
+                ekt_report_failure(__FILE__, __LINE__, "the message does not name the op, operand and dtypes");
+        }
+        free(data);
+    }
 }
 
 /* ---- specific corruptions, specific messages ---- */
@@ -756,6 +943,7 @@ int main(void)
     RUN(test_load_sample);
     RUN(test_absent_bias);
     RUN(test_conv_residual_input);
+    RUN(test_quantized_model);
     RUN(test_minor_version_and_unknown_section);
     RUN(test_specific_errors);
     RUN(test_same_stage_shapes);

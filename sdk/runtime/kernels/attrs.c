@@ -38,6 +38,15 @@ static const char *const op_names[EK_OP_TYPE_MAX + 1] = {
     [EK_OP_PLUGIN] = "PLUGIN",
     [EK_OP_TOP_K] = "TOP_K",
     [EK_OP_NON_MAX_SUPPRESSION] = "NON_MAX_SUPPRESSION",
+    [EK_OP_QUANTIZE] = "QUANTIZE",
+    [EK_OP_DEQUANTIZE] = "DEQUANTIZE",
+    [EK_OP_QCONV] = "QCONV",
+    [EK_OP_QFULLY_CONNECTED] = "QFULLY_CONNECTED",
+    [EK_OP_QADD] = "QADD",
+    [EK_OP_QMUL] = "QMUL",
+    [EK_OP_QAVERAGE_POOL] = "QAVERAGE_POOL",
+    [EK_OP_QGLOBAL_AVERAGE_POOL] = "QGLOBAL_AVERAGE_POOL",
+    [EK_OP_QLUT] = "QLUT",
 };
 
 const char *ek_op_type_name(int type) {

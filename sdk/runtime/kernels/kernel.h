@@ -45,9 +45,20 @@ enum ek_op_type {
     EK_OP_RESHAPE = 27,
     EK_OP_PLUGIN = 28, /* an op of a plugin library (src/plugin.c, include/edgekit/plugin.h) */
     EK_OP_TOP_K = 29,
-    EK_OP_NON_MAX_SUPPRESSION = 30
+    EK_OP_NON_MAX_SUPPRESSION = 30,
+    /* the quantized ops of .ekm 1.5 (docs/model-format.md, "Quantized ops"; kernels/portable/quantized.c,
+     * qconv.c) */
+    EK_OP_QUANTIZE = 31,
+    EK_OP_DEQUANTIZE = 32,
+    EK_OP_QCONV = 33,
+    EK_OP_QFULLY_CONNECTED = 34,
+    EK_OP_QADD = 35,
+    EK_OP_QMUL = 36,
+    EK_OP_QAVERAGE_POOL = 37,
+    EK_OP_QGLOBAL_AVERAGE_POOL = 38,
+    EK_OP_QLUT = 39
 };
-#define EK_OP_TYPE_MAX 30
+#define EK_OP_TYPE_MAX 39
 
 enum ek_storage { EK_STORAGE_ARENA = 0, EK_STORAGE_CONSTANT = 1, EK_STORAGE_INPUT = 2, EK_STORAGE_OUTPUT = 3 };
 
@@ -141,7 +152,8 @@ extern const struct ek_kernel ek_kernel_plugin;
  * under EK_KERNELS_AUTO the engine gives it to the portable kernel, not to a provider. */
 bool ek_op_prefers_portable(const struct ek_op *op);
 /* The algorithm the portable kernel chose at prepare for a prepared op, for profiles:
- * "winograd-f4/<isa>", "gemm", "depthwise" for CONV, "gemm" for CONV_TRANSPOSE, "" for other ops. */
+ * "winograd-f4/<isa>", "gemm", "depthwise" for CONV, "gemm" for CONV_TRANSPOSE, "qgemm/<isa>" or
+ * "depthwise" for QCONV and QFULLY_CONNECTED, "" for other ops. */
 const char *ek_op_algorithm(const struct ek_op *op);
 /* The portable kernel of an op type; NULL for an unknown type. */
 const struct ek_kernel *ek_portable_kernel(int type);

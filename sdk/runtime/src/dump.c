@@ -22,8 +22,8 @@ struct ek_dump {
     int stage_index;
     struct sbuf inputs, ops; /* manifest entries so far */
     size_t n_inputs, n_ops;
-    float *scratch; /* for the layout conversion */
-    size_t scratch_count;
+    unsigned char *scratch; /* for the layout conversion */
+    size_t scratch_count;   /* bytes */
 };
 
 void ek_dump_free(struct ek_dump *d) {
@@ -163,13 +163,14 @@ static ek_status_t write_tensor(struct ek_dump *d, const char *name, const struc
     int rank = desc->rank;
     int64_t dims[EK_MAX_DIMS];
     const void *bytes = data;
-    if (perm && desc->dtype == EK_DTYPE_FLOAT32) {
-        if (d->scratch_count < desc->count) {
-            float *grown = realloc(d->scratch, desc->count * sizeof *grown);
+    const size_t es = ek_dtype_size(desc->dtype);
+    if (perm && es) { /* any dtype: float32, and the int8 tensors of quantized models */
+        if (d->scratch_count < desc->nbytes) {
+            unsigned char *grown = realloc(d->scratch, desc->nbytes ? desc->nbytes : 1);
             if (!grown)
                 return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory to convert '%.200s' to the ONNX layout", name);
             d->scratch = grown;
-            d->scratch_count = desc->count;
+            d->scratch_count = desc->nbytes;
         }
         size_t strides[EK_MAX_DIMS], src_stride[EK_MAX_DIMS], index[EK_MAX_DIMS] = {0};
         size_t s = 1;
@@ -181,10 +182,10 @@ static ek_status_t write_tensor(struct ek_dump *d, const char *name, const struc
             dims[i] = desc->dims[perm[i]];
             src_stride[i] = strides[perm[i]];
         }
-        const float *src = data;
+        const unsigned char *src = data;
         size_t off = 0;
         for (size_t e = 0; e < desc->count; e++) {
-            d->scratch[e] = src[off];
+            memcpy(d->scratch + e * es, src + off * es, es);
             for (int i = rank - 1; i >= 0; i--) { /* odometer over the ONNX shape */
                 off += src_stride[i];
                 if (++index[i] < (size_t)dims[i])

@@ -183,6 +183,6 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t rt, const char *net_name, const voi
 
 /* The .ekm versions this runtime reads (model.c), also told to remote clients. */
 #define EK_MODEL_FORMAT_MAJOR 1
-#define EK_MODEL_FORMAT_MINOR 4 /* 1.4: CONV's input Z and its algorithm attribute */
+#define EK_MODEL_FORMAT_MINOR 5 /* 1.5: the quantized ops and int8/uint8/int32 tensors */
 
 #endif /* EDGEKIT_INTERNAL_H */

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -405,6 +406,18 @@ static ek_status_t check_network_records(struct loader *L, const char **names) {
                            (unsigned)r[5]);
             if ((r[5] & 1u) && k < net.inputs)
                 return BAD("IOS[%zu] '" NM "': an input cannot be DYNAMIC (only outputs are)", index, io_name);
+            if (r[4] == EK_DTYPE_INT8 || r[4] == EK_DTYPE_UINT8) { /* 1.5: real = (q - zero_point) x scale */
+                float scale;
+                uint32_t bits = rd32(r + 8);
+                int32_t zp = (int32_t)rd32(r + 12);
+                memcpy(&scale, &bits, sizeof scale);
+                if (!(scale > 0.0f) || !isfinite(scale))
+                    return BAD("IOS[%zu] '" NM "' (%s): scale %g must be finite and > 0", index, io_name,
+                               dtype_name(r[4]), (double)scale);
+                if (r[4] == EK_DTYPE_INT8 ? zp < -128 || zp > 127 : zp < 0 || zp > 255)
+                    return BAD("IOS[%zu] '" NM "' (%s): zero_point %d is outside %s", index, io_name,
+                               dtype_name(r[4]), (int)zp, r[4] == EK_DTYPE_INT8 ? "-128..127" : "0..255");
+            }
             io_names[k] = io_name;
         }
         const char *dup = duplicate_name(io_names, n_io);
@@ -744,7 +757,7 @@ static ek_status_t build_attr(struct loader *L, size_t index, const struct ek_op
  * max_output_boxes_per_class? ...) may be absent. */
 static bool may_be_absent(int type, int input, const struct ek_kernel *kernel) {
     bool has_optional = type == EK_OP_CONV || type == EK_OP_CONV_TRANSPOSE || type == EK_OP_FULLY_CONNECTED ||
-                        type == EK_OP_NON_MAX_SUPPRESSION;
+                        type == EK_OP_NON_MAX_SUPPRESSION || type == EK_OP_QCONV || type == EK_OP_QFULLY_CONNECTED;
     return has_optional && input >= kernel->min_inputs;
 }
 
@@ -789,14 +802,56 @@ static ek_status_t build_source(struct loader *L, size_t index, const struct ek_
     return EK_OK;
 }
 
-/* The dtype an op's operand must have: float32, except the int64 operands of TOP_K (K, Indices) and
- * NON_MAX_SUPPRESSION (max_output_boxes_per_class, selected_indices). */
-static ek_dtype_t operand_dtype(uint32_t type, bool is_input, uint32_t n) {
-    if (type == EK_OP_TOP_K && n == 1)
-        return EK_DTYPE_INT64;
-    if (type == EK_OP_NON_MAX_SUPPRESSION && ((is_input && n == 2) || !is_input))
-        return EK_DTYPE_INT64;
-    return EK_DTYPE_FLOAT32;
+/* The dtypes an op's operand may have, as a mask of (1 << dtype) (docs/model-format.md, the op table):
+ * float32, except the int64 operands of TOP_K (K, Indices) and NON_MAX_SUPPRESSION
+ * (max_output_boxes_per_class, selected_indices), the quantized ops of 1.5, and the data-movement ops,
+ * which take all float32 or all int8 operands: `first` is the dtype of the op's input 0 (which decides),
+ * or 0 for input 0 itself. */
+#define DT(d) (1u << (d))
+static bool movement_op(uint32_t type) {
+    return type == EK_OP_MAX_POOL || type == EK_OP_TRANSPOSE || type == EK_OP_RESHAPE || type == EK_OP_CONCAT ||
+           type == EK_OP_SLICE || type == EK_OP_RESIZE;
+}
+
+static unsigned operand_dtypes(uint32_t type, bool is_input, uint32_t n, unsigned first) {
+    const unsigned f32 = DT(EK_DTYPE_FLOAT32), i8 = DT(EK_DTYPE_INT8), q8 = DT(EK_DTYPE_INT8) | DT(EK_DTYPE_UINT8);
+    switch (type) {
+    case EK_OP_TOP_K:
+        return n == 1 ? DT(EK_DTYPE_INT64) : f32;
+    case EK_OP_NON_MAX_SUPPRESSION:
+        return (is_input && n == 2) || !is_input ? DT(EK_DTYPE_INT64) : f32;
+    case EK_OP_QUANTIZE:
+        return is_input ? f32 : q8;
+    case EK_OP_DEQUANTIZE:
+        return is_input ? q8 : f32;
+    case EK_OP_QCONV:
+    case EK_OP_QFULLY_CONNECTED: /* X, W int8; w_scale float32; bias int32; Y int8 */
+        return !is_input || n < 2 ? i8 : n == 2 ? f32 : DT(EK_DTYPE_INT32);
+    case EK_OP_QADD:
+    case EK_OP_QMUL:
+    case EK_OP_QAVERAGE_POOL:
+    case EK_OP_QGLOBAL_AVERAGE_POOL:
+        return i8;
+    case EK_OP_QLUT: /* the table's dtype is Y's (checked with both known) */
+        return q8;
+    default:
+        break;
+    }
+    if (movement_op(type)) {
+        if (is_input && n == 0)
+            return f32 | i8;
+        return first == EK_DTYPE_INT8 ? i8 : f32;
+    }
+    return f32;
+}
+
+static const char *dtypes_text(unsigned mask, char *buf, size_t size) {
+    size_t used = 0;
+    buf[0] = 0;
+    for (unsigned d = 1; d <= EK_DTYPE_INT64 && used < size; d++)
+        if (mask & DT(d))
+            used += (size_t)snprintf(buf + used, size - used, "%s%s", used ? " or " : "", dtype_name(d));
+    return buf;
 }
 
 static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, const struct stage_rec *st,
@@ -864,12 +919,22 @@ static ek_status_t build_op(struct loader *L, size_t index, uint32_t position, c
                        (unsigned)st->tensor_count);
         const struct ek_tensor_desc *t = &tensors[ti];
         size_t tr = (size_t)st->first_tensor + ti;
-        /* the kernels compute in float32; TOP_K's K and indices and NMS's count and indices are int64 */
-        ek_dtype_t want = operand_dtype(rec.type, is_input, n);
-        if (t->dtype != want)
-            return BAD("OPS[%zu] '" NM "' (%s, %s): %s %u is TENSORS[%zu] '" NM "' of dtype %s (it must be %s)", index,
-                       name, type_name, where, role, (unsigned)n, tr, t->name, dtype_name(t->dtype),
-                       dtype_name(want));
+        /* the kernels compute in float32 but for the int64 operands of TOP_K and NMS, the quantized ops'
+         * operands and the int8 data movement */
+        unsigned first = k > 0 && ptrs[0] ? (unsigned)ptrs[0]->dtype : 0;
+        unsigned want = operand_dtypes(rec.type, is_input, n, first);
+        if (!(want & DT(t->dtype))) {
+            char text[64];
+            return BAD("OPS[%zu] '" NM "' (%s, %s): %s %u is TENSORS[%zu] '" NM "' of dtype %s (it must be %s%s)",
+                       index, name, type_name, where, role, (unsigned)n, tr, t->name, dtype_name(t->dtype),
+                       dtypes_text(want, text, sizeof text),
+                       movement_op(rec.type) && k > 0 ? ", as input 0 is" : "");
+        }
+        if (rec.type == EK_OP_QLUT && !is_input && rec.inputs > 1 && ptrs[1] && ptrs[1]->dtype != t->dtype)
+            return BAD("OPS[%zu] '" NM "' (%s, %s): output 0 is TENSORS[%zu] '" NM "' of dtype %s, but its table "
+                       "(input 1, '" NM "') is %s (they must be equal)",
+                       index, name, type_name, where, tr, t->name, dtype_name(t->dtype), ptrs[1]->name,
+                       dtype_name(ptrs[1]->dtype));
         if (is_input && t->dynamic)
             return BAD("OPS[%zu] '" NM "' (%s, %s): input %u reads TENSORS[%zu] '" NM "', a DYNAMIC output (no op may)",
                        index, name, type_name, where, (unsigned)n, tr, t->name);

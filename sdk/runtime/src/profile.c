@@ -336,6 +336,20 @@ uint64_t ek_op_flops(const struct ek_op *op) {
     const struct ek_tensor_desc *w = op->n_in > 1 ? op->in[1] : NULL;
     uint64_t out = y->count;
     switch (op->type) {
+    case EK_OP_QCONV: /* int8 multiply-adds count 2 too */
+        return w && w->rank == 4 ? 2 * out * dims_product(w, 1, 4) : 0;
+    case EK_OP_QFULLY_CONNECTED:
+        return x->rank >= 1 ? 2 * out * (uint64_t)x->dims[x->rank - 1] : 0;
+    case EK_OP_QUANTIZE: case EK_OP_DEQUANTIZE: case EK_OP_QADD: case EK_OP_QMUL:
+        return out;
+    case EK_OP_QAVERAGE_POOL: {
+        const struct ek_attr *k = ek_attr_find(op, "kernel");
+        return k && k->type == EK_ATTR_INTS && k->count == 2 ? out * (uint64_t)(k->ints[0] * k->ints[1]) : out;
+    }
+    case EK_OP_QGLOBAL_AVERAGE_POOL:
+        return x->count;
+    case EK_OP_QLUT: /* a table lookup */
+        return 0;
     case EK_OP_CONV: /* W[M,KH,KW,C/group]: each output element sums KH*KW*C/group products (+ Z: one add) */
         return w && w->rank == 4 ? 2 * out * dims_product(w, 1, 4) + (op->n_in > 3 && op->in[3] ? out : 0) : 0;
     case EK_OP_CONV_TRANSPOSE: /* each input pixel scatters into M x KH x KW outputs from C/group channels */

@@ -504,6 +504,8 @@ static ek_status_t conv_run(const struct ek_op *op, const void *const *in, void 
 }
 
 const char *ek_op_algorithm(const struct ek_op *op) {
+    if (op->type == EK_OP_QCONV || op->type == EK_OP_QFULLY_CONNECTED)
+        return ek_qconv_algorithm(op);
     const struct conv_params *p = op->params;
     if ((op->type != EK_OP_CONV && op->type != EK_OP_CONV_TRANSPOSE) || !p)
         return "";

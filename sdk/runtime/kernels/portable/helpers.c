@@ -18,10 +18,15 @@ ek_status_t ek_check_arity(const struct ek_op *op, int min_in, int max_in) {
 
 ek_status_t ek_check_float_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what,
                                   int rank) {
+    return ek_check_tensor(op, desc, what, rank, EK_DTYPE_FLOAT32);
+}
+
+ek_status_t ek_check_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what, int rank,
+                            ek_dtype_t dtype) {
     if (!desc)
         return ek_op_invalid(op, "%s is missing", what);
-    if (desc->dtype != EK_DTYPE_FLOAT32)
-        return ek_op_invalid(op, "%s must be float32, is dtype %d", what, (int)desc->dtype);
+    if (desc->dtype != dtype)
+        return ek_op_invalid(op, "%s must be %s, is %s", what, ek_dtype_name(dtype), ek_dtype_name(desc->dtype));
     if (desc->rank < 0 || desc->rank > EK_MAX_DIMS ||
         (rank != EK_RANK_ANY && ((rank >= 0 && desc->rank != rank) || (rank < 0 && desc->rank < -rank))))
         return ek_op_invalid(op, "%s has rank %d, expected %s%d", what, desc->rank, rank < 0 ? ">= " : "",
@@ -33,7 +38,7 @@ ek_status_t ek_check_float_tensor(const struct ek_op *op, const struct ek_tensor
             return ek_op_invalid(op, "%s has a bad dimension %d (%lld)", what, i, (long long)desc->dims[i]);
     }
     size_t nbytes;
-    if (count != desc->count || !ek_size_mul(count, sizeof(float), &nbytes) || nbytes != desc->nbytes)
+    if (count != desc->count || !ek_size_mul(count, ek_dtype_size(dtype), &nbytes) || nbytes != desc->nbytes)
         return ek_op_invalid(op, "%s has %zu elements (%zu bytes) but its dims give %zu elements", what,
                              desc->count, desc->nbytes, count);
     return EK_OK;

@@ -38,6 +38,16 @@ bool ek_gemm_force_isa(const char *name);
  * XGETBV: what the x86 kernels (SGEMM, Winograd) are chosen by. */
 bool ek_x86_has(const char *feature);
 
+/* The int8 GEMM of QCONV and QFULLY_CONNECTED (qconv.c): its microkernel, "avx512vnni", "avx2",
+ * "neondot" or "generic" (the best this CPU has, or the one EDGEKIT_QGEMM_ISA names when this build and
+ * CPU have it; chosen once per process, at the first prepare of such an op). */
+const char *ek_qgemm_isa(void);
+/* Tests only: use the named microkernel from now on (false when this build or CPU lacks it); ops
+ * prepared before the switch fail their runs (EK_ERR_INTERNAL) until prepared again. */
+bool ek_qgemm_force_isa(const char *name);
+/* The profile label of a prepared QCONV / QFULLY_CONNECTED: "depthwise" or "qgemm/<isa>". */
+const char *ek_qconv_algorithm(const struct ek_op *op);
+
 /* GNU C vector types (gcc, clang): four floats, which every SIMD ISA we target has (SSE2, NEON),
  * so accumulators stay in registers whatever the optimisation level (loops over small arrays left
  * that to the vectoriser, which at -O2 kept them in memory and at -O3 vectorised the wrong loop). */
@@ -94,6 +104,16 @@ static inline size_t ek_round_up(size_t v, size_t to) { return (v + to - 1) / to
 #define EK_RANK_ANY INT_MIN
 ek_status_t ek_check_float_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what,
                                   int rank);
+/* The same for a tensor of `dtype`. */
+ek_status_t ek_check_tensor(const struct ek_op *op, const struct ek_tensor_desc *desc, const char *what, int rank,
+                            ek_dtype_t dtype);
+/* The data-movement ops (MAX_POOL, TRANSPOSE, RESHAPE, CONCAT, SLICE, nearest RESIZE) take float32 or,
+ * since .ekm 1.5, int8 operands, all of one dtype: the dtype of input 0 when it is one of those (else
+ * float32, which the checks then refuse naming both). */
+static inline ek_dtype_t ek_movement_dtype(const struct ek_op *op) {
+    return op->n_in > 0 && op->in && op->in[0] && op->in[0]->dtype == EK_DTYPE_INT8 ? EK_DTYPE_INT8
+                                                                                     : EK_DTYPE_FLOAT32;
+}
 /* The fused activation attributes act_min / act_max (default -inf, +inf; min <= max). */
 ek_status_t ek_parse_act(const struct ek_op *op, float *lo, float *hi);
 /* The op has n_in in [min_in, max_in] and exactly one output, all present but optional ones. */

@@ -39,6 +39,16 @@ extern const struct ek_kernel ek_kernel_reshape;
 extern const struct ek_kernel ek_kernel_softmax;
 /* reduce.c */
 extern const struct ek_kernel ek_kernel_reduce_mean;
+/* quantized.c, qconv.c, pool.c: the quantized ops of .ekm 1.5 */
+extern const struct ek_kernel ek_kernel_quantize;
+extern const struct ek_kernel ek_kernel_dequantize;
+extern const struct ek_kernel ek_kernel_qconv;
+extern const struct ek_kernel ek_kernel_qfully_connected;
+extern const struct ek_kernel ek_kernel_qadd;
+extern const struct ek_kernel ek_kernel_qmul;
+extern const struct ek_kernel ek_kernel_qaverage_pool;
+extern const struct ek_kernel ek_kernel_qglobal_average_pool;
+extern const struct ek_kernel ek_kernel_qlut;
 /* select.c */
 extern const struct ek_kernel ek_kernel_top_k;
 extern const struct ek_kernel ek_kernel_non_max_suppression;

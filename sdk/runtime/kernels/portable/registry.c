@@ -34,6 +34,15 @@ static const struct ek_kernel *const kernels[EK_OP_TYPE_MAX + 1] = {
     [EK_OP_PLUGIN] = &ek_kernel_plugin,
     [EK_OP_TOP_K] = &ek_kernel_top_k,
     [EK_OP_NON_MAX_SUPPRESSION] = &ek_kernel_non_max_suppression,
+    [EK_OP_QUANTIZE] = &ek_kernel_quantize,
+    [EK_OP_DEQUANTIZE] = &ek_kernel_dequantize,
+    [EK_OP_QCONV] = &ek_kernel_qconv,
+    [EK_OP_QFULLY_CONNECTED] = &ek_kernel_qfully_connected,
+    [EK_OP_QADD] = &ek_kernel_qadd,
+    [EK_OP_QMUL] = &ek_kernel_qmul,
+    [EK_OP_QAVERAGE_POOL] = &ek_kernel_qaverage_pool,
+    [EK_OP_QGLOBAL_AVERAGE_POOL] = &ek_kernel_qglobal_average_pool,
+    [EK_OP_QLUT] = &ek_kernel_qlut,
 };
 
 const struct ek_kernel *ek_portable_kernel(int type) {

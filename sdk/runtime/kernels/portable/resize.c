@@ -22,6 +22,7 @@ struct resize_axis {
 
 struct resize_params {
     bool linear;
+    size_t elem; /* bytes per element: float32, or int8 (nearest only, .ekm 1.5) */
     size_t n, h, w, c, oh, ow;
     struct resize_axis ay, ax;
 };
@@ -106,7 +107,8 @@ static ek_status_t resize_prepare(struct ek_op *op) {
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
-    if ((st = ek_check_float_tensor(op, x, "X", 4)) != EK_OK || (st = ek_check_float_tensor(op, y, "Y", 4)) != EK_OK)
+    const ek_dtype_t dtype = ek_movement_dtype(op); /* nearest also moves int8 */
+    if ((st = ek_check_tensor(op, x, "X", 4, dtype)) != EK_OK || (st = ek_check_tensor(op, y, "Y", 4, dtype)) != EK_OK)
         return st;
     int64_t mode, coord, nearest;
     if ((st = ek_attr_int(op, "mode", MODE_NEAREST, &mode)) != EK_OK ||
@@ -115,6 +117,9 @@ static ek_status_t resize_prepare(struct ek_op *op) {
         return st;
     if (mode < 0 || mode > 1)
         return ek_op_invalid(op, "mode %lld is not 0 (nearest) or 1 (linear)", (long long)mode);
+    if (mode == MODE_LINEAR && dtype != EK_DTYPE_FLOAT32)
+        return ek_op_invalid(op, "input X is %s: linear mode takes float32 only (int8 resizes with mode 0, nearest)",
+                             ek_dtype_name(x->dtype));
     if (coord < 0 || coord > 3)
         return ek_op_invalid(op, "coordinate %lld is not 0..3", (long long)coord);
     if (nearest < 0 || nearest > 3)
@@ -149,6 +154,7 @@ static ek_status_t resize_prepare(struct ek_op *op) {
     op->params = p;
     op->scratch_per_thread = 0;
     p->linear = mode == MODE_LINEAR;
+    p->elem = ek_dtype_size(dtype);
     p->n = (size_t)x->dims[0];
     p->h = (size_t)x->dims[1];
     p->w = (size_t)x->dims[2];
@@ -166,8 +172,8 @@ static ek_status_t resize_prepare(struct ek_op *op) {
 
 struct resize_run {
     const struct resize_params *p;
-    const float *x;
-    float *y;
+    const void *x;
+    void *y;
 };
 
 static void resize_range(void *arg, size_t begin, size_t end, int thread) {
@@ -177,14 +183,16 @@ static void resize_range(void *arg, size_t begin, size_t end, int thread) {
     const size_t c = p->c, row_stride = p->w * c;
     for (size_t row = begin; row < end; row++) {
         size_t n = row / p->oh, oh = row % p->oh;
-        const float *xn = r->x + n * p->h * row_stride;
-        float *out = r->y + row * p->ow * c;
-        if (!p->linear) {
-            const float *src = xn + p->ay.i0[oh] * row_stride;
-            for (size_t ow = 0; ow < p->ow; ow++, out += c)
-                memcpy(out, src + p->ax.i0[ow] * c, c * sizeof(float));
+        if (!p->linear) { /* bytes: float32 or int8 */
+            const size_t e = p->elem, cb = c * e;
+            const unsigned char *src = (const unsigned char *)r->x + (n * p->h + p->ay.i0[oh]) * row_stride * e;
+            unsigned char *dst = (unsigned char *)r->y + row * p->ow * cb;
+            for (size_t ow = 0; ow < p->ow; ow++, dst += cb)
+                memcpy(dst, src + p->ax.i0[ow] * cb, cb);
             continue;
         }
+        const float *xn = (const float *)r->x + n * p->h * row_stride;
+        float *out = (float *)r->y + row * p->ow * c;
         const float *top = xn + p->ay.i0[oh] * row_stride, *bottom = xn + p->ay.i1[oh] * row_stride;
         const float fy = p->ay.frac[oh], gy = 1.0f - fy;
         for (size_t ow = 0; ow < p->ow; ow++, out += c) {

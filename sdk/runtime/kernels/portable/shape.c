@@ -19,19 +19,21 @@
 
 /* ---- helpers ---- */
 
-/* n_in inputs (any number >= 1 when n_in is 0) and one output, all checked tensors. */
-static ek_status_t check_io(const struct ek_op *op, int n_in) {
+/* n_in inputs (any number >= 1 when n_in is 0) and one output, all checked tensors: float32, or (with
+ * allow_int8: TRANSPOSE, SLICE, CONCAT, RESHAPE) all int8 when input 0 is. */
+static ek_status_t check_io(const struct ek_op *op, int n_in, bool allow_int8) {
     if ((n_in ? op->n_in != n_in : op->n_in < 1) || op->n_out != 1 || !op->in || !op->out)
         return ek_op_invalid(op, "has %d inputs and %d outputs; it takes %s%d and 1", op->n_in, op->n_out,
                              n_in ? "" : "at least ", n_in ? n_in : 1);
     char role[32];
+    const ek_dtype_t dtype = allow_int8 ? ek_movement_dtype(op) : EK_DTYPE_FLOAT32;
     for (int i = 0; i < op->n_in; i++) {
         snprintf(role, sizeof role, "input %d", i);
-        ek_status_t st = ek_check_float_tensor(op, op->in[i], role, EK_RANK_ANY);
+        ek_status_t st = ek_check_tensor(op, op->in[i], role, EK_RANK_ANY, dtype);
         if (st != EK_OK)
             return st;
     }
-    return ek_check_float_tensor(op, op->out[0], "output Y", EK_RANK_ANY);
+    return ek_check_tensor(op, op->out[0], "output Y", EK_RANK_ANY, dtype);
 }
 
 static ek_status_t out_of_memory(const struct ek_op *op) {
@@ -74,6 +76,7 @@ struct gather {
     bool tiled; /* dim rank-2 walks the input contiguously: copy in TILE x TILE tiles */
     size_t block; /* tiled: rows of dim rank-2 per task (TILE, or SHORT_BLOCK when the last dim is short) */
     size_t tasks;
+    size_t elem; /* bytes per element: 4 (float32) or 1 (int8) */
 };
 
 /* A tiled gather whose last dim has 2..4 elements (NCHW -> NHWC of an RGB image: 3) interleaves that
@@ -115,8 +118,8 @@ static void gather_init(struct gather *g, int rank, const size_t *dims, const pt
 
 struct gather_job {
     const struct gather *g;
-    const float *x;
-    float *y;
+    const void *x;
+    void *y;
 };
 
 /* The input offset of the output row (all dims but the innermost `keep`) number `row`. */
@@ -141,27 +144,29 @@ static ptrdiff_t gather_row_next(const struct gather *g, int outer_rank, size_t 
     return off;
 }
 
-static void gather_rows(void *arg, size_t begin, size_t end, int thread) {
-    (void)thread;
-    const struct gather_job *job = arg;
-    const struct gather *g = job->g;
-    const int last = g->rank - 1;
-    const size_t n = g->dims[last];
-    const ptrdiff_t step = g->steps[last];
-    size_t idx[EK_MAX_DIMS];
-    ptrdiff_t off = gather_row_offset(g, last, begin, idx);
-    for (size_t row = begin; row < end; row++) {
-        const float *src = job->x + off;
-        float *dst = job->y + row * n;
-        if (step == 1) {
-            memcpy(dst, src, n * sizeof(float));
-        } else {
-            for (size_t i = 0; i < n; i++)
-                dst[i] = src[(ptrdiff_t)i * step];
-        }
-        off = gather_row_next(g, last, idx, off);
+/* The element loops of the gathers, once per element size (float32, int8). */
+#define GATHER_ROWS(NAME, T)                                                                                \
+    static void NAME(void *arg, size_t begin, size_t end, int thread) {                                     \
+        (void)thread;                                                                                       \
+        const struct gather_job *job = arg;                                                                 \
+        const struct gather *g = job->g;                                                                    \
+        const int last = g->rank - 1;                                                                       \
+        const size_t n = g->dims[last];                                                                     \
+        const ptrdiff_t step = g->steps[last];                                                              \
+        size_t idx[EK_MAX_DIMS];                                                                            \
+        ptrdiff_t off = gather_row_offset(g, last, begin, idx);                                             \
+        for (size_t row = begin; row < end; row++) {                                                        \
+            const T *src = (const T *)job->x + off;                                                         \
+            T *dst = (T *)job->y + row * n;                                                                 \
+            if (step == 1) {                                                                                \
+                memcpy(dst, src, n * sizeof(T));                                                            \
+            } else {                                                                                        \
+                for (size_t i = 0; i < n; i++)                                                              \
+                    dst[i] = src[(ptrdiff_t)i * step];                                                      \
+            }                                                                                               \
+            off = gather_row_next(g, last, idx, off);                                                       \
+        }                                                                                                   \
     }
-}
 
 /* Rows [j0, j1) of an interleave of N input runs `step` apart: dst[j * N + i] = src[i * step + j]. */
 #define INTERLEAVE(N)                                                                                       \
@@ -171,43 +176,50 @@ static void gather_rows(void *arg, size_t begin, size_t end, int thread) {
 
 /* Tiled: the output's last two dims (J, I) read the input at j * 1 + i * step, so a TILE x TILE
  * block reads TILE contiguous input runs and writes TILE contiguous output runs. */
-static void gather_tiles(void *arg, size_t begin, size_t end, int thread) {
-    (void)thread;
-    const struct gather_job *job = arg;
-    const struct gather *g = job->g;
-    const int r = g->rank;
-    const size_t ni = g->dims[r - 1], nj = g->dims[r - 2];
-    const ptrdiff_t step = g->steps[r - 1];
-    const size_t block = g->block, blocks = (nj + block - 1) / block;
-    size_t idx[EK_MAX_DIMS];
-    for (size_t task = begin; task < end; task++) {
-        size_t outer = task / blocks, j0 = task % blocks * block;
-        size_t j1 = j0 + block < nj ? j0 + block : nj;
-        ptrdiff_t off = gather_row_offset(g, r - 2, outer, idx);
-        const float *src = job->x + off;
-        float *dst = job->y + outer * nj * ni;
-        if (block == SHORT_BLOCK) {
-            if (ni == 2) {
-                INTERLEAVE(2)
-            } else if (ni == 3) {
-                INTERLEAVE(3)
-            } else {
-                INTERLEAVE(4)
-            }
-            continue;
-        }
-        for (size_t i0 = 0; i0 < ni; i0 += TILE) {
-            size_t i1 = i0 + TILE < ni ? i0 + TILE : ni;
-            for (size_t j = j0; j < j1; j++)
-                for (size_t i = i0; i < i1; i++)
-                    dst[j * ni + i] = src[(ptrdiff_t)j + (ptrdiff_t)i * step];
-        }
+#define GATHER_TILES(NAME, T)                                                                               \
+    static void NAME(void *arg, size_t begin, size_t end, int thread) {                                     \
+        (void)thread;                                                                                       \
+        const struct gather_job *job = arg;                                                                 \
+        const struct gather *g = job->g;                                                                    \
+        const int r = g->rank;                                                                              \
+        const size_t ni = g->dims[r - 1], nj = g->dims[r - 2];                                              \
+        const ptrdiff_t step = g->steps[r - 1];                                                             \
+        const size_t block = g->block, blocks = (nj + block - 1) / block;                                   \
+        size_t idx[EK_MAX_DIMS];                                                                            \
+        for (size_t task = begin; task < end; task++) {                                                     \
+            size_t outer = task / blocks, j0 = task % blocks * block;                                       \
+            size_t j1 = j0 + block < nj ? j0 + block : nj;                                                  \
+            ptrdiff_t off = gather_row_offset(g, r - 2, outer, idx);                                        \
+            const T *src = (const T *)job->x + off;                                                         \
+            T *dst = (T *)job->y + outer * nj * ni;                                                         \
+            if (block == SHORT_BLOCK) {                                                                     \
+                if (ni == 2) {                                                                              \
+                    INTERLEAVE(2)                                                                           \
+                } else if (ni == 3) {                                                                       \
+                    INTERLEAVE(3)                                                                           \
+                } else {                                                                                    \
+                    INTERLEAVE(4)                                                                           \
+                }                                                                                           \
+                continue;                                                                                   \
+            }                                                                                               \
+            for (size_t i0 = 0; i0 < ni; i0 += TILE) {                                                      \
+                size_t i1 = i0 + TILE < ni ? i0 + TILE : ni;                                                \
+                for (size_t j = j0; j < j1; j++)                                                            \
+                    for (size_t i = i0; i < i1; i++)                                                        \
+                        dst[j * ni + i] = src[(ptrdiff_t)j + (ptrdiff_t)i * step];                          \
+            }                                                                                               \
+        }                                                                                                   \
     }
-}
 
-static void gather_run(const struct gather *g, const float *x, float *y, struct ek_exec *exec) {
+GATHER_ROWS(gather_rows32, float)
+GATHER_ROWS(gather_rows8, uint8_t)
+GATHER_TILES(gather_tiles32, float)
+GATHER_TILES(gather_tiles8, uint8_t)
+
+static void gather_run(const struct gather *g, const void *x, void *y, struct ek_exec *exec) {
     struct gather_job job = {g, x, y};
-    run_ranges(exec, g->tasks, g->count, g->tiled ? gather_tiles : gather_rows, &job);
+    ek_range_fn fn = g->elem == 1 ? (g->tiled ? gather_tiles8 : gather_rows8) : (g->tiled ? gather_tiles32 : gather_rows32);
+    run_ranges(exec, g->tasks, g->count, fn, &job);
 }
 
 static ek_status_t run_gather(const struct ek_op *op, const void *const *in, void *const *out,
@@ -219,7 +231,7 @@ static ek_status_t run_gather(const struct ek_op *op, const void *const *in, voi
 /* ---- TRANSPOSE ---- */
 
 static ek_status_t prepare_transpose(struct ek_op *op) {
-    ek_status_t st = check_io(op, 1);
+    ek_status_t st = check_io(op, 1, true);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
@@ -256,6 +268,7 @@ static ek_status_t prepare_transpose(struct ek_op *op) {
     if (!g)
         return out_of_memory(op);
     gather_init(g, x->rank, dims, steps, 0);
+    g->elem = ek_dtype_size(x->dtype);
     op->params = g;
     op->scratch_per_thread = 0;
     return EK_OK;
@@ -267,7 +280,7 @@ const struct ek_kernel ek_kernel_transpose = {EK_OP_TRANSPOSE, 1, 1, 1, prepare_
 /* ---- SLICE ---- */
 
 static ek_status_t prepare_slice(struct ek_op *op) {
-    ek_status_t st = check_io(op, 1);
+    ek_status_t st = check_io(op, 1, true);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
@@ -309,6 +322,7 @@ static ek_status_t prepare_slice(struct ek_op *op) {
     if (!g)
         return out_of_memory(op);
     gather_init(g, x->rank, dims, vsteps, base);
+    g->elem = ek_dtype_size(x->dtype);
     op->params = g;
     op->scratch_per_thread = 0;
     return EK_OK;
@@ -320,14 +334,15 @@ const struct ek_kernel ek_kernel_slice = {EK_OP_SLICE, 1, 1, 1, prepare_slice, r
 
 struct concat_params {
     size_t outer;     /* product of the dims before the axis */
-    size_t out_block; /* elements of Y per outer index */
+    size_t out_block; /* bytes of Y per outer index */
     size_t count;
+    size_t elem; /* bytes per element */
     int n;
-    size_t block[]; /* elements of input i per outer index */
+    size_t block[]; /* bytes of input i per outer index */
 };
 
 static ek_status_t prepare_concat(struct ek_op *op) {
-    ek_status_t st = check_io(op, 0);
+    ek_status_t st = check_io(op, 0, true);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *y = op->out[0];
@@ -365,11 +380,12 @@ static ek_status_t prepare_concat(struct ek_op *op) {
     p->outer = 1;
     for (int d = 0; d < a; d++)
         p->outer *= (size_t)y->dims[d];
-    p->out_block = (size_t)y->dims[a] * inner;
+    p->out_block = (size_t)y->dims[a] * inner * ek_dtype_size(y->dtype); /* bytes */
     p->count = y->count;
     p->n = op->n_in;
+    p->elem = ek_dtype_size(y->dtype);
     for (int i = 0; i < op->n_in; i++)
-        p->block[i] = (size_t)op->in[i]->dims[a] * inner;
+        p->block[i] = (size_t)op->in[i]->dims[a] * inner * p->elem; /* bytes */
     op->params = p;
     op->scratch_per_thread = 0;
     return EK_OK;
@@ -378,7 +394,7 @@ static ek_status_t prepare_concat(struct ek_op *op) {
 struct concat_job {
     const struct concat_params *p;
     const void *const *in;
-    float *y;
+    unsigned char *y;
 };
 
 static void concat_rows(void *arg, size_t begin, size_t end, int thread) {
@@ -386,10 +402,10 @@ static void concat_rows(void *arg, size_t begin, size_t end, int thread) {
     const struct concat_job *job = arg;
     const struct concat_params *p = job->p;
     for (size_t o = begin; o < end; o++) {
-        float *dst = job->y + o * p->out_block;
+        unsigned char *dst = job->y + o * p->out_block;
         for (int i = 0; i < p->n; i++) {
-            const float *src = (const float *)job->in[i] + o * p->block[i];
-            memcpy(dst, src, p->block[i] * sizeof(float));
+            const unsigned char *src = (const unsigned char *)job->in[i] + o * p->block[i];
+            memcpy(dst, src, p->block[i]);
             dst += p->block[i];
         }
     }
@@ -418,7 +434,7 @@ struct pad_params {
 };
 
 static ek_status_t prepare_pad(struct ek_op *op) {
-    ek_status_t st = check_io(op, 1);
+    ek_status_t st = check_io(op, 1, false);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
@@ -539,7 +555,7 @@ const struct ek_kernel ek_kernel_pad = {EK_OP_PAD, 1, 1, 1, prepare_pad, run_pad
 /* ---- RESHAPE ---- */
 
 static ek_status_t prepare_reshape(struct ek_op *op) {
-    ek_status_t st = check_io(op, 1);
+    ek_status_t st = check_io(op, 1, true);
     if (st != EK_OK)
         return st;
     const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
@@ -558,7 +574,7 @@ static ek_status_t run_reshape(const struct ek_op *op, const void *const *in, vo
     (void)exec;
     /* a planner may place Y on X's bytes: then there is nothing to copy */
     if (out[0] != in[0])
-        memmove(out[0], in[0], op->out[0]->count * sizeof(float));
+        memmove(out[0], in[0], op->out[0]->nbytes);
     return EK_OK;
 }
 

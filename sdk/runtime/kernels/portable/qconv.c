@@ -1,0 +1,821 @@
+/* QCONV and QFULLY_CONNECTED (.ekm 1.5, docs/model-format.md "Quantized ops") on int8 NHWC tensors:
+ *   acc = bias + sum((x - x_zero_point) x w)   (int32; padding taps are x_zero_point)
+ *   y   = sat(rint(float(acc) x mult[m]) + y_zero_point), mult[m] = float32(x_scale x w_scale[m]) / y_scale
+ *
+ * Two ways to run, chosen at prepare:
+ * - depthwise (QCONV with group == C == M): a direct loop over each output pixel's window with the
+ *   channels innermost, in blocks of 16 channels of int32 accumulators (taps outside the input skipped);
+ * - otherwise an int8 GEMM (qgemm below): each thread gathers a block of output pixels' receptive
+ *   fields (x_zero_point for taps outside the input; the plain rows for a 1x1 convolution and for
+ *   QFULLY_CONNECTED) into its scratch in the microkernel's format, and multiplies that block by the
+ *   weights packed at prepare. The kernel sums x x w (not x - x_zero_point): prepare folds
+ *   -x_zero_point x sum(w) into the bias, which is exact in int32 arithmetic modulo 2^32 and so exact,
+ *   since prepare also refuses a bias that could make the true sum overflow.
+ *
+ * The GEMM microkernels, one chosen per process like the SGEMM's (gemm.c: CPUID on x86-64 with
+ * function target attributes, so the library runs on any x86-64; getauxval on aarch64), or named by
+ * EDGEKIT_QGEMM_ISA:
+ * - avx512vnni: vpdpbusd (u8 x s8, four products a lane). The activations go in as x + 128 (unsigned)
+ *   and prepare folds -128 x sum(w) into the bias too;
+ * - avx2:       vpmaddwd on int16 pairs (x and w sign-extended: the products and their pairwise sums
+ *   never saturate, unlike vpmaddubsw's);
+ * - neondot:    sdot (s8 x s8, four products a lane), aarch64 CPUs with the dot product extension;
+ * - generic:    C loops on int16 pairs (the compiler vectorises them: SSE2, NEON).
+ * Every microkernel computes the same int32 sums and the same float32 requantization (convert, one
+ * multiply, round to nearest even in the default mode, add the zero point, clamp), so all of them
+ * equal the formulas exactly. */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "helpers.h"
+#include "internal.h"
+#include "portable.h"
+#include "quant.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(EK_NO_SIMD_KERNELS)
+#define EK_QGEMM_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define EK_QGEMM_X86 0
+#endif
+#if defined(__aarch64__) && defined(__GNUC__) && !defined(EK_NO_SIMD_KERNELS) && defined(__linux__)
+#define EK_QGEMM_NEON 1
+#include <arm_neon.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#else
+#define EK_QGEMM_NEON 0
+#endif
+
+#define ATTR_MAX ((int64_t)1 << 30)
+#define MAX_REDUCTION 65536 /* terms of one sum (the loader refuses more: docs/model-format.md) */
+#define BLOCK_BYTES ((size_t)128 * 1024) /* a block of gathered rows stays in L2 */
+#define MAX_MR 16
+#define MAX_NR 32
+#define EK_UNROLL _Pragma("GCC unroll 32")
+
+/* ---------------------------------------------------------------- microkernels */
+
+enum qa_format {
+    QA_I16, /* int16 x, k padded to pairs */
+    QA_U8X, /* uint8 x + 128, k padded to quads */
+    QA_I8   /* int8 x, k padded to quads */
+};
+
+/* acc[MR][NR] (row stride NR) = A[rows][kp] (row stride lda elements; rows past `rows` repeat the
+ * last) x the packed panel b (kp x NR). */
+typedef void qtile_fn(size_t kp, const void *a, size_t lda, const void *b, size_t rows, int32_t *acc);
+/* y[j] = clamp(rint(float(acc[j] + bias[j]) x mult[j]) + zp, lo, hi) for j < cols. */
+typedef void qrequant_fn(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
+                         int32_t zp, int32_t lo, int32_t hi);
+
+struct qgemm_isa {
+    const char *name;
+    const char *algorithm; /* for profiles */
+    enum qa_format format;
+    size_t mr, nr, ks; /* register tile; k steps per packed group (2: pairs, 4: quads) */
+    int32_t offset;    /* added to x in A (QA_U8X: 128) */
+    qtile_fn *tile;
+    qrequant_fn *requant;
+};
+
+static void requant_generic(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
+                            int32_t zp, int32_t lo, int32_t hi) {
+    for (size_t j = 0; j < cols; j++) {
+        int32_t v = (int32_t)((uint32_t)acc[j] + (uint32_t)bias[j]); /* exact: the true sum fits */
+        y[j] = (int8_t)ek_q_round((float)v * mult[j], zp, lo, hi);
+    }
+}
+
+#define G_MR 4
+#define G_NR 8
+static void tile_generic(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows, int32_t *acc) {
+    const int16_t *a = a_, *b = b_;
+    const int16_t *ap[G_MR];
+    for (size_t i = 0; i < G_MR; i++)
+        ap[i] = a + (i < rows ? i : rows - 1) * lda;
+    int32_t c[G_MR][G_NR];
+    memset(c, 0, sizeof c);
+    for (size_t p = 0; p < kp; p += 2, b += 2 * G_NR)
+        for (int i = 0; i < G_MR; i++) {
+            const int32_t a0 = ap[i][p], a1 = ap[i][p + 1];
+            for (int j = 0; j < G_NR; j++)
+                c[i][j] += a0 * b[2 * j] + a1 * b[2 * j + 1];
+        }
+    memcpy(acc, c, sizeof c);
+}
+
+#if EK_QGEMM_X86
+#if defined(__clang__) && __clang_major__ >= 18
+#define EK_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,evex512")))
+#else
+#define EK_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#endif
+#define EK_TARGET_AVX2 __attribute__((target("avx2")))
+
+static inline int32_t load_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* AVX2: 6 rows x 16 columns; per k pair one broadcast of (x[p], x[p+1]) against 16 (w[p], w[p+1]). */
+#define A2_MR 6
+#define A2_NR 16
+EK_TARGET_AVX2 static void tile_avx2(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows,
+                                     int32_t *acc) {
+    const int16_t *a = a_, *b = b_;
+    const int16_t *ap[A2_MR];
+    EK_UNROLL for (size_t i = 0; i < A2_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
+    __m256i c[A2_MR][2];
+    EK_UNROLL for (int i = 0; i < A2_MR; i++) c[i][0] = c[i][1] = _mm256_setzero_si256();
+    for (size_t p = 0; p < kp; p += 2, b += 2 * A2_NR) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(const void *)b);
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(const void *)(b + 16));
+        EK_UNROLL for (int i = 0; i < A2_MR; i++) {
+            const __m256i x = _mm256_set1_epi32(load_i32(ap[i] + p));
+            c[i][0] = _mm256_add_epi32(c[i][0], _mm256_madd_epi16(x, b0));
+            c[i][1] = _mm256_add_epi32(c[i][1], _mm256_madd_epi16(x, b1));
+        }
+    }
+    EK_UNROLL for (int i = 0; i < A2_MR; i++) {
+        _mm256_storeu_si256((__m256i *)(void *)(acc + i * A2_NR), c[i][0]);
+        _mm256_storeu_si256((__m256i *)(void *)(acc + i * A2_NR + 8), c[i][1]);
+    }
+}
+
+/* The requantization on 8 lanes: convert, multiply, round (MXCSR: to nearest even), zero point, clamp.
+ * The float is clamped to +-2^20 first so the conversion never overflows (no NaN can occur). */
+EK_TARGET_AVX2 static void requant_avx2(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult,
+                                        int8_t *y, int32_t zp, int32_t lo, int32_t hi) {
+    const __m256 big = _mm256_set1_ps(1048576.0f), nbig = _mm256_set1_ps(-1048576.0f);
+    const __m256i vzp = _mm256_set1_epi32(zp), vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
+    size_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(acc + j)),
+                                     _mm256_loadu_si256((const __m256i *)(const void *)(bias + j)));
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(mult + j));
+        f = _mm256_min_ps(_mm256_max_ps(f, nbig), big);
+        __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(f), vzp);
+        q = _mm256_min_epi32(_mm256_max_epi32(q, vlo), vhi);
+        /* 8 int32 in -128..127 -> 8 bytes */
+        __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        __m128i q8 = _mm_packs_epi16(q16, q16);
+        _mm_storel_epi64((__m128i *)(void *)(y + j), q8);
+    }
+    if (j < cols)
+        requant_generic(acc + j, cols - j, bias + j, mult + j, y + j, zp, lo, hi);
+}
+
+/* AVX-512 VNNI: 12 rows x 16 columns; per k quad one broadcast of 4 bytes x + 128 against 16 x 4
+ * signed weights. */
+#define V_MR 12
+#define V_NR 16
+EK_TARGET_VNNI static void tile_vnni(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows,
+                                     int32_t *acc) {
+    const uint8_t *a = a_;
+    const int8_t *b = b_;
+    const uint8_t *ap[V_MR];
+    EK_UNROLL for (size_t i = 0; i < V_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
+    __m512i c[V_MR];
+    EK_UNROLL for (int i = 0; i < V_MR; i++) c[i] = _mm512_setzero_si512();
+    for (size_t p = 0; p < kp; p += 4, b += 4 * V_NR) {
+        const __m512i bv = _mm512_loadu_si512((const void *)b);
+        EK_UNROLL for (int i = 0; i < V_MR; i++) c[i] =
+            _mm512_dpbusd_epi32(c[i], _mm512_set1_epi32(load_i32(ap[i] + p)), bv);
+    }
+    EK_UNROLL for (int i = 0; i < V_MR; i++) _mm512_storeu_si512((void *)(acc + i * V_NR), c[i]);
+}
+
+EK_TARGET_VNNI static void requant_avx512(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult,
+                                          int8_t *y, int32_t zp, int32_t lo, int32_t hi) {
+    const __m512 big = _mm512_set1_ps(1048576.0f), nbig = _mm512_set1_ps(-1048576.0f);
+    const __m512i vzp = _mm512_set1_epi32(zp), vlo = _mm512_set1_epi32(lo), vhi = _mm512_set1_epi32(hi);
+    for (size_t j = 0; j < cols; j += 16) {
+        const __mmask16 m = cols - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - j)) - 1);
+        __m512i v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, acc + j), _mm512_maskz_loadu_epi32(m, bias + j));
+        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_maskz_loadu_ps(m, mult + j));
+        f = _mm512_min_ps(_mm512_max_ps(f, nbig), big);
+        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(f), vzp);
+        q = _mm512_min_epi32(_mm512_max_epi32(q, vlo), vhi);
+        _mm512_mask_cvtepi32_storeu_epi8(y + j, m, q);
+    }
+}
+#endif
+
+#if EK_QGEMM_NEON
+#if defined(__clang__)
+#define EK_TARGET_DOT __attribute__((target("dotprod")))
+#else
+#define EK_TARGET_DOT __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+/* sdot: 4 rows x 16 columns; 16 bytes of each row (4 k quads) loaded once, then by lane. */
+#define D_MR 4
+#define D_NR 16
+#define DOT_LANE(L)                                                                                                 \
+    do {                                                                                                            \
+        int8x16_t bv[4];                                                                                            \
+        EK_UNROLL for (int j = 0; j < 4; j++) bv[j] = vld1q_s8(b + (L) * 64 + 16 * j);                              \
+        EK_UNROLL for (int i = 0; i < D_MR; i++) EK_UNROLL for (int j = 0; j < 4; j++) c[i][j] =                    \
+            vdotq_laneq_s32(c[i][j], bv[j], av[i], L);                                                              \
+    } while (0)
+
+EK_TARGET_DOT static void tile_neondot(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows,
+                                       int32_t *acc) {
+    const int8_t *a = a_, *b = b_;
+    const int8_t *ap[D_MR];
+    EK_UNROLL for (size_t i = 0; i < D_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
+    int32x4_t c[D_MR][4];
+    EK_UNROLL for (int i = 0; i < D_MR; i++) EK_UNROLL for (int j = 0; j < 4; j++) c[i][j] = vdupq_n_s32(0);
+    size_t p = 0;
+    for (; p + 16 <= kp; p += 16, b += 16 * D_NR) {
+        int8x16_t av[D_MR];
+        EK_UNROLL for (int i = 0; i < D_MR; i++) av[i] = vld1q_s8(ap[i] + p);
+        DOT_LANE(0);
+        DOT_LANE(1);
+        DOT_LANE(2);
+        DOT_LANE(3);
+    }
+    for (; p < kp; p += 4, b += 4 * D_NR) {
+        int8x16_t bv[4];
+        EK_UNROLL for (int j = 0; j < 4; j++) bv[j] = vld1q_s8(b + 16 * j);
+        EK_UNROLL for (int i = 0; i < D_MR; i++) {
+            int32_t a4;
+            memcpy(&a4, ap[i] + p, sizeof a4);
+            const int8x16_t av = vreinterpretq_s8_s32(vdupq_n_s32(a4));
+            EK_UNROLL for (int j = 0; j < 4; j++) c[i][j] = vdotq_s32(c[i][j], bv[j], av);
+        }
+    }
+    EK_UNROLL for (int i = 0; i < D_MR; i++) EK_UNROLL for (int j = 0; j < 4; j++) vst1q_s32(acc + i * D_NR + 4 * j,
+                                                                                             c[i][j]);
+}
+
+/* FCVTNS rounds to nearest, ties to even, and saturates: no clamp needed before it. */
+static void requant_neon(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
+                         int32_t zp, int32_t lo, int32_t hi) {
+    const int32x4_t vzp = vdupq_n_s32(zp), vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi);
+    size_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        int32x4_t v0 = vaddq_s32(vld1q_s32(acc + j), vld1q_s32(bias + j));
+        int32x4_t v1 = vaddq_s32(vld1q_s32(acc + j + 4), vld1q_s32(bias + j + 4));
+        int32x4_t q0 = vaddq_s32(vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(v0), vld1q_f32(mult + j))), vzp);
+        int32x4_t q1 = vaddq_s32(vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(v1), vld1q_f32(mult + j + 4))), vzp);
+        q0 = vminq_s32(vmaxq_s32(q0, vlo), vhi);
+        q1 = vminq_s32(vmaxq_s32(q1, vlo), vhi);
+        int16x8_t q16 = vcombine_s16(vqmovn_s32(q0), vqmovn_s32(q1));
+        vst1_s8(y + j, vqmovn_s16(q16));
+    }
+    if (j < cols)
+        requant_generic(acc + j, cols - j, bias + j, mult + j, y + j, zp, lo, hi);
+}
+#endif
+
+enum { QISA_GENERIC, QISA_AVX2, QISA_VNNI, QISA_NEONDOT, QISA_COUNT };
+
+static const struct qgemm_isa qisas[QISA_COUNT] = {
+    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, requant_generic},
+#if EK_QGEMM_X86
+    [QISA_AVX2] = {"avx2", "qgemm/avx2", QA_I16, A2_MR, A2_NR, 2, 0, tile_avx2, requant_avx2},
+    [QISA_VNNI] = {"avx512vnni", "qgemm/avx512vnni", QA_U8X, V_MR, V_NR, 4, 128, tile_vnni, requant_avx512},
+#endif
+#if EK_QGEMM_NEON
+    [QISA_NEONDOT] = {"neondot", "qgemm/neondot", QA_I8, D_MR, D_NR, 4, 0, tile_neondot, requant_neon},
+#endif
+};
+
+#if EK_QGEMM_X86
+static bool x86_vnni(void) {
+    unsigned a, b, c, d;
+    if (!ek_x86_has("avx512f") || __get_cpuid_max(0, NULL) < 7)
+        return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b & (1u << 30)) && (c & (1u << 11)); /* AVX512BW, AVX512_VNNI */
+}
+#endif
+
+static bool qisa_available(int id) {
+    if (id < 0 || id >= QISA_COUNT || !qisas[id].tile)
+        return false;
+#if EK_QGEMM_X86
+    if (id == QISA_AVX2)
+        return ek_x86_has("avx2");
+    if (id == QISA_VNNI)
+        return x86_vnni();
+#endif
+#if EK_QGEMM_NEON
+    if (id == QISA_NEONDOT)
+        return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#endif
+    return true;
+}
+
+static int qisa_by_name(const char *name) {
+    for (int id = 0; name && id < QISA_COUNT; id++)
+        if (qisas[id].tile && strcmp(name, qisas[id].name) == 0)
+            return id;
+    return -1;
+}
+
+static atomic_int qchosen = -1;
+
+static const struct qgemm_isa *qisa_current(void) {
+    int id = atomic_load_explicit(&qchosen, memory_order_relaxed);
+    if (id < 0) {
+        id = qisa_by_name(getenv("EDGEKIT_QGEMM_ISA"));
+        if (!qisa_available(id)) {
+            static const int order[] = {QISA_VNNI, QISA_AVX2, QISA_NEONDOT};
+            id = QISA_GENERIC;
+            for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+                if (qisa_available(order[i])) {
+                    id = order[i];
+                    break;
+                }
+        }
+        atomic_store_explicit(&qchosen, id, memory_order_relaxed);
+    }
+    return &qisas[id];
+}
+
+const char *ek_qgemm_isa(void) { return qisa_current()->name; }
+
+bool ek_qgemm_force_isa(const char *name) {
+    int id = qisa_by_name(name);
+    if (!qisa_available(id))
+        return false;
+    atomic_store_explicit(&qchosen, id, memory_order_relaxed);
+    return true;
+}
+
+/* ---------------------------------------------------------------- prepare */
+
+enum qconv_kind { Q_GEMM, Q_DEPTHWISE };
+
+struct qconv_params {
+    enum qconv_kind kind;
+    const struct qgemm_isa *isa; /* Q_GEMM: the microkernel the weights are packed for */
+    bool fc;
+    size_t n, h, w, c, oh, ow, m, kh, kw, group, cg, mg, k, kp; /* kp: k padded to the isa's ks */
+    size_t rows;                                               /* GEMM rows: output pixels (FC: X rows) */
+    int64_t sh, sw, dh, dw, pt, pl;
+    int32_t xzp, yzp, lo, hi;
+    size_t block_rows; /* rows gathered per task */
+    size_t a_elem;     /* bytes per element of A */
+    void *packed;      /* Q_GEMM: per group, panels of nr columns, kp x nr each; Q_DEPTHWISE: int16 W[tap][c] */
+    size_t group_elems; /* packed elements per group */
+    int32_t *bias;     /* per output channel: bias - (x_zero_point + offset) x sum(w) (Q_GEMM), or bias */
+    float *mult;       /* per output channel */
+};
+
+static void qconv_release(struct ek_op *op) {
+    struct qconv_params *p = op->params;
+    if (p) {
+        free(p->packed);
+        free(p->bias);
+        free(p->mult);
+        free(p);
+    }
+    op->params = NULL;
+}
+
+static ek_status_t attr_range(const struct ek_op *op, const char *name, const int64_t *v, int count, int64_t lo) {
+    for (int i = 0; i < count; i++)
+        if (v[i] < lo || v[i] > ATTR_MAX)
+            return ek_op_invalid(op, "attribute '%s'[%d] = %lld is out of range [%lld, %lld]", name, i,
+                                 (long long)v[i], (long long)lo, (long long)ATTR_MAX);
+    return EK_OK;
+}
+
+/* Pack W[m][k] (group g's rows) into panels for `isa`: per panel of nr columns, per group of ks k
+ * steps, nr x ks values (int16 or int8; zero past k and past the last column). */
+static void pack_weights(const struct qgemm_isa *isa, size_t mg, size_t k, size_t kp, const int8_t *w, void *dst) {
+    const size_t nr = isa->nr, ks = isa->ks;
+    const bool wide = isa->format == QA_I16;
+    for (size_t j0 = 0; j0 < mg; j0 += nr) {
+        size_t base = j0 * kp; /* panel start, in elements */
+        for (size_t p0 = 0; p0 < kp; p0 += ks)
+            for (size_t jj = 0; jj < nr; jj++)
+                for (size_t t = 0; t < ks; t++) {
+                    size_t j = j0 + jj, kk = p0 + t;
+                    int8_t v = j < mg && kk < k ? w[j * k + kk] : 0;
+                    size_t at = base + p0 * nr + jj * ks + t;
+                    if (wide)
+                        ((int16_t *)dst)[at] = v;
+                    else
+                        ((int8_t *)dst)[at] = v;
+                }
+    }
+}
+
+static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
+    ek_status_t st = ek_check_arity(op, 3, 4);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *x = op->in[0], *w = op->in[1], *ws = op->in[2];
+    const struct ek_tensor_desc *b = op->n_in > 3 ? op->in[3] : NULL, *y = op->out[0];
+    if ((st = ek_check_tensor(op, x, "X", fc ? -1 : 4, EK_DTYPE_INT8)) != EK_OK ||
+        (st = ek_check_tensor(op, w, "W", fc ? 2 : 4, EK_DTYPE_INT8)) != EK_OK ||
+        (st = ek_check_tensor(op, ws, "w_scale", 1, EK_DTYPE_FLOAT32)) != EK_OK ||
+        (st = ek_check_tensor(op, y, "Y", fc ? -1 : 4, EK_DTYPE_INT8)) != EK_OK)
+        return st;
+    if (b && (st = ek_check_tensor(op, b, "bias", 1, EK_DTYPE_INT32)) != EK_OK)
+        return st;
+    const struct ek_tensor_desc *consts[3] = {w, ws, b};
+    static const char *const cnames[3] = {"W (input 1)", "w_scale (input 2)", "bias (input 3)"};
+    for (int i = 0; i < 3; i++)
+        if (consts[i] && (consts[i]->storage != EK_STORAGE_CONSTANT || !consts[i]->constant))
+            return ek_op_invalid(op, "%s '%.100s' must be a CONSTANT tensor", cnames[i],
+                                 consts[i]->name ? consts[i]->name : "");
+
+    int64_t pads[4] = {0, 0, 0, 0}, strides[2] = {1, 1}, dil[2] = {1, 1}, group = 1;
+    int64_t m = w->dims[0], c, oh = 1, ow = 1;
+    char s1[200], s2[200];
+    if (fc) {
+        c = x->dims[x->rank - 1];
+        if (w->dims[1] != c)
+            return ek_op_invalid(op, "W is [%lld, %lld] for X %s: its second dim must be X's last",
+                                 (long long)w->dims[0], (long long)w->dims[1], ek_shape_str(x, s1, sizeof s1));
+        bool ok = y->rank == x->rank && y->dims[y->rank - 1] == m;
+        for (int i = 0; ok && i < x->rank - 1; i++)
+            ok = y->dims[i] == x->dims[i];
+        if (!ok)
+            return ek_op_invalid(op, "Y is %s; X %s times W^T [%lld, %lld] gives another shape",
+                                 ek_shape_str(y, s1, sizeof s1), ek_shape_str(x, s2, sizeof s2), (long long)c,
+                                 (long long)m);
+    } else {
+        static const int64_t zeros[4] = {0, 0, 0, 0}, ones[2] = {1, 1};
+        if ((st = ek_attr_ints(op, "pads", 4, zeros, pads)) != EK_OK ||
+            (st = ek_attr_ints(op, "strides", 2, ones, strides)) != EK_OK ||
+            (st = ek_attr_ints(op, "dilations", 2, ones, dil)) != EK_OK ||
+            (st = ek_attr_int(op, "group", 1, &group)) != EK_OK)
+            return st;
+        if ((st = attr_range(op, "pads", pads, 4, 0)) != EK_OK ||
+            (st = attr_range(op, "strides", strides, 2, 1)) != EK_OK ||
+            (st = attr_range(op, "dilations", dil, 2, 1)) != EK_OK)
+            return st;
+        c = x->dims[3];
+        if (group < 1 || group > c || c % group != 0 || m % group != 0)
+            return ek_op_invalid(op, "group %lld must divide the input channels %lld and the output channels %lld",
+                                 (long long)group, (long long)c, (long long)m);
+        if (w->dims[3] != c / group)
+            return ek_op_invalid(op, "W is %s but C/group is %lld", ek_shape_str(w, s1, sizeof s1),
+                                 (long long)(c / group));
+        int64_t len[2];
+        for (int a = 0; a < 2; a++) {
+            int64_t ext = (w->dims[1 + a] - 1) * dil[a] + 1; /* dims < 2^62 / 4, dilations <= 2^30: may overflow */
+            if (w->dims[1 + a] - 1 > INT64_MAX / 4 / dil[a])
+                return ek_op_invalid(op, "kernel extent overflows");
+            int64_t padded = x->dims[1 + a] + pads[a] + pads[a + 2];
+            if (padded < ext)
+                return ek_op_invalid(op, "padded input %s %lld is smaller than the kernel extent %lld",
+                                     a ? "width" : "height", (long long)padded, (long long)ext);
+            len[a] = (padded - ext) / strides[a] + 1;
+        }
+        oh = len[0];
+        ow = len[1];
+        if (y->dims[0] != x->dims[0] || y->dims[1] != oh || y->dims[2] != ow || y->dims[3] != m)
+            return ek_op_invalid(op, "Y is %s, expected [%lld, %lld, %lld, %lld]", ek_shape_str(y, s1, sizeof s1),
+                                 (long long)x->dims[0], (long long)oh, (long long)ow, (long long)m);
+    }
+    if (ws->count != 1 && ws->count != (size_t)m)
+        return ek_op_invalid(op, "w_scale has %zu values; it must have 1 or one per output channel (%lld)", ws->count,
+                             (long long)m);
+    if (b && b->dims[0] != m)
+        return ek_op_invalid(op, "bias has %lld values for %lld output channels", (long long)b->dims[0],
+                             (long long)m);
+    const size_t k = (size_t)w->count / (size_t)m; /* KH x KW x C/group, or K */
+    if (k > MAX_REDUCTION)
+        return ek_op_invalid(op, "a sum of %zu terms (%s) is over the %d the int32 accumulator allows", k,
+                             fc ? "K" : "KH x KW x C/group", MAX_REDUCTION);
+    float xs = 1.0f, ys = 1.0f;
+    int32_t xzp = 0, yzp = 0, lo = -128, hi = 127;
+    if ((st = ek_q_scale(op, "x_scale", &xs)) != EK_OK || (st = ek_q_scale(op, "y_scale", &ys)) != EK_OK ||
+        (st = ek_q_zero_point(op, "x_zero_point", EK_DTYPE_INT8, &xzp)) != EK_OK ||
+        (st = ek_q_zero_point(op, "y_zero_point", EK_DTYPE_INT8, &yzp)) != EK_OK ||
+        (st = ek_q_range(op, &lo, &hi)) != EK_OK)
+        return st;
+    const float *wsv = ws->constant;
+    for (size_t i = 0; i < ws->count; i++)
+        if (!(wsv[i] > 0.0f) || !isfinite(wsv[i]))
+            return ek_op_invalid(op, "w_scale[%zu] is %g: a scale must be finite and > 0", i, (double)wsv[i]);
+    const int8_t *wv = w->constant;
+    const int32_t *bv = b ? b->constant : NULL;
+    /* the int32 sum never overflows: |bias| + max|x - x_zero_point| x sum|w| fits */
+    const int64_t maxdev = 127 - xzp > xzp + 128 ? 127 - xzp : xzp + 128;
+    for (int64_t j = 0; j < m; j++) {
+        int64_t s = 0;
+        for (size_t i = 0; i < k; i++)
+            s += wv[(size_t)j * k + i] < 0 ? -wv[(size_t)j * k + i] : wv[(size_t)j * k + i];
+        int64_t bj = bv ? bv[j] : 0;
+        if ((bj < 0 ? -bj : bj) + maxdev * s > INT32_MAX)
+            return ek_op_invalid(op, "bias[%lld] = %lld with these weights could overflow the int32 sum",
+                                 (long long)j, (long long)bj);
+    }
+
+    struct qconv_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no memory for op parameters");
+    op->params = p;
+    op->scratch_per_thread = 0;
+    p->fc = fc;
+    p->m = (size_t)m;
+    p->c = (size_t)c;
+    p->k = k;
+    p->xzp = xzp;
+    p->yzp = yzp;
+    p->lo = lo;
+    p->hi = hi;
+    if (fc) {
+        p->rows = x->count / (size_t)c;
+        p->kh = p->kw = 1;
+        p->group = 1;
+        p->cg = p->c;
+        p->mg = p->m;
+    } else {
+        p->n = (size_t)x->dims[0];
+        p->h = (size_t)x->dims[1];
+        p->w = (size_t)x->dims[2];
+        p->oh = (size_t)oh;
+        p->ow = (size_t)ow;
+        p->kh = (size_t)w->dims[1];
+        p->kw = (size_t)w->dims[2];
+        p->group = (size_t)group;
+        p->cg = p->c / p->group;
+        p->mg = p->m / p->group;
+        p->sh = strides[0];
+        p->sw = strides[1];
+        p->dh = dil[0];
+        p->dw = dil[1];
+        p->pt = pads[0];
+        p->pl = pads[1];
+        p->rows = p->n * p->oh * p->ow;
+    }
+    p->mult = malloc(p->m * sizeof *p->mult);
+    p->bias = malloc(p->m * sizeof *p->bias);
+    if (!p->mult || !p->bias)
+        goto oom;
+    for (size_t j = 0; j < p->m; j++) {
+        p->mult[j] = xs * wsv[ws->count == 1 ? 0 : j] / ys;
+        if ((st = ek_q_check_multiplier(op, "x_scale x w_scale / y_scale", p->mult[j])) != EK_OK)
+            goto fail;
+    }
+    if (!fc && p->group == p->c && p->m == p->c) {
+        p->kind = Q_DEPTHWISE;
+        size_t taps = p->kh * p->kw;
+        int16_t *dw = malloc(taps * p->c * sizeof *dw);
+        if (!dw)
+            goto oom;
+        for (size_t t = 0; t < taps; t++)
+            for (size_t ch = 0; ch < p->c; ch++)
+                dw[t * p->c + ch] = wv[ch * taps + t];
+        p->packed = dw;
+        for (size_t j = 0; j < p->m; j++)
+            p->bias[j] = bv ? bv[j] : 0;
+        return EK_OK;
+    }
+    p->kind = Q_GEMM;
+    const struct qgemm_isa *isa = p->isa = qisa_current();
+    p->kp = ek_round_up(k, isa->ks);
+    p->a_elem = isa->format == QA_I16 ? 2 : 1;
+    size_t panels = (p->mg + isa->nr - 1) / isa->nr;
+    p->group_elems = panels * isa->nr * p->kp;
+    p->packed = malloc(p->group_elems * p->group * (isa->format == QA_I16 ? 2 : 1));
+    if (!p->packed)
+        goto oom;
+    for (size_t g = 0; g < p->group; g++)
+        pack_weights(isa, p->mg, k, p->kp, wv + g * p->mg * k,
+                     (char *)p->packed + g * p->group_elems * (isa->format == QA_I16 ? 2 : 1));
+    for (size_t j = 0; j < p->m; j++) {
+        int64_t s = 0;
+        for (size_t i = 0; i < k; i++)
+            s += wv[j * k + i];
+        int64_t v = (int64_t)(bv ? bv[j] : 0) - ((int64_t)xzp + isa->offset) * s;
+        p->bias[j] = (int32_t)(uint32_t)(uint64_t)v; /* modulo 2^32 */
+    }
+    size_t row_bytes = p->kp * p->a_elem, rows = BLOCK_BYTES / row_bytes / isa->mr * isa->mr;
+    if (rows < isa->mr * 4)
+        rows = isa->mr * 4;
+    if (rows > 256)
+        rows = 256 / isa->mr * isa->mr;
+    p->block_rows = rows;
+    /* scratch: the gathered block, then MR x NR accumulators */
+    op->scratch_per_thread = ek_round_up(rows * row_bytes, 64) + MAX_MR * MAX_NR * sizeof(int32_t);
+    return EK_OK;
+oom:
+    st = ek_fail(EK_ERR_OUT_OF_MEMORY, "op '%.120s': no memory for packed weights", op->name ? op->name : "");
+fail:
+    qconv_release(op);
+    op->scratch_per_thread = 0;
+    return st;
+}
+
+static ek_status_t qconv_prepare(struct ek_op *op) { return qconv_prepare_common(op, false); }
+static ek_status_t qfc_prepare(struct ek_op *op) { return qconv_prepare_common(op, true); }
+
+/* ---------------------------------------------------------------- run */
+
+struct qconv_run {
+    const struct qconv_params *p;
+    const int8_t *x;
+    int8_t *y;
+    struct ek_exec *exec;
+    size_t block;
+};
+
+/* One gathered row: `count` int8 values from src (or the zero point when src is NULL) in the A format. */
+static void put_values(const struct qconv_params *p, const int8_t *src, size_t count, void *dst) {
+    switch (p->isa->format) {
+    case QA_I16: {
+        int16_t *d = dst;
+        if (src)
+            for (size_t i = 0; i < count; i++)
+                d[i] = src[i];
+        else
+            for (size_t i = 0; i < count; i++)
+                d[i] = (int16_t)p->xzp;
+        break;
+    }
+    case QA_U8X: {
+        uint8_t *d = dst;
+        if (src)
+            for (size_t i = 0; i < count; i++)
+                d[i] = (uint8_t)((uint8_t)src[i] ^ 0x80u);
+        else
+            memset(d, (int)(((uint8_t)(int8_t)p->xzp) ^ 0x80u), count);
+        break;
+    }
+    case QA_I8:
+        if (src)
+            memcpy(dst, src, count);
+        else
+            memset(dst, (int)(uint8_t)(int8_t)p->xzp, count);
+        break;
+    }
+}
+
+/* Gather rows [r0, r0 + count) of group g into col (count rows of kp elements). */
+static void gather(const struct qconv_params *p, const int8_t *x, size_t r0, size_t count, size_t g, char *col) {
+    const size_t e = p->a_elem, cg = p->cg, row_bytes = p->kp * e;
+    if (p->fc) {
+        for (size_t i = 0; i < count; i++) {
+            char *dst = col + i * row_bytes;
+            put_values(p, x + (r0 + i) * p->c, p->k, dst);
+            memset(dst + p->k * e, 0, (p->kp - p->k) * e);
+        }
+        return;
+    }
+    const int64_t h = (int64_t)p->h, w = (int64_t)p->w;
+    size_t ow = r0 % p->ow, oh = (r0 / p->ow) % p->oh, n = r0 / p->ow / p->oh;
+    for (size_t i = 0; i < count; i++) {
+        char *dst = col + i * row_bytes;
+        const int8_t *xn = x + n * p->h * p->w * p->c + g * cg;
+        for (size_t a = 0; a < p->kh; a++) {
+            int64_t ih = (int64_t)oh * p->sh - p->pt + (int64_t)a * p->dh;
+            bool row_ok = ih >= 0 && ih < h;
+            for (size_t b = 0; b < p->kw; b++, dst += cg * e) {
+                int64_t iw = (int64_t)ow * p->sw - p->pl + (int64_t)b * p->dw;
+                bool ok = row_ok && iw >= 0 && iw < w;
+                put_values(p, ok ? xn + ((size_t)ih * p->w + (size_t)iw) * p->c : NULL, cg, dst);
+            }
+        }
+        memset(dst, 0, (p->kp - p->k) * e);
+        if (++ow == p->ow) {
+            ow = 0;
+            if (++oh == p->oh) {
+                oh = 0;
+                n++;
+            }
+        }
+    }
+}
+
+static void qgemm_range(void *arg, size_t begin, size_t end, int thread) {
+    const struct qconv_run *r = arg;
+    const struct qconv_params *p = r->p;
+    const struct qgemm_isa *isa = p->isa;
+    char *col = ek_exec_scratch(r->exec, thread);
+    int32_t *acc = (int32_t *)(void *)(col + ek_round_up(p->block_rows * p->kp * p->a_elem, 64));
+    const size_t we = isa->format == QA_I16 ? 2 : 1, lda = p->kp, mr = isa->mr, nr = isa->nr;
+    for (size_t blk = begin; blk < end; blk++) {
+        size_t r0 = blk * r->block, count = p->rows - r0 < r->block ? p->rows - r0 : r->block;
+        for (size_t g = 0; g < p->group; g++) {
+            gather(p, r->x, r0, count, g, col);
+            const char *wg = (const char *)p->packed + g * p->group_elems * we;
+            for (size_t j0 = 0; j0 < p->mg; j0 += nr) {
+                const char *panel = wg + j0 * p->kp * we;
+                size_t cols = p->mg - j0 < nr ? p->mg - j0 : nr, oc = g * p->mg + j0;
+                for (size_t i = 0; i < count; i += mr) {
+                    size_t rows = count - i < mr ? count - i : mr;
+                    isa->tile(p->kp, col + i * lda * p->a_elem, lda, panel, rows, acc);
+                    for (size_t t = 0; t < rows; t++)
+                        isa->requant(acc + t * nr, cols, p->bias + oc, p->mult + oc,
+                                     r->y + (r0 + i + t) * p->m + oc, p->yzp, p->lo, p->hi);
+                }
+            }
+        }
+    }
+}
+
+/* The taps [*i0, *i1) of a window starting at `start` (k taps `d` apart) that fall inside [0, len). */
+static void window_taps(int64_t start, int64_t d, int64_t k, int64_t len, int64_t *i0, int64_t *i1) {
+    int64_t a = start >= 0 ? 0 : (-start + d - 1) / d;
+    int64_t b = len - 1 - start < 0 ? 0 : (len - 1 - start) / d + 1;
+    if (b > k)
+        b = k;
+    if (b < a)
+        b = a;
+    *i0 = a;
+    *i1 = b;
+}
+
+#define DW_BLOCK 16
+
+/* Depthwise: for each output pixel, 16 channels at a time, sum (x - x_zero_point) x w over the taps
+ * inside the input, in int32 (fixed-length loops the compiler vectorises). */
+static void depthwise_range(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct qconv_run *r = arg;
+    const struct qconv_params *p = r->p;
+    const int16_t *wt = p->packed;
+    const size_t c = p->c, xrow_stride = p->w * c, wrow_stride = p->kw * c;
+    const int16_t xzp = (int16_t)p->xzp;
+    qrequant_fn *requant = qisa_current()->requant;
+    for (size_t row = begin; row < end; row++) {
+        size_t n = row / p->oh, oh = row % p->oh;
+        int64_t ih0 = (int64_t)oh * p->sh - p->pt, a0, a1;
+        window_taps(ih0, p->dh, (int64_t)p->kh, (int64_t)p->h, &a0, &a1);
+        const int8_t *xn = r->x + n * p->h * xrow_stride;
+        for (size_t ow = 0; ow < p->ow; ow++) {
+            int8_t *out = r->y + (row * p->ow + ow) * c;
+            int64_t iw0 = (int64_t)ow * p->sw - p->pl, b0, b1;
+            window_taps(iw0, p->dw, (int64_t)p->kw, (int64_t)p->w, &b0, &b1);
+            for (size_t c0 = 0; c0 < c; c0 += DW_BLOCK) {
+                int32_t acc[DW_BLOCK] = {0};
+                if (c - c0 >= DW_BLOCK) {
+                    for (int64_t a = a0; a < a1; a++) {
+                        const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
+                        const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
+                        for (int64_t b = b0; b < b1; b++) {
+                            const int8_t *xp = xrow + (size_t)(iw0 + b * p->dw) * c;
+                            const int16_t *wp = wrow + (size_t)b * c;
+                            for (int ch = 0; ch < DW_BLOCK; ch++)
+                                acc[ch] += (int32_t)(int16_t)(xp[ch] - xzp) * wp[ch];
+                        }
+                    }
+                    requant(acc, DW_BLOCK, p->bias + c0, p->mult + c0, out + c0, p->yzp, p->lo, p->hi);
+                } else {
+                    size_t cn = c - c0;
+                    for (int64_t a = a0; a < a1; a++) {
+                        const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
+                        const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
+                        for (int64_t b = b0; b < b1; b++) {
+                            const int8_t *xp = xrow + (size_t)(iw0 + b * p->dw) * c;
+                            const int16_t *wp = wrow + (size_t)b * c;
+                            for (size_t ch = 0; ch < cn; ch++)
+                                acc[ch] += (int32_t)(xp[ch] - xzp) * wp[ch];
+                        }
+                    }
+                    requant_generic(acc, cn, p->bias + c0, p->mult + c0, out + c0, p->yzp, p->lo, p->hi);
+                }
+            }
+        }
+    }
+}
+
+static ek_status_t qconv_run(const struct ek_op *op, const void *const *in, void *const *out, struct ek_exec *exec) {
+    const struct qconv_params *p = op->params;
+    if (!p)
+        return ek_op_invalid(op, "not prepared");
+    struct qconv_run r = {p, in[0], out[0], exec, 0};
+    if (p->kind == Q_DEPTHWISE) {
+        ek_parallel_for(exec, p->n * p->oh, depthwise_range, &r);
+        return EK_OK;
+    }
+    if (p->isa != qisa_current())
+        return ek_fail(EK_ERR_INTERNAL, "op '%.120s': its weights were packed for the %s int8 kernel, %s is in use",
+                       op->name ? op->name : "", p->isa->name, qisa_current()->name);
+    if (!ek_exec_scratch(exec, 0))
+        return ek_fail(EK_ERR_INTERNAL, "op '%.120s' (%s): no scratch memory given", op->name ? op->name : "",
+                       ek_op_type_name((int)op->type));
+    size_t threads = (size_t)(ek_exec_threads(exec) > 0 ? ek_exec_threads(exec) : 1);
+    size_t mr = p->isa->mr;
+    r.block = ek_round_up((p->rows + threads - 1) / threads, mr);
+    if (r.block > p->block_rows)
+        r.block = p->block_rows;
+    ek_parallel_for(exec, (p->rows + r.block - 1) / r.block, qgemm_range, &r);
+    return EK_OK;
+}
+
+const char *ek_qconv_algorithm(const struct ek_op *op) {
+    const struct qconv_params *p = op->params;
+    if ((op->type != EK_OP_QCONV && op->type != EK_OP_QFULLY_CONNECTED) || !p)
+        return "";
+    return p->kind == Q_DEPTHWISE ? "depthwise" : p->isa->algorithm;
+}
+
+const struct ek_kernel ek_kernel_qconv = {EK_OP_QCONV, 3, 4, 1, qconv_prepare, qconv_run, qconv_release};
+const struct ek_kernel ek_kernel_qfully_connected = {EK_OP_QFULLY_CONNECTED, 3, 4, 1, qfc_prepare, qconv_run,
+                                                     qconv_release};

@@ -1,0 +1,422 @@
+/* The element-wise quantized ops of .ekm 1.5 (docs/model-format.md, "Quantized ops"): QUANTIZE,
+ * DEQUANTIZE, QADD, QMUL (numpy broadcasting) and QLUT, and the quantization attributes every
+ * quantized kernel reads (quant.h). QAVERAGE_POOL and QGLOBAL_AVERAGE_POOL are in pool.c, QCONV and
+ * QFULLY_CONNECTED in qconv.c.
+ *
+ * An int8 operand takes 256 values, so what depends on one operand alone is tabulated at prepare:
+ * DEQUANTIZE's (q - zero_point) x scale, and QADD's two terms (x - x_zero_point) x (x_scale / y_scale)
+ * and (b - b_zero_point) x (b_scale / y_scale), each the float32 product the formula computes; run()
+ * adds the two terms and rounds, so results equal the formulas exactly (no fused multiply-add can
+ * creep in). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "helpers.h"
+#include "internal.h"
+#include "portable.h"
+#include "quant.h"
+
+#ifndef EK_KERNEL_PAR_MIN
+#define EK_KERNEL_PAR_MIN 16384
+#endif
+#define CHUNK 4096 /* elements per task of the element-wise loops */
+
+/* ---------------------------------------------------------------- attributes (quant.h) */
+
+ek_status_t ek_q_scale(const struct ek_op *op, const char *name, float *out) {
+    ek_status_t st = ek_attr_float(op, name, 1.0f, out);
+    if (st != EK_OK)
+        return st;
+    if (!(*out > 0.0f) || !isfinite(*out))
+        return ek_op_invalid(op, "attribute '%s' is %g: a scale must be finite and > 0", name, (double)*out);
+    return EK_OK;
+}
+
+ek_status_t ek_q_zero_point(const struct ek_op *op, const char *name, ek_dtype_t dtype, int32_t *out) {
+    int64_t v;
+    ek_status_t st = ek_attr_int(op, name, 0, &v);
+    if (st != EK_OK)
+        return st;
+    int64_t lo = dtype == EK_DTYPE_UINT8 ? 0 : -128, hi = dtype == EK_DTYPE_UINT8 ? 255 : 127;
+    if (v < lo || v > hi)
+        return ek_op_invalid(op, "attribute '%s' is %lld, outside %s's %lld..%lld", name, (long long)v,
+                             ek_dtype_name(dtype), (long long)lo, (long long)hi);
+    *out = (int32_t)v;
+    return EK_OK;
+}
+
+ek_status_t ek_q_range(const struct ek_op *op, int32_t *lo, int32_t *hi) {
+    int64_t a, b;
+    ek_status_t st = ek_attr_int(op, "q_min", -128, &a);
+    if (st == EK_OK)
+        st = ek_attr_int(op, "q_max", 127, &b);
+    if (st != EK_OK)
+        return st;
+    if (a < -128 || b > 127 || a > b)
+        return ek_op_invalid(op, "q_min %lld and q_max %lld must satisfy -128 <= q_min <= q_max <= 127", (long long)a,
+                             (long long)b);
+    *lo = (int32_t)a;
+    *hi = (int32_t)b;
+    return EK_OK;
+}
+
+ek_status_t ek_q_check_multiplier(const struct ek_op *op, const char *what, float m) {
+    if (!(m > 0.0f) || !isfinite(m))
+        return ek_op_invalid(op, "%s is %g in float32: the scales' ratio must be finite and > 0", what, (double)m);
+    return EK_OK;
+}
+
+/* ---------------------------------------------------------------- shared */
+
+static void release_params(struct ek_op *op) {
+    free(op->params);
+    op->params = NULL;
+}
+
+static ek_status_t out_of_memory(const struct ek_op *op) {
+    return ek_fail(EK_ERR_OUT_OF_MEMORY, "out of memory preparing op '%.120s'", op->name ? op->name : "");
+}
+
+static void run_ranges(struct ek_exec *exec, size_t count, size_t work, ek_range_fn fn, void *arg) {
+    if (count == 0)
+        return;
+    if (exec && count > 1 && work >= EK_KERNEL_PAR_MIN && ek_exec_threads(exec) > 1)
+        ek_parallel_for(exec, count, fn, arg);
+    else
+        fn(arg, 0, count, 0);
+}
+
+/* One input X of `xt` (or either int8/uint8 when xt is 0) and one output Y of `yt` (likewise) with X's
+ * shape. */
+static ek_status_t check_unary(const struct ek_op *op, int n_in, ek_dtype_t xt, ek_dtype_t yt) {
+    ek_status_t st = ek_check_arity(op, n_in, n_in);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *x = op->in[0], *y = op->out[0];
+    ek_dtype_t xd = xt ? xt : (x->dtype == EK_DTYPE_UINT8 ? EK_DTYPE_UINT8 : EK_DTYPE_INT8);
+    ek_dtype_t yd = yt ? yt : (y->dtype == EK_DTYPE_UINT8 ? EK_DTYPE_UINT8 : EK_DTYPE_INT8);
+    if ((st = ek_check_tensor(op, x, "X", EK_RANK_ANY, xd)) != EK_OK ||
+        (st = ek_check_tensor(op, y, "Y", EK_RANK_ANY, yd)) != EK_OK)
+        return st;
+    if (x->rank != y->rank || memcmp(x->dims, y->dims, (size_t)x->rank * sizeof x->dims[0]) != 0) {
+        char s1[200], s2[200];
+        return ek_op_invalid(op, "Y is %s, it must have X's shape %s", ek_shape_str(y, s1, sizeof s1),
+                             ek_shape_str(x, s2, sizeof s2));
+    }
+    return EK_OK;
+}
+
+/* ---------------------------------------------------------------- QUANTIZE, DEQUANTIZE, QLUT */
+
+struct unary_params {
+    size_t count;
+    float scale;
+    int32_t zp, lo, hi; /* QUANTIZE: the output dtype's range */
+    bool x_uint8;
+    float table_f[256]; /* DEQUANTIZE: the value of each q (index q + 128 for int8, q for uint8) */
+    const uint8_t *table; /* QLUT: the constant table */
+};
+
+struct unary_job {
+    const struct unary_params *p;
+    const void *x;
+    void *y;
+};
+
+static ek_status_t prepare_quantize(struct ek_op *op) {
+    ek_status_t st = check_unary(op, 1, EK_DTYPE_FLOAT32, 0);
+    if (st != EK_OK)
+        return st;
+    const bool u8 = op->out[0]->dtype == EK_DTYPE_UINT8;
+    float scale = 1.0f;
+    int32_t zp = 0;
+    if ((st = ek_q_scale(op, "scale", &scale)) != EK_OK ||
+        (st = ek_q_zero_point(op, "zero_point", op->out[0]->dtype, &zp)) != EK_OK)
+        return st;
+    struct unary_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return out_of_memory(op);
+    p->count = op->out[0]->count;
+    p->scale = scale;
+    p->zp = zp;
+    p->lo = u8 ? 0 : -128;
+    p->hi = u8 ? 255 : 127;
+    op->params = p;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+static void quantize_range(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct unary_job *job = arg;
+    const struct unary_params *p = job->p;
+    const float *x = job->x;
+    size_t i0 = begin * CHUNK, i1 = end * CHUNK < p->count ? end * CHUNK : p->count;
+    if (p->lo == 0) {
+        uint8_t *y = job->y;
+        for (size_t i = i0; i < i1; i++)
+            y[i] = (uint8_t)ek_q_round(x[i] / p->scale, p->zp, p->lo, p->hi);
+    } else {
+        int8_t *y = job->y;
+        for (size_t i = i0; i < i1; i++)
+            y[i] = (int8_t)ek_q_round(x[i] / p->scale, p->zp, p->lo, p->hi);
+    }
+}
+
+static ek_status_t prepare_dequantize(struct ek_op *op) {
+    ek_status_t st = check_unary(op, 1, 0, EK_DTYPE_FLOAT32);
+    if (st != EK_OK)
+        return st;
+    float scale = 1.0f;
+    int32_t zp = 0;
+    if ((st = ek_q_scale(op, "scale", &scale)) != EK_OK ||
+        (st = ek_q_zero_point(op, "zero_point", op->in[0]->dtype, &zp)) != EK_OK)
+        return st;
+    struct unary_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return out_of_memory(op);
+    p->count = op->out[0]->count;
+    p->x_uint8 = op->in[0]->dtype == EK_DTYPE_UINT8;
+    for (int i = 0; i < 256; i++) {
+        int32_t q = p->x_uint8 ? i : i - 128;
+        p->table_f[i] = (float)(q - zp) * scale;
+    }
+    op->params = p;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+static void dequantize_range(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct unary_job *job = arg;
+    const struct unary_params *p = job->p;
+    float *y = job->y;
+    size_t i0 = begin * CHUNK, i1 = end * CHUNK < p->count ? end * CHUNK : p->count;
+    if (p->x_uint8) {
+        const uint8_t *x = job->x;
+        for (size_t i = i0; i < i1; i++)
+            y[i] = p->table_f[x[i]];
+    } else {
+        const int8_t *x = job->x;
+        for (size_t i = i0; i < i1; i++)
+            y[i] = p->table_f[x[i] + 128];
+    }
+}
+
+static ek_status_t prepare_qlut(struct ek_op *op) {
+    ek_status_t st = check_unary(op, 2, 0, 0);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *t = op->in[1], *y = op->out[0];
+    if ((st = ek_check_tensor(op, t, "table", 1, y->dtype)) != EK_OK)
+        return st;
+    if (t->count != 256)
+        return ek_op_invalid(op, "table has %zu entries, it must have 256", t->count);
+    if (t->storage != EK_STORAGE_CONSTANT || !t->constant)
+        return ek_op_invalid(op, "table (input 1, '%.100s') must be a CONSTANT tensor", t->name ? t->name : "");
+    struct unary_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return out_of_memory(op);
+    p->count = y->count;
+    p->x_uint8 = op->in[0]->dtype == EK_DTYPE_UINT8;
+    p->table = t->constant;
+    op->params = p;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+static void qlut_range(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct unary_job *job = arg;
+    const struct unary_params *p = job->p;
+    const uint8_t *x = job->x, *table = p->table;
+    uint8_t *y = job->y;
+    const uint8_t flip = p->x_uint8 ? 0 : 0x80; /* int8 q -> q + 128 is the byte's top bit flipped */
+    size_t i0 = begin * CHUNK, i1 = end * CHUNK < p->count ? end * CHUNK : p->count;
+    for (size_t i = i0; i < i1; i++)
+        y[i] = table[x[i] ^ flip];
+}
+
+static ek_status_t run_unary(const struct ek_op *op, const void *const *in, void *const *out, struct ek_exec *exec) {
+    const struct unary_params *p = op->params;
+    if (!p)
+        return ek_op_invalid(op, "not prepared");
+    struct unary_job job = {p, in[0], out[0]};
+    ek_range_fn fn = op->type == EK_OP_QUANTIZE ? quantize_range
+                     : op->type == EK_OP_DEQUANTIZE ? dequantize_range
+                                                    : qlut_range;
+    run_ranges(exec, (p->count + CHUNK - 1) / CHUNK, p->count, fn, &job);
+    return EK_OK;
+}
+
+const struct ek_kernel ek_kernel_quantize = {EK_OP_QUANTIZE, 1, 1, 1, prepare_quantize, run_unary, release_params};
+const struct ek_kernel ek_kernel_dequantize = {EK_OP_DEQUANTIZE, 1, 1, 1, prepare_dequantize, run_unary,
+                                               release_params};
+const struct ek_kernel ek_kernel_qlut = {EK_OP_QLUT, 2, 2, 1, prepare_qlut, run_unary, release_params};
+
+/* ---------------------------------------------------------------- QADD, QMUL */
+
+struct qbin_params {
+    bool mul;
+    int rank;                 /* >= 1 after dropping the output's unit dims */
+    size_t dims[EK_MAX_DIMS]; /* output dims */
+    size_t sx[EK_MAX_DIMS];   /* element stride of X (resp. B) per output dim; 0 where it broadcasts */
+    size_t sb[EK_MAX_DIMS];
+    size_t count, rows; /* rows: count / the innermost dim */
+    int32_t yzp, lo, hi;
+    int32_t xzp, bzp;
+    float mult;        /* QMUL: x_scale x b_scale / y_scale */
+    float tx[256], tb[256]; /* QADD: (q - zp) x (scale / y_scale) for q + 128 */
+};
+
+static ek_status_t prepare_qbinary(struct ek_op *op) {
+    ek_status_t st = ek_check_arity(op, 2, 2);
+    if (st == EK_OK)
+        st = ek_check_tensor(op, op->in[0], "X", EK_RANK_ANY, EK_DTYPE_INT8);
+    if (st == EK_OK)
+        st = ek_check_tensor(op, op->in[1], "B", EK_RANK_ANY, EK_DTYPE_INT8);
+    if (st == EK_OK)
+        st = ek_check_tensor(op, op->out[0], "Y", EK_RANK_ANY, EK_DTYPE_INT8);
+    if (st != EK_OK)
+        return st;
+    const struct ek_tensor_desc *x = op->in[0], *b = op->in[1], *y = op->out[0];
+    char s1[200], s2[200], s3[200];
+    int rank = x->rank > b->rank ? x->rank : b->rank;
+    int64_t want[EK_MAX_DIMS];
+    for (int i = 0; i < rank; i++) {
+        int64_t dx = i < x->rank ? x->dims[x->rank - 1 - i] : 1;
+        int64_t db = i < b->rank ? b->dims[b->rank - 1 - i] : 1;
+        if (dx != db && dx != 1 && db != 1)
+            return ek_op_invalid(op, "X %s and B %s do not broadcast", ek_shape_str(x, s1, sizeof s1),
+                                 ek_shape_str(b, s2, sizeof s2));
+        want[rank - 1 - i] = dx > db ? dx : db;
+    }
+    bool same = y->rank == rank;
+    for (int i = 0; same && i < rank; i++)
+        same = y->dims[i] == want[i];
+    if (!same)
+        return ek_op_invalid(op, "Y is %s; X %s and B %s broadcast to another shape", ek_shape_str(y, s1, sizeof s1),
+                             ek_shape_str(x, s2, sizeof s2), ek_shape_str(b, s3, sizeof s3));
+    float xs = 1.0f, bs = 1.0f, ys = 1.0f;
+    int32_t xzp = 0, bzp = 0, yzp = 0, lo = -128, hi = 127;
+    if ((st = ek_q_scale(op, "x_scale", &xs)) != EK_OK || (st = ek_q_scale(op, "b_scale", &bs)) != EK_OK ||
+        (st = ek_q_scale(op, "y_scale", &ys)) != EK_OK ||
+        (st = ek_q_zero_point(op, "x_zero_point", EK_DTYPE_INT8, &xzp)) != EK_OK ||
+        (st = ek_q_zero_point(op, "b_zero_point", EK_DTYPE_INT8, &bzp)) != EK_OK ||
+        (st = ek_q_zero_point(op, "y_zero_point", EK_DTYPE_INT8, &yzp)) != EK_OK ||
+        (st = ek_q_range(op, &lo, &hi)) != EK_OK)
+        return st;
+    const bool mul = op->type == EK_OP_QMUL;
+    float mx = xs / ys, mb = bs / ys, mm = xs * bs / ys;
+    if (mul) {
+        if ((st = ek_q_check_multiplier(op, "x_scale x b_scale / y_scale", mm)) != EK_OK)
+            return st;
+    } else if ((st = ek_q_check_multiplier(op, "x_scale / y_scale", mx)) != EK_OK ||
+               (st = ek_q_check_multiplier(op, "b_scale / y_scale", mb)) != EK_OK) {
+        return st;
+    }
+    struct qbin_params *p = calloc(1, sizeof *p);
+    if (!p)
+        return out_of_memory(op);
+    p->mul = mul;
+    p->count = y->count;
+    p->yzp = yzp;
+    p->lo = lo;
+    p->hi = hi;
+    p->xzp = xzp;
+    p->bzp = bzp;
+    p->mult = mm;
+    for (int q = -128; q < 128; q++) {
+        p->tx[q + 128] = (float)(q - xzp) * mx;
+        p->tb[q + 128] = (float)(q - bzp) * mb;
+    }
+    /* per output dim (outermost first), dropping unit dims */
+    size_t stride_x = 1, stride_b = 1;
+    size_t dims[EK_MAX_DIMS], sx[EK_MAX_DIMS], sb[EK_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < rank; i++) { /* from the innermost */
+        size_t dy = (size_t)want[rank - 1 - i];
+        size_t dx = i < x->rank ? (size_t)x->dims[x->rank - 1 - i] : 1;
+        size_t db = i < b->rank ? (size_t)b->dims[b->rank - 1 - i] : 1;
+        if (dy != 1) {
+            dims[n] = dy;
+            sx[n] = dx == 1 ? 0 : stride_x;
+            sb[n] = db == 1 ? 0 : stride_b;
+            n++;
+        }
+        stride_x *= dx;
+        stride_b *= db;
+    }
+    int m = 0; /* merge an outer dim into the inner one where both inputs continue their walk */
+    for (int k = n - 1; k >= 0; k--) {
+        if (m > 0 && p->sx[m - 1] == sx[k] * dims[k] && p->sb[m - 1] == sb[k] * dims[k]) {
+            p->dims[m - 1] *= dims[k];
+            p->sx[m - 1] = sx[k];
+            p->sb[m - 1] = sb[k];
+        } else {
+            p->dims[m] = dims[k];
+            p->sx[m] = sx[k];
+            p->sb[m] = sb[k];
+            m++;
+        }
+    }
+    if (m == 0) {
+        p->dims[0] = 1;
+        p->sx[0] = p->sb[0] = 0;
+        m = 1;
+    }
+    p->rank = m;
+    p->rows = p->count / p->dims[m - 1];
+    op->params = p;
+    op->scratch_per_thread = 0;
+    return EK_OK;
+}
+
+struct qbin_job {
+    const struct qbin_params *p;
+    const int8_t *x, *b;
+    int8_t *y;
+};
+
+static void qbin_rows(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct qbin_job *job = arg;
+    const struct qbin_params *p = job->p;
+    const int last = p->rank - 1;
+    const size_t n = p->dims[last], ix = p->sx[last], ib = p->sb[last];
+    for (size_t row = begin; row < end; row++) {
+        size_t rest = row, ox = 0, ob = 0;
+        for (int d = last - 1; d >= 0; d--) {
+            size_t i = rest % p->dims[d];
+            rest /= p->dims[d];
+            ox += i * p->sx[d];
+            ob += i * p->sb[d];
+        }
+        const int8_t *x = job->x + ox, *b = job->b + ob;
+        int8_t *y = job->y + row * n;
+        if (p->mul) {
+            for (size_t j = 0; j < n; j++) {
+                int32_t prod = ((int32_t)x[j * ix] - p->xzp) * ((int32_t)b[j * ib] - p->bzp);
+                y[j] = (int8_t)ek_q_round((float)prod * p->mult, p->yzp, p->lo, p->hi);
+            }
+        } else {
+            for (size_t j = 0; j < n; j++)
+                y[j] = (int8_t)ek_q_round(p->tx[x[j * ix] + 128] + p->tb[b[j * ib] + 128], p->yzp, p->lo, p->hi);
+        }
+    }
+}
+
+static ek_status_t run_qbinary(const struct ek_op *op, const void *const *in, void *const *out,
+                               struct ek_exec *exec) {
+    const struct qbin_params *p = op->params;
+    if (!p)
+        return ek_op_invalid(op, "not prepared");
+    struct qbin_job job = {p, in[0], in[1], out[0]};
+    run_ranges(exec, p->rows, p->count, qbin_rows, &job);
+    return EK_OK;
+}
+
+const struct ek_kernel ek_kernel_qadd = {EK_OP_QADD, 2, 2, 1, prepare_qbinary, run_qbinary, release_params};
+const struct ek_kernel ek_kernel_qmul = {EK_OP_QMUL, 2, 2, 1, prepare_qbinary, run_qbinary, release_params};
