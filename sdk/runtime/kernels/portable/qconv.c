@@ -54,8 +54,6 @@
 #define ATTR_MAX ((int64_t)1 << 30)
 #define MAX_REDUCTION 65536 /* terms of one sum (the loader refuses more: docs/model-format.md) */
 #define BLOCK_BYTES ((size_t)128 * 1024) /* a block of gathered rows stays in L2 */
-#define MAX_MR 16
-#define MAX_NR 32
 #define EK_UNROLL _Pragma("GCC unroll 32")
 
 /* ---------------------------------------------------------------- microkernels */
@@ -66,12 +64,43 @@ enum qa_format {
     QA_I8   /* int8 x, k padded to quads */
 };
 
-/* acc[MR][NR] (row stride NR) = A[rows][kp] (row stride lda elements; rows past `rows` repeat the
- * last) x the packed panel b (kp x NR). */
-typedef void qtile_fn(size_t kp, const void *a, size_t lda, const void *b, size_t rows, int32_t *acc);
-/* y[j] = clamp(rint(float(acc[j] + bias[j]) x mult[j]) + zp, lo, hi) for j < cols. */
-typedef void qrequant_fn(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
-                         int32_t zp, int32_t lo, int32_t hi);
+enum qconv_kind { Q_GEMM, Q_DEPTHWISE };
+
+struct qgemm_isa;
+
+struct qconv_params {
+    enum qconv_kind kind;
+    const struct qgemm_isa *isa; /* the microkernels the weights are packed for */
+    bool fc;
+    size_t n, h, w, c, oh, ow, m, kh, kw, group, cg, mg, k, kp; /* kp: k padded to the isa's ks */
+    size_t rows;                                               /* GEMM rows: output pixels (FC: X rows) */
+    int64_t sh, sw, dh, dw, pt, pl;
+    int32_t xzp, yzp, lo, hi;
+    size_t block_rows;  /* rows gathered per task */
+    size_t a_elem;      /* bytes per element of A */
+    void *packed;       /* Q_GEMM: per group, panels of nr columns, kp x nr each; Q_DEPTHWISE: int16 W[tap][c] */
+    size_t group_elems; /* packed elements per group */
+    int32_t *bias;      /* per output channel (and PAD zeros): bias - (x_zero_point + offset) x sum(w) (Q_GEMM),
+                         * or bias (Q_DEPTHWISE) */
+    float *mult;        /* per output channel (and PAD zeros) */
+};
+#define PAD 64 /* bias and mult have this many zeros past m: vector loads of a last partial block stay inside */
+
+/* The requantization of a tile's rows: bias, mult at the tile's first column. */
+struct qepi {
+    const int32_t *bias;
+    const float *mult;
+    int32_t zp, lo, hi;
+};
+
+/* y[i][j] (row stride ldy) for i < rows, j < cols = requantized A[i][0..kp) x the packed panel b (kp x NR);
+ * rows of A past `rows` repeat the last (computed, not stored). */
+typedef void qtile_fn(size_t kp, const void *a, size_t lda, const void *b, size_t rows, size_t cols,
+                      const struct qepi *e, int8_t *y, size_t ldy);
+/* Depthwise: all channels of one output pixel, from the taps [a0, a1) x [b0, b1) of its window inside the
+ * input (xn: the image; ih0, iw0: the window's origin). */
+typedef void qdw_fn(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0, int64_t a0,
+                    int64_t a1, int64_t b0, int64_t b1, int8_t *out);
 
 struct qgemm_isa {
     const char *name;
@@ -80,7 +109,7 @@ struct qgemm_isa {
     size_t mr, nr, ks; /* register tile; k steps per packed group (2: pairs, 4: quads) */
     int32_t offset;    /* added to x in A (QA_U8X: 128) */
     qtile_fn *tile;
-    qrequant_fn *requant;
+    qdw_fn *dw;
 };
 
 static void requant_generic(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
@@ -93,7 +122,8 @@ static void requant_generic(const int32_t *acc, size_t cols, const int32_t *bias
 
 #define G_MR 4
 #define G_NR 8
-static void tile_generic(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows, int32_t *acc) {
+static void tile_generic(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows, size_t cols,
+                         const struct qepi *e, int8_t *y, size_t ldy) {
     const int16_t *a = a_, *b = b_;
     const int16_t *ap[G_MR];
     for (size_t i = 0; i < G_MR; i++)
@@ -106,14 +136,44 @@ static void tile_generic(size_t kp, const void *a_, size_t lda, const void *b_, 
             for (int j = 0; j < G_NR; j++)
                 c[i][j] += a0 * b[2 * j] + a1 * b[2 * j + 1];
         }
-    memcpy(acc, c, sizeof c);
+    for (size_t i = 0; i < rows; i++)
+        requant_generic(c[i], cols, e->bias, e->mult, y + i * ldy, e->zp, e->lo, e->hi);
 }
+
+/* Depthwise channels [c0, c) of one pixel, 16 at a time in int32 (loops the compiler may vectorise). */
+static void dw_channels_generic(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0, int64_t a0,
+                                int64_t a1, int64_t b0, int64_t b1, int8_t *out, size_t c0) {
+    const int16_t *wt = p->packed;
+    const size_t c = p->c, xrow_stride = p->w * c, wrow_stride = p->kw * c;
+    for (; c0 < c; c0 += 16) {
+        size_t cn = c - c0 < 16 ? c - c0 : 16;
+        int32_t acc[16] = {0};
+        for (int64_t a = a0; a < a1; a++) {
+            const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
+            const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
+            for (int64_t b = b0; b < b1; b++) {
+                const int8_t *xp = xrow + (size_t)(iw0 + b * p->dw) * c;
+                const int16_t *wp = wrow + (size_t)b * c;
+                for (size_t ch = 0; ch < cn; ch++)
+                    acc[ch] += (int32_t)(xp[ch] - p->xzp) * wp[ch];
+            }
+        }
+        requant_generic(acc, cn, p->bias + c0, p->mult + c0, out + c0, p->yzp, p->lo, p->hi);
+    }
+}
+
+#if !EK_QGEMM_NEON
+static void dw_generic(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0, int64_t a0,
+                       int64_t a1, int64_t b0, int64_t b1, int8_t *out) {
+    dw_channels_generic(p, xn, ih0, iw0, a0, a1, b0, b1, out, 0);
+}
+#endif
 
 #if EK_QGEMM_X86
 #if defined(__clang__) && __clang_major__ >= 18
-#define EK_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,evex512")))
+#define EK_TARGET_VNNI __attribute__((target("avx2,avx512f,avx512bw,avx512vnni,evex512")))
 #else
-#define EK_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define EK_TARGET_VNNI __attribute__((target("avx2,avx512f,avx512bw,avx512vnni")))
 #endif
 #define EK_TARGET_AVX2 __attribute__((target("avx2")))
 
@@ -123,11 +183,32 @@ static inline int32_t load_i32(const void *p) {
     return v;
 }
 
+/* 16 int32 sums (two vectors, columns in order) + bias, x mult, rounded (MXCSR: to nearest even), + zero
+ * point, clamped: 16 bytes. The float is clamped to +-2^20 first, so the conversion never overflows (no
+ * NaN can occur); the int16 and int8 packs saturate, then the clamp to [lo, hi]. */
+EK_TARGET_AVX2 static inline __m128i requant16_avx2(__m256i a0, __m256i a1, const int32_t *bias, const float *mult,
+                                                    const struct qepi *e) {
+    const __m256 big = _mm256_set1_ps(1048576.0f), nbig = _mm256_set1_ps(-1048576.0f);
+    const __m256i vzp = _mm256_set1_epi32(e->zp);
+    __m256 f0 = _mm256_cvtepi32_ps(_mm256_add_epi32(a0, _mm256_loadu_si256((const __m256i *)(const void *)bias)));
+    __m256 f1 =
+        _mm256_cvtepi32_ps(_mm256_add_epi32(a1, _mm256_loadu_si256((const __m256i *)(const void *)(bias + 8))));
+    f0 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(f0, _mm256_loadu_ps(mult)), nbig), big);
+    f1 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(f1, _mm256_loadu_ps(mult + 8)), nbig), big);
+    __m256i q0 = _mm256_add_epi32(_mm256_cvtps_epi32(f0), vzp), q1 = _mm256_add_epi32(_mm256_cvtps_epi32(f1), vzp);
+    __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+    __m128i q8 = _mm_packs_epi16(_mm256_castsi256_si128(q16), _mm256_extracti128_si256(q16, 1));
+    q8 = _mm_max_epi8(q8, _mm_set1_epi8((char)e->lo));
+    return _mm_min_epi8(q8, _mm_set1_epi8((char)e->hi));
+}
+
+static inline void store_cols(int8_t *y, const void *v16, size_t cols) { memcpy(y, v16, cols < 16 ? cols : 16); }
+
 /* AVX2: 6 rows x 16 columns; per k pair one broadcast of (x[p], x[p+1]) against 16 (w[p], w[p+1]). */
 #define A2_MR 6
 #define A2_NR 16
-EK_TARGET_AVX2 static void tile_avx2(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows,
-                                     int32_t *acc) {
+EK_TARGET_AVX2 static void tile_avx2(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows, size_t cols,
+                                     const struct qepi *e, int8_t *y, size_t ldy) {
     const int16_t *a = a_, *b = b_;
     const int16_t *ap[A2_MR];
     EK_UNROLL for (size_t i = 0; i < A2_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
@@ -143,40 +224,71 @@ EK_TARGET_AVX2 static void tile_avx2(size_t kp, const void *a_, size_t lda, cons
         }
     }
     EK_UNROLL for (int i = 0; i < A2_MR; i++) {
-        _mm256_storeu_si256((__m256i *)(void *)(acc + i * A2_NR), c[i][0]);
-        _mm256_storeu_si256((__m256i *)(void *)(acc + i * A2_NR + 8), c[i][1]);
+        if ((size_t)i >= rows)
+            break;
+        __m128i q = requant16_avx2(c[i][0], c[i][1], e->bias, e->mult, e);
+        if (cols >= 16) {
+            _mm_storeu_si128((__m128i *)(void *)(y + (size_t)i * ldy), q);
+        } else {
+            int8_t tmp[16];
+            _mm_storeu_si128((__m128i *)(void *)tmp, q);
+            store_cols(y + (size_t)i * ldy, tmp, cols);
+        }
     }
 }
 
-/* The requantization on 8 lanes: convert, multiply, round (MXCSR: to nearest even), zero point, clamp.
- * The float is clamped to +-2^20 first so the conversion never overflows (no NaN can occur). */
-EK_TARGET_AVX2 static void requant_avx2(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult,
-                                        int8_t *y, int32_t zp, int32_t lo, int32_t hi) {
-    const __m256 big = _mm256_set1_ps(1048576.0f), nbig = _mm256_set1_ps(-1048576.0f);
-    const __m256i vzp = _mm256_set1_epi32(zp), vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
-    size_t j = 0;
-    for (; j + 8 <= cols; j += 8) {
-        __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(acc + j)),
-                                     _mm256_loadu_si256((const __m256i *)(const void *)(bias + j)));
-        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(mult + j));
-        f = _mm256_min_ps(_mm256_max_ps(f, nbig), big);
-        __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(f), vzp);
-        q = _mm256_min_epi32(_mm256_max_epi32(q, vlo), vhi);
-        /* 8 int32 in -128..127 -> 8 bytes */
-        __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-        __m128i q8 = _mm_packs_epi16(q16, q16);
-        _mm_storel_epi64((__m128i *)(void *)(y + j), q8);
+/* Depthwise, 16 channels at a time: x sign-extended to int16, minus the zero point (-255..255), times w
+ * (int16): the product fits int16 (|.| <= 32640), widened to int32 and summed. */
+EK_TARGET_AVX2 static void dw_avx2_from(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0,
+                                        int64_t a0, int64_t a1, int64_t b0, int64_t b1, int8_t *out, size_t c0) {
+    const int16_t *wt = p->packed;
+    const size_t c = p->c, xrow_stride = p->w * c, wrow_stride = p->kw * c;
+    const __m256i vxzp = _mm256_set1_epi16((short)p->xzp);
+    const struct qepi e = {NULL, NULL, p->yzp, p->lo, p->hi};
+    for (; c0 + 16 <= c; c0 += 16) {
+        __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+        for (int64_t a = a0; a < a1; a++) {
+            const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
+            const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
+            for (int64_t b = b0; b < b1; b++) {
+                __m256i xv = _mm256_cvtepi8_epi16(
+                    _mm_loadu_si128((const __m128i *)(const void *)(xrow + (size_t)(iw0 + b * p->dw) * c)));
+                __m256i prod = _mm256_mullo_epi16(
+                    _mm256_sub_epi16(xv, vxzp),
+                    _mm256_loadu_si256((const __m256i *)(const void *)(wrow + (size_t)b * c)));
+                acc0 = _mm256_add_epi32(acc0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(prod)));
+                acc1 = _mm256_add_epi32(acc1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(prod, 1)));
+            }
+        }
+        _mm_storeu_si128((__m128i *)(void *)(out + c0), requant16_avx2(acc0, acc1, p->bias + c0, p->mult + c0, &e));
     }
-    if (j < cols)
-        requant_generic(acc + j, cols - j, bias + j, mult + j, y + j, zp, lo, hi);
+    if (c0 < c)
+        dw_channels_generic(p, xn, ih0, iw0, a0, a1, b0, b1, out, c0);
+}
+
+EK_TARGET_AVX2 static void dw_avx2(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0,
+                                   int64_t a0, int64_t a1, int64_t b0, int64_t b1, int8_t *out) {
+    dw_avx2_from(p, xn, ih0, iw0, a0, a1, b0, b1, out, 0);
+}
+
+/* 16 int32 sums + bias, x mult, rounded, + zero point, clamped, stored as the first `cols` bytes at y. */
+EK_TARGET_VNNI static inline void requant16_avx512(__m512i acc, const int32_t *bias, const float *mult,
+                                                   const struct qepi *e, int8_t *y, size_t cols) {
+    const __mmask16 m = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1);
+    __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(acc, _mm512_loadu_si512((const void *)bias)));
+    f = _mm512_mul_ps(f, _mm512_loadu_ps(mult));
+    f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-1048576.0f)), _mm512_set1_ps(1048576.0f));
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(e->zp));
+    q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_set1_epi32(e->lo)), _mm512_set1_epi32(e->hi));
+    _mm512_mask_cvtepi32_storeu_epi8(y, m, q);
 }
 
 /* AVX-512 VNNI: 12 rows x 16 columns; per k quad one broadcast of 4 bytes x + 128 against 16 x 4
  * signed weights. */
 #define V_MR 12
 #define V_NR 16
-EK_TARGET_VNNI static void tile_vnni(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows,
-                                     int32_t *acc) {
+EK_TARGET_VNNI static void tile_vnni(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows, size_t cols,
+                                     const struct qepi *e, int8_t *y, size_t ldy) {
     const uint8_t *a = a_;
     const int8_t *b = b_;
     const uint8_t *ap[V_MR];
@@ -188,22 +300,40 @@ EK_TARGET_VNNI static void tile_vnni(size_t kp, const void *a_, size_t lda, cons
         EK_UNROLL for (int i = 0; i < V_MR; i++) c[i] =
             _mm512_dpbusd_epi32(c[i], _mm512_set1_epi32(load_i32(ap[i] + p)), bv);
     }
-    EK_UNROLL for (int i = 0; i < V_MR; i++) _mm512_storeu_si512((void *)(acc + i * V_NR), c[i]);
+    EK_UNROLL for (int i = 0; i < V_MR; i++) {
+        if ((size_t)i >= rows)
+            break;
+        requant16_avx512(c[i], e->bias, e->mult, e, y + (size_t)i * ldy, cols);
+    }
 }
 
-EK_TARGET_VNNI static void requant_avx512(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult,
-                                          int8_t *y, int32_t zp, int32_t lo, int32_t hi) {
-    const __m512 big = _mm512_set1_ps(1048576.0f), nbig = _mm512_set1_ps(-1048576.0f);
-    const __m512i vzp = _mm512_set1_epi32(zp), vlo = _mm512_set1_epi32(lo), vhi = _mm512_set1_epi32(hi);
-    for (size_t j = 0; j < cols; j += 16) {
-        const __mmask16 m = cols - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - j)) - 1);
-        __m512i v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, acc + j), _mm512_maskz_loadu_epi32(m, bias + j));
-        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_maskz_loadu_ps(m, mult + j));
-        f = _mm512_min_ps(_mm512_max_ps(f, nbig), big);
-        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(f), vzp);
-        q = _mm512_min_epi32(_mm512_max_epi32(q, vlo), vhi);
-        _mm512_mask_cvtepi32_storeu_epi8(y + j, m, q);
+/* Depthwise with AVX-512BW: 32 channels at a time as dw_avx2's 16, then dw_avx2's for the rest. */
+EK_TARGET_VNNI static void dw_avx512(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0,
+                                     int64_t a0, int64_t a1, int64_t b0, int64_t b1, int8_t *out) {
+    const int16_t *wt = p->packed;
+    const size_t c = p->c, xrow_stride = p->w * c, wrow_stride = p->kw * c;
+    const __m512i vxzp = _mm512_set1_epi16((short)p->xzp);
+    const struct qepi e = {NULL, NULL, p->yzp, p->lo, p->hi};
+    size_t c0 = 0;
+    for (; c0 + 32 <= c; c0 += 32) {
+        __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+        for (int64_t a = a0; a < a1; a++) {
+            const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
+            const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
+            for (int64_t b = b0; b < b1; b++) {
+                __m512i xv = _mm512_cvtepi8_epi16(
+                    _mm256_loadu_si256((const __m256i *)(const void *)(xrow + (size_t)(iw0 + b * p->dw) * c)));
+                __m512i prod = _mm512_mullo_epi16(_mm512_sub_epi16(xv, vxzp),
+                                                  _mm512_loadu_si512((const void *)(wrow + (size_t)b * c)));
+                acc0 = _mm512_add_epi32(acc0, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(prod)));
+                acc1 = _mm512_add_epi32(acc1, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(prod, 1)));
+            }
+        }
+        requant16_avx512(acc0, p->bias + c0, p->mult + c0, &e, out + c0, 16);
+        requant16_avx512(acc1, p->bias + c0 + 16, p->mult + c0 + 16, &e, out + c0 + 16, 16);
     }
+    if (c0 < c)
+        dw_avx2_from(p, xn, ih0, iw0, a0, a1, b0, b1, out, c0);
 }
 #endif
 
@@ -213,6 +343,22 @@ EK_TARGET_VNNI static void requant_avx512(const int32_t *acc, size_t cols, const
 #else
 #define EK_TARGET_DOT __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
+
+/* 16 int32 sums (four vectors) + bias, x mult, rounded (FCVTNS: to nearest even, saturating), + zero
+ * point, clamped: 16 bytes. */
+static inline int8x16_t requant16_neon(const int32x4_t *acc, const int32_t *bias, const float *mult,
+                                       const struct qepi *e) {
+    const int32x4_t vzp = vdupq_n_s32(e->zp);
+    int32x4_t q[4];
+    for (int j = 0; j < 4; j++) {
+        float32x4_t f = vcvtq_f32_s32(vaddq_s32(acc[j], vld1q_s32(bias + 4 * j)));
+        q[j] = vaddq_s32(vcvtnq_s32_f32(vmulq_f32(f, vld1q_f32(mult + 4 * j))), vzp);
+    }
+    int16x8_t h0 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1])), h1 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
+    int8x16_t b = vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1));
+    return vminq_s8(vmaxq_s8(b, vdupq_n_s8((int8_t)e->lo)), vdupq_n_s8((int8_t)e->hi));
+}
+
 /* sdot: 4 rows x 16 columns; 16 bytes of each row (4 k quads) loaded once, then by lane. */
 #define D_MR 4
 #define D_NR 16
@@ -225,7 +371,7 @@ EK_TARGET_VNNI static void requant_avx512(const int32_t *acc, size_t cols, const
     } while (0)
 
 EK_TARGET_DOT static void tile_neondot(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows,
-                                       int32_t *acc) {
+                                       size_t cols, const struct qepi *e, int8_t *y, size_t ldy) {
     const int8_t *a = a_, *b = b_;
     const int8_t *ap[D_MR];
     EK_UNROLL for (size_t i = 0; i < D_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
@@ -250,40 +396,67 @@ EK_TARGET_DOT static void tile_neondot(size_t kp, const void *a_, size_t lda, co
             EK_UNROLL for (int j = 0; j < 4; j++) c[i][j] = vdotq_s32(c[i][j], bv[j], av);
         }
     }
-    EK_UNROLL for (int i = 0; i < D_MR; i++) EK_UNROLL for (int j = 0; j < 4; j++) vst1q_s32(acc + i * D_NR + 4 * j,
-                                                                                             c[i][j]);
+    EK_UNROLL for (int i = 0; i < D_MR; i++) {
+        if ((size_t)i >= rows)
+            break;
+        int8x16_t q = requant16_neon(c[i], e->bias, e->mult, e);
+        if (cols >= 16) {
+            vst1q_s8(y + (size_t)i * ldy, q);
+        } else {
+            int8_t tmp[16];
+            vst1q_s8(tmp, q);
+            memcpy(y + (size_t)i * ldy, tmp, cols);
+        }
+    }
 }
 
-/* FCVTNS rounds to nearest, ties to even, and saturates: no clamp needed before it. */
-static void requant_neon(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
-                         int32_t zp, int32_t lo, int32_t hi) {
-    const int32x4_t vzp = vdupq_n_s32(zp), vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi);
-    size_t j = 0;
-    for (; j + 8 <= cols; j += 8) {
-        int32x4_t v0 = vaddq_s32(vld1q_s32(acc + j), vld1q_s32(bias + j));
-        int32x4_t v1 = vaddq_s32(vld1q_s32(acc + j + 4), vld1q_s32(bias + j + 4));
-        int32x4_t q0 = vaddq_s32(vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(v0), vld1q_f32(mult + j))), vzp);
-        int32x4_t q1 = vaddq_s32(vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(v1), vld1q_f32(mult + j + 4))), vzp);
-        q0 = vminq_s32(vmaxq_s32(q0, vlo), vhi);
-        q1 = vminq_s32(vmaxq_s32(q1, vlo), vhi);
-        int16x8_t q16 = vcombine_s16(vqmovn_s32(q0), vqmovn_s32(q1));
-        vst1_s8(y + j, vqmovn_s16(q16));
+/* Depthwise, 16 channels at a time: x widened to int16 minus the zero point, multiply-accumulated with
+ * the int16 weights into four int32 vectors (SMLAL). */
+static void dw_neon(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0, int64_t a0,
+                    int64_t a1, int64_t b0, int64_t b1, int8_t *out) {
+    const int16_t *wt = p->packed;
+    const size_t c = p->c, xrow_stride = p->w * c, wrow_stride = p->kw * c;
+    const int16x8_t vxzp = vdupq_n_s16((int16_t)p->xzp);
+    const struct qepi e = {NULL, NULL, p->yzp, p->lo, p->hi};
+    size_t c0 = 0;
+    for (; c0 + 16 <= c; c0 += 16) {
+        int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+        for (int64_t a = a0; a < a1; a++) {
+            const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
+            const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
+            for (int64_t b = b0; b < b1; b++) {
+                int8x16_t xv = vld1q_s8(xrow + (size_t)(iw0 + b * p->dw) * c);
+                int16x8_t x0 = vsubq_s16(vmovl_s8(vget_low_s8(xv)), vxzp);
+                int16x8_t x1 = vsubq_s16(vmovl_high_s8(xv), vxzp);
+                const int16_t *wp = wrow + (size_t)b * c;
+                int16x8_t w0 = vld1q_s16(wp), w1 = vld1q_s16(wp + 8);
+                acc[0] = vmlal_s16(acc[0], vget_low_s16(x0), vget_low_s16(w0));
+                acc[1] = vmlal_high_s16(acc[1], x0, w0);
+                acc[2] = vmlal_s16(acc[2], vget_low_s16(x1), vget_low_s16(w1));
+                acc[3] = vmlal_high_s16(acc[3], x1, w1);
+            }
+        }
+        vst1q_s8(out + c0, requant16_neon(acc, p->bias + c0, p->mult + c0, &e));
     }
-    if (j < cols)
-        requant_generic(acc + j, cols - j, bias + j, mult + j, y + j, zp, lo, hi);
+    if (c0 < c)
+        dw_channels_generic(p, xn, ih0, iw0, a0, a1, b0, b1, out, c0);
 }
 #endif
 
 enum { QISA_GENERIC, QISA_AVX2, QISA_VNNI, QISA_NEONDOT, QISA_COUNT };
 
 static const struct qgemm_isa qisas[QISA_COUNT] = {
-    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, requant_generic},
+#if EK_QGEMM_NEON /* NEON is always there on aarch64: the depthwise loop uses it without the dot product */
+    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, dw_neon},
+#else
+    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, dw_generic},
+#endif
 #if EK_QGEMM_X86
-    [QISA_AVX2] = {"avx2", "qgemm/avx2", QA_I16, A2_MR, A2_NR, 2, 0, tile_avx2, requant_avx2},
-    [QISA_VNNI] = {"avx512vnni", "qgemm/avx512vnni", QA_U8X, V_MR, V_NR, 4, 128, tile_vnni, requant_avx512},
+    [QISA_AVX2] = {"avx2", "qgemm/avx2", QA_I16, A2_MR, A2_NR, 2, 0, tile_avx2, dw_avx2},
+    [QISA_VNNI] = {"avx512vnni", "qgemm/avx512vnni", QA_U8X, V_MR, V_NR, 4, 128, tile_vnni, dw_avx512},
 #endif
 #if EK_QGEMM_NEON
-    [QISA_NEONDOT] = {"neondot", "qgemm/neondot", QA_I8, D_MR, D_NR, 4, 0, tile_neondot, requant_neon},
+    [QISA_NEONDOT] = {"neondot", "qgemm/neondot", QA_I8, D_MR, D_NR, 4, 0, tile_neondot, dw_neon},
 #endif
 };
 
@@ -351,24 +524,6 @@ bool ek_qgemm_force_isa(const char *name) {
 }
 
 /* ---------------------------------------------------------------- prepare */
-
-enum qconv_kind { Q_GEMM, Q_DEPTHWISE };
-
-struct qconv_params {
-    enum qconv_kind kind;
-    const struct qgemm_isa *isa; /* Q_GEMM: the microkernel the weights are packed for */
-    bool fc;
-    size_t n, h, w, c, oh, ow, m, kh, kw, group, cg, mg, k, kp; /* kp: k padded to the isa's ks */
-    size_t rows;                                               /* GEMM rows: output pixels (FC: X rows) */
-    int64_t sh, sw, dh, dw, pt, pl;
-    int32_t xzp, yzp, lo, hi;
-    size_t block_rows; /* rows gathered per task */
-    size_t a_elem;     /* bytes per element of A */
-    void *packed;      /* Q_GEMM: per group, panels of nr columns, kp x nr each; Q_DEPTHWISE: int16 W[tap][c] */
-    size_t group_elems; /* packed elements per group */
-    int32_t *bias;     /* per output channel: bias - (x_zero_point + offset) x sum(w) (Q_GEMM), or bias */
-    float *mult;       /* per output channel */
-};
 
 static void qconv_release(struct ek_op *op) {
     struct qconv_params *p = op->params;
@@ -553,8 +708,9 @@ static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
         p->pl = pads[1];
         p->rows = p->n * p->oh * p->ow;
     }
-    p->mult = malloc(p->m * sizeof *p->mult);
-    p->bias = malloc(p->m * sizeof *p->bias);
+    p->mult = calloc(p->m + PAD, sizeof *p->mult);
+    p->bias = calloc(p->m + PAD, sizeof *p->bias);
+    p->isa = qisa_current();
     if (!p->mult || !p->bias)
         goto oom;
     for (size_t j = 0; j < p->m; j++) {
@@ -577,7 +733,7 @@ static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
         return EK_OK;
     }
     p->kind = Q_GEMM;
-    const struct qgemm_isa *isa = p->isa = qisa_current();
+    const struct qgemm_isa *isa = p->isa;
     p->kp = ek_round_up(k, isa->ks);
     p->a_elem = isa->format == QA_I16 ? 2 : 1;
     size_t panels = (p->mg + isa->nr - 1) / isa->nr;
@@ -601,8 +757,7 @@ static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
     if (rows > 256)
         rows = 256 / isa->mr * isa->mr;
     p->block_rows = rows;
-    /* scratch: the gathered block, then MR x NR accumulators */
-    op->scratch_per_thread = ek_round_up(rows * row_bytes, 64) + MAX_MR * MAX_NR * sizeof(int32_t);
+    op->scratch_per_thread = rows * row_bytes; /* the gathered block */
     return EK_OK;
 oom:
     st = ek_fail(EK_ERR_OUT_OF_MEMORY, "op '%.120s': no memory for packed weights", op->name ? op->name : "");
@@ -640,10 +795,17 @@ static void put_values(const struct qconv_params *p, const int8_t *src, size_t c
     }
     case QA_U8X: {
         uint8_t *d = dst;
-        if (src)
-            for (size_t i = 0; i < count; i++)
+        if (src) { /* x + 128: the top bit flipped, 8 bytes at a time */
+            size_t i = 0;
+            for (; i + 8 <= count; i += 8) {
+                uint64_t v;
+                memcpy(&v, src + i, 8);
+                v ^= 0x8080808080808080u;
+                memcpy(d + i, &v, 8);
+            }
+            for (; i < count; i++)
                 d[i] = (uint8_t)((uint8_t)src[i] ^ 0x80u);
-        else
+        } else
             memset(d, (int)(((uint8_t)(int8_t)p->xzp) ^ 0x80u), count);
         break;
     }
@@ -697,7 +859,6 @@ static void qgemm_range(void *arg, size_t begin, size_t end, int thread) {
     const struct qconv_params *p = r->p;
     const struct qgemm_isa *isa = p->isa;
     char *col = ek_exec_scratch(r->exec, thread);
-    int32_t *acc = (int32_t *)(void *)(col + ek_round_up(p->block_rows * p->kp * p->a_elem, 64));
     const size_t we = isa->format == QA_I16 ? 2 : 1, lda = p->kp, mr = isa->mr, nr = isa->nr;
     for (size_t blk = begin; blk < end; blk++) {
         size_t r0 = blk * r->block, count = p->rows - r0 < r->block ? p->rows - r0 : r->block;
@@ -707,12 +868,11 @@ static void qgemm_range(void *arg, size_t begin, size_t end, int thread) {
             for (size_t j0 = 0; j0 < p->mg; j0 += nr) {
                 const char *panel = wg + j0 * p->kp * we;
                 size_t cols = p->mg - j0 < nr ? p->mg - j0 : nr, oc = g * p->mg + j0;
+                const struct qepi e = {p->bias + oc, p->mult + oc, p->yzp, p->lo, p->hi};
                 for (size_t i = 0; i < count; i += mr) {
                     size_t rows = count - i < mr ? count - i : mr;
-                    isa->tile(p->kp, col + i * lda * p->a_elem, lda, panel, rows, acc);
-                    for (size_t t = 0; t < rows; t++)
-                        isa->requant(acc + t * nr, cols, p->bias + oc, p->mult + oc,
-                                     r->y + (r0 + i + t) * p->m + oc, p->yzp, p->lo, p->hi);
+                    isa->tile(p->kp, col + i * lda * p->a_elem, lda, panel, rows, cols, &e,
+                              r->y + (r0 + i) * p->m + oc, p->m);
                 }
             }
         }
@@ -731,56 +891,22 @@ static void window_taps(int64_t start, int64_t d, int64_t k, int64_t len, int64_
     *i1 = b;
 }
 
-#define DW_BLOCK 16
-
-/* Depthwise: for each output pixel, 16 channels at a time, sum (x - x_zero_point) x w over the taps
- * inside the input, in int32 (fixed-length loops the compiler vectorises). */
+/* Depthwise: each output pixel's channels from the taps of its window inside the input (the isa's dw). */
 static void depthwise_range(void *arg, size_t begin, size_t end, int thread) {
     (void)thread;
     const struct qconv_run *r = arg;
     const struct qconv_params *p = r->p;
-    const int16_t *wt = p->packed;
-    const size_t c = p->c, xrow_stride = p->w * c, wrow_stride = p->kw * c;
-    const int16_t xzp = (int16_t)p->xzp;
-    qrequant_fn *requant = qisa_current()->requant;
+    qdw_fn *dw = p->isa->dw;
+    const size_t c = p->c, xrow_stride = p->w * c;
     for (size_t row = begin; row < end; row++) {
         size_t n = row / p->oh, oh = row % p->oh;
         int64_t ih0 = (int64_t)oh * p->sh - p->pt, a0, a1;
         window_taps(ih0, p->dh, (int64_t)p->kh, (int64_t)p->h, &a0, &a1);
         const int8_t *xn = r->x + n * p->h * xrow_stride;
         for (size_t ow = 0; ow < p->ow; ow++) {
-            int8_t *out = r->y + (row * p->ow + ow) * c;
             int64_t iw0 = (int64_t)ow * p->sw - p->pl, b0, b1;
             window_taps(iw0, p->dw, (int64_t)p->kw, (int64_t)p->w, &b0, &b1);
-            for (size_t c0 = 0; c0 < c; c0 += DW_BLOCK) {
-                int32_t acc[DW_BLOCK] = {0};
-                if (c - c0 >= DW_BLOCK) {
-                    for (int64_t a = a0; a < a1; a++) {
-                        const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
-                        const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
-                        for (int64_t b = b0; b < b1; b++) {
-                            const int8_t *xp = xrow + (size_t)(iw0 + b * p->dw) * c;
-                            const int16_t *wp = wrow + (size_t)b * c;
-                            for (int ch = 0; ch < DW_BLOCK; ch++)
-                                acc[ch] += (int32_t)(int16_t)(xp[ch] - xzp) * wp[ch];
-                        }
-                    }
-                    requant(acc, DW_BLOCK, p->bias + c0, p->mult + c0, out + c0, p->yzp, p->lo, p->hi);
-                } else {
-                    size_t cn = c - c0;
-                    for (int64_t a = a0; a < a1; a++) {
-                        const int8_t *xrow = xn + (size_t)(ih0 + a * p->dh) * xrow_stride + c0;
-                        const int16_t *wrow = wt + (size_t)a * wrow_stride + c0;
-                        for (int64_t b = b0; b < b1; b++) {
-                            const int8_t *xp = xrow + (size_t)(iw0 + b * p->dw) * c;
-                            const int16_t *wp = wrow + (size_t)b * c;
-                            for (size_t ch = 0; ch < cn; ch++)
-                                acc[ch] += (int32_t)(xp[ch] - xzp) * wp[ch];
-                        }
-                    }
-                    requant_generic(acc, cn, p->bias + c0, p->mult + c0, out + c0, p->yzp, p->lo, p->hi);
-                }
-            }
+            dw(p, xn, ih0, iw0, a0, a1, b0, b1, r->y + (row * p->ow + ow) * c);
         }
     }
 }
