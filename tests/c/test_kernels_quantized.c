@@ -1088,7 +1088,7 @@ static const char *const qisas[] = {"generic", "avx2", "avx512vnni", "neondot"};
 static void test_qgemm_choice(void) {
     const char *forced = getenv("EDGEKIT_QGEMM_ISA");
     printf("  default int8 GEMM microkernel: %s (EDGEKIT_QGEMM_ISA=%s)\n", ek_qgemm_isa(), forced ? forced : "unset");
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(EK_NO_SIMD_KERNELS)
     __builtin_cpu_init();
     const char *best = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? "avx512vnni"
                        : __builtin_cpu_supports("avx2")                                            ? "avx2"

@@ -23,6 +23,50 @@
 #endif
 #define CHUNK 4096 /* elements per task of the element-wise loops */
 
+/* Four lanes at a time with GNU C vectors (SSE2, NEON): the same float32 operations as the scalar
+ * formulas, and their rounding: the value clamped to [lo - zp, hi - zp] (integers, so clamping before
+ * rounding changes nothing), then rounded to nearest even by adding and subtracting 1.5 x 2^23 (exact
+ * below 2^22 in the default rounding mode), so the lanes equal ek_q_round. */
+#if EK_HAVE_V4F
+#define QV 1
+typedef int32_t q_v4i __attribute__((vector_size(16)));
+typedef int8_t q_v4b __attribute__((vector_size(4)));
+typedef uint8_t q_v4u __attribute__((vector_size(4)));
+
+static inline ek_v4f qv_splat(float v) { return (ek_v4f){v, v, v, v}; }
+
+static inline ek_v4f qv_select(q_v4i mask, ek_v4f a, ek_v4f b) {
+    return (ek_v4f)((mask & (q_v4i)a) | (~mask & (q_v4i)b));
+}
+
+/* rint(clamp(f, lo - zp, hi - zp)) + zp, as int32 lanes (f has no NaN). */
+static inline q_v4i qv_round(ek_v4f f, int32_t zp, int32_t lo, int32_t hi) {
+    const ek_v4f l = qv_splat((float)(lo - zp)), h = qv_splat((float)(hi - zp)), magic = qv_splat(12582912.0f);
+    f = qv_select(f < l, l, f);
+    f = qv_select(f > h, h, f);
+    f = (f + magic) - magic;
+    return __builtin_convertvector(f, q_v4i) + zp;
+}
+
+static inline q_v4i qv_load_i8(const int8_t *p) {
+    q_v4b b;
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, q_v4i);
+}
+
+static inline void qv_store_i8(int8_t *p, q_v4i v) {
+    q_v4b b = __builtin_convertvector(v, q_v4b);
+    memcpy(p, &b, sizeof b);
+}
+
+static inline void qv_store_u8(uint8_t *p, q_v4i v) {
+    q_v4u b = __builtin_convertvector(v, q_v4u);
+    memcpy(p, &b, sizeof b);
+}
+#else
+#define QV 0
+#endif
+
 /* ---------------------------------------------------------------- attributes (quant.h) */
 
 ek_status_t ek_q_scale(const struct ek_op *op, const char *name, float *out) {
@@ -154,6 +198,18 @@ static void quantize_range(void *arg, size_t begin, size_t end, int thread) {
     const struct unary_params *p = job->p;
     const float *x = job->x;
     size_t i0 = begin * CHUNK, i1 = end * CHUNK < p->count ? end * CHUNK : p->count;
+#if QV
+    const ek_v4f vs = qv_splat(p->scale);
+    for (; i0 + 4 <= i1; i0 += 4) {
+        ek_v4f f = ek_v4f_load(x + i0) / vs;
+        f = (ek_v4f)((q_v4i)f & (f == f)); /* NaN -> 0 */
+        q_v4i q = qv_round(f, p->zp, p->lo, p->hi);
+        if (p->lo == 0)
+            qv_store_u8((uint8_t *)job->y + i0, q);
+        else
+            qv_store_i8((int8_t *)job->y + i0, q);
+    }
+#endif
     if (p->lo == 0) {
         uint8_t *y = job->y;
         for (size_t i = i0; i < i1; i++)
@@ -268,6 +324,7 @@ struct qbin_params {
     int32_t yzp, lo, hi;
     int32_t xzp, bzp;
     float mult;        /* QMUL: x_scale x b_scale / y_scale */
+    float mx, mb;      /* QADD: x_scale / y_scale, b_scale / y_scale */
     float tx[256], tb[256]; /* QADD: (q - zp) x (scale / y_scale) for q + 128 */
 };
 
@@ -328,6 +385,8 @@ static ek_status_t prepare_qbinary(struct ek_op *op) {
     p->xzp = xzp;
     p->bzp = bzp;
     p->mult = mm;
+    p->mx = mx;
+    p->mb = mb;
     for (int q = -128; q < 128; q++) {
         p->tx[q + 128] = (float)(q - xzp) * mx;
         p->tb[q + 128] = (float)(q - bzp) * mb;
@@ -380,6 +439,18 @@ struct qbin_job {
     int8_t *y;
 };
 
+static void qbin_span(const struct qbin_params *p, const int8_t *x, size_t ix, const int8_t *b, size_t ib, int8_t *y,
+                      size_t n);
+
+/* A single contiguous run (same shapes, or one operand a scalar): CHUNK elements per task. */
+static void qbin_chunks(void *arg, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const struct qbin_job *job = arg;
+    const struct qbin_params *p = job->p;
+    size_t i0 = begin * CHUNK, i1 = end * CHUNK < p->count ? end * CHUNK : p->count;
+    qbin_span(p, job->x + i0 * p->sx[0], p->sx[0], job->b + i0 * p->sb[0], p->sb[0], job->y + i0, i1 - i0);
+}
+
 static void qbin_rows(void *arg, size_t begin, size_t end, int thread) {
     (void)thread;
     const struct qbin_job *job = arg;
@@ -396,13 +467,45 @@ static void qbin_rows(void *arg, size_t begin, size_t end, int thread) {
         }
         const int8_t *x = job->x + ox, *b = job->b + ob;
         int8_t *y = job->y + row * n;
+        qbin_span(p, x, ix, b, ib, y, n);
+    }
+}
+
+/* One contiguous output span: X and B walked with strides ix, ib (each 0 or 1 after the merging, or
+ * larger), vector lanes where both are 0 or 1. */
+static void qbin_span(const struct qbin_params *p, const int8_t *x, size_t ix, const int8_t *b, size_t ib, int8_t *y,
+                      size_t n) {
+    size_t j0 = 0;
+#if QV
+    if (ix <= 1 && ib <= 1) {
+        const q_v4i xzp = {p->xzp, p->xzp, p->xzp, p->xzp}, bzp = {p->bzp, p->bzp, p->bzp, p->bzp};
+        const q_v4i xs = {x[0], x[0], x[0], x[0]}, bs = {b[0], b[0], b[0], b[0]};
         if (p->mul) {
-            for (size_t j = 0; j < n; j++) {
+            const ek_v4f m = qv_splat(p->mult);
+            for (; j0 + 4 <= n; j0 += 4) {
+                q_v4i xi = ix ? qv_load_i8(x + j0) : xs, bi = ib ? qv_load_i8(b + j0) : bs;
+                ek_v4f f = __builtin_convertvector((xi - xzp) * (bi - bzp), ek_v4f) * m;
+                qv_store_i8(y + j0, qv_round(f, p->yzp, p->lo, p->hi));
+            }
+        } else {
+            const ek_v4f mx = qv_splat(p->mx), mb = qv_splat(p->mb);
+            for (; j0 + 4 <= n; j0 += 4) {
+                q_v4i xi = ix ? qv_load_i8(x + j0) : xs, bi = ib ? qv_load_i8(b + j0) : bs;
+                ek_v4f tx = __builtin_convertvector(xi - xzp, ek_v4f) * mx;
+                ek_v4f tb = __builtin_convertvector(bi - bzp, ek_v4f) * mb;
+                qv_store_i8(y + j0, qv_round(tx + tb, p->yzp, p->lo, p->hi));
+            }
+        }
+    }
+#endif
+    {
+        if (p->mul) {
+            for (size_t j = j0; j < n; j++) {
                 int32_t prod = ((int32_t)x[j * ix] - p->xzp) * ((int32_t)b[j * ib] - p->bzp);
                 y[j] = (int8_t)ek_q_round((float)prod * p->mult, p->yzp, p->lo, p->hi);
             }
         } else {
-            for (size_t j = 0; j < n; j++)
+            for (size_t j = j0; j < n; j++)
                 y[j] = (int8_t)ek_q_round(p->tx[x[j * ix] + 128] + p->tb[b[j * ib] + 128], p->yzp, p->lo, p->hi);
         }
     }
@@ -414,7 +517,10 @@ static ek_status_t run_qbinary(const struct ek_op *op, const void *const *in, vo
     if (!p)
         return ek_op_invalid(op, "not prepared");
     struct qbin_job job = {p, in[0], in[1], out[0]};
-    run_ranges(exec, p->rows, p->count, qbin_rows, &job);
+    if (p->rank == 1)
+        run_ranges(exec, (p->count + CHUNK - 1) / CHUNK, p->count, qbin_chunks, &job);
+    else
+        run_ranges(exec, p->rows, p->count, qbin_rows, &job);
     return EK_OK;
 }
 
