@@ -72,6 +72,8 @@ struct qconv_params {
     enum qconv_kind kind;
     const struct qgemm_isa *isa; /* the microkernels the weights are packed for */
     bool fc;
+    bool contiguous; /* QFULLY_CONNECTED, or a 1x1 QCONV of stride 1, no padding and group 1: the GEMM's rows
+                      * are X's rows */
     size_t n, h, w, c, oh, ow, m, kh, kw, group, cg, mg, k, kp; /* kp: k padded to the isa's ks */
     size_t rows;                                               /* GEMM rows: output pixels (FC: X rows) */
     int64_t sh, sw, dh, dw, pt, pl;
@@ -213,7 +215,12 @@ EK_TARGET_AVX2 static void tile_avx2(size_t kp, const void *a_, size_t lda, cons
     const int16_t *ap[A2_MR];
     EK_UNROLL for (size_t i = 0; i < A2_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
     __m256i c[A2_MR][2];
-    EK_UNROLL for (int i = 0; i < A2_MR; i++) c[i][0] = c[i][1] = _mm256_setzero_si256();
+    const __m256i bias0 = _mm256_loadu_si256((const __m256i *)(const void *)e->bias);
+    const __m256i bias1 = _mm256_loadu_si256((const __m256i *)(const void *)(e->bias + 8));
+    EK_UNROLL for (int i = 0; i < A2_MR; i++) { /* the sums start at the bias */
+        c[i][0] = bias0;
+        c[i][1] = bias1;
+    }
     for (size_t p = 0; p < kp; p += 2, b += 2 * A2_NR) {
         const __m256i b0 = _mm256_loadu_si256((const __m256i *)(const void *)b);
         const __m256i b1 = _mm256_loadu_si256((const __m256i *)(const void *)(b + 16));
@@ -223,10 +230,18 @@ EK_TARGET_AVX2 static void tile_avx2(size_t kp, const void *a_, size_t lda, cons
             c[i][1] = _mm256_add_epi32(c[i][1], _mm256_madd_epi16(x, b1));
         }
     }
+    /* as tile_vnni's: x mult, clamped to [lo - zp, hi - zp], rounded, + zp; the packs keep the values */
+    const __m256 m0 = _mm256_loadu_ps(e->mult), m1 = _mm256_loadu_ps(e->mult + 8);
+    const __m256 flo = _mm256_set1_ps((float)(e->lo - e->zp)), fhi = _mm256_set1_ps((float)(e->hi - e->zp));
+    const __m256i vzp = _mm256_set1_epi32(e->zp);
     EK_UNROLL for (int i = 0; i < A2_MR; i++) {
         if ((size_t)i >= rows)
             break;
-        __m128i q = requant16_avx2(c[i][0], c[i][1], e->bias, e->mult, e);
+        __m256 f0 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c[i][0]), m0), flo), fhi);
+        __m256 f1 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c[i][1]), m1), flo), fhi);
+        __m256i q0 = _mm256_add_epi32(_mm256_cvtps_epi32(f0), vzp), q1 = _mm256_add_epi32(_mm256_cvtps_epi32(f1), vzp);
+        __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+        __m128i q = _mm_packs_epi16(_mm256_castsi256_si128(q16), _mm256_extracti128_si256(q16, 1));
         if (cols >= 16) {
             _mm_storeu_si128((__m128i *)(void *)(y + (size_t)i * ldy), q);
         } else {
@@ -294,16 +309,25 @@ EK_TARGET_VNNI static void tile_vnni(size_t kp, const void *a_, size_t lda, cons
     const uint8_t *ap[V_MR];
     EK_UNROLL for (size_t i = 0; i < V_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
     __m512i c[V_MR];
-    EK_UNROLL for (int i = 0; i < V_MR; i++) c[i] = _mm512_setzero_si512();
+    const __m512i bias = _mm512_loadu_si512((const void *)e->bias); /* the sums start at the bias */
+    EK_UNROLL for (int i = 0; i < V_MR; i++) c[i] = bias;
     for (size_t p = 0; p < kp; p += 4, b += 4 * V_NR) {
         const __m512i bv = _mm512_loadu_si512((const void *)b);
         EK_UNROLL for (int i = 0; i < V_MR; i++) c[i] =
             _mm512_dpbusd_epi32(c[i], _mm512_set1_epi32(load_i32(ap[i] + p)), bv);
     }
+    /* x mult, clamped to [lo - zp, hi - zp] (integers: the same as clamping after the rounding), rounded
+     * (MXCSR: to nearest even), + zp: within [lo, hi], so the narrowing store keeps the value */
+    const __mmask16 m = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1);
+    const __m512 mult = _mm512_loadu_ps(e->mult);
+    const __m512 flo = _mm512_set1_ps((float)(e->lo - e->zp)), fhi = _mm512_set1_ps((float)(e->hi - e->zp));
+    const __m512i vzp = _mm512_set1_epi32(e->zp);
     EK_UNROLL for (int i = 0; i < V_MR; i++) {
         if ((size_t)i >= rows)
             break;
-        requant16_avx512(c[i], e->bias, e->mult, e, y + (size_t)i * ldy, cols);
+        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(c[i]), mult);
+        f = _mm512_min_ps(_mm512_max_ps(f, flo), fhi);
+        _mm512_mask_cvtepi32_storeu_epi8(y + (size_t)i * ldy, m, _mm512_add_epi32(_mm512_cvtps_epi32(f), vzp));
     }
 }
 
@@ -344,14 +368,14 @@ EK_TARGET_VNNI static void dw_avx512(const struct qconv_params *p, const int8_t 
 #define EK_TARGET_DOT __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
 
-/* 16 int32 sums (four vectors) + bias, x mult, rounded (FCVTNS: to nearest even, saturating), + zero
+/* 16 int32 sums (four vectors) + bias (when not NULL), x mult, rounded (FCVTNS: to nearest even, saturating), + zero
  * point, clamped: 16 bytes. */
 static inline int8x16_t requant16_neon(const int32x4_t *acc, const int32_t *bias, const float *mult,
                                        const struct qepi *e) {
     const int32x4_t vzp = vdupq_n_s32(e->zp);
     int32x4_t q[4];
     for (int j = 0; j < 4; j++) {
-        float32x4_t f = vcvtq_f32_s32(vaddq_s32(acc[j], vld1q_s32(bias + 4 * j)));
+        float32x4_t f = vcvtq_f32_s32(bias ? vaddq_s32(acc[j], vld1q_s32(bias + 4 * j)) : acc[j]);
         q[j] = vaddq_s32(vcvtnq_s32_f32(vmulq_f32(f, vld1q_f32(mult + 4 * j))), vzp);
     }
     int16x8_t h0 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1])), h1 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
@@ -375,8 +399,9 @@ EK_TARGET_DOT static void tile_neondot(size_t kp, const void *a_, size_t lda, co
     const int8_t *a = a_, *b = b_;
     const int8_t *ap[D_MR];
     EK_UNROLL for (size_t i = 0; i < D_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
-    int32x4_t c[D_MR][4];
-    EK_UNROLL for (int i = 0; i < D_MR; i++) EK_UNROLL for (int j = 0; j < 4; j++) c[i][j] = vdupq_n_s32(0);
+    int32x4_t c[D_MR][4], bias[4];
+    EK_UNROLL for (int j = 0; j < 4; j++) bias[j] = vld1q_s32(e->bias + 4 * j);
+    EK_UNROLL for (int i = 0; i < D_MR; i++) EK_UNROLL for (int j = 0; j < 4; j++) c[i][j] = bias[j];
     size_t p = 0;
     for (; p + 16 <= kp; p += 16, b += 16 * D_NR) {
         int8x16_t av[D_MR];
@@ -399,7 +424,7 @@ EK_TARGET_DOT static void tile_neondot(size_t kp, const void *a_, size_t lda, co
     EK_UNROLL for (int i = 0; i < D_MR; i++) {
         if ((size_t)i >= rows)
             break;
-        int8x16_t q = requant16_neon(c[i], e->bias, e->mult, e);
+        int8x16_t q = requant16_neon(c[i], NULL, e->mult, e); /* the bias is in the sums */
         if (cols >= 16) {
             vst1q_s8(y + (size_t)i * ldy, q);
         } else {
@@ -734,6 +759,8 @@ static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
     }
     p->kind = Q_GEMM;
     const struct qgemm_isa *isa = p->isa;
+    p->contiguous = fc || (p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->group == 1 && pads[0] == 0 &&
+                           pads[1] == 0 && pads[2] == 0 && pads[3] == 0);
     p->kp = ek_round_up(k, isa->ks);
     p->a_elem = isa->format == QA_I16 ? 2 : 1;
     size_t panels = (p->mg + isa->nr - 1) / isa->nr;
@@ -781,7 +808,7 @@ struct qconv_run {
 };
 
 /* One gathered row: `count` int8 values from src (or the zero point when src is NULL) in the A format. */
-static void put_values(const struct qconv_params *p, const int8_t *src, size_t count, void *dst) {
+static inline void put_values(const struct qconv_params *p, const int8_t *src, size_t count, void *dst) {
     switch (p->isa->format) {
     case QA_I16: {
         int16_t *d = dst;
@@ -821,7 +848,11 @@ static void put_values(const struct qconv_params *p, const int8_t *src, size_t c
 /* Gather rows [r0, r0 + count) of group g into col (count rows of kp elements). */
 static void gather(const struct qconv_params *p, const int8_t *x, size_t r0, size_t count, size_t g, char *col) {
     const size_t e = p->a_elem, cg = p->cg, row_bytes = p->kp * e;
-    if (p->fc) {
+    if (p->contiguous && p->k == p->kp) { /* the rows are X's, back to back: one pass */
+        put_values(p, x + r0 * p->c, count * p->k, col);
+        return;
+    }
+    if (p->contiguous) {
         for (size_t i = 0; i < count; i++) {
             char *dst = col + i * row_bytes;
             put_values(p, x + (r0 + i) * p->c, p->k, dst);
@@ -834,9 +865,17 @@ static void gather(const struct qconv_params *p, const int8_t *x, size_t r0, siz
     for (size_t i = 0; i < count; i++) {
         char *dst = col + i * row_bytes;
         const int8_t *xn = x + n * p->h * p->w * p->c + g * cg;
+        const int64_t iw0 = (int64_t)ow * p->sw - p->pl;
+        /* group 1, dilation 1 and the window inside the width: a kernel row is kw x C contiguous bytes */
+        const bool whole_rows = p->group == 1 && p->dw == 1 && iw0 >= 0 && iw0 + (int64_t)p->kw <= w;
         for (size_t a = 0; a < p->kh; a++) {
             int64_t ih = (int64_t)oh * p->sh - p->pt + (int64_t)a * p->dh;
             bool row_ok = ih >= 0 && ih < h;
+            if (row_ok && whole_rows) {
+                put_values(p, xn + ((size_t)ih * p->w + (size_t)iw0) * p->c, p->kw * cg, dst);
+                dst += p->kw * cg * e;
+                continue;
+            }
             for (size_t b = 0; b < p->kw; b++, dst += cg * e) {
                 int64_t iw = (int64_t)ow * p->sw - p->pl + (int64_t)b * p->dw;
                 bool ok = row_ok && iw >= 0 && iw < w;
@@ -863,7 +902,11 @@ static void qgemm_range(void *arg, size_t begin, size_t end, int thread) {
     for (size_t blk = begin; blk < end; blk++) {
         size_t r0 = blk * r->block, count = p->rows - r0 < r->block ? p->rows - r0 : r->block;
         for (size_t g = 0; g < p->group; g++) {
-            gather(p, r->x, r0, count, g, col);
+            const char *a = col;
+            if (isa->format == QA_I8 && p->contiguous && p->k == p->kp)
+                a = (const char *)(r->x + r0 * p->c); /* int8 rows as they are */
+            else
+                gather(p, r->x, r0, count, g, col);
             const char *wg = (const char *)p->packed + g * p->group_elems * we;
             for (size_t j0 = 0; j0 < p->mg; j0 += nr) {
                 const char *panel = wg + j0 * p->kp * we;
@@ -871,7 +914,7 @@ static void qgemm_range(void *arg, size_t begin, size_t end, int thread) {
                 const struct qepi e = {p->bias + oc, p->mult + oc, p->yzp, p->lo, p->hi};
                 for (size_t i = 0; i < count; i += mr) {
                     size_t rows = count - i < mr ? count - i : mr;
-                    isa->tile(p->kp, col + i * lda * p->a_elem, lda, panel, rows, cols, &e,
+                    isa->tile(p->kp, a + i * lda * p->a_elem, lda, panel, rows, cols, &e,
                               r->y + (r0 + i) * p->m + oc, p->m);
                 }
             }
