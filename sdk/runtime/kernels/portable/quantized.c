@@ -18,6 +18,19 @@
 #include "portable.h"
 #include "quant.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(EK_NO_SIMD_KERNELS)
+#define Q_X86 1
+#include <immintrin.h>
+#else
+#define Q_X86 0
+#endif
+#if defined(__aarch64__) && defined(__GNUC__) && !defined(EK_NO_SIMD_KERNELS)
+#define Q_NEON 1
+#include <arm_neon.h>
+#else
+#define Q_NEON 0
+#endif
+
 #ifndef EK_KERNEL_PAR_MIN
 #define EK_KERNEL_PAR_MIN 16384
 #endif
@@ -159,6 +172,7 @@ struct unary_params {
     float scale;
     int32_t zp, lo, hi; /* QUANTIZE: the output dtype's range */
     bool x_uint8;
+    bool avx2;            /* QUANTIZE 8 lanes at a time (x86-64 with AVX2) */
     float table_f[256]; /* DEQUANTIZE: the value of each q (index q + 128 for int8, q for uint8) */
     const uint8_t *table; /* QLUT: the constant table */
 };
@@ -187,10 +201,35 @@ static ek_status_t prepare_quantize(struct ek_op *op) {
     p->zp = zp;
     p->lo = u8 ? 0 : -128;
     p->hi = u8 ? 255 : 127;
+#if Q_X86
+    p->avx2 = ek_x86_has("avx2");
+#endif
     op->params = p;
     op->scratch_per_thread = 0;
     return EK_OK;
 }
+
+#if Q_X86
+/* x / scale (a division, as the formula), NaN -> 0, clamped to [lo - zp, hi - zp], rounded (MXCSR: to
+ * nearest even), + zp, 8 lanes at a time; returns the elements done. */
+__attribute__((target("avx2"))) static size_t quantize_avx2(const struct unary_params *p, const float *x, void *y,
+                                                            size_t n) {
+    const __m256 scale = _mm256_set1_ps(p->scale);
+    const __m256 flo = _mm256_set1_ps((float)(p->lo - p->zp)), fhi = _mm256_set1_ps((float)(p->hi - p->zp));
+    const __m256i zp = _mm256_set1_epi32(p->zp);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 f = _mm256_div_ps(_mm256_loadu_ps(x + i), scale);
+        f = _mm256_and_ps(f, _mm256_cmp_ps(f, f, _CMP_ORD_Q)); /* NaN -> 0 */
+        f = _mm256_min_ps(_mm256_max_ps(f, flo), fhi);
+        __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zp); /* within the dtype: the packs keep it */
+        __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        __m128i q8 = p->lo == 0 ? _mm_packus_epi16(q16, q16) : _mm_packs_epi16(q16, q16);
+        _mm_storel_epi64((__m128i *)(void *)((uint8_t *)y + i), q8);
+    }
+    return i;
+}
+#endif
 
 static void quantize_range(void *arg, size_t begin, size_t end, int thread) {
     (void)thread;
@@ -198,6 +237,10 @@ static void quantize_range(void *arg, size_t begin, size_t end, int thread) {
     const struct unary_params *p = job->p;
     const float *x = job->x;
     size_t i0 = begin * CHUNK, i1 = end * CHUNK < p->count ? end * CHUNK : p->count;
+#if Q_X86
+    if (p->avx2)
+        i0 += quantize_avx2(p, x + i0, (uint8_t *)job->y + i0, i1 - i0);
+#endif
 #if QV
     const ek_v4f vs = qv_splat(p->scale);
     for (; i0 + 4 <= i1; i0 += 4) {
@@ -325,6 +368,7 @@ struct qbin_params {
     int32_t xzp, bzp;
     float mult;        /* QMUL: x_scale x b_scale / y_scale */
     float mx, mb;      /* QADD: x_scale / y_scale, b_scale / y_scale */
+    bool avx2;         /* x86-64 with AVX2: QADD's contiguous spans 8 lanes at a time */
     float tx[256], tb[256]; /* QADD: (q - zp) x (scale / y_scale) for q + 128 */
 };
 
@@ -387,6 +431,9 @@ static ek_status_t prepare_qbinary(struct ek_op *op) {
     p->mult = mm;
     p->mx = mx;
     p->mb = mb;
+#if Q_X86
+    p->avx2 = ek_x86_has("avx2");
+#endif
     for (int q = -128; q < 128; q++) {
         p->tx[q + 128] = (float)(q - xzp) * mx;
         p->tb[q + 128] = (float)(q - bzp) * mb;
@@ -471,11 +518,69 @@ static void qbin_rows(void *arg, size_t begin, size_t end, int thread) {
     }
 }
 
+#if Q_X86
+/* QADD on 8 lanes: (q - zp) converted and multiplied by the ratios (two products, one sum: no fused
+ * multiply-add in this target), clamped to [lo - zp, hi - zp], rounded by the MXCSR (to nearest even),
+ * + zp: the formula's float32 operations. ix, ib: 0 (a scalar) or 1. Returns the elements done. */
+__attribute__((target("avx2"))) static size_t qadd_avx2(const struct qbin_params *p, const int8_t *x, size_t ix,
+                                                        const int8_t *b, size_t ib, int8_t *y, size_t n) {
+    const __m256i xzp = _mm256_set1_epi32(p->xzp), bzp = _mm256_set1_epi32(p->bzp), yzp = _mm256_set1_epi32(p->yzp);
+    const __m256 mx = _mm256_set1_ps(p->mx), mb = _mm256_set1_ps(p->mb);
+    const __m256 flo = _mm256_set1_ps((float)(p->lo - p->yzp)), fhi = _mm256_set1_ps((float)(p->hi - p->yzp));
+    const __m256i xs = _mm256_set1_epi32(x[0]), bs = _mm256_set1_epi32(b[0]);
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256i xi = ix ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(x + j))) : xs;
+        __m256i bi = ib ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(b + j))) : bs;
+        __m256 tx = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(xi, xzp)), mx);
+        __m256 tb = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(bi, bzp)), mb);
+        __m256 f = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(tx, tb), flo), fhi);
+        __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(f), yzp); /* within [lo, hi]: the packs keep it */
+        __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64((__m128i *)(void *)(y + j), _mm_packs_epi16(q16, q16));
+    }
+    return j;
+}
+#endif
+
+#if Q_NEON
+/* QADD on 8 lanes with NEON: the same operations (FCVTNS rounds to nearest even). */
+static size_t qadd_neon(const struct qbin_params *p, const int8_t *x, size_t ix, const int8_t *b, size_t ib, int8_t *y,
+                        size_t n) {
+    const int16x8_t xzp = vdupq_n_s16((int16_t)p->xzp), bzp = vdupq_n_s16((int16_t)p->bzp);
+    const int32x4_t yzp = vdupq_n_s32(p->yzp);
+    const float32x4_t mx = vdupq_n_f32(p->mx), mb = vdupq_n_f32(p->mb);
+    const float32x4_t flo = vdupq_n_f32((float)(p->lo - p->yzp)), fhi = vdupq_n_f32((float)(p->hi - p->yzp));
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        int16x8_t xi = vsubq_s16(vmovl_s8(ix ? vld1_s8(x + j) : vdup_n_s8(x[0])), xzp);
+        int16x8_t bi = vsubq_s16(vmovl_s8(ib ? vld1_s8(b + j) : vdup_n_s8(b[0])), bzp);
+        int32x4_t q[2];
+        for (int h = 0; h < 2; h++) {
+            int32x4_t xw = h ? vmovl_high_s16(xi) : vmovl_s16(vget_low_s16(xi));
+            int32x4_t bw = h ? vmovl_high_s16(bi) : vmovl_s16(vget_low_s16(bi));
+            float32x4_t tx = vmulq_f32(vcvtq_f32_s32(xw), mx), tb = vmulq_f32(vcvtq_f32_s32(bw), mb);
+            float32x4_t f = vminq_f32(vmaxq_f32(vaddq_f32(tx, tb), flo), fhi);
+            q[h] = vaddq_s32(vcvtnq_s32_f32(f), yzp);
+        }
+        vst1_s8(y + j, vqmovn_s16(vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]))));
+    }
+    return j;
+}
+#endif
+
 /* One contiguous output span: X and B walked with strides ix, ib (each 0 or 1 after the merging, or
  * larger), vector lanes where both are 0 or 1. */
 static void qbin_span(const struct qbin_params *p, const int8_t *x, size_t ix, const int8_t *b, size_t ib, int8_t *y,
                       size_t n) {
     size_t j0 = 0;
+#if Q_X86
+    if (!p->mul && p->avx2 && ix <= 1 && ib <= 1)
+        j0 = qadd_avx2(p, x, ix, b, ib, y, n);
+#elif Q_NEON
+    if (!p->mul && ix <= 1 && ib <= 1)
+        j0 = qadd_neon(p, x, ix, b, ib, y, n);
+#endif
 #if QV
     if (ix <= 1 && ib <= 1) {
         const q_v4i xzp = {p->xzp, p->xzp, p->xzp, p->xzp}, bzp = {p->bzp, p->bzp, p->bzp, p->bzp};
@@ -491,7 +596,7 @@ static void qbin_span(const struct qbin_params *p, const int8_t *x, size_t ix, c
             const ek_v4f mx = qv_splat(p->mx), mb = qv_splat(p->mb);
             for (; j0 + 4 <= n; j0 += 4) {
                 q_v4i xi = ix ? qv_load_i8(x + j0) : xs, bi = ib ? qv_load_i8(b + j0) : bs;
-                ek_v4f tx = __builtin_convertvector(xi - xzp, ek_v4f) * mx;
+                ek_v4f tx = __builtin_convertvector(xi - xzp, ek_v4f) * mx; /* two statements: no FMA */
                 ek_v4f tb = __builtin_convertvector(bi - bzp, ek_v4f) * mb;
                 qv_store_i8(y + j0, qv_round(tx + tb, p->yzp, p->lo, p->hi));
             }
