@@ -258,6 +258,7 @@ struct qconv_case {
     int64_t n, h, w, c, m, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, group;
     int bias, per_channel;
     int32_t qmin, qmax;
+    int no_min_weight; /* no weight is -128: the depthwise inner-pixel path (two taps summed in int16) runs */
 };
 
 static void qconv_case(const struct qconv_case *cc, bool fc, int threads, int index) {
@@ -271,6 +272,11 @@ static void qconv_case(const struct qconv_case *cc, bool fc, int threads, int in
     struct ek_tensor_desc y = fc ? mkdesc("y", EK_DTYPE_INT8, 2, fyd) : mkdesc("y", EK_DTYPE_INT8, 4, yd);
     size_t wcount = (size_t)(cc->m * (fc ? cc->c : cc->kh * cc->kw * cg));
     int8_t *wv = bytes_rand(wcount), *xv = bytes_rand(x.count), *yv = malloc(y.count), *ref = malloc(y.count);
+    for (size_t i = 0; cc->no_min_weight && i < wcount; i++)
+        wv[i] = wv[i] == -128 ? 127 : wv[i];
+    if (cc->no_min_weight) /* the extreme products: x = -128 against w = 127, and -127 */
+        for (size_t i = 0; i < x.count; i += 3)
+            xv[i] = -128;
     size_t k = wcount / (size_t)cc->m;
     float *ws = malloc((size_t)cc->m * sizeof *ws);
     int32_t *bias = malloc((size_t)cc->m * sizeof *bias);
@@ -349,26 +355,31 @@ static void qconv_case(const struct qconv_case *cc, bool fc, int threads, int in
 
 static const struct qconv_case qconv_cases[] = {
     /* n h w c m kh kw sh sw dh dw pt pl pb pr group bias per_channel qmin qmax */
-    {1, 5, 6, 3, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, -128, 127},     /* 3x3 same */
-    {2, 7, 5, 8, 17, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, -128, 127},    /* pointwise */
-    {1, 9, 9, 16, 33, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, 0, 0, -128, 127},   /* strided 1x1, per-tensor */
-    {1, 8, 7, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 0, 127},        /* depthwise, relu */
-    {1, 11, 10, 40, 40, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 40, 1, 1, -128, 127}, /* depthwise stride 2 (16 + 16 + 8) */
-    {2, 9, 8, 32, 32, 5, 3, 1, 2, 2, 1, 2, 0, 3, 1, 32, 0, 0, -20, 50},   /* depthwise 5x3, dilated, clip */
-    {1, 9, 9, 8, 12, 3, 3, 2, 1, 2, 2, 2, 1, 0, 2, 4, 1, 1, -128, 127},    /* grouped, dilated, asymmetric pads */
-    {1, 6, 6, 3, 70, 3, 3, 2, 2, 1, 1, 0, 1, 1, 0, 1, 1, 1, -128, 127},    /* the first layer of a network */
-    {1, 4, 4, 37, 21, 2, 2, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 6},        /* odd k, clip */
-    {3, 3, 5, 64, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, -128, 127},
-    {1, 1, 1, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, -128, 127},     /* all padding but the center */
-    {1, 6, 5, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 56, 1, 1, -128, 127},   /* depthwise 32 + 16 + 8 channels */
-    {2, 5, 5, 64, 64, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 64, 1, 0, -128, 127},   /* depthwise 1x1 */
+    {1, 5, 6, 3, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, -128, 127, 0},     /* 3x3 same */
+    {2, 7, 5, 8, 17, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, -128, 127, 0},    /* pointwise */
+    {1, 9, 9, 16, 33, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, 0, 0, -128, 127, 0},   /* strided 1x1, per-tensor */
+    {1, 8, 7, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 0, 127, 0},        /* depthwise, relu */
+    {1, 11, 10, 40, 40, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 40, 1, 1, -128, 127, 0}, /* depthwise stride 2 (16 + 16 + 8) */
+    {2, 9, 8, 32, 32, 5, 3, 1, 2, 2, 1, 2, 0, 3, 1, 32, 0, 0, -20, 50, 0},   /* depthwise 5x3, dilated, clip */
+    {1, 9, 9, 8, 12, 3, 3, 2, 1, 2, 2, 2, 1, 0, 2, 4, 1, 1, -128, 127, 0},    /* grouped, dilated, asymmetric pads */
+    {1, 6, 6, 3, 70, 3, 3, 2, 2, 1, 1, 0, 1, 1, 0, 1, 1, 1, -128, 127, 0},    /* the first layer of a network */
+    {1, 4, 4, 37, 21, 2, 2, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 6, 0},        /* odd k, clip */
+    {3, 3, 5, 64, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, -128, 127, 0},
+    {1, 1, 1, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, -128, 127, 0},     /* all padding but the center */
+    {1, 6, 5, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 56, 1, 1, -128, 127, 0},   /* depthwise 32 + 16 + 8 channels */
+    {2, 5, 5, 64, 64, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 64, 1, 0, -128, 127, 0},   /* depthwise 1x1 */
+    /* depthwise with no weight -128: inner pixels two taps at a time (odd and even tap counts) */
+    {1, 9, 8, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 56, 1, 1, -128, 127, 1},
+    {2, 11, 9, 48, 48, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 48, 0, 1, -50, 60, 1},
+    {1, 10, 10, 40, 40, 2, 2, 1, 1, 2, 2, 0, 0, 1, 1, 40, 1, 0, -128, 127, 1},
+    {1, 12, 12, 35, 35, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 35, 1, 1, -128, 127, 1},
 };
 
 static const struct qconv_case qfc_cases[] = {
-    {1, 1, 1, 17, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, -128, 127},
-    {7, 1, 1, 64, 33, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, -128, 127},
-    {13, 1, 1, 1, 19, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 127},
-    {4, 1, 1, 300, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, -100, 100},
+    {1, 1, 1, 17, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, -128, 127, 0},
+    {7, 1, 1, 64, 33, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, -128, 127, 0},
+    {13, 1, 1, 1, 19, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 127, 0},
+    {4, 1, 1, 300, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, -100, 100, 0},
 };
 
 static void test_qconv(void) {

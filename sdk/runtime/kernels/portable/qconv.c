@@ -85,6 +85,13 @@ struct qconv_params {
     int32_t *bias;      /* per output channel (and PAD zeros): bias - (x_zero_point + offset) x sum(w) (Q_GEMM),
                          * or bias (Q_DEPTHWISE) */
     float *mult;        /* per output channel (and PAD zeros) */
+    /* Q_DEPTHWISE, for the pixels whose whole window is inside the input (the isa's dw_inner): the sums of
+     * x x w on the raw x, two taps' products added in int16 (which fits when no weight is -128: |x w| <=
+     * 128 x 127), with bias - x_zero_point x sum(w) (exact in int32: the bias check bounds it) */
+    bool inner_ok;      /* no weight is -128 */
+    int8_t *w8;         /* W[tap][c] as int8 */
+    int32_t *bias_inner; /* per channel (and PAD zeros) */
+    size_t *tap_off;    /* per tap: its input offset from the window's origin, in elements */
 };
 #define PAD 64 /* bias and mult have this many zeros past m: vector loads of a last partial block stay inside */
 
@@ -103,6 +110,8 @@ typedef void qtile_fn(size_t kp, const void *a, size_t lda, const void *b, size_
  * input (xn: the image; ih0, iw0: the window's origin). */
 typedef void qdw_fn(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0, int64_t a0,
                     int64_t a1, int64_t b0, int64_t b1, int8_t *out);
+/* Depthwise, a pixel whose window is all inside the input: x points at the window's origin. */
+typedef void qdw_inner_fn(const struct qconv_params *p, const int8_t *x, int8_t *out);
 
 struct qgemm_isa {
     const char *name;
@@ -112,6 +121,7 @@ struct qgemm_isa {
     int32_t offset;    /* added to x in A (QA_U8X: 128) */
     qtile_fn *tile;
     qdw_fn *dw;
+    qdw_inner_fn *dw_inner; /* or NULL: dw for every pixel */
 };
 
 static void requant_generic(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
@@ -281,6 +291,37 @@ EK_TARGET_AVX2 static void dw_avx2_from(const struct qconv_params *p, const int8
         dw_channels_generic(p, xn, ih0, iw0, a0, a1, b0, b1, out, c0);
 }
 
+/* The inner pixels: raw x (int16) times w (int16), two taps' products summed in int16, widened once. */
+EK_TARGET_AVX2 static void dw_inner_avx2_from(const struct qconv_params *p, const int8_t *x, int8_t *out, size_t c0) {
+    const int16_t *wt = p->packed;
+    const size_t c = p->c, taps = p->kh * p->kw;
+    const struct qepi e = {NULL, NULL, p->yzp, p->lo, p->hi};
+    for (; c0 + 16 <= c; c0 += 16) {
+        __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+        size_t t = 0;
+        for (; t < taps; t += 2) {
+            __m256i prod = _mm256_mullo_epi16(
+                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(x + p->tap_off[t] + c0))),
+                _mm256_loadu_si256((const __m256i *)(const void *)(wt + t * c + c0)));
+            if (t + 1 < taps)
+                prod = _mm256_add_epi16(
+                    prod, _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                                 (const __m128i *)(const void *)(x + p->tap_off[t + 1] + c0))),
+                                             _mm256_loadu_si256((const __m256i *)(const void *)(wt + (t + 1) * c + c0))));
+            acc0 = _mm256_add_epi32(acc0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(prod)));
+            acc1 = _mm256_add_epi32(acc1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(prod, 1)));
+        }
+        _mm_storeu_si128((__m128i *)(void *)(out + c0),
+                         requant16_avx2(acc0, acc1, p->bias_inner + c0, p->mult + c0, &e));
+    }
+    if (c0 < c) /* the last channels the exact general way */
+        dw_channels_generic(p, x, 0, 0, 0, (int64_t)p->kh, 0, (int64_t)p->kw, out, c0);
+}
+
+EK_TARGET_AVX2 static void dw_inner_avx2(const struct qconv_params *p, const int8_t *x, int8_t *out) {
+    dw_inner_avx2_from(p, x, out, 0);
+}
+
 EK_TARGET_AVX2 static void dw_avx2(const struct qconv_params *p, const int8_t *xn, int64_t ih0, int64_t iw0,
                                    int64_t a0, int64_t a1, int64_t b0, int64_t b1, int8_t *out) {
     dw_avx2_from(p, xn, ih0, iw0, a0, a1, b0, b1, out, 0);
@@ -358,6 +399,32 @@ EK_TARGET_VNNI static void dw_avx512(const struct qconv_params *p, const int8_t 
     }
     if (c0 < c)
         dw_avx2_from(p, xn, ih0, iw0, a0, a1, b0, b1, out, c0);
+}
+
+EK_TARGET_VNNI static void dw_inner_avx512(const struct qconv_params *p, const int8_t *x, int8_t *out) {
+    const int16_t *wt = p->packed;
+    const size_t c = p->c, taps = p->kh * p->kw;
+    const struct qepi e = {NULL, NULL, p->yzp, p->lo, p->hi};
+    size_t c0 = 0;
+    for (; c0 + 32 <= c; c0 += 32) {
+        __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+        for (size_t t = 0; t < taps; t += 2) {
+            __m512i prod = _mm512_mullo_epi16(
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(x + p->tap_off[t] + c0))),
+                _mm512_loadu_si512((const void *)(wt + t * c + c0)));
+            if (t + 1 < taps)
+                prod = _mm512_add_epi16(
+                    prod, _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                                 (const __m256i *)(const void *)(x + p->tap_off[t + 1] + c0))),
+                                             _mm512_loadu_si512((const void *)(wt + (t + 1) * c + c0))));
+            acc0 = _mm512_add_epi32(acc0, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(prod)));
+            acc1 = _mm512_add_epi32(acc1, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(prod, 1)));
+        }
+        requant16_avx512(acc0, p->bias_inner + c0, p->mult + c0, &e, out + c0, 16);
+        requant16_avx512(acc1, p->bias_inner + c0 + 16, p->mult + c0 + 16, &e, out + c0 + 16, 16);
+    }
+    if (c0 < c)
+        dw_inner_avx2_from(p, x, out, c0);
 }
 #endif
 
@@ -468,20 +535,50 @@ static void dw_neon(const struct qconv_params *p, const int8_t *xn, int64_t ih0,
 }
 #endif
 
+#if EK_QGEMM_NEON
+/* The inner pixels: raw x times int8 w (SMULL), two taps' products summed in int16 (SMLAL), widened
+ * into the int32 sums once per pair (SADDW). */
+static void dw_inner_neon(const struct qconv_params *p, const int8_t *x, int8_t *out) {
+    const size_t c = p->c, taps = p->kh * p->kw;
+    const int8_t *w8 = p->w8;
+    const struct qepi e = {NULL, NULL, p->yzp, p->lo, p->hi};
+    size_t c0 = 0;
+    for (; c0 + 16 <= c; c0 += 16) {
+        int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+        for (size_t t = 0; t < taps; t += 2) {
+            int8x16_t xa = vld1q_s8(x + p->tap_off[t] + c0), wa = vld1q_s8(w8 + t * c + c0);
+            int16x8_t lo = vmull_s8(vget_low_s8(xa), vget_low_s8(wa)), hi = vmull_high_s8(xa, wa);
+            if (t + 1 < taps) {
+                int8x16_t xb = vld1q_s8(x + p->tap_off[t + 1] + c0), wb = vld1q_s8(w8 + (t + 1) * c + c0);
+                lo = vmlal_s8(lo, vget_low_s8(xb), vget_low_s8(wb));
+                hi = vmlal_high_s8(hi, xb, wb);
+            }
+            acc[0] = vaddw_s16(acc[0], vget_low_s16(lo));
+            acc[1] = vaddw_high_s16(acc[1], lo);
+            acc[2] = vaddw_s16(acc[2], vget_low_s16(hi));
+            acc[3] = vaddw_high_s16(acc[3], hi);
+        }
+        vst1q_s8(out + c0, requant16_neon(acc, p->bias_inner + c0, p->mult + c0, &e));
+    }
+    if (c0 < c)
+        dw_channels_generic(p, x, 0, 0, 0, (int64_t)p->kh, 0, (int64_t)p->kw, out, c0);
+}
+#endif
+
 enum { QISA_GENERIC, QISA_AVX2, QISA_VNNI, QISA_NEONDOT, QISA_COUNT };
 
 static const struct qgemm_isa qisas[QISA_COUNT] = {
 #if EK_QGEMM_NEON /* NEON is always there on aarch64: the depthwise loop uses it without the dot product */
-    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, dw_neon},
+    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, dw_neon, dw_inner_neon},
 #else
-    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, dw_generic},
+    [QISA_GENERIC] = {"generic", "qgemm/generic", QA_I16, G_MR, G_NR, 2, 0, tile_generic, dw_generic, NULL},
 #endif
 #if EK_QGEMM_X86
-    [QISA_AVX2] = {"avx2", "qgemm/avx2", QA_I16, A2_MR, A2_NR, 2, 0, tile_avx2, dw_avx2},
-    [QISA_VNNI] = {"avx512vnni", "qgemm/avx512vnni", QA_U8X, V_MR, V_NR, 4, 128, tile_vnni, dw_avx512},
+    [QISA_AVX2] = {"avx2", "qgemm/avx2", QA_I16, A2_MR, A2_NR, 2, 0, tile_avx2, dw_avx2, dw_inner_avx2},
+    [QISA_VNNI] = {"avx512vnni", "qgemm/avx512vnni", QA_U8X, V_MR, V_NR, 4, 128, tile_vnni, dw_avx512, dw_inner_avx512},
 #endif
 #if EK_QGEMM_NEON
-    [QISA_NEONDOT] = {"neondot", "qgemm/neondot", QA_I8, D_MR, D_NR, 4, 0, tile_neondot, dw_neon},
+    [QISA_NEONDOT] = {"neondot", "qgemm/neondot", QA_I8, D_MR, D_NR, 4, 0, tile_neondot, dw_neon, dw_inner_neon},
 #endif
 };
 
@@ -554,6 +651,9 @@ static void qconv_release(struct ek_op *op) {
     struct qconv_params *p = op->params;
     if (p) {
         free(p->packed);
+        free(p->w8);
+        free(p->bias_inner);
+        free(p->tap_off);
         free(p->bias);
         free(p->mult);
         free(p);
@@ -755,6 +855,27 @@ static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
         p->packed = dw;
         for (size_t j = 0; j < p->m; j++)
             p->bias[j] = bv ? bv[j] : 0;
+        p->inner_ok = p->isa->dw_inner != NULL;
+        for (size_t i = 0; i < taps * p->c && p->inner_ok; i++)
+            p->inner_ok = wv[i] != -128;
+        if (p->inner_ok) {
+            p->w8 = malloc(taps * p->c);
+            p->bias_inner = calloc(p->c + PAD, sizeof *p->bias_inner);
+            p->tap_off = malloc(taps * sizeof *p->tap_off);
+            if (!p->w8 || !p->bias_inner || !p->tap_off)
+                goto oom;
+            for (size_t t = 0; t < taps; t++) {
+                p->tap_off[t] = ((t / p->kw) * (size_t)p->dh * p->w + (t % p->kw) * (size_t)p->dw) * p->c;
+                for (size_t ch = 0; ch < p->c; ch++)
+                    p->w8[t * p->c + ch] = wv[ch * taps + t];
+            }
+            for (size_t ch = 0; ch < p->c; ch++) {
+                int64_t sum = 0;
+                for (size_t t = 0; t < taps; t++)
+                    sum += wv[ch * taps + t];
+                p->bias_inner[ch] = (int32_t)((int64_t)p->bias[ch] - (int64_t)xzp * sum);
+            }
+        }
         return EK_OK;
     }
     p->kind = Q_GEMM;
@@ -946,10 +1067,15 @@ static void depthwise_range(void *arg, size_t begin, size_t end, int thread) {
         int64_t ih0 = (int64_t)oh * p->sh - p->pt, a0, a1;
         window_taps(ih0, p->dh, (int64_t)p->kh, (int64_t)p->h, &a0, &a1);
         const int8_t *xn = r->x + n * p->h * xrow_stride;
+        const bool rows_inside = p->inner_ok && a0 == 0 && a1 == (int64_t)p->kh;
         for (size_t ow = 0; ow < p->ow; ow++) {
             int64_t iw0 = (int64_t)ow * p->sw - p->pl, b0, b1;
             window_taps(iw0, p->dw, (int64_t)p->kw, (int64_t)p->w, &b0, &b1);
-            dw(p, xn, ih0, iw0, a0, a1, b0, b1, r->y + (row * p->ow + ow) * c);
+            int8_t *out = r->y + (row * p->ow + ow) * c;
+            if (rows_inside && b0 == 0 && b1 == (int64_t)p->kw)
+                p->isa->dw_inner(p, xn + ((size_t)ih0 * p->w + (size_t)iw0) * c, out);
+            else
+                dw(p, xn, ih0, iw0, a0, a1, b0, b1, out);
         }
     }
 }
