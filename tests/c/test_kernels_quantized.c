@@ -261,6 +261,10 @@ struct qconv_case {
     int no_min_weight; /* no weight is -128: the depthwise inner-pixel path (two taps summed in int16) runs */
 };
 
+/* When set: y_scale and y_zero_point of every case (test_qconv_saturation). */
+static float ys_override;
+static int32_t yzp_override;
+
 static void qconv_case(const struct qconv_case *cc, bool fc, int threads, int index) {
     int64_t oh = fc ? 1 : (cc->h + cc->pt + cc->pb - ((cc->kh - 1) * cc->dh + 1)) / cc->sh + 1;
     int64_t ow = fc ? 1 : (cc->w + cc->pl + cc->pr - ((cc->kw - 1) * cc->dw + 1)) / cc->sw + 1;
@@ -288,8 +292,8 @@ static void qconv_case(const struct qconv_case *cc, bool fc, int threads, int in
         wsum += ws[j];
     }
     /* a y_scale that spreads the outputs over the int8 range */
-    const float ys = xs * (wsum / (float)cc->m) * sqrtf((float)k) * 5476.0f / 60.0f;
-    const int32_t xzp = irand(-20, 20), yzp = irand(-10, 10);
+    const float ys = ys_override ? ys_override : xs * (wsum / (float)cc->m) * sqrtf((float)k) * 5476.0f / 60.0f;
+    const int32_t xzp = irand(-20, 20), yzp = ys_override ? yzp_override : irand(-10, 10);
     struct ek_tensor_desc w = fc ? mkconst("w", EK_DTYPE_INT8, 2, fwd, wv) : mkconst("w", EK_DTYPE_INT8, 4, wd, wv);
     struct ek_tensor_desc wsd = mkconst("w_scale", EK_DTYPE_FLOAT32, 1, cc->per_channel ? md : one, ws);
     struct ek_tensor_desc bd = mkconst("bias", EK_DTYPE_INT32, 1, md, bias);
@@ -394,6 +398,19 @@ static void test_qfully_connected(void) {
         qconv_case(&qfc_cases[i], true, 1, (int)i);
         qconv_case(&qfc_cases[i], true, 3, (int)i);
     }
+}
+
+/* Products far past the int32 range (y_scale 1e-9: float(acc) x mult up to 1e16) saturate to q_min / q_max
+ * in every microkernel, also with a zero point that would overflow an int32 at the top. */
+static void test_qconv_saturation(void) {
+    ys_override = 1e-9f;
+    for (int z = 0; z < 2; z++) {
+        yzp_override = z ? 127 : -128;
+        qconv_case(&qconv_cases[0], false, 2, 100 + z);
+        qconv_case(&qconv_cases[4], false, 2, 102 + z); /* depthwise */
+        qconv_case(&qfc_cases[1], true, 2, 104 + z);
+    }
+    ys_override = 0.0f;
 }
 
 /* Extreme values: x and w at -128/127, the zero points at their ends, a large bias: the int32 sums
@@ -1124,6 +1141,7 @@ int main(void) {
         RUN(test_qconv);
         RUN(test_qfully_connected);
         RUN(test_qconv_extremes);
+        RUN(test_qconv_saturation);
     }
     RUN(test_quantize);
     RUN(test_dequantize);

@@ -435,19 +435,27 @@ EK_TARGET_VNNI static void dw_inner_avx512(const struct qconv_params *p, const i
 #define EK_TARGET_DOT __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
 
-/* 16 int32 sums (four vectors) + bias (when not NULL), x mult, rounded (FCVTNS: to nearest even, saturating), + zero
- * point, clamped: 16 bytes. */
-static inline int8x16_t requant16_neon(const int32x4_t *acc, const int32_t *bias, const float *mult,
-                                       const struct qepi *e) {
+/* 16 int32 sums (four vectors) x mult, rounded (FCVTNS: to nearest even, saturating), + zero point
+ * (saturating), clamped: 16 bytes; requant16_neon adds a bias first (when not NULL). */
+static inline int8x16_t requant16_neon_v(const int32x4_t *acc, const float32x4_t *mult, const struct qepi *e) {
     const int32x4_t vzp = vdupq_n_s32(e->zp);
     int32x4_t q[4];
-    for (int j = 0; j < 4; j++) {
-        float32x4_t f = vcvtq_f32_s32(bias ? vaddq_s32(acc[j], vld1q_s32(bias + 4 * j)) : acc[j]);
-        q[j] = vaddq_s32(vcvtnq_s32_f32(vmulq_f32(f, vld1q_f32(mult + 4 * j))), vzp);
-    }
+    for (int j = 0; j < 4; j++) /* saturating: a huge product stays at the int32 end, then the narrowing */
+        q[j] = vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(acc[j]), mult[j])), vzp);
     int16x8_t h0 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1])), h1 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
     int8x16_t b = vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1));
     return vminq_s8(vmaxq_s8(b, vdupq_n_s8((int8_t)e->lo)), vdupq_n_s8((int8_t)e->hi));
+}
+
+static inline int8x16_t requant16_neon(const int32x4_t *acc, const int32_t *bias, const float *mult,
+                                       const struct qepi *e) {
+    int32x4_t a[4];
+    float32x4_t m[4];
+    for (int j = 0; j < 4; j++) {
+        a[j] = bias ? vaddq_s32(acc[j], vld1q_s32(bias + 4 * j)) : acc[j];
+        m[j] = vld1q_f32(mult + 4 * j);
+    }
+    return requant16_neon_v(a, m, e);
 }
 
 /* sdot: 4 rows x 16 columns; 16 bytes of each row (4 k quads) loaded once, then by lane. */
@@ -488,10 +496,12 @@ EK_TARGET_DOT static void tile_neondot(size_t kp, const void *a_, size_t lda, co
             EK_UNROLL for (int j = 0; j < 4; j++) c[i][j] = vdotq_s32(c[i][j], bv[j], av);
         }
     }
+    float32x4_t mult[4];
+    EK_UNROLL for (int j = 0; j < 4; j++) mult[j] = vld1q_f32(e->mult + 4 * j);
     EK_UNROLL for (int i = 0; i < D_MR; i++) {
         if ((size_t)i >= rows)
             break;
-        int8x16_t q = requant16_neon(c[i], NULL, e->mult, e); /* the bias is in the sums */
+        int8x16_t q = requant16_neon_v(c[i], mult, e); /* the bias is in the sums */
         if (cols >= 16) {
             vst1q_s8(y + (size_t)i * ldy, q);
         } else {
