@@ -936,6 +936,7 @@ struct qconv_run {
     int8_t *y;
     struct ek_exec *exec;
     size_t block;
+    size_t col_parts; /* each block of rows is split into this many ranges of column panels (1: none) */
 };
 
 /* One gathered row: `count` int8 values from src (or the zero point when src is NULL) in the A format. */
@@ -1030,8 +1031,14 @@ static void qgemm_range(void *arg, size_t begin, size_t end, int thread) {
     const struct qgemm_isa *isa = p->isa;
     char *col = ek_exec_scratch(r->exec, thread);
     const size_t we = isa->format == QA_I16 ? 2 : 1, lda = p->kp, mr = isa->mr, nr = isa->nr;
-    for (size_t blk = begin; blk < end; blk++) {
+    const size_t panels = (p->mg + nr - 1) / nr;
+    for (size_t task = begin; task < end; task++) {
+        size_t blk = task / r->col_parts, part = task % r->col_parts;
         size_t r0 = blk * r->block, count = p->rows - r0 < r->block ? p->rows - r0 : r->block;
+        /* this task's panels: part of the column panels (every group's same range) */
+        size_t j_begin = panels * part / r->col_parts * nr, j_end = panels * (part + 1) / r->col_parts * nr;
+        if (j_end > p->mg)
+            j_end = p->mg;
         for (size_t g = 0; g < p->group; g++) {
             const char *a = col;
             if (isa->format == QA_I8 && p->contiguous && p->k == p->kp)
@@ -1039,7 +1046,7 @@ static void qgemm_range(void *arg, size_t begin, size_t end, int thread) {
             else
                 gather(p, r->x, r0, count, g, col);
             const char *wg = (const char *)p->packed + g * p->group_elems * we;
-            for (size_t j0 = 0; j0 < p->mg; j0 += nr) {
+            for (size_t j0 = j_begin; j0 < j_end; j0 += nr) {
                 const char *panel = wg + j0 * p->kp * we;
                 size_t cols = p->mg - j0 < nr ? p->mg - j0 : nr, oc = g * p->mg + j0;
                 const struct qepi e = {p->bias + oc, p->mult + oc, p->yzp, p->lo, p->hi};
@@ -1094,7 +1101,7 @@ static ek_status_t qconv_run(const struct ek_op *op, const void *const *in, void
     const struct qconv_params *p = op->params;
     if (!p)
         return ek_op_invalid(op, "not prepared");
-    struct qconv_run r = {p, in[0], out[0], exec, 0};
+    struct qconv_run r = {p, in[0], out[0], exec, 0, 1};
     if (p->kind == Q_DEPTHWISE) {
         ek_parallel_for(exec, p->n * p->oh, depthwise_range, &r);
         return EK_OK;
@@ -1110,7 +1117,16 @@ static ek_status_t qconv_run(const struct ek_op *op, const void *const *in, void
     r.block = ek_round_up((p->rows + threads - 1) / threads, mr);
     if (r.block > p->block_rows)
         r.block = p->block_rows;
-    ek_parallel_for(exec, (p->rows + r.block - 1) / r.block, qgemm_range, &r);
+    size_t blocks = (p->rows + r.block - 1) / r.block, panels = (p->mg + p->isa->nr - 1) / p->isa->nr;
+    /* Few rows (the late layers' 7 x 7 pixels, an FC's batch): blocks of mr rows do not share out evenly,
+     * so the threads also split the column panels (each gathers the rows it needs). */
+    r.col_parts = 1;
+    if (threads > 1 && blocks < 4 * threads && panels > 1) {
+        r.col_parts = threads < panels ? threads : panels;
+        r.block = p->rows < p->block_rows ? p->rows : p->block_rows;
+        blocks = (p->rows + r.block - 1) / r.block;
+    }
+    ek_parallel_for(exec, blocks * r.col_parts, qgemm_range, &r);
     return EK_OK;
 }
 
