@@ -264,6 +264,7 @@ struct qconv_case {
 /* When set: y_scale and y_zero_point of every case (test_qconv_saturation). */
 static float ys_override;
 static int32_t yzp_override;
+static bool no_min_weights; /* every case without -128 weights (test_qconv_no_min_weight) */
 
 static void qconv_case(const struct qconv_case *cc, bool fc, int threads, int index) {
     int64_t oh = fc ? 1 : (cc->h + cc->pt + cc->pb - ((cc->kh - 1) * cc->dh + 1)) / cc->sh + 1;
@@ -276,9 +277,10 @@ static void qconv_case(const struct qconv_case *cc, bool fc, int threads, int in
     struct ek_tensor_desc y = fc ? mkdesc("y", EK_DTYPE_INT8, 2, fyd) : mkdesc("y", EK_DTYPE_INT8, 4, yd);
     size_t wcount = (size_t)(cc->m * (fc ? cc->c : cc->kh * cc->kw * cg));
     int8_t *wv = bytes_rand(wcount), *xv = bytes_rand(x.count), *yv = malloc(y.count), *ref = malloc(y.count);
-    for (size_t i = 0; cc->no_min_weight && i < wcount; i++)
+    const bool no_min = cc->no_min_weight || no_min_weights;
+    for (size_t i = 0; no_min && i < wcount; i++)
         wv[i] = wv[i] == -128 ? 127 : wv[i];
-    if (cc->no_min_weight) /* the extreme products: x = -128 against w = 127, and -127 */
+    if (no_min) /* the extreme products: x = -128 against w = 127, and -127 */
         for (size_t i = 0; i < x.count; i += 3)
             xv[i] = -128;
     size_t k = wcount / (size_t)cc->m;
@@ -391,6 +393,17 @@ static void test_qconv(void) {
         qconv_case(&qconv_cases[i], false, 1, (int)i);
         qconv_case(&qconv_cases[i], false, 3, (int)i);
     }
+}
+
+static void test_qfully_connected(void);
+
+/* The same cases with no weight -128: the kernels that sum two products in int16 (the neon GEMM, the
+ * depthwise inner pixels) take every op. */
+static void test_qconv_no_min_weight(void) {
+    no_min_weights = true;
+    test_qconv();
+    test_qfully_connected();
+    no_min_weights = false;
 }
 
 static void test_qfully_connected(void) {
@@ -1111,7 +1124,7 @@ static void test_elementwise_rejects(void) {
 
 /* ------------------------------------------------------------------ microkernel choice */
 
-static const char *const qisas[] = {"generic", "avx2", "avx512vnni", "neondot"};
+static const char *const qisas[] = {"generic", "avx2", "avx512vnni", "neondot", "neon"};
 
 static void test_qgemm_choice(void) {
     const char *forced = getenv("EDGEKIT_QGEMM_ISA");
@@ -1142,6 +1155,7 @@ int main(void) {
         RUN(test_qfully_connected);
         RUN(test_qconv_extremes);
         RUN(test_qconv_saturation);
+        RUN(test_qconv_no_min_weight);
     }
     RUN(test_quantize);
     RUN(test_dequantize);

@@ -39,8 +39,8 @@ bool ek_gemm_force_isa(const char *name);
 bool ek_x86_has(const char *feature);
 
 /* The int8 GEMM of QCONV and QFULLY_CONNECTED (qconv.c): its microkernel, "avx512vnni", "avx2",
- * "neondot" or "generic" (the best this CPU has, or the one EDGEKIT_QGEMM_ISA names when this build and
- * CPU have it; chosen once per process, at the first prepare of such an op). */
+ * "neondot", "neon" or "generic" (the best this CPU has, or the one EDGEKIT_QGEMM_ISA names when this
+ * build and CPU have it; chosen once per process, at the first prepare of such an op). */
 const char *ek_qgemm_isa(void);
 /* Tests only: use the named microkernel from now on (false when this build or CPU lacks it); ops
  * prepared before the switch fail their runs (EK_ERR_INTERNAL) until prepared again. */

@@ -20,6 +20,8 @@
  * - avx2:       vpmaddwd on int16 pairs (x and w sign-extended: the products and their pairwise sums
  *   never saturate, unlike vpmaddubsw's);
  * - neondot:    sdot (s8 x s8, four products a lane), aarch64 CPUs with the dot product extension;
+ * - neon:       SMULL/SMLAL2/SADALP (two int8 products summed in int16), aarch64 CPUs without it, for
+ *               weights without -128 (others take generic);
  * - generic:    C loops on int16 pairs (the compiler vectorises them: SSE2, NEON).
  * Every microkernel computes the same int32 sums and the same float32 requantization (convert, one
  * multiply, round to nearest even in the default mode, add the zero point, clamp), so all of them
@@ -70,7 +72,9 @@ struct qgemm_isa;
 
 struct qconv_params {
     enum qconv_kind kind;
-    const struct qgemm_isa *isa; /* the microkernels the weights are packed for */
+    const struct qgemm_isa *isa;      /* the microkernels the weights are packed for */
+    const struct qgemm_isa *proc_isa; /* the process's choice when prepared (isa, or generic for weights
+                                       * the neon kernel cannot take) */
     bool fc;
     bool contiguous; /* QFULLY_CONNECTED, or a 1x1 QCONV of stride 1, no padding and group 1: the GEMM's rows
                       * are X's rows */
@@ -123,6 +127,8 @@ struct qgemm_isa {
     qdw_fn *dw;
     qdw_inner_fn *dw_inner; /* or NULL: dw for every pixel */
 };
+/* The GEMM microkernel of QISA_NEON sums two int8 products in int16: weights with a -128 take the generic
+ * one (prepare). */
 
 static void requant_generic(const int32_t *acc, size_t cols, const int32_t *bias, const float *mult, int8_t *y,
                             int32_t zp, int32_t lo, int32_t hi) {
@@ -575,7 +581,52 @@ static void dw_inner_neon(const struct qconv_params *p, const int8_t *x, int8_t 
 }
 #endif
 
-enum { QISA_GENERIC, QISA_AVX2, QISA_VNNI, QISA_NEONDOT, QISA_COUNT };
+#if EK_QGEMM_NEON
+/* NEON without the dot product (Cortex-A53/A72): 4 rows x 4 columns, 16 k at a time: SMULL + SMLAL2 add
+ * two products of int8 in int16 (exact when no weight is -128: |x w| <= 128 x 127, so the pair fits;
+ * prepare uses the generic kernel for weights that have one), SADALP adds them pairwise into int32 lanes,
+ * reduced across the lanes at the end. */
+#define N_MR 4
+#define N_NR 4
+static void tile_neon(size_t kp, const void *a_, size_t lda, const void *b_, size_t rows, size_t cols,
+                      const struct qepi *e, int8_t *y, size_t ldy) {
+    const int8_t *a = a_, *b = b_;
+    const int8_t *ap[N_MR];
+    EK_UNROLL for (size_t i = 0; i < N_MR; i++) ap[i] = a + (i < rows ? i : rows - 1) * lda;
+    int32x4_t c[N_MR][N_NR];
+    EK_UNROLL for (int i = 0; i < N_MR; i++) EK_UNROLL for (int j = 0; j < N_NR; j++) c[i][j] = vdupq_n_s32(0);
+    for (size_t p = 0; p < kp; p += 16, b += 16 * N_NR) {
+        int8x16_t bv[N_NR];
+        EK_UNROLL for (int j = 0; j < N_NR; j++) bv[j] = vld1q_s8(b + 16 * j);
+        EK_UNROLL for (int i = 0; i < N_MR; i++) {
+            const int8x16_t av = vld1q_s8(ap[i] + p);
+            EK_UNROLL for (int j = 0; j < N_NR; j++) {
+                int16x8_t prod = vmull_s8(vget_low_s8(av), vget_low_s8(bv[j]));
+                prod = vmlal_high_s8(prod, av, bv[j]);
+                c[i][j] = vpadalq_s16(c[i][j], prod);
+            }
+        }
+    }
+    const int32x4_t bias = vld1q_s32(e->bias), vzp = vdupq_n_s32(e->zp);
+    const float32x4_t mult = vld1q_f32(e->mult);
+    const int8x8_t lo = vdup_n_s8((int8_t)e->lo), hi = vdup_n_s8((int8_t)e->hi);
+    EK_UNROLL for (int i = 0; i < N_MR; i++) {
+        if ((size_t)i >= rows)
+            break;
+        /* the four columns' sums across the lanes, + bias */
+        int32x4_t sum = vpaddq_s32(vpaddq_s32(c[i][0], c[i][1]), vpaddq_s32(c[i][2], c[i][3]));
+        sum = vaddq_s32(sum, bias);
+        int32x4_t q = vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(sum), mult)), vzp);
+        int16x4_t h = vqmovn_s32(q);
+        int8x8_t q8 = vmin_s8(vmax_s8(vqmovn_s16(vcombine_s16(h, h)), lo), hi);
+        int8_t tmp[8];
+        vst1_s8(tmp, q8);
+        memcpy(y + (size_t)i * ldy, tmp, cols < 4 ? cols : 4);
+    }
+}
+#endif
+
+enum { QISA_GENERIC, QISA_AVX2, QISA_VNNI, QISA_NEONDOT, QISA_NEON, QISA_COUNT };
 
 static const struct qgemm_isa qisas[QISA_COUNT] = {
 #if EK_QGEMM_NEON /* NEON is always there on aarch64: the depthwise loop uses it without the dot product */
@@ -589,6 +640,7 @@ static const struct qgemm_isa qisas[QISA_COUNT] = {
 #endif
 #if EK_QGEMM_NEON
     [QISA_NEONDOT] = {"neondot", "qgemm/neondot", QA_I8, D_MR, D_NR, 4, 0, tile_neondot, dw_neon, dw_inner_neon},
+    [QISA_NEON] = {"neon", "qgemm/neon", QA_I8, N_MR, N_NR, 16, 0, tile_neon, dw_neon, dw_inner_neon},
 #endif
 };
 
@@ -632,7 +684,7 @@ static const struct qgemm_isa *qisa_current(void) {
     if (id < 0) {
         id = qisa_by_name(getenv("EDGEKIT_QGEMM_ISA"));
         if (!qisa_available(id)) {
-            static const int order[] = {QISA_VNNI, QISA_AVX2, QISA_NEONDOT};
+            static const int order[] = {QISA_VNNI, QISA_AVX2, QISA_NEONDOT, QISA_NEON};
             id = QISA_GENERIC;
             for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
                 if (qisa_available(order[i])) {
@@ -845,7 +897,7 @@ static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
     }
     p->mult = calloc(p->m + PAD, sizeof *p->mult);
     p->bias = calloc(p->m + PAD, sizeof *p->bias);
-    p->isa = qisa_current();
+    p->isa = p->proc_isa = qisa_current();
     if (!p->mult || !p->bias)
         goto oom;
     for (size_t j = 0; j < p->m; j++) {
@@ -889,6 +941,14 @@ static ek_status_t qconv_prepare_common(struct ek_op *op, bool fc) {
         return EK_OK;
     }
     p->kind = Q_GEMM;
+#if EK_QGEMM_NEON
+    if (p->isa == &qisas[QISA_NEON])
+        for (size_t i = 0; i < w->count; i++)
+            if (wv[i] == -128) {
+                p->isa = &qisas[QISA_GENERIC];
+                break;
+            }
+#endif
     const struct qgemm_isa *isa = p->isa;
     p->contiguous = fc || (p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->group == 1 && pads[0] == 0 &&
                            pads[1] == 0 && pads[2] == 0 && pads[3] == 0);
@@ -1106,9 +1166,9 @@ static ek_status_t qconv_run(const struct ek_op *op, const void *const *in, void
         ek_parallel_for(exec, p->n * p->oh, depthwise_range, &r);
         return EK_OK;
     }
-    if (p->isa != qisa_current())
+    if (p->proc_isa != qisa_current())
         return ek_fail(EK_ERR_INTERNAL, "op '%.120s': its weights were packed for the %s int8 kernel, %s is in use",
-                       op->name ? op->name : "", p->isa->name, qisa_current()->name);
+                       op->name ? op->name : "", p->proc_isa->name, qisa_current()->name);
     if (!ek_exec_scratch(exec, 0))
         return ek_fail(EK_ERR_INTERNAL, "op '%.120s' (%s): no scratch memory given", op->name ? op->name : "",
                        ek_op_type_name((int)op->type));
