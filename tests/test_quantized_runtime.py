@@ -81,3 +81,43 @@ def test_the_mixed_network_runs_every_int8_op(tmp_path: Path) -> None:
     )
     path = quantize_onnx(src, tmp_path / "mixed-qdq.onnx", (1, 3, 16, 16))
     check(compile_quantized(path, (1, 3, 16, 16)), path, (1, 3, 16, 16), "mixed", (1, 2, 3))
+
+
+def test_int8_and_uint8_network_inputs_and_outputs() -> None:
+    """A network with an int8 input and a uint8 output (their IOS scale and zero point in
+    ``net.inputs`` / ``net.outputs``, numpy int8 / uint8 arrays in and out): x -> QLUT (int8 -> uint8,
+    the zero point moved by 128) -> q, and x -> DEQUANTIZE -> y."""
+    shape = (2, 3, 5)
+    table = np.arange(256, dtype=np.uint8)  # q = x + 128: the same real values at zero point -3 + 128
+    tensors = [
+        ekm.TensorRecord("x", shape, ekm.INPUT, ekm.INT8),
+        ekm.TensorRecord("table", (256,), ekm.CONSTANT, ekm.UINT8, data=table),
+        ekm.TensorRecord("q", shape, ekm.OUTPUT, ekm.UINT8, io_index=0),
+        ekm.TensorRecord("y", shape, ekm.OUTPUT, ekm.FLOAT32, io_index=1),
+    ]
+    ops = [
+        ekm.OpRecord("lut", OpType.QLUT, [0, 1], [2]),
+        ekm.OpRecord("dq", OpType.DEQUANTIZE, [0], [3], {"scale": 0.05, "zero_point": -3}),
+    ]
+    stage = ekm.StageRecord(tensors, ops, [0], [2, 3], 0)
+    net = ekm.NetworkRecord(
+        "q",
+        [ekm.IORecord("x", ekm.INT8, 0.05, -3, 30)],
+        [ekm.IORecord("q", ekm.UINT8, 0.05, 125, 30), ekm.IORecord("y", ekm.FLOAT32, max_bytes=120)],
+        [stage],
+    )
+    data = ekm.write(ekm.ModelFile([net], (1, 5)), source_map=False)
+    x = np.random.default_rng(7).integers(-128, 128, shape, dtype=np.int8)
+    with ek.Context(device=0, kernels="portable", threads=2) as ctx:
+        network = ctx.load_model(data).network()
+        (xi,) = network.inputs
+        qi, yi = network.outputs
+        assert (xi.dtype, xi.scale, xi.zero_point) == (np.dtype(np.int8), float(np.float32(0.05)), -3)
+        assert (qi.dtype, qi.scale, qi.zero_point) == (np.dtype(np.uint8), float(np.float32(0.05)), 125)
+        assert (yi.dtype, yi.scale, yi.zero_point) == (np.dtype(np.float32), 1.0, 0)
+        q, y = network.create_request().run([x])
+    assert q.dtype == np.uint8 and y.dtype == np.float32
+    np.testing.assert_array_equal(q, (x.astype(np.int32) + 128).astype(np.uint8))
+    np.testing.assert_array_equal(y, (x.astype(np.float32) + 3) * np.float32(0.05))
+    # the same real values both ways
+    np.testing.assert_allclose((q.astype(np.float32) - 125) * np.float32(0.05), y, rtol=0, atol=1e-6)
