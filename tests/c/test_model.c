@@ -911,6 +911,67 @@ static void test_byte_mutations(void)
     free_sample(&s);
 }
 
+/* Every byte of the quantized model changed (its attributes, scales, weights and dtypes included): each
+ * load is EK_OK or EK_ERR_MODEL_INVALID with a message; the ones that load are launched (whatever they
+ * compute; ASan and UBSan watch the kernels on the odd values). */
+static void test_quantized_byte_mutations(void)
+{
+    size_t size;
+    uint8_t *data = quantized_model(Q_OK, &size);
+    REQUIRE(data);
+    uint8_t *p = malloc(size);
+    REQUIRE(p);
+    ek_dev_t dev;
+    REQUIRE(ekt_open(&dev, 0, 16u << 20, EK_COHERENCE_DEFAULT) == EK_OK);
+    int8_t x[100], q[72];
+    float y[72];
+    for (int i = 0; i < 100; i++)
+        x[i] = (int8_t)(i * 77);
+    fuzz_failures = 0;
+    size_t ok = 0, total = 0, ran = 0;
+    static const uint8_t flips[] = {0xFF, 0x80, 0x01};
+    for (size_t pos = 0; pos < size; pos++) {
+        for (size_t kind = 0; kind < sizeof flips; kind++) {
+            memcpy(p, data, size);
+            p[pos] ^= flips[kind];
+            struct ek_model *m = NULL;
+            uint8_t *copy = aligned_alloc(64, (size + 63) / 64 * 64);
+            REQUIRE(copy);
+            memcpy(copy, p, size);
+            ek_status_t st = ek_model_load(copy, size, false, &m);
+            if (st == EK_OK)
+                ek_model_free(m);
+            else
+                free(copy);
+            check_fuzz_result(st, size, "quantized xor", pos);
+            ek_rt_t rt;
+            if (st == EK_OK && ek_rt_create(&rt, dev) == EK_OK) { /* run it: whatever it computes, safely */
+                if (ek_rt_load_model_data(rt, p, size) == EK_OK) {
+                    const void *ins[1] = {x};
+                    void *outs[2] = {y, q};
+                    ek_shape_t is, os[2];
+                    memset(&is, 0, sizeof is);
+                    is.num_dims = 4;
+                    is.dims[0] = 1;
+                    is.dims[1] = is.dims[2] = 5;
+                    is.dims[3] = 4;
+                    size_t caps[2] = {sizeof y, sizeof q};
+                    ran += ek_rt_launch_data(rt, "q", ins, &is, 1, outs, caps, os, 2, NULL) == EK_OK;
+                }
+                ek_rt_destroy(rt);
+            }
+            ok += st == EK_OK;
+            total++;
+        }
+    }
+    printf("     %zu byte changes of the %zu-byte quantized model: %zu still load, %zu of them ran\n", total, size, ok,
+           ran);
+    CHECK(ran > 0);
+    ekt_close(dev);
+    free(p);
+    free(data);
+}
+
 /* Several random changes at once, with a fixed seed (xorshift), so deeper checks are reached by
  * files that are wrong in more than one place. */
 static void test_random_mutations(void)
@@ -951,6 +1012,7 @@ int main(void)
     RUN(test_load_file);
     RUN(test_truncations);
     RUN(test_byte_mutations);
+    RUN(test_quantized_byte_mutations);
     RUN(test_random_mutations);
     return ek_test_summary();
 }
