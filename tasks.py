@@ -458,7 +458,8 @@ def bench(c: Context, quick: bool = False, board: str = "") -> None:
     python -m edgekit.bench: s2d/d2s/d2d/flush bandwidth against np.copyto of the same size, and a
     small DeviceMemory.write against a no-op Cython call. python -m edgekit.bench_models: MobileNetV2-
     and ResNet-18-style at 1x3x224x224 (and smaller models) through EdgeKit's portable and XNNPACK
-    kernels and onnxruntime, 1 and 2 threads, in the same run (needs torch and onnxruntime). Then the
+    kernels and onnxruntime, 1 and 2 threads, in the same run (needs torch and onnxruntime), each also
+    quantized to int8 (against onnxruntime's run of the same int8 model, and int8 over float32). Then the
     two large models with fewer CPUs than threads: on one allowed CPU (as under taskset -c 0) with the
     default threads and 4 threads against 1, and with 2 threads while another process keeps one of
     the two CPUs busy. python -m edgekit.bench_profile: the test models' launches without a profile,
@@ -482,8 +483,8 @@ def bench(c: Context, quick: bool = False, board: str = "") -> None:
     flag = " --quick" if quick else ""
     say("edgekit.bench")
     c.run(f"{PYTHON} -m edgekit.bench{flag}")
-    say("edgekit.bench_models")
-    c.run(f"{PYTHON} -m edgekit.bench_models{flag}")
+    say("edgekit.bench_models: float32 and int8 models against onnxruntime")
+    c.run(f"{PYTHON} -m edgekit.bench_models{flag} --int8")
     say("edgekit.bench_winograd: 3x3 layers, Winograd F(4x4,3x3) against XNNPACK and im2col")
     c.run(f"{PYTHON} -m edgekit.bench_winograd{flag}")
     say("edgekit.bench_profile: launches without and with a profile, and with a dump")

@@ -3,6 +3,7 @@ never asserted here (figures belong in the benchmark's output, not in a test's p
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -80,3 +81,34 @@ def test_launch_bench_prints_every_path_against_onnxruntime() -> None:
     for line in out.splitlines()[2:]:
         us, ratio = line.split()[-2:]
         assert float(us) > 0 and ratio.endswith("x"), line
+
+
+def test_quick_model_bench_with_int8_rows() -> None:
+    """--int8 adds the model quantized to int8 against onnxruntime's run of it, int8 over float32 per
+    engine, and the top-1 agreement table."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.bench_models",
+            "--quick",
+            "--int8",
+            "--models",
+            "mlp",
+            "--threads",
+            "1",
+            "--kernels",
+            "portable",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for engine in ("onnxruntime", "edgekit-portable"):
+        assert re.search(rf"^mlp-int8 +1x64 +{engine} +1 ", out, re.M), out
+    assert re.search(
+        r"mlp-int8 +edgekit-portable +1 threads: [\d.]+ ms vs [\d.]+ ms float32 = [\d.]+x", out
+    ), out
+    assert re.search(r"^  mlp +\d+\.\d% +\d+\.\d%$", out, re.M), out

@@ -127,3 +127,54 @@ def test_winograd_model_matches_onnxruntime_on_the_board(
         error = re.search(r"expect \S+: OK, error (\S+)", out)
         assert error is not None, out
         print(f"winograd stack on the board, {kernels}: error {error.group(1)}")
+
+
+@pytest.fixture(scope="module")
+def quantized_on_board(flashed_emu: Any) -> Path:
+    """Every test model quantized to int8 (QDQ, per-channel weights), compiled, with an input, in the
+    board's rootfs."""
+    from test_quantized import compile_quantized
+
+    from models import quantized_onnx_path
+
+    folder: Path = flashed_emu.rootfs / ON_BOARD.lstrip("/") / "int8"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in MODEL_NAMES:
+        data = compile_quantized(quantized_onnx_path(name), input_shape_of(name))
+        (folder / f"{name}.ekm").write_bytes(data)
+        np.save(folder / f"{name}-input.npy", random_input(input_shape_of(name)))
+    return folder
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_quantized_model_matches_onnxruntime_on_the_board(
+    quantized_on_board: Path, flashed_emu: Any, name: str, kernels: str
+) -> None:
+    """The int8 kernels on aarch64: the portable ones give the reference interpreter's values exactly
+    (the spec's formulas), XNNPACK's are within a step of onnxruntime on the host, as on the host."""
+    from test_quantized import assert_within_a_step
+
+    from edgekit.compiler.reference import run_reference
+    from models import OUTPUT_NAME, quantized_onnx_path
+
+    out_dir = quantized_on_board / f"{name}-{kernels}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out = edgekit_run_on_board(
+        flashed_emu.rootfs,
+        f"{ON_BOARD}/int8/{name}.ekm",
+        "--input",
+        f"{ON_BOARD}/int8/{name}-input.npy",
+        "--output-dir",
+        f"{ON_BOARD}/int8/{name}-{kernels}",
+        "--kernels",
+        kernels,
+    )
+    assert f"{kernels} kernels" in out
+    ours = np.load(out_dir / f"{OUTPUT_NAME}.npy")
+    x = np.load(quantized_on_board / f"{name}-input.npy")
+    ref = run_reference((quantized_on_board / f"{name}.ekm").read_bytes(), None, {INPUT_NAME: x})[OUTPUT_NAME]
+    if kernels == "portable":
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+    assert_within_a_step(ours, quantized_onnx_path(name), x, f"{name} on the board [{kernels}]")

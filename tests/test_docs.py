@@ -77,3 +77,28 @@ def test_every_invoke_task_is_explained() -> None:
     assert {"build", "test", "bench", "demo", "lint", "clean"} <= set(summaries), listing
     for name, summary in summaries.items():
         assert summary.rstrip().endswith("."), f"task {name}: summary cut short or missing: {summary!r}"
+
+
+def test_quantization_doc_example_runs(tmp_path: Path) -> None:
+    """docs/quantization.md: quantize a torch model with onnxruntime.quantization, compile, run, compare;
+    then its shell block on the files the example wrote."""
+    text = (ROOT / "docs" / "quantization.md").read_text()
+    (code,) = python_blocks(ROOT / "docs" / "quantization.md")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, f"docs/quantization.md example failed:\n{result.stderr}"
+    assert "float32 (1, 10) max |EdgeKit - onnxruntime|:" in result.stdout, result.stdout
+    error = float(result.stdout.rsplit(":", 1)[1])
+    assert error < 0.1, result.stdout
+    (shell,) = re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+    edgekit = Path(sys.executable).with_name("edgekit")
+    for line in shell.strip().splitlines():
+        command = line.split("#")[0].split()
+        assert command[0] == "edgekit"
+        run = subprocess.run(
+            [str(edgekit), *command[1:]], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert run.returncode == 0, f"{line}:\n{run.stdout}\n{run.stderr}"
+        if command[1] == "info":
+            assert "QCONV" in run.stdout, run.stdout

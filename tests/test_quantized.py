@@ -1,7 +1,7 @@
 """Quantized (int8) models: QDQ and QOperator ONNX models from onnxruntime.quantization, compiled to
 EdgeKit's int8 ops (.ekm 1.5, docs/model-format.md "Quantized ops") and checked against onnxruntime
-running the same quantized model: the compiler through the numpy reference interpreter here, the C
-runtime's kernels in tests/test_quantized_runtime.py.
+running the same quantized model through the numpy reference interpreter. The C runtime's kernels:
+tests/test_quantized_runtime.py; the emulated boards: tests/test_board_models.py.
 
 "Within one step": onnxruntime and EdgeKit may round a requantization differently by one unit
 (docs/model-format.md), so outputs are compared against the output's quantization step.

@@ -121,3 +121,29 @@ def test_int8_and_uint8_network_inputs_and_outputs() -> None:
     np.testing.assert_array_equal(y, (x.astype(np.float32) + 3) * np.float32(0.05))
     # the same real values both ways
     np.testing.assert_allclose((q.astype(np.float32) - 125) * np.float32(0.05), y, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- XNNPACK's int8 operators, and auto
+def run_kernels(data: bytes, kernels: str, inputs: list[np.ndarray[Any, Any]], threads: int) -> list[Any]:
+    try:
+        ctx = ek.Context(device=0, kernels=kernels, threads=threads)
+    except ek.UnsupportedError as exc:
+        pytest.skip(f"kernels={kernels}: the XNNPACK kernel provider is not available here ({exc})")
+    with ctx:
+        request = ctx.load_model(data).network().create_request()
+        return [request.run([x])[0] for x in inputs]
+
+
+@pytest.mark.parametrize("kernels", ["xnnpack", "auto"])
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_quantized_models_on_xnnpack_and_auto(name: str, kernels: str) -> None:
+    """XNNPACK's qs8/qc8 operators where the provider takes an op (each within one unit of the spec's
+    formulas), the portable kernels for the rest: within a step of onnxruntime, 1 and 2 threads."""
+    path = models.quantized_onnx_path(name)
+    shape = models.input_shape_of(name)
+    data = compile_quantized(path, shape)
+    inputs = [models.random_input(shape, seed=seed) for seed in (1, 2)]
+    for threads in (1, 2):
+        for x, ours in zip(inputs, run_kernels(data, kernels, inputs, threads)):
+            assert ours.dtype == np.float32
+            assert_within_a_step(ours, path, x, f"{name} [{kernels}, {threads} threads]")

@@ -1,9 +1,10 @@
 """aarch64 instructions per inference on the emulated board: python -m edgekit_packaging.bench_board
 
 For each test model of edgekit.bench_models (exported and compiled on this host at its test shape, so
-the table takes minutes under qemu, not hours), each engine (EdgeKit's portable, XNNPACK and auto
-kernels, and onnxruntime's aarch64 wheel from PyPI) runs in the board's own Python 3.11 under
-qemu-aarch64 with a TCG plugin that counts the guest instructions executed (edgekit_packaging.icount),
+the table takes minutes under qemu, not hours), and its int8 version ("<model>-int8", quantized by
+onnxruntime.quantization; onnxruntime runs the same int8 model), each engine (EdgeKit's portable,
+XNNPACK and auto kernels, and onnxruntime's aarch64 wheel from PyPI) runs in the board's own Python
+3.11 under qemu-aarch64 with a TCG plugin that counts the guest instructions executed (edgekit_packaging.icount),
 1 thread. Each engine loads the model and infers 1 + N times in one board process; the plugin notes the
 count after load + 1 inference and after the N more (bench_board_guest.py marks them), and the
 difference over N is the instructions per inference, start-up (Python, imports, loading, the first
@@ -124,12 +125,13 @@ class Row:
     note: str = ""
 
 
-def prepare(names: list[str], work: Path, log: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Export and compile each model at its test shape in `work`, with an input and the host
-    onnxruntime's output for it: {name: (shape, expected output)}."""
+def prepare(names: list[str], work: Path, log: Any, int8: bool) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Export and compile each model at its test shape in `work` (with `int8`, also "<name>-int8", the
+    model quantized by edgekit.bench_models.quantize_onnx), with an input and the host onnxruntime's
+    output for it: {model: (shape, expected output)}."""
     import numpy as np
 
-    from edgekit.bench_models import INPUT_NAME, MODELS, SEED, export_onnx, ort_session
+    from edgekit.bench_models import INPUT_NAME, MODELS, SEED, export_onnx, ort_session, quantize_onnx
     from edgekit.compiler import compile_model
 
     made: dict[str, tuple[tuple[int, ...], Any]] = {}
@@ -137,11 +139,14 @@ def prepare(names: list[str], work: Path, log: Any) -> dict[str, tuple[tuple[int
         shape = MODELS[name].test_shape
         log(f"  {name} {'x'.join(map(str, shape))}: export + compile on the host")
         onnx_path = export_onnx(name, shape, work / f"{name}.onnx")
-        compile_model(str(onnx_path), str(work / f"{name}.ekm"), stages=[{INPUT_NAME: shape}], name=name)
+        variants = [(name, onnx_path)]
+        if int8:
+            variants.append((f"{name}-int8", quantize_onnx(onnx_path, work / f"{name}-int8.onnx", shape)))
         x = np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
-        np.save(work / f"{name}.input.npy", x)
-        expected = ort_session(onnx_path, 1).run(None, {INPUT_NAME: x})[0]
-        made[name] = (shape, expected)
+        for label, path in variants:
+            compile_model(str(path), str(work / f"{label}.ekm"), stages=[{INPUT_NAME: shape}], name=label)
+            np.save(work / f"{label}.input.npy", x)
+            made[label] = (shape, ort_session(path, 1).run(None, {INPUT_NAME: x})[0])
     return made
 
 
@@ -224,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="N: the inferences counted (default 3)")
     parser.add_argument("--board", default="emu-debian12", help="the emulated board's profile")
+    parser.add_argument(
+        "--no-int8",
+        action="store_true",
+        help="leave out the int8 models ('<model>-int8': each model quantized by onnxruntime.quantization, "
+        "against onnxruntime running the same int8 model)",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     engines = [e for e in args.engines.split(",") if e]
@@ -253,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp)
             (work / GUEST.name).write_bytes(GUEST.read_bytes())
             fake_cpuinfo(work / "cpuinfo")
-            prepared = prepare(names, work, log)
-            for name in names:
+            prepared = prepare(names, work, log, int8=not args.no_int8)
+            for name in prepared:
                 shape, expected = prepared[name]
                 for engine in engines:
                     log(f"  {name}: {engine} (load + 1 run, then {args.runs} counted)")

@@ -7,6 +7,9 @@ a warm-up, then N timed runs; median and p90 in milliseconds, and EdgeKit's medi
 at the same thread count (< 1: EdgeKit is faster).
 Every run goes host arrays in -> host arrays out on both sides (EdgeKit: Request.run, onnxruntime:
 InferenceSession.run). The max error against onnxruntime is printed too (max |a-b| / max(1, max |ref|)).
+--int8 adds each model quantized to int8 ("<model>-int8": onnxruntime.quantization, QDQ, per-channel
+weights, calibrated on random inputs), timed against onnxruntime running the same int8 model, and a
+table of int8 over float32 per engine.
 
 MobileNetV2-style and ResNet-18-style run at 1x3x224x224, the others at their small test sizes. Host only:
 needs torch and onnxruntime. The model definitions here are also the test suite's models (tests/models.py).
@@ -407,23 +410,51 @@ def bench_model(
     warmup: int,
     repeats: int,
     log: Callable[[str], None],
+    int8: bool = False,
 ) -> list[Row]:
-    import edgekit as ek
+    """Rows of model `name` (and, with `int8`, of its int8 version "<name>-int8", quantized by
+    quantize_onnx, against onnxruntime running that same quantized model)."""
     from edgekit.compiler import compile_model
 
     onnx_path = export_onnx(name, shape, workdir / f"{name}.onnx")
-    ekm_path = workdir / f"{name}.ekm"
-    compile_model(str(onnx_path), str(ekm_path), stages=[{INPUT_NAME: shape}], name=name)
+    variants = [(name, onnx_path)]
+    if int8:
+        log(f"  {name}: quantizing to int8 (onnxruntime.quantization, calibrated on random inputs)")
+        variants.append((f"{name}-int8", quantize_onnx(onnx_path, workdir / f"{name}-int8.onnx", shape)))
+    rows: list[Row] = []
+    for label, path in variants:
+        ekm_path = workdir / f"{label}.ekm"
+        compile_model(str(path), str(ekm_path), stages=[{INPUT_NAME: shape}], name=name)
+        rows += _bench_engines(
+            label, name, shape, path, ekm_path, threads_list, kernels_list, warmup, repeats, log
+        )
+    return rows
+
+
+def _bench_engines(
+    label: str,
+    name: str,
+    shape: tuple[int, ...],
+    onnx_path: Path,
+    ekm_path: Path,
+    threads_list: Sequence[int | None],
+    kernels_list: Sequence[str],
+    warmup: int,
+    repeats: int,
+    log: Callable[[str], None],
+) -> list[Row]:
+    import edgekit as ek
+
     x = np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
     rows: list[Row] = []
     for threads in threads_list:
         session = ort_session(onnx_path, threads)
         expected = session.run(None, {INPUT_NAME: x})[0]
-        log(f"  {name} {'x'.join(map(str, shape))}: onnxruntime, {threads_text(threads)} thread(s)")
+        log(f"  {label} {'x'.join(map(str, shape))}: onnxruntime, {threads_text(threads)} thread(s)")
         ort_times = time_runs(functools.partial(session.run, None, {INPUT_NAME: x}), warmup, repeats)
-        rows.append(Row(name, shape, "onnxruntime", threads, ort_times, None))
+        rows.append(Row(label, shape, "onnxruntime", threads, ort_times, None))
         for kernels in kernels_list:
-            log(f"  {name}: edgekit-{kernels}, {threads_text(threads)} thread(s)")
+            log(f"  {label}: edgekit-{kernels}, {threads_text(threads)} thread(s)")
             try:
                 ctx = ek.Context(device=0, kernels=kernels, threads=threads)
             except ek.UnsupportedError as exc:
@@ -434,9 +465,60 @@ def bench_model(
                 actual = request.run([x])[0]
                 times = time_runs(functools.partial(request.run, [x]), warmup, repeats)
                 rows.append(
-                    Row(name, shape, f"edgekit-{kernels}", threads, times, max_error(actual, expected))
+                    Row(label, shape, f"edgekit-{kernels}", threads, times, max_error(actual, expected))
                 )
     return rows
+
+
+def print_int8_ratios(rows: Sequence[Row], out: Callable[[str], None] = print) -> None:
+    """Each engine's int8 model against its own float32 run of the same model (< 1: int8 is faster)."""
+    median = {(r.model, r.engine, r.threads): r.median for r in rows}
+    lines = []
+    for r in rows:
+        if not r.model.endswith("-int8"):
+            continue
+        base = median.get((r.model[: -len("-int8")], r.engine, r.threads))
+        if base:
+            lines.append(
+                f"  {r.model:<19}{r.engine:<19}{threads_text(r.threads):>7} threads: "
+                f"{r.median:.3f} ms vs {base:.3f} ms float32 = {r.median / base:.2f}x"
+            )
+    if lines:
+        out("int8 against float32 (the same engine and threads):")
+        for line in lines:
+            out(line)
+
+
+CLASSIFIERS = ("mobilenetv2", "resnet18", "mlp", "senet")  # one row of class scores per input
+
+
+def top1_agreement(
+    names: Sequence[str], count: int, workdir: Path, log: Callable[[str], None]
+) -> list[tuple[str, float, float]]:
+    """For each classifier: how often the int8 model's top-1 class equals the float32 model's on
+    `count` random inputs (one batch, at the test shape), for EdgeKit's int8 run and onnxruntime's
+    run of the same int8 model: [(name, EdgeKit agreement, onnxruntime agreement)]."""
+    import edgekit as ek
+    from edgekit.compiler import compile_model
+
+    results = []
+    for name in names:
+        if name not in CLASSIFIERS:
+            continue
+        shape = MODELS[name].test_shape
+        batch = (count, *shape[1:])
+        log(f"  {name}: top-1 agreement of int8 and float32 on {count} random inputs")
+        onnx_path = export_onnx(name, shape, workdir / f"{name}-top1.onnx")
+        int8_path = quantize_onnx(onnx_path, workdir / f"{name}-top1-int8.onnx", shape)
+        x = np.random.default_rng(SEED + 2).standard_normal(batch).astype(np.float32)
+        float_top = np.argmax(ort_session(onnx_path, None).run(None, {INPUT_NAME: x})[0], axis=-1)
+        ort_top = np.argmax(ort_session(int8_path, None).run(None, {INPUT_NAME: x})[0], axis=-1)
+        data = compile_model(str(int8_path), stages=[{INPUT_NAME: batch}]).data
+        with ek.Context(device=0) as ctx:
+            ours = ctx.load_model(data).network().create_request().run([x])[0]
+        ek_top = np.argmax(ours, axis=-1)
+        results.append((name, float(np.mean(ek_top == float_top)), float(np.mean(ort_top == float_top))))
+    return results
 
 
 def threads_text(threads: int | None) -> str:
@@ -457,7 +539,7 @@ def aligned(header: Sequence[str], table: Sequence[Sequence[str]], left: int = 0
 def print_table(rows: Sequence[Row], out: Callable[[str], None] = print) -> None:
     ort_median = {(r.model, r.threads): r.median for r in rows if r.engine == "onnxruntime"}
     out(
-        f"{'model':<13}{'input':<14}{'engine':<19}{'threads':>7}{'median ms':>11}{'p90 ms':>10}"
+        f"{'model':<18}{'input':<14}{'engine':<19}{'threads':>7}{'median ms':>11}{'p90 ms':>10}"
         f"{'vs ORT':>9}{'max err':>10}"
     )
     for r in rows:
@@ -465,7 +547,7 @@ def print_table(rows: Sequence[Row], out: Callable[[str], None] = print) -> None
         ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
         error_text = f"{r.error:.1e}" if r.error is not None else "-"
         out(
-            f"{r.model:<13}{'x'.join(map(str, r.shape)):<14}{r.engine:<19}{threads_text(r.threads):>7}"
+            f"{r.model:<18}{'x'.join(map(str, r.shape)):<14}{r.engine:<19}{threads_text(r.threads):>7}"
             f"{r.median:>11.3f}{r.p90:>10.3f}{ratio_text:>9}{error_text:>10}"
         )
 
@@ -479,7 +561,7 @@ def print_thread_ratios(rows: Sequence[Row], out: Callable[[str], None] = print)
     out("against the same engine with 1 thread:")
     for r in others:
         ratio = r.median / one[(r.model, r.engine)]
-        out(f"  {r.model:<13}{r.engine:<19}{threads_text(r.threads):>7} threads: {ratio:.2f}x")
+        out(f"  {r.model:<18}{r.engine:<19}{threads_text(r.threads):>7} threads: {ratio:.2f}x")
 
 
 @contextmanager
@@ -526,6 +608,12 @@ def main(argv: list[str] | None = None) -> int:
         "Winograd (auto: XNNPACK for the other ops), 'xnnpack' gives XNNPACK every op it supports",
     )
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per row (default: 20, --quick 3)")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also each model quantized to int8 (QDQ, per-channel weights, by onnxruntime.quantization): "
+        "'<model>-int8' rows against onnxruntime running the same int8 model, and int8 over float32",
+    )
     args = parser.parse_args(argv)
 
     names = [n for n in args.models.split(",") if n]
@@ -573,9 +661,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp, busy_cpu(args.busy):
         for name in names:
             shape = MODELS[name].bench_shape
-            rows += bench_model(name, shape, Path(tmp), threads_list, kernels_list, warmup, repeats, log)
+            rows += bench_model(
+                name, shape, Path(tmp), threads_list, kernels_list, warmup, repeats, log, int8=args.int8
+            )
+        agreement = top1_agreement(names, 300, Path(tmp), log) if args.int8 else []
     print_table(rows)
     print_thread_ratios(rows)
+    print_int8_ratios(rows)
+    if agreement:
+        out_lines = aligned(
+            ["model", "EdgeKit int8", "onnxruntime int8"],
+            [[n, f"{a:.1%}", f"{b:.1%}"] for n, a, b in agreement],
+            left=1,
+        )
+        print("top-1 agreement with the float32 model (300 random inputs, test shapes):")
+        for line in out_lines:
+            print("  " + line)
     print(
         "(vs ORT: median over onnxruntime's median at the same threads; max err: max|a-b| / max(1, max|ref|))"
     )

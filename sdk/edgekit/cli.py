@@ -303,7 +303,7 @@ def _conv_algorithms(path: str) -> dict[str, list[dict[str, Any]]] | None:
         convs = out.setdefault(net.name, [])
         for index, stage in enumerate(net.stages):
             for op in stage.ops:
-                if op.type != 1 or op.inputs[1] is None:
+                if op.type not in (1, 33) or op.inputs[1] is None:  # CONV, QCONV (int8)
                     continue
                 m, kh, kw, cg = stage.tensors[op.inputs[1]].shape
                 group = int(op.attrs.get("group", 1))  # type: ignore[arg-type]
@@ -313,10 +313,14 @@ def _conv_algorithms(path: str) -> dict[str, list[dict[str, Any]]] | None:
                     algorithm = "winograd"
                 elif group > 1 and group == m and cg == 1:
                     algorithm = "depthwise"
+                elif op.type == 33:
+                    algorithm = "int8 gemm"
                 elif (kh, kw) == (1, 1) and strides == [1, 1] and not any(pads):
                     algorithm = "pointwise"
                 else:
                     algorithm = "gemm"
+                if op.type == 33 and algorithm == "depthwise":
+                    algorithm = "int8 depthwise"
                 convs.append(
                     {
                         "stage": index,
@@ -329,8 +333,25 @@ def _conv_algorithms(path: str) -> dict[str, list[dict[str, Any]]] | None:
     return out
 
 
+def _op_counts(path: str) -> dict[str, dict[str, int]] | None:
+    """Each network's ops by type, in its first stage (None without the file reader)."""
+    try:
+        from edgekit.compiler import ekm
+        from edgekit.compiler.graph import OpType
+    except ImportError:
+        return None
+    counts: dict[str, dict[str, int]] = {}
+    for net in ekm.read(Path(path).read_bytes()).networks:
+        mine = counts.setdefault(net.name, {})
+        for op in net.stages[0].ops:
+            name = OpType(op.type).name if op.type in OpType._value2member_map_ else str(op.type)
+            mine[name] = mine.get(name, 0) + 1
+    return counts
+
+
 def _describe(ctx: Any, model: Any, path: str) -> dict[str, Any]:
     convs = _conv_algorithms(path)
+    ops = _op_counts(path)
     networks = []
     for name in model.network_names:
         net = model.network(name)
@@ -365,6 +386,8 @@ def _describe(ctx: Any, model: Any, path: str) -> dict[str, Any]:
         )
         if convs is not None:
             networks[-1]["convolutions"] = convs.get(name, [])
+        if ops is not None:
+            networks[-1]["ops"] = ops.get(name, {})
     return {
         "model": path,
         "bytes": os.path.getsize(path),
@@ -402,6 +425,11 @@ def _print_info(info: dict[str, Any]) -> None:
                 f"{k}={'<=' if k in dynamic else ''}{_fmt_shape(v)}" for k, v in stage["outputs"].items()
             )
             print(f"    {index}: {ins} -> {outs}")
+        if net.get("ops"):
+            listing = ", ".join(
+                f"{n} {t}" for t, n in sorted(net["ops"].items(), key=lambda kv: (-kv[1], kv[0]))
+            )
+            print(f"  ops (stage 0): {listing}")
         convs = net.get("convolutions")
         if convs:
             winograd = sum(c["algorithm"] == "winograd" for c in convs)
