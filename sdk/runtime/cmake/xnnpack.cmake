@@ -13,6 +13,12 @@
 # toolchain's, e.g. at a glibc 2.17 floor): the two headers are copied into the build tree, the
 # libraries are linked by full path, and -rpath-link lets GNU ld resolve their own needs
 # (libcpuinfo) from the same folder.
+#
+# The provider builds against two generations of XNNPACK's operator API (kernels/xnnpack/generation.h),
+# picked here from the target's headers: EDGEKIT_XNNPACK_RESHAPE when xnnpack.h declares
+# xnn_reshape_convolution2d_nhwc_f32 (the create/reshape/setup API, Debian 13's 2024-11 XNNPACK; else
+# Debian 12's 2022 setup API), and EDGEKIT_PTHREADPOOL_WITH_THREAD when pthreadpool.h declares the
+# 2024 pthreadpool's *_with_thread functions, which threadpool.c then implements as well.
 set(EDGEKIT_XNNPACK "AUTO" CACHE STRING "Build the XNNPACK kernel provider: AUTO, ON or OFF")
 set_property(CACHE EDGEKIT_XNNPACK PROPERTY STRINGS AUTO ON OFF)
 set(EDGEKIT_XNNPACK_ROOT "" CACHE PATH "Prefix of XNNPACK's include/ and lib/ (a board rootfs's /usr)")
@@ -100,8 +106,13 @@ else()
   if(NOT _ekx_why)
     # The libraries must link for this target (a prefix of another architecture would not). GNU ld
     # needs -rpath-link to follow their own needs; zig cc (lld) does not and refuses the option.
+    # What the board's libraries need themselves is not checked (--allow-shlib-undefined, as a shared
+    # library's link already does): the toolchain's libc may be older than the board's (Debian 12's
+    # cross gcc links against glibc 2.36; Debian 13's libXNNPACK needs fmodf@GLIBC_2.38 from its own
+    # libm), and the board resolves them at load time. What EdgeKit's own ELFs need is checked against
+    # the board's glibc after the build.
     get_filename_component(_ekx_libdir "${_ekx_xnnpack_lib}" DIRECTORY)
-    string(MD5 _ekx_key "${_ekx_xnnpack_lib};${_ekx_pthreadpool_lib};${CMAKE_C_COMPILER}")
+    string(MD5 _ekx_key "${_ekx_xnnpack_lib};${_ekx_pthreadpool_lib};${CMAKE_C_COMPILER};2")
     include(CheckCSourceCompiles)
     set(CMAKE_REQUIRED_INCLUDES "${_ekx_header_dir}")
     set(CMAKE_REQUIRED_LIBRARIES "${_ekx_xnnpack_lib};${_ekx_pthreadpool_lib};Threads::Threads;m")
@@ -113,15 +124,28 @@ else()
         pthreadpool_destroy(pool);
         return xnn_initialize(NULL) == xnn_status_success ? 0 : 1;
       }")
-    set(CMAKE_REQUIRED_LINK_OPTIONS "-Wl,-rpath-link,${_ekx_libdir}")
+    set(CMAKE_REQUIRED_LINK_OPTIONS "-Wl,--allow-shlib-undefined;-Wl,-rpath-link,${_ekx_libdir}")
     check_c_source_compiles("${_ekx_test_program}" EDGEKIT_XNNPACK_LINKS_${_ekx_key})
     set(_ekx_link_options "-Wl,-rpath-link,${_ekx_libdir}")
     if(NOT EDGEKIT_XNNPACK_LINKS_${_ekx_key})
-      set(CMAKE_REQUIRED_LINK_OPTIONS "")
+      set(CMAKE_REQUIRED_LINK_OPTIONS "-Wl,--allow-shlib-undefined")
       check_c_source_compiles("${_ekx_test_program}" EDGEKIT_XNNPACK_LINKS_PLAIN_${_ekx_key})
       set(_ekx_link_options "")
       if(NOT EDGEKIT_XNNPACK_LINKS_PLAIN_${_ekx_key})
         set(_ekx_why "a test program does not link with ${_ekx_xnnpack_lib} (another architecture?)")
+      endif()
+    endif()
+    if(NOT _ekx_why)
+      # Which API generation the headers declare (compiled and linked against the same libraries).
+      include(CheckSymbolExists)
+      set(CMAKE_REQUIRED_LINK_OPTIONS "-Wl,--allow-shlib-undefined;${_ekx_link_options}")
+      check_symbol_exists(xnn_reshape_convolution2d_nhwc_f32 "xnnpack.h" EDGEKIT_XNNPACK_RESHAPE_${_ekx_key})
+      check_symbol_exists(pthreadpool_parallelize_3d_tile_1d_with_uarch_with_thread "pthreadpool.h"
+                          EDGEKIT_PTHREADPOOL_WITH_THREAD_${_ekx_key})
+      if(EDGEKIT_XNNPACK_RESHAPE_${_ekx_key})
+        set(_ekx_generation "the 2024 create/reshape/setup API")
+      else()
+        set(_ekx_generation "the 2022 create/setup API")
       endif()
     endif()
     unset(CMAKE_REQUIRED_INCLUDES)
@@ -136,7 +160,8 @@ else()
     message(STATUS "EdgeKit XNNPACK provider: not built (${_ekx_why})")
   else()
     set(EDGEKIT_HAVE_XNNPACK_PROVIDER ON)
-    message(STATUS "EdgeKit XNNPACK provider: built (libedgekit_xnnpack.so with ${_ekx_xnnpack_lib})")
+    message(STATUS "EdgeKit XNNPACK provider: built (libedgekit_xnnpack.so with ${_ekx_xnnpack_lib}, "
+                   "${_ekx_generation})")
     # MODULE: dlopen'ed only. It lands next to libedgekit in the build tree (same folder) and in
     # the install tree (EDGEKIT_INSTALL_LIBDIR), where the runtime looks for it.
     # threadpool.c defines the pthreadpool API XNNPACK calls (on the launch's team), exported so
@@ -145,7 +170,9 @@ else()
     target_include_directories(edgekit_xnnpack SYSTEM PRIVATE "${_ekx_header_dir}")
     target_include_directories(edgekit_xnnpack PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/include"
                                "${CMAKE_CURRENT_SOURCE_DIR}/kernels")
-    target_compile_definitions(edgekit_xnnpack PRIVATE _GNU_SOURCE)
+    target_compile_definitions(edgekit_xnnpack PRIVATE _GNU_SOURCE
+      $<$<BOOL:${EDGEKIT_XNNPACK_RESHAPE_${_ekx_key}}>:EDGEKIT_XNNPACK_RESHAPE=1>
+      $<$<BOOL:${EDGEKIT_PTHREADPOOL_WITH_THREAD_${_ekx_key}}>:EDGEKIT_PTHREADPOOL_WITH_THREAD=1>)
     set_target_properties(edgekit_xnnpack PROPERTIES
       C_STANDARD 11 C_STANDARD_REQUIRED ON C_EXTENSIONS OFF
       C_VISIBILITY_PRESET hidden POSITION_INDEPENDENT_CODE ON

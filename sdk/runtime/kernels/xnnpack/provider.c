@@ -7,12 +7,15 @@
  * API XNNPACK calls on it).
  *
  * This library does not link libedgekit and calls nothing of it: it reads the op's attributes and
- * tensor descriptions itself (op->params belongs to the portable kernel). It is built against the
- * XNNPACK of Debian 12 (libxnnpack-dev 0.0~git20220216): the operator API with batch sizes and a
- * pthreadpool at setup, XNN_MAX_TENSOR_DIMS 6, no tanh.
+ * tensor descriptions itself (op->params belongs to the portable kernel). It builds against the
+ * XNNPACK of Debian 12 (0.0~git20220216: setup with shapes and a pthreadpool) and of Debian 13
+ * (0.0~git20241108: reshape with shapes and a pthreadpool, then setup with pointers and a workspace),
+ * through the calls of generation.h, which the build points at the target's generation. Both have
+ * XNN_MAX_TENSOR_DIMS 6; the ops taken are the same on both.
  *
  * A CONV with the residual input Z (.ekm 1.4) is two XNNPACK operators in one state: the convolution
- * without the clamp, then add_nd_f32 (with the clamp) of Y and Z into Y, in place.
+ * without the clamp, then the add of Y and Z into Y, in place, with the clamp (fused in the 2022 add,
+ * a third operator with the 2024 API, as for every binary op with a clamp there).
  *
  * Buffers: XNNPACK may read up to XNN_EXTRA_BYTES (16) bytes past the end of an input (never write).
  * Constants read at run time (binary-op operands) are copied here into padded buffers; arena and
@@ -24,8 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <xnnpack.h>
-
+#include "generation.h"
 #include "kernel.h"
 #include "threadpool.h"
 
@@ -45,8 +47,8 @@ static bool on_team; /* XNNPACK's pthreadpool calls reach threadpool.c (else: li
 static bool run_probe_op(void) {
     float x[256] = {0}, y[256];
     xnn_operator_t op = NULL;
-    bool ok = xnn_create_clamp_nc_f32(1, 1, 1, -1.0f, 1.0f, 0, &op) == xnn_status_success &&
-              xnn_setup_clamp_nc_f32(op, 256, x, y, NULL) == xnn_status_success &&
+    bool ok = ekx_create_unary(EKX_CLAMP, 1, -1.0f, 1.0f, &op) == xnn_status_success &&
+              ekx_setup_unary(op, EKX_CLAMP, 256, 1, x, y, NULL) == xnn_status_success &&
               xnn_run_operator(op, NULL) == xnn_status_success;
     if (op)
         xnn_delete_operator(op);
@@ -90,38 +92,39 @@ enum ekx_kind {
     EKX_POOL2D, /* max and average pooling */
     EKX_GLOBAL_AVG,
     EKX_BINARY,
-    EKX_NC, /* unary ops and softmax: [batch, channels] */
+    EKX_UNARY, /* element-wise: [batch, channels] */
+    EKX_PRELU,
+    EKX_SOFTMAX,
     EKX_RESIZE
 };
-
-typedef enum xnn_status (*ekx_setup_nc_fn)(xnn_operator_t, size_t, const float *, float *, pthreadpool_t);
-typedef enum xnn_status (*ekx_setup_pool_fn)(xnn_operator_t, size_t, size_t, size_t, const float *, float *,
-                                             pthreadpool_t);
-typedef enum xnn_status (*ekx_setup_binary_fn)(xnn_operator_t, size_t, const size_t *, size_t, const size_t *,
-                                               const float *, const float *, float *, pthreadpool_t);
 
 struct ekx_state {
     enum ekx_kind kind;
     xnn_operator_t op;
     size_t batch;              /* N, or the rows of an NC / FC op */
     size_t height, width;      /* spatial input size */
+    size_t channels;           /* POOL2D, GLOBAL_AVG, UNARY, PRELU, SOFTMAX, RESIZE */
     size_t out_height, out_width; /* RESIZE */
     uint32_t adj_h, adj_w;     /* DECONV */
-    ekx_setup_nc_fn setup_nc;
-    ekx_setup_pool_fn setup_pool;
-    ekx_setup_binary_fn setup_binary;
+    bool max_pool;             /* POOL2D: max, else average */
+    enum ekx_binary binary;    /* BINARY */
+    enum ekx_unary unary;      /* UNARY */
+    struct ekx_workspace workspace; /* what the 2024 API's reshape asked for */
     size_t rank_a, rank_b;     /* BINARY: the folded shapes */
     size_t shape_a[XNN_MAX_TENSOR_DIMS], shape_b[XNN_MAX_TENSOR_DIMS];
     float *constant[2];        /* BINARY: padded copies of constant operands (else NULL) */
     float *slope;              /* PRELU: the slopes, expanded to the channels */
     /* The buffers and team size of the last setup: a run on the same ones (a context's arena, a request's
-     * memory) skips xnn_setup_*, which rebuilds indirection buffers and work splits. */
+     * memory) skips XNNPACK's setup (2024: reshape + setup), which rebuilds indirection buffers and work
+     * splits. */
     const void *set_x, *set_b;
     void *set_y;
     int set_threads;
     xnn_operator_t residual;   /* CONV with Z: Y = clamp(Y + Z), run after the convolution */
     size_t residual_count;     /* Y's elements */
     float *residual_z;         /* a padded copy of a constant Z (else NULL: Z is in[3]) */
+    xnn_operator_t clamp;      /* the clamp of Y a 2024 binary op (or residual add) needs, run last, in place */
+    size_t clamp_count;        /* Y's elements */
 };
 
 static void state_free(struct ekx_state *s) {
@@ -131,6 +134,9 @@ static void state_free(struct ekx_state *s) {
         xnn_delete_operator(s->op);
     if (s->residual)
         xnn_delete_operator(s->residual);
+    if (s->clamp)
+        xnn_delete_operator(s->clamp);
+    ekx_workspace_free(&s->workspace);
     free(s->residual_z);
     free(s->constant[0]);
     free(s->constant[1]);
@@ -261,16 +267,16 @@ static ek_status_t create_conv(const struct ek_op *op, struct ekx_state *s) {
     if (z && (z->rank != 4 || memcmp(z->dims, y->dims, 4 * sizeof z->dims[0]) != 0))
         return EK_ERR_UNSUPPORTED;
     /* W[M,KH,KW,C/group] is XNNPACK's [groups, group_output_channels, kh, kw, group_input_channels]. */
-    enum xnn_status st = xnn_create_convolution2d_nhwc_f32(
+    enum xnn_status st = ekx_create_conv2d(
         pads[0], pads[3], pads[2], pads[1], (uint32_t)kh, (uint32_t)kw, strides[0], strides[1], dilations[0],
         dilations[1], (uint32_t)group, (size_t)cg, (size_t)(m / group), (size_t)c, (size_t)m,
-        (const float *)w->constant, bias, z ? -INFINITY : lo, z ? INFINITY : hi, 0, &s->op);
+        (const float *)w->constant, bias, z ? -INFINITY : lo, z ? INFINITY : hi, &s->op);
     if (st != xnn_status_success)
         return create_failed(st);
     if (z) {
-        if ((st = xnn_create_add_nd_f32(lo, hi, 0, &s->residual)) != xnn_status_success)
+        if ((st = ekx_create_binary(EKX_ADD, lo, hi, &s->residual, &s->clamp)) != xnn_status_success)
             return create_failed(st);
-        s->residual_count = y->count;
+        s->residual_count = s->clamp_count = y->count;
         if (is_constant(z)) {
             ek_status_t status = padded_copy(z, &s->residual_z);
             if (status != EK_OK)
@@ -309,10 +315,10 @@ static ek_status_t create_deconv(const struct ek_op *op, struct ekx_state *s) {
     const float *bias;
     if (!optional_bias(op, 2, m, &bias))
         return EK_ERR_UNSUPPORTED;
-    enum xnn_status st = xnn_create_deconvolution2d_nhwc_f32(
+    enum xnn_status st = ekx_create_deconv2d(
         pads[0], pads[3], pads[2], pads[1], (uint32_t)kh, (uint32_t)kw, strides[0], strides[1], dilations[0],
         dilations[1], (uint32_t)group, (size_t)cg, (size_t)(m / group), (size_t)c, (size_t)m,
-        (const float *)w->constant, bias, lo, hi, 0, &s->op);
+        (const float *)w->constant, bias, lo, hi, &s->op);
     if (st != xnn_status_success)
         return create_failed(st);
     s->kind = EKX_DECONV;
@@ -337,8 +343,7 @@ static ek_status_t create_fc(const struct ek_op *op, struct ekx_state *s) {
     if (!attr_act(op, &lo, &hi) || !optional_bias(op, 2, n, &bias))
         return EK_ERR_UNSUPPORTED;
     /* W[N,K] is XNNPACK's default kernel layout [output_channels, input_channels]. */
-    enum xnn_status st = xnn_create_fully_connected_nc_f32((size_t)k, (size_t)n, (size_t)k, (size_t)n,
-                                                           (const float *)w->constant, bias, lo, hi, 0, &s->op);
+    enum xnn_status st = ekx_create_fc((size_t)k, (size_t)n, (const float *)w->constant, bias, lo, hi, &s->op);
     if (st != xnn_status_success)
         return create_failed(st);
     s->kind = EKX_FC;
@@ -389,20 +394,17 @@ static ek_status_t create_pool(const struct ek_op *op, struct ekx_state *s, bool
         return EK_ERR_UNSUPPORTED;
     const size_t c = (size_t)x->dims[3];
     enum xnn_status st;
-    if (max) {
-        st = xnn_create_max_pooling2d_nhwc_f32(pads[0], (uint32_t)right, (uint32_t)bottom, pads[1], kernel[0],
-                                               kernel[1], strides[0], strides[1], dilations[0], dilations[1], c,
-                                               c, c, -INFINITY, INFINITY, 0, &s->op);
-        s->setup_pool = xnn_setup_max_pooling2d_nhwc_f32;
-    } else {
-        st = xnn_create_average_pooling2d_nhwc_f32(pads[0], (uint32_t)right, (uint32_t)bottom, pads[1],
-                                                   kernel[0], kernel[1], strides[0], strides[1], c, c, c,
-                                                   -INFINITY, INFINITY, 0, &s->op);
-        s->setup_pool = xnn_setup_average_pooling2d_nhwc_f32;
-    }
+    if (max)
+        st = ekx_create_max_pool2d(pads[0], (uint32_t)right, (uint32_t)bottom, pads[1], kernel[0], kernel[1],
+                                   strides[0], strides[1], dilations[0], dilations[1], c, &s->op);
+    else
+        st = ekx_create_avg_pool2d(pads[0], (uint32_t)right, (uint32_t)bottom, pads[1], kernel[0], kernel[1],
+                                   strides[0], strides[1], c, &s->op);
     if (st != xnn_status_success)
         return create_failed(st);
     s->kind = EKX_POOL2D;
+    s->max_pool = max;
+    s->channels = c;
     s->batch = (size_t)x->dims[0];
     s->height = (size_t)h;
     s->width = (size_t)w;
@@ -414,10 +416,11 @@ static ek_status_t create_global_avg(const struct ek_op *op, struct ekx_state *s
     if (x->rank != 4 || y->count != (size_t)(x->dims[0] * x->dims[3]))
         return EK_ERR_UNSUPPORTED;
     const size_t c = (size_t)x->dims[3];
-    enum xnn_status st = xnn_create_global_average_pooling_nwc_f32(c, c, c, -INFINITY, INFINITY, 0, &s->op);
+    enum xnn_status st = ekx_create_global_avg((size_t)(x->dims[1] * x->dims[2]), c, &s->op);
     if (st != xnn_status_success)
         return create_failed(st);
     s->kind = EKX_GLOBAL_AVG;
+    s->channels = c;
     s->batch = (size_t)x->dims[0];
     s->width = (size_t)(x->dims[1] * x->dims[2]);
     return EK_OK;
@@ -483,29 +486,26 @@ static ek_status_t create_binary(const struct ek_op *op, struct ekx_state *s) {
                                                                                 : s->shape_b[s->rank_b - 1];
     if (s->rank_a >= 2 && inner < 256 && y->count / inner >= 64)
         return EK_ERR_UNSUPPORTED;
-    enum xnn_status st;
     switch (op->type) {
     case EK_OP_ADD:
-        st = xnn_create_add_nd_f32(lo, hi, 0, &s->op);
-        s->setup_binary = xnn_setup_add_nd_f32;
+        s->binary = EKX_ADD;
         break;
     case EK_OP_SUB:
-        st = xnn_create_subtract_nd_f32(lo, hi, 0, &s->op);
-        s->setup_binary = xnn_setup_subtract_nd_f32;
+        s->binary = EKX_SUB;
         break;
     case EK_OP_MUL:
-        st = xnn_create_multiply_nd_f32(lo, hi, 0, &s->op);
-        s->setup_binary = xnn_setup_multiply_nd_f32;
+        s->binary = EKX_MUL;
         break;
     case EK_OP_DIV:
-        st = xnn_create_divide_nd_f32(lo, hi, 0, &s->op);
-        s->setup_binary = xnn_setup_divide_nd_f32;
+        s->binary = EKX_DIV;
         break;
     default:
         return EK_ERR_UNSUPPORTED;
     }
+    enum xnn_status st = ekx_create_binary(s->binary, lo, hi, &s->op, &s->clamp);
     if (st != xnn_status_success)
         return create_failed(st);
+    s->clamp_count = y->count;
     for (int i = 0; i < 2; i++) {
         if (is_constant(op->in[i])) {
             ek_status_t status = padded_copy(op->in[i], &s->constant[i]);
@@ -524,37 +524,31 @@ static ek_status_t create_nc(const struct ek_op *op, struct ekx_state *s) {
         return EK_ERR_UNSUPPORTED;
     /* Element-wise ops see the tensor as one row: XNNPACK splits contiguous rows into blocks. */
     size_t channels = x->count;
+    float a = 0.0f, b = 0.0f; /* a unary op's parameters */
     enum xnn_status st;
     switch (op->type) {
     case EK_OP_RELU:
-        st = xnn_create_clamp_nc_f32(channels, channels, channels, 0.0f, INFINITY, 0, &s->op);
-        s->setup_nc = xnn_setup_clamp_nc_f32;
+        s->unary = EKX_CLAMP;
+        a = 0.0f;
+        b = INFINITY;
         break;
-    case EK_OP_CLIP: {
-        float lo, hi;
-        if (!attr_float(op, "min", -INFINITY, &lo) || !attr_float(op, "max", INFINITY, &hi) || isnan(lo) ||
-            isnan(hi) || !(lo < hi))
+    case EK_OP_CLIP:
+        if (!attr_float(op, "min", -INFINITY, &a) || !attr_float(op, "max", INFINITY, &b) || isnan(a) ||
+            isnan(b) || !(a < b))
             return EK_ERR_UNSUPPORTED;
-        st = xnn_create_clamp_nc_f32(channels, channels, channels, lo, hi, 0, &s->op);
-        s->setup_nc = xnn_setup_clamp_nc_f32;
+        s->unary = EKX_CLAMP;
         break;
-    }
-    case EK_OP_LEAKY_RELU: {
-        float alpha;
+    case EK_OP_LEAKY_RELU:
         /* ONNX's default, as the portable kernel's. */
-        if (!attr_float(op, "alpha", 0.01f, &alpha) || !isfinite(alpha))
+        if (!attr_float(op, "alpha", 0.01f, &a) || !isfinite(a))
             return EK_ERR_UNSUPPORTED;
-        st = xnn_create_leaky_relu_nc_f32(channels, channels, channels, alpha, 0, &s->op);
-        s->setup_nc = xnn_setup_leaky_relu_nc_f32;
+        s->unary = EKX_LEAKY_RELU;
         break;
-    }
     case EK_OP_SIGMOID:
-        st = xnn_create_sigmoid_nc_f32(channels, channels, channels, 0, &s->op);
-        s->setup_nc = xnn_setup_sigmoid_nc_f32;
+        s->unary = EKX_SIGMOID;
         break;
     case EK_OP_HARD_SWISH:
-        st = xnn_create_hardswish_nc_f32(channels, channels, channels, 0, &s->op);
-        s->setup_nc = xnn_setup_hardswish_nc_f32;
+        s->unary = EKX_HARD_SWISH;
         break;
     case EK_OP_PRELU: {
         /* A constant slope per channel (the last axis), or one slope for all. */
@@ -574,9 +568,12 @@ static ek_status_t create_nc(const struct ek_op *op, struct ekx_state *s) {
         const float *v = (const float *)slope->constant;
         for (size_t i = 0; i < channels; i++)
             s->slope[i] = slope->count == 1 ? v[0] : v[i];
-        st = xnn_create_prelu_nc_f32(channels, channels, channels, s->slope, 0, &s->op);
-        s->setup_nc = xnn_setup_prelu_nc_f32;
-        break;
+        if ((st = ekx_create_prelu(channels, s->slope, &s->op)) != xnn_status_success)
+            return create_failed(st);
+        s->kind = EKX_PRELU;
+        s->channels = channels;
+        s->batch = x->count / channels;
+        return EK_OK;
     }
     case EK_OP_SOFTMAX: {
         int64_t axis;
@@ -587,16 +584,20 @@ static ek_status_t create_nc(const struct ek_op *op, struct ekx_state *s) {
             if (x->dims[i] != 1)
                 return EK_ERR_UNSUPPORTED;
         channels = (size_t)x->dims[axis];
-        st = xnn_create_softmax_nc_f32(channels, channels, channels, 0, &s->op);
-        s->setup_nc = xnn_setup_softmax_nc_f32;
-        break;
+        if ((st = ekx_create_softmax(channels, &s->op)) != xnn_status_success)
+            return create_failed(st);
+        s->kind = EKX_SOFTMAX;
+        s->channels = channels;
+        s->batch = x->count / channels;
+        return EK_OK;
     }
     default:
         return EK_ERR_UNSUPPORTED;
     }
-    if (st != xnn_status_success)
+    if ((st = ekx_create_unary(s->unary, channels, a, b, &s->op)) != xnn_status_success)
         return create_failed(st);
-    s->kind = EKX_NC;
+    s->kind = EKX_UNARY;
+    s->channels = channels;
     s->batch = x->count / channels;
     return EK_OK;
 }
@@ -638,10 +639,11 @@ static ek_status_t create_resize(const struct ek_op *op, struct ekx_state *s) {
         return EK_ERR_UNSUPPORTED;
     }
     const size_t c = (size_t)x->dims[3];
-    enum xnn_status st = xnn_create_resize_bilinear2d_nhwc_f32(c, c, c, flags, &s->op);
+    enum xnn_status st = ekx_create_resize_bilinear(c, (size_t)oh, (size_t)ow, flags, &s->op);
     if (st != xnn_status_success)
         return create_failed(st);
     s->kind = EKX_RESIZE;
+    s->channels = c;
     s->batch = (size_t)x->dims[0];
     s->height = (size_t)h;
     s->width = (size_t)w;
@@ -707,7 +709,7 @@ static ek_status_t ekx_create(const struct ek_op *op, void **state) {
     case EK_OP_RESIZE:
         status = create_resize(op, s);
         break;
-    default: /* MATMUL, TANH (not in this XNNPACK), HARD_SIGMOID, shape ops: portable */
+    default: /* MATMUL, TANH (not in the 2022 XNNPACK), HARD_SIGMOID, shape ops: portable */
         status = EK_ERR_UNSUPPORTED;
         break;
     }
@@ -743,48 +745,60 @@ static enum xnn_status setup_and_run(struct ekx_state *s, const void *const *in,
     enum xnn_status st = xnn_run_operator(s->op, pool);
     if (st == xnn_status_success && s->residual) /* Y = clamp(Y + Z), after the convolution wrote Y */
         st = xnn_run_operator(s->residual, pool);
+    if (st == xnn_status_success && s->clamp) /* the clamp a 2024 binary op has as its own operator */
+        st = xnn_run_operator(s->clamp, pool);
     return st;
 }
 
-/* Bind the buffers into the op's operators (XNNPACK's setup). */
+/* Bind the buffers into the op's operators (XNNPACK's setup; with the 2024 API, reshape + setup). */
 static enum xnn_status setup(struct ekx_state *s, const void *const *in, const float *x, float *y, const void *second,
                              pthreadpool_t pool) {
     enum xnn_status st;
     switch (s->kind) {
     case EKX_CONV:
-        st = xnn_setup_convolution2d_nhwc_f32(s->op, s->batch, s->height, s->width, x, y, pool);
+        st = ekx_setup_conv2d(s->op, &s->workspace, s->batch, s->height, s->width, x, y, pool);
         if (st == xnn_status_success && s->residual)
-            st = xnn_setup_add_nd_f32(s->residual, 1, &s->residual_count, 1, &s->residual_count, y, second, y, pool);
+            st = ekx_setup_binary(s->residual, EKX_ADD, 1, &s->residual_count, 1, &s->residual_count, y, second, y,
+                                  pool);
         break;
     case EKX_DECONV:
-        st = xnn_setup_deconvolution2d_nhwc_f32(s->op, s->batch, s->height, s->width, s->adj_h, s->adj_w, x, y,
-                                                pool);
+        st = ekx_setup_deconv2d(s->op, s->batch, s->height, s->width, s->adj_h, s->adj_w, x, y, pool);
         break;
     case EKX_FC:
-        st = xnn_setup_fully_connected_nc_f32(s->op, s->batch, x, y, pool);
+        st = ekx_setup_fc(s->op, s->batch, x, y, pool);
         break;
     case EKX_POOL2D:
-        st = s->setup_pool(s->op, s->batch, s->height, s->width, x, y, pool);
+        st = s->max_pool ? ekx_setup_max_pool2d(s->op, s->batch, s->height, s->width, s->channels, x, y, pool)
+                         : ekx_setup_avg_pool2d(s->op, &s->workspace, s->batch, s->height, s->width, s->channels, x,
+                                                y, pool);
         break;
     case EKX_GLOBAL_AVG:
-        st = xnn_setup_global_average_pooling_nwc_f32(s->op, s->batch, s->width, x, y, pool);
+        st = ekx_setup_global_avg(s->op, &s->workspace, s->batch, s->width, s->channels, x, y, pool);
         break;
     case EKX_BINARY: {
         const float *a = s->constant[0] ? s->constant[0] : x;
         const float *b = s->constant[1] ? s->constant[1] : (const float *)in[1];
-        st = s->setup_binary(s->op, s->rank_a, s->shape_a, s->rank_b, s->shape_b, a, b, y, pool);
+        st = ekx_setup_binary(s->op, s->binary, s->rank_a, s->shape_a, s->rank_b, s->shape_b, a, b, y, pool);
         break;
     }
-    case EKX_NC:
-        st = s->setup_nc(s->op, s->batch, x, y, pool);
+    case EKX_UNARY:
+        st = ekx_setup_unary(s->op, s->unary, s->batch, s->channels, x, y, pool);
+        break;
+    case EKX_PRELU:
+        st = ekx_setup_prelu(s->op, s->batch, s->channels, s->slope, x, y, pool);
+        break;
+    case EKX_SOFTMAX:
+        st = ekx_setup_softmax(s->op, s->batch, s->channels, x, y, pool);
         break;
     case EKX_RESIZE:
-        st = xnn_setup_resize_bilinear2d_nhwc_f32(s->op, s->batch, s->height, s->width, s->out_height,
-                                                  s->out_width, x, y, pool);
+        st = ekx_setup_resize_bilinear(s->op, &s->workspace, s->batch, s->height, s->width, s->channels,
+                                       s->out_height, s->out_width, x, y, pool);
         break;
     default:
         return xnn_status_invalid_state;
     }
+    if (st == xnn_status_success && s->clamp) /* Y = clamp(Y), in place */
+        st = ekx_setup_unary(s->clamp, EKX_CLAMP, 1, s->clamp_count, y, y, pool);
     return st;
 }
 
@@ -798,7 +812,8 @@ static ek_status_t ekx_run(void *state, const void *const *in, void *const *out,
         return EK_ERR_INVALID_ARG;
     enum xnn_status st;
     if (on_team) {
-        /* XNNPACK sizes its work from the team (pthreadpool_get_threads_count) at setup: both in. */
+        /* XNNPACK sizes its work from the team (pthreadpool_get_threads_count) at setup (2024:
+         * reshape): both in. */
         ekx_threadpool_enter(team);
         st = setup_and_run(s, in, out, NULL, team ? team->threads : 1);
         ekx_threadpool_leave();

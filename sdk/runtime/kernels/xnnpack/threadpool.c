@@ -12,7 +12,14 @@
  * RTLD_GLOBAL), the provider falls back to libpthreadpool's pools. A pthreadpool function that is
  * not defined here (a newer XNNPACK's) goes to libpthreadpool and runs serially, never on a wrong
  * object: the provider passes XNNPACK a NULL pool, whose documented meaning is "on the calling
- * thread", and only the functions here read the team from the thread. */
+ * thread", and only the functions here read the team from the thread.
+ *
+ * Two generations of the API: the pthreadpool of 2021 (Debian 12) that the 2022 XNNPACK calls, and
+ * the one of 2024 (Debian 13), whose additions the 2024 XNNPACK calls: the *_with_thread variants (the
+ * task gets the index of the thread running it, below pthreadpool_get_threads_count, to pick its own
+ * scratch in a workspace sized at reshape) and 2d/3d_tile_1d_with_uarch. The build defines
+ * EDGEKIT_PTHREADPOOL_WITH_THREAD when the target's pthreadpool.h declares them, and this file then
+ * defines them too. */
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -40,7 +47,11 @@ enum shape {
     S_3D, S_3D_TILE_1D, S_3D_TILE_2D, S_3D_TILE_2D_UARCH,
     S_4D, S_4D_TILE_1D, S_4D_TILE_2D, S_4D_TILE_2D_UARCH,
     S_5D, S_5D_TILE_1D, S_5D_TILE_2D,
-    S_6D, S_6D_TILE_1D, S_6D_TILE_2D
+    S_6D, S_6D_TILE_1D, S_6D_TILE_2D,
+#if EDGEKIT_PTHREADPOOL_WITH_THREAD
+    S_1D_THREAD, S_2D_THREAD, S_2D_TILE_1D_UARCH, S_2D_TILE_1D_UARCH_THREAD, S_3D_TILE_1D_THREAD,
+    S_3D_TILE_1D_UARCH, S_3D_TILE_1D_UARCH_THREAD,
+#endif
 };
 
 struct job {
@@ -53,8 +64,9 @@ struct job {
     uint32_t flags;
 };
 
-/* Calls the task for the tile at loop indices i[] (tile starts) with extents n[] (tile sizes). */
-static void call(const struct job *j, const size_t *i, const size_t *n) {
+/* Calls the task for the tile at loop indices i[] (tile starts) with extents n[] (tile sizes), on
+ * thread `t` of the team (0 .. its size - 1). */
+static void call(const struct job *j, const size_t *i, const size_t *n, size_t t) {
     void *c = j->context;
     uint32_t u = j->uarch;
     switch (j->shape) {
@@ -95,7 +107,27 @@ static void call(const struct job *j, const size_t *i, const size_t *n) {
     case S_6D_TILE_2D:
         ((pthreadpool_task_6d_tile_2d_t)j->task)(c, i[0], i[1], i[2], i[3], i[4], i[5], n[4], n[5]);
         break;
+#if EDGEKIT_PTHREADPOOL_WITH_THREAD
+    case S_1D_THREAD: ((pthreadpool_task_1d_with_thread_t)j->task)(c, t, i[0]); break;
+    case S_2D_THREAD: ((pthreadpool_task_2d_with_thread_t)j->task)(c, t, i[0], i[1]); break;
+    case S_2D_TILE_1D_UARCH: ((pthreadpool_task_2d_tile_1d_with_id_t)j->task)(c, u, i[0], i[1], n[1]); break;
+    case S_2D_TILE_1D_UARCH_THREAD:
+        ((pthreadpool_task_2d_tile_1d_with_id_with_thread_t)j->task)(c, u, t, i[0], i[1], n[1]);
+        break;
+    case S_3D_TILE_1D_THREAD:
+        ((pthreadpool_task_3d_tile_1d_with_thread_t)j->task)(c, t, i[0], i[1], i[2], n[2]);
+        break;
+    case S_3D_TILE_1D_UARCH:
+        ((pthreadpool_task_3d_tile_1d_with_id_t)j->task)(c, u, i[0], i[1], i[2], n[2]);
+        break;
+    case S_3D_TILE_1D_UARCH_THREAD:
+        ((pthreadpool_task_3d_tile_1d_with_id_with_thread_t)j->task)(c, u, t, i[0], i[1], i[2], n[2]);
+        break;
+#endif
     }
+#if !EDGEKIT_PTHREADPOOL_WITH_THREAD
+    (void)t;
+#endif
 }
 
 /* Flush-to-zero and denormals-are-zero for the duration of a range (PTHREADPOOL_FLAG_DISABLE_DENORMALS,
@@ -127,7 +159,6 @@ static void denormals_restore(uint64_t saved) {
 
 /* Tiles [begin, end) in row-major order of the loops (the last loop fastest, as pthreadpool does). */
 static void run_tiles(void *arg, size_t begin, size_t end, int thread) {
-    (void)thread;
     const struct job *j = arg;
     bool ftz = j->flags & PTHREADPOOL_FLAG_DISABLE_DENORMALS;
     uint64_t saved = ftz ? denormals_off() : 0;
@@ -140,7 +171,7 @@ static void run_tiles(void *arg, size_t begin, size_t end, int thread) {
             i[d] = index * j->tile[d];
             n[d] = j->range[d] - i[d] < j->tile[d] ? j->range[d] - i[d] : j->tile[d];
         }
-        call(j, i, n);
+        call(j, i, n, thread > 0 ? (size_t)thread : 0);
     }
     if (ftz)
         denormals_restore(saved);
@@ -405,6 +436,89 @@ EKX_API void pthreadpool_parallelize_6d_tile_2d(pthreadpool_t pool, pthreadpool_
     j.tile[5] = tile_n;
     run(&j);
 }
+
+#if EDGEKIT_PTHREADPOOL_WITH_THREAD
+/* ---- the 2024 additions ---- */
+
+EKX_API void pthreadpool_parallelize_1d_with_thread(pthreadpool_t pool, pthreadpool_task_1d_with_thread_t task,
+                                                    void *context, size_t range, uint32_t flags) {
+    (void)pool;
+    struct job j = job_of(S_1D_THREAD, TASK(task), context, flags, 1, (size_t[]){range});
+    run(&j);
+}
+
+EKX_API void pthreadpool_parallelize_2d_with_thread(pthreadpool_t pool, pthreadpool_task_2d_with_thread_t task,
+                                                    void *context, size_t range_i, size_t range_j, uint32_t flags) {
+    (void)pool;
+    struct job j = job_of(S_2D_THREAD, TASK(task), context, flags, 2, (size_t[]){range_i, range_j});
+    run(&j);
+}
+
+EKX_API void pthreadpool_parallelize_2d_tile_1d_with_uarch(pthreadpool_t pool,
+                                                           pthreadpool_task_2d_tile_1d_with_id_t task,
+                                                           void *context, uint32_t default_uarch_index,
+                                                           uint32_t max_uarch_index, size_t range_i,
+                                                           size_t range_j, size_t tile_j, uint32_t flags) {
+    (void)pool;
+    (void)max_uarch_index;
+    struct job j = job_of(S_2D_TILE_1D_UARCH, TASK(task), context, flags, 2, (size_t[]){range_i, range_j});
+    j.tile[1] = tile_j;
+    j.uarch = default_uarch_index;
+    run(&j);
+}
+
+EKX_API void pthreadpool_parallelize_2d_tile_1d_with_uarch_with_thread(
+    pthreadpool_t pool, pthreadpool_task_2d_tile_1d_with_id_with_thread_t task, void *context,
+    uint32_t default_uarch_index, uint32_t max_uarch_index, size_t range_i, size_t range_j, size_t tile_j,
+    uint32_t flags) {
+    (void)pool;
+    (void)max_uarch_index;
+    struct job j =
+        job_of(S_2D_TILE_1D_UARCH_THREAD, TASK(task), context, flags, 2, (size_t[]){range_i, range_j});
+    j.tile[1] = tile_j;
+    j.uarch = default_uarch_index;
+    run(&j);
+}
+
+EKX_API void pthreadpool_parallelize_3d_tile_1d_with_thread(pthreadpool_t pool,
+                                                            pthreadpool_task_3d_tile_1d_with_thread_t task,
+                                                            void *context, size_t range_i, size_t range_j,
+                                                            size_t range_k, size_t tile_k, uint32_t flags) {
+    (void)pool;
+    struct job j =
+        job_of(S_3D_TILE_1D_THREAD, TASK(task), context, flags, 3, (size_t[]){range_i, range_j, range_k});
+    j.tile[2] = tile_k;
+    run(&j);
+}
+
+EKX_API void pthreadpool_parallelize_3d_tile_1d_with_uarch(pthreadpool_t pool,
+                                                           pthreadpool_task_3d_tile_1d_with_id_t task,
+                                                           void *context, uint32_t default_uarch_index,
+                                                           uint32_t max_uarch_index, size_t range_i,
+                                                           size_t range_j, size_t range_k, size_t tile_k,
+                                                           uint32_t flags) {
+    (void)pool;
+    (void)max_uarch_index;
+    struct job j =
+        job_of(S_3D_TILE_1D_UARCH, TASK(task), context, flags, 3, (size_t[]){range_i, range_j, range_k});
+    j.tile[2] = tile_k;
+    j.uarch = default_uarch_index;
+    run(&j);
+}
+
+EKX_API void pthreadpool_parallelize_3d_tile_1d_with_uarch_with_thread(
+    pthreadpool_t pool, pthreadpool_task_3d_tile_1d_with_id_with_thread_t task, void *context,
+    uint32_t default_uarch_index, uint32_t max_uarch_index, size_t range_i, size_t range_j, size_t range_k,
+    size_t tile_k, uint32_t flags) {
+    (void)pool;
+    (void)max_uarch_index;
+    struct job j = job_of(S_3D_TILE_1D_UARCH_THREAD, TASK(task), context, flags, 3,
+                          (size_t[]){range_i, range_j, range_k});
+    j.tile[2] = tile_k;
+    j.uarch = default_uarch_index;
+    run(&j);
+}
+#endif
 
 /* ---- is it us XNNPACK calls? ---- */
 
