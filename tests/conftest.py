@@ -103,6 +103,19 @@ def dev1() -> Iterator[ek.Device]:
 
 # --- Cross-built boards: built once per session, shared by the cross-build, packaging, board tests ---
 
+# The emulated boards (toolchains/boards/emu-*.toml). emu-debian12, the default device, runs every board
+# test (the fixtures emu_build, emu_rootfs, emu_bundle, flashed_emu); emu-debian13 (glibc 2.41, Python
+# 3.13, the 2024 XNNPACK) runs the tests parametrised on EMU_BOARDS through the fixtures board_build and
+# flashed_board (indirect: `@pytest.mark.parametrize("flashed_board", EMU_BOARDS, indirect=True)`): its
+# build, flash, the models with both kernel paths, the C suites, the XNNPACK provider's C test and the
+# board's Python import. Each board is built, made and flashed once per session.
+EMU_BOARDS = ("emu-debian12", "emu-debian13")
+DEFAULT_BOARD = EMU_BOARDS[0]
+
+_builds: dict[str, Any] = {}
+_bundles: dict[str, Path] = {}
+_fleets: dict[str, Any] = {}
+
 
 def build_for(board_name: str, kind: str) -> Any:
     """EdgeKit cross-built for a board profile with a toolchain kind (as invoke build does)."""
@@ -116,30 +129,66 @@ def build_for(board_name: str, kind: str) -> Any:
     return cross_build(board, toolchain, steps=Steps("test build"), ensure_rootfs=board_rootfs)
 
 
+def emu_board_build(name: str) -> Any:
+    """An emulated board's build with Debian's gcc (build/aarch64-<name>), once per session."""
+    if name not in _builds:
+        _builds[name] = build_for(name, "debian")
+    return _builds[name]
+
+
+def emu_board_rootfs(name: str) -> Path:
+    """An emulated board's rootfs (made on first use, cached in ~/.cache/edgekit)."""
+    from toolchains.boards import load_board
+    from toolchains.crossbuild import board_rootfs
+
+    return board_rootfs(load_board(name))
+
+
+def emu_board_bundle(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An emulated board's bundle tarball, once per session."""
+    if name not in _bundles:
+        from edgekit_packaging.package import make_packages
+        from toolchains.steps import Steps
+
+        dist = tmp_path_factory.mktemp(f"{name}-dist")
+        made = make_packages(
+            emu_board_build(name).stage, dist, dist / "work", ["bundle"], Steps("test package")
+        )
+        _bundles[name] = Path(made["bundle"])
+    return _bundles[name]
+
+
+def emu_board_flashed(name: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An emulated board with its bundle installed by flash (as invoke flash --device emu does), once
+    per session."""
+    if name not in _fleets:
+        from edgekit_packaging import devices
+        from toolchains.boards import load_board
+        from toolchains.steps import Steps
+
+        bundle = emu_board_bundle(name, tmp_path_factory)
+        fleet = devices.EmulatedFleet(load_board(name), emu_board_rootfs(name))
+        assert devices.flash(fleet, bundle, Steps("test flash"))
+        _fleets[name] = fleet
+    return _fleets[name]
+
+
 @pytest.fixture(scope="session")
 def emu_build() -> Any:
     """EdgeKit cross-built with Debian's gcc for the emulated board (build/aarch64-emu-debian12)."""
-    return build_for("emu-debian12", "debian")
+    return emu_board_build(DEFAULT_BOARD)
 
 
 @pytest.fixture(scope="session")
 def emu_rootfs() -> Path:
     """The emulated board's rootfs (made on first use, cached in ~/.cache/edgekit)."""
-    from toolchains.boards import load_board
-    from toolchains.crossbuild import board_rootfs
-
-    return board_rootfs(load_board("emu-debian12"))
+    return emu_board_rootfs(DEFAULT_BOARD)
 
 
 @pytest.fixture(scope="session")
 def emu_bundle(emu_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The emulated board's bundle tarball."""
-    from edgekit_packaging.package import make_packages
-    from toolchains.steps import Steps
-
-    dist = tmp_path_factory.mktemp("emu-dist")
-    made = make_packages(emu_build.stage, dist, dist / "work", ["bundle"], Steps("test package"))
-    return Path(made["bundle"])
+    return emu_board_bundle(DEFAULT_BOARD, tmp_path_factory)
 
 
 def edgekit_run_on_board(rootfs: Path, *args: str) -> str:
@@ -154,12 +203,24 @@ def edgekit_run_on_board(rootfs: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def flashed_emu(emu_bundle: Path, emu_rootfs: Path) -> Any:
+def flashed_emu(emu_bundle: Path, emu_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The emulated board with the bundle installed by flash (as invoke flash --device emu does)."""
-    from edgekit_packaging import devices
-    from toolchains.boards import load_board
-    from toolchains.steps import Steps
+    return emu_board_flashed(DEFAULT_BOARD, tmp_path_factory)
 
-    fleet = devices.EmulatedFleet(load_board("emu-debian12"), emu_rootfs)
-    assert devices.flash(fleet, emu_bundle, Steps("test flash"))
-    return fleet
+
+def _board_param(request: pytest.FixtureRequest) -> str:
+    name = getattr(request, "param", DEFAULT_BOARD)
+    assert name in EMU_BOARDS, name
+    return str(name)
+
+
+@pytest.fixture(scope="session")
+def board_build(request: pytest.FixtureRequest) -> Any:
+    """The build of the emulated board the test is parametrised on (indirect; default emu-debian12)."""
+    return emu_board_build(_board_param(request))
+
+
+@pytest.fixture(scope="session")
+def flashed_board(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The flashed emulated board the test is parametrised on (indirect; default emu-debian12)."""
+    return emu_board_flashed(_board_param(request), tmp_path_factory)

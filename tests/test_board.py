@@ -1,5 +1,8 @@
-"""EdgeKit on the emulated aarch64 board: the cross-built Cython module in the board's own Python, the
-foundation's memory-API tests there, and C test programs linked to the flashed aarch64 libedgekit."""
+"""EdgeKit on the emulated aarch64 boards: the cross-built Cython module in the board's own Python, the
+foundation's memory-API tests there, and C test programs linked to the flashed aarch64 libedgekit.
+
+emu-debian12 runs all of it; emu-debian13 runs the import, the memory-API tests and the C suites in
+coherent mode (strict mode and the cache-instruction trace are the same code on both boards)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from conftest import EMU_BOARDS, emu_board_build
 from toolchains.rootfs import run_on_board
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,38 +39,53 @@ def on_board(rootfs: Path, argv: list[str], **kwargs: Any) -> subprocess.Complet
     )
 
 
-def test_cython_module_imports_in_the_boards_python(flashed_emu: Any) -> None:
+@pytest.mark.parametrize("flashed_board", EMU_BOARDS, indirect=True)
+def test_cython_module_imports_in_the_boards_python(flashed_board: Any) -> None:
     code = (
         "import platform, sys, edgekit, edgekit._core as core; "
         "print(platform.machine(), sys.version_info[:2], edgekit.__version__, core.__file__)"
     )
-    done = on_board(flashed_emu.rootfs, ["python3", "-c", code])
+    done = on_board(flashed_board.rootfs, ["python3", "-c", code])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("aarch64 (3, 11) 0.1.0 ")
+    major, minor = flashed_board.board.python.split(".")
+    assert done.stdout.startswith(f"aarch64 ({major}, {minor}) 0.1.0 ")
     # The flashed package, through the edgekit.pth that install.sh wrote.
-    assert "/opt/edgekit/current/python/edgekit/_core.cpython-311-aarch64-linux-gnu.so" in done.stdout
+    suffix = flashed_board.board.python_ext_suffix  # .cpython-311-aarch64-linux-gnu.so on emu-debian12
+    assert f"/opt/edgekit/current/python/edgekit/_core{suffix}" in done.stdout
 
 
-def test_memory_api_suite_passes_on_the_board(flashed_emu: Any) -> None:
+MEMORY_SUITES = [
+    # every memory-API, coherence and bad-input test (about 2.5 min under qemu)
+    ("emu-debian12", ("tests/test_memory_api.py", "tests/test_coherence.py", "tests/test_bad_input.py"), 200),
+    # the memory-API tests only (under a minute: the same Python and C code; this board's own part is
+    # its Python 3.13, numpy 2 and pytest 8)
+    ("emu-debian13", ("tests/test_memory_api.py",), 100),
+]
+
+
+@pytest.mark.parametrize(("flashed_board", "tests", "minimum"), MEMORY_SUITES, indirect=["flashed_board"])
+def test_memory_api_suite_passes_on_the_board(
+    flashed_board: Any, tests: tuple[str, ...], minimum: int
+) -> None:
     """The foundation's memory-API, coherence and bad-input tests, run by the board's pytest."""
-    tests = ["tests/test_memory_api.py", "tests/test_coherence.py", "tests/test_bad_input.py"]
     done = on_board(
-        flashed_emu.rootfs,
+        flashed_board.rootfs,
         ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         cwd="/src",
         binds=[(ROOT, "/src")],
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     passed = re.search(r"(\d+) passed", done.stdout)
-    assert passed and int(passed.group(1)) >= 200, done.stdout[-2000:]
+    assert passed and int(passed.group(1)) >= minimum, done.stdout[-2000:]
     assert "failed" not in done.stdout and "error" not in done.stdout.lower().split("passed")[-1]
 
 
 @pytest.fixture(scope="module")
-def c_tests_on_board(emu_build: Any, flashed_emu: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def c_tests_on_board(flashed_board: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/c cross-built with the board's toolchain file against the built libedgekit, copied onto the
     board in /opt/edgekit-ctests."""
-    build = tmp_path_factory.mktemp("ctests-aarch64")
+    emu_build = emu_board_build(flashed_board.board.name)
+    build = tmp_path_factory.mktemp(f"ctests-aarch64-{flashed_board.board.name}")
     subprocess.run(
         [
             "cmake",
@@ -84,7 +103,7 @@ def c_tests_on_board(emu_build: Any, flashed_emu: Any, tmp_path_factory: pytest.
         capture_output=True,
     )
     subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
-    rootfs: Path = flashed_emu.rootfs
+    rootfs: Path = flashed_board.rootfs
     on_board_dir = rootfs / "opt" / "edgekit-ctests"
     on_board_dir.mkdir(exist_ok=True)
     for name in C_TESTS:
@@ -127,17 +146,21 @@ def run_c_suite(rootfs: Path, name: str, env: dict[str, str]) -> subprocess.Comp
     raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize("coherence", ["coherent", "strict"])
+@pytest.mark.parametrize(
+    ("flashed_board", "coherence"),
+    [("emu-debian12", "coherent"), ("emu-debian12", "strict"), ("emu-debian13", "coherent")],
+    indirect=["flashed_board"],
+)
 @pytest.mark.parametrize("name", C_TESTS)
 def test_c_tests_run_on_the_board(
-    c_tests_on_board: Path, flashed_emu: Any, name: str, coherence: str
+    c_tests_on_board: Path, flashed_board: Any, name: str, coherence: str
 ) -> None:
     env = {  # the flashed library, not the build tree the RUNPATH names
         "LD_LIBRARY_PATH": "/opt/edgekit/current/lib",
         "EDGEKIT_DEVICES": "2",
         "EDGEKIT_COHERENCE": coherence,
     }
-    done = run_c_suite(flashed_emu.rootfs, name, env)
+    done = run_c_suite(flashed_board.rootfs, name, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     header = subprocess.run(
         ["aarch64-linux-gnu-readelf", "-h", str(c_tests_on_board / name)], capture_output=True, text=True
@@ -145,11 +168,14 @@ def test_c_tests_run_on_the_board(
     assert "AArch64" in header.stdout
 
 
-def test_flush_and_invalidate_execute_dc_cvac_and_dc_civac(c_tests_on_board: Path, flashed_emu: Any) -> None:
+@pytest.mark.parametrize("flashed_board", EMU_BOARDS[:1], indirect=True)
+def test_flush_and_invalidate_execute_dc_cvac_and_dc_civac(
+    c_tests_on_board: Path, flashed_board: Any
+) -> None:
     """qemu logs every aarch64 instruction it translates: the flushes of the coherence test ran the real
     dc cvac / dc civac of the flashed libedgekit (the emulator executes them as the no-ops a coherent
-    core's are; what matters is that this is the code path a board runs)."""
-    rootfs = flashed_emu.rootfs
+    core's are; what matters is that this is the code path a board runs). On emu-debian12."""
+    rootfs = flashed_board.rootfs
     log = rootfs / "tmp" / "qemu-in_asm.log"
     log.unlink(missing_ok=True)
     done = subprocess.run(

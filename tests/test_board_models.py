@@ -1,9 +1,13 @@
 """The test models on the emulated aarch64 board: compiled on the host, run by `edgekit run` in the board's
 Python through the flashed aarch64 runtime, with the XNNPACK and the portable kernels, and checked there
-against onnxruntime's outputs computed on the host (--expect: error <= 1e-4 of the output's scale)."""
+against onnxruntime's outputs computed on the host (--expect: error <= 1e-4 of the output's scale).
+
+emu-debian12 runs every model with both kernel paths; emu-debian13 (the 2024 XNNPACK) every model with
+the XNNPACK kernels and MobileNetV2 with the portable ones (the same C code as on emu-debian12)."""
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import edgekit_run_on_board
+from conftest import EMU_BOARDS, edgekit_run_on_board
 from models import INPUT_NAME, MODEL_NAMES, compile_ekm, input_shape_of, onnx_path, ort_run, random_input
 
 KERNELS = ("xnnpack", "portable")
@@ -21,9 +25,9 @@ ON_BOARD = "/opt/edgekit-models"
 
 
 @pytest.fixture(scope="module")
-def models_on_board(flashed_emu: Any) -> Path:
+def models_on_board(flashed_board: Any) -> Path:
     """Every test model's .ekm, input and onnxruntime output, copied into the board's rootfs."""
-    folder: Path = flashed_emu.rootfs / ON_BOARD.lstrip("/")
+    folder: Path = flashed_board.rootfs / ON_BOARD.lstrip("/")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for name in MODEL_NAMES:
@@ -34,13 +38,19 @@ def models_on_board(flashed_emu: Any) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kernels", ["xnnpack", "portable"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+MODEL_CASES = [
+    *((EMU_BOARDS[0], name, kernels) for kernels in KERNELS for name in MODEL_NAMES),
+    *((EMU_BOARDS[1], name, "xnnpack") for name in MODEL_NAMES),
+    (EMU_BOARDS[1], "mobilenetv2", "portable"),
+]
+
+
+@pytest.mark.parametrize(("flashed_board", "name", "kernels"), MODEL_CASES, indirect=["flashed_board"])
 def test_model_matches_onnxruntime_on_the_board(
-    models_on_board: Path, flashed_emu: Any, name: str, kernels: str
+    models_on_board: Path, flashed_board: Any, name: str, kernels: str
 ) -> None:
     out = edgekit_run_on_board(
-        flashed_emu.rootfs,
+        flashed_board.rootfs,
         f"{ON_BOARD}/{name}.ekm",
         "--input",
         f"{ON_BOARD}/{name}-input.npy",
@@ -53,7 +63,28 @@ def test_model_matches_onnxruntime_on_the_board(
     assert f"{kernels} kernels" in out
     error = re.search(r"expect \S+: OK, error (\S+)", out)
     assert error is not None, out
-    print(f"{name} on the board, {kernels}: error {error.group(1)}")
+    print(f"{name} on {flashed_board.board.name}, {kernels}: error {error.group(1)}")
+
+
+@pytest.mark.parametrize("flashed_board", EMU_BOARDS, indirect=True)
+def test_profile_shows_the_ops_on_xnnpack_on_the_board(models_on_board: Path, flashed_board: Any) -> None:
+    """A profile of MobileNetV2 with the XNNPACK kernels on the board: every convolution, the global
+    average pool and the classifier ran on the provider (the layout ops stay portable)."""
+    from toolchains.rootfs import run_on_board
+
+    out_dir = flashed_board.rootfs / "tmp" / "edgekit-profile"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    argv = ["python3", "-m", "edgekit", "profile", f"{ON_BOARD}/mobilenetv2.ekm"]
+    argv += ["--input", f"{ON_BOARD}/mobilenetv2-input.npy", "--kernels", "xnnpack", "--repeat", "1"]
+    done = run_on_board(flashed_board.rootfs, [*argv, "--no-plot", "-o", "/tmp/edgekit-profile"], timeout=600)
+    assert done.returncode == 0, done.stdout.decode(errors="replace")[-2000:] + done.stderr.decode()[-2000:]
+    with (out_dir / "summary.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    providers: dict[str, set[str]] = {}
+    for row in rows:
+        providers.setdefault(row["op_type"], set()).add(row["provider"])
+    assert providers["CONV"] == {"xnnpack"}, providers
+    assert providers["GLOBAL_AVERAGE_POOL"] == {"xnnpack"} and providers["FULLY_CONNECTED"] == {"xnnpack"}
 
 
 def test_fused_model_on_the_board(flashed_emu: Any) -> None:

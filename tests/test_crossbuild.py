@@ -206,7 +206,7 @@ def test_missing_debian_cross_compiler_names_the_package(
 
 def test_default_choice_fits_the_board_floor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TOOLCHAIN_ROOT", raising=False)
-    for board, kind in (("emu-debian12", "debian"), ("generic-glibc2.17", "zig")):
+    for board, kind in (("emu-debian12", "debian"), ("emu-debian13", "debian"), ("generic-glibc2.17", "zig")):
         profile = load_board(board)
         chosen, skipped = detect.choose_toolchain(profile.arch, profile.glibc)
         assert version_tuple(chosen.glibc) <= version_tuple(profile.glibc)
@@ -247,7 +247,7 @@ def test_invoke_toolchains_lists_every_kind_and_board(tmp_path: Path) -> None:
     assert re.search(r"linaro\s+unusable: .*does not exist", text)
     assert re.search(r"debian\s+gcc \d+\.\d+\.\d+, links against glibc 2\.\d+", text)
     assert re.search(r"zig\s+zig \d+\.\d+\.\d+ \(clang \d+", text)
-    for board in ("emu-debian12", "generic-glibc2.17", "host"):
+    for board in ("emu-debian12", "emu-debian13", "generic-glibc2.17", "host"):
         assert board in text
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from packaging.utils import parse_wheel_filename
 
+from conftest import emu_board_build, emu_board_rootfs
 from edgekit_packaging.bundle import PackageError, read_build
 from edgekit_packaging.package import make_packages, parse_formats
 from toolchains.rootfs import run_on_board, start_on_board, stop_on_board
@@ -120,6 +121,29 @@ def test_wheel_contents_import_on_the_board(
     done = run_on_board(emu_rootfs, ["python3", "-I", "-c", code], binds=[(site, "/wheel")])
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().split() == ["/wheel/edgekit/__init__.py", "True"]
+
+
+def test_the_debian13_wheel_follows_its_board(tmp_path: Path) -> None:
+    """emu-debian13's wheel is tagged for its Python 3.13 and glibc 2.41, and runs in its Python with the
+    XNNPACK kernels (Debian 13's libXNNPACK from the board)."""
+    build = emu_board_build("emu-debian13")
+    made = make_packages(build.stage, tmp_path / "dist", tmp_path / "work", ["wheel"], Steps("t"))
+    _, _, _, tags = parse_wheel_filename(made["wheel"].name)
+    assert {str(tag) for tag in tags} == {"cp313-cp313-manylinux_2_41_aarch64"}
+    subprocess.run(
+        [sys.executable, "-m", "wheel", "unpack", "--dest", str(tmp_path), str(made["wheel"])], check=True
+    )
+    site = tmp_path / "edgekit-0.1.0"
+    assert (site / "edgekit" / "_core.cpython-313-aarch64-linux-gnu.so").is_file()
+    code = (
+        "import sys; sys.path.insert(0, '/wheel'); import edgekit as ek; "
+        "ctx = ek.Context(device=0, kernels='xnnpack'); print(ek.__file__, ctx.kernels); ctx.close()"
+    )
+    done = run_on_board(
+        emu_board_rootfs("emu-debian13"), ["python3", "-I", "-c", code], binds=[(site, "/wheel")]
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["/wheel/edgekit/__init__.py", "xnnpack"]
 
 
 def test_deb_installs_into_the_emulated_rootfs(packages: dict[str, Path], emu_rootfs: Path) -> None:

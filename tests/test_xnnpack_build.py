@@ -3,9 +3,11 @@
 - the host's installed edgekit package (pip install .) carries it next to libedgekit, linked to the
   host's libXNNPACK, exporting only the provider entry;
 - its C test (tests/c/test_xnnpack_provider.c: every op it takes against a naive loop) passes on the host
-  and, cross-built, on the emulated aarch64 board (XNNPACK's NEON kernels under qemu);
-- the cross build for emu-debian12 has an aarch64 provider whose needed libraries are in the board rootfs,
-  and it loads there; its .deb recommends libxnnpack0 and its wheel carries the provider;
+  and, cross-built, on both emulated aarch64 boards (XNNPACK's NEON kernels under qemu): emu-debian12
+  with the 2022 XNNPACK API, emu-debian13 with the 2024 one;
+- the cross builds for the emulated boards have an aarch64 provider whose needed libraries are in the
+  board rootfs, that defines every pthreadpool function the board's libXNNPACK calls, and that loads
+  there; the emu-debian12 .deb recommends libxnnpack0 and its wheel carries the provider;
 - board profiles without xnnpack build without it.
 """
 
@@ -23,6 +25,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from conftest import EMU_BOARDS, emu_board_build, emu_board_rootfs
 from toolchains.boards import BoardError, _board_from, load_board
 from toolchains.crossbuild import xnnpack_cmake_args
 from toolchains.elfcheck import read_elf
@@ -188,10 +191,11 @@ def test_cmake_option_auto_without_xnnpack_says_why(tmp_path: Path) -> None:
 
 
 def test_board_profiles_say_which_builds_have_xnnpack() -> None:
-    emu = load_board("emu-debian12")
-    assert emu.xnnpack
-    assert emu.debian is not None
-    assert {"libxnnpack-dev", "libpthreadpool-dev"} <= set(emu.debian.packages)
+    for name in EMU_BOARDS:
+        emu = load_board(name)
+        assert emu.xnnpack
+        assert emu.debian is not None
+        assert {"libxnnpack-dev", "libpthreadpool-dev"} <= set(emu.debian.packages)
     assert not load_board("generic-glibc2.17").xnnpack
     assert not load_board("host").xnnpack
     with pytest.raises(BoardError, match="xnnpack = true needs a \\[debian\\] rootfs"):
@@ -226,9 +230,19 @@ def _find_in_rootfs(rootfs: Path, name: str) -> Path | None:
     return None
 
 
-def test_cross_build_has_an_aarch64_provider_the_board_can_load(emu_build: Any, emu_rootfs: Path) -> None:
+def imported_symbols(path: Path) -> set[str]:
+    """The symbols the library needs from others (undefined in its dynamic symbol table)."""
+    with path.open("rb") as stream:
+        table = ELFFile(stream).get_section_by_name(".dynsym")
+        assert isinstance(table, SymbolTableSection)
+        return {sym.name for sym in table.iter_symbols() if sym.name and sym["st_shndx"] == "SHN_UNDEF"}
+
+
+@pytest.mark.parametrize("board", EMU_BOARDS)
+def test_cross_build_has_an_aarch64_provider_the_board_can_load(board: str) -> None:
+    emu_build, emu_rootfs = emu_board_build(board), emu_board_rootfs(board)
     provider = emu_build.stage / "lib" / PROVIDER
-    assert provider.is_file(), f"the emu-debian12 build has no {PROVIDER}"
+    assert provider.is_file(), f"the {board} build has no {PROVIDER}"
     info = read_elf(provider)
     assert info.machine == "EM_AARCH64"
     check_exports(provider)
@@ -244,14 +258,26 @@ def test_cross_build_has_an_aarch64_provider_the_board_can_load(emu_build: Any, 
         found = _find_in_rootfs(emu_rootfs, name)
         assert found is not None, f"{name} (needed by the provider) is not in {emu_rootfs}"
         todo.extend(read_elf(found.resolve()).needed)
-    assert {"libXNNPACK.so.0", "libpthreadpool.so.0", "libcpuinfo.so.0"} <= seen
+    # libXNNPACK.so.0 (Debian 12), libXNNPACK.so.0.20241108 (Debian 13)
+    xnnpack = [name for name in seen if name.startswith("libXNNPACK.so.0")]
+    assert len(xnnpack) == 1 and {"libpthreadpool.so.0", "libcpuinfo.so.0"} <= seen, seen
+    # Every pthreadpool call of the board's XNNPACK reaches threadpool.c (the 2024 XNNPACK calls the
+    # 2024 pthreadpool's *_with_thread functions; one missing would run serially on libpthreadpool's).
+    libxnnpack = _find_in_rootfs(emu_rootfs, xnnpack[0])
+    assert libxnnpack is not None
+    calls = {name for name in imported_symbols(libxnnpack.resolve()) if name.startswith("pthreadpool_")}
+    assert "pthreadpool_parallelize_2d_tile_2d" in calls
+    assert calls - {"pthreadpool_create", "pthreadpool_destroy"} <= exported_symbols(provider)
 
 
-@pytest.fixture(scope="module")
-def board_ctest(emu_build: Any, emu_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/c's provider test cross-built for the board (runtime and provider from source, XNNPACK from
-    the board rootfs)."""
-    build = tmp_path_factory.mktemp("ctests-xnnpack-aarch64")
+@pytest.fixture(scope="module", params=EMU_BOARDS)
+def board_ctest(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """tests/c's provider test cross-built for each emulated board (runtime and provider from source,
+    XNNPACK from the board rootfs); with the board's rootfs."""
+    emu_build, emu_rootfs = emu_board_build(request.param), emu_board_rootfs(request.param)
+    build = tmp_path_factory.mktemp(f"ctests-xnnpack-{request.param}")
     configure = subprocess.run(
         [
             "cmake",
@@ -271,19 +297,23 @@ def board_ctest(emu_build: Any, emu_rootfs: Path, tmp_path_factory: pytest.TempP
         text=True,
     )
     assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    # The API generation picked from the board's xnnpack.h.
+    generation = "2024 create/reshape/setup" if request.param == "emu-debian13" else "2022 create/setup"
+    assert f"the {generation} API)" in configure.stdout, configure.stdout[-3000:]
     done = subprocess.run(
         ["cmake", "--build", str(build), "--target", "test_xnnpack_provider"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-4000:]
-    return build
+    return build, emu_rootfs
 
 
-def test_provider_ops_match_naive_loops_on_the_board(board_ctest: Path, emu_rootfs: Path) -> None:
+def test_provider_ops_match_naive_loops_on_the_board(board_ctest: tuple[Path, Path]) -> None:
+    build, rootfs = board_ctest
     done = run_on_board(
-        emu_rootfs,
+        rootfs,
         ["/ekx/test_xnnpack_provider", "/ekx/runtime/" + PROVIDER],
         env={"LD_LIBRARY_PATH": "/ekx/runtime"},
-        binds=[(board_ctest, "/ekx")],
+        binds=[(build, "/ekx")],
         timeout=900,
     )
     out = done.stdout.decode(errors="replace")
