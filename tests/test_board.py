@@ -80,10 +80,21 @@ def test_memory_api_suite_passes_on_the_board(
     assert "failed" not in done.stdout and "error" not in done.stdout.lower().split("passed")[-1]
 
 
-@pytest.fixture(scope="module")
+_c_tests: dict[str, Path] = {}
+
+
+@pytest.fixture
 def c_tests_on_board(flashed_board: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/c cross-built with the board's toolchain file against the built libedgekit, copied onto the
-    board in /opt/edgekit-ctests."""
+    board in /opt/edgekit-ctests; once per board (pytest interleaves the boards' parametrised tests, so a
+    module-scoped fixture would be made again at each switch)."""
+    name = flashed_board.board.name
+    if name not in _c_tests:
+        _c_tests[name] = _build_c_tests(flashed_board, tmp_path_factory)
+    return _c_tests[name]
+
+
+def _build_c_tests(flashed_board: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     emu_build = emu_board_build(flashed_board.board.name)
     build = tmp_path_factory.mktemp(f"ctests-aarch64-{flashed_board.board.name}")
     subprocess.run(

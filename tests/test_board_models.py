@@ -24,9 +24,20 @@ KERNELS = ("xnnpack", "portable")
 ON_BOARD = "/opt/edgekit-models"
 
 
-@pytest.fixture(scope="module")
+_copied: dict[str, Path] = {}
+
+
+@pytest.fixture
 def models_on_board(flashed_board: Any) -> Path:
-    """Every test model's .ekm, input and onnxruntime output, copied into the board's rootfs."""
+    """Every test model's .ekm, input and onnxruntime output, copied into the board's rootfs (once per
+    board: a module-scoped fixture would be made again each time pytest switches boards)."""
+    name = flashed_board.board.name
+    if name not in _copied:
+        _copied[name] = _copy_models(flashed_board)
+    return _copied[name]
+
+
+def _copy_models(flashed_board: Any) -> Path:
     folder: Path = flashed_board.rootfs / ON_BOARD.lstrip("/")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
