@@ -422,9 +422,10 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
     """Build (when sdk/ or edge_app/ changed), lint, and run the whole test suite with pytest (CI runs it).
 
     The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc, the aarch64
-    cross gcc and zig, the cross-build, packages and flashing to the emulated board and over SSH, the
-    conan package, the Python API, the compiler, the test models against onnxruntime (host and board,
-    both kernel paths), ONNX's node tests, corrupt models, the docs' examples.
+    cross gcc and zig, the cross-build, packages and flashing to the emulated boards and over SSH, the
+    conan package, the Python API, the compiler, the test models against onnxruntime (host and boards,
+    both kernel paths), ONNX's node tests, corrupt models, the docs' examples. emu-debian12 runs every
+    board test, emu-debian13 a subset (tests/conftest.py EMU_BOARDS).
     """
     _ensure_host_package(c)
     if not no_lint:
