@@ -3,7 +3,8 @@ Python through the flashed aarch64 runtime, with the XNNPACK and the portable ke
 against onnxruntime's outputs computed on the host (--expect: error <= 1e-4 of the output's scale).
 
 emu-debian12 runs every model with both kernel paths; emu-debian13 (the 2024 XNNPACK) every model with
-the XNNPACK kernels and MobileNetV2 with the portable ones (the same C code as on emu-debian12)."""
+the XNNPACK kernels and MobileNetV2 with the portable ones (the same C code as on emu-debian12), and
+the int8 MobileNetV2 with both."""
 
 from __future__ import annotations
 
@@ -171,15 +172,25 @@ def test_winograd_model_matches_onnxruntime_on_the_board(
         print(f"winograd stack on the board, {kernels}: error {error.group(1)}")
 
 
-@pytest.fixture(scope="module")
-def quantized_on_board(flashed_emu: Any) -> Path:
+_quantized: dict[str, Path] = {}
+
+
+@pytest.fixture
+def quantized_on_board(flashed_board: Any) -> Path:
     """Every test model quantized to int8 (QDQ, per-channel weights), compiled, with an input, in the
-    board's rootfs."""
+    board's rootfs (once per board)."""
+    name = flashed_board.board.name
+    if name not in _quantized:
+        _quantized[name] = _copy_quantized(flashed_board)
+    return _quantized[name]
+
+
+def _copy_quantized(flashed_board: Any) -> Path:
     from test_quantized import compile_quantized
 
     from models import quantized_onnx_path
 
-    folder: Path = flashed_emu.rootfs / ON_BOARD.lstrip("/") / "int8"
+    folder: Path = flashed_board.rootfs / ON_BOARD.lstrip("/") / "int8"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for name in MODEL_NAMES:
@@ -189,10 +200,16 @@ def quantized_on_board(flashed_emu: Any) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+# emu-debian12: every int8 model with both kernel paths; emu-debian13: MobileNetV2 with both.
+QUANTIZED_CASES = [
+    *((EMU_BOARDS[0], name, kernels) for kernels in KERNELS for name in MODEL_NAMES),
+    *((EMU_BOARDS[1], "mobilenetv2", kernels) for kernels in KERNELS),
+]
+
+
+@pytest.mark.parametrize(("flashed_board", "name", "kernels"), QUANTIZED_CASES, indirect=["flashed_board"])
 def test_quantized_model_matches_onnxruntime_on_the_board(
-    quantized_on_board: Path, flashed_emu: Any, name: str, kernels: str
+    quantized_on_board: Path, flashed_board: Any, name: str, kernels: str
 ) -> None:
     """The int8 kernels on aarch64: the portable ones give the reference interpreter's values exactly
     (the spec's formulas), XNNPACK's are within a step of onnxruntime on the host, as on the host."""
@@ -204,7 +221,7 @@ def test_quantized_model_matches_onnxruntime_on_the_board(
     out_dir = quantized_on_board / f"{name}-{kernels}"
     shutil.rmtree(out_dir, ignore_errors=True)
     out = edgekit_run_on_board(
-        flashed_emu.rootfs,
+        flashed_board.rootfs,
         f"{ON_BOARD}/int8/{name}.ekm",
         "--input",
         f"{ON_BOARD}/int8/{name}-input.npy",
@@ -219,4 +236,6 @@ def test_quantized_model_matches_onnxruntime_on_the_board(
     ref = run_reference((quantized_on_board / f"{name}.ekm").read_bytes(), None, {INPUT_NAME: x})[OUTPUT_NAME]
     if kernels == "portable":
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
-    assert_within_a_step(ours, quantized_onnx_path(name), x, f"{name} on the board [{kernels}]")
+    assert_within_a_step(
+        ours, quantized_onnx_path(name), x, f"{name} on {flashed_board.board.name} [{kernels}]"
+    )
