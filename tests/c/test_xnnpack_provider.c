@@ -777,6 +777,633 @@ static void test_resize(void)
     run_resize_case(0, 5, 6, 10, 12, x2, 0, false, "resize nearest: declined");
 }
 
+/* ---- int8 ops (.ekm 1.5, docs/model-format.md "Quantized ops") ----
+ * Each against a scalar loop of the spec's formulas (float32 requantization, rint ties to even), within
+ * one unit of the output's int8 value (the spec's tolerance for XNNPACK's requantization); the elements
+ * off by one are counted and printed per op. */
+
+enum { OP_QUANTIZE = 31, OP_DEQUANTIZE, OP_QCONV, OP_QFULLY_CONNECTED, OP_QADD, OP_QMUL, OP_QAVERAGE_POOL,
+       OP_QGLOBAL_AVERAGE_POOL, OP_QLUT };
+
+static unsigned qrng = 12345u;
+
+static unsigned qrand(void)
+{
+    qrng = qrng * 1103515245u + 12345u;
+    return qrng >> 8;
+}
+
+/* An integer in [lo, hi]. */
+static int64_t qrange(int64_t lo, int64_t hi)
+{
+    return lo + (int64_t)(qrand() % (unsigned)(hi - lo + 1));
+}
+
+/* A float in [lo, hi) on a log scale. */
+static float qlog(float lo, float hi)
+{
+    return lo * powf(hi / lo, (float)(qrand() & 0xffff) / 65536.0f);
+}
+
+/* A tensor of `dtype` (bytes in t->data), random in the dtype's range (int32: [-bias_range, bias_range]). */
+static void qtensor_init(struct tensor *t, int rank, const int64_t *dims, ek_dtype_t dtype, bool constant,
+                         int64_t bias_range)
+{
+    memset(t, 0, sizeof *t);
+    t->desc.name = "q";
+    t->desc.dtype = dtype;
+    t->desc.rank = rank;
+    t->desc.count = 1;
+    for (int i = 0; i < rank; i++) {
+        t->desc.dims[i] = dims[i];
+        t->desc.count *= (size_t)dims[i];
+    }
+    const size_t size = dtype == EK_DTYPE_INT32 || dtype == EK_DTYPE_FLOAT32 ? 4 : 1;
+    t->desc.nbytes = t->desc.count * size;
+    t->desc.storage = constant ? EK_STORAGE_CONSTANT : EK_STORAGE_ARENA;
+    t->data = calloc(1, t->desc.nbytes + PAD_BYTES);
+    for (size_t i = 0; i < t->desc.count; i++) {
+        if (dtype == EK_DTYPE_INT8)
+            ((int8_t *)t->data)[i] = (int8_t)qrange(-128, 127);
+        else if (dtype == EK_DTYPE_UINT8)
+            ((uint8_t *)t->data)[i] = (uint8_t)qrange(0, 255);
+        else if (dtype == EK_DTYPE_INT32)
+            ((int32_t *)t->data)[i] = (int32_t)qrange(-bias_range, bias_range);
+        else
+            t->data[i] = (float)qrange(-100000, 100000) / 1000.0f;
+    }
+    if (constant)
+        t->desc.constant = t->data;
+}
+
+#define I8(t) ((int8_t *)(t).data)
+
+/* sat(rint(v) + zero_point) to [lo, hi], in the spec's float32. */
+static int32_t requant(float v, int32_t zero_point, int32_t lo, int32_t hi)
+{
+    const float r = rintf(v);
+    if (!(r > -1000.0f))
+        return lo;
+    if (!(r < 1000.0f))
+        return hi;
+    const int32_t q = (int32_t)r + zero_point;
+    return q < lo ? lo : q > hi ? hi : q;
+}
+
+/* Totals of the int8 checks, printed at the end. */
+static size_t q_total, q_off_by_one;
+
+/* As check_against, for an int8/uint8 output (within one unit of ref; the off-by-one elements counted), or
+ * a float32 one (DEQUANTIZE: exact). Returns the elements off by one in the first pass. */
+static size_t check_q_against(struct opdef *d, const int32_t *ref, const float *fref, const char *what)
+{
+    void *state = NULL;
+    ek_status_t status = prov->create(&d->op, &state);
+    if (status != EK_OK) {
+        printf("    %s: create returned %s\n", what, ek_status_name(status));
+        CHECK(status == EK_OK);
+        return 0;
+    }
+    const struct ek_tensor_desc *yd = d->out[0];
+    const size_t count = yd->count, ybytes = yd->nbytes;
+    size_t in0_bytes = d->in[0] && d->in_data[0] ? d->in[0]->nbytes : 0;
+    void *moved_y = malloc(ybytes + 64);
+    void *moved_x = in0_bytes ? malloc(in0_bytes + 64) : NULL;
+    if (moved_x)
+        memcpy(moved_x, d->in_data[0], in0_bytes);
+    static const int threads_of[4] = {1, 3, 3, 3};
+    size_t first_off = 0;
+    for (int pass = 0; pass < 4; pass++) {
+        const void *ins[4];
+        memcpy(ins, d->in_data, sizeof ins);
+        void *outs[1] = {d->out_data[0]};
+        if (pass == 3) {
+            if (moved_x)
+                ins[0] = moved_x;
+            outs[0] = moved_y;
+        }
+        int threads = threads_of[pass];
+        memset(outs[0], 0x5a, ybytes); /* every element must be written (0x5a is rarely the answer) */
+        const struct ek_parallel team = team_of(threads);
+        CHECK_OK(prov->run(state, ins, outs, &team));
+        size_t bad = 0, off = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (yd->dtype == EK_DTYPE_FLOAT32) {
+                const float got = ((const float *)outs[0])[i];
+                if (!(got == fref[i]) && bad++ < 3)
+                    printf("    %s (pass %d): [%zu] = %.9g, expected %.9g\n", what, pass, i, got, fref[i]);
+                continue;
+            }
+            const int32_t got = yd->dtype == EK_DTYPE_UINT8 ? ((const uint8_t *)outs[0])[i]
+                                                           : ((const int8_t *)outs[0])[i];
+            const int32_t diff = got > ref[i] ? got - ref[i] : ref[i] - got;
+            if (diff == 1)
+                off++;
+            else if (diff > 1 && bad++ < 3)
+                printf("    %s (pass %d, %d threads): [%zu] = %d, expected %d\n", what, pass, threads, i, got,
+                       ref[i]);
+        }
+        if (bad)
+            printf("    %s (pass %d, %d threads): %zu of %zu differ by more than one\n", what, pass, threads, bad,
+                   count);
+        CHECK(bad == 0);
+        if (pass == 0)
+            first_off = off;
+    }
+    q_total += count;
+    q_off_by_one += first_off;
+    free(moved_x);
+    free(moved_y);
+    prov->destroy(state);
+    return first_off;
+}
+
+static struct ek_attr qattrs[16];
+static int n_qattrs;
+
+static void qattr(struct ek_attr a)
+{
+    qattrs[n_qattrs++] = a;
+}
+
+/* ---- QCONV ---- */
+
+struct qconv_case {
+    int64_t n, h, w, c, m, kh, kw, group;
+    int64_t pads[4], strides[2], dilations[2];
+    bool bias, per_channel;
+    int64_t q_min, q_max;
+};
+
+/* Random scales and zero points: y_scale near the accumulator's spread so outputs span the int8 range. */
+static void run_qconv(const struct qconv_case *k, const char *what, size_t *off, size_t *total)
+{
+    const int64_t cg = k->c / k->group, mg = k->m / k->group;
+    const int64_t ekh = (k->kh - 1) * k->dilations[0] + 1, ekw = (k->kw - 1) * k->dilations[1] + 1;
+    const int64_t oh = (k->h + k->pads[0] + k->pads[2] - ekh) / k->strides[0] + 1;
+    const int64_t ow = (k->w + k->pads[1] + k->pads[3] - ekw) / k->strides[1] + 1;
+    struct tensor x, w, ws, b, y;
+    qtensor_init(&x, 4, (int64_t[]){k->n, k->h, k->w, k->c}, EK_DTYPE_INT8, false, 0);
+    qtensor_init(&w, 4, (int64_t[]){k->m, k->kh, k->kw, cg}, EK_DTYPE_INT8, true, 0);
+    const int64_t ws_count = k->per_channel ? k->m : 1;
+    qtensor_init(&ws, 1, (int64_t[]){ws_count}, EK_DTYPE_FLOAT32, true, 0);
+    qtensor_init(&b, 1, (int64_t[]){k->m}, EK_DTYPE_INT32, true, 20000);
+    qtensor_init(&y, 4, (int64_t[]){k->n, oh, ow, k->m}, EK_DTYPE_INT8, false, 0);
+    const float x_scale = qlog(0.002f, 0.1f);
+    for (int64_t i = 0; i < ws_count; i++)
+        ws.data[i] = qlog(0.001f, 0.05f);
+    const float spread = sqrtf((float)(k->kh * k->kw * cg)) * 60.0f * 60.0f;
+    const float y_scale = x_scale * ws.data[0] * spread / qlog(60.0f, 200.0f);
+    const int64_t x_zp = qrange(-20, 20), y_zp = qrange(-30, 30);
+    int32_t *ref = calloc(y.desc.count, sizeof *ref);
+    for (int64_t n = 0; n < k->n; n++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++)
+                for (int64_t m = 0; m < k->m; m++) {
+                    const int64_t g = m / mg;
+                    int32_t acc = k->bias ? ((int32_t *)b.data)[m] : 0;
+                    for (int64_t ky = 0; ky < k->kh; ky++)
+                        for (int64_t kx = 0; kx < k->kw; kx++) {
+                            const int64_t iy = oy * k->strides[0] - k->pads[0] + ky * k->dilations[0];
+                            const int64_t ix = ox * k->strides[1] - k->pads[1] + kx * k->dilations[1];
+                            if (iy < 0 || iy >= k->h || ix < 0 || ix >= k->w)
+                                continue; /* a padding tap is x_zero_point: contributes 0 */
+                            for (int64_t ci = 0; ci < cg; ci++)
+                                acc += ((int32_t)I8(x)[((n * k->h + iy) * k->w + ix) * k->c + g * cg + ci] -
+                                        (int32_t)x_zp) *
+                                       I8(w)[((m * k->kh + ky) * k->kw + kx) * cg + ci];
+                        }
+                    const float prod = x_scale * ws.data[k->per_channel ? m : 0];
+                    const float mult = prod / y_scale;
+                    ref[((n * oh + oy) * ow + ox) * k->m + m] =
+                        requant((float)acc * mult, (int32_t)y_zp, (int32_t)k->q_min, (int32_t)k->q_max);
+                }
+    n_qattrs = 0;
+    qattr(attr_ints("pads", 4, k->pads));
+    qattr(attr_ints("strides", 2, k->strides));
+    qattr(attr_ints("dilations", 2, k->dilations));
+    qattr(attr_int("group", k->group));
+    qattr(attr_float("x_scale", x_scale));
+    qattr(attr_int("x_zero_point", x_zp));
+    qattr(attr_float("y_scale", y_scale));
+    qattr(attr_int("y_zero_point", y_zp));
+    qattr(attr_int("q_min", k->q_min));
+    qattr(attr_int("q_max", k->q_max));
+    struct opdef d;
+    opdef_init(&d, (enum ek_op_type)OP_QCONV, 4, (struct tensor *[]){&x, &w, &ws, k->bias ? &b : NULL}, &y,
+               n_qattrs, qattrs);
+    *off += check_q_against(&d, ref, NULL, what);
+    *total += y.desc.count;
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&ws);
+    tensor_free(&b);
+    tensor_free(&y);
+}
+
+static void test_qconv(void)
+{
+    size_t off = 0, total = 0;
+    /* MobileNet's kinds: 1x1, 3x3 (strided), depthwise 3x3, grouped; then random ones. */
+    const struct qconv_case fixed[] = {
+        {1, 7, 6, 16, 24, 1, 1, 1, {0, 0, 0, 0}, {1, 1}, {1, 1}, true, true, -128, 127},
+        {2, 9, 8, 3, 8, 3, 3, 1, {1, 1, 1, 1}, {2, 2}, {1, 1}, true, true, -128, 127},
+        {1, 10, 9, 24, 24, 3, 3, 24, {1, 1, 1, 1}, {1, 1}, {1, 1}, true, true, -10, 127},
+        {1, 10, 9, 24, 24, 3, 3, 24, {0, 1, 1, 0}, {2, 2}, {1, 1}, true, false, -128, 127},
+        {1, 6, 7, 8, 12, 3, 2, 4, {1, 0, 2, 1}, {1, 2}, {2, 1}, false, true, -128, 100},
+        {1, 8, 8, 4, 8, 3, 3, 4, {1, 1, 1, 1}, {1, 1}, {1, 1}, true, true, -128, 127}, /* multiplier 2 */
+    };
+    const char *names[] = {"qconv 1x1", "qconv 3x3 stride 2", "qconv depthwise 3x3, relu (q_min -10)",
+                           "qconv depthwise 3x3 stride 2, one w_scale", "qconv grouped, dilated, no bias",
+                           "qconv depthwise multiplier 2"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        run_qconv(&fixed[i], names[i], &off, &total);
+    for (int i = 0; i < 24; i++) {
+        struct qconv_case k = {0};
+        const int kind = (int)qrange(0, 2); /* 0 dense, 1 depthwise, 2 grouped */
+        k.n = qrange(1, 2);
+        k.h = qrange(3, 12);
+        k.w = qrange(3, 12);
+        k.kh = qrange(1, 3);
+        k.kw = qrange(1, 3);
+        k.group = kind == 0 ? 1 : kind == 1 ? qrange(1, 20) : qrange(2, 3);
+        k.c = k.group * (kind == 1 ? 1 : qrange(1, 9));
+        k.m = k.group * (kind == 1 ? qrange(1, 2) : qrange(1, 9));
+        for (int j = 0; j < 4; j++)
+            k.pads[j] = qrange(0, k.kh - 1 < k.kw - 1 ? k.kh - 1 : k.kw - 1);
+        k.strides[0] = qrange(1, 2);
+        k.strides[1] = qrange(1, 2);
+        k.dilations[0] = qrange(1, 2);
+        k.dilations[1] = 1;
+        if ((k.kh - 1) * k.dilations[0] + 1 > k.h + k.pads[0] + k.pads[2])
+            k.dilations[0] = 1;
+        k.bias = qrange(0, 3) != 0;
+        k.per_channel = qrange(0, 3) != 0;
+        k.q_min = qrange(0, 1) ? -128 : qrange(-128, 0);
+        k.q_max = qrange(0, 1) ? 127 : qrange(k.q_min + 1, 127);
+        char what[160];
+        snprintf(what, sizeof what,
+                 "qconv random #%d: N%lld %lldx%lldx%lld -> %lld, k %lldx%lld, group %lld, stride %lldx%lld, "
+                 "dilation %lld, %s",
+                 i, (long long)k.n, (long long)k.h, (long long)k.w, (long long)k.c, (long long)k.m, (long long)k.kh,
+                 (long long)k.kw, (long long)k.group, (long long)k.strides[0], (long long)k.strides[1],
+                 (long long)k.dilations[0], k.per_channel ? "per-channel" : "one w_scale");
+        run_qconv(&k, what, &off, &total);
+    }
+    printf("    qconv: %zu of %zu outputs off by one unit, none by more\n", off, total);
+}
+
+/* Declined QCONVs: the portable kernel runs them. */
+static void test_qconv_declined(void)
+{
+    struct tensor x, w, ws, y;
+    qtensor_init(&x, 4, (int64_t[]){1, 5, 5, 4}, EK_DTYPE_INT8, false, 0);
+    qtensor_init(&w, 4, (int64_t[]){4, 1, 1, 4}, EK_DTYPE_INT8, true, 0);
+    qtensor_init(&ws, 1, (int64_t[]){1}, EK_DTYPE_FLOAT32, true, 0);
+    qtensor_init(&y, 4, (int64_t[]){1, 5, 5, 4}, EK_DTYPE_INT8, false, 0);
+    ws.data[0] = 0.01f;
+    struct opdef d;
+    const struct ek_attr same[2] = {attr_int("q_min", 5), attr_int("q_max", 5)};
+    opdef_init(&d, (enum ek_op_type)OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 2, same);
+    check_unsupported(&d, "qconv with q_min == q_max (XNNPACK wants output_min < output_max)");
+    /* x_scale x w_scale / y_scale = 1000: over XNNPACK's requantization range (< 256). */
+    const struct ek_attr big[2] = {attr_float("x_scale", 1.0f), attr_float("y_scale", 1e-5f)};
+    opdef_init(&d, (enum ek_op_type)OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 2, big);
+    check_unsupported(&d, "qconv with a requantization scale of 1000");
+    /* Weights that are not constants (XNNPACK packs them at create). */
+    w.desc.storage = EK_STORAGE_ARENA;
+    w.desc.constant = NULL;
+    opdef_init(&d, (enum ek_op_type)OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 0, NULL);
+    check_unsupported(&d, "qconv with non-constant weights");
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&ws);
+    tensor_free(&y);
+}
+
+/* ---- QFULLY_CONNECTED ---- */
+
+static void run_qfc(int64_t rows, int64_t k, int64_t n, bool per_channel, bool bias, int64_t q_min, const char *what,
+                    size_t *off, size_t *total)
+{
+    struct tensor x, w, ws, b, y;
+    qtensor_init(&x, 2, (int64_t[]){rows, k}, EK_DTYPE_INT8, false, 0);
+    qtensor_init(&w, 2, (int64_t[]){n, k}, EK_DTYPE_INT8, true, 0);
+    const int64_t ws_count = per_channel ? n : 1;
+    qtensor_init(&ws, 1, (int64_t[]){ws_count}, EK_DTYPE_FLOAT32, true, 0);
+    qtensor_init(&b, 1, (int64_t[]){n}, EK_DTYPE_INT32, true, 30000);
+    qtensor_init(&y, 2, (int64_t[]){rows, n}, EK_DTYPE_INT8, false, 0);
+    const float x_scale = qlog(0.002f, 0.1f);
+    for (int64_t i = 0; i < ws_count; i++)
+        ws.data[i] = qlog(0.001f, 0.05f);
+    const float y_scale = x_scale * ws.data[0] * sqrtf((float)k) * 3600.0f / qlog(60.0f, 200.0f);
+    const int64_t x_zp = qrange(-20, 20), y_zp = qrange(-30, 30);
+    int32_t *ref = calloc(y.desc.count, sizeof *ref);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < n; j++) {
+            int32_t acc = bias ? ((int32_t *)b.data)[j] : 0;
+            for (int64_t i = 0; i < k; i++)
+                acc += ((int32_t)I8(x)[r * k + i] - (int32_t)x_zp) * I8(w)[j * k + i];
+            const float prod = x_scale * ws.data[per_channel ? j : 0];
+            const float mult = prod / y_scale;
+            ref[r * n + j] = requant((float)acc * mult, (int32_t)y_zp, (int32_t)q_min, 127);
+        }
+    n_qattrs = 0;
+    qattr(attr_float("x_scale", x_scale));
+    qattr(attr_int("x_zero_point", x_zp));
+    qattr(attr_float("y_scale", y_scale));
+    qattr(attr_int("y_zero_point", y_zp));
+    qattr(attr_int("q_min", q_min));
+    struct opdef d;
+    opdef_init(&d, (enum ek_op_type)OP_QFULLY_CONNECTED, 4, (struct tensor *[]){&x, &w, &ws, bias ? &b : NULL}, &y,
+               n_qattrs, qattrs);
+    *off += check_q_against(&d, ref, NULL, what);
+    *total += y.desc.count;
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&ws);
+    tensor_free(&b);
+    tensor_free(&y);
+}
+
+static void test_qfully_connected(void)
+{
+    size_t off = 0, total = 0;
+    run_qfc(1, 1280, 1000, true, true, -128, "qfully_connected 1280 -> 1000, per-channel (a 1x1 qc8 convolution)",
+            &off, &total);
+    run_qfc(1, 1280, 1000, false, true, -128, "qfully_connected 1280 -> 1000, one w_scale (qs8)", &off, &total);
+    for (int i = 0; i < 12; i++) {
+        const int64_t rows = qrange(1, 40), k = qrange(1, 300), n = qrange(1, 70);
+        const bool per_channel = qrange(0, 1), bias = qrange(0, 3) != 0;
+        char what[128];
+        snprintf(what, sizeof what, "qfully_connected random #%d: [%lld, %lld] x [%lld, %lld]^T, %s", i,
+                 (long long)rows, (long long)k, (long long)n, (long long)k,
+                 per_channel ? "per-channel" : "one w_scale");
+        run_qfc(rows, k, n, per_channel, bias, qrange(0, 1) ? -128 : 0, what, &off, &total);
+    }
+    printf("    qfully_connected: %zu of %zu outputs off by one unit, none by more\n", off, total);
+}
+
+/* ---- QADD, QMUL ---- */
+
+static void run_qbinary(int type, int ra, const int64_t *da, bool ca, int rb, const int64_t *db, bool cb, int ry,
+                        const int64_t *dy, bool supported, const char *what, size_t *off, size_t *total)
+{
+    struct tensor a, b, y;
+    qtensor_init(&a, ra, da, EK_DTYPE_INT8, ca, 0);
+    qtensor_init(&b, rb, db, EK_DTYPE_INT8, cb, 0);
+    qtensor_init(&y, ry, dy, EK_DTYPE_INT8, false, 0);
+    const float a_scale = qlog(0.005f, 0.1f), b_scale = qlog(0.005f, 0.1f);
+    const float y_scale = type == OP_QADD ? (a_scale + b_scale) * qlog(0.6f, 1.5f)
+                                          : a_scale * b_scale * qlog(20.0f, 100.0f);
+    const int64_t a_zp = qrange(-30, 30), b_zp = qrange(-30, 30), y_zp = qrange(-30, 30);
+    const int64_t q_min = qrange(0, 1) ? -128 : qrange(-128, 0), q_max = 127;
+    int32_t *ref = calloc(y.desc.count, sizeof *ref);
+    for (size_t i = 0; i < y.desc.count; i++) {
+        size_t rest = i, ia = 0, ib = 0, sa = 1, sb = 1;
+        for (int axis = ry - 1; axis >= 0; axis--) {
+            const size_t coord = rest % (size_t)dy[axis];
+            rest /= (size_t)dy[axis];
+            const int xa = axis - (ry - ra), xb = axis - (ry - rb);
+            if (xa >= 0) {
+                ia += (da[xa] == 1 ? 0 : coord) * sa;
+                sa *= (size_t)da[xa];
+            }
+            if (xb >= 0) {
+                ib += (db[xb] == 1 ? 0 : coord) * sb;
+                sb *= (size_t)db[xb];
+            }
+        }
+        const int32_t qa = I8(a)[ia] - (int32_t)a_zp, qb = I8(b)[ib] - (int32_t)b_zp;
+        float v;
+        if (type == OP_QADD) {
+            const float ra_ = a_scale / y_scale, rb_ = b_scale / y_scale;
+            v = (float)qa * ra_ + (float)qb * rb_;
+        } else {
+            const float prod = a_scale * b_scale;
+            const float mult = prod / y_scale;
+            v = (float)(qa * qb) * mult;
+        }
+        ref[i] = requant(v, (int32_t)y_zp, (int32_t)q_min, (int32_t)q_max);
+    }
+    n_qattrs = 0;
+    qattr(attr_float("x_scale", a_scale));
+    qattr(attr_int("x_zero_point", a_zp));
+    qattr(attr_float("b_scale", b_scale));
+    qattr(attr_int("b_zero_point", b_zp));
+    qattr(attr_float("y_scale", y_scale));
+    qattr(attr_int("y_zero_point", y_zp));
+    qattr(attr_int("q_min", q_min));
+    qattr(attr_int("q_max", q_max));
+    struct opdef d;
+    opdef_init(&d, (enum ek_op_type)type, 2, (struct tensor *[]){&a, &b}, &y, n_qattrs, qattrs);
+    if (supported) {
+        *off += check_q_against(&d, ref, NULL, what);
+        *total += y.desc.count;
+    } else {
+        check_unsupported(&d, what);
+    }
+    free(ref);
+    tensor_free(&a);
+    tensor_free(&b);
+    tensor_free(&y);
+}
+
+static void test_qbinary(void)
+{
+    for (int type = OP_QADD; type <= OP_QMUL; type++) {
+        const char *name = type == OP_QADD ? "qadd" : "qmul";
+        size_t off = 0, total = 0;
+        char what[128];
+        const int64_t s4[4] = {1, 14, 14, 32}, s3[3] = {3, 1, 256}, y3[3] = {3, 5, 256}, one[1] = {1};
+        snprintf(what, sizeof what, "%s, same shapes [1,14,14,32] (a residual add)", name);
+        run_qbinary(type, 4, s4, false, 4, s4, false, 4, s4, true, what, &off, &total);
+        snprintf(what, sizeof what, "%s, broadcast [3,1,256] with [3,5,256]", name);
+        run_qbinary(type, 3, s3, false, 3, y3, false, 3, y3, true, what, &off, &total);
+        snprintf(what, sizeof what, "%s, X with a constant scalar", name);
+        run_qbinary(type, 4, s4, false, 1, one, true, 4, s4, true, what, &off, &total);
+        snprintf(what, sizeof what, "%s, a constant X", name);
+        run_qbinary(type, 3, y3, true, 3, y3, false, 3, y3, true, what, &off, &total);
+        for (int i = 0; i < 10; i++) {
+            int64_t dy[4], da[4], db[4];
+            for (int j = 0; j < 4; j++) {
+                dy[j] = qrange(1, 6);
+                da[j] = qrange(0, 2) ? dy[j] : 1;
+                db[j] = qrange(0, 2) ? dy[j] : 1;
+                if (da[j] != dy[j] && db[j] != dy[j]) /* numpy: Y's dim is an input's */
+                    da[j] = dy[j];
+            }
+            dy[3] = da[3] = db[3] = qrange(256, 300); /* long rows: short ones are declined */
+            snprintf(what, sizeof what, "%s random #%d [%lld,%lld,%lld,%lld] with [%lld,%lld,%lld,%lld]", name, i, (long long)da[0], (long long)da[1], (long long)da[2], (long long)da[3], (long long)db[0], (long long)db[1], (long long)db[2], (long long)db[3]);
+            run_qbinary(type, 4, da, false, 4, db, false, 4, dy, true, what, &off, &total);
+        }
+        /* Many short broadcast rows: declined, as for the float ops. */
+        const int64_t se_x[4] = {1, 64, 64, 16}, se_g[4] = {1, 1, 1, 16};
+        snprintf(what, sizeof what, "%s [1,64,64,16] x [1,1,1,16] (4096 rows of 16)", name);
+        run_qbinary(type, 4, se_x, false, 4, se_g, false, 4, se_x, false, what, &off, &total);
+        printf("    %s: %zu of %zu outputs off by one unit, none by more\n", name, off, total);
+    }
+}
+
+/* ---- QGLOBAL_AVERAGE_POOL ---- */
+
+static void test_qglobal_average_pool(void)
+{
+    size_t off = 0, total = 0;
+    for (int i = 0; i < 12; i++) {
+        const int64_t n = qrange(1, 2), h = i == 0 ? 7 : qrange(1, 12), w = i == 0 ? 7 : qrange(1, 12),
+                      c = i == 0 ? 1280 : qrange(1, 100);
+        struct tensor x, y;
+        qtensor_init(&x, 4, (int64_t[]){n, h, w, c}, EK_DTYPE_INT8, false, 0);
+        qtensor_init(&y, 4, (int64_t[]){n, 1, 1, c}, EK_DTYPE_INT8, false, 0);
+        const float x_scale = qlog(0.01f, 0.1f), y_scale = x_scale * qlog(0.3f, 1.5f);
+        const int64_t x_zp = qrange(-30, 30), y_zp = qrange(-30, 30);
+        int32_t *ref = calloc(y.desc.count, sizeof *ref);
+        for (int64_t b = 0; b < n; b++)
+            for (int64_t ch = 0; ch < c; ch++) {
+                int32_t sum = 0;
+                for (int64_t p = 0; p < h * w; p++)
+                    sum += I8(x)[(b * h * w + p) * c + ch] - (int32_t)x_zp;
+                const float denom = y_scale * (float)(h * w);
+                const float mult = x_scale / denom;
+                ref[b * c + ch] = requant((float)sum * mult, (int32_t)y_zp, -128, 127);
+            }
+        n_qattrs = 0;
+        qattr(attr_float("x_scale", x_scale));
+        qattr(attr_int("x_zero_point", x_zp));
+        qattr(attr_float("y_scale", y_scale));
+        qattr(attr_int("y_zero_point", y_zp));
+        char what[96];
+        snprintf(what, sizeof what, "qglobal_average_pool [%lld,%lld,%lld,%lld]", (long long)n, (long long)h,
+                 (long long)w, (long long)c);
+        struct opdef d;
+        opdef_init(&d, (enum ek_op_type)OP_QGLOBAL_AVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, n_qattrs, qattrs);
+        off += check_q_against(&d, ref, NULL, what);
+        total += y.desc.count;
+        free(ref);
+        tensor_free(&x);
+        tensor_free(&y);
+    }
+    printf("    qglobal_average_pool: %zu of %zu outputs off by one unit, none by more\n", off, total);
+}
+
+/* ---- MAX_POOL of int8, QAVERAGE_POOL, QLUT ---- */
+
+static void run_qmax_pool(int64_t h, int64_t wd, const int64_t *kernel, const int64_t *strides, const int64_t *pads,
+                          const int64_t *dil, int64_t oh, int64_t ow, bool supported, const char *what)
+{
+    const int64_t n_batch = 2, c = 19;
+    struct tensor x, y;
+    qtensor_init(&x, 4, (int64_t[]){n_batch, h, wd, c}, EK_DTYPE_INT8, false, 0);
+    qtensor_init(&y, 4, (int64_t[]){n_batch, oh, ow, c}, EK_DTYPE_INT8, false, 0);
+    int32_t *ref = calloc(y.desc.count, sizeof *ref);
+    for (int64_t n = 0; n < n_batch; n++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++)
+                for (int64_t ch = 0; ch < c; ch++) {
+                    int32_t m = -1000;
+                    for (int64_t ky = 0; ky < kernel[0]; ky++)
+                        for (int64_t kx = 0; kx < kernel[1]; kx++) {
+                            const int64_t iy = oy * strides[0] - pads[0] + ky * dil[0];
+                            const int64_t ix = ox * strides[1] - pads[1] + kx * dil[1];
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= wd)
+                                continue;
+                            const int32_t v = I8(x)[((n * h + iy) * wd + ix) * c + ch];
+                            m = v > m ? v : m;
+                        }
+                    ref[((n * oh + oy) * ow + ox) * c + ch] = m;
+                }
+    struct ek_attr attrs[4] = {attr_ints("kernel", 2, kernel), attr_ints("strides", 2, strides),
+                               attr_ints("pads", 4, pads), attr_ints("dilations", 2, dil)};
+    struct opdef d;
+    opdef_init(&d, EK_OP_MAX_POOL, 1, (struct tensor *[]){&x}, &y, 4, attrs);
+    if (supported) {
+        const size_t off = check_q_against(&d, ref, NULL, what);
+        CHECK(off == 0); /* a maximum is exact */
+    } else {
+        check_unsupported(&d, what);
+    }
+    free(ref);
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static void test_qpools_declined_and_max(void)
+{
+    const int64_t k3[2] = {3, 3}, s2[2] = {2, 2}, s1[2] = {1, 1}, d1[2] = {1, 1}, d2[2] = {2, 2};
+    run_qmax_pool(9, 8, k3, s2, (int64_t[]){1, 1, 1, 1}, d1, 5, 4, true, "int8 max_pool 3x3 s2 pad 1");
+    run_qmax_pool(6, 7, k3, s2, (int64_t[]){0, 0, 0, 0}, d1, 3, 3, true, "int8 max_pool ceil mode");
+    run_qmax_pool(9, 9, k3, s1, (int64_t[]){0, 0, 0, 0}, d2, 5, 5, true, "int8 max_pool dilation 2, no pad");
+    run_qmax_pool(9, 9, k3, s1, (int64_t[]){2, 2, 2, 2}, d2, 9, 9, false,
+                  "int8 max_pool dilation 2 with pads (declined as for float)");
+
+    /* QAVERAGE_POOL (this XNNPACK's is qu8 only) and QLUT: the portable kernel. */
+    struct tensor x, y, table;
+    qtensor_init(&x, 4, (int64_t[]){1, 6, 6, 4}, EK_DTYPE_INT8, false, 0);
+    qtensor_init(&y, 4, (int64_t[]){1, 4, 4, 4}, EK_DTYPE_INT8, false, 0);
+    const int64_t zeros[4] = {0, 0, 0, 0};
+    const struct ek_attr attrs[3] = {attr_ints("kernel", 2, k3), attr_ints("strides", 2, s1),
+                                     attr_ints("pads", 4, zeros)};
+    struct opdef d;
+    opdef_init(&d, (enum ek_op_type)OP_QAVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, 3, attrs);
+    check_unsupported(&d, "qaverage_pool");
+    tensor_free(&y);
+    qtensor_init(&y, 4, (int64_t[]){1, 6, 6, 4}, EK_DTYPE_INT8, false, 0);
+    qtensor_init(&table, 1, (int64_t[]){256}, EK_DTYPE_INT8, true, 0);
+    opdef_init(&d, (enum ek_op_type)OP_QLUT, 2, (struct tensor *[]){&x, &table}, &y, 0, NULL);
+    check_unsupported(&d, "qlut");
+    /* An int8 op the float provider has no int8 operator for: AVERAGE_POOL of int8 is not an op (declined). */
+    opdef_init(&d, EK_OP_RELU, 1, (struct tensor *[]){&x}, &y, 0, NULL);
+    check_unsupported(&d, "relu of int8 tensors");
+    tensor_free(&x);
+    tensor_free(&y);
+    tensor_free(&table);
+}
+
+/* ---- QUANTIZE, DEQUANTIZE ---- */
+
+/* DEQUANTIZE runs on XNNPACK (exact); QUANTIZE is declined: XNNPACK's convert_nc_f32_qs8 makes NaN its
+ * output_max (127 here), the spec the zero point. */
+static void test_qconvert(void)
+{
+    for (int u8 = 0; u8 < 2; u8++) {
+        const ek_dtype_t qt = u8 ? EK_DTYPE_UINT8 : EK_DTYPE_INT8;
+        for (int i = 0; i < 6; i++) {
+            const int64_t dims[3] = {qrange(1, 3), qrange(1, 50), qrange(1, 70)};
+            const float scale = qlog(0.01f, 1.0f);
+            const int64_t zp = u8 ? qrange(0, 255) : qrange(-128, 127);
+            n_qattrs = 0;
+            qattr(attr_float("scale", scale));
+            qattr(attr_int("zero_point", zp));
+            struct tensor q, f;
+            qtensor_init(&q, 3, dims, qt, false, 0);
+            qtensor_init(&f, 3, dims, EK_DTYPE_FLOAT32, false, 0);
+            /* DEQUANTIZE: y = (x - zero_point) x scale, exact in float32. */
+            float *fref = calloc(q.desc.count, sizeof *fref);
+            for (size_t j = 0; j < q.desc.count; j++)
+                fref[j] = (float)((u8 ? ((uint8_t *)q.data)[j] : ((int8_t *)q.data)[j]) - (int32_t)zp) * scale;
+            char what[96];
+            snprintf(what, sizeof what, "dequantize from %s, %zu elements", u8 ? "uint8" : "int8", q.desc.count);
+            struct opdef d;
+            opdef_init(&d, (enum ek_op_type)OP_DEQUANTIZE, 1, (struct tensor *[]){&q}, &f, n_qattrs, qattrs);
+            check_q_against(&d, NULL, fref, what);
+            free(fref);
+            opdef_init(&d, (enum ek_op_type)OP_QUANTIZE, 1, (struct tensor *[]){&f}, &q, n_qattrs, qattrs);
+            check_unsupported(&d, u8 ? "quantize to uint8" : "quantize to int8");
+            tensor_free(&f);
+            tensor_free(&q);
+        }
+    }
+}
+
+static void test_q_totals(void)
+{
+    printf("    int8 ops: %zu of %zu outputs off by one unit (within the spec), none by more\n", q_off_by_one, q_total);
+    CHECK(q_total > 0);
+}
+
 /* ---- many threads, one provider: states are per caller, pools shared ---- */
 
 static void test_many_thread_counts(void)
@@ -823,6 +1450,14 @@ int main(int argc, char **argv)
     RUN(test_prelu);
     RUN(test_softmax);
     RUN(test_resize);
+    RUN(test_qconv);
+    RUN(test_qconv_declined);
+    RUN(test_qfully_connected);
+    RUN(test_qbinary);
+    RUN(test_qglobal_average_pool);
+    RUN(test_qpools_declined_and_max);
+    RUN(test_qconvert);
+    RUN(test_q_totals);
     RUN(test_many_thread_counts);
     RUN(test_xnnpack_loops_run_on_the_team);
     return ek_test_summary();

@@ -166,7 +166,8 @@ else()
     # the install tree (EDGEKIT_INSTALL_LIBDIR), where the runtime looks for it.
     # threadpool.c defines the pthreadpool API XNNPACK calls (on the launch's team), exported so
     # that libXNNPACK binds to it; provider.c probes that it does.
-    add_library(edgekit_xnnpack MODULE kernels/xnnpack/provider.c kernels/xnnpack/threadpool.c)
+    add_library(edgekit_xnnpack MODULE kernels/xnnpack/provider.c kernels/xnnpack/quantized.c
+                kernels/xnnpack/threadpool.c)
     target_include_directories(edgekit_xnnpack SYSTEM PRIVATE "${_ekx_header_dir}")
     target_include_directories(edgekit_xnnpack PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/include"
                                "${CMAKE_CURRENT_SOURCE_DIR}/kernels")

@@ -13,6 +13,9 @@
  * through the calls of generation.h, which the build points at the target's generation. Both have
  * XNN_MAX_TENSOR_DIMS 6; the ops taken are the same on both.
  *
+ * The int8 ops of .ekm 1.5 are quantized.c's: they share this file's op state (provider.h), setup cache
+ * and team; ekx_create hands them over, setup() calls back into ekx_setup_quantized.
+ *
  * A CONV with the residual input Z (.ekm 1.4) is two XNNPACK operators in one state: the convolution
  * without the clamp, then the add of Y and Z into Y, in place, with the clamp (fused in the 2022 add,
  * a third operator with the 2024 API, as for every binary op with a clamp there).
@@ -29,6 +32,7 @@
 
 #include "generation.h"
 #include "kernel.h"
+#include "provider.h"
 #include "threadpool.h"
 
 #if defined(__GNUC__)
@@ -83,50 +87,6 @@ static pthreadpool_t pool_for(int threads) {
     return pool;
 }
 
-/* ---- one op's state ---- */
-
-enum ekx_kind {
-    EKX_CONV,
-    EKX_DECONV,
-    EKX_FC,
-    EKX_POOL2D, /* max and average pooling */
-    EKX_GLOBAL_AVG,
-    EKX_BINARY,
-    EKX_UNARY, /* element-wise: [batch, channels] */
-    EKX_PRELU,
-    EKX_SOFTMAX,
-    EKX_RESIZE
-};
-
-struct ekx_state {
-    enum ekx_kind kind;
-    xnn_operator_t op;
-    size_t batch;              /* N, or the rows of an NC / FC op */
-    size_t height, width;      /* spatial input size */
-    size_t channels;           /* POOL2D, GLOBAL_AVG, UNARY, PRELU, SOFTMAX, RESIZE */
-    size_t out_height, out_width; /* RESIZE */
-    uint32_t adj_h, adj_w;     /* DECONV */
-    bool max_pool;             /* POOL2D: max, else average */
-    enum ekx_binary binary;    /* BINARY */
-    enum ekx_unary unary;      /* UNARY */
-    struct ekx_workspace workspace; /* what the 2024 API's reshape asked for */
-    size_t rank_a, rank_b;     /* BINARY: the folded shapes */
-    size_t shape_a[XNN_MAX_TENSOR_DIMS], shape_b[XNN_MAX_TENSOR_DIMS];
-    float *constant[2];        /* BINARY: padded copies of constant operands (else NULL) */
-    float *slope;              /* PRELU: the slopes, expanded to the channels */
-    /* The buffers and team size of the last setup: a run on the same ones (a context's arena, a request's
-     * memory) skips XNNPACK's setup (2024: reshape + setup), which rebuilds indirection buffers and work
-     * splits. */
-    const void *set_x, *set_b;
-    void *set_y;
-    int set_threads;
-    xnn_operator_t residual;   /* CONV with Z: Y = clamp(Y + Z), run after the convolution */
-    size_t residual_count;     /* Y's elements */
-    float *residual_z;         /* a padded copy of a constant Z (else NULL: Z is in[3]) */
-    xnn_operator_t clamp;      /* the clamp of Y a 2024 binary op (or residual add) needs, run last, in place */
-    size_t clamp_count;        /* Y's elements */
-};
-
 static void state_free(struct ekx_state *s) {
     if (!s)
         return;
@@ -144,22 +104,20 @@ static void state_free(struct ekx_state *s) {
     free(s);
 }
 
-/* Status of a failed create: the op stays with the portable kernel unless memory ran out. */
-static ek_status_t create_failed(enum xnn_status status) {
+ek_status_t create_failed(enum xnn_status status) {
     return status == xnn_status_out_of_memory ? EK_ERR_OUT_OF_MEMORY : EK_ERR_UNSUPPORTED;
 }
 
 /* ---- reading the op (already validated by the portable kernel's prepare) ---- */
 
-static const struct ek_attr *find_attr(const struct ek_op *op, const char *name) {
+const struct ek_attr *find_attr(const struct ek_op *op, const char *name) {
     for (int i = 0; i < op->n_attrs; i++)
         if (op->attrs[i].name && strcmp(op->attrs[i].name, name) == 0)
             return &op->attrs[i];
     return NULL;
 }
 
-/* false on a wrong type: the caller declines the op. */
-static bool attr_int(const struct ek_op *op, const char *name, int64_t def, int64_t *out) {
+bool attr_int(const struct ek_op *op, const char *name, int64_t def, int64_t *out) {
     const struct ek_attr *a = find_attr(op, name);
     if (!a) {
         *out = def;
@@ -171,7 +129,7 @@ static bool attr_int(const struct ek_op *op, const char *name, int64_t def, int6
     return true;
 }
 
-static bool attr_float(const struct ek_op *op, const char *name, float def, float *out) {
+bool attr_float(const struct ek_op *op, const char *name, float def, float *out) {
     const struct ek_attr *a = find_attr(op, name);
     if (!a) {
         *out = def;
@@ -183,9 +141,7 @@ static bool attr_float(const struct ek_op *op, const char *name, float def, floa
     return true;
 }
 
-/* Exactly `count` ints, each in [lo, UINT32_MAX]; absent: every one is `def`. */
-static bool attr_u32s(const struct ek_op *op, const char *name, uint32_t count, int64_t def, int64_t lo,
-                      uint32_t *out) {
+bool attr_u32s(const struct ek_op *op, const char *name, uint32_t count, int64_t def, int64_t lo, uint32_t *out) {
     const struct ek_attr *a = find_attr(op, name);
     if (!a) {
         if (def < lo || def > (int64_t)UINT32_MAX)
@@ -215,11 +171,11 @@ static bool is_f32(const struct ek_tensor_desc *t) {
     return t && t->dtype == EK_DTYPE_FLOAT32;
 }
 
-static bool is_constant(const struct ek_tensor_desc *t) {
+bool is_constant(const struct ek_tensor_desc *t) {
     return t && t->storage == EK_STORAGE_CONSTANT && t->constant;
 }
 
-static bool fits_u32(int64_t v) {
+bool fits_u32(int64_t v) {
     return v >= 0 && v <= (int64_t)UINT32_MAX;
 }
 
@@ -237,29 +193,39 @@ static bool optional_bias(const struct ek_op *op, int index, int64_t n, const fl
 
 /* ---- ops ---- */
 
-static ek_status_t padded_copy(const struct ek_tensor_desc *t, float **copy);
-
-static ek_status_t create_conv(const struct ek_op *op, struct ekx_state *s) {
+bool conv_geometry(const struct ek_op *op, struct ekx_conv *g) {
     const struct ek_tensor_desc *x = op->in[0], *w = op->n_in > 1 ? op->in[1] : NULL, *y = op->out[0];
     if (!w || x->rank != 4 || w->rank != 4 || y->rank != 4 || !is_constant(w))
-        return EK_ERR_UNSUPPORTED;
-    uint32_t pads[4], strides[2], dilations[2];
-    int64_t group;
-    float lo, hi;
-    if (!attr_u32s(op, "pads", 4, 0, 0, pads) || !attr_u32s(op, "strides", 2, 1, 1, strides) ||
-        !attr_u32s(op, "dilations", 2, 1, 1, dilations) || !attr_int(op, "group", 1, &group) ||
-        !attr_act(op, &lo, &hi))
-        return EK_ERR_UNSUPPORTED;
+        return false;
+    if (!attr_u32s(op, "pads", 4, 0, 0, g->pads) || !attr_u32s(op, "strides", 2, 1, 1, g->strides) ||
+        !attr_u32s(op, "dilations", 2, 1, 1, g->dilations) || !attr_int(op, "group", 1, &g->group))
+        return false;
     const int64_t c = x->dims[3], m = w->dims[0], kh = w->dims[1], kw = w->dims[2], cg = w->dims[3];
-    if (group < 1 || !fits_u32(group) || c != group * cg || m % group != 0 || y->dims[3] != m ||
+    if (g->group < 1 || !fits_u32(g->group) || c != g->group * cg || m % g->group != 0 || y->dims[3] != m ||
         !fits_u32(kh) || !fits_u32(kw) || y->dims[0] != x->dims[0])
-        return EK_ERR_UNSUPPORTED;
+        return false;
     /* XNNPACK's output size is the op's (floor); check it so a setup can never disagree. */
-    const int64_t ekh = (kh - 1) * dilations[0] + 1, ekw = (kw - 1) * dilations[1] + 1;
-    const int64_t ph = x->dims[1] + pads[0] + pads[2], pw = x->dims[2] + pads[1] + pads[3];
-    if (ph < ekh || pw < ekw || (ph - ekh) / strides[0] + 1 != y->dims[1] ||
-        (pw - ekw) / strides[1] + 1 != y->dims[2])
+    const int64_t ekh = (kh - 1) * g->dilations[0] + 1, ekw = (kw - 1) * g->dilations[1] + 1;
+    const int64_t ph = x->dims[1] + g->pads[0] + g->pads[2], pw = x->dims[2] + g->pads[1] + g->pads[3];
+    if (ph < ekh || pw < ekw || (ph - ekh) / g->strides[0] + 1 != y->dims[1] ||
+        (pw - ekw) / g->strides[1] + 1 != y->dims[2])
+        return false;
+    g->c = c;
+    g->m = m;
+    g->kh = kh;
+    g->kw = kw;
+    g->cg = cg;
+    return true;
+}
+
+static ek_status_t create_conv(const struct ek_op *op, struct ekx_state *s) {
+    const struct ek_tensor_desc *x = op->in[0], *w = op->in[1], *y = op->out[0];
+    struct ekx_conv g;
+    float lo, hi;
+    if (!conv_geometry(op, &g) || !attr_act(op, &lo, &hi))
         return EK_ERR_UNSUPPORTED;
+    const uint32_t *pads = g.pads, *strides = g.strides, *dilations = g.dilations;
+    const int64_t group = g.group, c = g.c, m = g.m, kh = g.kh, kw = g.kw, cg = g.cg;
     const float *bias;
     if (!optional_bias(op, 2, m, &bias))
         return EK_ERR_UNSUPPORTED;
@@ -394,6 +360,19 @@ static ek_status_t create_pool(const struct ek_op *op, struct ekx_state *s, bool
         return EK_ERR_UNSUPPORTED;
     const size_t c = (size_t)x->dims[3];
     enum xnn_status st;
+    if (x->dtype != y->dtype)
+        return EK_ERR_UNSUPPORTED;
+    if (max && x->dtype == EK_DTYPE_INT8) { /* int8 MAX_POOL (.ekm 1.5): the same windows */
+        st = ekx_create_max_pool_s8(pads, (uint32_t)bottom, (uint32_t)right, kernel, strides, dilations, c, &s->op);
+        if (st != xnn_status_success)
+            return create_failed(st);
+        s->kind = EKX_QMAX_POOL;
+        s->channels = c;
+        s->batch = (size_t)x->dims[0];
+        s->height = (size_t)h;
+        s->width = (size_t)w;
+        return EK_OK;
+    }
     if (max)
         st = ekx_create_max_pool2d(pads[0], (uint32_t)right, (uint32_t)bottom, pads[1], kernel[0], kernel[1],
                                    strides[0], strides[1], dilations[0], dilations[1], c, &s->op);
@@ -426,8 +405,7 @@ static ek_status_t create_global_avg(const struct ek_op *op, struct ekx_state *s
     return EK_OK;
 }
 
-/* A padded private copy of a constant XNNPACK reads at run time (it may read past the end). */
-static ek_status_t padded_copy(const struct ek_tensor_desc *t, float **copy) {
+ek_status_t padded_copy(const struct ek_tensor_desc *t, float **copy) {
     if (t->nbytes > SIZE_MAX - XNN_EXTRA_BYTES)
         return EK_ERR_UNSUPPORTED;
     *copy = calloc(1, t->nbytes + XNN_EXTRA_BYTES);
@@ -440,15 +418,15 @@ static ek_status_t padded_copy(const struct ek_tensor_desc *t, float **copy) {
 /* Numpy broadcasting of a and b to y, folded into the fewest dims: the output's axes are grouped
  * into runs where each input is either full or broadcast, and each run becomes one dim. XNNPACK
  * takes at most XNN_MAX_TENSOR_DIMS. */
-static bool fold_broadcast(const struct ek_tensor_desc *a, const struct ek_tensor_desc *b,
-                           const struct ek_tensor_desc *y, struct ekx_state *s) {
+bool fold_broadcast(const struct ek_tensor_desc *a, const struct ek_tensor_desc *b, const struct ek_tensor_desc *y,
+                    struct ekx_state *s) {
     size_t n = 0;
     int last = -1; /* bit 0: a is full on this run, bit 1: b is */
     for (int i = 0; i < y->rank; i++) {
         const int64_t dy = y->dims[i];
         const int ia = i - (y->rank - a->rank), ib = i - (y->rank - b->rank);
         const int64_t da = ia >= 0 ? a->dims[ia] : 1, db = ib >= 0 ? b->dims[ib] : 1;
-        if ((da != dy && da != 1) || (db != dy && db != 1))
+        if ((da != dy && da != 1) || (db != dy && db != 1) || (da != dy && db != dy))
             return false;
         if (dy == 1)
             continue;
@@ -473,18 +451,20 @@ static bool fold_broadcast(const struct ek_tensor_desc *a, const struct ek_tenso
     return true;
 }
 
+/* Many short rows (a per-channel operand of an NHWC tensor, [H*W, C] x [1, C], as squeeze-excite
+ * makes): this XNNPACK's n-d binary ops make one call per innermost row, measured 1.2x to 3.6x
+ * slower than the portable kernel for rows under 256 floats (SENet's [4096, 16] Mul: 75 us against
+ * 23 us, 1 thread); the portable kernel runs them. */
+bool broadcast_rows_too_short(const struct ekx_state *s, const struct ek_tensor_desc *y) {
+    const size_t inner = s->shape_a[s->rank_a - 1] > s->shape_b[s->rank_b - 1] ? s->shape_a[s->rank_a - 1]
+                                                                                : s->shape_b[s->rank_b - 1];
+    return s->rank_a >= 2 && inner < 256 && y->count / inner >= 64;
+}
+
 static ek_status_t create_binary(const struct ek_op *op, struct ekx_state *s) {
     const struct ek_tensor_desc *a = op->in[0], *b = op->n_in > 1 ? op->in[1] : NULL, *y = op->out[0];
     float lo, hi;
-    if (!b || !attr_act(op, &lo, &hi) || !fold_broadcast(a, b, y, s))
-        return EK_ERR_UNSUPPORTED;
-    /* Many short rows (a per-channel operand of an NHWC tensor, [H*W, C] x [1, C], as squeeze-excite
-     * makes): this XNNPACK's n-d binary ops make one call per innermost row, measured 1.2x to 3.6x
-     * slower than the portable kernel for rows under 256 floats (SENet's [4096, 16] Mul: 75 us against
-     * 23 us, 1 thread); the portable kernel runs them. */
-    const size_t inner = s->shape_a[s->rank_a - 1] > s->shape_b[s->rank_b - 1] ? s->shape_a[s->rank_a - 1]
-                                                                                : s->shape_b[s->rank_b - 1];
-    if (s->rank_a >= 2 && inner < 256 && y->count / inner >= 64)
+    if (!b || !attr_act(op, &lo, &hi) || !fold_broadcast(a, b, y, s) || broadcast_rows_too_short(s, y))
         return EK_ERR_UNSUPPORTED;
     switch (op->type) {
     case EK_OP_ADD:
@@ -661,12 +641,15 @@ static ek_status_t ekx_create(const struct ek_op *op, void **state) {
         return EK_ERR_UNSUPPORTED; /* e.g. a CPU XNNPACK does not support */
     if (op->n_in < 1 || op->n_out != 1 || !op->in[0] || !op->out[0])
         return EK_ERR_UNSUPPORTED;
-    /* Every tensor a 1.0 kernel touches is float32; anything else is not for this provider. */
-    for (int i = 0; i < op->n_in; i++)
-        if (op->in[i] && !is_f32(op->in[i]))
+    /* Every tensor of a float op is float32; the int8 ops of .ekm 1.5 are quantized.c's. */
+    const bool quantized = ekx_is_quantized(op);
+    if (!quantized) {
+        for (int i = 0; i < op->n_in; i++)
+            if (op->in[i] && !is_f32(op->in[i]))
+                return EK_ERR_UNSUPPORTED;
+        if (!is_f32(op->out[0]))
             return EK_ERR_UNSUPPORTED;
-    if (!is_f32(op->out[0]))
-        return EK_ERR_UNSUPPORTED;
+    }
 
     struct ekx_state *s = calloc(1, sizeof *s);
     if (!s)
@@ -709,8 +692,9 @@ static ek_status_t ekx_create(const struct ek_op *op, void **state) {
     case EK_OP_RESIZE:
         status = create_resize(op, s);
         break;
-    default: /* MATMUL, TANH (not in the 2022 XNNPACK), HARD_SIGMOID, shape ops: portable */
-        status = EK_ERR_UNSUPPORTED;
+    default: /* the int8 ops (MAX_POOL's is create_pool's); MATMUL, TANH (not in the 2022 XNNPACK),
+              * HARD_SIGMOID, shape ops: portable */
+        status = quantized ? ekx_create_quantized(op, s) : EK_ERR_UNSUPPORTED;
         break;
     }
     if (status != EK_OK) {
@@ -730,7 +714,9 @@ static enum xnn_status setup_and_run(struct ekx_state *s, const void *const *in,
     const float *x = in[0];
     float *y = out[0];
     /* the other buffer an op reads: a binary op's B, a CONV's Z */
-    const void *second = s->kind == EKX_BINARY ? in[1] : s->residual ? (s->residual_z ? s->residual_z : in[3]) : NULL;
+    const void *second = s->kind == EKX_BINARY || s->kind == EKX_QBINARY ? in[1]
+                         : s->residual ? (s->residual_z ? s->residual_z : in[3])
+                                       : NULL;
     if (!(s->set_y && s->set_x == x && s->set_b == second && s->set_y == y && s->set_threads == threads)) {
         enum xnn_status st = setup(s, in, x, y, second, pool);
         if (st != xnn_status_success) {
@@ -794,8 +780,9 @@ static enum xnn_status setup(struct ekx_state *s, const void *const *in, const f
         st = ekx_setup_resize_bilinear(s->op, &s->workspace, s->batch, s->height, s->width, s->channels,
                                        s->out_height, s->out_width, x, y, pool);
         break;
-    default:
-        return xnn_status_invalid_state;
+    default: /* the int8 ops */
+        st = ekx_setup_quantized(s, in, x, y, pool);
+        break;
     }
     if (st == xnn_status_success && s->clamp) /* Y = clamp(Y), in place */
         st = ekx_setup_unary(s->clamp, EKX_CLAMP, 1, s->clamp_count, y, y, pool);
@@ -804,9 +791,10 @@ static enum xnn_status setup(struct ekx_state *s, const void *const *in, const f
 
 static ek_status_t ekx_run(void *state, const void *const *in, void *const *out, const struct ek_parallel *team) {
     struct ekx_state *s = state;
-    if (!s || !in || !out || !out[0] || (!in[0] && !(s->kind == EKX_BINARY && s->constant[0])))
+    const bool binary = s && (s->kind == EKX_BINARY || s->kind == EKX_QBINARY);
+    if (!s || !in || !out || !out[0] || (!in[0] && !(binary && s->constant[0])))
         return EK_ERR_INVALID_ARG;
-    if (s->kind == EKX_BINARY && !s->constant[1] && !in[1]) /* binary ops have two inputs */
+    if (binary && !s->constant[1] && !in[1]) /* binary ops have two inputs */
         return EK_ERR_INVALID_ARG;
     if (s->residual && !s->residual_z && !in[3]) /* a CONV's Z */
         return EK_ERR_INVALID_ARG;
