@@ -926,6 +926,75 @@ static void qattr(struct ek_attr a)
     qattrs[n_qattrs++] = a;
 }
 
+/* The status of the provider's create for a QCONV (per-channel scales) of X[1,h,w,c] under a k x k
+ * kernel (padding k/2) with `group` groups to M channels, or (k == 0) a QFULLY_CONNECTED of [h, c] x
+ * [m, c]^T; the state destroyed again. */
+static ek_status_t qcreate(int64_t h, int64_t w, int64_t c, int64_t m, int64_t k, int64_t group)
+{
+    const int64_t p = k / 2, pads[4] = {p, p, p, p}, ones[2] = {1, 1};
+    struct tensor x, wt, ws, y;
+    if (k) {
+        qtensor_init(&x, 4, (int64_t[]){1, h, w, c}, EK_DTYPE_INT8, false, 0);
+        qtensor_init(&wt, 4, (int64_t[]){m, k, k, c / group}, EK_DTYPE_INT8, true, 0);
+        qtensor_init(&y, 4, (int64_t[]){1, h, w, m}, EK_DTYPE_INT8, false, 0);
+    } else {
+        qtensor_init(&x, 2, (int64_t[]){h, c}, EK_DTYPE_INT8, false, 0);
+        qtensor_init(&wt, 2, (int64_t[]){m, c}, EK_DTYPE_INT8, true, 0);
+        qtensor_init(&y, 2, (int64_t[]){h, m}, EK_DTYPE_INT8, false, 0);
+    }
+    qtensor_init(&ws, 1, (int64_t[]){m}, EK_DTYPE_FLOAT32, true, 0);
+    for (int64_t i = 0; i < m; i++)
+        ws.data[i] = 0.01f;
+    const struct ek_attr attrs[5] = {attr_ints("pads", 4, pads), attr_ints("strides", 2, ones),
+                                     attr_ints("dilations", 2, ones), attr_int("group", group),
+                                     attr_float("y_scale", 0.5f)};
+    struct opdef d;
+    opdef_init(&d, k ? (enum ek_op_type)OP_QCONV : (enum ek_op_type)OP_QFULLY_CONNECTED, 3, (struct tensor *[]){&x, &wt, &ws}, &y, k ? 5 : 1,
+               k ? attrs : attrs + 4);
+    void *state = NULL;
+    const ek_status_t status = prov->create(&d.op, &state);
+    if (status == EK_OK)
+        prov->destroy(state);
+    tensor_free(&x);
+    tensor_free(&wt);
+    tensor_free(&ws);
+    tensor_free(&y);
+    return status;
+}
+
+/* Built against the 2024 XNNPACK (EDGEKIT_XNNPACK_RESHAPE, the provider's definitions): its VNNI
+ * micro-kernels beat the portable ones, so it keeps every op. */
+#if defined(EDGEKIT_XNNPACK_RESHAPE) && EDGEKIT_XNNPACK_RESHAPE
+#define XNN_2024 1
+#else
+#define XNN_2024 0
+#endif
+
+/* On an x86-64 CPU with AVX512-VNNI the portable int8 GEMM (VNNI) beats the 2022 XNNPACK's qc8 GEMMs: dense
+ * QCONVs and QFULLY_CONNECTED ops of 8 rows or more go to it (unless EDGEKIT_QGEMM_ISA names another
+ * of its micro-kernels); depthwise ones and one-row fully connected ones stay on XNNPACK. Elsewhere
+ * XNNPACK takes them all. (The other tests run with EDGEKIT_QGEMM_ISA=avx2, so XNNPACK's ops run.) */
+static void test_q_portable_where_faster(void)
+{
+    bool vnni = false;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+#endif
+    printf("    this CPU has AVX512-VNNI: %s\n", vnni ? "yes" : "no");
+    setenv("EDGEKIT_QGEMM_ISA", "avx512vnni", 1);
+    const ek_status_t dense = vnni && !XNN_2024 ? EK_ERR_UNSUPPORTED : EK_OK;
+    CHECK_STATUS(qcreate(14, 14, 64, 96, 1, 1), dense);       /* 1x1 */
+    CHECK_STATUS(qcreate(14, 14, 32, 32, 3, 1), dense);       /* 3x3 */
+    CHECK_STATUS(qcreate(14, 14, 32, 32, 3, 32), EK_OK);      /* depthwise */
+    CHECK_STATUS(qcreate(1, 1, 64, 96, 1, 1), EK_OK);         /* one output pixel */
+    CHECK_STATUS(qcreate(8, 1, 1280, 1000, 0, 1), dense);     /* fully connected, 8 rows */
+    CHECK_STATUS(qcreate(1, 1, 1280, 1000, 0, 1), EK_OK);     /* one row */
+    setenv("EDGEKIT_QGEMM_ISA", "avx2", 1); /* the portable kernels without VNNI: XNNPACK takes them */
+    CHECK_STATUS(qcreate(14, 14, 64, 96, 1, 1), EK_OK);
+    CHECK_STATUS(qcreate(8, 1, 1280, 1000, 0, 1), EK_OK);
+}
+
 /* ---- QCONV ---- */
 
 struct qconv_case {
@@ -1450,6 +1519,10 @@ int main(int argc, char **argv)
     RUN(test_prelu);
     RUN(test_softmax);
     RUN(test_resize);
+    /* The portable int8 GEMM's micro-kernel the provider assumes: not VNNI, so it takes every op it
+     * can and they are tested; test_q_portable_where_faster checks the other case. */
+    setenv("EDGEKIT_QGEMM_ISA", "avx2", 1);
+    RUN(test_q_portable_where_faster);
     RUN(test_qconv);
     RUN(test_qconv_declined);
     RUN(test_qfully_connected);

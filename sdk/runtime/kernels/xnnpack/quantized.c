@@ -30,6 +30,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 
 #include "provider.h"
 
@@ -312,6 +315,45 @@ static enum xnn_status setup_dequantize_q(xnn_operator_t op, bool u8, size_t row
 #endif
 }
 
+/* ---- where the portable kernels are faster ---- */
+
+/* Whether the portable int8 GEMM runs AVX512-VNNI here, as it picks it (kernels/portable/qconv.c): an
+ * x86-64 CPU with AVX512F, AVX512BW and AVX512_VNNI whose OS saves the AVX-512 state, unless
+ * EDGEKIT_QGEMM_ISA names another of its micro-kernels. */
+static bool portable_qgemm_is_vnni(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *forced = getenv("EDGEKIT_QGEMM_ISA");
+    if (forced && *forced && strcmp(forced, "avx512vnni") != 0)
+        return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) /* OSXSAVE */
+        return false;
+    unsigned lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0xe6) != 0xe6) /* XMM, YMM, opmask, ZMM state */
+        return false;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b & (1u << 16)) && (b & (1u << 30)) && (c & (1u << 11)); /* AVX512F, AVX512BW, AVX512_VNNI */
+#else
+    return false;
+#endif
+}
+
+/* The 2022 XNNPACK has no VNNI micro-kernels (the 2024 one has, within 0.8x to 1.5x of the portable
+ * kernels' time: it keeps every op): on an x86-64 CPU with AVX512-VNNI the portable int8 GEMM beats its
+ * qc8/qs8 GEMMs, measured 2.0x to 2.8x on every dense and 1x1 QCONV of MobileNetV2 at 224
+ * (1 thread; 1x1 56x56x24->144: 87 us against 242 us) and on a QFULLY_CONNECTED from 8 rows
+ * (1280 -> 1000: 74 against 131 us at 8 rows, 441 against 1046 at 64), so those stay portable. XNNPACK
+ * keeps depthwise and grouped QCONVs (1.0x to 1.3x faster) and fully connected ops on fewer rows (its
+ * GEMV: 25 against 71 us on one row). On aarch64 XNNPACK's qc8 runs fewer instructions than the portable
+ * kernels on every one of those layers (Cortex-A76, qemu): nothing is declined there. */
+#define EKX_VNNI_MIN_ROWS 8
+static bool portable_gemm_faster(size_t rows) {
+    return EKX_GENERATION == 2022 && rows >= EKX_VNNI_MIN_ROWS && portable_qgemm_is_vnni();
+}
+
 /* ---- ops ---- */
 
 /* QCONV: X[N,H,W,C], W[M,KH,KW,C/group], w_scale[M or 1], bias[M]? -> Y[N,OH,OW,M], all int8 but the
@@ -329,6 +371,8 @@ static ek_status_t create_qconv(const struct ek_op *op, struct ekx_state *s) {
         !quant_weights(op, g.m, &w_scale, &w_scale_count, &bias) ||
         !attr_quant(op, "x_scale", "x_zero_point", false, &x_scale, &x_zp) ||
         !attr_quant(op, "y_scale", "y_zero_point", false, &y_scale, &y_zp) || !attr_qrange(op, &lo, &hi))
+        return EK_ERR_UNSUPPORTED;
+    if (g.group == 1 && portable_gemm_faster(y->count / (size_t)g.m))
         return EK_ERR_UNSUPPORTED;
     float *scales = channel_scales(w_scale, w_scale_count, g.m);
     if (!scales)
@@ -363,6 +407,8 @@ static ek_status_t create_qfc(const struct ek_op *op, struct ekx_state *s) {
     if (!quant_weights(op, n, &w_scale, &w_scale_count, &bias) ||
         !attr_quant(op, "x_scale", "x_zero_point", false, &x_scale, &x_zp) ||
         !attr_quant(op, "y_scale", "y_zero_point", false, &y_scale, &y_zp) || !attr_qrange(op, &lo, &hi))
+        return EK_ERR_UNSUPPORTED;
+    if (portable_gemm_faster(x->count / (size_t)k))
         return EK_ERR_UNSUPPORTED;
     float *scales = NULL; /* per-channel: N of them */
     if (w_scale_count != 1 && !(scales = channel_scales(w_scale, w_scale_count, n)))
