@@ -13,8 +13,34 @@
 
 #include "ek_test.h"
 #include "kernel.h"
+#include "portable/portable.h"
 
 #define PAD_BYTES 64 /* every buffer has XNN_EXTRA_BYTES (16) of readable slack, and more */
+
+/* The portable kernels' ek_exec (they are compiled in, -DEK_KERNEL_TEST_SHIM): serial ranges, and
+ * per-thread scratch. */
+struct ek_exec {
+    int threads;
+    void *scratch[1];
+};
+
+void ek_parallel_for(struct ek_exec *exec, size_t count, ek_range_fn fn, void *arg)
+{
+    (void)exec;
+    if (count)
+        fn(arg, 0, count, 0);
+}
+
+int ek_exec_threads(const struct ek_exec *exec)
+{
+    (void)exec;
+    return 1;
+}
+
+void *ek_exec_scratch(struct ek_exec *exec, int thread)
+{
+    return thread == 0 ? exec->scratch[0] : NULL;
+}
 
 static const struct ek_provider *prov;
 
@@ -782,8 +808,6 @@ static void test_resize(void)
  * one unit of the output's int8 value (the spec's tolerance for XNNPACK's requantization); the elements
  * off by one are counted and printed per op. */
 
-enum { OP_QUANTIZE = 31, OP_DEQUANTIZE, OP_QCONV, OP_QFULLY_CONNECTED, OP_QADD, OP_QMUL, OP_QAVERAGE_POOL,
-       OP_QGLOBAL_AVERAGE_POOL, OP_QLUT };
 
 static unsigned qrng = 12345u;
 
@@ -850,6 +874,38 @@ static int32_t requant(float v, int32_t zero_point, int32_t lo, int32_t hi)
     return q < lo ? lo : q > hi ? hi : q;
 }
 
+/* The portable kernel of the op (.ekm 1.5's, compiled in) on the op's buffers into `out`. */
+static ek_status_t run_portable(struct opdef *d, void *out)
+{
+    const struct ek_kernel *k = NULL;
+    switch ((int)d->op.type) {
+    case EK_OP_DEQUANTIZE: k = &ek_kernel_dequantize; break;
+    case EK_OP_QCONV: k = &ek_kernel_qconv; break;
+    case EK_OP_QFULLY_CONNECTED: k = &ek_kernel_qfully_connected; break;
+    case EK_OP_QADD: k = &ek_kernel_qadd; break;
+    case EK_OP_QMUL: k = &ek_kernel_qmul; break;
+    case EK_OP_QGLOBAL_AVERAGE_POOL: k = &ek_kernel_qglobal_average_pool; break;
+    case EK_OP_MAX_POOL: k = &ek_kernel_max_pool; break;
+    default: return EK_ERR_INTERNAL;
+    }
+    ek_status_t st = k->prepare(&d->op);
+    if (st != EK_OK)
+        return st;
+    struct ek_exec ex = {1, {NULL}};
+    if (d->op.scratch_per_thread)
+        ex.scratch[0] = aligned_alloc(64, (d->op.scratch_per_thread + 63) / 64 * 64);
+    void *outs[1] = {out};
+    st = k->run(&d->op, d->in_data, outs, &ex);
+    free(ex.scratch[0]);
+    if (k->release)
+        k->release(&d->op);
+    d->op.params = NULL;
+    return st;
+}
+
+/* Provider vs portable kernel, over every int8 op checked: elements that differ (by one at most). */
+static size_t vs_portable_total, vs_portable_off;
+
 /* Totals of the int8 checks, printed at the end. */
 static size_t q_total, q_off_by_one;
 
@@ -907,8 +963,43 @@ static size_t check_q_against(struct opdef *d, const int32_t *ref, const float *
             printf("    %s (pass %d, %d threads): %zu of %zu differ by more than one\n", what, pass, threads, bad,
                    count);
         CHECK(bad == 0);
-        if (pass == 0)
+        if (pass == 0) {
             first_off = off;
+            /* The portable kernel: the spec's formulas exactly; the provider within one unit of it. */
+            void *port = malloc(ybytes + 64);
+            memset(port, 0x5a, ybytes);
+            const ek_status_t pst = run_portable(d, port);
+            CHECK_OK(pst);
+            size_t port_bad = 0, differ = 0, far = 0;
+            for (size_t i = 0; pst == EK_OK && i < count; i++) {
+                int32_t p, got;
+                if (yd->dtype == EK_DTYPE_FLOAT32) {
+                    port_bad += !(((const float *)port)[i] == fref[i]);
+                    differ += !(((const float *)port)[i] == ((const float *)outs[0])[i]);
+                    continue;
+                }
+                if (yd->dtype == EK_DTYPE_UINT8) {
+                    p = ((const uint8_t *)port)[i];
+                    got = ((const uint8_t *)outs[0])[i];
+                } else {
+                    p = ((const int8_t *)port)[i];
+                    got = ((const int8_t *)outs[0])[i];
+                }
+                port_bad += p != ref[i];
+                differ += p != got;
+                far += p - got > 1 || got - p > 1;
+            }
+            if (port_bad)
+                printf("    %s: the portable kernel differs from the spec's formulas in %zu of %zu\n", what, port_bad,
+                       count);
+            if (far || (yd->dtype == EK_DTYPE_FLOAT32 && differ))
+                printf("    %s: XNNPACK differs from the portable kernel in %zu of %zu\n", what, differ, count);
+            CHECK(port_bad == 0);
+            CHECK(far == 0 && (yd->dtype != EK_DTYPE_FLOAT32 || differ == 0));
+            vs_portable_total += count;
+            vs_portable_off += differ;
+            free(port);
+        }
     }
     q_total += count;
     q_off_by_one += first_off;
@@ -949,7 +1040,7 @@ static ek_status_t qcreate(int64_t h, int64_t w, int64_t c, int64_t m, int64_t k
                                      attr_ints("dilations", 2, ones), attr_int("group", group),
                                      attr_float("y_scale", 0.5f)};
     struct opdef d;
-    opdef_init(&d, k ? (enum ek_op_type)OP_QCONV : (enum ek_op_type)OP_QFULLY_CONNECTED, 3, (struct tensor *[]){&x, &wt, &ws}, &y, k ? 5 : 1,
+    opdef_init(&d, k ? EK_OP_QCONV : EK_OP_QFULLY_CONNECTED, 3, (struct tensor *[]){&x, &wt, &ws}, &y, k ? 5 : 1,
                k ? attrs : attrs + 4);
     void *state = NULL;
     const ek_status_t status = prov->create(&d.op, &state);
@@ -1059,7 +1150,7 @@ static void run_qconv(const struct qconv_case *k, const char *what, size_t *off,
     qattr(attr_int("q_min", k->q_min));
     qattr(attr_int("q_max", k->q_max));
     struct opdef d;
-    opdef_init(&d, (enum ek_op_type)OP_QCONV, 4, (struct tensor *[]){&x, &w, &ws, k->bias ? &b : NULL}, &y,
+    opdef_init(&d, EK_OP_QCONV, 4, (struct tensor *[]){&x, &w, &ws, k->bias ? &b : NULL}, &y,
                n_qattrs, qattrs);
     *off += check_q_against(&d, ref, NULL, what);
     *total += y.desc.count;
@@ -1134,16 +1225,16 @@ static void test_qconv_declined(void)
     ws.data[0] = 0.01f;
     struct opdef d;
     const struct ek_attr same[2] = {attr_int("q_min", 5), attr_int("q_max", 5)};
-    opdef_init(&d, (enum ek_op_type)OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 2, same);
+    opdef_init(&d, EK_OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 2, same);
     check_unsupported(&d, "qconv with q_min == q_max (XNNPACK wants output_min < output_max)");
     /* x_scale x w_scale / y_scale = 1000: over XNNPACK's requantization range (< 256). */
     const struct ek_attr big[2] = {attr_float("x_scale", 1.0f), attr_float("y_scale", 1e-5f)};
-    opdef_init(&d, (enum ek_op_type)OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 2, big);
+    opdef_init(&d, EK_OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 2, big);
     check_unsupported(&d, "qconv with a requantization scale of 1000");
     /* Weights that are not constants (XNNPACK packs them at create). */
     w.desc.storage = EK_STORAGE_ARENA;
     w.desc.constant = NULL;
-    opdef_init(&d, (enum ek_op_type)OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 0, NULL);
+    opdef_init(&d, EK_OP_QCONV, 3, (struct tensor *[]){&x, &w, &ws}, &y, 0, NULL);
     check_unsupported(&d, "qconv with non-constant weights");
     tensor_free(&x);
     tensor_free(&w);
@@ -1185,7 +1276,7 @@ static void run_qfc(int64_t rows, int64_t k, int64_t n, bool per_channel, bool b
     qattr(attr_int("y_zero_point", y_zp));
     qattr(attr_int("q_min", q_min));
     struct opdef d;
-    opdef_init(&d, (enum ek_op_type)OP_QFULLY_CONNECTED, 4, (struct tensor *[]){&x, &w, &ws, bias ? &b : NULL}, &y,
+    opdef_init(&d, EK_OP_QFULLY_CONNECTED, 4, (struct tensor *[]){&x, &w, &ws, bias ? &b : NULL}, &y,
                n_qattrs, qattrs);
     *off += check_q_against(&d, ref, NULL, what);
     *total += y.desc.count;
@@ -1225,7 +1316,7 @@ static void run_qbinary(int type, int ra, const int64_t *da, bool ca, int rb, co
     qtensor_init(&b, rb, db, EK_DTYPE_INT8, cb, 0);
     qtensor_init(&y, ry, dy, EK_DTYPE_INT8, false, 0);
     const float a_scale = qlog(0.005f, 0.1f), b_scale = qlog(0.005f, 0.1f);
-    const float y_scale = type == OP_QADD ? (a_scale + b_scale) * qlog(0.6f, 1.5f)
+    const float y_scale = type == EK_OP_QADD ? (a_scale + b_scale) * qlog(0.6f, 1.5f)
                                           : a_scale * b_scale * qlog(20.0f, 100.0f);
     const int64_t a_zp = qrange(-30, 30), b_zp = qrange(-30, 30), y_zp = qrange(-30, 30);
     const int64_t q_min = qrange(0, 1) ? -128 : qrange(-128, 0), q_max = 127;
@@ -1247,7 +1338,7 @@ static void run_qbinary(int type, int ra, const int64_t *da, bool ca, int rb, co
         }
         const int32_t qa = I8(a)[ia] - (int32_t)a_zp, qb = I8(b)[ib] - (int32_t)b_zp;
         float v;
-        if (type == OP_QADD) {
+        if (type == EK_OP_QADD) {
             const float ra_ = a_scale / y_scale, rb_ = b_scale / y_scale;
             v = (float)qa * ra_ + (float)qb * rb_;
         } else {
@@ -1282,8 +1373,8 @@ static void run_qbinary(int type, int ra, const int64_t *da, bool ca, int rb, co
 
 static void test_qbinary(void)
 {
-    for (int type = OP_QADD; type <= OP_QMUL; type++) {
-        const char *name = type == OP_QADD ? "qadd" : "qmul";
+    for (int type = EK_OP_QADD; type <= EK_OP_QMUL; type++) {
+        const char *name = type == EK_OP_QADD ? "qadd" : "qmul";
         size_t off = 0, total = 0;
         char what[128];
         const int64_t s4[4] = {1, 14, 14, 32}, s3[3] = {3, 1, 256}, y3[3] = {3, 5, 256}, one[1] = {1};
@@ -1305,7 +1396,9 @@ static void test_qbinary(void)
                     da[j] = dy[j];
             }
             dy[3] = da[3] = db[3] = qrange(256, 300); /* long rows: short ones are declined */
-            snprintf(what, sizeof what, "%s random #%d [%lld,%lld,%lld,%lld] with [%lld,%lld,%lld,%lld]", name, i, (long long)da[0], (long long)da[1], (long long)da[2], (long long)da[3], (long long)db[0], (long long)db[1], (long long)db[2], (long long)db[3]);
+            snprintf(what, sizeof what, "%s random #%d [%lld,%lld,%lld,%lld] with [%lld,%lld,%lld,%lld]", name, i,
+                     (long long)da[0], (long long)da[1], (long long)da[2], (long long)da[3], (long long)db[0],
+                     (long long)db[1], (long long)db[2], (long long)db[3]);
             run_qbinary(type, 4, da, false, 4, db, false, 4, dy, true, what, &off, &total);
         }
         /* Many short broadcast rows: declined, as for the float ops. */
@@ -1348,7 +1441,7 @@ static void test_qglobal_average_pool(void)
         snprintf(what, sizeof what, "qglobal_average_pool [%lld,%lld,%lld,%lld]", (long long)n, (long long)h,
                  (long long)w, (long long)c);
         struct opdef d;
-        opdef_init(&d, (enum ek_op_type)OP_QGLOBAL_AVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, n_qattrs, qattrs);
+        opdef_init(&d, EK_OP_QGLOBAL_AVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, n_qattrs, qattrs);
         off += check_q_against(&d, ref, NULL, what);
         total += y.desc.count;
         free(ref);
@@ -1416,12 +1509,12 @@ static void test_qpools_declined_and_max(void)
     const struct ek_attr attrs[3] = {attr_ints("kernel", 2, k3), attr_ints("strides", 2, s1),
                                      attr_ints("pads", 4, zeros)};
     struct opdef d;
-    opdef_init(&d, (enum ek_op_type)OP_QAVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, 3, attrs);
+    opdef_init(&d, EK_OP_QAVERAGE_POOL, 1, (struct tensor *[]){&x}, &y, 3, attrs);
     check_unsupported(&d, "qaverage_pool");
     tensor_free(&y);
     qtensor_init(&y, 4, (int64_t[]){1, 6, 6, 4}, EK_DTYPE_INT8, false, 0);
     qtensor_init(&table, 1, (int64_t[]){256}, EK_DTYPE_INT8, true, 0);
-    opdef_init(&d, (enum ek_op_type)OP_QLUT, 2, (struct tensor *[]){&x, &table}, &y, 0, NULL);
+    opdef_init(&d, EK_OP_QLUT, 2, (struct tensor *[]){&x, &table}, &y, 0, NULL);
     check_unsupported(&d, "qlut");
     /* An int8 op the float provider has no int8 operator for: AVERAGE_POOL of int8 is not an op (declined). */
     opdef_init(&d, EK_OP_RELU, 1, (struct tensor *[]){&x}, &y, 0, NULL);
@@ -1456,10 +1549,10 @@ static void test_qconvert(void)
             char what[96];
             snprintf(what, sizeof what, "dequantize from %s, %zu elements", u8 ? "uint8" : "int8", q.desc.count);
             struct opdef d;
-            opdef_init(&d, (enum ek_op_type)OP_DEQUANTIZE, 1, (struct tensor *[]){&q}, &f, n_qattrs, qattrs);
+            opdef_init(&d, EK_OP_DEQUANTIZE, 1, (struct tensor *[]){&q}, &f, n_qattrs, qattrs);
             check_q_against(&d, NULL, fref, what);
             free(fref);
-            opdef_init(&d, (enum ek_op_type)OP_QUANTIZE, 1, (struct tensor *[]){&f}, &q, n_qattrs, qattrs);
+            opdef_init(&d, EK_OP_QUANTIZE, 1, (struct tensor *[]){&f}, &q, n_qattrs, qattrs);
             check_unsupported(&d, u8 ? "quantize to uint8" : "quantize to int8");
             tensor_free(&f);
             tensor_free(&q);
@@ -1470,6 +1563,9 @@ static void test_qconvert(void)
 static void test_q_totals(void)
 {
     printf("    int8 ops: %zu of %zu outputs off by one unit (within the spec), none by more\n", q_off_by_one, q_total);
+    printf("    int8 ops: %zu of %zu outputs differ from the portable kernels' (by one unit), none by more\n",
+           vs_portable_off, vs_portable_total);
+    CHECK(vs_portable_total > 0);
     CHECK(q_total > 0);
 }
 

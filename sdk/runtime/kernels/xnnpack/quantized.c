@@ -36,24 +36,11 @@
 
 #include "provider.h"
 
-/* The op codes of .ekm 1.5 (docs/model-format.md): kernel.h's enum gets them with the portable kernels. */
-enum {
-    EKX_OP_QUANTIZE = 31,
-    EKX_OP_DEQUANTIZE = 32,
-    EKX_OP_QCONV = 33,
-    EKX_OP_QFULLY_CONNECTED = 34,
-    EKX_OP_QADD = 35,
-    EKX_OP_QMUL = 36,
-    EKX_OP_QAVERAGE_POOL = 37,
-    EKX_OP_QGLOBAL_AVERAGE_POOL = 38,
-    EKX_OP_QLUT = 39
-};
 
 bool ekx_is_quantized(const struct ek_op *op) {
-    const int type = (int)op->type;
-    if (type >= EKX_OP_QUANTIZE && type <= EKX_OP_QLUT)
+    if (op->type >= EK_OP_QUANTIZE && op->type <= EK_OP_QLUT)
         return true;
-    return type == EK_OP_MAX_POOL && op->n_in >= 1 && op->in[0] && op->in[0]->dtype == EK_DTYPE_INT8;
+    return op->type == EK_OP_MAX_POOL && op->n_in >= 1 && op->in[0] && op->in[0]->dtype == EK_DTYPE_INT8;
 }
 
 static bool is_dtype(const struct ek_tensor_desc *t, ek_dtype_t dtype) {
@@ -436,7 +423,7 @@ static ek_status_t create_qbinary(const struct ek_op *op, struct ekx_state *s) {
         return EK_ERR_UNSUPPORTED;
     if (!fold_broadcast(a, b, y, s) || broadcast_rows_too_short(s, y))
         return EK_ERR_UNSUPPORTED;
-    s->binary = (int)op->type == EKX_OP_QADD ? EKX_ADD : EKX_MUL;
+    s->binary = op->type == EK_OP_QADD ? EKX_ADD : EKX_MUL;
     enum xnn_status st = create_binary_q(s->binary, (int8_t)a_zp, a_scale, (int8_t)b_zp, b_scale, (int8_t)y_zp,
                                          y_scale, lo, hi, &s->op, &s->clamp);
     if (st != xnn_status_success)
@@ -497,17 +484,17 @@ static ek_status_t create_dequantize(const struct ek_op *op, struct ekx_state *s
 }
 
 ek_status_t ekx_create_quantized(const struct ek_op *op, struct ekx_state *s) {
-    switch ((int)op->type) {
-    case EKX_OP_DEQUANTIZE:
+    switch (op->type) {
+    case EK_OP_DEQUANTIZE:
         return create_dequantize(op, s);
-    case EKX_OP_QCONV:
+    case EK_OP_QCONV:
         return create_qconv(op, s);
-    case EKX_OP_QFULLY_CONNECTED:
+    case EK_OP_QFULLY_CONNECTED:
         return create_qfc(op, s);
-    case EKX_OP_QADD:
-    case EKX_OP_QMUL:
+    case EK_OP_QADD:
+    case EK_OP_QMUL:
         return create_qbinary(op, s);
-    case EKX_OP_QGLOBAL_AVERAGE_POOL:
+    case EK_OP_QGLOBAL_AVERAGE_POOL:
         return create_qglobal_avg(op, s);
     default: /* QUANTIZE (NaN), QAVERAGE_POOL (qu8 only in this XNNPACK), QLUT: portable */
         return EK_ERR_UNSUPPORTED;
