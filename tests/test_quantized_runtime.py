@@ -1,5 +1,5 @@
-"""Quantized (int8) models on the C runtime's portable kernels: the five test models quantized by
-onnxruntime.quantization (QDQ per-channel and per-tensor, QOperator) and the mixed network of
+"""Quantized (int8) models on the C runtime's portable kernels (and XNNPACK's): the five test models
+quantized by onnxruntime.quantization (QDQ per-channel and per-tensor, QOperator) and the mixed network of
 tests/test_quantized.py (every int8 op), compiled to .ekm 1.5 and run by EdgeKit, against the compiler's
 reference interpreter (the spec's formulas) and onnxruntime's int8 run of the same model (within one
 quantization step, as tests/test_quantized.py checks the reference).
@@ -147,3 +147,37 @@ def test_quantized_models_on_xnnpack_and_auto(name: str, kernels: str) -> None:
         for x, ours in zip(inputs, run_kernels(data, kernels, inputs, threads)):
             assert ours.dtype == np.float32
             assert_within_a_step(ours, path, x, f"{name} [{kernels}, {threads} threads]")
+
+
+# The int8 ops XNNPACK's provider takes (kernels/xnnpack/quantized.c); QUANTIZE, QAVERAGE_POOL and QLUT
+# stay portable.
+XNNPACK_INT8_OPS = {"QCONV", "QFULLY_CONNECTED", "QADD", "QMUL", "QGLOBAL_AVERAGE_POOL", "DEQUANTIZE"}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_the_xnnpack_provider_runs_int8_ops(name: str, form: str) -> None:
+    """kernels="xnnpack" on each quantization form (per-channel and per-tensor weight scales, QOperator):
+    the profile shows int8 ops on the provider and none of those it declines, and the outputs stay within
+    a step of onnxruntime's."""
+    path = models.quantized_onnx_path(name, **FORMS[form])
+    shape = models.input_shape_of(name)
+    data = compile_quantized(path, shape)
+    try:
+        ctx = ek.Context(device=0, kernels="xnnpack", threads=2)
+    except ek.UnsupportedError as exc:
+        pytest.skip(f"the XNNPACK kernel provider is not available here ({exc})")
+    with ctx:
+        req = ctx.load_model(data).network().create_request()
+        x = models.random_input(shape, seed=1)
+        (ours,) = req.run([x], profile=True)
+        assert_within_a_step(np.asarray(ours), path, x, f"{name} {form} on XNNPACK")
+        ran = {
+            (r.details["op_type"], r.details["provider"])
+            for r in req.profile_data
+            if r.kind == "LayerExecute"
+        }
+    on_xnnpack = {op for op, provider in ran if provider == "xnnpack"}
+    # (dense QCONVs may stay portable: on x86-64 with AVX512-VNNI its int8 GEMM is faster)
+    assert on_xnnpack & XNNPACK_INT8_OPS, ran
+    assert not {"QUANTIZE", "QAVERAGE_POOL", "QLUT"} & on_xnnpack, ran
