@@ -3,17 +3,17 @@
 For each test model of edgekit.bench_models (exported and compiled on this host at its test shape, so
 the table takes minutes under qemu, not hours), and its int8 version ("<model>-int8", quantized by
 onnxruntime.quantization; onnxruntime runs the same int8 model), each engine (EdgeKit's portable,
-XNNPACK and auto kernels, and onnxruntime's aarch64 wheel from PyPI) runs in the board's own Python
-3.11 under qemu-aarch64 with a TCG plugin that counts the guest instructions executed (edgekit_packaging.icount),
-1 thread. Each engine loads the model and infers 1 + N times in one board process; the plugin notes the
-count after load + 1 inference and after the N more (bench_board_guest.py marks them), and the
-difference over N is the instructions per inference, start-up (Python, imports, loading, the first
-run) left out. Marks, not two processes (load + 1 and load + 1 + N) subtracted: start-up alone varies
-by up to ~1 M instructions between identical runs (onnxruntime's more than EdgeKit's, and the first
-run after unpacking writes .pyc files), more than a whole MLP inference. qemu's timings mean nothing
-for a real board; these counts are exact and repeatable. Every output (the first and the last) is
-checked against onnxruntime's on this host (max err: max|a-b| / max(1, max|ref|)), so a wrong run
-cannot look fast.
+XNNPACK and auto kernels, and onnxruntime's aarch64 wheel from PyPI) runs in the board's own Python 3.11
+under qemu-aarch64 with a TCG plugin that counts the guest instructions executed
+(edgekit_packaging.icount), 1 thread. Each engine loads the model and infers 1 + N times in one board
+process; the plugin notes the count after load + 1 inference and after the N more (bench_board_guest.py
+marks them), and the difference over N is the instructions per inference, start-up (Python, imports,
+loading, the first run) left out. Marks, not two processes (load + 1 and load + 1 + N) subtracted:
+start-up alone varies by up to ~1 M instructions between identical runs (onnxruntime's more than
+EdgeKit's, and the first run after unpacking writes .pyc files), more than a whole MLP inference. qemu's
+timings mean nothing for a real board; these counts are exact and repeatable. Every output (the first
+and the last) is checked against onnxruntime's on this host (max err: max|a-b| / max(1, max|ref|)), so a
+wrong run cannot look fast.
 
 It lives here, not in sdk/edgekit with the host benchmarks, because it needs both sides: torch and onnx
 to make the models (edgekit.bench_models) and the emulated board (toolchains, edgekit_packaging), and
