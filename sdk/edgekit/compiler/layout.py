@@ -25,6 +25,7 @@ from edgekit.compiler.graph import (
     ONNX,
     ONNX_LAYOUT_OPS,
     SPATIAL_OPS,
+    UINT8,
     UNARY_OPS,
     AttrValue,
     Graph,
@@ -139,7 +140,10 @@ class _Layout:
                 Op(op.type, op.name, inputs, [self.output(op.outputs[0], NHWC)], dict(op.attrs), op.sources)
             )
             return
-        if op.type in _FLEX and self._flex_nhwc(op):
+        # a uint8 result (QUANTIZE / QLUT making a network output) stays in the ONNX layout: the runtime's
+        # TRANSPOSE takes float32 and int8 only
+        uint8_out = self.src.tensors[op.outputs[0]].dtype == UINT8
+        if op.type in _FLEX and not uint8_out and self._flex_nhwc(op):
             inputs = [self.get(n, NHWC) if n is not None else None for n in op.inputs]
             if op.type in FIRST_INPUT_OPS:  # QLUT's table stays as it is
                 inputs[1:] = [self.get(n, ONNX) if n is not None else None for n in op.inputs[1:]]

@@ -341,7 +341,7 @@ class _Pass:
 
     # ---- the rewrite ----
     def run(self) -> OnnxModel:
-        nodes = self.expand(onnx_import.topological(self.model))
+        nodes = self.explicit_zero_points(self.expand(onnx_import.topological(self.model)))
         for node in nodes:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx"):
                 self.check(node)
@@ -378,6 +378,37 @@ class _Pass:
             outputs=self.model.outputs,
             value_dtypes=self.model.value_dtypes,
         )
+
+    def explicit_zero_points(self, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+        """Q/DQ nodes without a zero point get an explicit one of their 8-bit type: a Q's is uint8 unless
+        output_dtype says otherwise, a DQ's is its input's type. Run-time tensors are canonical int8 from
+        here on, so a DQ without a zero point would otherwise read a uint8 tensor as int8 (off by 128)."""
+        dtypes: dict[str, np.dtype[np.generic]] = {i.name: np.dtype(i.dtype) for i in self.model.inputs}
+        out: list[onnx.NodeProto] = []
+        for node in nodes:
+            qdq = node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx")
+            if qdq and len(node.input) > 1 and (len(node.input) < 3 or not node.input[2]):
+                scale = self.const(node.input[1])
+                if node.op_type == "QuantizeLinear":
+                    dtype = self.q_dtype(node, None, None)
+                else:
+                    data = self.const(node.input[0])
+                    dtype = data.dtype if data is not None else dtypes.get(node.input[0])
+                if scale is not None and dtype in (np.int8, np.uint8):
+                    copy = onnx.NodeProto()
+                    copy.CopyFrom(node)
+                    del copy.input[2:]
+                    zp = np.zeros(scale.shape, dtype)
+                    copy.input.append(self.add_const(f"{node.name or node.output[0]}_zero_point", zp))
+                    node = copy
+            if qdq and node.op_type == "QuantizeLinear" and len(node.input) > 2:
+                zp = self.const(node.input[2])
+                if zp is not None:
+                    dtypes[node.output[0]] = zp.dtype
+            elif node.op_type in MOVE_OPS and node.input and node.input[0] in dtypes and node.output:
+                dtypes[node.output[0]] = dtypes[node.input[0]]
+            out.append(node)
+        return out
 
     def propagate(self, node: onnx.NodeProto) -> None:
         """Track which run-time tensors are canonical int8 and their parameters."""
