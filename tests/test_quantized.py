@@ -236,6 +236,46 @@ def test_ops_without_int8_kernels_run_in_float_between_dequantize_and_quantize()
     assert op_counts(data) == {"QUANTIZE": 2, "DEQUANTIZE": 2, "SOFTMAX": 1}
 
 
+def test_quantize_and_dequantize_without_zero_point_are_uint8_with_zero_point_0() -> None:
+    """A QuantizeLinear without a zero point makes uint8 (zero point 0), and the DequantizeLinear
+    without one reads it so: the canonical int8 tensor must not be read with zero point 0."""
+    inits = {"s": np.array(0.02, np.float32), "os": np.array(1 / 255, np.float32)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s"], ["xf"]),
+        helper.make_node("Sigmoid", ["xf"], ["p"]),
+        helper.make_node("QuantizeLinear", ["p", "os"], ["pq"]),
+        helper.make_node("DequantizeLinear", ["pq", "os"], ["y"]),
+    ]
+    data = check_against_ort(qdq_model(nodes, inits, (2, 10)), (2, 10), step=1 / 255)
+    assert op_counts(data) == {"QUANTIZE": 1, "QLUT": 1, "DEQUANTIZE": 1}
+
+
+def test_a_uint8_network_output_after_a_spatial_op_stays_in_the_onnx_layout() -> None:
+    """MaxPool -> QuantizeLinear (uint8) as the network output: the QUANTIZE runs in the ONNX layout,
+    as the runtime's TRANSPOSE takes no uint8 tensor."""
+    inits = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+        helper.make_node("MaxPool", ["xf"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("QuantizeLinear", ["p", "s", "z"], ["y"]),
+    ]
+    model = qdq_model(nodes, inits, (1, 2, 4, 4))
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.UINT8
+    data = compile_model(model).data
+    x = np.random.default_rng(3).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    ours = run_reference(data, None, {"x": x})["y"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {"x": x})[0]
+    assert ours.dtype == np.uint8 and np.array_equal(ours, theirs)
+    model_file = ekm.read(data)
+    stage = model_file.networks[0].stages[0]
+    for op in stage.ops:
+        if OpType(op.type) == OpType.TRANSPOSE:
+            assert stage.tensors[op.inputs[0]].dtype != ekm.UINT8
+
+
 # ---------------------------------------------------------------- every int8 op, from torch
 class Mixed:
     """A torch network with the ops the test models lack: average and max pooling, a depthwise conv,

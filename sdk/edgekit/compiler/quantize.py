@@ -402,9 +402,9 @@ class _Pass:
                     copy.input.append(self.add_const(f"{node.name or node.output[0]}_zero_point", zp))
                     node = copy
             if qdq and node.op_type == "QuantizeLinear" and len(node.input) > 2:
-                zp = self.const(node.input[2])
-                if zp is not None:
-                    dtypes[node.output[0]] = zp.dtype
+                q_zp = self.const(node.input[2])
+                if q_zp is not None:
+                    dtypes[node.output[0]] = q_zp.dtype
             elif node.op_type in MOVE_OPS and node.input and node.input[0] in dtypes and node.output:
                 dtypes[node.output[0]] = dtypes[node.input[0]]
             out.append(node)
