@@ -276,6 +276,31 @@ def test_a_uint8_network_output_after_a_spatial_op_stays_in_the_onnx_layout() ->
             assert stage.tensors[op.inputs[0]].dtype != ekm.UINT8
 
 
+@pytest.mark.parametrize("attrs", [{"opset": 12}, {"opset": 12, "axis": 1}, {"opset": 13, "axis": 1}])
+def test_qlinear_softmax_keeps_the_softmax_of_its_opset(attrs: dict[str, int]) -> None:
+    """com.microsoft QLinearSoftmax with opset < 13 is the Softmax over the input flattened at axis."""
+    xq = np.random.default_rng(11).integers(0, 255, (1, 3, 2, 4)).astype(np.uint8)
+    inits = {"xs": np.float32(0.05), "xz": np.uint8(128), "ys": np.float32(1 / 256), "yz": np.uint8(0)}
+    nodes = [
+        helper.make_node(
+            "QLinearSoftmax", ["xq", "xs", "xz", "ys", "yz"], ["yq"], domain="com.microsoft", **attrs
+        ),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "q",
+        [helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 3, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    ours = run_reference(compile_model(model).data, None, {"xq": xq})["y"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.max(np.abs(ours - session.run(None, {"xq": xq})[0])) <= 1 / 256 * 1.001
+
+
 # ---------------------------------------------------------------- every int8 op, from torch
 class Mixed:
     """A torch network with the ops the test models lack: average and max pooling, a depthwise conv,

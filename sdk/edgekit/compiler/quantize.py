@@ -745,9 +745,22 @@ class _Pass:
             float_out = node.output[0]
         else:
             float_out = self.unique(f"{name}_float")
-        op = helper.make_node(spec.float_op, float_inputs, [float_out], name=name)
-        op.attribute.extend(attrs.values())
-        made.append(op)
+        node_attrs = _attrs(node)
+        if spec.float_op == "Softmax" and int(node_attrs.get("opset", 13)) < 13:  # type: ignore[call-overload]
+            # the Softmax of opset < 13: over the input flattened to 2-D at ``axis`` (QLinearSoftmax's
+            # default -1)
+            axis = int(node_attrs.get("axis", -1))  # type: ignore[call-overload]
+            flat, soft, shape = (self.unique(f"{name}_{k}") for k in ("flat", "softmax", "shape"))
+            made += [
+                helper.make_node("Flatten", [float_inputs[0]], [flat], name=flat, axis=axis),
+                helper.make_node("Softmax", [flat], [soft], name=name, axis=1),
+                helper.make_node("Shape", [float_inputs[0]], [shape], name=shape),
+                helper.make_node("Reshape", [soft, shape], [float_out], name=f"{name}_reshape"),
+            ]
+        else:
+            op = helper.make_node(spec.float_op, float_inputs, [float_out], name=name)
+            op.attribute.extend(attrs.values())
+            made.append(op)
         if spec.output is not None:
             scale, zp = spec.output
             q_in = [float_out, ins[scale]] + ([ins[zp]] if ins[zp] else [])
