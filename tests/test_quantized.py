@@ -254,7 +254,7 @@ def test_quantize_and_dequantize_without_zero_point_are_uint8_with_zero_point_0(
 def test_a_uint8_network_output_after_a_spatial_op_stays_in_the_onnx_layout() -> None:
     """MaxPool -> QuantizeLinear (uint8) as the network output: the QUANTIZE runs in the ONNX layout,
     as the runtime's TRANSPOSE takes no uint8 tensor."""
-    inits = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8)}
+    inits: dict[str, np.ndarray] = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8)}
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
@@ -272,8 +272,9 @@ def test_a_uint8_network_output_after_a_spatial_op_stays_in_the_onnx_layout() ->
     model_file = ekm.read(data)
     stage = model_file.networks[0].stages[0]
     for op in stage.ops:
-        if OpType(op.type) == OpType.TRANSPOSE:
-            assert stage.tensors[op.inputs[0]].dtype != ekm.UINT8
+        source = op.inputs[0]
+        if OpType(op.type) == OpType.TRANSPOSE and source is not None:
+            assert stage.tensors[source].dtype != ekm.UINT8
 
 
 @pytest.mark.parametrize("attrs", [{"opset": 12}, {"opset": 12, "axis": 1}, {"opset": 13, "axis": 1}])
@@ -282,11 +283,10 @@ def test_qlinear_softmax_keeps_the_softmax_of_its_opset(attrs: dict[str, int]) -
     xq = np.random.default_rng(11).integers(0, 255, (1, 3, 2, 4)).astype(np.uint8)
     inits = {"xs": np.float32(0.05), "xz": np.uint8(128), "ys": np.float32(1 / 256), "yz": np.uint8(0)}
     nodes = [
-        helper.make_node(
-            "QLinearSoftmax", ["xq", "xs", "xz", "ys", "yz"], ["yq"], domain="com.microsoft", **attrs
-        ),
+        helper.make_node("QLinearSoftmax", ["xq", "xs", "xz", "ys", "yz"], ["yq"], domain="com.microsoft"),
         helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
     ]
+    nodes[0].attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
     graph = helper.make_graph(
         nodes,
         "q",
