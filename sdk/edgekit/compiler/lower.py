@@ -682,12 +682,15 @@ def _attrs_to_2d(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _conv_operands(
-    s: StageLowering, ins: list[Value | None], attrs: dict[str, Any]
+    s: StageLowering, ins: list[Value | None], attrs: dict[str, Any], float_weights: bool = True
 ) -> tuple[Value, bool, dict[str, Any], np.ndarray, tuple[int, int, int, int], int]:
-    """What Conv and ConvTranspose share: X lifted to 2-D (and whether it was 1-D), the attributes to
-    match, the float32 weights of rank 4, X's (N, C, H, W) and the group."""
+    """What Conv, ConvTranspose and the int8 QConv share: X lifted to 2-D (and whether it was 1-D), the
+    attributes to match, the weights of rank 4 (float32, or as they are for QConv), X's (N, C, H, W)
+    and the group."""
     x, one_d = _to_2d(s, _req(ins, 0, "X"), "X")
-    w = _float32(s.const(_req(ins, 1, "W"), "W (weights)"), f"{s.where}: W")
+    w = s.const(_req(ins, 1, "W"), "W (weights)")
+    if float_weights:
+        w = _float32(w, f"{s.where}: W")
     if one_d:
         attrs, w = _attrs_to_2d(attrs), w[:, :, None, :]
     if w.ndim != 4:
@@ -706,15 +709,16 @@ def _conv_inputs(
     return inputs
 
 
-@lowering("Conv")
-def _conv(
-    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
-) -> list[Value]:
-    x, one_d, attrs, w, (n, c, h, wd), group = _conv_operands(s, ins, attrs)
-    m, cg, kh, kw = w.shape
+def _conv_geometry(
+    s: StageLowering, attrs: Mapping[str, Any], w_shape: Sequence[int], chw: Sequence[int], group: int
+) -> tuple[dict[str, AttrValue], int, int]:
+    """CONV's / QCONV's pads, strides, dilations and group attributes, and its output H and W, for
+    weights [M, C/group, KH, KW] over an input of C x H x W (a CompileError where they disagree)."""
+    m, cg, kh, kw = w_shape
+    c, h, wd = chw
     if group < 1 or c != cg * group or m % group:
         raise CompileError(
-            f"{s.where}: {c} input channels, weights {list(w.shape)} and group {group} disagree"
+            f"{s.where}: {c} input channels, weights {list(w_shape)} and group {group} disagree"
         )
     strides, dil = _conv_params(attrs, (kh, kw))
     ek = [(kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1]
@@ -723,9 +727,18 @@ def _conv(
     ow = (wd + pads[1] + pads[3] - ek[1]) // strides[1] + 1
     if oh < 1 or ow < 1:
         raise CompileError(f"{s.where}: the kernel is larger than the padded input")
+    return {"pads": pads, "strides": strides, "dilations": dil, "group": group}, oh, ow
+
+
+@lowering("Conv")
+def _conv(
+    s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
+) -> list[Value]:
+    x, one_d, attrs, w, (n, c, h, wd), group = _conv_operands(s, ins, attrs)
+    m = w.shape[0]
+    params, oh, ow = _conv_geometry(s, attrs, w.shape, (c, h, wd), group)
     w_ek = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
     inputs = _conv_inputs(s, x, w_ek, _input(ins, 2), node.name or "conv")
-    params: dict[str, AttrValue] = {"pads": pads, "strides": strides, "dilations": dil, "group": group}
     y = s.emit(OpType.CONV, inputs, (n, m, oh, ow), params)
     return [s.reshape(y, (n, m, ow)) if one_d else y]
 
@@ -1447,30 +1460,12 @@ def _q_weights(s: StageLowering, ins: list[Value | None], prefix: str, channels:
 def _qconv(
     s: StageLowering, node: onnx.NodeProto, ins: list[Value | None], attrs: dict[str, Any]
 ) -> list[Value]:
-    x, one_d = _to_2d(s, _req(ins, 0, "X"), "X")
-    w = s.const(_req(ins, 1, "W"), "W")
-    if one_d:
-        attrs, w = _attrs_to_2d(attrs), w[:, :, None, :]
-    if w.ndim != 4:
-        raise Unsupported(f"weights of rank {w.ndim}")
-    n, c, h, wd = s.shape(x)
-    group = int(attrs.get("group", 1))
-    m, cg, kh, kw = w.shape
-    if group < 1 or c != cg * group or m % group:
-        raise CompileError(
-            f"{s.where}: {c} input channels, weights {list(w.shape)} and group {group} disagree"
-        )
-    strides, dil = _conv_params(attrs, (kh, kw))
-    ek = [(kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1]
-    pads = _spatial_pads(attrs, (h, wd), ek, strides)
-    oh = (h + pads[0] + pads[2] - ek[0]) // strides[0] + 1
-    ow = (wd + pads[1] + pads[3] - ek[1]) // strides[1] + 1
-    if oh < 1 or ow < 1:
-        raise CompileError(f"{s.where}: the kernel is larger than the padded input")
+    x, one_d, attrs, w, (n, c, h, wd), group = _conv_operands(s, ins, attrs, float_weights=False)
+    m = w.shape[0]
+    params, oh, ow = _conv_geometry(s, attrs, w.shape, (c, h, wd), group)
     prefix = node.name or "qconv"
     w_ek = s.graph.add_const(f"{prefix}_W", np.ascontiguousarray(w.transpose(0, 2, 3, 1)), INT8)
     inputs = [s.tensor(x), w_ek, *_q_weights(s, ins, prefix, m)]
-    params: dict[str, AttrValue] = {"pads": pads, "strides": strides, "dilations": dil, "group": group}
     params.update(_q_attrs(attrs, (*_Y_ATTRS, *_CLAMP)))
     y = s.emit(OpType.QCONV, inputs, (n, m, oh, ow), params, dtype=INT8)
     return [s.reshape(y, (n, m, ow)) if one_d else y]
