@@ -117,43 +117,7 @@ static ek_status_t prepare_binary(struct ek_op *op, enum bin_kind kind) {
     p->lo = lo;
     p->hi = hi;
 
-    /* Strides of each input along the output dims (right-aligned), dropping dims of size 1. */
-    size_t stride_x = 1, stride_b = 1;
-    size_t dims[EK_MAX_DIMS], sx[EK_MAX_DIMS], sb[EK_MAX_DIMS];
-    int n = 0;
-    for (int i = 0; i < rank; i++) { /* i counts from the innermost dim */
-        size_t dy = (size_t)want[rank - 1 - i];
-        size_t dx = i < x->rank ? (size_t)x->dims[x->rank - 1 - i] : 1;
-        size_t db = i < b->rank ? (size_t)b->dims[b->rank - 1 - i] : 1;
-        if (dy != 1) {
-            dims[n] = dy;
-            sx[n] = dx == 1 ? 0 : stride_x;
-            sb[n] = db == 1 ? 0 : stride_b;
-            n++;
-        }
-        stride_x *= dx;
-        stride_b *= db;
-    }
-    /* Merge an outer dim into the inner one when both inputs continue their walk across it. */
-    int m = 0;
-    for (int k = n - 1; k >= 0; k--) { /* outermost first */
-        if (m > 0 && p->sx[m - 1] == sx[k] * dims[k] && p->sb[m - 1] == sb[k] * dims[k]) {
-            p->dims[m - 1] *= dims[k];
-            p->sx[m - 1] = sx[k];
-            p->sb[m - 1] = sb[k];
-        } else {
-            p->dims[m] = dims[k];
-            p->sx[m] = sx[k];
-            p->sb[m] = sb[k];
-            m++;
-        }
-    }
-    if (m == 0) { /* every dim is 1: one element */
-        p->dims[0] = 1;
-        p->sx[0] = p->sb[0] = 0;
-        m = 1;
-    }
-    p->rank = m;
+    p->rank = ek_broadcast_walk(x, b, want, rank, p->dims, p->sx, p->sb);
     op->params = p;
     op->scratch_per_thread = 0;
     return EK_OK;

@@ -61,3 +61,43 @@ ek_status_t ek_parse_act(const struct ek_op *op, float *lo, float *hi) {
         return ek_op_invalid(op, "act_min %g is greater than act_max %g", (double)*lo, (double)*hi);
     return st;
 }
+
+int ek_broadcast_walk(const struct ek_tensor_desc *x, const struct ek_tensor_desc *b, const int64_t *want,
+                      int rank, size_t *dims, size_t *sx, size_t *sb) {
+    /* each input's stride along the output dims (right-aligned), innermost first, dims of 1 dropped */
+    size_t stride_x = 1, stride_b = 1;
+    size_t d[EK_MAX_DIMS], ix[EK_MAX_DIMS], ib[EK_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < rank; i++) {
+        size_t dy = (size_t)want[rank - 1 - i];
+        size_t dx = i < x->rank ? (size_t)x->dims[x->rank - 1 - i] : 1;
+        size_t db = i < b->rank ? (size_t)b->dims[b->rank - 1 - i] : 1;
+        if (dy != 1) {
+            d[n] = dy;
+            ix[n] = dx == 1 ? 0 : stride_x;
+            ib[n] = db == 1 ? 0 : stride_b;
+            n++;
+        }
+        stride_x *= dx;
+        stride_b *= db;
+    }
+    int m = 0; /* outermost first; an outer dim merges into the inner one where both inputs continue */
+    for (int k = n - 1; k >= 0; k--) {
+        if (m > 0 && sx[m - 1] == ix[k] * d[k] && sb[m - 1] == ib[k] * d[k]) {
+            dims[m - 1] *= d[k];
+            sx[m - 1] = ix[k];
+            sb[m - 1] = ib[k];
+        } else {
+            dims[m] = d[k];
+            sx[m] = ix[k];
+            sb[m] = ib[k];
+            m++;
+        }
+    }
+    if (m == 0) { /* every dim is 1: one element */
+        dims[0] = 1;
+        sx[0] = sb[0] = 0;
+        m = 1;
+    }
+    return m;
+}

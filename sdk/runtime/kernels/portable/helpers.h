@@ -48,6 +48,13 @@ bool ek_qgemm_force_isa(const char *name);
 /* The profile label of a prepared QCONV / QFULLY_CONNECTED: "depthwise" or "qgemm/<isa>". */
 const char *ek_qconv_algorithm(const struct ek_op *op);
 
+/* The walk of a binary op with numpy broadcasting (elementwise.c, the int8 QADD/QMUL of quantized.c):
+ * Y's dims `want[rank]` with dims of 1 dropped and neighbours merged where both inputs continue their
+ * walk across them, outermost first, into dims[], with each input's element stride per dim in sx[]
+ * (X) and sb[] (B), 0 where it broadcasts. Returns the walk's rank, >= 1 (one element: dims[0] = 1). */
+int ek_broadcast_walk(const struct ek_tensor_desc *x, const struct ek_tensor_desc *b, const int64_t *want,
+                      int rank, size_t *dims, size_t *sx, size_t *sb);
+
 /* GNU C vector types (gcc, clang): four floats, which every SIMD ISA we target has (SSE2, NEON),
  * so accumulators stay in registers whatever the optimisation level (loops over small arrays left
  * that to the vectoriser, which at -O2 kept them in memory and at -O3 vectorised the wrong loop). */

@@ -438,43 +438,8 @@ static ek_status_t prepare_qbinary(struct ek_op *op) {
         p->tx[q + 128] = (float)(q - xzp) * mx;
         p->tb[q + 128] = (float)(q - bzp) * mb;
     }
-    /* per output dim (outermost first), dropping unit dims */
-    size_t stride_x = 1, stride_b = 1;
-    size_t dims[EK_MAX_DIMS], sx[EK_MAX_DIMS], sb[EK_MAX_DIMS];
-    int n = 0;
-    for (int i = 0; i < rank; i++) { /* from the innermost */
-        size_t dy = (size_t)want[rank - 1 - i];
-        size_t dx = i < x->rank ? (size_t)x->dims[x->rank - 1 - i] : 1;
-        size_t db = i < b->rank ? (size_t)b->dims[b->rank - 1 - i] : 1;
-        if (dy != 1) {
-            dims[n] = dy;
-            sx[n] = dx == 1 ? 0 : stride_x;
-            sb[n] = db == 1 ? 0 : stride_b;
-            n++;
-        }
-        stride_x *= dx;
-        stride_b *= db;
-    }
-    int m = 0; /* merge an outer dim into the inner one where both inputs continue their walk */
-    for (int k = n - 1; k >= 0; k--) {
-        if (m > 0 && p->sx[m - 1] == sx[k] * dims[k] && p->sb[m - 1] == sb[k] * dims[k]) {
-            p->dims[m - 1] *= dims[k];
-            p->sx[m - 1] = sx[k];
-            p->sb[m - 1] = sb[k];
-        } else {
-            p->dims[m] = dims[k];
-            p->sx[m] = sx[k];
-            p->sb[m] = sb[k];
-            m++;
-        }
-    }
-    if (m == 0) {
-        p->dims[0] = 1;
-        p->sx[0] = p->sb[0] = 0;
-        m = 1;
-    }
-    p->rank = m;
-    p->rows = p->count / p->dims[m - 1];
+    p->rank = ek_broadcast_walk(x, b, want, rank, p->dims, p->sx, p->sb);
+    p->rows = p->count / p->dims[p->rank - 1];
     op->params = p;
     op->scratch_per_thread = 0;
     return EK_OK;
