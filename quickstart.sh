@@ -21,9 +21,11 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # (mmdebstrap makes its arm64 rootfs, proot + qemu-user run it); e2fsprogs for the ext4 image;
 # file for checking binaries; openssh-server for the tests' throwaway sshd "boards"; XNNPACK (with
 # pthreadpool) for the host build's XNNPACK kernel provider (boards get theirs from their rootfs);
-# libsodium23 for paired remote_server sessions (libedgekit loads it when a key is used).
+# libsodium23 for paired remote_server sessions (libedgekit loads it when a key is used); clang with
+# its sanitizer and libFuzzer runtimes (libclang-rt-14-dev) for the fuzz targets and the TSan build.
 APT_PACKAGES=(gcc g++ make libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross python3-venv
-    mmdebstrap proot qemu-user e2fsprogs file openssh-server libxnnpack-dev libpthreadpool-dev libsodium23)
+    mmdebstrap proot qemu-user e2fsprogs file openssh-server libxnnpack-dev libpthreadpool-dev libsodium23
+    clang libclang-rt-14-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
