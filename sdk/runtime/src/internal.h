@@ -181,6 +181,13 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t rt, const char *net_name, const voi
                                      const size_t *output_capacity, ek_shape_t *output_shapes, int output_count,
                                      const ek_launch_options_t *options);
 
+/* ---- remote_server.c ---- */
+/* Serve one session on an already connected socket `fd`, on the calling thread, exactly as the listener's
+ * session threads do, and close it. For the fuzz targets (tests/fuzz), which drive whole sessions
+ * without a listener or a thread per session. */
+struct ek_server;
+ek_status_t ek_server_serve_fd(struct ek_server *server, int fd, const char *peer);
+
 /* The .ekm versions this runtime reads (model.c), also told to remote clients. */
 #define EK_MODEL_FORMAT_MAJOR 1
 #define EK_MODEL_FORMAT_MINOR 5 /* 1.5: the quantized ops and int8/uint8/int32 tensors */

@@ -1384,11 +1384,12 @@ static void refuse(int fd, const char *peer, ek_status_t status, const char *mes
     close(fd);
 }
 
-static void start_session(struct ek_server *srv, int fd, const char *peer) {
+/* A session on a connected socket, not yet listed or running; NULL (and the peer told why) on failure. */
+static struct session *session_new(struct ek_server *srv, int fd, const char *peer) {
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
         refuse(fd, peer, EK_ERR_OUT_OF_MEMORY, "the server has no host memory for another session");
-        return;
+        return NULL;
     }
     s->server = srv;
     s->ch.fd = fd;
@@ -1397,9 +1398,16 @@ static void start_session(struct ek_server *srv, int fd, const char *peer) {
     if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         free(s);
         refuse(fd, peer, EK_ERR_SYSTEM, "the server could not make a pipe for a session");
-        return;
+        return NULL;
     }
     pthread_mutex_init(&s->done_lock, NULL);
+    return s;
+}
+
+static void start_session(struct ek_server *srv, int fd, const char *peer) {
+    struct session *s = session_new(srv, fd, peer);
+    if (!s)
+        return;
     pthread_mutex_lock(&srv->lock);
     s->number = ++srv->sessions_started;
     s->next = srv->sessions;
@@ -1426,6 +1434,20 @@ static void start_session(struct ek_server *srv, int fd, const char *peer) {
         free(s);
         refuse(fd, peer, EK_ERR_SYSTEM, "the server could not start a thread for another session");
     }
+}
+
+ek_status_t ek_server_serve_fd(ek_server_t *srv, int fd, const char *peer) {
+    if (!srv || fd < 0)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_server_serve_fd: no server or no socket");
+    struct session *s = session_new(srv, fd, peer ? peer : "fd");
+    if (!s)
+        return ek_fail(EK_ERR_SYSTEM, "no host memory or pipe for a session (the socket is closed)");
+    pthread_mutex_lock(&srv->lock);
+    s->number = ++srv->sessions_started;
+    pthread_mutex_unlock(&srv->lock);
+    session_main(s); /* closes fd */
+    free(s);
+    return EK_OK;
 }
 
 /* ---- the listener ---- */
