@@ -436,6 +436,33 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
         c.run(f"{PYTHON} -m pytest {selection}", pty=False)
 
 
+FUZZ_HELP = {
+    "target": "ekm, remote_session, remote_frames, onnx_import, elfcheck, or all (default)",
+    "time": "seconds to fuzz each target (default 60)",
+    "save": "then minimize the inputs found into the saved corpus, tests/fuzz/corpus/TARGET (to commit)",
+}
+
+
+@task(help=FUZZ_HELP)
+def fuzz(c: Context, target: str = "all", time: int = 60, save: bool = False) -> None:
+    """Coverage-guided fuzzing (tests/fuzz/README.md): libFuzzer under ASan + UBSan for the C targets,
+    atheris for the Python ones, each from its saved corpus; prints executions, coverage and findings.
+
+    The C targets (built with clang into build/fuzz): ekm (the .ekm loader, then a launch of what
+    loaded), remote_session (a whole remote_server session from raw bytes, unpaired or paired) and
+    remote_frames (well-formed frames of fuzzed requests). The Python ones: onnx_import (the model
+    compiler on ONNX bytes) and elfcheck (the glibc-floor ELF check). A finding (crash, leak, timeout,
+    uncaught exception) stops that target with its input in build/fuzz/crashes/TARGET; once fixed, keep
+    the input in tests/fuzz/regressions/TARGET, which the tests run.
+    """
+    _ensure_host_package(c)
+    flags = f" --target {target} --time {time}" + (" --save" if save else "")
+    with c.cd(str(ROOT)):
+        result = c.run(f"{PYTHON} tests/fuzz/fuzzing.py{flags}", warn=True)
+    if result is None or result.exited != 0:
+        raise Exit("error: a fuzz target found a problem or could not run (see above)", code=1)
+
+
 BENCH_HELP = {
     "quick": "smaller sizes and fewer repeats (a smoke run)",
     "board": "emu: instead, the aarch64 instruction table on the emulated board (instructions per inference "
