@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -36,7 +37,7 @@ static ek_server_t *paired_server;
 /* The client thread, one exchange per input. */
 static struct {
     pthread_t thread;
-    sem_t go, done;
+    sem_t go, done, session_over;
     int fd;
     const uint8_t *data;
     size_t size;
@@ -47,40 +48,56 @@ static void die(const char *what) {
     exit(1);
 }
 
-/* Send all of data (then shut the sending side) while reading whatever comes back, until the server
- * closes or resets the connection. */
+/* Read whatever the server has sent so far; false once it has closed. */
+static bool drain(int fd) {
+    uint8_t sink[65536];
+    for (;;) {
+        ssize_t k = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (k > 0)
+            continue;
+        return k < 0 && (errno == EAGAIN || errno == EINTR);
+    }
+}
+
+/* Send all of data, then shut the sending side, while reading what comes back. Replies are read every
+ * millisecond rather than as each arrives: a wake-up per reply would cost more than the session. */
 static void exchange(int fd, const uint8_t *data, size_t size) {
     size_t sent = 0;
-    bool shut = false;
-    uint8_t sink[65536];
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    while (sent < size) {
+        ssize_t k = send(fd, data + sent, size - sent, MSG_NOSIGNAL);
+        if (k > 0) {
+            sent += (size_t)k;
+            continue;
+        }
+        if (k < 0 && errno != EAGAIN && errno != EINTR)
+            break; /* the server hung up: stop sending, read what it said */
+        if (!drain(fd))
+            return;
+        struct pollfd p = {fd, POLLOUT, 0};
+        poll(&p, 1, 1);
+    }
+    shutdown(fd, SHUT_WR);
     for (;;) {
-        if (sent == size && !shut) {
-            shutdown(fd, SHUT_WR);
-            shut = true;
+        if (!drain(fd))
+            return;
+        struct timespec at;
+        clock_gettime(CLOCK_REALTIME, &at);
+        at.tv_nsec += 1000000;
+        if (at.tv_nsec >= 1000000000) {
+            at.tv_sec++;
+            at.tv_nsec -= 1000000000;
         }
-        struct pollfd p = {fd, (short)(POLLIN | (shut ? 0 : POLLOUT)), 0};
-        if (poll(&p, 1, -1) < 0 && errno != EINTR)
-            die("poll");
-        if (!shut && (p.revents & POLLOUT)) {
-            ssize_t k = send(fd, data + sent, size - sent, MSG_NOSIGNAL);
-            if (k > 0)
-                sent += (size_t)k;
-            else if (k < 0 && errno != EAGAIN && errno != EINTR)
-                sent = size; /* the server hung up: stop sending, read what it said */
-        }
-        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
-            ssize_t k = recv(fd, sink, sizeof sink, 0);
-            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR))
-                return;
-        }
+        if (sem_timedwait(&client.session_over, &at) == 0)
+            return;
     }
 }
 
 static void *client_main(void *arg) {
     (void)arg;
     for (;;) {
-        sem_wait(&client.go);
+        while (sem_wait(&client.go) != 0)
+            continue;
         exchange(client.fd, client.data, client.size);
         close(client.fd);
         sem_post(&client.done);
@@ -97,8 +114,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
     /* Small devices, so that what a fuzzed request may allocate stays small; the portable kernels (the
-     * XNNPACK library is not instrumented). */
+     * XNNPACK library is not instrumented); launches on one thread (a team's threads are TSan's part). */
     setenv("EDGEKIT_HEAP_SIZE", "64M", 1);
+    setenv("EDGEKIT_THREADS", "1", 1);
     setenv("EDGEKIT_KERNELS", "portable", 1);
     setenv("EDGEKIT_DEVICES", "2", 1);
     /* Held open for the whole run, so a session's DEV_OPEN takes a handle rather than making a heap. */
@@ -126,6 +144,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         die("ek_server_create (paired)");
 #endif
     if (sem_init(&client.go, 0, 0) != 0 || sem_init(&client.done, 0, 0) != 0 ||
+        sem_init(&client.session_over, 0, 0) != 0 ||
         pthread_create(&client.thread, NULL, client_main, NULL) != 0)
         die("the client thread");
     return 0;
@@ -135,12 +154,19 @@ static void serve(ek_server_t *server, const uint8_t *stream, size_t size) {
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
         die("socketpair");
+    /* Room for a session's replies, so the server seldom waits for the client to read. */
+    int room = 1 << 20;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &room, sizeof room);
+    setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &room, sizeof room);
     client.fd = fds[1];
     client.data = stream;
     client.size = size;
     sem_post(&client.go);
     ek_server_serve_fd(server, fds[0], "fuzz");
+    sem_post(&client.session_over);
     while (sem_wait(&client.done) != 0)
+        continue;
+    while (sem_trywait(&client.session_over) == 0) /* not taken when the server closed first */
         continue;
 }
 
