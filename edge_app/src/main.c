@@ -486,6 +486,7 @@ int main(int argc, char **argv) {
         die(EXIT_USAGE, "%s", err);
     if (opts.help) {
         fputs(app_help_text, stdout);
+        app_free_options(&opts);
         return 0;
     }
 
@@ -496,6 +497,7 @@ int main(int argc, char **argv) {
     app_topology_read(&topo, NULL, &allowed);
     if (opts.list_clusters) {
         list_clusters(&topo);
+        app_free_options(&opts);
         return 0;
     }
 
@@ -898,5 +900,6 @@ int main(int argc, char **argv) {
             ek_dev_free(dctx[d].dev);
     }
     free(dctx);
+    app_free_options(&opts);
     return 0;
 }

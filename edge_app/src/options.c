@@ -166,6 +166,13 @@ static int parse_bool(const char *text, bool *out) {
     return 0;
 }
 
+void app_free_options(app_options_t *opts) {
+    for (int i = 0; i < opts->plugin_list_count; i++)
+        free(opts->plugin_lists[i]);
+    opts->plugin_list_count = 0;
+    opts->plugin_count = 0;
+}
+
 int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, size_t errlen) {
     memset(opts, 0, sizeof *opts);
     opts->threads = 1;
@@ -254,11 +261,12 @@ int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, siz
             opts->rpc_server = v;
         } else if (strcmp(name, "plugin_libs") == 0) {
             for (int k = 0; k < count; k++) {
-                char *list = strdup(values[k]); /* kept for the process's life, like argv */
+                char *list = strdup(values[k]); /* split in place below: argv stays as given */
                 if (!list) {
                     snprintf(err, errlen, "out of memory");
                     return -1;
                 }
+                opts->plugin_lists[opts->plugin_list_count++] = list;
                 for (char *save = NULL, *path = strtok_r(list, ",", &save); path; path = strtok_r(NULL, ",", &save)) {
                     if (opts->plugin_count == APP_MAX_PLUGINS) {
                         snprintf(err, errlen, "--plugin_libs: more than %d libraries", APP_MAX_PLUGINS);

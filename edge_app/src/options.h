@@ -41,6 +41,8 @@ typedef struct app_options {
     const char *rpc_key;    /* --rpc_key FILE: the paired server's key */
     const char *plugin_libs[APP_MAX_PLUGINS]; /* --plugin_libs: loaded into each runtime before the model */
     int plugin_count;
+    char *plugin_lists[APP_MAX_VALUES]; /* copies of the --plugin_libs values that plugin_libs point into */
+    int plugin_list_count;
     app_mem_stg_t mem_stg;
     bool io_host;          /* --io host: launches on host buffers (ek_rt_launch_data); else device memory (ek_rt_run) */
     size_t output_caps[APP_MAX_VALUES]; /* --output_caps: bytes per output, in output order */
@@ -51,6 +53,9 @@ typedef struct app_options {
 
 /* Parse argv into opts (defaults first). Returns 0, or -1 with a one-line message in err. */
 int app_parse_options(int argc, char **argv, app_options_t *opts, char *err, size_t errlen);
+
+/* Free what app_parse_options allocated (also after it failed). */
+void app_free_options(app_options_t *opts);
 
 /* The --help text. */
 extern const char app_help_text[];

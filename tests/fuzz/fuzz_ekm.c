@@ -69,7 +69,7 @@ static void launch_once(ek_rt_t rt, const ek_net_info_t *net) {
     for (int i = 0; i < net->input_count; i++) {
         size_t n = shape_bytes(net->inputs[i].dtype, &stage->input_shapes[i]);
         inputs[i] = malloc(n ? n : 1);
-        if (inputs[i]) /* a pattern with small values of either sign (float32 0.5 .. -0.5, ints 0x3f / -0x41) */
+        if (inputs[i]) /* every 4th byte 0x3f or 0xbf: float32 +-0.5, int8 63 and -65, the rest 0 */
             for (size_t b = 0; b < n; b++)
                 ((uint8_t *)inputs[i])[b] = (uint8_t)((b & 3) == 3 ? ((b >> 2) & 1 ? 0xbf : 0x3f) : 0);
     }

@@ -90,6 +90,14 @@ TARGETS = {
             2048,
         ),
         Target(
+            "app_options",
+            "edgekit-app's command line (NUL-separated words) and CPU lists (C)",
+            "fuzz_app_options",
+            4096,
+            25,
+            2048,
+        ),
+        Target(
             "onnx_import",
             "the model compiler on ONNX bytes: load, import, passes, lowering, writing .ekm (Python)",
             "fuzz_onnx_import.py",
