@@ -671,6 +671,96 @@ def test_bad_inputs_raise_compile_error(tmp_path: Path) -> None:
         compile_model(old)
 
 
+def test_model_bytes_compile_like_the_proto() -> None:
+    model, _ = build("conv")
+    assert compile_model(model.SerializeToString()).data == compile_model(model).data
+    with pytest.raises(CompileError, match="not a readable ONNX model"):
+        compile_model(b"\x01\x02 not a model")
+
+
+def _with_bytes(model: Any, old: bytes, new: bytes) -> bytes:
+    """The serialized model with one byte string replaced (to write what protobuf's setters refuse)."""
+    data = model.SerializeToString()
+    assert data.count(old) == 1 and len(old) == len(new)
+    return bytes(data.replace(old, new))
+
+
+def _malformed(case: str) -> Any:
+    """The malformed models the fuzzer found (tests/fuzz/regressions/onnx_import), made by hand."""
+    if case == "name not utf-8":
+        return _with_bytes(chain([node("Relu", ["x"])], (2, 3))[0], b"relu_node", b"relu\x9anode")
+    if case == "string attribute not utf-8":
+        model, _ = resize_case("nearest", "asymmetric", scales=[1, 1, 2, 2])
+        return _with_bytes(model, b"asymmetric", b"asymm\xff\xffric")
+    if case == "attribute of the wrong type":
+        return chain([node("HardSigmoid", ["x"], alpha=[1, 2])], (2, 3))[0]
+    if case == "attribute of undefined type":
+        model, _ = chain([node("HardSigmoid", ["x"], alpha=0.5)], (2, 3))
+        model.graph.node[0].attribute[0].type = onnx.AttributeProto.UNDEFINED
+        return model
+    if case == "graph input without a name":
+        return make_model([node("Relu", [""])], {"": (2, 3)}, ["y"])
+    if case == "a name written twice":
+        nodes = [node("Relu", ["x"], ["t"]), node("Sigmoid", ["x"], ["t"]), node("Relu", ["t"])]
+        return chain(nodes, (2,))[0]
+    if case == "tensor past the limit":
+        pads = np.array([0, 0, 1 << 40, 0, 0, 0])
+        return chain([node("Pad", ["x", "p"])], (1, 2, 3), {"p": pads})[0]
+    if case == "batchnorm of the wrong size":
+        stats = {k: rand(3, low=0.5, high=1) for k in ("g", "b", "m", "v")}
+        return chain([node("BatchNormalization", ["x", "g", "b", "m", "v"])], (2, 4, 5), stats)[0]
+    if case == "conv1d with weights of rank 1":
+        return make_model([node("Conv", ["x", "W"])], {"x": (1, 3, 8)}, ["y"], {"W": rand(3)})
+    if case == "pad value empty":
+        inits: dict[str, np.ndarray] = {"p": np.zeros(6, np.int64), "v": np.zeros(0, np.float32)}
+        return chain([node("Pad", ["x", "p", "v"])], (1, 2, 3), inits)[0]
+    if case == "resize scale nan":
+        return resize_case("linear", "half_pixel", scales=[1, 1, math.nan, 2])[0]
+    if case == "too few inputs":
+        return chain([node("Add", ["x"])], (2, 3))[0]
+    if case == "constant of undefined type":
+        value = numpy_helper.from_array(rand(2, 3), "c")
+        value.data_type = TensorProto.UNDEFINED
+        return chain([node("Constant", [], ["c"], value=value), node("Add", ["x", "c"])], (2, 3))[0]
+    assert case == "external data"
+    model, _ = chain([node("Add", ["x", "c"])], (2, 3), {"c": rand(2, 3)})
+    onnx.external_data_helper.set_external_data(model.graph.initializer[0], "weights.bin")
+    model.graph.initializer[0].data_location = TensorProto.EXTERNAL
+    model.graph.initializer[0].ClearField("raw_data")
+    return model
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("name not utf-8", r"model\.graph\.node\[0\]\.name is not UTF-8 text \(b'relu\\x9anode'\)"),
+        ("string attribute not utf-8", r"Resize \(resize_node\): attribute 'coordinate_transformation_mode' "
+         r"is not UTF-8 text"),
+        ("attribute of the wrong type", r"HardSigmoid \(hardsigmoid_node\): attribute 'alpha' is INTS, ONNX "
+         r"defines it as FLOAT"),
+        ("attribute of undefined type", r"attribute 'alpha' is UNDEFINED, ONNX defines it as FLOAT"),
+        ("graph input without a name", r"graph input 0 has no name"),
+        ("a name written twice", r"Sigmoid \(sigmoid_node\) writes 't', which already has a value"),
+        ("tensor past the limit", r"tensor 'y' has shape \[1, 2, 1099511627779\]: 8796093022232 bytes, "
+         r"more than EdgeKit's limit of 2\^40 bytes per tensor"),
+        ("batchnorm of the wrong size", r"BatchNormalization \(batchnormalization_node\): scale has 3 values "
+         r"for the 4 channels of X \[2, 4, 5\]"),
+        ("conv1d with weights of rank 1", r"Conv \(conv_node\): weights of rank 1 for an input of rank 3"),
+        ("pad value empty", r"Pad \(pad_node\): constant_value has 0 values \(expected one\)"),
+        ("resize scale nan", r"Resize \(resize_node\): scales \[1.0, 1.0, nan, 2.0\]: H and W scales must "
+         r"be finite and > 0"),
+        ("too few inputs", r"Add \(add_node\): 1 inputs, ONNX's Add \(opset 17\) has 2"),
+        ("constant of undefined type", r"Constant \(constant_node\): its value cannot be read \(The element "
+         r"type in the input tensor is UNDEFINED"),
+        ("external data", r"initializer 'c' keeps its data in an external file \('weights.bin'\): compile "
+         r"the .onnx file by its path"),
+    ],
+)  # fmt: skip
+def test_malformed_models_are_compile_errors(case: str, message: str) -> None:
+    with pytest.raises(CompileError, match=message):
+        compile_model(_malformed(case))
+
+
 @pytest.mark.parametrize(
     ("text", "shape"), [("1x3x224x224", (1, 3, 224, 224)), ("1,3,8", (1, 3, 8)), (" 7 ", (7,))]
 )

@@ -39,7 +39,7 @@ class NetworkSpec:
     """One network to compile. ``stages``: one dict per stage, input name -> static shape; inputs whose
     ONNX shape is fully static may be left out; ``()`` is one stage from the ONNX shapes."""
 
-    model: str | os.PathLike[str] | onnx.ModelProto
+    model: str | os.PathLike[str] | bytes | onnx.ModelProto
     name: str | None = None
     stages: Sequence[Mapping[str, Sequence[int]]] = ()
 
@@ -433,9 +433,10 @@ def compile_model(
     plugins: PluginPaths = (),
     conv_algorithm: str = "auto",
 ) -> CompileReport:
-    """Compile one ONNX network (a path or a ModelProto) to .ekm. The network is named ``name``, by
-    default the stem of ``output`` (see ``default_name``). ``plugins``: plugin libraries for the
-    custom-domain nodes (docs/plugins.md). ``conv_algorithm``: see ``compile_networks``."""
+    """Compile one ONNX network (a path, the bytes of an .onnx file, or a ModelProto) to .ekm. The
+    network is named ``name``, by default the stem of ``output`` (see ``default_name``). ``plugins``:
+    plugin libraries for the custom-domain nodes (docs/plugins.md). ``conv_algorithm``: see
+    ``compile_networks``."""
     return compile_networks(
         [NetworkSpec(model, name, stages)], output, log=log, plugins=plugins, conv_algorithm=conv_algorithm
     )

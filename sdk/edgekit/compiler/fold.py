@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
+from edgekit.compiler import onnx_import
 from edgekit.compiler.graph import CompileError
 
 
@@ -22,7 +23,7 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a Constant node given by its ``value`` tensor (None for the other forms)."""
     for attr in node.attribute:
         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-            return numpy_helper.to_array(attr.t)
+            return onnx_import.read_tensor(attr.t, f"{describe(node)}: its value")
     return None
 
 

@@ -12,6 +12,7 @@ A ``dynamic`` tensor is an output whose size depends on the data: its shape is t
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -192,6 +193,9 @@ Shape = tuple[int, ...]
 FloatArray = npt.NDArray[np.float32]
 
 MAX_RANK = 8
+# More than any board's memory, and small enough that a stage's arena (a sum of tensors) and every
+# .ekm size field stay far inside 64 bits.
+MAX_TENSOR_BYTES = 1 << 40
 # The physical layout of a tensor: "onnx" (the ONNX model's order) or "nhwc" (a 4-D NCHW tensor stored
 # with its axes permuted by NHWC_PERM).
 ONNX = "onnx"
@@ -223,7 +227,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return DTYPE_SIZES[self.dtype] * int(np.prod(self.shape, dtype=np.int64))
+        return DTYPE_SIZES[self.dtype] * math.prod(self.shape)
 
 
 @dataclass
@@ -274,6 +278,12 @@ class Graph:
             raise CompileError(f"tensor '{base}' has rank {len(shape)}; EdgeKit supports rank <= {MAX_RANK}")
         if any(d < 1 for d in shape):
             raise CompileError(f"tensor '{base}' has shape {list(shape)}; every dimension must be >= 1")
+        nbytes = DTYPE_SIZES[dtype] * math.prod(int(d) for d in shape)
+        if nbytes > MAX_TENSOR_BYTES:
+            raise CompileError(
+                f"tensor '{base}' has shape {list(shape)}: {nbytes} bytes, more than EdgeKit's limit of "
+                f"2^40 bytes per tensor"
+            )
         name = self.unique(base)
         self.tensors[name] = Tensor(
             name, tuple(int(d) for d in shape), data, layout, dtype=dtype, dynamic=dynamic

@@ -373,7 +373,10 @@ class StageLowering:
             elif a.type == onnx.AttributeProto.FLOAT:
                 attrs[a.name], types[a.name] = float(value), AttrType.FLOAT
             elif a.type == onnx.AttributeProto.STRING:
-                attrs[a.name], types[a.name] = _str(value), AttrType.STRING
+                try:
+                    attrs[a.name], types[a.name] = value.decode(), AttrType.STRING
+                except UnicodeDecodeError:
+                    raise Unsupported(f"attribute '{a.name}' is not UTF-8 text ({value!r})") from None
             elif a.type == onnx.AttributeProto.INTS:
                 attrs[a.name], types[a.name] = [int(v) for v in value], AttrType.INTS
             elif a.type == onnx.AttributeProto.FLOATS:
@@ -691,10 +694,10 @@ def _conv_operands(
     w = s.const(_req(ins, 1, "W"), "W (weights)")
     if float_weights:
         w = _float32(w, f"{s.where}: W")
+    if w.ndim != (3 if one_d else 4):
+        raise Unsupported(f"weights of rank {w.ndim} for an input of rank {3 if one_d else 4}")
     if one_d:
         attrs, w = _attrs_to_2d(attrs), w[:, :, None, :]
-    if w.ndim != 4:
-        raise Unsupported(f"weights of rank {w.ndim}")
     n, c, h, wd = s.shape(x)
     return x, one_d, attrs, w, (n, c, h, wd), int(attrs.get("group", 1))
 
@@ -1055,6 +1058,11 @@ def _resize(
         axes = [int(a) for a in attrs.get("axes", [])]
         if axes:
             axes = [a + 4 if a < 0 else a for a in axes]
+            given = len(scales) if scales is not None else len(sizes) if sizes is not None else len(axes)
+            if not all(0 <= a < 4 for a in axes) or len(set(axes)) != len(axes) or given != len(axes):
+                raise CompileError(
+                    f"{s.where}: axes {attrs['axes']} do not name {given} distinct axes of the rank-4 input"
+                )
             full_s, full_z = [1.0] * 4, [int(d) for d in shape]
             for i, a in enumerate(axes):
                 if scales is not None:
@@ -1082,6 +1090,8 @@ def _resize(
         if len(scales) != 4 or scales[0] != 1.0 or scales[1] != 1.0:
             raise Unsupported(f"scales {scales} (only H and W may change)")
         hw = [float(np.float32(scales[2])), float(np.float32(scales[3]))]
+        if not all(math.isfinite(v) and v > 0 for v in hw):
+            raise CompileError(f"{s.where}: scales {scales}: H and W scales must be finite and > 0")
         out = [math.floor(shape[2] * hw[0]), math.floor(shape[3] * hw[1])]
     else:
         raise CompileError(f"{s.where}: neither scales nor sizes given")
@@ -1118,7 +1128,12 @@ def _pad(
     else:
         pads = s.ints(_req(ins, 1, "pads"), "pads")
         cv = _input(ins, 2)
-        value = float(s.const(cv, "constant_value").reshape(-1)[0]) if cv is not None else 0.0
+        value = 0.0
+        if cv is not None:
+            values = s.const(cv, "constant_value").reshape(-1)
+            if values.size != 1:
+                raise CompileError(f"{s.where}: constant_value has {values.size} values (expected one)")
+            value = float(values[0])
         axes_v = _input(ins, 3)
         if axes_v is not None:
             axes = [a + rank if a < 0 else a for a in s.ints(axes_v, "axes")]
@@ -1157,6 +1172,11 @@ def _batchnorm(
         s.const(_req(ins, i, what), what).astype(np.float64).reshape(-1)
         for i, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))
     )
+    for what, values in (("scale", gamma), ("B", beta), ("mean", mean), ("var", var)):
+        if values.size != shape[1]:
+            raise CompileError(
+                f"{s.where}: {what} has {values.size} values for the {shape[1]} channels of X {list(shape)}"
+            )
     eps = float(attrs.get("epsilon", 1e-5))
     scale = gamma / np.sqrt(var + eps)
     shift = beta - mean * scale

@@ -702,6 +702,11 @@ class _Pass:
             if expanded is None:
                 out.append(node)  # left for lowering to report
             else:
+                for made in expanded:  # the QOperator node's attributes, now an ONNX op's
+                    try:
+                        onnx_import.check_node(made, self.model.opset)
+                    except CompileError as exc:
+                        raise CompileError(f"{_describe(node)}, as {exc}") from None
                 self.stats.expanded += 1
                 out.extend(expanded)
         return out

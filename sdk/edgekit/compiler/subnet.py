@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from edgekit.compiler import ekm, fold
+from edgekit.compiler import ekm, fold, onnx_import
 from edgekit.compiler.graph import ATTR_TYPES, NHWC, ONNX, CompileError, Graph, Op, OpType, Shape
 
 if TYPE_CHECKING:
@@ -70,6 +70,23 @@ def pick_network(model: ekm.ModelFile, name: str | None, where: str) -> ekm.Netw
     raise CompileError(f"{where}: its model has no network '{name}'; its networks are: {', '.join(names)}")
 
 
+def _check_bindings(net: ekm.NetworkRecord, where: str) -> None:
+    """Every stage binds each network input and output to one of its own tensors (the stage is chosen
+    by them)."""
+    for index, stage in enumerate(net.stages):
+        if (len(stage.input_bindings), len(stage.output_bindings)) != (len(net.inputs), len(net.outputs)):
+            raise CompileError(
+                f"{where}: network '{net.name}', stage {index}: {len(stage.input_bindings)} input and "
+                f"{len(stage.output_bindings)} output bindings for the network's {len(net.inputs)} inputs "
+                f"and {len(net.outputs)} outputs"
+            )
+        for binding in [*stage.input_bindings, *stage.output_bindings]:
+            if not 0 <= binding < len(stage.tensors):
+                raise CompileError(
+                    f"{where}: network '{net.name}', stage {index}: a binding outside the stage"
+                )
+
+
 def _check_stage(net: ekm.NetworkRecord, index: int, where: str) -> None:
     """What inlining relies on, beyond what ekm.read checks: float32 tensors, known op types and attributes,
     operands inside the stage. (The runtime's loader checks the inlined result again.)"""
@@ -104,9 +121,19 @@ def _check_stage(net: ekm.NetworkRecord, index: int, where: str) -> None:
                 raise CompileError(
                     f"{where}: network '{net.name}': op '{rec.name}' has an operand outside its stage"
                 )
-    for binding in [*stage.input_bindings, *stage.output_bindings]:
-        if not 0 <= binding < count:
-            raise CompileError(f"{where}: network '{net.name}': a binding outside its stage")
+    # Inlined, each tensor is written before it is read, as the runtime's loader checks of a file.
+    constants = {i for i, t in enumerate(stage.tensors) if t.storage == ekm.CONSTANT}
+    written = set(stage.input_bindings) | constants
+    for rec in stage.ops:
+        unwritten = [stage.tensors[i].name for i in rec.inputs if i is not None and i not in written]
+        if unwritten:
+            raise CompileError(
+                f"{where}: network '{net.name}': op '{rec.name}' reads {unwritten} before any op writes it"
+            )
+        written.update(rec.outputs)
+    unwritten = [stage.tensors[i].name for i in stage.output_bindings if i not in written]
+    if unwritten:
+        raise CompileError(f"{where}: network '{net.name}': no op writes its output(s) {unwritten}")
 
 
 def _model_bytes(node: onnx.NodeProto, where: str) -> bytes:
@@ -116,7 +143,7 @@ def _model_bytes(node: onnx.NodeProto, where: str) -> bytes:
         if attr.type == onnx.AttributeProto.STRING:
             return bytes(attr.s)
         if attr.type == onnx.AttributeProto.TENSOR:
-            array = numpy_helper.to_array(attr.t)
+            array = onnx_import.read_tensor(attr.t, f"{where}: attribute 'model'")
             if array.dtype != np.uint8 or array.ndim != 1:
                 raise CompileError(
                     f"{where}: attribute 'model' must be a 1-D uint8 tensor, got {array.dtype}"
@@ -130,7 +157,10 @@ def _network_name(node: onnx.NodeProto) -> str | None:
     for attr in node.attribute:
         if attr.name == "network":
             value = helper.get_attribute_value(attr)
-            return value.decode() if isinstance(value, bytes) else str(value)
+            try:
+                return value.decode() if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                raise CompileError(f"{fold.describe(node)}: attribute 'network' is not UTF-8 text") from None
     return None
 
 
@@ -204,6 +234,7 @@ def lower_node(s: StageLowering, node: onnx.NodeProto, ins: list[Value | None]) 
                 f"{where}: input '{io.name}' is {value.value.dtype}; the network takes float32"
             )
     shapes: list[Shape] = [s.shape(v) for v in values]
+    _check_bindings(net, where)
     chosen = None
     for index, stage in enumerate(net.stages):
         if all(stage.tensors[t].shape == shape for t, shape in zip(stage.input_bindings, shapes)):
