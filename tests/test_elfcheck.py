@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -476,6 +478,34 @@ def test_corrupted_copies_never_leak_other_exceptions(gcc_lib: Path, tmp_path: P
         except ElfCheckError:
             outcomes["rejected"] += 1
     assert outcomes["rejected"] > 0, outcomes  # the corruption did hit something
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("sh_info", r"\.gnu\.version_r lists 4294967295 libraries, its \d+ bytes hold at most \d+ entries"),
+        ("vn_cnt", r"\.gnu\.version_r lists more entries than its \d+ bytes hold"),
+    ],
+)
+def test_version_need_counts_past_the_section_are_malformed(
+    field: str, message: str, gcc_lib: Path, tmp_path: Path
+) -> None:
+    """pyelftools walks .gnu.version_r by the counts it is given, each entry at the previous one plus its
+    next offset: a count past the section's end over a next offset of 0 walked one entry up to 2^32
+    times (a hang; tests/fuzz/regressions/elfcheck). The section's size now bounds the walk."""
+    data = bytearray(gcc_lib.read_bytes())
+    with gcc_lib.open("rb") as stream:
+        elf = ELFFile(stream)
+        index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".gnu.version_r")
+        header = elf["e_shoff"] + index * elf["e_shentsize"]
+        first_entry = elf.get_section(index)["sh_offset"]
+    if field == "sh_info":  # Elf64_Shdr.sh_info: how many libraries (Verneed entries) the section lists
+        struct.pack_into("<I", data, header + 44, 0xFFFFFFFF)
+    else:  # the first library's Verneed.vn_cnt: how many versions (Vernaux entries) it lists
+        struct.pack_into("<H", data, first_entry + 2, 0xFFFF)
+    path = write(tmp_path, "counts.so", bytes(data))
+    with pytest.raises(ElfCheckError, match=message):
+        read_elf(path)
 
 
 def test_is_elf(gcc_lib: Path, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 ELF_MAGIC = b"\x7fELF"
+_VERNEED_ENTRY_SIZE = 16  # Elf32/Elf64_Verneed and _Vernaux alike
 
 ViolationKind = Literal["glibc", "libstdc++", "machine"]
 
@@ -209,7 +210,7 @@ def _parse(path: Path, elf: ELFFile) -> ElfInfo:
         rpath=tuple(rpath),
         runpath=tuple(runpath),
         soname=soname,
-        version_needs=_version_needs(elf, verneed, versym),
+        version_needs=_version_needs(path, elf, verneed, versym),
     )
 
 
@@ -219,14 +220,36 @@ def _tag_string(tag: DynamicTag) -> str:
 
 
 def _version_needs(
-    elf: ELFFile, verneed: GNUVerNeedSection | None, versym: GNUVerSymSection | None
+    path: Path, elf: ELFFile, verneed: GNUVerNeedSection | None, versym: GNUVerSymSection | None
 ) -> tuple[VersionNeed, ...]:
     if verneed is None:
         return ()
+    # pyelftools walks as many entries as the header's counts say, each at the previous one plus its
+    # next offset, without bounds: a count past the section's end over a next offset of 0 walks the
+    # same entry up to 2^32 times. Every entry, library (Verneed) or version (Vernaux), is 16 bytes of
+    # a section inside the file, which bounds the walk.
+    elf.stream.seek(0, os.SEEK_END)
+    file_size = elf.stream.tell()
+    if verneed["sh_offset"] + verneed["sh_size"] > file_size:
+        raise ElfCheckError(f"{path}: malformed ELF file (.gnu.version_r ends past the end of the file)")
+    room = verneed["sh_size"] // _VERNEED_ENTRY_SIZE
+    if verneed.num_versions() > room:
+        raise ElfCheckError(
+            f"{path}: malformed ELF file (.gnu.version_r lists {verneed.num_versions()} libraries, "
+            f"its {verneed['sh_size']} bytes hold at most {room} entries)"
+        )
     # The version index (vna_other) ties a need to the .gnu.version entries, one per .dynsym symbol.
     wanted: dict[int, tuple[str, str]] = {}
+    entries = 0
     for library, auxiliaries in verneed.iter_versions():
+        entries += 1
         for aux in auxiliaries:
+            entries += 1
+            if entries > room:
+                raise ElfCheckError(
+                    f"{path}: malformed ELF file (.gnu.version_r lists more entries than its "
+                    f"{verneed['sh_size']} bytes hold)"
+                )
             wanted[aux["vna_other"]] = (library.name or "", aux.name)
     bound: dict[int, set[str]] = {index: set() for index in wanted}
     if versym is not None and isinstance(versym.symboltable, SymbolTableSection):
