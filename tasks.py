@@ -437,7 +437,8 @@ def test(c: Context, k: str = "", no_lint: bool = False) -> None:
 
 
 FUZZ_HELP = {
-    "target": "ekm, remote_session, remote_frames, app_options, onnx_import, elfcheck, or all (default)",
+    "target": "ekm, remote_session, remote_frames, plugin_elf, app_options, onnx_import, elfcheck, or all "
+    "(default)",
     "time": "seconds to fuzz each target (default 60)",
     "save": "then minimize the inputs found into the saved corpus, tests/fuzz/corpus/TARGET (to commit)",
 }
@@ -450,8 +451,8 @@ def fuzz(c: Context, target: str = "all", time: int = 60, save: bool = False) ->
 
     The C targets (built with clang into build/fuzz): ekm (the .ekm loader, then a launch of what
     loaded), remote_session (a whole remote_server session from raw bytes, unpaired or paired) and
-    remote_frames (well-formed frames of fuzzed requests), app_options (edgekit-app's command line and
-    CPU lists). The Python ones: onnx_import (the model
+    remote_frames (well-formed frames of fuzzed requests), plugin_elf (the check of a plugin library's
+    ELF headers before dlopen), app_options (edgekit-app's command line and CPU lists). The Python ones: onnx_import (the model
     compiler on ONNX bytes) and elfcheck (the glibc-floor ELF check). A finding (crash, leak, timeout,
     uncaught exception) stops that target with its input in build/fuzz/crashes/TARGET; once fixed, keep
     the input in tests/fuzz/regressions/TARGET, which the tests run.

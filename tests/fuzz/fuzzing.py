@@ -90,6 +90,14 @@ TARGETS = {
             2048,
         ),
         Target(
+            "plugin_elf",
+            "the ELF check of a plugin library before dlopen: header, program headers, segments (C)",
+            "fuzz_plugin_elf",
+            65536,
+            25,
+            2048,
+        ),
+        Target(
             "app_options",
             "edgekit-app's command line (NUL-separated words) and CPU lists (C)",
             "fuzz_app_options",

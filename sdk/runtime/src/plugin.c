@@ -11,9 +11,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "edgekit/plugin.h"
@@ -242,16 +245,15 @@ static const char *machine_name(unsigned machine) {
 #define HOST_MACHINE EM_ARM
 #endif
 
-/* Is the file a shared library for this machine? Checked before dlopen, whose message for a library
- * of another machine ("wrong ELF class" or "cannot open shared object file") hides the reason. */
-static ek_status_t check_elf(const char *path) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return ek_fail(EK_ERR_SYSTEM, "cannot open plugin " PATH_FMT ": %s", path, strerror(errno));
-    unsigned char h[64];
-    ssize_t n = read(fd, h, sizeof h);
-    close(fd);
-    if (n < 20 || memcmp(h, ELFMAG, SELFMAG) != 0)
+/* The most program headers a plugin may have (real libraries have about ten). */
+#define MAX_PLUGIN_PHDRS 4096
+
+/* Is the file a shared library for this machine that the dynamic loader can map? Checked before dlopen,
+ * whose message for a library of another machine ("wrong ELF class" or "cannot open shared object
+ * file") hides the reason, and which trusts the program headers it maps by: a truncated copy of a
+ * library must be refused here, not read past its end. */
+ek_status_t ek_plugin_check_elf(const unsigned char *h, size_t size, const char *path) {
+    if (size < 20 || memcmp(h, ELFMAG, SELFMAG) != 0)
         return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not an ELF shared library", path);
     bool little = h[EI_DATA] == ELFDATA2LSB;
     unsigned type = little ? (unsigned)(h[16] | h[17] << 8) : (unsigned)(h[16] << 8 | h[17]);
@@ -272,7 +274,65 @@ static ek_status_t check_elf(const char *path) {
     if (type != ET_DYN)
         return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not a shared library (ELF type %u; build it with "
                        "-shared)", path, type);
+    const unsigned one = 1;
+    int host_data = *(const unsigned char *)&one ? ELFDATA2LSB : ELFDATA2MSB;
+    if (h[EI_DATA] != host_data)
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is %s-endian; this machine is not", path,
+                       little ? "little" : "big");
+    /* From here the header is this machine's own layout. */
+    ElfW(Ehdr) eh;
+    if (size < sizeof eh)
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is truncated: %zu bytes, shorter than an ELF header",
+                       path, size);
+    memcpy(&eh, h, sizeof eh);
+    if (eh.e_phentsize != sizeof(ElfW(Phdr)) || eh.e_phnum == 0 || eh.e_phnum > MAX_PLUGIN_PHDRS)
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is damaged: %u program headers of %u bytes",
+                       path, (unsigned)eh.e_phnum, (unsigned)eh.e_phentsize);
+    if (eh.e_phoff > size || (size - eh.e_phoff) / sizeof(ElfW(Phdr)) < eh.e_phnum)
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is truncated or damaged: its program headers "
+                       "(at byte %llu) end past its %zu bytes", path, (unsigned long long)eh.e_phoff, size);
+    int loads = 0, dynamics = 0;
+    for (unsigned i = 0; i < eh.e_phnum; i++) {
+        ElfW(Phdr) ph;
+        memcpy(&ph, h + eh.e_phoff + (size_t)i * sizeof ph, sizeof ph);
+        if (ph.p_type != PT_LOAD && ph.p_type != PT_DYNAMIC)
+            continue;
+        if (ph.p_offset > size || ph.p_filesz > size - ph.p_offset)
+            return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is truncated or damaged: its segment %u ends at "
+                           "byte %llu of %zu (a partial copy?)", path, i,
+                           (unsigned long long)ph.p_offset + (unsigned long long)ph.p_filesz, size);
+        if (ph.p_type == PT_LOAD && ph.p_filesz > ph.p_memsz)
+            return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is damaged: segment %u has more bytes in the "
+                           "file than in memory", path, i);
+        loads += ph.p_type == PT_LOAD;
+        dynamics += ph.p_type == PT_DYNAMIC;
+    }
+    if (loads == 0 || dynamics != 1)
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not a loadable shared library (%d loadable "
+                       "segments, %d dynamic sections)", path, loads, dynamics);
     return EK_OK;
+}
+
+static ek_status_t check_elf(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ek_fail(EK_ERR_SYSTEM, "cannot open plugin " PATH_FMT ": %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not a regular file", path);
+    }
+    if (st.st_size < 64) {
+        close(fd);
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not an ELF shared library", path);
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return ek_fail(EK_ERR_SYSTEM, "cannot read plugin " PATH_FMT ": %s", path, strerror(errno));
+    ek_status_t status = ek_plugin_check_elf(map, (size_t)st.st_size, path);
+    munmap(map, (size_t)st.st_size);
+    return status;
 }
 
 static void lib_free(struct ek_plugin_lib *lib) {
