@@ -450,12 +450,13 @@ def fuzz(c: Context, target: str = "all", time: int = 60, save: bool = False) ->
     atheris for the Python ones, each from its saved corpus; prints executions, coverage and findings.
 
     The C targets (built with clang into build/fuzz): ekm (the .ekm loader, then a launch of what
-    loaded), remote_session (a whole remote_server session from raw bytes, unpaired or paired) and
+    loaded), remote_session (a whole remote_server session from raw bytes, unpaired or paired),
     remote_frames (well-formed frames of fuzzed requests), plugin_elf (the check of a plugin library's
-    ELF headers before dlopen), app_options (edgekit-app's command line and CPU lists). The Python ones: onnx_import (the model
-    compiler on ONNX bytes) and elfcheck (the glibc-floor ELF check). A finding (crash, leak, timeout,
-    uncaught exception) stops that target with its input in build/fuzz/crashes/TARGET; once fixed, keep
-    the input in tests/fuzz/regressions/TARGET, which the tests run.
+    ELF headers before dlopen) and app_options (edgekit-app's command line and CPU lists). The Python
+    ones: onnx_import (the model compiler on ONNX bytes) and elfcheck (the glibc-floor ELF check). A
+    finding (crash, leak, timeout, uncaught exception) stops that target with its input in
+    build/fuzz/crashes/TARGET; once fixed, keep the input in tests/fuzz/regressions/TARGET, which the
+    tests run.
     """
     _ensure_host_package(c)
     flags = f" --target {target} --time {time}" + (" --save" if save else "")

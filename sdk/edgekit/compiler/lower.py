@@ -678,6 +678,8 @@ def _attrs_to_2d(attrs: dict[str, Any]) -> dict[str, Any]:
         if key in out:
             out[key] = [one, *out[key]]
     if "pads" in out:
+        if len(out["pads"]) != 2:
+            raise Unsupported(f"pads {list(out['pads'])} of a 1-D op: expected 2 values (begin, end)")
         out["pads"] = [0, out["pads"][0], 0, out["pads"][1]]
     if "output_shape" in out:
         out["output_shape"] = [1, *out["output_shape"][-1:]]
@@ -762,6 +764,8 @@ def _conv_transpose(
     ek = [(kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1]
     auto = _str(attrs.get("auto_pad", "NOTSET"))
     out_shape = [int(v) for v in attrs.get("output_shape", [])][-2:]
+    if len(adj) != 2 or len(out_shape) not in (0, 2):
+        raise Unsupported(f"output_padding {adj} / output_shape {out_shape}: one value per spatial axis")
     if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
         if not out_shape:
             out_shape = [h * strides[0], wd * strides[1]]
