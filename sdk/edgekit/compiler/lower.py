@@ -170,7 +170,12 @@ class StageLowering:
         raise Unsupported(f"{what} must be a constant (it is computed at run time)")
 
     def ints(self, value: Value | None, what: str) -> list[int]:
-        return [int(v) for v in self.const(value, what).reshape(-1)]
+        array = self.const(value, what)
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
+            raise CompileError(f"{self.where}: {what} holds values that are not whole numbers (ONNX: int64)")
+        if array.dtype.kind not in "iubf":
+            raise CompileError(f"{self.where}: {what} is {array.dtype}, expected integers (ONNX: int64)")
+        return [int(v) for v in array.reshape(-1)]
 
     def emit(
         self,
