@@ -981,9 +981,12 @@ def _concat(
     axis = axis + rank if axis < 0 else axis
     if not 0 <= axis < rank:
         raise CompileError(f"{s.where}: axis {attrs.get('axis')} out of range for rank {rank}")
+    if any(len(sh) != rank for sh in shapes):
+        listed = [list(x) for x in shapes]
+        raise CompileError(f"{s.where}: cannot concatenate shapes of different ranks {listed}")
     keep = [(v, sh) for v, sh in zip(values, shapes) if sh[axis] > 0]  # ONNX allows empty inputs
     for _v, sh in keep:
-        if len(sh) != rank or any(sh[i] != shapes[0][i] for i in range(rank) if i != axis):
+        if any(sh[i] != shapes[0][i] for i in range(rank) if i != axis):
             raise CompileError(
                 f"{s.where}: cannot concatenate shapes {[list(x) for x in shapes]} on axis {axis}"
             )

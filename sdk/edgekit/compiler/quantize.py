@@ -435,11 +435,11 @@ class _Pass:
         if node.domain not in ("", "ai.onnx"):
             return None
         op = node.op_type
+        if not node.output or not node.output[0]:
+            return None
         name = node.name or f"{op}_{node.output[0]}"
         if op == "QuantizeLinear":
             return self.requantize(node, name)
-        if not node.output or not node.output[0]:
-            return None
         sink = self.q_sink(node.output[0])
         if sink is None:
             return None

@@ -85,6 +85,14 @@ def _check_bindings(net: ekm.NetworkRecord, where: str) -> None:
                 raise CompileError(
                     f"{where}: network '{net.name}', stage {index}: a binding outside the stage"
                 )
+        # Each input is its own INPUT tensor and each output its own OUTPUT tensor, as the runtime loads them.
+        kinds = [(b, ekm.INPUT) for b in stage.input_bindings]
+        kinds += [(b, ekm.OUTPUT) for b in stage.output_bindings]
+        if len({b for b, _ in kinds}) != len(kinds) or any(stage.tensors[b].storage != k for b, k in kinds):
+            raise CompileError(
+                f"{where}: network '{net.name}', stage {index}: its inputs and outputs must be bound to "
+                "distinct input and output tensors"
+            )
 
 
 def _check_stage(net: ekm.NetworkRecord, index: int, where: str) -> None:
