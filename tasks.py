@@ -540,6 +540,49 @@ def bench(c: Context, quick: bool = False, board: str = "") -> None:
         )
 
 
+SOAK_HELP = {
+    "sessions": "remote_server sessions (default 10000; 0 skips the server soak)",
+    "loads": "model loads, from C and again from Python (default 10000; 0 skips them)",
+    "concurrency": "sessions at once (default 4)",
+    "seed": "seed of the random plan of session kinds and disconnect points (default 1)",
+    "kernels": "kernels of the load soak's runtimes: auto, portable or xnnpack (default auto)",
+    "work": "keep the model, remote_server's log and the C program in this directory (default: a temporary)",
+}
+
+
+@task(help=SOAK_HELP)
+def soak(
+    c: Context,
+    sessions: int = 10000,
+    loads: int = 10000,
+    concurrency: int = 4,
+    seed: int = 1,
+    kernels: str = "auto",
+    work: str = "",
+) -> None:
+    """Build (when sdk/ or edge_app/ changed), then the long soak (tests/soak.py; the suite runs short forms).
+
+    Server: this package's remote_server on a loopback port, through SESSIONS sessions, CONCURRENCY at
+    once, of random kinds: clean ones through ek.Device and ek.Context, and raw-socket ones dropped (closed
+    or reset) before or after HELLO, mid-frame header, mid-payload, mid model upload, with a LAUNCH or RUN
+    in flight, with memory and runtimes never freed, or ended by a protocol error. Its RSS and open fds
+    are sampled whenever it is idle: fds must come back exactly, RSS may grow by 1 MiB at most over the
+    second half; its log must account for every session, the board's heap and dump directory must be
+    empty, and a new client must still get correct inferences. Loads: a compiled two-convolution model
+    loaded into a fresh runtime, launched once (output checked against onnxruntime's) and destroyed,
+    LOADS times from C (tests/c/test_soak.c: malloc's heap in use, fds and RSS) and LOADS times through
+    `with ek.Context(...)`. Prints progress and a table per part; exits 1 when something grew or failed.
+    """
+    _ensure_host_package(c)
+    argv = (
+        f"--sessions {sessions} --loads {loads} --concurrency {concurrency} --seed {seed} --kernels {kernels}"
+    )
+    if work:
+        argv += f" --work {work}"
+    with c.cd(str(ROOT)):
+        c.run(f"{PYTHON} tests/soak.py {argv}", pty=False)
+
+
 def _bench_board(c: Context, quick: bool) -> None:
     """invoke bench --board emu: the host package (the compiler), the board's EdgeKit, the plugin, then
     python -m edgekit_packaging.bench_board (which sets up onnxruntime on the board itself)."""
@@ -639,5 +682,18 @@ def clean(c: Context) -> None:
 device = Collection("device")
 device.add_task(device_create, name="create")
 ns = Collection(
-    build, toolchains, package, flash, run_on_device, serve, doctor, lint, test, bench, demo, clean, device
+    build,
+    toolchains,
+    package,
+    flash,
+    run_on_device,
+    serve,
+    doctor,
+    lint,
+    test,
+    bench,
+    soak,
+    demo,
+    clean,
+    device,
 )

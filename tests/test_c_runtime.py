@@ -31,6 +31,7 @@ BINARIES = (
     "test_kernels_spatial",
     "test_kernels_quantized",
     "test_remote",
+    "test_soak",
 )
 JOBS = "2"
 BUILD_TIMEOUT_S = 600
