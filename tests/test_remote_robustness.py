@@ -1574,3 +1574,42 @@ def test_mapping_semantics(remote_server: Callable[..., Server]) -> None:
         mem.free()
         other.free()
     server.assert_serves()
+
+
+# ---- 11. the server's status line ---------------------------------------------------------------------
+
+
+def test_sigusr1_logs_the_status(remote_server: Callable[..., Server], tmp_path: Path) -> None:
+    """SIGUSR1 makes remote_server log one line: the sessions it counts open and started, malloc's bytes
+    in use and its open files (also with --quiet); the soak (tests/soak.py) reads it."""
+    status = re.compile(
+        r"remote_server: status: (\d+) sessions? open, (\d+) started; heap in use (\d+) bytes; "
+        r"(\d+) open files$",
+        re.M,
+    )
+
+    def status_of(server: Server) -> tuple[int, ...]:
+        before = len(status.findall(server.log))
+        server.proc.send_signal(signal.SIGUSR1)
+        server.wait_for("a status line", lambda: len(status.findall(server.log)) > before)
+        return tuple(map(int, status.findall(server.log)[-1]))
+
+    server = remote_server()
+    open_, started, heap, files = status_of(server)
+    assert (open_, started) == (0, 0) and heap > 0 and files >= 4, server.log
+    with ek.Device(server.url) as first, Raw(server.port) as raw:
+        raw.handshake()
+        first.malloc(1 << 20)
+        assert status_of(server)[:2] == (2, 2), server.log
+        assert status_of(server)[3] >= files + 2  # a socket and a wake pipe per session
+    server.wait_idle()
+    assert status_of(server)[:2] == (0, 2) and "status: 0 sessions open, 2 started;" in server.log
+    server.assert_serves()
+    quiet = start_server(tmp_path / "quiet.log", "--quiet")  # stopped here: it does not log "stopped"
+    try:
+        assert status_of(quiet)[:2] == (0, 0) and quiet.log.count("\n") == 1, quiet.log
+    finally:
+        quiet.proc.send_signal(signal.SIGTERM)
+        assert quiet.proc.wait(10) == 0
+        assert quiet.proc.stdout is not None
+        quiet.proc.stdout.close()

@@ -1609,6 +1609,18 @@ ek_status_t ek_server_run(ek_server_t *srv) {
     return EK_OK;
 }
 
+ek_status_t ek_server_stats(ek_server_t *srv, ek_server_stats_t *stats) {
+    if (!srv || !stats)
+        return ek_fail(EK_ERR_INVALID_ARG, "ek_server_stats: server or stats is NULL");
+    memset(stats, 0, sizeof *stats);
+    pthread_mutex_lock(&srv->lock);
+    for (struct session *s = srv->sessions; s; s = s->next)
+        stats->sessions_open += !s->finished;
+    stats->sessions_started = srv->sessions_started;
+    pthread_mutex_unlock(&srv->lock);
+    return EK_OK;
+}
+
 void ek_server_stop(ek_server_t *srv) {
     if (!srv)
         return;

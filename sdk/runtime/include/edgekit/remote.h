@@ -103,6 +103,13 @@ EK_API int ek_server_port(const ek_server_t *server);
 /* Accept and serve sessions until ek_server_stop; then close every session (freeing what they held)
  * and return. */
 EK_API ek_status_t ek_server_run(ek_server_t *server);
+/* What a server is doing: sessions open now (connected, or still freeing what they held), and sessions
+ * started since it was created. Any thread, while it runs or not. */
+typedef struct ek_server_stats {
+    int sessions_open;
+    uint64_t sessions_started;
+} ek_server_stats_t;
+EK_API ek_status_t ek_server_stats(ek_server_t *server, ek_server_stats_t *stats);
 /* Make ek_server_run return. Async-signal-safe (a signal handler may call it). */
 EK_API void ek_server_stop(ek_server_t *server);
 /* Free a server that is not running. */
