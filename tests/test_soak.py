@@ -94,11 +94,14 @@ def _sessions_log(sessions: int, extra: str = "") -> str:
 
 
 def _passing() -> ServerSoak:
-    samples = [Sample(100 * k, k, 8000 + (k % 3) * 100, 10, 10**8, 12) for k in range(1, 21)]
+    samples = [
+        Sample(100 * k, k, 8000 + (k % 3) * 100, 10, 125000 + (k % 2) * 900, 1, 10**8, 12)
+        for k in range(1, 21)
+    ]
     stats = {"used": 0, "allocations": 0}
     return ServerSoak(
-        2000, 4, samples=samples, start_fds=6, final_fds=6, connections=3, log=_sessions_log(3),
-        board_heap=(stats, dict(stats)),
+        2000, 4, samples=samples, start_fds=6, final_fds=6, final_status=(0, 3, 125000), connections=3,
+        log=_sessions_log(3), board_heap=(stats, dict(stats)),
     )  # fmt: skip
 
 
@@ -109,7 +112,13 @@ def test_server_checks_pass_flat_figures() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("rss", "RSS grew by 1028 KiB over the second half"),
+        ("rss", "RSS grew by 2052 KiB over the second half"),
+        ("heap", "heap in use grew by 24608 bytes over the second half, over the bound of 23584"),
+        (
+            "sessions_open",
+            "counts [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2] sessions open",
+        ),
+        ("final_status", "1 at the end, 3 started of 3"),
         ("fds", "open fds changed between idle points"),
         ("final_fds", "7 open fds after every session closed, 6 before"),
         ("client_fds", "the clients' open fds changed"),
@@ -123,7 +132,13 @@ def test_server_checks_fail_on_growth(change: str, message: str) -> None:
     result = copy.deepcopy(_passing())
     last = result.samples[-1]
     if change == "rss":
-        last.rss_kib = result.samples[10].rss_kib + soak.RSS_BOUND_KIB + 4  # 257 bytes per session
+        last.rss_kib = result.samples[10].rss_kib + soak.RSS_BOUND_KIB + 4
+    elif change == "heap":  # over 900 sessions: a 32-byte block for 6 sessions in 7
+        last.heap = result.samples[10].heap + 24608
+    elif change == "sessions_open":
+        last.sessions_open = 2
+    elif change == "final_status":
+        result.final_status = (1, 3, 125000)
     elif change == "fds":
         result.samples[15].fds += 1
     elif change == "final_fds":
