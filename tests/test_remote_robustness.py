@@ -501,6 +501,27 @@ def case_fields_left_over(port: int) -> None:
         raw.ended(E_CONNECTION, "after its fields")
 
 
+def case_run_with_fields_left_over(port: int) -> None:
+    """RUN and DEV_SYNC are answered later, and once skipped the check (a RUN ran with bytes left over)."""
+    mlp = compile_ekm("mlp").read_bytes()
+    with Raw(port) as raw:
+        raw.handshake()
+        rt = raw.ok(RT_CREATE, u32(0) + i64(1)).u64()
+        raw.ok(UPLOAD, u64(len(mlp)) + u64(0) + blob(mlp))
+        raw.ok(LOAD, u64(rt))
+        run = u64(rt) + text("mlp") + u32(1) + shape(1, 64) + blob(bytes(256)) + i64(1) + u64(0) + u32(0)
+        assert raw.ok(RUN, run).u32() == 1
+        raw.send(RUN, run + b"\0\0\0")
+        raw.ended(E_CONNECTION, "a request (type 18) with 3 bytes after its fields")
+
+
+def case_dev_sync_with_a_payload(port: int) -> None:
+    with Raw(port) as raw:
+        raw.handshake()
+        raw.send(DEV_SYNC, u32(0))
+        raw.ended(E_CONNECTION, "a request (type 4) with 4 bytes after its fields")
+
+
 def case_empty_payloads(port: int) -> None:
     """Every request type with an empty payload: an error, never a crash."""
     with_fields = (DEV_OPEN, COH_REPORT, MALLOC, FREE, WRITE, READ, COPY, RT_CREATE, RT_DESTROY, UPLOAD, LOAD)

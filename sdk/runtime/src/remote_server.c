@@ -1038,7 +1038,8 @@ static ek_status_t h_run(struct session *s, uint64_t request, struct ek_rbuf *in
     get_options(in, &options, &flags);
     if (!in->bad && status == EK_OK)
         status = prepare_extras(s, l, flags, &options);
-    if (in->bad || status != EK_OK) {
+    /* Bytes after the fields end the session (the caller says so): nothing is launched for them. */
+    if (in->bad || status != EK_OK || in->pos != in->len) {
         free_launch(s, l);
         return status;
     }
@@ -1220,10 +1221,11 @@ static bool handle(struct session *s, const struct ek_wire_header *h, const uint
             status = ek_fail(EK_ERR_CONNECTION, "a malformed request (type %u): %s", h->type, in.why);
             fatal = true;
             later = false;
-        } else if (status == EK_OK && !later && in.pos != in.len) {
+        } else if (status == EK_OK && in.pos != in.len) { /* replied to later (RUN, DEV_SYNC) or not */
             status = ek_fail(EK_ERR_CONNECTION, "a request (type %u) with %zu bytes after its fields", h->type,
                              in.len - in.pos);
             fatal = true;
+            later = false;
         }
     }
     bool alive = !fatal;
