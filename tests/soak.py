@@ -12,11 +12,15 @@ allocated. Sessions run in batches, up to ``concurrency`` at once, each of a ran
 clean ones through ``ek.Device`` / ``ek.Context`` (the C client), and raw-socket ones that drop the
 connection at a random point (before or after HELLO, mid-frame header, mid-payload, mid model upload,
 with a LAUNCH or RUN in flight, with memory and runtimes never freed, after a protocol error), by a
-close or a reset (SO_LINGER 0). After each batch the server is left idle and sampled (VmRSS,
-/proc/PID/fd); at the end its fds must be exactly the ones it had after the first batch (and, once the
-holder closes, the ones it started with), its RSS over the second half may grow by at most
-``RSS_BOUND_KIB``, its log must account for every session and hold only expected lines, its dump scratch
-directory must be empty, and a fresh client must still get correct inferences.
+close or a reset (SO_LINGER 0). After each batch the server is left idle and sampled: its own status
+line (SIGUSR1: the sessions it counts open, malloc's bytes in use), VmRSS and /proc/PID/fd, and this
+process's heap and fds (the clients). ``ServerSoak.check`` then wants: the holder's session alone open
+at each idle point and none at the end; the server's heap in use and RSS within their bounds over the
+second half; its fds the same at every idle point and, once the holder closes, the ones it started
+with (the clients' fds the same too); the board's heap as the holder first saw it; the log accounting
+for every session with only expected lines; the server's TMPDIR (dumps) empty after it exits. And a
+fresh client must still get correct inferences. See docs/hardening.md for the bounds and the allocator
+settings the server runs with.
 
 Load soak: tests/c/test_soak.c (compiled here against the installed libedgekit) loads a compiled model
 (``soak_model``: two convolutions and a Gemm, from an ONNX graph built with onnx.helper) in a fresh
