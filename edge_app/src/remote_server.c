@@ -6,6 +6,8 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,7 @@ static const char help_text[] =
     "exit status: 0 after SIGINT/SIGTERM, 2 for bad flags, 1 when it cannot listen.\n";
 
 static ek_server_t *server;
+static _Atomic bool status_stopping; /* main is about to free the server: the status thread returns */
 
 static void on_signal(int sig) {
     (void)sig;
@@ -90,6 +93,8 @@ static void *status_main(void *arg) {
         int sig;
         if (sigwait(&set, &sig) != 0)
             continue;
+        if (status_stopping)
+            return NULL;
         ek_server_stats_t stats;
         if (ek_server_stats(server, &stats) != EK_OK)
             continue;
@@ -203,8 +208,7 @@ int main(int argc, char **argv) {
     sigaddset(&usr1, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &usr1, NULL);
     pthread_t status_thread;
-    if (pthread_create(&status_thread, NULL, status_main, NULL) == 0)
-        pthread_detach(status_thread);
+    bool status_started = pthread_create(&status_thread, NULL, status_main, NULL) == 0;
     /* Before the line below: a script that reads it may stop the server at once, and must see a clean
      * stop (exit 0), not a death by SIGINT. ek_server_stop before ek_server_run is honoured. */
     struct sigaction sa;
@@ -217,6 +221,11 @@ int main(int argc, char **argv) {
     printf("remote_server listening on %s:%d\n", config.host ? config.host : "127.0.0.1", ek_server_port(server));
     fflush(stdout);
     ek_status_t status = ek_server_run(server);
+    if (status_started) { /* before the server it reads goes */
+        status_stopping = true;
+        pthread_kill(status_thread, SIGUSR1);
+        pthread_join(status_thread, NULL);
+    }
     ek_server_destroy(server);
     if (status != EK_OK) {
         fprintf(stderr, "remote_server: %s\n", ek_last_error());
