@@ -446,8 +446,10 @@ FUZZ_HELP = {
 
 @task(help=FUZZ_HELP)
 def fuzz(c: Context, target: str = "all", time: int = 60, save: bool = False) -> None:
-    """Coverage-guided fuzzing (tests/fuzz/README.md): libFuzzer under ASan + UBSan for the C targets,
-    atheris for the Python ones, each from its saved corpus; prints executions, coverage and findings.
+    """Coverage-guided fuzzing of every parser of untrusted bytes (docs/hardening.md).
+
+    libFuzzer under ASan + UBSan for the C targets, atheris for the Python ones, each from its saved
+    corpus; prints executions, coverage and findings.
 
     The C targets (built with clang into build/fuzz): ekm (the .ekm loader, then a launch of what
     loaded), remote_session (a whole remote_server session from raw bytes, unpaired or paired),
@@ -693,6 +695,7 @@ ns = Collection(
     test,
     bench,
     soak,
+    fuzz,
     demo,
     clean,
     device,

@@ -1,4 +1,4 @@
-"""The fuzz targets (tests/fuzz/README.md) in CI: each fuzzes for a short, fixed time from its saved
+"""The fuzz targets (docs/hardening.md) in CI: each fuzzes for a short, fixed time from its saved
 corpus and must end clean (no crash, leak, sanitizer report, timeout or uncaught exception), and every
 input that once found a bug (tests/fuzz/regressions/TARGET) is run again. The long campaigns are
 `invoke fuzz --target X --time N`."""

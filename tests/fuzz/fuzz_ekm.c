@@ -1,7 +1,7 @@
 /* libFuzzer target: the .ekm loader (src/model.c, every op's prepare), then one launch of each network
  * that loaded, on inputs of its first stage's shapes. A load that fails must say why (a status and a
  * message); nothing may crash, leak or read out of bounds (ASan + UBSan). Portable kernels: the XNNPACK
- * library is not instrumented. Run through `invoke fuzz --target ekm` (tests/fuzz/README.md). */
+ * library is not instrumented. Run through `invoke fuzz --target ekm` (docs/hardening.md). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

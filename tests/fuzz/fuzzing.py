@@ -1,4 +1,4 @@
-"""Build and run EdgeKit's fuzz targets (tests/fuzz/README.md): ``invoke fuzz`` and tests/test_fuzz.py.
+"""Build and run EdgeKit's fuzz targets (docs/hardening.md): ``invoke fuzz`` and tests/test_fuzz.py.
 
 The C targets are libFuzzer binaries built by clang under ASan + UBSan (tests/fuzz/CMakeLists.txt); the
 Python ones are atheris scripts. Both take libFuzzer's flags and print its statistics, which this

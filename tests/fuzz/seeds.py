@@ -1,4 +1,4 @@
-"""Seed the C fuzz targets' corpora from the test models (tests/fuzz/README.md):
+"""Seed the C fuzz targets' corpora from the test models (docs/hardening.md):
 
 - ekm: each ONNX seed of the onnx_import corpus that compiles, as .ekm (float32 and int8 models, many
   op types), up to the target's max_len;
