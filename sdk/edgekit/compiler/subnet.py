@@ -24,7 +24,7 @@ import onnx
 from onnx import helper
 
 from edgekit.compiler import ekm, fold, onnx_import
-from edgekit.compiler.graph import ATTR_TYPES, NHWC, ONNX, CompileError, Graph, Op, OpType, Shape
+from edgekit.compiler.graph import ATTR_TYPES, NHWC, ONNX, AttrType, CompileError, Graph, Op, OpType, Shape
 
 if TYPE_CHECKING:
     from edgekit.compiler.lower import StageLowering, Value
@@ -95,6 +95,14 @@ def _check_bindings(net: ekm.NetworkRecord, where: str) -> None:
             )
 
 
+def _attr_is(kind: AttrType, value: object) -> bool:
+    """Whether an attribute value read from a file is of the type the op table gives its name."""
+    if kind in (AttrType.INTS, AttrType.FLOATS):
+        element = int if kind == AttrType.INTS else float
+        return isinstance(value, list) and all(isinstance(v, element) for v in value)
+    return isinstance(value, {AttrType.INT: int, AttrType.FLOAT: float, AttrType.STRING: str}[kind])
+
+
 def _check_stage(net: ekm.NetworkRecord, index: int, where: str) -> None:
     """What inlining relies on, beyond what ekm.read checks: float32 tensors, known op types and attributes,
     operands inside the stage. (The runtime's loader checks the inlined result again.)"""
@@ -123,6 +131,11 @@ def _check_stage(net: ekm.NetworkRecord, index: int, where: str) -> None:
         if unknown:
             raise CompileError(
                 f"{where}: network '{net.name}': op '{rec.name}' has unknown attributes {unknown}"
+            )
+        mistyped = [a for a, v in rec.attrs.items() if not _attr_is(ATTR_TYPES[a], v)]
+        if mistyped:
+            raise CompileError(
+                f"{where}: network '{net.name}': op '{rec.name}' has attributes of the wrong type {mistyped}"
             )
         for operand in [*rec.inputs, *rec.outputs]:
             if operand is not None and not 0 <= operand < count:
