@@ -171,11 +171,14 @@ class StageLowering:
 
     def ints(self, value: Value | None, what: str) -> list[int]:
         array = self.const(value, what)
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
-            raise CompileError(f"{self.where}: {what} holds values that are not whole numbers (ONNX: int64)")
         if array.dtype.kind not in "iubf":
             raise CompileError(f"{self.where}: {what} is {array.dtype}, expected integers (ONNX: int64)")
-        return [int(v) for v in array.reshape(-1)]
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
+            raise CompileError(f"{self.where}: {what} holds values that are not whole numbers (ONNX: int64)")
+        values = [int(v) for v in array.reshape(-1)]
+        if any(not -(2**63) <= v < 2**63 for v in values):
+            raise CompileError(f"{self.where}: {what} holds values outside int64")
+        return values
 
     def emit(
         self,
@@ -904,13 +907,13 @@ def _reshape(
     out = [shape[i] if (d == 0 and not allowzero and i < len(shape)) else d for i, d in enumerate(target)]
     if out.count(-1) > 1:
         raise CompileError(f"{s.where}: shape {target} has more than one -1")
-    total = int(np.prod(shape, dtype=np.int64))
+    total = math.prod(shape)
     if -1 in out:
-        known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
+        known = math.prod(d for d in out if d != -1)
         if known == 0 or total % known:
             raise CompileError(f"{s.where}: cannot reshape {list(shape)} to {target}")
         out[out.index(-1)] = total // known
-    if int(np.prod(out, dtype=np.int64)) != total:
+    if math.prod(out) != total or min(out, default=0) < 0:
         raise CompileError(f"{s.where}: cannot reshape {list(shape)} to {target}")
     return [s.reshape(x, out)]
 

@@ -106,6 +106,8 @@ def _check_text(message: Any, where: str) -> None:  # any protobuf message of th
     """Every string field of the model is text. Protobuf hands Python a string field that is not valid
     UTF-8 as bytes, which name lookups and the .ekm writer would trip over much later."""
     for descriptor, value in message.ListFields():
+        if descriptor.type not in (descriptor.TYPE_MESSAGE, descriptor.TYPE_STRING):
+            continue  # numbers: a tensor's float_data may hold millions
         items = list(value) if descriptor.is_repeated else [value]
         for index, item in enumerate(items):
             place = f"{where}.{descriptor.name}" + (f"[{index}]" if descriptor.is_repeated else "")
