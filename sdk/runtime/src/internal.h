@@ -184,7 +184,8 @@ ek_status_t ek_rc_launch_data_staged(ek_rt_t rt, const char *net_name, const voi
 /* ---- remote_server.c ---- */
 /* Serve one session on an already connected socket `fd`, on the calling thread, exactly as the listener's
  * session threads do, and close it. For the fuzz targets (tests/fuzz), which drive whole sessions
- * without a listener or a thread per session. */
+ * without a listener or a thread per session. Such a session counts in ek_server_stats' sessions_started,
+ * not in sessions_open (it is not on the listener's list). */
 struct ek_server;
 ek_status_t ek_server_serve_fd(struct ek_server *server, int fd, const char *peer);
 

@@ -1343,10 +1343,12 @@ static void *session_main(void *arg) {
     session_cleanup(s);
     close(s->ch.fd);
     ek_channel_wipe(&s->ch);
-    slog(srv, "session %llu (%s) ended: %s", (unsigned long long)s->number, s->ch.peer, reason);
+    /* Finished (no longer counted open by ek_server_stats) before the log says so; the listener joins
+     * the thread before freeing `s`, so the line below may still read it. */
     pthread_mutex_lock(&srv->lock);
     s->finished = true;
     pthread_mutex_unlock(&srv->lock);
+    slog(srv, "session %llu (%s) ended: %s", (unsigned long long)s->number, s->ch.peer, reason);
     return NULL;
 }
 
