@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -252,7 +251,7 @@ static const char *machine_name(unsigned machine) {
  * whose message for a library of another machine ("wrong ELF class" or "cannot open shared object
  * file") hides the reason, and which trusts the program headers it maps by: a truncated copy of a
  * library must be refused here, not read past its end. */
-ek_status_t ek_plugin_check_elf(const unsigned char *h, size_t size, const char *path) {
+ek_status_t ek_plugin_check_elf(const unsigned char *h, size_t size, uint64_t file_size, const char *path) {
     if (size < 20 || memcmp(h, ELFMAG, SELFMAG) != 0)
         return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not an ELF shared library", path);
     bool little = h[EI_DATA] == ELFDATA2LSB;
@@ -288,19 +287,24 @@ ek_status_t ek_plugin_check_elf(const unsigned char *h, size_t size, const char 
     if (eh.e_phentsize != sizeof(ElfW(Phdr)) || eh.e_phnum == 0 || eh.e_phnum > MAX_PLUGIN_PHDRS)
         return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is damaged: %u program headers of %u bytes",
                        path, (unsigned)eh.e_phnum, (unsigned)eh.e_phentsize);
-    if (eh.e_phoff > size || (size - eh.e_phoff) / sizeof(ElfW(Phdr)) < eh.e_phnum)
+    if (eh.e_phoff > file_size || (file_size - eh.e_phoff) / sizeof(ElfW(Phdr)) < eh.e_phnum)
         return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is truncated or damaged: its program headers "
-                       "(at byte %llu) end past its %zu bytes", path, (unsigned long long)eh.e_phoff, size);
+                       "(at byte %llu) end past its %llu bytes", path, (unsigned long long)eh.e_phoff,
+                       (unsigned long long)file_size);
+    if (eh.e_phoff > size || (size - eh.e_phoff) / sizeof(ElfW(Phdr)) < eh.e_phnum)
+        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is damaged: its program headers are at byte %llu, "
+                       "not near its start where a shared library has them", path, (unsigned long long)eh.e_phoff);
     int loads = 0, dynamics = 0;
     for (unsigned i = 0; i < eh.e_phnum; i++) {
         ElfW(Phdr) ph;
         memcpy(&ph, h + eh.e_phoff + (size_t)i * sizeof ph, sizeof ph);
         if (ph.p_type != PT_LOAD && ph.p_type != PT_DYNAMIC)
             continue;
-        if (ph.p_offset > size || ph.p_filesz > size - ph.p_offset)
+        if (ph.p_offset > file_size || ph.p_filesz > file_size - ph.p_offset)
             return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is truncated or damaged: its segment %u ends at "
-                           "byte %llu of %zu (a partial copy?)", path, i,
-                           (unsigned long long)ph.p_offset + (unsigned long long)ph.p_filesz, size);
+                           "byte %llu of %llu (a partial copy?)", path, i,
+                           (unsigned long long)ph.p_offset + (unsigned long long)ph.p_filesz,
+                           (unsigned long long)file_size);
         if (ph.p_type == PT_LOAD && ph.p_filesz > ph.p_memsz)
             return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is damaged: segment %u has more bytes in the "
                            "file than in memory", path, i);
@@ -313,8 +317,12 @@ ek_status_t ek_plugin_check_elf(const unsigned char *h, size_t size, const char 
     return EK_OK;
 }
 
+/* The most of a plugin file the check reads: its ELF header and program headers, which come first. */
+#define PLUGIN_HEAD_BYTES (256u << 10)
+
 static ek_status_t check_elf(const char *path) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named as a plugin must not block the open; it is refused below. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return ek_fail(EK_ERR_SYSTEM, "cannot open plugin " PATH_FMT ": %s", path, strerror(errno));
     struct stat st;
@@ -322,16 +330,26 @@ static ek_status_t check_elf(const char *path) {
         close(fd);
         return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not a regular file", path);
     }
-    if (st.st_size < 64) {
+    /* Read, not mapped: a file cut short while it is checked must not fault this process. */
+    uint64_t file_size = (uint64_t)st.st_size;
+    size_t want = file_size < PLUGIN_HEAD_BYTES ? (size_t)file_size : PLUGIN_HEAD_BYTES;
+    unsigned char *head = malloc(want ? want : 1);
+    if (!head) {
         close(fd);
-        return ek_fail(EK_ERR_UNSUPPORTED, "plugin " PATH_FMT " is not an ELF shared library", path);
+        return ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory to check plugin " PATH_FMT, path);
     }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    size_t got = 0;
+    while (got < want) {
+        ssize_t k = pread(fd, head + got, want - got, (off_t)got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+    }
     close(fd);
-    if (map == MAP_FAILED)
-        return ek_fail(EK_ERR_SYSTEM, "cannot read plugin " PATH_FMT ": %s", path, strerror(errno));
-    ek_status_t status = ek_plugin_check_elf(map, (size_t)st.st_size, path);
-    munmap(map, (size_t)st.st_size);
+    ek_status_t status = ek_plugin_check_elf(head, got, got < want ? got : file_size, path);
+    free(head);
     return status;
 }
 

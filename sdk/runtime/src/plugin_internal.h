@@ -12,10 +12,11 @@ struct ek_plugin_lib;
 
 /* Load a library into a runtime: ELF check, dlopen, ABI version, registration, no op registered twice. */
 ek_status_t ek_plugin_load(struct ek_runtime *rt, const char *path);
-/* The check of a plugin file before dlopen, on its `size` bytes (`path` names it in messages): an ELF shared
- * library of this machine, class and byte order whose program headers and loadable segments lie inside
- * the file (EK_ERR_UNSUPPORTED saying what is wrong). */
-ek_status_t ek_plugin_check_elf(const unsigned char *data, size_t size, const char *path);
+/* The check of a plugin file before dlopen, on its first `size` bytes of `file_size` (`path` names it in
+ * messages): an ELF shared library of this machine, class and byte order whose program headers (within
+ * the bytes given) and loadable and dynamic segments (within the file) are all there
+ * (EK_ERR_UNSUPPORTED saying what is wrong). */
+ek_status_t ek_plugin_check_elf(const unsigned char *data, size_t size, uint64_t file_size, const char *path);
 /* Close a destroyed runtime's libraries (its models are freed already). */
 void ek_plugin_unload_all(struct ek_runtime *rt);
 /* Prepare a PLUGIN op of a model being loaded against `plugins` (NULL: none loaded): the registration
