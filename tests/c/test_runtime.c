@@ -942,6 +942,71 @@ static void test_callback_waits_for_its_launch(void)
     teardown(dev, rt);
 }
 
+/* Regression (found by the TSan hammer): ek_rt_launch_tensor filled the caller's outputs and launch
+ * handle after queueing the launch, so an on_done that ran before the call returned could read a
+ * runtime-allocated output's memory handle as 0 (and TSan saw the race). Each callback here reads the
+ * output and its own launch handle from the caller's variables, at once. */
+struct sees_outputs {
+    ek_dev_t dev;
+    ek_tensor_t y;
+    ek_launch_t launch;
+    float seed;
+    atomic_int ok;
+};
+
+static void read_outputs_in_callback(void *user, ek_status_t status)
+{
+    struct sees_outputs *s = user;
+    int ok = status == EK_OK && s->launch.id != 0 && s->y.mem.id != 0 && check_output_a(s->dev, &s->y, 1, s->seed) &&
+             ek_launch_wait(s->launch, 0) == EK_OK; /* its own launch, from its callback: its status at once */
+    atomic_store(&s->ok, ok ? 1 : -1);
+}
+
+static void test_callback_sees_outputs_and_handle(void)
+{
+    ek_dev_t dev;
+    ek_rt_t rt;
+    if (!setup(&dev, &rt, EK_COHERENCE_DEFAULT))
+        return;
+    enum { N = 20 };
+    static struct sees_outputs s[N];
+    ek_tensor_t x[N];
+    for (int i = 0; i < N; i++) {
+        memset(&s[i], 0, sizeof s[i]);
+        s[i].dev = dev;
+        s[i].seed = (float)i;
+        x[i] = input_a(dev, 1, s[i].seed);
+    }
+    /* One launch at a time on idle workers, and no call into the runtime until its callback is over, so
+     * nothing but the launch itself orders the caller's writes before the callback's reads. */
+    int launched = 0;
+    for (; launched < N; launched++) {
+        struct sees_outputs *o = &s[launched];
+        ek_launch_options_t opt;
+        memset(&opt, 0, sizeof opt);
+        opt.on_done = read_outputs_in_callback;
+        opt.user_data = o;
+        if (!CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x[launched], 1, &o->y, 1, false, &opt, &o->launch)))
+            break;
+        struct timespec t0, now;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        do
+            clock_gettime(CLOCK_MONOTONIC, &now);
+        while (atomic_load(&o->ok) == 0 && now.tv_sec - t0.tv_sec < 30);
+    }
+    CHECK_OK(ek_dev_sync(dev));
+    for (int i = 0; i < launched; i++) {
+        if (atomic_load(&s[i].ok) != 1)
+            printf("    launch %d: its callback saw %s\n", i, s[i].y.mem.id ? "a wrong output" : "no output memory");
+        CHECK(atomic_load(&s[i].ok) == 1);
+        CHECK_STATUS(ek_launch_wait(s[i].launch, 0), EK_ERR_FREED_HANDLE); /* the callback's wait retired it */
+        CHECK_OK(ek_free_device(dev, s[i].y.mem));
+    }
+    for (int i = 0; i < N; i++)
+        CHECK_OK(ek_free_device(dev, x[i].mem));
+    teardown(dev, rt);
+}
+
 struct nested {
     ek_rt_t rt;
     ek_dev_t dev;
@@ -1763,6 +1828,7 @@ int main(void)
     RUN(test_launch_data);
     RUN(test_wait_timeout_and_callbacks);
     RUN(test_callback_waits_for_its_launch);
+    RUN(test_callback_sees_outputs_and_handle);
     RUN(test_sync_calls_from_callbacks);
     RUN(test_freed_input_and_dev_sync);
     RUN(test_threads_and_mask);

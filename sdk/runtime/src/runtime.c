@@ -737,47 +737,30 @@ static ek_status_t launch(struct ek_runtime *rt, const char *net_name, const ek_
         t->dtype = desc->dtype;
         desc_shape(desc, &t->shape);
     }
-    ek_tensor_t *out_copy = NULL;
-    if (status == EK_OK && !(out_copy = malloc((size_t)output_count * sizeof *out_copy)))
-        status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory for a launch");
     if (status != EK_OK) {
         for (int i = 0; i < allocated; i++)
             ek_rt_free(rt, rec->tensors[input_count + i].mem, rec->tensors[input_count + i].offset);
         ek_launch_discard(rec);
         return status;
     }
-    /* Copy before submitting: the record may be finished and freed by the time submit returns. */
-    memcpy(out_copy, rec->tensors + input_count, (size_t)output_count * sizeof *out_copy);
-    /* A launch with DYNAMIC outputs sets their shapes in the caller's array when it ends, maybe before
-     * submit returns: fill it first. */
-    bool dynamic = rec->caller_outputs != NULL;
-    if (dynamic)
-        memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
-    uint64_t handle = rec->handle;
+    /* The caller's outputs and launch handle are filled before the launch is queued: it may end, and
+     * its on_done read them (or the launch set a DYNAMIC output's shape there), before submit returns. */
+    memcpy(outputs, rec->tensors + input_count, (size_t)output_count * sizeof *outputs);
+    if (launch_out)
+        launch_out->id = rec->handle;
     if (rec->profile)
         rec->submit_ns = ek_now_ns();
-    if (wait) {
-        /* user_mem (ek_rt_run, ek_rt_launch_data): nothing allocated here, and the caller's outputs
-         * hold the dtypes and shapes before the launch sets a dynamic output's. */
-        if (!dynamic)
-            memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
-        free(out_copy);
+    if (wait) /* user_mem (ek_rt_run, ek_rt_launch_data): nothing allocated here */
         return ek_launch_run(rec);
-    }
-    if ((status = ek_launch_submit(rec)) != EK_OK) {
+    if ((status = ek_launch_submit(rec)) != EK_OK) { /* the record is discarded */
         for (int i = 0; i < allocated; i++) {
-            ek_rt_free(rt, out_copy[i].mem, out_copy[i].offset);
-            if (dynamic) /* the caller's array was filled: no freed handle left in it */
-                outputs[i].mem.id = 0;
+            ek_rt_free(rt, outputs[i].mem, outputs[i].offset);
+            outputs[i].mem.id = 0; /* no freed handle left in the caller's array */
         }
-        free(out_copy);
+        if (launch_out)
+            launch_out->id = 0;
         return status;
     }
-    if (!dynamic)
-        memcpy(outputs, out_copy, (size_t)output_count * sizeof *out_copy);
-    free(out_copy);
-    if (launch_out)
-        launch_out->id = handle;
     return EK_OK;
 }
 

@@ -334,7 +334,8 @@ typedef struct ek_launch_options {
  * invalidate outputs before reading them through one). With `user_mem` the caller's
  * outputs[i].mem/offset receive the outputs; without, the runtime allocates each output on the
  * device, and the caller frees it with ek_free_device (a runtime with an allocator: gives it back with
- * ek_allocator_free). The call fills outputs[i] dtype and shape.
+ * ek_allocator_free). The call fills outputs[i] dtype and shape, and *launch, before it queues the
+ * launch, so its on_done may read them there (it may run before the call returns).
  * `launch` may be NULL: the launch is then waited for only by ek_dev_sync, which reports its error.
  * Inputs and outputs must stay allocated until the launch ends. `options` may be NULL.
  * Dynamic outputs (ek_io_info_t.dynamic): the call fills their largest shape; when the launch ends it
