@@ -421,11 +421,12 @@ def lint(c: Context) -> None:
 def test(c: Context, k: str = "", no_lint: bool = False) -> None:
     """Build (when sdk/ or edge_app/ changed), lint, and run the whole test suite with pytest (CI runs it).
 
-    The suite covers the C runtime (also under ASan/UBSan), warning-free builds with gcc, the aarch64
-    cross gcc and zig, the cross-build, packages and flashing to the emulated boards and over SSH, the
-    conan package, the Python API, the compiler, the test models against onnxruntime (host and boards,
-    both kernel paths), ONNX's node tests, corrupt models, the docs' examples. emu-debian12 runs every
-    board test, emu-debian13 a subset (tests/conftest.py EMU_BOARDS).
+    The suite covers the C runtime (also under ASan/UBSan, and its threaded tests with the hammer's short
+    form under TSan), warning-free builds with gcc, the aarch64 cross gcc and zig, the cross-build,
+    packages and flashing to the emulated boards and over SSH, the conan package, the Python API, the
+    compiler, the test models against onnxruntime (host and boards, both kernel paths), ONNX's node
+    tests, corrupt models, the docs' examples. emu-debian12 runs every board test, emu-debian13 a subset
+    (tests/conftest.py EMU_BOARDS).
     """
     _ensure_host_package(c)
     if not no_lint:
@@ -466,6 +467,49 @@ def fuzz(c: Context, target: str = "all", time: int = 60, save: bool = False) ->
         result = c.run(f"{PYTHON} tests/fuzz/fuzzing.py{flags}", warn=True)
     if result is None or result.exited != 0:
         raise Exit("error: a fuzz target found a problem or could not run (see above)", code=1)
+
+
+HAMMER_HELP = {
+    "seconds": "how long the 8 threads run (default 600; CI runs 2 in the test suite)",
+    "iterations": "stop each thread after this many steps instead, if sooner (default 0: no limit)",
+    "kernels": "portable, xnnpack or auto (EDGEKIT_KERNELS; default: auto, XNNPACK where it is built)",
+}
+
+
+@task(help=HAMMER_HELP)
+def hammer(c: Context, seconds: int = 600, iterations: int = 0, kernels: str = "") -> None:
+    """The long form of the C hammer (tests/c/test_hammer.c) under ThreadSanitizer.
+
+    Builds tests/c with -DEDGEKIT_TSAN=ON and clang in build/tsan, then runs test_hammer: 8 threads
+    sharing one device and runtime (launches of every kind, waits with timeouts, callbacks that
+    relaunch, workspaces, models loaded, runtimes destroyed while in use). Fails on a wrong result, a
+    TSan report (data race, lock-order inversion) or a leak; prints what it did. The test suite runs the
+    same binary for 2 s (tests/test_c_runtime.py).
+    """
+    if kernels not in ("", "portable", "xnnpack", "auto"):
+        raise Exit(f"error: --kernels {kernels}: use portable, xnnpack or auto", code=2)
+    if shutil.which("clang") is None:
+        raise Exit("error: no clang on PATH (Debian: apt-get install clang libclang-rt-14-dev)", code=1)
+    build_dir = ROOT / "build" / "tsan"
+    generator = "-G Ninja" if shutil.which("ninja") and not (build_dir / "Makefile").exists() else ""
+    say(f"build tests/c with ThreadSanitizer in {build_dir}")
+    c.run(
+        f"cmake -S {ROOT / 'tests' / 'c'} -B {build_dir} {generator} -DEDGEKIT_SOURCE_DIR={ROOT} "
+        "-DCMAKE_BUILD_TYPE=Debug -DEDGEKIT_TSAN=ON -DCMAKE_C_COMPILER=clang",
+        hide="stdout",
+    )
+    c.run(f"cmake --build {build_dir} --target test_hammer --parallel 2", hide="stdout")
+    env = {"EDGEKIT_DEVICES": "2", "TSAN_OPTIONS": "halt_on_error=1 second_deadlock_stack=1"}
+    if kernels:
+        env["EDGEKIT_KERNELS"] = kernels
+    # Without ASLR: clang 14's TSan runtime cannot map its shadow under newer kernels' wider randomisation.
+    no_aslr = f"setarch {os.uname().machine} -R " if shutil.which("setarch") else ""
+    say(f"test_hammer --seconds {seconds}" + (f" --iterations {iterations}" if iterations else ""))
+    c.run(
+        f"{no_aslr}{build_dir / 'test_hammer'} --seconds {seconds} --iterations {iterations}",
+        env=env,
+        pty=False,
+    )
 
 
 BENCH_HELP = {
@@ -693,6 +737,7 @@ ns = Collection(
     doctor,
     lint,
     test,
+    hammer,
     bench,
     soak,
     fuzz,
