@@ -12,8 +12,8 @@
  *     a destroyed runtime is EK_ERR_FREED_HANDLE, destroying it again EK_ERR_DOUBLE_FREE, destroying it
  *     from its own callback EK_ERR_BUSY;
  *   - ek_dev_sync while the others keep launching, and a profile cleared while launches record into it;
- *   - a "churn" runtime that threads launch on while others replace and destroy it: a launch either
- *     succeeds with the right output or gets EK_ERR_FREED_HANDLE, never anything else.
+ *   - a "churn" runtime that threads launch on and load networks into while others replace and destroy
+ *     it: a call either succeeds, with the right output, or gets EK_ERR_FREED_HANDLE, never anything else.
  * Outputs are compared with their expected values; at the end the device heap is back where it began.
  *
  * How long: --seconds S (or EKT_SECONDS; default 2) and --iterations N per thread (or EKT_ITERATIONS;
@@ -122,7 +122,7 @@ static struct timespec deadline;
 static long max_iterations;
 
 static atomic_long n_iterations, n_run, n_tensor, n_data, n_chain, n_private, n_workspace, n_loads, n_timeouts,
-    n_runtimes, n_churn_ok, n_churn_freed, n_churn_swaps, n_profiled, n_profile_clears, n_syncs;
+    n_runtimes, n_churn_ok, n_churn_freed, n_churn_swaps, n_profiled, n_profile_clears, n_syncs, n_churn_loads;
 static _Atomic uint64_t max_sync_ns; /* the longest ek_dev_sync while the others kept launching */
 
 static int past_deadline(void)
@@ -618,10 +618,12 @@ static ek_status_t make_churn(ek_rt_t *rt)
     return EK_OK;
 }
 
+/* The outcome of a call on the churn runtime; with `w`, its output y checked. */
 static void churn_result(ek_status_t st, const struct worker *w, float seed, int rows)
 {
     if (st == EK_OK) {
-        check_small(dev, &w->y, rows, seed, 0, "a launch on the churn runtime");
+        if (w)
+            check_small(dev, &w->y, rows, seed, 0, "a launch on the churn runtime");
         atomic_fetch_add(&n_churn_ok, 1);
     } else if (st == EK_ERR_FREED_HANDLE) {
         atomic_fetch_add(&n_churn_freed, 1);
@@ -654,6 +656,36 @@ static void step_churn(struct worker *w)
         return;
     }
     ek_rt_t rt = {atomic_load(&churn_rt)};
+    if (what == 2) { /* a network loaded into it, and run, while others launch on it or destroy it */
+        long k = atomic_fetch_add(&n_churn_loads, 1);
+        char name[32];
+        snprintf(name, sizeof name, "c%ld", k);
+        int shift = (int)(k % 50);
+        size_t size;
+        uint8_t *data = build_model(name, shift, &size);
+        REQUIRE(data);
+        ek_status_t st = ek_rt_load_model_data(rt, data, size);
+        free(data);
+        if (st != EK_OK) {
+            churn_result(st, NULL, 0, 0);
+            return;
+        }
+        float seed = next_seed(w), x[8], y[8];
+        for (int i = 0; i < 8; i++)
+            x[i] = small_x(seed, i);
+        const void *ins[1] = {x};
+        void *outs[1] = {y};
+        ek_shape_t s = shape2(1, 8), os;
+        size_t cap = sizeof y;
+        st = ek_rt_launch_data(rt, name, ins, &s, 1, outs, &cap, &os, 1, NULL);
+        for (int i = 0; st == EK_OK && i < 8; i++)
+            if (y[i] != small_y(seed, i, shift)) {
+                FAIL("network %s: y[%d] = %g, expected %g", name, i, y[i], small_y(seed, i, shift));
+                break;
+            }
+        churn_result(st, NULL, 0, 0);
+        return;
+    }
     int rows = 1 + (int)(what % 2);
     float seed = next_seed(w);
     if (!write_small(dev, &w->x, rows, seed))
@@ -796,11 +828,11 @@ static void test_hammer(void)
            atomic_load(&n_iterations), launches, took, kernels);
     printf("    ek_rt_run %ld (%ld profiled), launch_tensor+wait %ld (%ld timeouts), launch_data %ld, "
            "callback chains %ld, workspace runs %ld, private runtimes' %ld, models loaded %ld, runtimes made %ld, "
-           "churn runs ok %ld / freed %ld / swaps %ld\n", atomic_load(&n_run), atomic_load(&n_profiled),
+           "churn runs ok %ld / freed %ld / swaps %ld / loads %ld\n", atomic_load(&n_run), atomic_load(&n_profiled),
            atomic_load(&n_tensor), atomic_load(&n_timeouts), atomic_load(&n_data), atomic_load(&n_chain),
            atomic_load(&n_workspace), atomic_load(&n_private),
            atomic_load(&n_loads), atomic_load(&n_runtimes), atomic_load(&n_churn_ok), atomic_load(&n_churn_freed),
-           atomic_load(&n_churn_swaps));
+           atomic_load(&n_churn_swaps), atomic_load(&n_churn_loads));
     printf("    profile clears %ld, ek_dev_sync %ld (the longest %.1f ms)\n", atomic_load(&n_profile_clears),
            atomic_load(&n_syncs), (double)atomic_load(&max_sync_ns) / 1e6);
     CHECK(ready);
