@@ -473,11 +473,14 @@ HAMMER_HELP = {
     "seconds": "how long the 8 threads run (default 600; CI runs 2 in the test suite)",
     "iterations": "stop each thread after this many steps instead, if sooner (default 0: no limit)",
     "kernels": "portable, xnnpack or auto (EDGEKIT_KERNELS; default: auto, XNNPACK where it is built)",
+    "remote": "on remote devices: an ek_server in the process serves them over loopback TCP",
 }
 
 
 @task(help=HAMMER_HELP)
-def hammer(c: Context, seconds: int = 600, iterations: int = 0, kernels: str = "") -> None:
+def hammer(
+    c: Context, seconds: int = 600, iterations: int = 0, kernels: str = "", remote: bool = False
+) -> None:
     """The long form of the C hammer (tests/c/test_hammer.c) under ThreadSanitizer.
 
     Builds tests/c with -DEDGEKIT_TSAN=ON and clang in build/tsan, then runs test_hammer: 8 threads
@@ -504,12 +507,10 @@ def hammer(c: Context, seconds: int = 600, iterations: int = 0, kernels: str = "
         env["EDGEKIT_KERNELS"] = kernels
     # Without ASLR: clang 14's TSan runtime cannot map its shadow under newer kernels' wider randomisation.
     no_aslr = f"setarch {os.uname().machine} -R " if shutil.which("setarch") else ""
-    say(f"test_hammer --seconds {seconds}" + (f" --iterations {iterations}" if iterations else ""))
-    c.run(
-        f"{no_aslr}{build_dir / 'test_hammer'} --seconds {seconds} --iterations {iterations}",
-        env=env,
-        pty=False,
-    )
+    flags = f"--seconds {seconds}" + (f" --iterations {iterations}" if iterations else "")
+    flags += " --remote" if remote else ""
+    say(f"test_hammer {flags}")
+    c.run(f"{no_aslr}{build_dir / 'test_hammer'} {flags}", env=env, pty=False)
 
 
 BENCH_HELP = {

@@ -111,8 +111,9 @@ def _build(build_dir: Path, *options: str, targets: tuple[str, ...] = ()) -> Pat
 
 
 def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The current environment without EDGEKIT_* settings (they change what the tests expect), plus extra."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEKIT_") and k != "EKT_SECONDS"}
+    """The current environment without EDGEKIT_* and EKT_* settings (they change what the tests do and
+    expect), plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "EKT_"))}
     env.update(extra)
     return env
 
@@ -230,5 +231,13 @@ def test_c_suite_tsan(c_build_tsan: Path, name: str) -> None:
 def test_c_hammer_tsan_portable(c_build_tsan: Path) -> None:
     """The hammer once more on the portable kernels alone, all of whose code TSan sees."""
     env = {**ENVIRONMENTS["default"], **TSAN_ENV, "EDGEKIT_KERNELS": "portable"}
+    stderr = _run_binary(c_build_tsan, "test_hammer", env, prefix=_no_aslr())
+    assert "ThreadSanitizer" not in stderr, stderr
+
+
+def test_c_hammer_tsan_remote(c_build_tsan: Path) -> None:
+    """The hammer on remote devices (an ek_server in the process): the client's reader and callback
+    threads and the server's sessions under the same load."""
+    env = {**ENVIRONMENTS["default"], **TSAN_ENV, "EKT_REMOTE": "1"}
     stderr = _run_binary(c_build_tsan, "test_hammer", env, prefix=_no_aslr())
     assert "ThreadSanitizer" not in stderr, stderr

@@ -18,6 +18,8 @@
  *
  * How long: --seconds S (or EKT_SECONDS; default 2) and --iterations N per thread (or EKT_ITERATIONS;
  * default: no limit), whichever ends first; every thread does each kind of step at least once.
+ * --remote (or EKT_REMOTE=1): the same on remote devices, served by an ek_server in this process
+ * (without workspaces and allocators, which are for local runtimes).
  * tests/test_c_runtime.py runs the short form (plain, under ASan and under ThreadSanitizer);
  * `invoke hammer --seconds 600` runs the long one under ThreadSanitizer. */
 #define _POSIX_C_SOURCE 200809L
@@ -120,6 +122,9 @@ static _Atomic uint64_t churn_dead;   /* the last churn runtime destroyed */
 static pthread_mutex_t churn_swap = PTHREAD_MUTEX_INITIALIZER; /* one replacement at a time */
 static struct timespec deadline;
 static long max_iterations;
+/* --remote: the devices are remote ones, served by an ek_server in this process (docs/remote-protocol.md);
+ * workspaces and allocators, which are for local runtimes, are left out. */
+static bool remote_mode;
 
 static atomic_long n_iterations, n_run, n_tensor, n_data, n_chain, n_private, n_workspace, n_loads, n_timeouts,
     n_runtimes, n_churn_ok, n_churn_freed, n_churn_swaps, n_profiled, n_profile_clears, n_syncs, n_churn_loads;
@@ -412,6 +417,10 @@ static void step_chain(struct worker *w)
 /* ek_rt_run in the thread's own workspace; now and then the workspace is destroyed and made again. */
 static void step_workspace(struct worker *w)
 {
+    if (remote_mode) {
+        step_run(w);
+        return;
+    }
     if (rnd(w) % 8 == 0) {
         CHECK_OK(ek_workspace_destroy(w->ws));
         CHECK_STATUS(ek_workspace_destroy(w->ws), EK_ERR_DOUBLE_FREE);
@@ -526,7 +535,7 @@ static void step_private(struct worker *w)
     ek_rt_config_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.threads = 1 + (int)(rnd(w) % 2);
-    switch (rnd(w) % 4) {
+    switch (remote_mode ? 0 : rnd(w) % 4) {
     case 1:
         if (CHECK_OK(ek_allocator_create_pool(&own, dev_priv, 1 * MIB)))
             alloc = own;
@@ -709,6 +718,17 @@ static void (*const steps[])(struct worker *) = {step_run, step_tensor_wait, ste
                                                  step_workspace, step_load, step_private, step_churn};
 enum { STEPS = sizeof steps / sizeof steps[0] };
 
+static const char *const step_names[STEPS] = {"run", "tensor+wait", "data", "chain", "workspace", "load",
+                                               "private", "churn"};
+static atomic_long step_count[STEPS], step_ns[STEPS];
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -716,7 +736,10 @@ static void *worker_main(void *arg)
     /* every kind of step once, then at random until the time or the iterations are up */
     for (; it < STEPS || (!past_deadline() && (max_iterations <= 0 || it < max_iterations)); it++) {
         int k = it < STEPS ? (int)((it + w->index) % STEPS) : (int)(rnd(w) % STEPS);
+        uint64_t t0 = now_ns();
         steps[k](w);
+        atomic_fetch_add(&step_count[k], 1);
+        atomic_fetch_add(&step_ns[k], (long)(now_ns() - t0));
     }
     atomic_fetch_add(&n_iterations, it);
     return NULL;
@@ -739,9 +762,9 @@ static int setup_worker(struct worker *w, int index)
     ek_stage_memory_t m;
     return CHECK_OK(ek_malloc_device(dev, &w->x.mem, 64)) && CHECK_OK(ek_malloc_device(dev, &w->y.mem, 64)) &&
            CHECK_OK(ek_malloc_device(dev, &w->bx.mem, BIG * 4)) &&
-           CHECK_OK(ek_rt_stage_memory(main_rt, "small", 0, &m)) &&
+           (remote_mode || (CHECK_OK(ek_rt_stage_memory(main_rt, "small", 0, &m)) &&
            CHECK_OK(ek_malloc_device(dev, &w->ws_mem, m.workspace_bytes)) &&
-           CHECK_OK(ek_rt_workspace_create(main_rt, "small", 0, w->ws_mem, 0, m.workspace_bytes, &w->ws));
+           CHECK_OK(ek_rt_workspace_create(main_rt, "small", 0, w->ws_mem, 0, m.workspace_bytes, &w->ws))));
 }
 
 static void teardown_worker(struct worker *w)
@@ -769,18 +792,55 @@ static double seconds_setting(int argc, char **argv)
             n = argv[i + 1];
     }
     max_iterations = n && *n ? atol(n) : 0;
+    const char *r = getenv("EKT_REMOTE");
+    remote_mode = r && strcmp(r, "1") == 0;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--remote") == 0)
+            remote_mode = true;
     return s && *s ? atof(s) : 2.0;
 }
 
 static double hammer_seconds;
 
+/* --remote: the server, in a thread of this process. */
+static ek_server_t *server;
+static pthread_t server_thread;
+static ek_status_t server_status;
+
+static void *server_main(void *arg)
+{
+    (void)arg;
+    server_status = ek_server_run(server);
+    return NULL;
+}
+
+/* Device `id` with `heap` bytes: local, or through the server. */
+static ek_status_t open_device(ek_dev_t *d, int id, size_t heap)
+{
+    if (!remote_mode)
+        return ekt_open(d, id, heap, EK_COHERENCE_DEFAULT);
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", ek_server_port(server));
+    ek_remote_options_t o;
+    memset(&o, 0, sizeof o);
+    o.device_config.heap_size = heap;
+    ek_status_t st = ek_dev_connect(d, url, id, &o);
+    if (st == EK_OK)
+        ekt_track(*d);
+    return st;
+}
+
 static void test_hammer(void)
 {
     int devices = 0;
     REQUIRE_OK(ek_dev_count(&devices));
-    REQUIRE_OK(ekt_open(&dev, 0, 128 * MIB, EK_COHERENCE_DEFAULT));
+    if (remote_mode) {
+        REQUIRE_OK(ek_server_create(&server, NULL));
+        REQUIRE(pthread_create(&server_thread, NULL, server_main, NULL) == 0);
+    }
+    REQUIRE_OK(open_device(&dev, 0, 128 * MIB));
     if (devices > 1)
-        REQUIRE_OK(ekt_open(&dev_priv, devices - 1, 64 * MIB, EK_COHERENCE_DEFAULT));
+        REQUIRE_OK(open_device(&dev_priv, devices - 1, 64 * MIB));
     else
         dev_priv = dev;
     ek_heap_stats_t before = STATS(dev), before_priv = STATS(dev_priv);
@@ -788,9 +848,11 @@ static void test_hammer(void)
     REQUIRE_OK(ek_rt_create(&main_rt, dev));
     REQUIRE_OK(ek_rt_load_model_data(main_rt, main_model, main_model_size));
     REQUIRE_OK(ek_profile_create(&profile));
-    REQUIRE_OK(ek_allocator_create_pool(&shared_pool, dev_priv, 8 * MIB));
-    const ek_allocator_ops_t ops = {custom_alloc, custom_free};
-    REQUIRE_OK(ek_allocator_create(&shared_custom, &ops, NULL));
+    if (!remote_mode) {
+        REQUIRE_OK(ek_allocator_create_pool(&shared_pool, dev_priv, 8 * MIB));
+        const ek_allocator_ops_t ops = {custom_alloc, custom_free};
+        REQUIRE_OK(ek_allocator_create(&shared_custom, &ops, NULL));
+    }
     ek_rt_t churn;
     REQUIRE_OK(make_churn(&churn));
     atomic_store(&churn_rt, churn.id);
@@ -824,8 +886,9 @@ static void test_hammer(void)
 
     long launches = atomic_load(&n_run) + atomic_load(&n_tensor) + atomic_load(&n_data) + atomic_load(&n_chain) +
                     atomic_load(&n_workspace) + atomic_load(&n_churn_ok) + atomic_load(&n_private);
-    printf("    hammer: %d threads, %ld iterations, %ld launches in %.1f s (%s kernels)\n", THREADS,
-           atomic_load(&n_iterations), launches, took, kernels);
+    printf("    hammer: %d threads, %ld iterations, %ld launches in %.1f s (%s kernels%s)\n", THREADS,
+           atomic_load(&n_iterations), launches, took, kernels,
+           remote_mode ? ", remote devices" : "");
     printf("    ek_rt_run %ld (%ld profiled), launch_tensor+wait %ld (%ld timeouts), launch_data %ld, "
            "callback chains %ld, workspace runs %ld, private runtimes' %ld, models loaded %ld, runtimes made %ld, "
            "churn runs ok %ld / freed %ld / swaps %ld / loads %ld\n", atomic_load(&n_run), atomic_load(&n_profiled),
@@ -833,6 +896,12 @@ static void test_hammer(void)
            atomic_load(&n_workspace), atomic_load(&n_private),
            atomic_load(&n_loads), atomic_load(&n_runtimes), atomic_load(&n_churn_ok), atomic_load(&n_churn_freed),
            atomic_load(&n_churn_swaps), atomic_load(&n_churn_loads));
+    printf("    mean step times:");
+    for (int k = 0; k < STEPS; k++) {
+        long count = atomic_load(&step_count[k]);
+        printf(" %s %.2f ms%s", step_names[k], (double)atomic_load(&step_ns[k]) / 1e6 / (double)(count ? count : 1),
+               k + 1 < STEPS ? "," : "\n");
+    }
     printf("    profile clears %ld, ek_dev_sync %ld (the longest %.1f ms)\n", atomic_load(&n_profile_clears),
            atomic_load(&n_syncs), (double)atomic_load(&max_sync_ns) / 1e6);
     CHECK(ready);
@@ -846,7 +915,7 @@ static void test_hammer(void)
     CHECK_OK(ek_rt_destroy((ek_rt_t){atomic_load(&churn_rt)}));
     CHECK_OK(ek_rt_destroy(main_rt));
     ek_allocator_stats_t pool_st, custom_st;
-    if (CHECK_OK(ek_allocator_stats(shared_pool, &pool_st)) &&
+    if (!remote_mode && CHECK_OK(ek_allocator_stats(shared_pool, &pool_st)) &&
         CHECK_OK(ek_allocator_stats(shared_custom, &custom_st))) {
         printf("    shared allocators: pool %llu allocations (peak %zu bytes), callbacks %llu\n",
                (unsigned long long)pool_st.allocations, pool_st.peak_bytes, (unsigned long long)custom_st.allocations);
@@ -854,8 +923,10 @@ static void test_hammer(void)
         CHECK(custom_st.live_blocks == 0 && custom_st.runtimes == 0 && custom_st.failures == 0);
     }
     CHECK(atomic_load(&custom_overlaps) == 0); /* the runtime called the callbacks one at a time */
-    CHECK_OK(ek_allocator_destroy(shared_pool));
-    CHECK_OK(ek_allocator_destroy(shared_custom));
+    if (!remote_mode) {
+        CHECK_OK(ek_allocator_destroy(shared_pool));
+        CHECK_OK(ek_allocator_destroy(shared_custom));
+    }
     CHECK_OK(ek_dev_sync(dev)); /* no handle-less launch failed */
     CHECK_OK(ek_dev_sync(dev_priv));
     ek_heap_stats_t after = STATS(dev), after_priv = STATS(dev_priv);
@@ -865,6 +936,12 @@ static void test_hammer(void)
         CHECK_OK(ekt_close(dev_priv));
     CHECK_OK(ekt_close(dev));
     free(main_model);
+    if (remote_mode) {
+        ek_server_stop(server);
+        pthread_join(server_thread, NULL);
+        CHECK_OK(server_status);
+        ek_server_destroy(server);
+    }
 }
 
 int main(int argc, char **argv)

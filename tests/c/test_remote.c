@@ -1571,6 +1571,124 @@ static void test_callbacks(void)
     CHECK_OK(ekt_close(dev));
 }
 
+/* Regression (found by the hammer's remote mode): ek_dev_sync waited for the device's callbacks while it
+ * held the device's lock, shared; a callback that then called something taking that lock exclusively
+ * (ek_free_device, ek_rt_load_model_data, even an ek_rt_destroy it is refused) waited for the sync, which
+ * waited for it: a deadlock (the watchdog ends the test). */
+struct exclusive_in_callback {
+    ek_dev_t dev;
+    ek_rt_t rt, other;
+    ek_mem_t scratch;
+    atomic_int calls;
+    ek_status_t freed, loaded, destroy;
+};
+
+static void exclusive_callback(void *user, ek_status_t status)
+{
+    struct exclusive_in_callback *c = user;
+    (void)status;
+    sleep_ms(200); /* the launcher is in ek_dev_sync by now, waiting for this callback */
+    c->freed = ek_free_device(c->dev, c->scratch);
+    c->loaded = ek_rt_load_model_data(c->rt, model2_bytes, model2_size);
+    c->destroy = ek_rt_destroy(c->other); /* refused from a callback, but not stuck */
+    atomic_fetch_add(&c->calls, 1);
+}
+
+static void test_sync_while_a_callback_locks_the_device(void)
+{
+    ek_dev_t dev;
+    REQUIRE_OK(rconnect(&dev));
+    ek_rt_t rt, other;
+    if (!make_rt(dev, &rt)) {
+        ekt_close(dev);
+        return;
+    }
+    if (!make_rt(dev, &other)) {
+        ek_rt_destroy(rt);
+        ekt_close(dev);
+        return;
+    }
+    static struct exclusive_in_callback c;
+    memset(&c, 0, sizeof c);
+    c.dev = dev;
+    c.rt = rt;
+    c.other = other;
+    c.freed = c.loaded = c.destroy = EK_ERR_INTERNAL;
+    REQUIRE_OK(ek_malloc_device(dev, &c.scratch, 64));
+    ek_tensor_t x = input_a(dev, 1, 3), y;
+    memset(&y, 0, sizeof y);
+    ek_launch_options_t opt;
+    memset(&opt, 0, sizeof opt);
+    opt.on_done = exclusive_callback;
+    opt.user_data = &c;
+    if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, &opt, NULL))) {
+        CHECK_OK(ek_dev_sync(dev)); /* waits for the callback, which takes the device's lock */
+        CHECK(atomic_load(&c.calls) == 1);
+        CHECK(c.freed == EK_OK && c.loaded == EK_OK && c.destroy == EK_ERR_BUSY);
+        CHECK(output_a_ok(dev, &y, 1, 3));
+        CHECK_OK(ek_free_device(dev, y.mem));
+    }
+    const ek_net_info_t *info;
+    CHECK_OK(ek_rt_network_info(rt, "net_c", &info)); /* the callback's load went through */
+    CHECK_OK(ek_free_device(dev, x.mem));
+    CHECK_OK(ek_rt_destroy(other));
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_OK(ekt_close(dev));
+}
+
+/* Regression (found by the hammer's remote mode): the remote device's lock preferred readers, so calls
+ * that take it exclusively (a load, ek_free_device, destroying a runtime) waited for as long as other
+ * threads kept making calls. Here 6 threads call back to back while this one loads and frees: each must
+ * get through while they go on. */
+static atomic_int readers_stop;
+static atomic_long reader_calls;
+
+static void *reader_main(void *arg)
+{
+    ek_dev_t dev = *(const ek_dev_t *)arg;
+    ek_heap_stats_t st;
+    while (!atomic_load(&readers_stop))
+        if (ek_dev_heap_stats(dev, &st) == EK_OK)
+            atomic_fetch_add(&reader_calls, 1);
+    return NULL;
+}
+
+static void test_exclusive_calls_among_busy_readers(void)
+{
+    enum { READERS = 6 };
+    ek_dev_t dev;
+    REQUIRE_OK(rconnect(&dev));
+    ek_rt_t rt;
+    if (!make_rt(dev, &rt)) {
+        ekt_close(dev);
+        return;
+    }
+    atomic_store(&readers_stop, 0);
+    atomic_store(&reader_calls, 0);
+    pthread_t readers[READERS];
+    int started = 0;
+    for (; started < READERS; started++)
+        if (pthread_create(&readers[started], NULL, reader_main, &dev) != 0)
+            break;
+    CHECK(started == READERS);
+    while (atomic_load(&reader_calls) < 100) /* they are all going */
+        sleep_ms(1);
+    /* Each of these waits for the readers' calls in progress, never for them to stop (the watchdog). */
+    CHECK_OK(ek_rt_load_model_data(rt, model2_bytes, model2_size));
+    for (int i = 0; i < 20; i++) {
+        ek_mem_t m;
+        if (CHECK_OK(ek_malloc_device(dev, &m, 64)))
+            CHECK_OK(ek_free_device(dev, m));
+    }
+    long during = atomic_load(&reader_calls);
+    atomic_store(&readers_stop, 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(readers[i], NULL);
+    CHECK(during >= 100);
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_OK(ekt_close(dev));
+}
+
 /* A launch without a handle fails on the board: ek_dev_sync reports it, once. */
 static void test_sync_reports_launch_errors(void)
 {
@@ -2291,6 +2409,8 @@ int main(void)
     RUN_WITHIN(test_launch_tensor, 20);
     RUN_WITHIN(test_wait_timeout, 20);
     RUN_WITHIN(test_callbacks, 20);
+    RUN_WITHIN(test_sync_while_a_callback_locks_the_device, 20);
+    RUN_WITHIN(test_exclusive_calls_among_busy_readers, 20);
     RUN_WITHIN(test_sync_reports_launch_errors, 20);
     RUN_WITHIN(test_profile, 20);
     RUN_WITHIN(test_dump, 20);

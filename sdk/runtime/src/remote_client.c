@@ -149,8 +149,15 @@ static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t slots_once = PTHREAD_ONCE_INIT;
 
 static void init_slots(void) {
+    /* As a local device's (device.c): calls take the lock shared, back to back from many threads, so it
+     * prefers writers, or a load, a free or a runtime's destroy could wait for as long as they keep coming
+     * (glibc's default prefers readers). No call takes it twice, and nothing waits for a callback while
+     * holding it (ek_dev_sync lets go first). */
+    pthread_rwlockattr_t rwattr;
+    pthread_rwlockattr_init(&rwattr);
+    pthread_rwlockattr_setkind_np(&rwattr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     for (int i = 0; i < EK_MAX_REMOTE_DEVICES; i++) {
-        pthread_rwlock_init(&slots[i].lock, NULL);
+        pthread_rwlock_init(&slots[i].lock, &rwattr);
         pthread_mutex_init(&slots[i].mu, NULL);
         pthread_mutex_init(&slots[i].send_mu, NULL);
         pthread_condattr_t attr;
@@ -161,6 +168,7 @@ static void init_slots(void) {
         pthread_condattr_destroy(&attr);
         slots[i].ch.fd = -1;
     }
+    pthread_rwlockattr_destroy(&rwattr);
 }
 
 static struct timespec deadline_in(int ms) {
@@ -1307,7 +1315,12 @@ ek_status_t ek_rc_dev_sync(ek_dev_t handle) {
     status = call(d, EK_MSG_DEV_SYNC, &b);
     ek_wbuf_free(&b);
     /* The server answers after every launch's completion, so they have all arrived. Wait for their
-     * callbacks too, as a local sync does. */
+     * callbacks too, as a local sync does, without the device lock: a callback may take it exclusively
+     * (ek_free_device, a load), and would wait for us as we wait for it. A reference keeps the device. */
+    pthread_mutex_lock(&slots_lock);
+    d->refs++;
+    pthread_mutex_unlock(&slots_lock);
+    unlock(d);
     pthread_mutex_lock(&d->mu);
     for (;;) {
         bool busy = d->cb_head != NULL;
@@ -1322,7 +1335,7 @@ ek_status_t ek_rc_dev_sync(ek_dev_t handle) {
         d->sync_error = EK_OK;
     }
     pthread_mutex_unlock(&d->mu);
-    unlock(d);
+    release_ref(d);
     return status;
 }
 
