@@ -487,7 +487,7 @@ def hammer(
     sharing one device and runtime (launches of every kind, waits with timeouts, callbacks that
     relaunch, workspaces, models loaded, runtimes destroyed while in use). Fails on a wrong result, a
     TSan report (data race, lock-order inversion) or a leak; prints what it did. The test suite runs the
-    same binary for 2 s (tests/test_c_runtime.py).
+    same binary for 2 s (tests/test_c_runtime.py). docs/hardening.md has the details.
     """
     if kernels not in ("", "portable", "xnnpack", "auto"):
         raise Exit(f"error: --kernels {kernels}: use portable, xnnpack or auto", code=2)
