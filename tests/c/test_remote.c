@@ -1689,6 +1689,56 @@ static void test_exclusive_calls_among_busy_readers(void)
     CHECK_OK(ekt_close(dev));
 }
 
+/* Regression (found by the hammer's remote mode): the server kept one DEV_SYNC request per session, so
+ * when two threads synced one remote device while a launch ran, the first one's reply was never sent and
+ * it waited for ever (holding the device's lock: every exclusive call after it hung too). */
+struct concurrent_sync {
+    ek_dev_t dev;
+    ek_status_t status;
+};
+
+static void *concurrent_sync_main(void *arg)
+{
+    struct concurrent_sync *c = arg;
+    c->status = ek_dev_sync(c->dev);
+    return NULL;
+}
+
+static void test_concurrent_syncs(void)
+{
+    enum { SYNCS = 3 };
+    ek_dev_t dev;
+    REQUIRE_OK(rconnect(&dev));
+    ek_rt_t rt;
+    if (!make_slow_rt(dev, &rt, SLOW_MS)) {
+        ekt_close(dev);
+        return;
+    }
+    ek_tensor_t x = input_a(dev, 1, 2), y;
+    memset(&y, 0, sizeof y);
+    if (CHECK_OK(ek_rt_launch_tensor(rt, "net_a", &x, 1, &y, 1, false, NULL, NULL))) {
+        /* all of them reach the server while the launch still runs (it sleeps SLOW_MS first) */
+        struct concurrent_sync c[SYNCS];
+        pthread_t t[SYNCS];
+        int started = 0;
+        for (; started < SYNCS; started++) {
+            c[started] = (struct concurrent_sync){dev, EK_ERR_INTERNAL};
+            if (pthread_create(&t[started], NULL, concurrent_sync_main, &c[started]) != 0)
+                break;
+        }
+        CHECK(started == SYNCS);
+        for (int i = 0; i < started; i++) {
+            pthread_join(t[i], NULL);
+            CHECK_OK(c[i].status);
+        }
+        CHECK(output_a_ok(dev, &y, 1, 2)); /* the syncs waited for it */
+        CHECK_OK(ek_free_device(dev, y.mem));
+    }
+    CHECK_OK(ek_free_device(dev, x.mem));
+    CHECK_OK(ek_rt_destroy(rt));
+    CHECK_OK(ekt_close(dev));
+}
+
 /* A launch without a handle fails on the board: ek_dev_sync reports it, once. */
 static void test_sync_reports_launch_errors(void)
 {
@@ -2411,6 +2461,7 @@ int main(void)
     RUN_WITHIN(test_callbacks, 20);
     RUN_WITHIN(test_sync_while_a_callback_locks_the_device, 20);
     RUN_WITHIN(test_exclusive_calls_among_busy_readers, 20);
+    RUN_WITHIN(test_concurrent_syncs, 20);
     RUN_WITHIN(test_sync_reports_launch_errors, 20);
     RUN_WITHIN(test_profile, 20);
     RUN_WITHIN(test_dump, 20);

@@ -86,8 +86,10 @@ struct session {
     uint64_t *deferred;
     size_t deferred_count, deferred_cap;
     int pending;            /* active launches not yet finished */
-    bool sync_wanted;
-    uint64_t sync_request;
+    /* DEV_SYNC requests waiting for the session's launches: one per client thread that syncs, all
+     * answered when no launch is left unreported. */
+    uint64_t *syncs;
+    size_t sync_count, sync_cap;
     uint64_t last_frame_ns; /* or the end of the last launch: the idle timeout counts from the later */
     struct session *prev, *next;
 };
@@ -497,18 +499,32 @@ static ek_status_t check_deadlines(struct session *s, uint64_t now) {
     return EK_OK;
 }
 
+/* Room for another DEV_SYNC request; false when out of memory (the list is kept). */
+static bool grow_syncs(struct session *s) {
+    size_t cap = s->sync_cap ? 2 * s->sync_cap : 4;
+    uint64_t *grown = realloc(s->syncs, cap * sizeof *grown);
+    if (!grown)
+        return false;
+    s->syncs = grown;
+    s->sync_cap = cap;
+    return true;
+}
+
 static ek_status_t maybe_reply_sync(struct session *s) {
     bool waiting = false;
     for (struct slaunch *l = s->active; l; l = l->next)
         waiting |= !l->reported;
-    if (!s->sync_wanted || waiting)
+    if (!s->sync_count || waiting)
         return EK_OK;
-    s->sync_wanted = false;
-    struct ek_wbuf body;
-    ek_wbuf_init(&body);
-    ek_put_u32(&body, EK_OK);
-    ek_status_t status = send_reply(s, EK_MSG_DEV_SYNC | EK_MSG_REPLY, s->sync_request, &body);
-    ek_wbuf_free(&body);
+    ek_status_t status = EK_OK;
+    for (size_t i = 0; i < s->sync_count && status == EK_OK; i++) {
+        struct ek_wbuf body;
+        ek_wbuf_init(&body);
+        ek_put_u32(&body, EK_OK);
+        status = send_reply(s, EK_MSG_DEV_SYNC | EK_MSG_REPLY, s->syncs[i], &body);
+        ek_wbuf_free(&body);
+    }
+    s->sync_count = 0;
     return status;
 }
 
@@ -1188,9 +1204,10 @@ static bool handle(struct session *s, const struct ek_wire_header *h, const uint
         case EK_MSG_DEV_SYNC:
             if (!s->dev_open) {
                 status = ek_fail(EK_ERR_INVALID_ARG, "no device is open in this session (DEV_OPEN comes first)");
+            } else if (s->sync_count == s->sync_cap && !grow_syncs(s)) {
+                status = ek_fail(EK_ERR_OUT_OF_MEMORY, "no host memory on the board for another DEV_SYNC");
             } else {
-                s->sync_wanted = true;
-                s->sync_request = h->request;
+                s->syncs[s->sync_count++] = h->request;
                 later = true;
             }
             break;
@@ -1261,6 +1278,7 @@ static void session_cleanup(struct session *s) {
     }
     release_deferred(s, true);
     free(s->deferred);
+    free(s->syncs);
     for (uint32_t i = 0; i < s->table_count; i++)
         if (s->table[i].kind == ENT_RT)
             ek_rt_destroy((ek_rt_t){s->table[i].local});
