@@ -75,7 +75,14 @@ def _run(
 
 # Under TSan: the binaries whose tests share devices, runtimes and launches between threads. The kernel
 # tests are left out: their threads only split loops, and the runtime suites run those kernels too.
-TSAN_BINARIES = ("test_hammer", "test_concurrency", "test_runtime", "test_remote", "test_allocator")
+TSAN_BINARIES = (
+    "test_hammer",
+    "test_concurrency",
+    "test_runtime",
+    "test_remote",
+    "test_allocator",
+    "test_plugin",
+)
 TSAN_ENV = {"TSAN_OPTIONS": "halt_on_error=1 second_deadlock_stack=1"}
 
 
