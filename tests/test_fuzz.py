@@ -34,12 +34,14 @@ def test_fuzz_target_runs_clean_on_its_saved_corpus(
     _needs(name, request)
     target = TARGETS[name]
     assert target.corpus.is_dir() and any(target.corpus.iterdir()), f"{name} has no saved corpus"
-    result = fuzz(target, CI_SECONDS, tmp_path / "fuzz.log", work=tmp_path / "corpus")
+    # A fixed seed: CI replays the same mutations, so it fails on a change of the code, not on luck;
+    # open-ended exploration is invoke fuzz's.
+    result = fuzz(target, CI_SECONDS, tmp_path / "fuzz.log", work=tmp_path / "corpus", extra=["-seed=1"])
     print(result.line())
     assert not result.finding, f"{result.line()}\n{result.log.read_text()[-6000:]}"
-    # It really ran: the saved corpus was loaded (coverage) and then fuzzed (more executions than inputs).
+    # It really ran: the saved corpus was loaded (coverage) and then fuzzed, well beyond its inputs.
     saved = len(list(target.corpus.iterdir()))
-    assert result.coverage > 0 and result.execs > saved, result.line()
+    assert result.coverage > 0 and result.execs > saved + 100, result.line()
 
 
 # The C targets' regression inputs (tests/test_fuzz_python.py runs the Python targets' in-process).

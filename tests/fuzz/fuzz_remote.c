@@ -154,7 +154,8 @@ static void serve(ek_server_t *server, const uint8_t *stream, size_t size) {
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
         die("socketpair");
-    /* Room for a session's replies, so the server seldom waits for the client to read. */
+    /* Room for a session's replies (up to 1 MiB, as far as net.core.wmem_max allows), so the server
+     * seldom waits for the client to read. */
     int room = 1 << 20;
     setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &room, sizeof room);
     setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &room, sizeof room);

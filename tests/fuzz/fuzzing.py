@@ -178,14 +178,15 @@ def _run_build(argv: list[str]) -> None:
 _FINAL = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 _PROGRESS = re.compile(r"#(\d+)\s+\S+\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _ARTIFACT = re.compile(r"Test unit written to (\S+)")
+# The first marker found names the finding: atheris prints its exception, then libFuzzer a deadly signal.
 _FINDINGS = (
+    ("Uncaught Python exception", "an uncaught Python exception"),
     ("ERROR: AddressSanitizer", "AddressSanitizer"),
     ("ERROR: LeakSanitizer", "a leak"),
     ("runtime error:", "UndefinedBehaviorSanitizer"),
     ("ERROR: libFuzzer: timeout", "a timeout"),
     ("ERROR: libFuzzer: out-of-memory", "out of memory"),
     ("ERROR: libFuzzer: deadly signal", "a crash (signal)"),
-    ("Uncaught Python exception", "an uncaught Python exception"),
     ("ERROR: libFuzzer: fuzz target exited", "the target exited"),
 )
 
@@ -209,28 +210,40 @@ def fuzz(
         *extra,
     ]
     corpora = [str(work)] + ([str(target.corpus)] if target.corpus.is_dir() else [])
-    return _run(target, [*target.command(), *flags, *corpora], log)
+    return _run(target, [*target.command(), *flags, *corpora], log, limit_s=seconds + 300)
 
 
 def run_inputs(target: Target, inputs: Sequence[Path], log: Path) -> FuzzResult:
     """Run the target once on each of `inputs` (files), as libFuzzer does with file arguments."""
     log.parent.mkdir(parents=True, exist_ok=True)
     flags = [f"-timeout={target.timeout_s}", f"-rss_limit_mb={target.rss_limit_mb}", "-print_final_stats=1"]
-    return _run(target, [*target.command(), *flags, *[str(p) for p in inputs]], log)
+    limit_s = 60 + len(inputs) * target.timeout_s
+    return _run(target, [*target.command(), *flags, *[str(p) for p in inputs]], log, limit_s)
 
 
-def _run(target: Target, argv: list[str], log: Path) -> FuzzResult:
+def _run(target: Target, argv: list[str], log: Path, limit_s: int) -> FuzzResult:
+    """Run one libFuzzer process (no -fork or -jobs: its statistics are read from its own lines) and
+    read its findings from its exit status, its output and new files among the target's crashes."""
     if not target.is_python and not Path(argv[0]).is_file():
         raise FuzzError(f"{argv[0]} is not built: invoke fuzz builds it (or tests/fuzz/fuzzing.py --build)")
     env = dict(os.environ)
     # Leaks are findings; UBSan stops at the first report, with a stack.
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:allocator_may_return_null=1")
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    target.crashes.mkdir(parents=True, exist_ok=True)
+    before = set(target.crashes.iterdir())
     started = time.monotonic()
     with log.open("w") as out:
-        done = subprocess.run(
-            argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(BUILD.parent), env=env, check=False
-        )
+        try:
+            done = subprocess.run(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(BUILD.parent), env=env, timeout=limit_s
+            )
+            status = done.returncode
+        except subprocess.TimeoutExpired:
+            status = -1
+            out.write(
+                f"\nfuzzing.py: the fuzzer ran past {limit_s} s and was killed (a hang outside one input)\n"
+            )
     seconds = time.monotonic() - started
     text = log.read_text(errors="replace")
     execs = int(m.group(1)) if (m := _FINAL.search(text)) else 0
@@ -238,12 +251,11 @@ def _run(target: Target, argv: list[str], log: Path) -> FuzzResult:
     for m in _PROGRESS.finditer(text):
         execs = max(execs, int(m.group(1)))
         cov, ft, units = int(m.group(2)), int(m.group(3)), int(m.group(4))
+    new_files = sorted(set(target.crashes.iterdir()) - before)
     finding = ""
-    if done.returncode != 0:
-        finding = next(
-            (what for marker, what in _FINDINGS if marker in text), f"exit status {done.returncode}"
-        )
-    artifact = Path(m.group(1)) if (m := _ARTIFACT.search(text)) else None
+    if status != 0 or new_files:
+        finding = next((what for marker, what in _FINDINGS if marker in text), f"exit status {status}")
+    artifact = Path(m.group(1)) if (m := _ARTIFACT.search(text)) else (new_files[0] if new_files else None)
     return FuzzResult(target.name, execs, seconds, cov, ft, units, finding, artifact, log)
 
 
@@ -263,8 +275,8 @@ def merge_into_saved(target: Target, log: Path) -> int:
             cwd=str(BUILD.parent),
             check=False,
         )
-    if done.returncode != 0:
-        raise FuzzError(f"merging the {target.name} corpus failed (see {log})")
+    if done.returncode != 0 or not any(merged.iterdir()):
+        raise FuzzError(f"merging the {target.name} corpus failed (see {log}); the saved corpus is unchanged")
     shutil.rmtree(target.corpus, ignore_errors=True)
     shutil.copytree(merged, target.corpus)
     return len(list(target.corpus.iterdir()))
