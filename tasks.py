@@ -612,9 +612,10 @@ def soak(
     Server: this package's remote_server on a loopback port, through SESSIONS sessions, CONCURRENCY at
     once, of random kinds: clean ones through ek.Device and ek.Context, and raw-socket ones dropped (closed
     or reset) before or after HELLO, mid-frame header, mid-payload, mid model upload, with a LAUNCH or RUN
-    in flight, with memory and runtimes never freed, or ended by a protocol error. Its RSS and open fds
-    are sampled whenever it is idle: fds must come back exactly, RSS may grow by 1 MiB at most over the
-    second half; its log must account for every session, the board's heap and dump directory must be
+    in flight, with memory and runtimes never freed, or ended by a protocol error. Whenever it is idle it
+    is sampled (its SIGUSR1 status: sessions open, malloc's heap in use; RSS; open fds): one session
+    open (a holder's), fds back exactly, heap within 16 KiB + 8 B per session and RSS within 2 MiB over
+    the second half; its log must account for every session, the board's heap and dump directory must be
     empty, and a new client must still get correct inferences. Loads: a compiled two-convolution model
     loaded into a fresh runtime, launched once (output checked against onnxruntime's) and destroyed,
     LOADS times from C (tests/c/test_soak.c: malloc's heap in use, fds and RSS) and LOADS times through

@@ -802,6 +802,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", default="auto", choices=["auto", "portable", "xnnpack"])
     parser.add_argument("--work", type=Path, help="keep the model, the log and the C program here")
     args = parser.parse_args(argv)
+    if args.sessions < 0 or args.loads < 0:
+        parser.error("--sessions and --loads must not be negative")
+    if 0 < args.loads < 10:
+        parser.error("--loads: at least 10 (the first half warms up), or 0 to skip the loads")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
     tables: list[str] = []
     start = time.monotonic()
     with workdir(args.work) as work:
