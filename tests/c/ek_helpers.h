@@ -12,6 +12,17 @@
 #define KIB ((size_t)1024)
 #define MIB ((size_t)1024 * 1024)
 
+/* A 2-D shape [a, b]. */
+static inline ek_shape_t ekt_shape2(int64_t a, int64_t b)
+{
+    ek_shape_t s;
+    memset(&s, 0, sizeof s);
+    s.num_dims = 2;
+    s.dims[0] = a;
+    s.dims[1] = b;
+    return s;
+}
+
 #define EKT_MAX_TRACKED 64
 static ek_dev_t ekt_tracked[EKT_MAX_TRACKED];
 static int ekt_ntracked;

@@ -100,16 +100,6 @@ static float small_y(float seed, int i, int shift)
 static float big_x(float seed, int i) { return seed - (float)(i % 1000) / 8; }
 static float big_y(float x) { return 3 * x > 0 ? 3 * x : 0; }
 
-static ek_shape_t shape2(int64_t a, int64_t b)
-{
-    ek_shape_t s;
-    memset(&s, 0, sizeof s);
-    s.num_dims = 2;
-    s.dims[0] = a;
-    s.dims[1] = b;
-    return s;
-}
-
 /* ---- shared state ---- */
 static uint8_t *main_model;
 static size_t main_model_size;
@@ -151,7 +141,7 @@ static int write_small(ek_dev_t d, ek_tensor_t *x, int rows, float seed)
     for (int i = 0; i < rows * 8; i++)
         v[i] = small_x(seed, i);
     x->dtype = EK_DTYPE_FLOAT32;
-    x->shape = shape2(rows, 8);
+    x->shape = ekt_shape2(rows, 8);
     return CHECK_OK(ek_memcpy_s2d_partial_offset(d, x->mem, v, (size_t)rows * 32, x->offset));
 }
 
@@ -474,7 +464,7 @@ static void step_load(struct worker *w)
         x[i] = small_x(seed, i);
     const void *ins[1] = {x};
     void *outs[1] = {y};
-    ek_shape_t s = shape2(1, 8), os;
+    ek_shape_t s = ekt_shape2(1, 8), os;
     size_t cap = sizeof y;
     if (CHECK_OK(ek_rt_launch_data(main_rt, name, ins, &s, 1, outs, &cap, &os, 1, NULL)))
         for (int i = 0; i < 8; i++)
@@ -684,7 +674,7 @@ static void step_churn(struct worker *w)
             x[i] = small_x(seed, i);
         const void *ins[1] = {x};
         void *outs[1] = {y};
-        ek_shape_t s = shape2(1, 8), os;
+        ek_shape_t s = ekt_shape2(1, 8), os;
         size_t cap = sizeof y;
         st = ek_rt_launch_data(rt, name, ins, &s, 1, outs, &cap, &os, 1, NULL);
         for (int i = 0; st == EK_OK && i < 8; i++)

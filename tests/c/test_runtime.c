@@ -346,16 +346,6 @@ static size_t model_size;
 static float expect_a(float x, int i) { float v = x + c_data[i % 8]; return v > 0 ? v : 0; }
 static float expect_big(float x) { return 3 * x > 0 ? 3 * x : 0; }
 
-static ek_shape_t shape2(int64_t a, int64_t b)
-{
-    ek_shape_t s;
-    memset(&s, 0, sizeof s);
-    s.num_dims = 2;
-    s.dims[0] = a;
-    s.dims[1] = b;
-    return s;
-}
-
 static ek_shape_t shape1(int64_t a)
 {
     ek_shape_t s;
@@ -399,7 +389,7 @@ static ek_tensor_t input_a(ek_dev_t dev, int rows, float seed)
     CHECK_OK(ek_malloc_device(dev, &t.mem, (size_t)rows * 32));
     CHECK_OK(ek_memcpy_s2d(dev, t.mem, x));
     t.dtype = EK_DTYPE_FLOAT32;
-    t.shape = shape2(rows, 8);
+    t.shape = ekt_shape2(rows, 8);
     return t;
 }
 
@@ -571,7 +561,7 @@ static void test_config(void)
     float x[8] = {0, 1, 2, 3, 4, 5, 6, 7}, y[8];
     void *outs[1] = {y};
     const void *ins[1] = {x};
-    ek_shape_t in_shape = shape2(1, 8), out_shape;
+    ek_shape_t in_shape = ekt_shape2(1, 8), out_shape;
     size_t cap = sizeof y;
     CHECK_OK(ek_rt_launch_data(rt, "net_a", ins, &in_shape, 1, outs, &cap, &out_shape, 1, NULL));
     CHECK(y[1] == expect_a(1, 1) && y[7] == expect_a(7, 7));
@@ -608,7 +598,7 @@ static void test_launch_runtime_memory(void)
         CHECK_OK(ek_malloc_device(dev, &in[i].mem, 24));
         CHECK_OK(ek_memcpy_s2d(dev, in[i].mem, i ? b : a));
         in[i].dtype = EK_DTYPE_FLOAT32;
-        in[i].shape = shape2(2, 3);
+        in[i].shape = ekt_shape2(2, 3);
     }
     ek_launch_t l;
     if (CHECK_OK(ek_rt_launch_tensor(rt, "net_b", in, 2, &y, 1, false, NULL, &l))) {
@@ -795,11 +785,11 @@ static void test_validation_messages(void)
     CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &bad, 1, y, 1, false, NULL, &l), EK_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("input 'x' of network 'net_a' is float32; the launch gives int8");
     bad = x;
-    bad.shape = shape2(1, 9);
+    bad.shape = ekt_shape2(1, 9);
     CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &bad, 1, y, 1, false, NULL, &l), EK_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("input 'x' is 1x9; network 'net_a' takes 1x8 | 2x8");
     bad = x;
-    bad.shape = shape2(2, 8); /* a stage, but the memory is 32 bytes */
+    bad.shape = ekt_shape2(2, 8); /* a stage, but the memory is 32 bytes */
     CHECK_STATUS(ek_rt_launch_tensor(rt, "net_a", &bad, 1, y, 1, false, NULL, &l), EK_ERR_OUT_OF_RANGE);
     CHECK_ERROR_MENTIONS("input 'x'");
     bad = x;
@@ -825,11 +815,11 @@ static void test_validation_messages(void)
     float in[8] = {0}, out[8];
     const void *ins[1] = {in};
     void *outs[1] = {out};
-    ek_shape_t s = shape2(1, 8), os;
+    ek_shape_t s = ekt_shape2(1, 8), os;
     size_t cap = 16;
     CHECK_STATUS(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL), EK_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("output 'y' of network 'net_a' needs 32 bytes (1x8 float32); output_capacity[0] is 16");
-    s = shape2(3, 8);
+    s = ekt_shape2(3, 8);
     cap = 32;
     CHECK_STATUS(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL), EK_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("input 'x' is 3x8");
@@ -849,7 +839,7 @@ static void test_launch_data(void)
         x[i] = (float)i - 8;
     const void *ins[1] = {x};
     void *outs[1] = {y};
-    ek_shape_t s = shape2(2, 8), os;
+    ek_shape_t s = ekt_shape2(2, 8), os;
     size_t cap = sizeof y;
     CHECK_OK(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL));
     CHECK(os.num_dims == 2 && os.dims[0] == 2 && os.dims[1] == 8);
@@ -1021,7 +1011,7 @@ static void launch_data_in_callback(void *user, ek_status_t status)
     float x[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     const void *ins[1] = {x};
     void *outs[1] = {n->y};
-    ek_shape_t s = shape2(1, 8), os;
+    ek_shape_t s = ekt_shape2(1, 8), os;
     size_t cap = sizeof n->y;
     n->data_status = ek_rt_launch_data(n->rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL);
     n->sync_status = ek_dev_sync(n->dev); /* would wait for itself */
@@ -1276,7 +1266,7 @@ static void test_strict_coherence(void)
     memset(&x, 0, sizeof x);
     REQUIRE_OK(ek_malloc_device(dev, &x.mem, 32));
     x.dtype = EK_DTYPE_FLOAT32;
-    x.shape = shape2(1, 8);
+    x.shape = ekt_shape2(1, 8);
     float zeros[8] = {0};
     CHECK_OK(ek_memcpy_s2d(dev, x.mem, zeros));
     float *map = NULL;
@@ -1605,7 +1595,7 @@ static void test_custom_allocator(void)
         xd[i] = (float)i;
     const void *ins[1] = {xd};
     void *outs[1] = {yd};
-    ek_shape_t s = shape2(2, 8), os;
+    ek_shape_t s = ekt_shape2(2, 8), os;
     size_t cap = sizeof yd;
     CHECK_OK(ek_rt_launch_data(rt, "net_a", ins, &s, 1, outs, &cap, &os, 1, NULL));
     CHECK(yd[3] == expect_a(3, 3));
@@ -1748,7 +1738,7 @@ static void test_dynamic_outputs(void)
     REQUIRE_OK(ek_malloc_device(dev, &in[1].mem, 8));
     CHECK_OK(ek_memcpy_s2d(dev, in[0].mem, x));
     in[0].dtype = EK_DTYPE_FLOAT32;
-    in[0].shape = shape2(1, 16);
+    in[0].shape = ekt_shape2(1, 16);
     in[1].dtype = EK_DTYPE_INT64;
     in[1].shape = shape1(1);
     /* values: room for 3 floats; indices: room for 3, then a guard block right after it on the heap */
@@ -1799,7 +1789,7 @@ static void test_dynamic_outputs(void)
     float vals[16];
     int64_t idxs[16];
     void *outs[2] = {vals, idxs};
-    ek_shape_t in_shapes[2] = {shape2(1, 16), shape1(1)}, out_shapes[2];
+    ek_shape_t in_shapes[2] = {ekt_shape2(1, 16), shape1(1)}, out_shapes[2];
     size_t caps[2] = {8, 16};
     CHECK_OK(ek_rt_launch_data(rt, "topk", ins, in_shapes, 2, outs, caps, out_shapes, 2, NULL));
     CHECK(out_shapes[0].dims[1] == 2 && vals[0] == 11.5f && vals[1] == 10.5f);
